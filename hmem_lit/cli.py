@@ -1,0 +1,119 @@
+"""`hmem <verb>`: a table of verb -> function. Bad input exits with status 2 and one line, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hmem_lit.config import ConfigError
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+def _experiment_path(name: str | None) -> str | None:
+    """Accept a path, or a name like 000_debug found in experiments/."""
+    if name is None or Path(name).is_file():
+        return name
+    for cand in (EXPERIMENTS_DIR / name, EXPERIMENTS_DIR / f"{name}.yaml"):
+        if cand.is_file():
+            return str(cand)
+    raise ConfigError(f"{name}: experiment file not found (see `hmem list` for the shipped experiments)")
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from hmem_lit.config import load_config
+    from hmem_lit.train import train
+
+    train(load_config(_experiment_path(a.experiment), a.overrides), force=a.force)
+    return 0
+
+
+def cmd_list(a: argparse.Namespace) -> int:
+    from hmem_lit.anchor import Anchor, count_params
+    from hmem_lit.config import PRESETS, AnchorConfig
+
+    import torch
+
+    print("anchor presets:")
+    for name, p in PRESETS.items():
+        acfg = AnchorConfig(**{**p, "preset": name, "vocab_size": p.get("vocab_size") or 4096})
+        with torch.device("meta"):
+            n = count_params(Anchor(acfg))
+        vocab = "" if "vocab_size" in p else " (at vocab 4096)"
+        print(f"  {name:20s} layers={acfg.n_layer:<3d} d={acfg.d_model:<5d} heads={acfg.n_head}x{acfg.head_dim:<4d} "
+              f"ffn={acfg.d_ff:<5d} params={n:,}{vocab}")
+    from hmem_lit.memory import MEMORY, import_all
+
+    import_all()
+    print("memory types: none, " + ", ".join(MEMORY.names()))
+    print("retrievers: tree, random, oracle;  embedders: tfidf, minilm")
+    print("experiments:")
+    for p in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
+        print(f"  {p.stem}")
+    print("sweeps:")
+    for p in sorted(SWEEPS_DIR.glob("*.yaml")):
+        print(f"  {p.stem}")
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from hmem_lit.config import load_config
+    from hmem_lit.model import info
+
+    print(info(load_config(_experiment_path(a.experiment), a.overrides)))
+    return 0
+
+
+def cmd_data(a: argparse.Namespace) -> int:
+    from hmem_lit.config import load_config
+    from hmem_lit.data.prepare import prepare_main
+
+    return prepare_main(load_config(_experiment_path(a.experiment), a.overrides), force=a.force)
+
+
+VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train,
+    "list": cmd_list,
+    "info": cmd_info,
+    "data": cmd_data,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hmem", description="hmem_lit: memory-augmented pretraining experiments")
+    sub = p.add_subparsers(dest="verb", required=True)
+    t = sub.add_parser("train", help="train one run (resumes an incomplete run; no-op on a complete one)")
+    t.add_argument("experiment", help="experiment YAML (path or name in experiments/)")
+    t.add_argument("overrides", nargs="*", help="key=value config overrides")
+    t.add_argument("--force", action="store_true", help="delete an existing run directory and start again")
+    sub.add_parser("list", help="presets, memory types, retrievers, experiments, sweeps")
+    i = sub.add_parser("info", help="anchor / fetched / bank parameter counts of an experiment")
+    i.add_argument("experiment", nargs="?", default=None)
+    i.add_argument("overrides", nargs="*")
+    d = sub.add_parser("data", help="data preparation: `hmem data prepare <experiment> [key=value]`")
+    d.add_argument("action", choices=["prepare"])
+    d.add_argument("experiment", nargs="?", default=None)
+    d.add_argument("overrides", nargs="*")
+    d.add_argument("--force", action="store_true", help="rebuild every stage")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return VERBS[args.verb](args)
+    except ConfigError as e:
+        print(f"hmem: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hmem: interrupted; relaunch the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

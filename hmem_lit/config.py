@@ -1,0 +1,388 @@
+"""Every configuration dataclass, the named anchor presets, and loading: defaults < experiment YAML < key=value.
+
+Configs hold strings, numbers and lists only (registry keys, never classes). `load_config` merges in struct mode
+(a misspelled key fails with the nearest valid key), then builds the dataclasses so each `__post_init__`
+validates its section; every failure is a `ConfigError` whose message is one line naming the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: the message is one line naming the key and what is allowed."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _one_of(value: Any, allowed: list[str] | tuple[str, ...], key: str) -> None:
+    _check(value in allowed, key, f"got {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# anchor
+
+
+@dataclass
+class AnchorConfig:
+    preset: str = "tiny"  # named preset (see PRESETS); its values apply before explicit keys
+    vocab_size: Optional[int] = None  # None = taken from the data's tokenizer at train time
+    n_layer: int = 2
+    d_model: int = 64
+    n_head: int = 4
+    head_dim: int = 16  # attention width = n_head * head_dim (may differ from d_model, as in openlm-160m)
+    d_ff: int = 192  # SwiGLU inner width
+    norm: str = "rmsnorm"  # rmsnorm | layernorm (both weight-only)
+    norm_eps: float = 1e-5
+    qk_norm: bool = True  # weight-only norm over the full attention width of q and k
+    tie_embeddings: bool = True
+    rope_base: float = 100_000.0
+    max_seq_len: int = 2048
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        _one_of(self.preset, list(PRESETS), "anchor.preset")
+        for k in ("n_layer", "d_model", "n_head", "head_dim", "d_ff", "max_seq_len"):
+            _check(getattr(self, k) > 0, f"anchor.{k}", f"must be > 0, got {getattr(self, k)}")
+        _check(self.vocab_size is None or self.vocab_size > 1, "anchor.vocab_size", "must be > 1")
+        _check(self.head_dim % 2 == 0, "anchor.head_dim", f"must be even for RoPE, got {self.head_dim}")
+        _one_of(self.norm, ("rmsnorm", "layernorm"), "anchor.norm")
+        _check(self.rope_base > 1, "anchor.rope_base", "must be > 1")
+
+
+# Named anchors. The paper's three (PAPERS.md A2) count exactly 163,510,016 / 411,665,408 / 1,439,893,504.
+_OPENLM = dict(vocab_size=50_432, norm="layernorm", qk_norm=True, rope_base=100_000.0, max_seq_len=2048)
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU presets (vocab from the tokenizer)
+    "tiny": dict(n_layer=2, d_model=64, n_head=4, head_dim=16, d_ff=192, max_seq_len=512),
+    "small": dict(n_layer=4, d_model=128, n_head=4, head_dim=32, d_ff=384, max_seq_len=512),
+    "medium": dict(n_layer=6, d_model=192, n_head=6, head_dim=32, d_ff=512, max_seq_len=512),
+    "base": dict(n_layer=8, d_model=256, n_head=8, head_dim=32, d_ff=704, max_seq_len=1024),
+    # the paper's anchors
+    "openlm-160m": dict(_OPENLM, n_layer=35, d_model=512, n_head=12, head_dim=32, d_ff=2048, tie_embeddings=True),
+    "openlm-410m": dict(_OPENLM, n_layer=24, d_model=1024, n_head=16, head_dim=64, d_ff=2816, tie_embeddings=False),
+    "openlm-1.4b": dict(_OPENLM, n_layer=24, d_model=2048, n_head=16, head_dim=128, d_ff=5632, tie_embeddings=False),
+}
+# Table 8's fixed-budget anchors: d=1024, 16 heads, 12..24 layers.
+for _L in (12, 17, 19, 21, 22, 24):
+    PRESETS[f"openlm-d1024-l{_L}"] = dict(PRESETS["openlm-410m"], n_layer=_L)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# memory
+
+
+@dataclass
+class PKMConfig:
+    """Product-key memory layer (Memory Layers at Scale)."""
+
+    n_keys: int = 32  # sqrt(N): half-keys per product half; N = n_keys**2 value rows
+    heads: int = 4
+    topk: int = 8
+    k_dim: int = 64  # full query/key dim; each half-key has k_dim // 2
+    v_dim: Optional[int] = None  # None = d_model
+    layers: Any = "auto"  # auto (3 equally spaced) | list of layer indices
+    mode: str = "replace"  # replace the FFN at those layers, or add to it
+    gated: bool = True  # Memory+ SiLU gating
+    qk_norm: bool = True
+
+    def __post_init__(self) -> None:
+        for k in ("n_keys", "heads", "topk", "k_dim"):
+            _check(getattr(self, k) > 0, f"memory.pkm.{k}", "must be > 0")
+        _check(self.k_dim % 2 == 0, "memory.pkm.k_dim", "must be even (two product halves)")
+        _check(self.topk <= self.n_keys, "memory.pkm.topk", f"must be <= n_keys ({self.n_keys})")
+        _one_of(self.mode, ("replace", "add"), "memory.pkm.mode")
+
+
+@dataclass
+class MemoryConfig:
+    type: str = "none"  # none | ffn | lora | kv | pkm (registry key)
+    levels: list[int] = field(default_factory=list)  # r_l per tree level (r1, r2, ...); 0 = level absent
+    layers: Any = "all"  # all | early | middle | late | list of layer indices
+    init_std: float = 0.02  # truncated-normal std of the non-zero parts (FFN gate/up, KV keys)
+    lora_target: str = "qk"  # qk | vo | ffn
+    lora_alpha: float = 2.0
+    generic: bool = False  # also train one context-independent "generic" block of the fetch size
+    generic_prob: float = 1.0 / 17.0  # probability a training sequence uses the generic block
+    offload: bool = False  # keep the bank on the CPU; only fetched blocks move to the accelerator
+    pkm: PKMConfig = field(default_factory=PKMConfig)
+
+    def __post_init__(self) -> None:
+        _one_of(self.type, ("none", "ffn", "lora", "kv", "pkm"), "memory.type")
+        _check(all(int(r) >= 0 for r in self.levels), "memory.levels", f"sizes must be >= 0, got {self.levels}")
+        _check(len(self.levels) <= 4, "memory.levels", f"at most 4 levels, got {len(self.levels)}")
+        if self.type in ("ffn", "lora", "kv"):
+            _check(sum(self.levels) > 0, "memory.levels", f"memory.type={self.type} needs a non-zero size, e.g. [32, 96]")
+        if isinstance(self.layers, str):
+            _one_of(self.layers, ("all", "early", "middle", "late"), "memory.layers")
+        else:
+            _check(all(isinstance(i, int) and i >= 0 for i in self.layers), "memory.layers", "must be layer indices >= 0")
+        _one_of(self.lora_target, ("qk", "vo", "ffn"), "memory.lora_target")
+        _check(0.0 <= self.generic_prob < 1.0, "memory.generic_prob", "must be in [0, 1)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# retriever, data
+
+
+@dataclass
+class RetrieverConfig:
+    type: str = "tree"  # tree (k-means tree routing) | random (seeded random paths) | oracle (metadata field)
+    embedder: str = "tfidf"  # tfidf | minilm
+    embed_dim: int = 128  # tfidf: SVD components (minilm is always 384)
+    branching: int = 16
+    depth: int = 2  # tree levels built (the bank may use fewer)
+    balance: float = 0.094  # a cluster holding more than this share of its parent's points is split (paper)
+    niter: int = 20  # k-means iterations per node
+    max_points_per_centroid: int = 256  # k-means training sample per node (faiss semantics)
+    seed: int = 0
+    oracle_field: str = "kind"  # metadata field used by the oracle retriever
+
+    def __post_init__(self) -> None:
+        _one_of(self.type, ("tree", "random", "oracle"), "retriever.type")
+        _one_of(self.embedder, ("tfidf", "minilm"), "retriever.embedder")
+        _check(self.branching >= 2, "retriever.branching", f"must be >= 2, got {self.branching}")
+        _check(1 <= self.depth <= 4, "retriever.depth", f"must be in 1..4, got {self.depth}")
+        _check(0.0 < self.balance <= 1.0, "retriever.balance", "must be in (0, 1]")
+        _check(self.embed_dim > 0, "retriever.embed_dim", "must be > 0")
+
+
+@dataclass
+class DataConfig:
+    source: str = "toy"  # toy (generated in memory, for tests) | builtin | files
+    dir: str = "data/builtin"  # prepared data directory (tokenizer, tree, packed shards)
+    files: list[str] = field(default_factory=list)  # source=files: JSONL ({"text": ...}) or .txt paths
+    tokenizer: Optional[str] = None  # an existing tokenizer JSON instead of training one
+    vocab_size: int = 4096  # BPE vocabulary trained on the corpus
+    seq_len: int = 128  # packed sequence length (tokens)
+    val_fraction: float = 0.02  # share of documents held out for validation perplexity
+    seed: int = 0
+    num_workers: int = 0
+    # builtin corpus knobs
+    wiki_docs: int = 10_033  # Wikipedia summaries used (at most 10,033)
+    synthetic_entities: int = 2_000  # invented entities in the synthetic world (0 = none)
+    fact_repeats_max: int = 32  # most frequent entity's fact documents; the tail gets 1
+    zipf_a: float = 1.1
+    # toy corpus knobs
+    toy_docs: int = 400
+
+    def __post_init__(self) -> None:
+        _one_of(self.source, ("toy", "builtin", "files"), "data.source")
+        _check(self.seq_len >= 8, "data.seq_len", f"must be >= 8, got {self.seq_len}")
+        _check(self.vocab_size >= 260, "data.vocab_size", f"must be >= 260 (bytes + specials), got {self.vocab_size}")
+        _check(0.0 <= self.val_fraction < 0.5, "data.val_fraction", "must be in [0, 0.5)")
+        if self.source == "files":
+            _check(len(self.files) > 0, "data.files", "data.source=files needs at least one path")
+        _check(self.wiki_docs >= 0 and self.synthetic_entities >= 0, "data", "counts must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# optimisation, training, evaluation
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3  # anchor peak LR
+    min_lr: float = 3e-4  # cosine floor
+    warmup: float = 0.05  # fraction of total steps if < 1, else a number of steps
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # anchor (dense) gradient-norm clip; 0 = off
+    memory_lr: float = 3e-3  # memory blocks' own peak LR (paper at scale: 1e-4)
+    memory_min_lr: float = 3e-4
+    memory_weight_decay: float = 1e-3
+    memory_grad_clip: float = 0.0  # separate clip for memory gradients; 0 = off
+
+    def __post_init__(self) -> None:
+        for k in ("lr", "memory_lr"):
+            _check(getattr(self, k) > 0, f"optim.{k}", "must be > 0")
+        _check(0 <= self.min_lr <= self.lr, "optim.min_lr", "must be in [0, optim.lr]")
+        _check(0 <= self.memory_min_lr <= self.memory_lr, "optim.memory_min_lr", "must be in [0, optim.memory_lr]")
+        _check(self.warmup >= 0, "optim.warmup", "must be >= 0")
+        _check(0 < self.beta1 < 1 and 0 < self.beta2 < 1, "optim.beta1/beta2", "must be in (0, 1)")
+        _check(self.grad_clip >= 0 and self.memory_grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "anchor"  # anchor (A1) | frozen (A3: memory on a frozen anchor) | cotrain (A2) | scratch (A4)
+    init_from: Optional[str] = None  # run directory with a trained anchor (frozen, cotrain)
+    max_tokens: int = 200_000  # token budget (sequences x seq_len x steps, all devices)
+    batch_size: int = 16  # sequences per micro-batch per device
+    accumulate: int = 1  # gradient accumulation micro-batches
+    precision: str = "auto"  # auto (bf16-mixed on CUDA, 32-true on CPU) | 32-true | bf16-mixed | 16-mixed
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"  # any Lightning strategy name: auto | ddp | ddp_spawn | fsdp ...
+    val_every: int = 50  # steps between validations (0 = only at the end)
+    val_batches: int = 8
+    ckpt_every: int = 50  # steps between checkpoints (0 = only at the end)
+    log_every: int = 5
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads (0 = torch default)
+    progress: bool = True
+    subtree: Optional[int] = None  # train only sequences under this level-1 subtree (split memory jobs)
+
+    def __post_init__(self) -> None:
+        _one_of(self.mode, ("anchor", "frozen", "cotrain", "scratch"), "train.mode")
+        if self.mode in ("frozen", "cotrain"):
+            _check(bool(self.init_from), "train.init_from", f"train.mode={self.mode} needs the anchor's run directory")
+        _check(self.max_tokens > 0, "train.max_tokens", "must be > 0")
+        _check(self.batch_size > 0 and self.accumulate > 0, "train.batch_size", "batch_size and accumulate must be > 0")
+        _one_of(self.precision, ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"), "train.precision")
+        for k in ("val_every", "ckpt_every", "val_batches", "threads"):
+            _check(getattr(self, k) >= 0, f"train.{k}", "must be >= 0")
+        _check(self.log_every > 0, "train.log_every", "must be > 0")
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=lambda: ["hmem_sk", "hmem_ck", "hmem_wiki_ppl"])
+    memory: str = "fetched"  # fetched | generic | none | blocked
+    block_level: int = 1  # blocked mode: the tree level whose best-matching subtree is blocked
+    limit: Optional[int] = None  # at most this many samples per task
+    batch_size: int = 32
+    max_gen_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        _one_of(self.memory, ("fetched", "generic", "none", "blocked"), "eval.memory")
+        _check(self.batch_size > 0, "eval.batch_size", "must be > 0")
+        _check(self.limit is None or self.limit > 0, "eval.limit", "must be > 0")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the root
+
+
+@dataclass
+class RunConfig:
+    experiment: str = "default"  # runs/<experiment>/<name>/
+    name: str = "run"
+    out_dir: str = "runs"
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(re.fullmatch(r"[\w.\-]+", self.name)), "name", f"use letters, digits, '._-' only, got {self.name!r}")
+        _check(bool(re.fullmatch(r"[\w.\-]+", self.experiment)), "experiment", "use letters, digits, '._-' only")
+        used = len(self.memory.levels)
+        _check(used <= self.retriever.depth, "memory.levels",
+               f"{used} levels but the tree has retriever.depth={self.retriever.depth}; add a level there or drop one")
+        if self.memory.type != "none" or self.train.mode != "anchor":
+            _check(self.memory.type != "none", "memory.type", f"train.mode={self.train.mode} needs a memory type")
+        if self.memory.type == "none":
+            _check(self.train.mode == "anchor", "train.mode", "memory.type=none trains only the anchor: use train.mode=anchor")
+        if isinstance(self.memory.layers, list):
+            bad = [i for i in self.memory.layers if i >= self.anchor.n_layer]
+            _check(not bad, "memory.layers", f"layer indices {bad} out of range for {self.anchor.n_layer} layers")
+        _check(self.data.seq_len <= self.anchor.max_seq_len, "data.seq_len",
+               f"{self.data.seq_len} exceeds anchor.max_seq_len={self.anchor.max_seq_len}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.experiment / self.name
+
+
+# --------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _valid_keys(node: Any, prefix: str = "") -> list[str]:
+    out = []
+    for f in fields(node):
+        key = f"{prefix}{f.name}"
+        out.append(key)
+        val = getattr(node, f.name)
+        if is_dataclass(val):
+            out.extend(_valid_keys(val, key + "."))
+    return out
+
+
+def _friendly(err: OmegaConfBaseException) -> ConfigError:
+    """Turn OmegaConf's multi-line error into one line naming the key and the nearest valid ones."""
+    full_key = getattr(err, "full_key", None) or ""
+    msg = str(err).splitlines()[0]
+    valid = _valid_keys(RunConfig())
+    if "not in" in msg or "Key '" in msg and "struct" in msg.lower() or type(err).__name__ == "ConfigKeyError":
+        near = difflib.get_close_matches(full_key, valid, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        return ConfigError(f"{full_key}: unknown config key{hint}")
+    return ConfigError(f"{full_key or 'config'}: {msg}")
+
+
+def _read_yaml(path: str | Path) -> DictConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: experiment file not found")
+    try:
+        cfg = OmegaConf.load(p)
+    except Exception as e:  # yaml.YAMLError and friends: report line
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{p}: the top level must be a mapping of config sections")
+    base = cfg.pop("base", None)  # an experiment may extend another: `base: 001_other.yaml`
+    if base:
+        cfg = OmegaConf.merge(_read_yaml(p.parent / base), cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """defaults < anchor preset < experiment YAML < `key=value` overrides, validated."""
+    try:
+        explicit = _read_yaml(path) if path else OmegaConf.create({})
+        for ov in overrides:
+            if "=" not in ov:
+                raise ConfigError(f"{ov}: overrides are key=value (e.g. train.max_tokens=100000)")
+        explicit = OmegaConf.merge(explicit, OmegaConf.from_dotlist(list(overrides)))
+        if path and "experiment" not in explicit:
+            explicit.experiment = Path(path).stem
+        schema = OmegaConf.structured(RunConfig)
+        OmegaConf.set_struct(schema, True)
+        # validate keys and types against the schema before expanding the preset
+        merged = OmegaConf.merge(schema, explicit)
+        preset = merged.anchor.preset
+        if preset not in PRESETS:
+            raise ConfigError(f"anchor.preset: got {preset!r}; allowed: {', '.join(PRESETS)}")
+        merged = OmegaConf.merge(schema, {"anchor": PRESETS[preset]}, explicit)
+        return OmegaConf.to_object(merged)  # runs every __post_init__
+    except OmegaConfBaseException as e:
+        cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else None
+        raise (cause or _friendly(e)) from None
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain nested dict (safe to store in checkpoints loaded with weights_only=True)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def from_dict(d: dict[str, Any]) -> RunConfig:
+    schema = OmegaConf.structured(RunConfig)
+    OmegaConf.set_struct(schema, True)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(schema, d))  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise _friendly(e) from None
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    from hmem_lit.utils import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))

@@ -1,0 +1,91 @@
+"""The LightningModule: a thin system around `MemoryLM` (steps, metrics, optimiser groups, schedules).
+
+Logged names are stable because sweeps and analysis key on them: `train/loss`, `train/lr`, `val/loss`,
+`val/ppl`, `tokens`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torchmetrics
+
+from hmem_lit.anchor import lm_loss
+from hmem_lit.config import RunConfig, to_dict
+from hmem_lit.model import MemoryLM
+
+
+def warmup_cosine(step: int, total: int, warmup: float, floor_ratio: float) -> float:
+    """LR multiplier: linear warmup, then cosine decay to `floor_ratio` of the peak at `total` steps."""
+    w = int(warmup * total) if warmup < 1 else int(warmup)
+    if step < w:
+        return (step + 1) / w
+    progress = min(1.0, (step - w) / max(1, total - w))
+    return floor_ratio + (1 - floor_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class HmemLitModule(L.LightningModule):
+    def __init__(self, cfg: RunConfig, vocab_size: int, total_steps: int, tokens_per_step: int):
+        super().__init__()
+        self.cfg, self.total_steps, self.tokens_per_step = cfg, total_steps, tokens_per_step
+        # plain dicts only: the checkpoint must load with torch.load(weights_only=True)
+        self.save_hyperparameters({"config": to_dict(cfg), "vocab_size": vocab_size, "total_steps": total_steps})
+        self.model = MemoryLM(cfg, vocab_size)
+        self.val_loss = torchmetrics.MeanMetric()
+        self.val_ppl = torchmetrics.text.Perplexity(ignore_index=-100)
+
+    def forward(self, batch: dict[str, torch.Tensor], memory_mode: str = "fetched") -> torch.Tensor:
+        generic = None
+        if self.training and self.model.memory is not None and self.cfg.memory.generic:
+            from hmem_lit.memory.generic import generic_mask
+
+            generic = generic_mask(batch["seq_idx"], self.cfg.memory.generic_prob, self.cfg.train.seed)
+        return self.model(batch["input_ids"], doc_ids=batch["doc_ids"], paths=batch["paths"],
+                          memory_mode=memory_mode, generic=generic)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = lm_loss(self(batch), batch["targets"])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.trainer.global_step % self.cfg.train.log_every == 0:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+            self.log("tokens", float(self.trainer.global_step * self.tokens_per_step), on_step=True, on_epoch=False)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch)
+        n = (batch["targets"] != -100).sum()
+        self.val_loss.update(lm_loss(logits, batch["targets"]), weight=n)
+        self.val_ppl.update(logits.float(), batch["targets"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
+        self.log("val/ppl", self.val_ppl.compute(), sync_dist=True)
+        self.log("tokens", float(self.trainer.global_step * self.tokens_per_step))
+        self.val_loss.reset()
+        self.val_ppl.reset()
+
+    def configure_optimizers(self) -> Any:
+        try:
+            from hmem_lit.memory.optim import build_optimizer
+        except ImportError:  # TEMP until memory/optim.py lands
+            o = self.cfg.optim
+            opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                    weight_decay=o.weight_decay)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: warmup_cosine(s, self.total_steps, o.warmup, o.min_lr / o.lr))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return build_optimizer(self.model, self.cfg, self.total_steps)
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        try:
+            from hmem_lit.memory.optim import clip_gradients
+        except ImportError:  # TEMP
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            return
+        clip_gradients(self.model, self.cfg)

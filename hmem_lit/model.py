@@ -1,0 +1,134 @@
+"""The memory-augmented LM: anchor + (optional) memory type over a hierarchical bank; modes and accounting.
+
+The model only sees (tokens, doc_ids, paths): routing happens in the data pipeline and in evaluation. Training
+modes (train.mode, PAPERS.md A5 / Table 1) are applied after construction by `prepare_model_for_mode`; `info`
+prints the anchor / fetched / bank parameter counts of a config without allocating anything (meta device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from hmem_lit.anchor import Anchor, count_params
+from hmem_lit.config import RunConfig
+
+
+class MemoryLM(nn.Module):
+    def __init__(self, cfg: RunConfig, vocab_size: int | None = None):
+        super().__init__()
+        acfg = cfg.anchor
+        if vocab_size is not None:
+            acfg = dataclasses.replace(acfg, vocab_size=vocab_size)
+        self.cfg = dataclasses.replace(cfg, anchor=acfg)
+        self.anchor = Anchor(acfg)
+        self.memory: nn.Module | None = None
+        self.subtree: int | None = None  # set by prepare_model_for_mode for split (per-subtree) memory jobs
+        if cfg.memory.type != "none":
+            from hmem_lit.memory import MEMORY, import_all
+
+            import_all()
+            self.memory = MEMORY.get(cfg.memory.type)(cfg.memory, acfg, cfg.retriever.branching)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        doc_ids: Tensor | None = None,
+        paths: Tensor | None = None,
+        memory_mode: str = "fetched",
+        generic: Tensor | None = None,
+    ) -> Tensor:
+        """-> logits (B, T, vocab). memory_mode: fetched | generic | none.
+
+        fetched: each sequence reads the blocks on its path (paths (B, depth)); generic (B,) bool, if given,
+        switches chosen sequences to the generic block. For blocking, pass paths already substituted with
+        `hmem_lit.memory.bank.choose_unblocked`.
+        """
+        hooks = None
+        if self.memory is not None and memory_mode != "none":
+            if memory_mode == "generic":
+                generic = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            elif self.subtree is not None and self.training and bool((paths[:, 0] != self.subtree).any()):
+                raise ValueError(f"train.subtree={self.subtree}: a batch holds paths from other level-1 subtrees")
+            hooks = self.memory.fetch(paths, generic=generic)
+        return self.anchor(input_ids, doc_ids=doc_ids, hooks=hooks)
+
+    def param_counts(self) -> dict[str, int]:
+        anchor = count_params(self.anchor)
+        if self.memory is None:
+            return {"anchor": anchor, "fetched": 0, "bank": 0, "runtime": anchor}
+        fetched = int(self.memory.fetched_params())
+        return {"anchor": anchor, "fetched": fetched, "bank": int(self.memory.bank_params()), "runtime": anchor + fetched}
+
+
+def load_run_state(run_dir: str | Path) -> dict[str, Tensor]:
+    """The final weights of a run directory (`model.safetensors`, keys as in `MemoryLM.state_dict()`)."""
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no final weights (is {run_dir} a finished run directory?)")
+    return load_file(str(path))
+
+
+def prepare_model_for_mode(model: MemoryLM, cfg: RunConfig,
+                           load_anchor_state: Callable[[str], dict[str, Tensor]] = load_run_state) -> MemoryLM:
+    """Apply train.mode: frozen / cotrain load the anchor from train.init_from (frozen also freezes it);
+    anchor / scratch train everything from the fresh init. train.subtree restricts a frozen-anchor memory job to
+    one level-1 subtree (checked on every training batch)."""
+    mode = cfg.train.mode
+    if mode in ("frozen", "cotrain"):
+        state = load_anchor_state(cfg.train.init_from)
+        anchor_state = {k[len("anchor."):]: v for k, v in state.items() if k.startswith("anchor.")}
+        if not anchor_state:
+            raise ValueError(f"train.init_from={cfg.train.init_from}: its weights hold no 'anchor.*' tensors")
+        try:
+            model.anchor.load_state_dict(anchor_state, strict=True)
+        except RuntimeError as e:
+            first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise ValueError(f"train.init_from={cfg.train.init_from}: anchor does not match anchor.* ({first})") from None
+    if mode == "frozen":
+        model.anchor.requires_grad_(False)
+    if cfg.train.subtree is not None:
+        k, b = cfg.train.subtree, cfg.retriever.branching
+        if mode != "frozen" or not hasattr(model.memory, "bank") or cfg.memory.generic:
+            raise ValueError("train.subtree needs train.mode=frozen, a bank-backed memory type (ffn, lora, kv) and "
+                             "memory.generic=false: every other parameter must stay identical across the jobs")
+        if not 0 <= k < b:
+            raise ValueError(f"train.subtree={k}: must be in [0, {b}) (retriever.branching)")
+        model.subtree = k
+    return model
+
+
+def _fmt(n: int) -> str:
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n:,} ({n / div:.2f}{unit})"
+    return f"{n:,}"
+
+
+def info(cfg: RunConfig) -> str:
+    """Anchor / fetched / bank parameter counts (and the bank's levels) of a config, built on the meta device."""
+    from hmem_lit.data.toy import ByteTokenizer
+
+    vocab = cfg.anchor.vocab_size or (ByteTokenizer.vocab_size if cfg.data.source == "toy" else cfg.data.vocab_size)
+    with torch.device("meta"):
+        model = MemoryLM(cfg, vocab)
+    c = model.param_counts()
+    lines = [f"anchor  {cfg.anchor.preset}: {_fmt(c['anchor'])} (vocab {vocab})",
+             f"memory  {cfg.memory.type}"]
+    if model.memory is not None:
+        lines += [f"fetched {_fmt(c['fetched'])}  = {100 * c['fetched'] / c['anchor']:.1f}% of the anchor",
+                  f"bank    {_fmt(c['bank'])}"]
+        bank = getattr(model.memory, "bank", None)
+        if bank is not None:
+            lines.append(f"levels  {list(bank.levels)} over a {bank.branching}-way tree, "
+                         f"{len(model.memory.layers)} memory layers, c0 = {bank.c_unit:,} per unit")
+            for lvl, r, _ in bank.tables():
+                lines.append(f"  level {lvl}: {bank.n_nodes(lvl):>7,} blocks x {bank.c_unit * r:>12,} = "
+                             f"{_fmt(bank.n_nodes(lvl) * bank.c_unit * r)}")
+    return "\n".join(lines)

@@ -1,0 +1,213 @@
+"""`hmem train`: one run directory, trained through Lightning, resumable, complete when final.json exists.
+
+Relaunching a complete run does nothing (unless forced); relaunching an incomplete one resumes from
+checkpoints/last.ckpt exactly (the data order is a function of the step, the checkpoint holds the optimiser and
+schedule). A checkpoint whose config differs from the requested one, or that cannot be read, is an error, never a
+silent restart.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+
+from hmem_lit import runs
+from hmem_lit.config import ConfigError, RunConfig, save_config, to_dict
+from hmem_lit.utils import dumps, seed_everything, set_threads, write_json
+
+
+class JsonlLogger(Logger):
+    """Appends one JSON record per logging call to metrics.jsonl (flushed, so a killed run keeps its curve)."""
+
+    def __init__(self, run_dir: Path, tokens_per_step: int):
+        super().__init__()
+        self.path, self.tokens_per_step = run_dir / runs.METRICS, tokens_per_step
+
+    @property
+    def name(self) -> str:
+        return "jsonl"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        tokens = metrics.get("tokens", int(step or 0) * self.tokens_per_step)
+        rec = {"step": int(step or 0), "tokens": int(tokens), "time": round(time.time(), 3)}
+        rec.update({k: float(v) for k, v in metrics.items() if k not in ("epoch", "tokens")})
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(dumps(rec, indent=None) + "\n")
+            f.flush()
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar without the meaningless `v_num` field."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+class AtomicCheckpoint(Callback):
+    """Saves checkpoints/last.ckpt every `every` optimiser steps, atomically (temp file + rename)."""
+
+    def __init__(self, run_dir: Path, every: int):
+        self.path, self.every = run_dir / runs.LAST_CKPT, every
+
+    def save(self, trainer: L.Trainer) -> None:
+        tmp = self.path.with_name(".last.ckpt.tmp")
+        trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimiser, schedule, loops
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every and step > 0 and step % self.every == 0 and step != getattr(self, "_last", -1):
+            self._last = step
+            self.save(trainer)
+
+
+def _precision(cfg: RunConfig) -> str:
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    return "bf16-mixed" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "32-true"
+
+
+def _world_size(cfg: RunConfig) -> int:
+    d = cfg.train.devices
+    return d if isinstance(d, int) and d > 0 else (len(d) if isinstance(d, list) else 1)
+
+
+def _check_resume(run_dir: Path, cfg: RunConfig) -> Path | None:
+    """-> checkpoint to resume from, or None. Raises ConfigError on a mismatched or corrupt checkpoint."""
+    ckpt = run_dir / runs.LAST_CKPT
+    saved_cfg = run_dir / runs.CONFIG
+    if saved_cfg.is_file():
+        old = to_dict(runs.load_run_config(run_dir))
+        new = to_dict(cfg)
+        diff = _diff(old, new)
+        if diff:
+            raise ConfigError(f"{run_dir}: holds a run with a different config ({', '.join(diff[:4])}); "
+                              "choose another name=... or pass --force to start it again")
+    if not ckpt.is_file():
+        return None
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        assert "state_dict" in state and "hyper_parameters" in state
+    except Exception as e:  # noqa: BLE001 - any failure to read means corrupt
+        raise ConfigError(f"{ckpt}: corrupt or unreadable checkpoint ({type(e).__name__}); delete it to restart "
+                          "from scratch, or pass --force") from None
+    if _diff(state["hyper_parameters"]["config"], to_dict(cfg)):
+        raise ConfigError(f"{ckpt}: checkpoint was trained with a different config; pass --force to restart")
+    runs.truncate_metrics(run_dir, int(state.get("global_step", 0)))
+    return ckpt
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb and k not in ("progress", "threads", "num_workers"):
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] | None = None) -> Path:
+    """Train (or resume, or skip) the run `cfg` describes; returns its run directory."""
+    from hmem_lit.data.datamodule import HmemDataModule
+    from hmem_lit.lit_module import HmemLitModule
+
+    run_dir = cfg.run_dir
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    resume = _check_resume(run_dir, cfg) if run_dir.exists() else None
+    if runs.is_complete(run_dir):
+        print(f"[hmem] {run_dir} is complete (final.json exists); pass --force to retrain")
+        return run_dir
+    set_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+
+    world = _world_size(cfg)
+    tps = cfg.train.batch_size * cfg.train.accumulate * world * cfg.data.seq_len
+    total_steps = max(1, math.ceil(cfg.train.max_tokens / tps))
+    dm = HmemDataModule(cfg, total_steps)
+    if cfg.anchor.vocab_size is not None and cfg.anchor.vocab_size != dm.vocab_size:
+        raise ConfigError(f"anchor.vocab_size: {cfg.anchor.vocab_size} does not match the tokenizer's {dm.vocab_size}; "
+                          "leave it unset (null) to take it from the data")
+    module = HmemLitModule(cfg, dm.vocab_size, total_steps, tps)
+    if cfg.train.mode in ("frozen", "cotrain"):
+        from hmem_lit.model import prepare_model_for_mode
+
+        prepare_model_for_mode(module.model, cfg)
+
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    precision = _precision(cfg)
+    trainer = L.Trainer(
+        max_steps=total_steps, max_epochs=-1, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
+        strategy=cfg.train.strategy, precision=precision, accumulate_grad_batches=cfg.train.accumulate,
+        logger=JsonlLogger(run_dir, tps), log_every_n_steps=cfg.train.log_every,
+        callbacks=[AtomicCheckpoint(run_dir, cfg.train.ckpt_every), *(extra_callbacks or []),
+                   *([ProgressBar(refresh_rate=max(1, cfg.train.log_every))] if cfg.train.progress else [])],
+        enable_checkpointing=False, enable_progress_bar=cfg.train.progress, enable_model_summary=False,
+        val_check_interval=(cfg.train.val_every * cfg.train.accumulate) if cfg.train.val_every else None,
+        check_val_every_n_epoch=None, limit_val_batches=cfg.train.val_batches if cfg.train.val_every else 0,
+        num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=str(run_dir),
+    )
+    if trainer.is_global_zero:
+        save_config(cfg, run_dir / runs.CONFIG)
+        runs.write_manifest(run_dir, cfg, f"{trainer.strategy.root_device} ({precision}, {trainer.world_size} proc)")
+        counts = module.model.param_counts()
+        print(f"[hmem] {run_dir}: {'resuming from step ' + str(torch.load(resume, map_location='cpu', weights_only=True)['global_step']) if resume else 'new run'}; "
+              f"{total_steps} steps x {tps} tokens; params anchor={counts['anchor']:,} fetched={counts['fetched']:,} bank={counts['bank']:,}")
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
+    train_time = time.time() - t0
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    val = trainer.validate(module, datamodule=dm, verbose=False)[0] if len(dm.val_split) else {}
+    AtomicCheckpoint(run_dir, 0).save(trainer)  # the final state (all ranks: saving is collective)
+    if trainer.is_global_zero:
+        _finish(run_dir, cfg, module, trainer, val, train_time, total_steps, tps)
+    return run_dir
+
+
+def _finish(run_dir: Path, cfg: RunConfig, module: Any, trainer: L.Trainer, val: dict, train_time: float,
+            total_steps: int, tps: int) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
+    tmp = run_dir / ".model.safetensors.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, run_dir / runs.WEIGHTS)
+    final = {
+        "status": "complete",
+        "experiment": cfg.experiment,
+        "name": cfg.name,
+        "steps": int(trainer.global_step),
+        "tokens": int(trainer.global_step) * tps,
+        "train_time_s": round(train_time, 2),
+        "params": module.model.param_counts(),
+        "metrics": {k: float(v) for k, v in val.items()},
+        "config": to_dict(module.model.cfg),
+    }
+    write_json(run_dir / runs.FINAL, final)
+    print(f"[hmem] done: {run_dir} val/loss={final['metrics'].get('val/loss', float('nan')):.4f} "
+          f"in {train_time:.1f}s ({final['tokens']:,} tokens)")

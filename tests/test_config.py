@@ -1,0 +1,102 @@
+"""Config merging (defaults < preset < YAML < overrides), validation errors, presets' exact parameter counts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hmem_lit.anchor import Anchor, count_params
+from hmem_lit.config import PRESETS, ConfigError, from_dict, load_config, to_dict
+
+from .conftest import DEBUG_YAML
+
+
+def test_merge_order(tmp_path):
+    y = tmp_path / "e.yaml"
+    y.write_text("anchor:\n  preset: small\n  d_ff: 100\ntrain:\n  max_tokens: 5000\n")
+    cfg = load_config(y, ["train.max_tokens=7000", "optim.lr=0.01"])
+    assert cfg.experiment == "e"  # from the file name
+    assert cfg.anchor.n_layer == PRESETS["small"]["n_layer"]  # preset applies ...
+    assert cfg.anchor.d_ff == 100  # ... before explicit YAML keys
+    assert cfg.train.max_tokens == 7000  # CLI beats YAML
+    assert cfg.optim.lr == 0.01
+    assert cfg.train.batch_size == 16  # untouched default
+
+
+def test_override_beats_preset_from_cli():
+    cfg = load_config(None, ["anchor.preset=openlm-410m", "anchor.n_layer=12"])
+    assert cfg.anchor.n_layer == 12 and cfg.anchor.d_model == 1024
+
+
+def test_base_experiment(tmp_path):
+    (tmp_path / "a.yaml").write_text("train:\n  max_tokens: 1234\n  batch_size: 4\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ntrain:\n  batch_size: 8\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert (cfg.train.max_tokens, cfg.train.batch_size, cfg.experiment) == (1234, 8, "b")
+
+
+@pytest.mark.parametrize(
+    "override, expect",
+    [
+        ("train.max_tokn=5", "train.max_tokens"),  # misspelled key: name the nearest valid key
+        ("anchor.d_modle=5", "anchor.d_model"),
+        ("train.max_tokens=abc", "train.max_tokens"),  # wrong type
+        ("train.max_tokens=-1", "train.max_tokens"),  # impossible value
+        ("retriever.branching=1", "retriever.branching"),
+        ("memory.type=fnn", "memory.type"),
+        ("anchor.preset=huge", "anchor.preset"),
+        ("memory.type=ffn", "memory.levels"),  # memory without a size
+        ("memory.levels=[4,4,4]", "memory.levels"),  # more levels than the tree (depth 2)
+        ("train.mode=frozen", "train.mode"),
+        ("data.seq_len=4096", "data.seq_len"),  # longer than the anchor's context
+    ],
+)
+def test_errors_name_the_key(override, expect):
+    with pytest.raises(ConfigError) as e:
+        load_config(DEBUG_YAML, [override])
+    msg = str(e.value)
+    assert expect in msg and "\n" not in msg
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)
+
+
+def test_roundtrip_dict():
+    cfg = load_config(DEBUG_YAML, ["memory.type=ffn", "memory.levels=[8,16]"])
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_cli_exit_status_and_one_line():
+    r = subprocess.run([sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML), "train.max_tokn=3"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "train.max_tokens" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "preset, expected", [("openlm-160m", 163_510_016), ("openlm-410m", 411_665_408), ("openlm-1.4b", 1_439_893_504)]
+)
+def test_paper_presets_exact_param_counts(preset, expected):
+    cfg = load_config(None, [f"anchor.preset={preset}"])
+    assert cfg.anchor.vocab_size == 50_432
+    with torch.device("meta"):
+        model = Anchor(cfg.anchor)
+    assert count_params(model) == expected
+
+
+def test_table8_presets_shrink_with_layers():
+    counts = []
+    for L in (12, 17, 19, 21, 22, 24):
+        with torch.device("meta"):
+            counts.append(count_params(Anchor(load_config(None, [f"anchor.preset=openlm-d1024-l{L}"]).anchor)))
+    assert counts == sorted(counts) and counts[-1] == 411_665_408
