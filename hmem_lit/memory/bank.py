@@ -1,0 +1,162 @@
+"""The hierarchical memory bank: one block per tree node, one 2-D table per level, gathered per sequence.
+
+Level l (1-based) of a `branching`-way tree has branching**l nodes; a node's id at level l is
+parent_id * branching + child, so its level-1 ancestor is id // branching**(l-1) and every level-1 subtree owns a
+contiguous range of rows at every level. `memory.levels = [r1, r2, ...]` gives r_l units per memory layer at
+level l (0 = level absent); a level-l block holds s_l = c_unit * r_l numbers, c_unit set by the memory type
+(FFN: 3 * layers * d_model). fetched = c_unit * sum(r_l); bank = c_unit * sum(branching**l * r_l).
+
+Storage: level l is one Parameter `level{l}` of shape (branching**l [+1], s_l). The optional extra last row is
+the level's share of the generic block (memory.generic). A fetch is `F.embedding(ids, table, sparse=True)`: one
+gather per level for the whole batch, and a sparse COO gradient that touches only the fetched rows, which the
+row-wise optimiser (memory/optim.py) turns into an O(fetch) update.
+
+With `offload=True` the tables stay on the CPU whatever `.to()`/`.cuda()` the model gets; fetched rows are
+gathered there and copied to the compute device (the device of `paths`), and autograd carries gradients back.
+
+`BankMemory` is the shared base of the bank-backed types (ffn, lora, kv). A block is laid out unit-major:
+(layers, r_l, c_layer) where c_layer is the numbers one unit adds to one layer (FFN: a gate row, an up row and a
+down column, 3 * d_model). Fetched levels concatenate along the unit axis, so a sequence sees one memory of
+R = sum(r_l) units per layer.
+
+Blocking (privacy experiment) is the caller's job: `choose_unblocked` picks, per sequence, the first of several
+ranked candidate paths that avoids the blocked nodes, and that path is what `fetch` receives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def resolve_layers(spec: Any, n_layer: int) -> list[int]:
+    """memory.layers -> sorted layer indices: all | early | middle | late (thirds of the depth) | explicit list."""
+    if isinstance(spec, str):
+        if spec == "all":
+            return list(range(n_layer))
+        thirds = torch.arange(n_layer).tensor_split(3)  # sizes differ by at most one
+        idx = {"early": 0, "middle": 1, "late": 2}[spec]
+        layers = thirds[idx].tolist()
+        if not layers:
+            raise ValueError(f"memory.layers={spec}: {n_layer} layers have no {spec} third")
+        return layers
+    layers = sorted({int(i) for i in spec})
+    if not layers or layers[-1] >= n_layer:
+        raise ValueError(f"memory.layers={list(spec)}: need indices in [0, {n_layer})")
+    return layers
+
+
+class Bank(nn.Module):
+    """Per-level block tables. `fetch` returns one (B, s_l) row tensor per used level, on the compute device."""
+
+    def __init__(self, levels: Sequence[int], c_unit: int, branching: int, generic: bool = False,
+                 offload: bool = False):
+        super().__init__()
+        if branching < 2:
+            raise ValueError(f"branching must be >= 2, got {branching}")
+        self.levels = [int(r) for r in levels]
+        self.c_unit, self.branching, self.generic, self.offload = int(c_unit), int(branching), generic, offload
+        self.used = [(lvl, r) for lvl, r in enumerate(self.levels, start=1) if r > 0]  # (level, r_l)
+        for lvl, r in self.used:
+            rows = branching**lvl + int(generic)
+            self.register_parameter(f"level{lvl}", nn.Parameter(torch.empty(rows, self.c_unit * r)))
+
+    def tables(self) -> list[tuple[int, int, nn.Parameter]]:
+        """[(level, r_l, table)] for the used levels."""
+        return [(lvl, r, getattr(self, f"level{lvl}")) for lvl, r in self.used]
+
+    def init_blocks(self, fn: Callable[[Tensor, int], None]) -> None:
+        """fn(table.view(rows, ...layout...), r_l) initialises one level in place (no-op on the meta device)."""
+        with torch.no_grad():
+            for _, r, table in self.tables():
+                fn(table, r)
+
+    def n_nodes(self, level: int) -> int:
+        return self.branching**level
+
+    def fetched_params(self) -> int:
+        return self.c_unit * sum(self.levels)
+
+    def bank_params(self) -> int:
+        return self.c_unit * sum(self.branching**lvl * r for lvl, r in enumerate(self.levels, start=1))
+
+    def subtree_rows(self, level: int, subtree: int) -> tuple[int, int]:
+        """Row range [start, stop) of level `level` owned by level-1 subtree `subtree`."""
+        span = self.branching ** (level - 1)
+        return subtree * span, (subtree + 1) * span
+
+    def fetch(self, paths: Tensor | None, generic: Tensor | None = None) -> list[Tensor]:
+        """paths (B, >= levels) node ids; generic (B,) bool -> [(B, s_l)] per used level, rows ordered like paths.
+
+        Sequences with generic=True read the generic row (last row) of every level instead of their path.
+        """
+        if paths is None and generic is None:
+            raise ValueError("fetch needs paths (B, depth) or a generic mask")
+        if generic is not None and not self.generic:
+            raise ValueError("generic memory requested but the bank was built with memory.generic=false")
+        device = (paths if paths is not None else generic).device
+        out = []
+        for lvl, _, table in self.tables():
+            gen_row = self.n_nodes(lvl)
+            if paths is None:
+                ids = torch.full(generic.shape, gen_row, dtype=torch.long, device=device)
+            else:
+                ids = paths[:, lvl - 1].long()
+                if generic is not None:
+                    ids = torch.where(generic.to(device), torch.full_like(ids, gen_row), ids)
+            rows = F.embedding(ids.to(table.device), table, sparse=True)  # (B, s_l)
+            out.append(rows.to(device, non_blocking=True))
+        return out
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
+        # offload: the tables never leave the CPU (nor change dtype); everything else follows .to()/.cuda()
+        if self.offload:
+            return self
+        return super()._apply(fn, recurse)
+
+
+class BankMemory(nn.Module):
+    """Shared base of bank-backed memory types: placement, the bank, accounting, the batched gather."""
+
+    def __init__(self, mcfg: Any, n_layer: int, branching: int, c_layer: int):
+        super().__init__()
+        self.layers = resolve_layers(mcfg.layers, n_layer)
+        self.slot = {layer: i for i, layer in enumerate(self.layers)}  # anchor layer -> position in the block
+        self.c_layer = c_layer
+        self.bank = Bank(mcfg.levels, c_layer * len(self.layers), branching, mcfg.generic, mcfg.offload)
+
+    def unit_views(self) -> list[Tensor]:
+        """Each level's table viewed as (rows, layers, r_l, c_layer), for in-place initialisation."""
+        return [t.view(t.shape[0], len(self.layers), r, self.c_layer) for _, r, t in self.bank.tables()]
+
+    def gather(self, paths: Tensor | None, generic: Tensor | None) -> Tensor:
+        """-> (B, layers, R, c_layer): the fetched blocks of every used level, concatenated along units."""
+        rows = self.bank.fetch(paths, generic)
+        parts = [x.view(x.shape[0], len(self.layers), r, self.c_layer) for x, (_, r) in zip(rows, self.bank.used)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+    def fetched_params(self) -> int:
+        return self.bank.fetched_params()
+
+    def bank_params(self) -> int:
+        return self.bank.bank_params()
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return list(self.bank.parameters())
+
+
+def choose_unblocked(candidates: Tensor, level: int, blocked: Tensor) -> Tensor:
+    """Blocking for evaluation: per sequence, the first ranked candidate path whose level-`level` node is unblocked.
+
+    candidates (B, K, depth) long, best first (e.g. the routing's next-nearest nodes); blocked (n,) long node ids
+    at `level`. -> (B, depth), ready for `fetch`. Raises if some sequence has no unblocked candidate.
+    """
+    ok = ~torch.isin(candidates[:, :, level - 1], blocked.to(candidates.device))  # (B, K)
+    if not bool(ok.any(dim=1).all()):
+        raise ValueError("every candidate path of some sequence is blocked; supply more candidates")
+    first = ok.to(torch.int8).argmax(dim=1)  # first True per row
+    return candidates[torch.arange(candidates.shape[0], device=candidates.device), first]

@@ -1,0 +1,200 @@
+"""Optimisation of a MemoryLM: parameter groups, one AdamW that updates bank tables row-wise, schedules, clipping.
+
+Groups (empty ones are dropped):
+  anchor        anchor weights (>= 2-D), optim.lr / weight_decay, warmup + cosine to optim.min_lr
+  anchor_nowd   anchor norm weights (1-D), same LR, no weight decay
+  memory        dense memory parameters (PKM projections and keys), optim.memory_lr / memory_weight_decay,
+                warmup + cosine to optim.memory_min_lr (>= 2-D only get decay)
+  memory_nowd   1-D dense memory parameters (none today), memory LR, no decay
+  memory_rows   tensors with sparse gradients (bank tables, PKM values): the same memory LR / decay, row-wise
+
+`RowwiseAdamW` is one `torch.optim.Optimizer` (Lightning's automatic optimisation wants one). Dense groups get
+standard AdamW (decoupled weight decay, bias correction). Sparse groups get a lazy AdamW: the gradient is a
+sparse COO tensor whose indices are the rows fetched this step; after `coalesce()` only those rows of the
+parameter and of its two moment buffers are read (`index_select`) and written (`index_copy_`), each row keeps
+its own step count for bias correction, and weight decay hits only those rows. Rows not fetched are never
+touched: they stay bit-identical (no momentum or decay drift) and the step costs O(fetched rows), not O(bank).
+A row fetched every step follows exactly dense AdamW. State holds only tensors (per-row counts are the "step"
+entry, which torch never casts on load), so checkpoints load with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hmem_lit.config import RunConfig
+
+
+class WarmupCosine:
+    """LR multiplier: linear warmup over `warmup` steps, then cosine from 1 to `floor` at `total` steps."""
+
+    def __init__(self, total: int, warmup: float, floor: float):
+        self.total, self.floor = int(total), float(floor)
+        self.warmup = int(warmup * total) if warmup < 1 else int(warmup)  # fraction of the run, or steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class RowwiseAdamW(torch.optim.Optimizer):
+    """AdamW; groups with `sparse=True` update only the rows present in each (sparse) gradient."""
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, sparse=False))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if group["sparse"]:
+                for p in params:
+                    self._rows_step(p, group)
+            elif params:
+                self._dense_step(params, group)
+        return loss
+
+    def _dense_step(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        (b1, b2), lr, wd, eps = group["betas"], group["lr"], group["weight_decay"], group["eps"]
+        grads, ms, vs, bc1, bc2 = [], [], [], [], []
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError("a sparse gradient reached a dense group: list its tensor in sparse_parameters()")
+            st = self.state[p]
+            if not st:
+                st["step"] = torch.tensor(0.0)
+                st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+            st["step"] += 1
+            step = float(st["step"])
+            grads.append(p.grad)
+            ms.append(st["exp_avg"])
+            vs.append(st["exp_avg_sq"])
+            bc1.append(1 - b1**step)
+            bc2.append(math.sqrt(1 - b2**step))
+        torch._foreach_mul_(params, 1 - lr * wd)
+        torch._foreach_lerp_(ms, grads, 1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, 1 - b2)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denom, bc2)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, ms, denom, [-lr / c for c in bc1])
+
+    def _rows_step(self, p: Tensor, group: dict[str, Any]) -> None:
+        (b1, b2), lr, wd, eps = group["betas"], group["lr"], group["weight_decay"], group["eps"]
+        if not p.grad.is_sparse:
+            raise RuntimeError(f"row-wise group {group.get('name')!r} got a dense gradient: gather with sparse=True")
+        g = p.grad.coalesce()  # duplicate rows (a block fetched by several sequences) summed
+        rows, gv = g._indices()[0], g._values()  # (n,), (n, *row_shape)
+        st = self.state[p]
+        if not st:
+            st["step"] = torch.zeros(p.shape[0], dtype=torch.long, device=p.device)  # per-row update counts
+            st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+        if st["step"].device != p.device:  # torch.load leaves "step" where it was saved
+            st["step"] = st["step"].to(p.device)
+        steps = st["step"].index_select(0, rows) + 1
+        st["step"].index_copy_(0, rows, steps)
+        shape = (-1,) + (1,) * (p.dim() - 1)  # broadcast per-row scalars over the row
+        bc1 = (1 - b1 ** steps.double()).to(p.dtype).view(shape)
+        bc2 = (1 - b2 ** steps.double()).sqrt().to(p.dtype).view(shape)
+        m = st["exp_avg"].index_select(0, rows).lerp_(gv, 1 - b1)
+        v = st["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(gv, gv, value=1 - b2)
+        x = p.index_select(0, rows).mul_(1 - lr * wd)
+        x.addcdiv_(m / bc1, v.sqrt().div_(bc2).add_(eps), value=-lr)
+        p.index_copy_(0, rows, x)
+        st["exp_avg"].index_copy_(0, rows, m)
+        st["exp_avg_sq"].index_copy_(0, rows, v)
+
+
+def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
+    """Trainable parameters of a MemoryLM in the groups of the module docstring (frozen ones are left out)."""
+    o = cfg.optim
+    memory = getattr(model, "memory", None)
+    sparse = {id(p) for p in memory.sparse_parameters()} if memory is not None else set()
+    in_memory = {id(p) for p in memory.parameters()} if memory is not None else set()
+    buckets: dict[str, list[nn.Parameter]] = {k: [] for k in ("anchor", "anchor_nowd", "memory", "memory_nowd",
+                                                               "memory_rows")}
+    for p in model.parameters():  # deduplicated (tied embeddings appear once)
+        if not p.requires_grad:
+            continue
+        if id(p) in sparse:
+            buckets["memory_rows"].append(p)
+        else:
+            base = "memory" if id(p) in in_memory else "anchor"
+            buckets[base if p.dim() >= 2 else base + "_nowd"].append(p)
+    groups = []
+    for name, ps in buckets.items():
+        if not ps:
+            continue
+        mem = name.startswith("memory")
+        groups.append(dict(params=ps, name=name, sparse=name == "memory_rows",
+                           lr=o.memory_lr if mem else o.lr,
+                           weight_decay=0.0 if name.endswith("nowd") else (o.memory_weight_decay if mem else o.weight_decay)))
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: RunConfig, total_steps: int) -> dict[str, Any]:
+    """The LightningModule's `configure_optimizers` return value: {"optimizer", "lr_scheduler" (per step)}."""
+    o = cfg.optim
+    groups = param_groups(model, cfg)
+    if not groups:
+        raise ValueError("nothing to train: every parameter has requires_grad=False")
+    opt = RowwiseAdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    lambdas = [WarmupCosine(total_steps, o.warmup, o.memory_min_lr / o.memory_lr if g["name"].startswith("memory")
+                            else o.min_lr / o.lr) for g in groups]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _grads(params: list[Tensor]) -> list[Tensor]:
+    """Gradients of params (sparse ones coalesced in place, so their values can be normed and scaled)."""
+    out = []
+    for p in params:
+        if p.grad is not None:
+            if p.grad.is_sparse and not p.grad.is_coalesced():
+                p.grad = p.grad.coalesce()
+            out.append(p.grad._values() if p.grad.is_sparse else p.grad)
+    return out
+
+
+def _norm(grads: list[Tensor]) -> Tensor:
+    if not grads:
+        return torch.zeros(())
+    dev = grads[0].device
+    return torch.stack([torch.linalg.vector_norm(g.float()).to(dev) for g in grads]).norm()
+
+
+@torch.no_grad()
+def _clip(grads: list[Tensor], total: Tensor, max_norm: float) -> None:
+    if max_norm > 0 and grads:
+        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coef.to(g.device))
+
+
+def clip_gradients(model: nn.Module, cfg: RunConfig) -> dict[str, Tensor]:
+    """Clip the anchor's gradients at optim.grad_clip and the memory's (dense + sparse values) at
+    optim.memory_grad_clip; with memory_grad_clip = 0 memory gradients join the anchor's global-norm clip.
+    -> {"grad_norm": anchor norm, "memory_grad_norm": memory norm}, both before clipping (0-d tensors)."""
+    o = cfg.optim
+    memory = getattr(model, "memory", None)
+    anchor_g = _grads(list(model.anchor.parameters()))
+    memory_g = _grads(list(memory.parameters())) if memory is not None else []
+    a, m = _norm(anchor_g), _norm(memory_g)
+    if o.memory_grad_clip > 0:
+        _clip(anchor_g, a, o.grad_clip)
+        _clip(memory_g, m, o.memory_grad_clip)
+    else:
+        _clip(anchor_g + memory_g, torch.stack([a, m.to(a.device)]).norm(), o.grad_clip)
+    return {"grad_norm": a, "memory_grad_norm": m}
