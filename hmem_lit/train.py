@@ -167,8 +167,9 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         callbacks=[AtomicCheckpoint(run_dir, cfg.train.ckpt_every), *(extra_callbacks or []),
                    *([ProgressBar(refresh_rate=max(1, cfg.train.log_every))] if cfg.train.progress else [])],
         enable_checkpointing=False, enable_progress_bar=cfg.train.progress, enable_model_summary=False,
-        val_check_interval=(cfg.train.val_every * cfg.train.accumulate) if cfg.train.val_every else None,
-        check_val_every_n_epoch=None, limit_val_batches=cfg.train.val_batches if cfg.train.val_every else 0,
+        # val_every=0: no validation during training (the final one below still runs)
+        val_check_interval=cfg.train.accumulate * (cfg.train.val_every or 10**9),
+        check_val_every_n_epoch=None, limit_val_batches=cfg.train.val_batches,
         num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=str(run_dir),
     )
     if trainer.is_global_zero:
