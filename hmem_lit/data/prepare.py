@@ -1,0 +1,408 @@
+"""`hmem data prepare`: corpus -> tokenizer -> embeddings -> tree -> packing -> questions, cached per stage.
+
+Every stage writes its outputs atomically into `data.dir` and records in `manifest.json` a key (a hash of the
+config fields and upstream outputs it depends on) and a hash of what it produced. A re-run skips every stage
+whose key is unchanged and whose outputs exist, so a second `prepare` is a no-op and changing e.g.
+`data.seq_len` redoes only the packing. A lock file serialises concurrent preparations of one directory (e.g.
+several DDP ranks calling `load_prepared`).
+
+Layout of `data.dir`:
+    manifest.json, stats.json, ATTRIBUTION.txt (built-in corpus)
+    corpus/docs.jsonl, corpus/split.npy, corpus/entities.json, corpus/info.json
+    tokenizer.json
+    embeddings/<embedder>-<key>/emb.npy (+ the fitted embedder: arrays and JSON)
+    tree/tree.npz, tree/router.json, tree/doc_paths.npy (every document's path), tree/stats.json
+    packed/{train,val}_tokens.npy (R, seq_len+1) int32, {train,val}_paths.npy (R, depth) int64,
+    packed/{train,val}_docs.npz (doc_ptr, doc_ids: the documents in each row)
+    questions/<probe>.jsonl, heldout/val.jsonl, heldout/wiki_val.jsonl, entity_counts.json (see questions.py)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hmem_lit.data import corpus as corpus_mod
+from hmem_lit.utils import atomic_write, atomic_write_text, read_json, write_json
+
+STAGES = ("corpus", "tokenizer", "embeddings", "tree", "packing", "questions")
+_VERSION = {"corpus": 1, "tokenizer": 1, "embeddings": 1, "tree": 1, "packing": 1, "questions": 1}
+
+
+def _h(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_hash(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), arr))
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+# ------------------------------------------------------------------------------------------------ stage keys
+
+
+def _stage_keys(cfg: Any, manifest: dict) -> dict[str, str]:
+    """Keys of every stage from the config and the recorded upstream output hashes (cheap: reads no data)."""
+    d, r = cfg.data, cfg.retriever
+    out = lambda s: manifest.get("stages", {}).get(s, {}).get("out", "missing")  # noqa: E731
+    files = [(str(p), os.path.getsize(p), os.path.getmtime(p)) if os.path.exists(p) else (str(p), None)
+             for p in d.files] if d.source == "files" else []
+    keys = {"corpus": _h("corpus", _VERSION["corpus"], d.source, files, d.wiki_docs, d.synthetic_entities,
+                         d.fact_repeats_max, d.zipf_a, d.seed, d.val_fraction)}
+    tok_src = None
+    if d.tokenizer:
+        tok_src = _file_hash(Path(d.tokenizer)) if os.path.exists(d.tokenizer) else d.tokenizer
+    keys["tokenizer"] = _h("tokenizer", _VERSION["tokenizer"], out("corpus"), d.vocab_size, tok_src)
+    emb_dim = r.embed_dim if r.embedder == "tfidf" else 384
+    keys["embeddings"] = (_h("embeddings", _VERSION["embeddings"], out("corpus"), r.embedder, emb_dim, r.seed)
+                          if r.type == "tree" else "none")
+    keys["tree"] = _h("tree", _VERSION["tree"], out("corpus"), keys["embeddings"], r.type, r.branching, r.depth,
+                      r.balance, r.niter, r.max_points_per_centroid, r.seed, r.recenter,
+                      r.oracle_field if r.type == "oracle" else None)
+    keys["packing"] = _h("packing", _VERSION["packing"], out("tokenizer"), out("tree"), d.seq_len, d.seed)
+    keys["questions"] = _h("questions", _VERSION["questions"], out("corpus"), d.seed)
+    return keys
+
+
+def _outputs(cfg: Any, stage: str, manifest: dict) -> list[Path]:
+    root = Path(cfg.data.dir)
+    info = manifest.get("stages", {}).get(stage, {}).get("info", {})
+    return {
+        "corpus": [root / "corpus" / n for n in ("docs.jsonl", "split.npy", "entities.json", "info.json")],
+        "tokenizer": [root / "tokenizer.json"],
+        "embeddings": ([] if cfg.retriever.type != "tree" else
+                       [root / info["dir"] / "emb.npy"] if "dir" in info else [root / "embeddings" / "missing"]),
+        "tree": [root / "tree" / n for n in ("router.json", "doc_paths.npy", "stats.json")],
+        "packing": [root / "packed" / f"{s}_{n}" for s in ("train", "val")
+                    for n in ("tokens.npy", "paths.npy", "docs.npz")],
+        "questions": [root / "entity_counts.json", root / "heldout" / "val.jsonl"],
+    }[stage]
+
+
+def stale_stages(cfg: Any) -> list[str]:
+    """Stages that would run (their key changed or an output is missing); [] means fully prepared."""
+    manifest = _read_manifest(Path(cfg.data.dir))
+    stale: list[str] = []
+    for s in STAGES:
+        keys = _stage_keys(cfg, manifest)  # recomputed: upstream outputs may have been recorded meanwhile
+        rec = manifest.get("stages", {}).get(s, {})
+        if stale or rec.get("key") != keys[s] or not all(p.exists() for p in _outputs(cfg, s, manifest)):
+            stale.append(s)
+    return stale
+
+
+def _read_manifest(root: Path) -> dict:
+    p = root / "manifest.json"
+    try:
+        return read_json(p) if p.is_file() else {"stages": {}}
+    except (OSError, json.JSONDecodeError):
+        return {"stages": {}}
+
+
+@contextlib.contextmanager
+def _lock(root: Path):
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".prepare.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def _stage_corpus(cfg: Any, root: Path, ctx: dict) -> dict:
+    from hmem_lit.data import sources
+
+    cdir = root / "corpus"
+    cdir.mkdir(parents=True, exist_ok=True)
+    skipped = sources.SkipCounter()
+    if cfg.data.source == "builtin":
+        docs, split, entities, info = corpus_mod.builtin_documents(cfg.data, ctx["progress"])
+        n, _ = corpus_mod.write_corpus(cdir, iter(zip(docs, split.tolist())))
+        atomic_write_text(root / "ATTRIBUTION.txt", sources.ATTRIBUTION)
+    elif cfg.data.source == "files":
+        n, split = corpus_mod.write_corpus(cdir, corpus_mod.file_documents(cfg.data, skipped))
+        entities, info = [], {}
+    else:
+        raise ValueError(f"data.source={cfg.data.source!r} is generated in memory and needs no preparation")
+    if n == 0:
+        raise ValueError(f"no documents in data.files ({skipped.total} lines skipped: {skipped.counts})")
+    info.update(documents=n, train_docs=int((split == 0).sum()), val_docs=int((split == 1).sum()),
+                skipped=skipped.total, skipped_by_reason=skipped.counts, skipped_examples=skipped.examples)
+    _save_npy(cdir / "split.npy", split)
+    write_json(cdir / "entities.json", entities)
+    write_json(cdir / "info.json", info)
+    info["out"] = _file_hash(cdir / "docs.jsonl", cdir / "split.npy", cdir / "entities.json")
+    return info
+
+
+def _docs(root: Path, ctx: dict) -> tuple[list[dict], np.ndarray]:
+    if "docs" not in ctx:
+        ctx["docs"] = corpus_mod.read_docs(root / "corpus")
+        ctx["split"] = np.load(root / "corpus" / "split.npy")
+    return ctx["docs"], ctx["split"]
+
+
+def _stage_tokenizer(cfg: Any, root: Path, ctx: dict) -> dict:
+    from hmem_lit.data.tokenizer import tokenizer_from_file, train_bpe
+
+    if cfg.data.tokenizer:
+        tok = tokenizer_from_file(cfg.data.tokenizer)
+    else:
+        docs, split = _docs(root, ctx)
+        texts = (d["text"] for d, s in zip(docs, split) if s == 0)
+        tok = train_bpe(texts, cfg.data.vocab_size, length=int((split == 0).sum()), progress=ctx["progress"])
+    tok.save(root / "tokenizer.json")
+    return {"vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "pad_id": tok.pad_id,
+            "out": _file_hash(root / "tokenizer.json")}
+
+
+def _stage_embeddings(cfg: Any, root: Path, ctx: dict) -> dict:
+    from hmem_lit.retriever.embedders import make_embedder
+
+    r = cfg.retriever
+    rel = f"embeddings/{r.embedder}-{ctx['keys']['embeddings'][:12]}"
+    edir = root / rel
+    if not (edir / "emb.npy").exists() or not (edir / "embedder.json").exists():  # cache across configs
+        docs, split = _docs(root, ctx)
+        emb = make_embedder(r.embedder, dim=r.embed_dim, seed=r.seed)
+        emb.fit([d["text"] for d, s in zip(docs, split) if s == 0], progress=ctx["progress"])
+        x = emb.embed([d["text"] for d in docs], progress=ctx["progress"])
+        emb.save(edir)
+        _save_npy(edir / "emb.npy", x)
+    return {"dir": rel, "out": ctx["keys"]["embeddings"]}
+
+
+def _stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
+    from hmem_lit.retriever.kmeans_tree import build_tree, cluster_stats
+    from hmem_lit.retriever.routing import RETRIEVERS, OracleRouter
+
+    r = cfg.retriever
+    docs, split = _docs(root, ctx)
+    tdir = root / "tree"
+    tdir.mkdir(parents=True, exist_ok=True)
+    meta = {"type": r.type, "branching": r.branching, "depth": r.depth, "seed": r.seed}
+    if r.type == "tree":
+        edir = ctx["manifest"]["stages"]["embeddings"]["info"]["dir"]
+        x = np.load(root / edir / "emb.npy")
+        train = np.nonzero(split == 0)[0]
+        tree, assign = build_tree(x[train], r.branching, r.depth, r.balance, r.niter, r.max_points_per_centroid,
+                                  r.seed, r.recenter, progress=ctx["progress"])
+        paths = tree.route(x)  # held-out documents: greedy routing, like any new text
+        paths[train] = assign  # training documents: their balanced cluster assignment
+        tree.save(tdir / "tree.npz")
+        stats = dict(tree.stats)
+        meta.update(embedder=r.embedder, embedder_dir=edir)
+    else:
+        router = (OracleRouter(r.branching, r.depth, r.seed, r.oracle_field) if r.type == "oracle"
+                  else RETRIEVERS.get(r.type)(r.branching, r.depth, r.seed))
+        paths = router.route_records(docs)
+        stats = cluster_stats(paths[split == 0], r.branching, r.depth)
+        if r.type == "oracle":
+            meta["oracle_field"] = r.oracle_field
+    _save_npy(tdir / "doc_paths.npy", paths.astype(np.int64))
+    write_json(tdir / "stats.json", stats)
+    write_json(tdir / "router.json", meta)
+    return {"stats": stats, "out": _file_hash(tdir / "doc_paths.npy", tdir / "router.json")}
+
+
+def _stage_packing(cfg: Any, root: Path, ctx: dict) -> dict:
+    from hmem_lit.data.packing import pack
+    from hmem_lit.data.tokenizer import load_tokenizer
+
+    docs, split = _docs(root, ctx)
+    tok = load_tokenizer(root)
+    paths = np.load(root / "tree" / "doc_paths.npy")
+    t0 = time.perf_counter()
+    ids: list[np.ndarray] = []
+    step = 2048
+    rng_it: Any = range(0, len(docs), step)
+    if ctx["progress"]:
+        from tqdm.auto import tqdm
+
+        rng_it = tqdm(rng_it, desc="tokenize", leave=False)
+    for i in rng_it:
+        ids.extend(np.asarray(t, np.int32) for t in tok.encode_batch([d["text"] for d in docs[i : i + step]]))
+    t_tok = time.perf_counter() - t0
+    info: dict[str, Any] = {"tokenize_s": round(t_tok, 3)}
+    pdir = root / "packed"
+    for name, s in (("train", 0), ("val", 1)):
+        idx = np.nonzero(split == s)[0]
+        t1 = time.perf_counter()
+        p = pack([ids[i] for i in idx], idx, paths[idx], cfg.data.seq_len, tok.eot_id, tok.pad_id, seed=cfg.data.seed + s)
+        _save_npy(pdir / f"{name}_tokens.npy", p.tokens)
+        _save_npy(pdir / f"{name}_paths.npy", p.paths)
+        _save_npz(pdir / f"{name}_docs.npz", doc_ptr=p.doc_ptr, doc_ids=p.doc_ids)
+        info[name] = {"rows": int(len(p.tokens)), "doc_tokens": p.n_tokens,
+                      "padding": float(1 - p.n_tokens / max(1, p.tokens.size)), "pack_s": round(time.perf_counter() - t1, 3)}
+    info["out"] = _file_hash(*(pdir / f"{n}_paths.npy" for n in ("train", "val")), pdir / "train_docs.npz",
+                             pdir / "val_docs.npz") + f"-{info['train']['doc_tokens']}"
+    return info
+
+
+def _stage_questions(cfg: Any, root: Path, ctx: dict) -> dict:
+    from hmem_lit.data import mentions, questions
+
+    docs, split = _docs(root, ctx)
+    entities = read_json(root / "corpus" / "entities.json")
+    counts = mentions.MentionCounter(entities).add_all(d["text"] for d, s in zip(docs, split) if s == 0)
+    summary: dict[str, Any] = {}
+    for kind in ("element", "country", "synthetic"):
+        idx = [i for i, e in enumerate(entities) if e["kind"] == kind]
+        b = mentions.buckets([counts[i] for i in idx], [entities[i]["name"] for i in idx])
+        for i, bb in zip(idx, b):
+            entities[i]["mention_count"], entities[i]["bucket"] = counts[i], bb
+        if idx:
+            summary[kind] = [[min(counts[i] for i, bb in zip(idx, b) if bb == k),
+                              max(counts[i] for i, bb in zip(idx, b) if bb == k),
+                              sum(1 for bb in b if bb == k)] for k in range(5) if k in b]
+    write_json(root / "entity_counts.json", {e["name"]: {"kind": e["kind"], "aliases": e["aliases"],
+                                             "mention_count": e["mention_count"], "bucket": e["bucket"]}
+                                             for e in entities})
+    qsets = questions.build_questions(entities, cfg.data.seed)
+    val_docs = [d for d, s in zip(docs, split) if s == 1]
+    wiki_val = [{"title": d.get("title", ""), "text": d["text"]} for d in val_docs if d["kind"] == "wiki"]
+    if wiki_val:
+        qsets["wiki_cloze"] = questions.wiki_cloze(wiki_val)
+        _write_jsonl(root / "heldout" / "wiki_val.jsonl", wiki_val)
+    for name, items in qsets.items():
+        _write_jsonl(root / "questions" / f"{name}.jsonl", items)
+    _write_jsonl(root / "heldout" / "val.jsonl",
+                 [{"title": d.get("title", d.get("source", "")), "text": d["text"]} for d in val_docs])
+    return {"probes": {k: len(v) for k, v in qsets.items()}, "buckets": summary, "out": _h(qsets)}
+
+
+_RUN: dict[str, Callable[[Any, Path, dict], dict]] = {
+    "corpus": _stage_corpus, "tokenizer": _stage_tokenizer, "embeddings": _stage_embeddings,
+    "tree": _stage_tree, "packing": _stage_packing, "questions": _stage_questions,
+}
+
+
+# ------------------------------------------------------------------------------------------------ API
+
+
+def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool = True) -> Path:
+    """Run the stale stages (all with force=True) -> the data directory. Prints per-stage timing."""
+    root = Path(cfg.data.dir)
+    if cfg.data.source == "toy":
+        raise ValueError("data.source=toy is generated in memory: nothing to prepare (use builtin or files)")
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
+    with _lock(root):
+        manifest = _read_manifest(root)
+        manifest.setdefault("stages", {})
+        ctx: dict[str, Any] = {"progress": progress, "manifest": manifest}
+        dirty = force
+        for s in STAGES:
+            keys = _stage_keys(cfg, manifest)
+            rec = manifest["stages"].get(s, {})
+            if not dirty and rec.get("key") == keys[s] and all(p.exists() for p in _outputs(cfg, s, manifest)):
+                say(f"[prepare] {s:<10} cached")
+                continue
+            if s == "embeddings" and keys[s] == "none":
+                manifest["stages"][s] = {"key": "none", "out": "none", "info": {}, "time_s": 0.0}
+                continue
+            t0 = time.perf_counter()
+            ctx["keys"] = keys
+            info = _RUN[s](cfg, root, ctx)
+            dt = time.perf_counter() - t0
+            out = info.pop("out")
+            manifest["stages"][s] = {"key": keys[s], "out": out, "time_s": round(dt, 3), "info": info}
+            write_json(root / "manifest.json", manifest)
+            say(f"[prepare] {s:<10} done in {dt:.1f}s")
+        write_json(root / "manifest.json", manifest)
+        stats = corpus_stats(root, manifest)
+        write_json(root / "stats.json", stats)
+    if verbose:
+        print(format_stats(stats))
+    return root
+
+
+def corpus_stats(root: Path, manifest: dict) -> dict:
+    st = manifest["stages"]
+    c, p, q = st["corpus"]["info"], st["packing"]["info"], st["questions"]["info"]
+    return {"documents": c["documents"], "train_docs": c["train_docs"], "val_docs": c["val_docs"],
+            "skipped_lines": c["skipped"], "skipped_by_reason": c["skipped_by_reason"],
+            "train_tokens": p["train"]["doc_tokens"], "val_tokens": p["val"]["doc_tokens"],
+            "train_rows": p["train"]["rows"], "val_rows": p["val"]["rows"], "padding": p["train"]["padding"],
+            "vocab_size": st["tokenizer"]["info"]["vocab_size"], "clusters": st["tree"]["info"]["stats"],
+            "entities": c.get("entities", {}), "buckets": q["buckets"], "probes": q["probes"],
+            "stage_seconds": {s: st[s].get("time_s", 0.0) for s in STAGES}}
+
+
+def format_stats(s: dict) -> str:
+    lines = [f"documents   {s['documents']:,} ({s['train_docs']:,} train, {s['val_docs']:,} held out); "
+             f"skipped lines {s['skipped_lines']:,} {s['skipped_by_reason'] or ''}",
+             f"tokens      {s['train_tokens']:,} train, {s['val_tokens']:,} val; vocab {s['vocab_size']:,}; "
+             f"{s['train_rows']:,} train rows, {s['padding']:.1%} padding"]
+    for lvl, c in s["clusters"].items():
+        if isinstance(c, dict):
+            lines.append(f"clusters    {lvl}: {c['non_empty']}/{c['nodes']} non-empty, docs per node min {c['min']} "
+                         f"median {c['median']:.0f} max {c['max']}, largest share of parent {c['max_share_of_parent']:.3f}")
+    if "route_agreement" in s["clusters"]:
+        lines.append(f"clusters    balancing splits {s['clusters']['balance_splits']}, training docs whose greedy "
+                     f"route equals their assignment {s['clusters']['route_agreement']:.1%}")
+    for kind, bs in s["buckets"].items():
+        lines.append(f"buckets     {kind:<9} " + "  ".join(f"b{i}: {lo}-{hi} mentions ({n})" for i, (lo, hi, n) in enumerate(bs)))
+    lines.append("probes      " + ", ".join(f"{k} {v}" for k, v in s["probes"].items()))
+    lines.append("stage time  " + ", ".join(f"{k} {v:.1f}s" for k, v in s["stage_seconds"].items()))
+    return "\n".join(lines)
+
+
+def load_prepared(cfg: Any) -> tuple[Any, Any, Any]:
+    """-> (train PackedSplit, val PackedSplit, tokenizer); prepares (cached) stages that are missing first."""
+    from hmem_lit.data.datamodule import PackedSplit
+    from hmem_lit.data.tokenizer import load_tokenizer
+
+    root = Path(cfg.data.dir)
+    if stale_stages(cfg):
+        prepare(cfg)
+    tok = load_tokenizer(root)
+    out = []
+    for name in ("train", "val"):
+        tokens = np.load(root / "packed" / f"{name}_tokens.npy", mmap_mode="r")
+        paths = np.load(root / "packed" / f"{name}_paths.npy")
+        out.append(PackedSplit(tokens, paths, tok.eot_id, tok.pad_id))
+    return out[0], out[1], tok
+
+
+def prepare_main(cfg: Any, force: bool = False) -> int:
+    """CLI verb `hmem data prepare <experiment.yaml> [key=value]` -> exit status."""
+    if cfg.data.source == "toy":
+        print("data.source=toy is generated in memory: nothing to prepare "
+              "(set data.source=builtin or data.source=files)", file=sys.stderr)
+        return 2
+    try:
+        prepare(cfg, force=force)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"hmem data prepare: {e}", file=sys.stderr)
+        return 1
+    return 0
