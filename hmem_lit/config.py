@@ -148,6 +148,7 @@ class RetrieverConfig:
     max_points_per_centroid: int = 256  # k-means training sample per node (faiss semantics)
     seed: int = 0
     oracle_field: str = "kind"  # metadata field used by the oracle retriever
+    recenter: bool = True  # after balancing, re-estimate each centroid from its documents (routing follows data)
 
     def __post_init__(self) -> None:
         _one_of(self.type, ("tree", "random", "oracle"), "retriever.type")
