@@ -1,0 +1,95 @@
+"""Merge split memory jobs (one per level-1 subtree, `train.subtree=k`) into one run directory (`hmem merge`).
+
+As in the paper, frozen-anchor memory training can run as independent jobs, one per level-1 subtree. Job k only
+moves bank rows under subtree k (the row-wise optimiser never touches unfetched rows, and training checks that
+every path starts at k), so the merged bank takes, at every level, the rows [k * b**(l-1), (k+1) * b**(l-1)) from
+the job that owned subtree k, and every other row from any job. Everything else (the frozen anchor, level
+tables' unowned rows) must be bit-identical across jobs, else the merge stops with the offending key and jobs.
+Files are read lazily (safetensors slices), one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from hmem_lit.config import RunConfig, save_config, to_dict
+from hmem_lit.utils import atomic_write, write_json
+
+_BANK_KEY = re.compile(r"^memory\.bank\.level(\d+)$")
+WEIGHTS = "model.safetensors"
+
+
+def _owned(n_rows: int, level: int, branching: int, subtree: int) -> torch.Tensor:
+    """(n_rows,) bool: rows of a level table that belong to level-1 subtree `subtree`."""
+    span = branching ** (level - 1)
+    mask = torch.zeros(n_rows, dtype=torch.bool)
+    mask[subtree * span : (subtree + 1) * span] = True
+    return mask
+
+
+def merge_banks(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
+    """Build out_dir/model.safetensors (+ config.yaml, final.json) whose bank rows come from their subtree's job."""
+    from hmem_lit.runs import load_run_config
+
+    dirs = [Path(d) for d in run_dirs]
+    if len(dirs) < 2:
+        raise ValueError("merge needs at least two subtree runs")
+    cfgs: list[RunConfig] = [load_run_config(d) for d in dirs]
+    subtrees = [c.train.subtree for c in cfgs]
+    if any(k is None for k in subtrees) or len(set(subtrees)) != len(subtrees):
+        raise ValueError(f"each run must have its own train.subtree; got {dict(zip(map(str, dirs), subtrees))}")
+    for c, d in zip(cfgs[1:], dirs[1:]):
+        if (c.memory, c.anchor, c.retriever.branching) != (cfgs[0].memory, cfgs[0].anchor, cfgs[0].retriever.branching):
+            raise ValueError(f"{d}: memory / anchor / branching config differs from {dirs[0]}")
+    b = cfgs[0].retriever.branching
+    files = [safe_open(str(d / WEIGHTS), framework="pt") for d in dirs]
+    keys = set(files[0].keys())
+    for f, d in zip(files[1:], dirs[1:]):
+        if set(f.keys()) != keys:
+            raise ValueError(f"{d}: its weights hold different tensors from {dirs[0]}")
+
+    merged: dict[str, torch.Tensor] = {}
+    for key in sorted(keys):
+        tensors = [f.get_tensor(key) for f in files]
+        m = _BANK_KEY.match(key)
+        if m is None:  # level-agnostic: must be identical everywhere
+            for t, d in zip(tensors[1:], dirs[1:]):
+                if not torch.equal(t, tensors[0]):
+                    raise ValueError(f"{key} differs between {dirs[0]} and {d}: only bank rows may differ across "
+                                     "subtree jobs (same seed, frozen anchor, no generic block?)")
+            merged[key] = tensors[0]
+            continue
+        level = int(m[1])
+        owned = [_owned(tensors[0].shape[0], level, b, k) for k in subtrees]
+        for i in range(len(dirs)):  # rows owned by neither job i nor a reference job must agree (untouched)
+            ref = 1 if i == 0 else 0
+            shared = ~(owned[i] | owned[ref])
+            if not torch.equal(tensors[i][shared], tensors[ref][shared]):
+                raise ValueError(f"{key}: {dirs[i]} changed rows outside its subtree {subtrees[i]} "
+                                 f"(or its initialisation differs from {dirs[ref]})")
+        out = tensors[0].clone()
+        for t, mask in zip(tensors, owned):
+            out[mask] = t[mask]
+        merged[key] = out
+
+    out = Path(out_dir)
+    atomic_write(out / WEIGHTS, lambda tmp: save_file(merged, tmp))
+    cfg = dataclasses.replace(cfgs[0], name=out.name, train=dataclasses.replace(cfgs[0].train, subtree=None))
+    save_config(cfg, out / "config.yaml")
+    write_json(out / "final.json", {"status": "complete", "experiment": cfg.experiment, "name": cfg.name,
+                                    "merged_from": [str(d) for d in dirs], "subtrees": subtrees, "metrics": {},
+                                    "config": to_dict(cfg)})
+    return out
+
+
+def merge(run_dirs: list[str], out: str) -> int:
+    """CLI entry (`hmem merge RUN_DIR... --out DIR`): merge, print a one-line summary, return the exit status."""
+    path = merge_banks(run_dirs, out)
+    print(f"[hmem] merged {len(run_dirs)} subtree runs into {path / WEIGHTS}")
+    return 0
