@@ -205,7 +205,7 @@ class OptimConfig:
     memory_lr: float = 3e-3  # memory blocks' own peak LR (paper at scale: 1e-4)
     memory_min_lr: float = 3e-4
     memory_weight_decay: float = 1e-3
-    memory_grad_clip: float = 0.0  # separate clip for memory gradients; 0 = off
+    memory_grad_clip: float = 0.0  # separate clip for memory gradients; 0 = they join the global clip (grad_clip)
 
     def __post_init__(self) -> None:
         for k in ("lr", "memory_lr"):
