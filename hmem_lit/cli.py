@@ -75,11 +75,20 @@ def cmd_data(a: argparse.Namespace) -> int:
     return prepare_main(load_config(_experiment_path(a.experiment), a.overrides), force=a.force)
 
 
+def cmd_eval(a: argparse.Namespace) -> int:
+    from hmem_lit.evaluation.runner import evaluate
+
+    evaluate(a.run_dir, tasks=a.tasks, memory=a.memory, limit=a.limit, force=a.force, batch_size=a.batch_size,
+             block_level=a.block_level, threads=a.threads)
+    return 0
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "list": cmd_list,
     "info": cmd_info,
     "data": cmd_data,
+    "eval": cmd_eval,
 }
 
 
@@ -99,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("experiment", nargs="?", default=None)
     d.add_argument("overrides", nargs="*")
     d.add_argument("--force", action="store_true", help="rebuild every stage")
+    e = sub.add_parser("eval", help="evaluate a run through lm-eval; results under <run_dir>/eval/<memory>/")
+    e.add_argument("run_dir")
+    e.add_argument("--tasks", nargs="+", default=None, help="task or group names (default: eval.tasks)")
+    e.add_argument("--memory", choices=["fetched", "generic", "none", "blocked"], default=None)
+    e.add_argument("--limit", type=int, default=None, help="at most N samples per task")
+    e.add_argument("--block-level", type=int, default=None, help="blocked mode: tree level to block (1-based)")
+    e.add_argument("--batch-size", type=int, default=None)
+    e.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    e.add_argument("--force", action="store_true", help="re-evaluate even if results with these settings exist")
     return p
 
 

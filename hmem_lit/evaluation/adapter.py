@@ -1,0 +1,245 @@
+"""The lm-eval harness model `hmem`: a trained run directory (weights, tokenizer, retriever) as an `lm_eval` LM.
+
+    lm = HmemLM("runs/exp/name", memory="fetched")            # or lm_eval's registry: model="hmem",
+    lm_eval.simple_evaluate(model=lm, tasks=[...], ...)          #   model_args="run_dir=...,memory=blocked"
+
+- Every request routes its own text to fetch memory (rules in `hmem_lit.evaluation.routing`), cached per text;
+  each row of a batch carries its own path, so mixed tasks batch together. Memory modes: fetched (default),
+  generic (the run's generic block; needs memory.generic=true), none (the bare anchor), blocked (the best-matching
+  subtree at `block_level` is replaced by the next-nearest one). Anchor-only runs ignore the mode.
+- `loglikelihood`: requests sorted by length (longest first) and batched with right padding (causal attention
+  makes padding invisible to real tokens); results come back in the original order. `is_greedy` = every
+  continuation token is the argmax.
+- `loglikelihood_rolling`: lm-eval's rolling windows over `max_length` tokens (default: the run's training
+  `data.seq_len`) with `rolling_context` tokens of context kept per window (default max_length // 2); every token
+  is scored exactly once. The first token is predicted from an EOT prefix.
+- `generate_until`: greedy, batched with left padding, cut at the first stop string (`until`) or EOT, at most
+  `max_gen_toks` (the request's, else eval.max_gen_tokens) new tokens.
+
+Conditioning and the EOT prefix: training packs documents with document-causal attention, so a document never
+sees the previous one and starts at position 0. Evaluation feeds text the same way (no BOS). An empty context
+gets an EOT prefix held in its own document (doc_ids), so the text after it still starts at position 0.
+Note: training never supervises the EOT -> first-token prediction, so that one token is poorly predicted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+from hmem_lit.config import ConfigError
+from hmem_lit.evaluation.resources import load_run_tokenizer
+from hmem_lit.evaluation.routing import MODES, Retrieval, load_run_router, route_texts
+
+Item = tuple[list[int], list[int], bool]  # (context tokens, continuation tokens, EOT-prefixed)
+
+
+@register_model("hmem")
+class HmemLM(LM):
+    def __init__(self, run_dir: str | Path, memory: str | None = None, batch_size: int | str | None = None,
+                 max_length: int | None = None, max_gen_tokens: int | None = None, block_level: int | None = None,
+                 rolling_context: int | None = None, device: str = "cpu", threads: int = 0, **_: Any):
+        super().__init__()
+        from hmem_lit import runs
+        from hmem_lit.utils import set_threads
+
+        set_threads(int(threads))  # on a shared CPU, 1 thread can be several times faster than oversubscription
+
+        self.run_dir = Path(run_dir)
+        self.model, self.cfg = runs.load_model(self.run_dir, map_location=device)
+        ev = self.cfg.eval
+        self.mode = memory or ev.memory
+        if self.mode not in MODES:
+            raise ConfigError(f"memory={self.mode!r}: allowed {', '.join(MODES)}")
+        self.batch_size = int(batch_size) if batch_size not in (None, "auto") else ev.batch_size
+        self.max_length = int(max_length or self.cfg.data.seq_len)
+        self.max_gen_tokens = int(max_gen_tokens or ev.max_gen_tokens)
+        self.rolling_context = int(rolling_context or max(1, self.max_length // 2))
+        self._device = torch.device(device)
+        self.tok = load_run_tokenizer(self.cfg)
+        self.model_mode, router = self._resolve_mode()
+        level = int(block_level or ev.block_level)
+        self.retrieval = Retrieval(router, self.mode if self.model_mode == "fetched" else "none", level)
+        self.model_seconds = 0.0
+        self.routing_log: dict[tuple[Any, Any], dict[str, Any]] = {}  # (task, doc_id) -> route text and path
+
+    def _resolve_mode(self) -> tuple[str, Any]:
+        """-> (memory_mode for MemoryLM.forward, router or None), checking the run supports the mode."""
+        mem, mcfg = self.model.memory, self.cfg.memory
+        if mem is None or self.mode == "none":
+            return "none", None
+        routed = hasattr(mem, "bank")  # bank-backed types fetch by path; pkm is token-level
+        if self.mode == "generic":
+            if not mcfg.generic:
+                raise ConfigError(f"{self.run_dir}: memory=generic needs a run trained with memory.generic=true")
+            return "generic", None
+        if not routed:
+            if self.mode == "blocked":
+                raise ConfigError(f"memory=blocked needs a bank-backed memory type, not memory.type={mcfg.type}")
+            return "fetched", None
+        return "fetched", load_run_router(self.cfg)
+
+    # ------------------------------------------------------------------------------------------ plumbing
+
+    @property
+    def eot_id(self) -> int:
+        return int(self.tok.eot_id)
+
+    @property
+    def retrieval_seconds(self) -> float:
+        return self.retrieval.seconds
+
+    def _paths(self, requests: Sequence[Any]) -> np.ndarray | None:
+        texts = route_texts(requests)
+        paths = self.retrieval.paths(texts)
+        for i, (req, text) in enumerate(zip(requests, texts)):
+            key = (req.task_name, req.doc_id)
+            if key not in self.routing_log:
+                self.routing_log[key] = {"route_text": text, "path": None if paths is None else paths[i].tolist()}
+        return paths
+
+    @torch.inference_mode()
+    def _forward(self, ids: torch.Tensor, doc_ids: torch.Tensor | None, paths: np.ndarray | None) -> torch.Tensor:
+        t0 = time.perf_counter()
+        p = None if paths is None else torch.as_tensor(paths, dtype=torch.long, device=self._device)
+        logits = self.model(ids.to(self._device), doc_ids=None if doc_ids is None else doc_ids.to(self._device),
+                            paths=p, memory_mode=self.model_mode)
+        self.model_seconds += time.perf_counter() - t0
+        return logits
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's convention: trailing context spaces move to the continuation; split the joint encoding."""
+        n = len(context) - len(context.rstrip())
+        if n:
+            context, continuation = context[:-n], context[-n:] + continuation
+        whole = self.tok.encode(context + continuation)
+        ctx = self.tok.encode(context) if context else []
+        return ctx, whole[len(ctx):]
+
+    # ------------------------------------------------------------------------------------------ scoring
+
+    def score_tokens(self, items: Sequence[Item], paths: np.ndarray | None) -> list[tuple[float, bool]]:
+        """(context, continuation, prefixed) token items -> (sum log p(continuation), is_greedy), batched by
+        length. The input is the last max_length tokens of [EOT if prefixed] + context + continuation[:-1]."""
+        out: list[tuple[float, bool]] = [(0.0, True)] * len(items)
+        rows = []
+        for i, (ctx, cont, pre) in enumerate(items):
+            if len(cont) > self.max_length:
+                raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length={self.max_length}")
+            if cont:
+                full = ([self.eot_id] if pre else []) + list(ctx) + list(cont)
+                keep = full[-(self.max_length + 1):]
+                rows.append((i, keep[:-1], len(cont), pre and len(keep) == len(full)))
+        rows.sort(key=lambda r: -len(r[1]))
+        pad = int(self.tok.pad_id)
+        for b in range(0, len(rows), self.batch_size):
+            batch = rows[b:b + self.batch_size]
+            T = len(batch[0][1])
+            ids = torch.full((len(batch), T), pad, dtype=torch.long)
+            doc = torch.ones((len(batch), T), dtype=torch.long)
+            for r, (_, inp, _, pre) in enumerate(batch):
+                ids[r, :len(inp)] = torch.tensor(inp)
+                if pre:
+                    doc[r, 0] = 0  # the EOT prefix is its own document
+            any_pre = any(r[3] for r in batch)
+            bpaths = None if paths is None else paths[[r[0] for r in batch]]
+            logits = self._forward(ids, doc if any_pre else None, bpaths)
+            for r, (i, inp, n, _) in enumerate(batch):
+                L = len(inp)
+                logp = torch.log_softmax(logits[r, L - n:L].float(), dim=-1)  # (n, V) predicts the continuation
+                tgt = torch.tensor(items[i][1], device=logp.device)
+                out[i] = (float(logp.gather(1, tgt[:, None]).sum()), bool((logp.argmax(-1) == tgt).all()))
+        return out
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        paths = self._paths(requests)
+        items = []
+        for req in requests:
+            ctx, cont = self._encode_pair(*req.args[:2])
+            items.append((ctx, cont, not ctx))  # an empty context is conditioned on the EOT prefix
+        return self.score_tokens(items, paths)
+
+    def rolling_windows(self, text: str) -> list[Item]:
+        """lm-eval's rolling windows of one text as items; window 0 is conditioned on the EOT prefix."""
+        tokens = self.tok.encode(text)
+        wins = [make_disjoint_window(w) for w in
+                get_rolling_token_windows(tokens, self.eot_id, self.max_length, self.rolling_context)]
+        return [([] if j == 0 else ctx, cont, j == 0) for j, (ctx, cont) in enumerate(wins)]
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        req_paths = self._paths(requests)
+        items, owner = [], []
+        for k, req in enumerate(requests):
+            for it in self.rolling_windows(req.args[0]):
+                items.append(it)
+                owner.append(k)
+        paths = None if req_paths is None else req_paths[owner]
+        scores = self.score_tokens(items, paths)
+        totals = [0.0] * len(requests)
+        for k, (lp, _) in zip(owner, scores):
+            totals[k] += lp
+        return totals
+
+    # ------------------------------------------------------------------------------------------ generation
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        paths = self._paths(requests)
+        prompts = [self.tok.encode(req.args[0]) for req in requests]
+        kwargs = [dict(req.args[1]) if len(req.args) > 1 and req.args[1] else {} for req in requests]
+        order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
+        out = [""] * len(requests)
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b:b + self.batch_size]
+            texts = self.greedy([prompts[i] for i in idx], [kwargs[i] for i in idx],
+                                None if paths is None else paths[idx])
+            for i, t in zip(idx, texts):
+                out[i] = t
+        return out
+
+    def greedy(self, prompts: list[list[int]], kwargs: list[dict[str, Any]], paths: np.ndarray | None) -> list[str]:
+        """Greedy decoding of one batch; finished rows leave the batch. Rows are left-padded; doc_ids put pads,
+        an EOT prefix (empty prompt) and the text in separate documents so the text starts at position 0."""
+        until = []
+        for kw in kwargs:
+            u = kw.get("until") or []
+            until.append([u] if isinstance(u, str) else list(u))
+        max_new = [int(kw.get("max_gen_toks") or self.max_gen_tokens) for kw in kwargs]
+        gen: list[list[int]] = [[] for _ in prompts]
+        texts = [""] * len(prompts)
+        active = [i for i in range(len(prompts)) if max_new[i] > 0]
+        pad = int(self.tok.pad_id)
+        while active:
+            seqs = [(([self.eot_id] if not prompts[i] else []) + prompts[i] + gen[i])[-self.max_length:]
+                    for i in active]
+            T = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+            doc = torch.zeros((len(seqs), T), dtype=torch.long)
+            for r, (i, s) in enumerate(zip(active, seqs)):
+                ids[r, T - len(s):] = torch.tensor(s)
+                doc[r, T - len(s):] = 2
+                if not prompts[i] and len(s) == len(gen[i]) + 1:
+                    doc[r, T - len(s)] = 1  # the EOT prefix
+            needs_doc = bool((doc != 2).any())
+            logits = self._forward(ids, doc if needs_doc else None, None if paths is None else paths[active])
+            nxt = logits[:, -1].argmax(-1).tolist()
+            still = []
+            for i, t in zip(active, nxt):
+                if t == self.eot_id:
+                    continue
+                gen[i].append(int(t))
+                texts[i] = self.tok.decode(gen[i])
+                cut = [texts[i].find(s) for s in until[i] if s and s in texts[i]]
+                if cut:
+                    texts[i] = texts[i][:min(cut)]
+                elif len(gen[i]) < max_new[i]:
+                    still.append(i)
+            active = still
+        return texts

@@ -1,0 +1,39 @@
+"""What evaluation needs from a run besides its weights: the tokenizer and the prepared data directory.
+
+`load_run_tokenizer(cfg)`: the byte tokenizer for the toy source, else `<data.dir>/tokenizer.json`. A relative
+`data.dir` is looked up from the working directory first, then from the repository root (runs are usually
+trained from the checkout). Missing pieces raise `ConfigError` with one line saying what to run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hmem_lit.config import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def resolve_data_dir(cfg: Any) -> Path:
+    d = Path(cfg.data.dir)
+    if d.is_absolute() or d.exists():
+        return d
+    alt = REPO_ROOT / d
+    return alt if alt.exists() else d
+
+
+def load_run_tokenizer(cfg: Any):
+    """The tokenizer the run was trained with (same interface as toy.ByteTokenizer)."""
+    if cfg.data.source == "toy":
+        from hmem_lit.data.toy import ByteTokenizer
+
+        return ByteTokenizer()
+    from hmem_lit.data.tokenizer import load_tokenizer
+
+    root = resolve_data_dir(cfg)
+    try:
+        return load_tokenizer(root)
+    except FileNotFoundError:
+        raise ConfigError(f"{root / 'tokenizer.json'}: the run's tokenizer is missing; run "
+                          "`hmem data prepare <experiment>` with the run's config (data.dir)") from None

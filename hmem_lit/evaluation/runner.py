@@ -1,0 +1,197 @@
+"""`hmem eval` / `evaluate()`: run harness tasks on a run directory, write results, add headlines to final.json.
+
+    evaluate("runs/exp/name", tasks=None, memory="fetched", limit=None, force=False) -> headline dict
+
+Writes `<run_dir>/eval/<memory>/results.json` (settings, harness results and groups, timing, routing summary) and
+`samples.jsonl` (every harness sample plus the text it routed and its path), both atomically, then merges the
+headline numbers into `final.json["eval"][<memory>]`: `hmem_sk`, `hmem_ck`, `wiki_ppl`, `wiki_bpb`, `<probe>`,
+`<probe>/bucket<k>`, CK tasks by name, `n_samples`, `eval_time_s`, `retrieval_time_s`. Re-running with the same
+settings (tasks, limit, memory, block level, generation and context lengths, weights) is a no-op unless forced.
+The paper's hub tasks (`paper_ck`, `paper_sk` and their members) are checked up front: offline, a missing dataset
+fails at once with one line naming it and how to provide it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from hmem_lit import runs
+from hmem_lit.config import ConfigError, from_dict
+from hmem_lit.evaluation.taskgen import PAPER_DIR, TaskSet, build_tasks
+from hmem_lit.utils import atomic_write, dumps, read_json, write_json
+
+# lm-eval task -> (shots, HF dataset path, config name): PAPERS.md A6
+PAPER_TASKS: dict[str, tuple[int, str, str | None]] = {
+    "lambada_openai": (0, "EleutherAI/lambada_openai", "default"), "boolq": (0, "aps/super_glue", "boolq"),
+    "squad_completion": (0, "hazyresearch/based-squad", "default"), "wsc273": (3, "lighteval/winograd_wsc", "wsc273"),
+    "coqa": (0, "EleutherAI/coqa", None), "winogrande": (5, "allenai/winogrande", "winogrande_xl"),
+    "hellaswag": (0, "Rowan/hellaswag", None), "arc_easy": (3, "allenai/ai2_arc", "ARC-Easy"),
+    "arc_challenge": (3, "allenai/ai2_arc", "ARC-Challenge"), "triviaqa": (3, "mandarjoshi/trivia_qa", "rc.nocontext"),
+    "nq_open": (0, "google-research-datasets/nq_open", None), "piqa": (0, "baber/piqa", None),
+    "openbookqa": (10, "allenai/openbookqa", "main"),
+}
+PAPER_GROUPS = {"paper_ck": ["lambada_openai", "boolq", "squad_completion", "wsc273", "coqa", "winogrande"],
+                "paper_sk": ["hellaswag", "arc_easy", "arc_challenge", "triviaqa", "nq_open", "piqa", "openbookqa"]}
+
+
+def _run_config(run_dir: Path):
+    if not (run_dir / runs.WEIGHTS).is_file():
+        raise ConfigError(f"{run_dir}: no {runs.WEIGHTS}; train the run to completion first (hmem train ...)")
+    if not (run_dir / runs.FINAL).is_file():
+        raise ConfigError(f"{run_dir}: no {runs.FINAL}; the run is not complete")
+    final = runs.read_final(run_dir)
+    return from_dict(final["config"]) if "config" in final else runs.load_run_config(run_dir)
+
+
+def prepare_tasks(run_dir: str | Path, cfg: Any = None) -> TaskSet:
+    """Generate the run's local task YAMLs under <run_dir>/eval/tasks (toy runs: the toy data too)."""
+    from hmem_lit.evaluation.resources import resolve_data_dir
+    from hmem_lit.evaluation.toydata import write_toy_data
+
+    run_dir = Path(run_dir)
+    cfg = cfg or _run_config(run_dir)
+    if cfg.data.source == "toy":
+        data_dir = write_toy_data(cfg, run_dir / "eval" / "data")
+    else:
+        data_dir = resolve_data_dir(cfg)
+        if not ((data_dir / "questions").is_dir() or (data_dir / "heldout").is_dir()):
+            raise ConfigError(f"{data_dir}: no evaluation data (questions/, heldout/); run `hmem data prepare` "
+                              "with the run's config first")
+    return build_tasks(data_dir, run_dir / "eval" / "tasks")
+
+
+def resolve_tasks(requested: list[str], ts: TaskSet) -> tuple[list[str], bool]:
+    """-> (task names, needs the paper's hub tasks). Unknown names raise ConfigError listing the valid ones."""
+    valid = set(ts.names) | set(PAPER_TASKS) | set(PAPER_GROUPS)
+    bad = [t for t in requested if t not in valid]
+    if bad:
+        raise ConfigError(f"unknown task(s) {', '.join(bad)}; valid for this run: {', '.join(sorted(ts.names))}, "
+                          f"{', '.join(PAPER_GROUPS)}, {', '.join(PAPER_TASKS)}")
+    paper = any(t in PAPER_TASKS or t in PAPER_GROUPS for t in requested)
+    return list(dict.fromkeys(requested)), paper
+
+
+def check_paper_datasets(tasks: list[str]) -> None:
+    """Offline: fail fast, naming the first missing hub dataset, instead of letting the harness retry."""
+    if os.environ.get("HF_DATASETS_OFFLINE", "1") == "0":
+        return
+    import datasets
+
+    names = [m for t in tasks for m in PAPER_GROUPS.get(t, [t]) if m in PAPER_TASKS]
+    missing = []
+    for name in dict.fromkeys(names):
+        _, path, config = PAPER_TASKS[name]
+        try:
+            datasets.load_dataset_builder(path, config)
+        except Exception:  # noqa: BLE001 - offline: any failure means "not in the local cache"
+            missing.append((name, path, config))
+    if missing:
+        name, path, config = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        cache = os.environ.get("HF_DATASETS_CACHE", "~/.cache/huggingface/datasets")
+        raise ConfigError(f"task {name} needs the hub dataset {path}" + (f" ({config})" if config else "") + more +
+                          f", not in HF_DATASETS_CACHE={cache}; download it on a networked machine "
+                          f"(datasets.load_dataset('{path}'{', ' + repr(config) if config else ''})) and copy the "
+                          "cache here, or run with HF_DATASETS_OFFLINE=0 HF_HUB_OFFLINE=0 where the hub is reachable")
+
+
+def headline(res: dict[str, Any], ts: TaskSet) -> dict[str, float]:
+    """Flat headline numbers from harness results (keys in the module docstring)."""
+    r = res.get("results", {})
+
+    def get(task: str, metric: str = "acc") -> float | None:
+        v = r.get(task, {}).get(f"{metric},none")
+        return None if v is None or v == "N/A" else float(v)
+
+    out: dict[str, float | None] = {"hmem_sk": get("hmem_sk"), "hmem_ck": get("hmem_ck"),
+                                    "wiki_ppl": get("hmem_wiki_ppl", "word_perplexity"),
+                                    "wiki_bpb": get("hmem_wiki_ppl", "bits_per_byte")}
+    for probe, buckets in ts.sk.items():
+        out[probe] = get(f"hmem_{probe}")
+        for k in buckets:
+            out[f"{probe}/bucket{k}"] = get(f"hmem_{probe}_bucket{k}")
+    for t in ts.ck:
+        out[t.removeprefix("hmem_")] = get(t)
+    for g in PAPER_GROUPS:
+        out[g] = get(g)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _settings(run_dir: Path, tasks: list[str], lm: Any, limit: int | None) -> dict[str, Any]:
+    st = (run_dir / runs.WEIGHTS).stat()
+    return {"tasks": sorted(tasks), "limit": limit, "memory": lm.mode, "block_level": lm.retrieval.block_level,
+            "max_gen_tokens": lm.max_gen_tokens, "max_length": lm.max_length, "rolling_context": lm.rolling_context,
+            "weights": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}}
+
+
+def _write_samples(path: Path, samples: dict[str, list[dict]], routing: dict) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for task, rows in samples.items():
+                for s in rows:
+                    extra = routing.get((task, s.get("doc_id")), {})
+                    f.write(dumps({"task": task, **extra, **s}, indent=None) + "\n")
+
+    atomic_write(path, write)
+
+
+def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | None = None,
+             limit: int | None = None, force: bool = False, batch_size: int | None = None,
+             block_level: int | None = None, threads: int = 0, print_table: bool = True) -> dict[str, float]:
+    """Evaluate a run in one memory mode; -> the headline numbers (also merged into final.json)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import make_table
+
+    from hmem_lit.evaluation.adapter import HmemLM
+
+    run_dir = Path(run_dir)
+    cfg = _run_config(run_dir)
+    ts = prepare_tasks(run_dir, cfg)
+    requested = list(tasks) if tasks else [t for t in cfg.eval.tasks if t in ts.names]
+    if not requested:
+        raise ConfigError(f"{run_dir}: none of eval.tasks={cfg.eval.tasks} exist for this run's data; "
+                          f"valid: {', '.join(ts.names) or '(none: prepare the data first)'}")
+    names, paper = resolve_tasks(requested, ts)
+    limit = limit if limit is not None else cfg.eval.limit
+    lm = HmemLM(run_dir, memory=memory or cfg.eval.memory, batch_size=batch_size, block_level=block_level,
+                threads=threads)
+    out_dir = run_dir / "eval" / lm.mode
+    settings = _settings(run_dir, names, lm, limit)
+    if not force and (out_dir / "results.json").is_file():
+        old = read_json(out_dir / "results.json")
+        if old.get("settings") == settings:
+            print(f"[hmem] {out_dir}: already evaluated with these settings (pass --force to redo)")
+            return old["headline"]
+    if paper:
+        check_paper_datasets(names)
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    tm = TaskManager(include_path=[str(ts.root)] + ([str(PAPER_DIR)] if paper else []), include_defaults=paper)
+    t0 = time.perf_counter()
+    res = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=tm, limit=limit, log_samples=True,
+                                  bootstrap_iters=100)
+    elapsed = time.perf_counter() - t0
+    n = sum(int(v.get("effective", 0)) for v in res.get("n-samples", {}).values())
+    head = {**headline(res, ts), "n_samples": n, "eval_time_s": round(elapsed, 3),
+            "retrieval_time_s": round(lm.retrieval_seconds, 3)}
+    timing = {"eval_s": elapsed, "retrieval_s": lm.retrieval_seconds, "model_s": lm.model_seconds,
+              "routed_texts": len(lm.retrieval.cache)}
+    write_json(out_dir / "results.json", {
+        "settings": settings, "headline": head, "timing": timing, "results": res.get("results"),
+        "groups": res.get("groups"), "group_subtasks": res.get("group_subtasks"), "n-samples": res.get("n-samples"),
+        "versions": res.get("versions"), "configs": res.get("configs")})
+    _write_samples(out_dir / "samples.jsonl", res.get("samples", {}), lm.routing_log)
+    final = runs.read_final(run_dir)
+    merged = {**final.get("eval", {}).get(lm.mode, {}), **head}
+    runs.update_final(run_dir, eval={lm.mode: merged})
+    if print_table:
+        print(make_table(res))
+        if res.get("groups"):
+            print(make_table(res, "groups"))
+        print(f"[hmem] {run_dir} memory={lm.mode}: {n} samples in {elapsed:.1f}s "
+              f"(retrieval {lm.retrieval_seconds:.2f}s, model {lm.model_seconds:.1f}s) -> {out_dir}")
+    return merged
