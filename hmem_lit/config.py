@@ -140,7 +140,9 @@ class MemoryConfig:
 class RetrieverConfig:
     type: str = "tree"  # tree (k-means tree routing) | random (seeded random paths) | oracle (metadata field)
     embedder: str = "tfidf"  # tfidf | minilm
-    embed_dim: int = 128  # tfidf: SVD components (minilm is always 384)
+    embed_dim: int = 256  # tfidf: projected dimensions (minilm is always 384)
+    tfidf_projection: str = "random"  # random (+-1 JL projection: keeps rare names, routes facts better) | svd (LSA)
+    train_paths: str = "assigned"  # training documents' paths: assigned (balanced k-means clusters, paper) | routed (greedy descent, = prompt routing)
     branching: int = 16
     depth: int = 2  # tree levels built (the bank may use fewer)
     balance: float = 0.094  # a cluster holding more than this share of its parent's points is split (paper)
@@ -157,6 +159,8 @@ class RetrieverConfig:
         _check(1 <= self.depth <= 4, "retriever.depth", f"must be in 1..4, got {self.depth}")
         _check(0.0 < self.balance <= 1.0, "retriever.balance", "must be in (0, 1]")
         _check(self.embed_dim > 0, "retriever.embed_dim", "must be > 0")
+        _one_of(self.tfidf_projection, ("random", "svd"), "retriever.tfidf_projection")
+        _one_of(self.train_paths, ("assigned", "routed"), "retriever.train_paths")
 
 
 @dataclass

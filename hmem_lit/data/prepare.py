@@ -79,11 +79,11 @@ def _stage_keys(cfg: Any, manifest: dict) -> dict[str, str]:
     if d.tokenizer:
         tok_src = _file_hash(Path(d.tokenizer)) if os.path.exists(d.tokenizer) else d.tokenizer
     keys["tokenizer"] = _h("tokenizer", _VERSION["tokenizer"], out("corpus"), d.vocab_size, tok_src)
-    emb_dim = r.embed_dim if r.embedder == "tfidf" else 384
-    keys["embeddings"] = (_h("embeddings", _VERSION["embeddings"], out("corpus"), r.embedder, emb_dim, r.seed)
+    emb_args = (r.embed_dim, r.tfidf_projection) if r.embedder == "tfidf" else (384,)
+    keys["embeddings"] = (_h("embeddings", _VERSION["embeddings"], out("corpus"), r.embedder, emb_args, r.seed)
                           if r.type == "tree" else "none")
     keys["tree"] = _h("tree", _VERSION["tree"], out("corpus"), keys["embeddings"], r.type, r.branching, r.depth,
-                      r.balance, r.niter, r.max_points_per_centroid, r.seed, r.recenter,
+                      r.balance, r.niter, r.max_points_per_centroid, r.seed, r.recenter, r.train_paths,
                       r.oracle_field if r.type == "oracle" else None)
     keys["packing"] = _h("packing", _VERSION["packing"], out("tokenizer"), out("tree"), d.seq_len, d.seed)
     keys["questions"] = _h("questions", _VERSION["questions"], out("corpus"), d.seed)
@@ -194,7 +194,7 @@ def _stage_embeddings(cfg: Any, root: Path, ctx: dict) -> dict:
     edir = root / rel
     if not (edir / "emb.npy").exists() or not (edir / "embedder.json").exists():  # cache across configs
         docs, split = _docs(root, ctx)
-        emb = make_embedder(r.embedder, dim=r.embed_dim, seed=r.seed)
+        emb = make_embedder(r.embedder, dim=r.embed_dim, seed=r.seed, projection=r.tfidf_projection)
         emb.fit([d["text"] for d, s in zip(docs, split) if s == 0], progress=ctx["progress"])
         x = emb.embed([d["text"] for d in docs], progress=ctx["progress"])
         emb.save(edir)
@@ -218,7 +218,8 @@ def _stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
         tree, assign = build_tree(x[train], r.branching, r.depth, r.balance, r.niter, r.max_points_per_centroid,
                                   r.seed, r.recenter, progress=ctx["progress"])
         paths = tree.route(x)  # held-out documents: greedy routing, like any new text
-        paths[train] = assign  # training documents: their balanced cluster assignment
+        if r.train_paths == "assigned":
+            paths[train] = assign  # training documents: their balanced cluster assignment (paper)
         tree.save(tdir / "tree.npz")
         stats = dict(tree.stats)
         meta.update(embedder=r.embedder, embedder_dir=edir)
