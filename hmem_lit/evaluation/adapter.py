@@ -44,7 +44,7 @@ Item = tuple[list[int], list[int], bool]  # (context tokens, continuation tokens
 
 @register_model("hmem")
 class HmemLM(LM):
-    def __init__(self, run_dir: str | Path, memory: str | None = None, batch_size: int | str | None = None,
+    def __init__(self, run_dir: str | Path, memory: str | None = "config", batch_size: int | str | None = None,
                  max_length: int | None = None, max_gen_tokens: int | None = None, block_level: int | None = None,
                  rolling_context: int | None = None, device: str = "cpu", threads: int = 0, **_: Any):
         super().__init__()
@@ -56,7 +56,8 @@ class HmemLM(LM):
         self.run_dir = Path(run_dir)
         self.model, self.cfg = runs.load_model(self.run_dir, map_location=device)
         ev = self.cfg.eval
-        self.mode = memory or ev.memory
+        # "config" = the run's eval.memory; None = "none" (lm-eval's arg parser turns memory=none into None)
+        self.mode = ev.memory if memory == "config" else (memory or "none")
         if self.mode not in MODES:
             raise ConfigError(f"memory={self.mode!r}: allowed {', '.join(MODES)}")
         self.batch_size = int(batch_size) if batch_size not in (None, "auto") else ev.batch_size

@@ -1,0 +1,289 @@
+"""Evaluation: the `hmem` harness model against hand computations, routing rules, generated tasks, the runner.
+
+Two tiny toy runs are trained once per session (an anchor and an FFN-memory run with a generic block). Memory
+tests scale up the bank first so that which block is fetched visibly changes the log-likelihoods.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="hf_datasets_"))
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from hmem_lit import runs  # noqa: E402
+from hmem_lit.config import ConfigError, load_config  # noqa: E402
+from hmem_lit.evaluation.adapter import HmemLM  # noqa: E402
+from hmem_lit.evaluation.routing import ToyRouter, route_texts  # noqa: E402
+from hmem_lit.evaluation.taskgen import build_tasks  # noqa: E402
+from hmem_lit.evaluation.tasklib import is_correct, load_items  # noqa: E402
+
+from .conftest import DEBUG_YAML, tiny_overrides  # noqa: E402
+
+
+def _req(kind, args, task="t", doc_id=0, doc=None):
+    from lm_eval.api.instance import Instance
+
+    return Instance(kind, doc or {}, args, 0, (task, doc_id, 1))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    from hmem_lit.train import train
+
+    out = tmp_path_factory.mktemp("eval_runs")
+    anchor = train(load_config(DEBUG_YAML, tiny_overrides(out, name="anchor")))
+    mem = train(load_config(DEBUG_YAML, tiny_overrides(
+        out, name="mem", **{"memory.type": "ffn", "memory.levels": "[4,4]", "retriever.depth": 2,
+                            "memory.generic": "true"})))
+    return {"anchor": anchor, "mem": mem}
+
+
+def _strong_memory(lm: HmemLM) -> None:
+    """Make the fetched blocks matter: the trained down-projections are still near their zero init."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in lm.model.memory.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def _hand_logprob(model, ctx: list[int], cont: list[int], eot: int, **kw) -> tuple[float, bool]:
+    """One unpadded sequence: sum log p(cont | ctx), with an isolated EOT prefix when ctx is empty."""
+    toks = ([eot] if not ctx else ctx) + cont
+    ids = torch.tensor([toks[:-1]])
+    doc = torch.tensor([[0] + [1] * (len(toks) - 2)]) if not ctx else None
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids, doc_ids=doc, **kw)[0].float(), -1)
+    start = len(toks) - 1 - len(cont)
+    rows = logp[start:]
+    tgt = torch.tensor(cont)
+    return float(rows.gather(1, tgt[:, None]).sum()), bool((rows.argmax(-1) == tgt).all())
+
+
+PAIRS = [("The colour of river 3 is", " red"), ("The age of city 12 is ", "nine."), ("", "The home"),
+         ("The friend of planet 7 is", " Ada"), ("x" * 90, " beyond the window")]
+
+
+def test_loglikelihood_equals_hand_computation_and_greedy(trained):
+    lm = HmemLM(trained["anchor"], batch_size=2, threads=1)
+    got = lm.loglikelihood([_req("loglikelihood", p, doc_id=i) for i, p in enumerate(PAIRS)])
+    for (ctx, cont), (lp, greedy) in zip(PAIRS, got):
+        c, x = lm._encode_pair(ctx, cont)
+        keep = (c + x)[-(lm.max_length + 1):]  # the window: at most max_length inputs
+        c = keep[: len(keep) - len(x)]
+        want = _hand_logprob(lm.model, c, x, lm.eot_id, memory_mode="none")
+        assert lp == pytest.approx(want[0], abs=1e-4) and greedy == want[1]
+        assert lp < 0
+    # a continuation that *is* the greedy argmax has is_greedy=True; changing its last token makes it False
+    ctx = lm.tok.encode("The colour of river 3 is")
+    cont = []
+    for _ in range(3):
+        with torch.no_grad():
+            cont.append(int(lm.model(torch.tensor([ctx + cont]), memory_mode="none")[0, -1].argmax()))
+    text = lm.tok.decode(cont)
+    if len(text.encode()) == 3:  # byte tokenizer: decodes back to the same bytes
+        (_, g1), (_, g2) = lm.loglikelihood([_req("loglikelihood", ("The colour of river 3 is", text)),
+                                             _req("loglikelihood", ("The colour of river 3 is", text[:-1] + "\x01"))])
+        assert g1 and not g2
+
+
+def test_loglikelihood_with_memory_uses_the_routed_path(trained):
+    lm = HmemLM(trained["mem"], batch_size=3, threads=1)
+    _strong_memory(lm)
+    router = lm.retrieval.router
+    assert isinstance(router, ToyRouter)
+    got = lm.loglikelihood([_req("loglikelihood", p, doc_id=i) for i, p in enumerate(PAIRS[:4])])
+    for (ctx, cont), (lp, greedy) in zip(PAIRS[:4], got):
+        c, x = lm._encode_pair(ctx, cont)
+        path = torch.as_tensor(router.route([ctx.strip() or ctx]))
+        want = _hand_logprob(lm.model, c, x, lm.eot_id, paths=path)
+        assert (lp, greedy) == (pytest.approx(want[0], abs=1e-4), want[1])
+        other = _hand_logprob(lm.model, c, x, lm.eot_id, paths=(path + 1) % 16)
+        assert abs(other[0] - lp) > 1e-3  # the block matters, so the right one was fetched
+    # memory=none is the bare anchor; memory=generic is the generic block
+    for mode, kw in (("none", {"memory_mode": "none"}), ("generic", {"memory_mode": "generic"})):
+        lm2 = HmemLM(trained["mem"], memory=mode, threads=1)
+        lm2.model = lm.model
+        (lp, _), = lm2.loglikelihood([_req("loglikelihood", PAIRS[0])])
+        c, x = lm2._encode_pair(*PAIRS[0])
+        assert lp == pytest.approx(_hand_logprob(lm.model, c, x, lm.eot_id, **kw)[0], abs=1e-4)
+
+
+def test_blocked_mode_avoids_the_best_subtree(trained):
+    lm = HmemLM(trained["mem"], memory="blocked", block_level=1, threads=1)
+    texts = ["The colour of river 3 is", "The age of island 20 is"]
+    blocked = lm.retrieval.paths(texts)
+    fetched = lm.retrieval.router.route(texts)
+    assert (blocked[:, 0] != fetched[:, 0]).all()  # the best level-1 subtree is never fetched
+    assert (blocked[:, 1] // 16 == blocked[:, 0]).all()  # the path descends from the fallback node
+    assert lm.retrieval_seconds >= 0 and len(lm.retrieval.cache) == 2
+
+
+def test_rolling_is_the_sum_over_windows_with_exact_accounting(trained):
+    lm = HmemLM(trained["mem"], max_length=16, rolling_context=6, threads=1)
+    _strong_memory(lm)
+    text = "The colour of river 3 is red. The age of river 3 is nine. The home of river 3 is north."
+    tokens = lm.tok.encode(text)
+    wins = lm.rolling_windows(text)
+    assert [t for _, cont, _ in wins for t in cont] == tokens  # every token scored exactly once
+    assert all(len(c) + len(x) <= 17 for c, x, _ in wins) and len(wins) > 3
+    path = torch.as_tensor(lm.retrieval.router.route([text]))  # the full document routes every window
+    want = sum(_hand_logprob(lm.model, c, x, lm.eot_id, paths=path)[0] for c, x, _ in wins)
+    (got,) = lm.loglikelihood_rolling([_req("loglikelihood_rolling", (text,))])
+    assert got == pytest.approx(want, abs=1e-3)
+
+
+def test_generation_is_greedy_and_stops_at_stop_strings(trained):
+    lm = HmemLM(trained["anchor"], batch_size=4, max_gen_tokens=12, threads=1)
+    prompts = ["The colour of river 3 is", "The age of", "", "The friend of mountain 14 is"]
+    free = lm.generate_until([_req("generate_until", (p, {"until": []})) for p in prompts])
+    one_by_one = [lm.generate_until([_req("generate_until", (p, {"until": []}))])[0] for p in prompts]
+    assert free == one_by_one  # left-padded batching changes nothing
+    for p, g in zip(prompts, free):  # greedy by hand, one unpadded sequence at a time
+        prompt = lm.tok.encode(p)
+        ids = list(prompt) or [lm.eot_id]
+        with torch.no_grad():
+            for _ in range(len(g.encode())):
+                doc = None if prompt else torch.tensor([[0] + [1] * (len(ids) - 1)])
+                ids.append(int(lm.model(torch.tensor([ids]), doc_ids=doc, memory_mode="none")[0, -1].argmax()))
+        assert lm.tok.decode(ids[len(prompt) or 1:]) == g
+    g = free[0]
+    assert 0 < len(g.encode()) <= 12
+    stop = g[2:4]
+    (cut,) = lm.generate_until([_req("generate_until", (prompts[0], {"until": [stop]}))])
+    assert cut == g[: g.find(stop)] and stop not in cut
+    (short,) = lm.generate_until([_req("generate_until", (prompts[0], {"until": [], "max_gen_toks": 3}))])
+    assert short == g[:3]
+
+
+def test_route_text_rules():
+    mc = [_req("loglikelihood", ("Q: what? A:", f" {c}"), "mc", 1) for c in "abcd"]
+    wino = [_req("loglikelihood", (f"{who} said the trophy", " did not fit."), "wino", 2) for who in ("Ann", "Bob")]
+    lone = [_req("loglikelihood", ("a long passage of text", " word"), "lambada", 3)]
+    gen = [_req("generate_until", ("The atomic number of Carbon is", {"until": ["\n"]}), "gen", 4)]
+    roll = [_req("loglikelihood_rolling", ("a full held-out document",), "ppl", 5)]
+    probe = [_req("loglikelihood", ("few-shot examples... The symbol of Iron is", " Fe"), "p", 6,
+                  doc={"route_text": "The symbol of Iron is"})]
+    got = route_texts(mc + wino + lone + gen + roll + probe)
+    assert got == ["Q: what? A:"] * 4 + ["did not fit."] * 2 + ["a long passage of text",
+                                                             "The atomic number of Carbon is",
+                                                             "a full held-out document", "The symbol of Iron is"]
+
+
+def test_toy_router_matches_training_paths():
+    from hmem_lit.data.toy import toy_documents, toy_packed
+
+    rows, paths, tok = toy_packed(60, 64, 0, 16, 2)
+    r = ToyRouter(16, 2)
+    docs = toy_documents(60, 0)
+    want = {tuple(r.path_of(t, e)) for _, t, e in docs}
+    assert {tuple(p) for p in paths} == want
+    assert [list(p) for p in r.route([d[0] for d in docs])] == [r.path_of(t, e) for _, t, e in docs]
+
+
+def _fixture_data(root):
+    """A data directory in the data helper's format (hmem_lit/data/questions.py)."""
+    qs = root / "questions"
+    qs.mkdir(parents=True)
+    els = [("Hydrogen", 1), ("Helium", 2), ("Lithium", 3), ("Carbon", 6), ("Oxygen", 8), ("Iron", 26),
+           ("Gold", 79), ("Neon", 10), ("Zinc", 30), ("Tin", 50), ("Lead", 82)]
+    rows = [{"entity": n, "kind": "element", "prompt": f"The atomic number of {n} is", "answer": str(z),
+             "mention_count": 20 - i, "bucket": (len(els) - 1 - i) * 5 // len(els),
+             "route_text": f"The atomic number of {n} is"} for i, (n, z) in enumerate(els)]
+    mc = [{**r, "prompt": f"The symbol of {r['entity']} is", "answer": r["entity"][:2],
+           "choices": ["Xx", "Yy", "Zz", r["entity"][:2]], "label": 3} for r in rows]
+    cloze = [{"entity": f"Doc {i}", "kind": "wiki", "prompt": f"Text number {i} about word{i} and word{i}",
+              "answer": f"word{i}", "mention_count": None, "bucket": None, "route_text": "x"} for i in range(6)]
+    for name, items in (("atomic_number", rows), ("element_symbol", mc), ("wiki_cloze", cloze)):
+        (qs / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    (root / "heldout").mkdir()
+    (root / "heldout" / "wiki_val.jsonl").write_text(json.dumps({"title": "A", "text": "Some held out text."}) + "\n")
+    return rows
+
+
+def test_bucket_subtasks_partition_the_entities(tmp_path):
+    rows = _fixture_data(tmp_path / "data")
+    ts = build_tasks(tmp_path / "data", tmp_path / "tasks")
+    assert ts.sk == {"atomic_number": [0, 1, 2, 3, 4], "element_symbol": [0, 1, 2, 3, 4]}
+    assert ts.ck == ["hmem_wiki_cloze", "hmem_wiki_cloze_mc"] and ts.ppl
+    assert {"hmem_atomic_number", "hmem_atomic_number_bucket0", "hmem_sk", "hmem_ck", "hmem_wiki_ppl"} <= set(ts.names)
+    seen = []
+    for k in range(5):
+        ents = load_items(str(tmp_path / "data" / "questions" / "atomic_number.jsonl"), bucket=k)["test"]["entity"]
+        assert ents  # every bucket is non-empty
+        seen += ents
+    assert sorted(seen) == sorted(r["entity"] for r in rows)  # disjoint and complete
+    twin = load_items(str(tmp_path / "tasks" / "data" / "wiki_cloze_mc.jsonl"))["test"]
+    assert all(c[lab] == a and len(set(c)) == 4 for c, lab, a in zip(twin["choices"], twin["label"], twin["answer"]))
+
+
+def test_generation_scoring_rules():
+    assert is_correct(" 26, the atomic", "26") and not is_correct(" 260", "26") and not is_correct(" none", "26")
+    assert is_correct(" Paris, a city", "Paris") and not is_correct(" Parisian", "Paris")
+    assert is_correct(" St. John's", "St. John's")
+
+
+def test_evaluate_end_to_end_writes_results_and_is_idempotent(trained):
+    from hmem_lit.evaluation.runner import evaluate
+
+    run = trained["mem"]
+    head = evaluate(run, limit=4, memory="fetched", threads=1, print_table=False)
+    for k in ("hmem_sk", "hmem_ck", "wiki_ppl", "wiki_bpb", "toy_colour", "toy_friend/bucket0", "n_samples",
+              "eval_time_s", "retrieval_time_s"):
+        assert k in head, k
+    assert 0 <= head["hmem_sk"] <= 1 and head["wiki_ppl"] > 1 and head["n_samples"] > 0
+    final = runs.read_final(run)
+    assert final["eval"]["fetched"] == head and final["status"] == "complete"
+    res = json.loads((run / "eval" / "fetched" / "results.json").read_text())
+    assert res["settings"]["limit"] == 4 and "hmem_sk" in res["results"]
+    samples = [json.loads(line) for line in (run / "eval" / "fetched" / "samples.jsonl").open()]
+    probe = [s for s in samples if s["task"].startswith("hmem_toy_colour")]
+    assert probe and all(s["route_text"] == s["doc"]["prompt"] and len(s["path"]) == 2 for s in probe)
+    mtime = (run / "eval" / "fetched" / "results.json").stat().st_mtime_ns
+    assert evaluate(run, limit=4, memory="fetched", threads=1, print_table=False) == head
+    assert (run / "eval" / "fetched" / "results.json").stat().st_mtime_ns == mtime  # a no-op
+    blocked = evaluate(run, tasks=["hmem_toy_colour"], limit=2, memory="blocked", threads=1, print_table=False)
+    assert set(runs.read_final(run)["eval"]) == {"fetched", "blocked"} and "toy_colour" in blocked
+
+
+def test_clear_errors(trained, tmp_path):
+    from hmem_lit.evaluation.runner import check_paper_datasets, evaluate
+
+    with pytest.raises(ConfigError, match="unknown task.*valid"):
+        evaluate(trained["anchor"], tasks=["nope"], print_table=False)
+    with pytest.raises(ConfigError, match="model.safetensors"):
+        evaluate(tmp_path, print_table=False)
+    with pytest.raises(ConfigError, match="memory.generic=true"):
+        _generic_mode_without_a_generic_block(trained["mem"])
+    with pytest.raises(ConfigError, match="lambada_openai.*HF_DATASETS"):
+        check_paper_datasets(["lambada_openai"])
+    # a run on prepared data whose data directory is gone
+    import shutil
+
+    fake = tmp_path / "fake"
+    shutil.copytree(trained["anchor"], fake, ignore=shutil.ignore_patterns("checkpoints", "eval"))
+    final = runs.read_final(fake)
+    final["config"]["data"].update(source="builtin", dir=str(tmp_path / "missing"))
+    (fake / runs.FINAL).write_text(json.dumps(final))
+    with pytest.raises(ConfigError, match="hmem data prepare"):
+        evaluate(fake, print_table=False)
+
+
+def _generic_mode_without_a_generic_block(run_dir):
+    lm = HmemLM(run_dir, memory="none", threads=1)
+    lm.cfg.memory.generic, lm.mode = False, "generic"
+    lm._resolve_mode()
+
+
+def test_registered_and_constructible_from_arg_string(trained):
+    from lm_eval.api.registry import get_model
+
+    cls = get_model("hmem")
+    assert cls is HmemLM
+    lm = cls.create_from_arg_string(f"run_dir={trained['anchor']},memory=none,batch_size=4")
+    assert lm.mode == "none" and lm.batch_size == 4 and lm.model_mode == "none"
