@@ -83,12 +83,25 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from hmem_lit import sweeps
+
+    if a.target in ("status", "plan"):
+        if not a.rest:
+            raise ConfigError(f"sweep {a.target}: name the sweep, e.g. `hmem sweep {a.target} memory_type`")
+        print((sweeps.status if a.target == "status" else sweeps.plan)(a.rest[0], a.rest[1:]))
+        return 0
+    sweeps.run_sweep(a.target, a.rest, workers=a.workers)
+    return 0
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "list": cmd_list,
     "info": cmd_info,
     "data": cmd_data,
     "eval": cmd_eval,
+    "sweep": cmd_sweep,
 }
 
 
@@ -117,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=None)
     e.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     e.add_argument("--force", action="store_true", help="re-evaluate even if results with these settings exist")
+    w = sub.add_parser("sweep", help="run a sweep (`hmem sweep sweeps/x.yaml [--workers N] [key=value]`), or "
+                       "`hmem sweep status <name>` / `hmem sweep plan <name>`")
+    w.add_argument("target", help="sweep YAML (path or name in sweeps/), or status / plan")
+    w.add_argument("rest", nargs="*", help="key=value (sweep keys like n_trials=4, or config keys); after "
+                   "status/plan: the sweep name first")
+    w.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
     return p
 
 

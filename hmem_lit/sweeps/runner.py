@@ -1,0 +1,462 @@
+"""Running sweeps: one Optuna study in persistent storage, trials = ordinary run directories.
+
+- Storage: `JournalStorage(JournalFileBackend(<out_dir>/sweeps/<name>/study.journal))` by default, or any
+  database URL (sqlite:///..., postgresql://user@host/db) so workers on several machines share one study.
+- Restart safety: a trial left RUNNING by a killed process (same host and dead pid, or no heartbeat for
+  stale_after_s) is marked FAIL with user_attrs["interrupted"] and its params are re-enqueued; the re-run finds its
+  run directory and resumes from the checkpoint (a complete one is a no-op). Trials counted toward n_trials exclude
+  interrupted ones, so nothing is lost or duplicated.
+- Grid mode enqueues every point not yet COMPLETE / PRUNED / queued; FAILed points are retried by the next launch.
+- Workers: N processes share the study; asking is serialised by a file lock, each runs with its own thread budget.
+- Pruning: `StepPruningCallback` reports (trainer.global_step, val/loss) at every validation during fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from lightning.pytorch.callbacks import Callback
+from optuna.trial import TrialState
+
+from hmem_lit import runs
+from hmem_lit.config import ConfigError
+from hmem_lit.sweeps.spec import SweepSpec, load_sweep, trial_name
+from hmem_lit.sweeps.translate import Infeasible, translate
+from hmem_lit.utils import write_json
+
+HOST = socket.gethostname()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# storage, study
+
+
+def make_storage(spec: SweepSpec, create: bool = True) -> Any:
+    if not create and not (spec.storage and "://" in spec.storage) and not Path(spec.storage_url).is_file():
+        raise ConfigError(f"{spec.name}: no study at {spec.storage_url} yet; run `hmem sweep {spec.path}` first")
+    if spec.storage and "://" in spec.storage:
+        if spec.storage.startswith("sqlite:///"):
+            Path(spec.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(spec.storage, engine_kwargs={"pool_pre_ping": True})
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(spec.storage_url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
+    kw = dict(spec.sampler_kwargs)
+    try:
+        if spec.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, **kw)
+        if spec.sampler == "qmc":
+            return optuna.samplers.QMCSampler(seed=seed, **kw)
+        return optuna.samplers.RandomSampler(seed=seed, **kw)
+    except TypeError as e:
+        raise ConfigError(f"sampler: {e}") from None
+
+
+def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    cls = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+           "percentile": optuna.pruners.PercentilePruner, "hyperband": optuna.pruners.HyperbandPruner,
+           "successive_halving": optuna.pruners.SuccessiveHalvingPruner}[spec.pruner]
+    try:
+        return cls(**spec.pruner_kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"pruner: {e}") from None
+
+
+def open_study(spec: SweepSpec, create: bool = False, seed_offset: int = 0) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(spec, create)
+    if create:
+        study = optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
+                                    load_if_exists=True)
+        if study.direction.name.lower() != spec.direction:
+            raise ConfigError(f"objective.direction: the stored study {spec.name!r} is "
+                              f"{study.direction.name.lower()}; use another name= or storage=")
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec))
+    except KeyError:
+        raise ConfigError(f"{spec.name}: no study in {spec.storage_url} yet; run `hmem sweep {spec.path}` first") from None
+    study.sampler = make_sampler(spec, spec.seed + 1009 * seed_offset + len(study.get_trials(deepcopy=False)))
+    return study
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# params
+
+
+def _enc(v: Any) -> Any:
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def _dec(v: Any) -> Any:
+    return json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v
+
+
+def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
+    out = {}
+    for k, dom in spec.space.items():
+        if spec.mode == "grid":
+            out[k] = _dec(trial.suggest_categorical(k, [_enc(v) for v in dom]))
+        elif dom["type"] == "categorical":
+            out[k] = _dec(trial.suggest_categorical(k, [_enc(v) for v in dom["choices"]]))
+        elif dom["type"] == "int":
+            out[k] = trial.suggest_int(k, int(dom["low"]), int(dom["high"]), step=int(dom.get("step") or 1),
+                                       log=bool(dom.get("log")))
+        else:
+            out[k] = trial.suggest_float(k, dom["low"], dom["high"], step=dom.get("step"), log=bool(dom.get("log")))
+    return out
+
+
+def _counted(t: optuna.trial.FrozenTrial) -> bool:
+    return not t.user_attrs.get("interrupted") and not t.user_attrs.get("surplus")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pruning + heartbeat
+
+
+class StepPruningCallback(Callback):
+    """Reports (trainer.global_step, monitor) to the trial after every validation during fit; prunes when told.
+
+    The stock optuna_integration callback reports the epoch, which never advances in step-based LM training.
+    Also writes a heartbeat user attribute every `heartbeat_s` seconds (stale RUNNING trials are reclaimed)."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str = "val/loss", prune: bool = True, heartbeat_s: float = 30.0):
+        self.trial, self.monitor, self.prune, self.heartbeat_s = trial, monitor, prune, heartbeat_s
+        self.reported: list[tuple[int, float]] = []
+        self._beat = time.time()
+
+    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+        if time.time() - self._beat > self.heartbeat_s:
+            self._beat = time.time()
+            self.trial.set_user_attr("heartbeat", self._beat)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        step, value = int(trainer.global_step), float(value)
+        if self.reported and step <= self.reported[-1][0]:
+            return
+        self.reported.append((step, value))
+        self.trial.report(value, step)
+        if self.prune and self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} ({self.monitor}={value:.4f})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one trial
+
+
+def evaluate_run(spec: SweepSpec, run_dir: Path, threads: int = 0) -> None:
+    try:
+        from hmem_lit.evaluation import evaluate
+    except ImportError as e:
+        raise ConfigError(f"evaluate: hmem_lit.evaluation is not available ({e})") from None
+    evaluate(run_dir, tasks=spec.eval_tasks, memory=spec.eval_memory or "fetched", limit=spec.eval_limit,
+             threads=threads, print_table=False)
+
+
+def objective_value(spec: SweepSpec, run_dir: str | Path) -> float:
+    """The objective read from final.json: metrics[m], eval[memory][m], or a dotted path into final.json."""
+    final = runs.read_final(run_dir)
+    m = spec.metric
+    if m.startswith("eval."):
+        _, mode, name = m.split(".", 2)
+        got = final.get("eval", {}).get(mode, {})
+        if name not in got:
+            raise KeyError(f"objective.metric {m!r}: not in final.json eval.{mode} (has: {', '.join(sorted(got)) or 'nothing'})")
+        return float(got[name])
+    if m in final.get("metrics", {}):
+        return float(final["metrics"][m])
+    node: Any = final
+    for part in m.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"objective.metric {m!r}: not in final.json metrics (has: {', '.join(final.get('metrics', {}))})")
+        node = node[part]
+    return float(node)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v if isinstance(v, (int, float, str, bool, list)) or v is None else str(v)) for k, v in d.items()}
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, threads: int = 0) -> TrialState:
+    """Translate, train, evaluate, tell. Never raises except on KeyboardInterrupt (recorded as interrupted)."""
+    from hmem_lit.train import train
+
+    trial.set_user_attr("host", HOST)
+    trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("heartbeat", time.time())
+    try:
+        params = suggest(trial, spec)
+        name = trial_name(params)
+        trial.set_user_attr("name", name)
+        extra = [f"name={name}"] + ([f"train.threads={threads}"] if threads else [])
+        try:
+            cfg, info = translate(spec, params, extra)
+        except Infeasible as e:
+            trial.set_user_attr("infeasible", str(e))
+            return _tell(study, trial, TrialState.PRUNED, note=f"infeasible: {e}")
+        trial.set_user_attr("run_dir", str(cfg.run_dir))
+        for k, v in _jsonable(info).items():
+            trial.set_user_attr(k, v)
+        cb = StepPruningCallback(trial, prune=spec.pruner != "none", heartbeat_s=spec.heartbeat_s)
+        with file_lock(spec.sweep_dir / "locks" / f"{name}.lock"):  # same params in two workers: one trains
+            run_dir = train(cfg, extra_callbacks=[cb])
+            if spec.needs_eval:
+                trial.set_user_attr("heartbeat", time.time())
+                evaluate_run(spec, run_dir, threads)
+        value = objective_value(spec, run_dir)
+        if math.isnan(value):
+            trial.set_user_attr("error", f"objective {spec.metric} is NaN")
+            return _tell(study, trial, TrialState.FAIL, note="NaN objective")
+        return _tell(study, trial, TrialState.COMPLETE, value=value)
+    except optuna.TrialPruned as e:
+        trial.set_user_attr("pruned", str(e))
+        return _tell(study, trial, TrialState.PRUNED, note=str(e))
+    except KeyboardInterrupt:
+        mark_interrupted(study, trial.number, "KeyboardInterrupt")
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure is recorded and the sweep goes on
+        msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:1000]
+        trial.set_user_attr("error", msg)
+        return _tell(study, trial, TrialState.FAIL, note=msg)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None = None,
+          note: str = "") -> TrialState:
+    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    shown = f"value={value:.5g}" if value is not None else note
+    print(f"[sweep] {study.study_name} trial {trial.number} {state.name}: {shown} "
+          f"({trial.user_attrs.get('name', '') if hasattr(trial, 'user_attrs') else ''})", flush=True)
+    return state
+
+
+def mark_interrupted(study: optuna.Study, number: int, reason: str) -> None:
+    """FAIL a trial left RUNNING, tag it interrupted and re-enqueue its params (its run directory resumes)."""
+    ft = study.get_trials(deepcopy=False)[number]
+    if ft.state != TrialState.RUNNING:
+        return
+    optuna.Trial(study, ft._trial_id).set_user_attr("interrupted", reason)
+    study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    study.enqueue_trial(ft.params, user_attrs={"retry_of": number})
+    print(f"[sweep] {study.study_name} trial {number} was interrupted ({reason}); re-queued", flush=True)
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def recover_interrupted(study: optuna.Study, spec: SweepSpec) -> list[int]:
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.user_attrs.get("heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else 0.0)
+        if t.user_attrs.get("host") == HOST and not _alive(t.user_attrs.get("pid")):
+            reason = f"process {t.user_attrs.get('pid')} on {HOST} is gone"
+        elif time.time() - beat > spec.stale_after_s:
+            reason = f"no heartbeat for {time.time() - beat:.0f}s (stale_after_s={spec.stale_after_s:g})"
+        else:
+            continue
+        mark_interrupted(study, t.number, reason)
+        out.append(t.number)
+    return out
+
+
+def enqueue_grid(study: optuna.Study, spec: SweepSpec) -> int:
+    taken = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False)
+             if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)}
+    n = 0
+    for point in spec.grid():
+        enc = {k: _enc(v) for k, v in point.items()}
+        if json.dumps(enc, sort_keys=True) not in taken:
+            study.enqueue_trial(enc)
+            n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# workers, the sweep
+
+
+def worker(spec: SweepSpec, index: int = 0, threads: int = 0) -> int:
+    """Ask-run-tell until the grid is drained or n_trials trials are counted. -> trials this worker ran."""
+    study = open_study(spec, seed_offset=index)
+    lock, ran = spec.sweep_dir / "ask.lock", 0
+    while True:
+        with file_lock(lock):
+            trials = study.get_trials(deepcopy=False)
+            waiting = [t.number for t in trials if t.state == TrialState.WAITING]
+            counted = sum(_counted(t) for t in trials)
+            if not waiting and (spec.mode == "grid" or counted >= spec.total_trials()):
+                return ran
+            trial = study.ask()
+        if trial.number not in waiting:  # another machine raced us past the cap: give the slot back
+            before = sum(_counted(t) for t in study.get_trials(deepcopy=False) if t.number < trial.number)
+            if spec.mode == "grid" or before >= spec.total_trials():
+                trial.set_user_attr("surplus", True)
+                study.tell(trial, state=TrialState.FAIL)
+                return ran
+        run_trial(study, trial, spec, threads)
+        ran += 1
+
+
+def _worker_entry(spec: SweepSpec, index: int, threads: int) -> None:
+    with contextlib.suppress(Exception):  # die with the parent (Linux): no orphan keeps training
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        worker(spec, index, threads)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), workers: int = 1) -> optuna.Study:
+    """`hmem sweep`: create/load the study, reclaim interrupted trials, queue the grid, run workers, summarise."""
+    spec = load_sweep(path, cli)
+    if workers < 1:
+        raise ConfigError(f"--workers: must be >= 1, got {workers}")
+    if spec.needs_eval:
+        try:
+            import hmem_lit.evaluation  # noqa: F401
+        except ImportError as e:
+            raise ConfigError(f"evaluate: the objective {spec.metric} needs hmem_lit.evaluation ({e})") from None
+    spec.sweep_dir.mkdir(parents=True, exist_ok=True)
+    write_json(spec.sweep_dir / "sweep.json", {"path": spec.path, "cli": list(cli), "storage": spec.storage_url,
+                                               "name": spec.name, "runs_dir": str(spec.runs_dir)})
+    with file_lock(spec.sweep_dir / "ask.lock"):
+        study = open_study(spec, create=True)
+        recover_interrupted(study, spec)
+        if spec.mode == "grid":
+            queued = enqueue_grid(study, spec)
+            print(f"[sweep] {spec.name}: grid of {len(spec.grid())} points, {queued} queued", flush=True)
+    threads = 0
+    from hmem_lit.config import load_config
+
+    if workers > 1 and load_config(spec.base, spec.overrides).train.threads == 0:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    if workers == 1:
+        worker(spec, 0, threads)
+    else:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_worker_entry, args=(spec, i, threads), daemon=False) for i in range(workers)]
+        for p in procs:
+            p.start()
+        try:
+            for p in procs:
+                p.join()
+        except KeyboardInterrupt:
+            for p in procs:
+                p.join(timeout=30)
+            raise
+    study = open_study(spec)
+    text = summary(study, spec)
+    print(text)
+    (spec.sweep_dir / "summary.txt").write_text(text + "\n")
+    return study
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# status, plan
+
+
+def plan(target: str | Path, cli: list[str] | tuple[str, ...] = ()) -> str:
+    """`hmem sweep plan <sweep>`: every grid point (or the fixed part of an optuna space) translated on the meta
+    device: n_layer, levels, anchor / fetched / bank params, or why it is infeasible. Trains nothing."""
+    spec = load_sweep(target, cli)
+    points = spec.grid() if spec.mode == "grid" else [{}]
+    lines = [f"sweep {spec.name}: {spec.mode}, {len(points) if spec.mode == 'grid' else spec.n_trials} trials, "
+             f"base {spec.base}, runs in {spec.runs_dir}"]
+    for p in points:
+        label = ", ".join(f"{k}={_short(v)}" for k, v in p.items()) or "(fixed params)"
+        try:
+            _, info = translate(spec, p)
+            lines.append(f"  {label}: n_layer={info['n_layer']} levels={info['levels']} "
+                         f"anchor={info['realised_anchor']:,} fetched={info['realised_fetched']:,} "
+                         f"bank={info['realised_bank']:,}")
+        except Infeasible as e:
+            lines.append(f"  {label}: INFEASIBLE: {e}")
+    return "\n".join(lines)
+
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return ",".join(map(str, v))
+    return str(v)
+
+
+def summary(study: optuna.Study, spec: SweepSpec) -> str:
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    keys = list(spec.space)
+    head = ["#", "state", spec.metric, *keys, "levels", "run", "note"]
+    rows = []
+    for t in trials:
+        ua = t.user_attrs
+        note = ua.get("infeasible") or ua.get("error") or ua.get("interrupted") or ua.get("pruned") or (
+            "surplus" if ua.get("surplus") else "") or (f"retry of #{ua['retry_of']}" if "retry_of" in ua else "")
+        rows.append([str(t.number), t.state.name, _short(t.value) if t.value is not None else "-",
+                     *[_short(_dec(t.params[k])) if k in t.params else "-" for k in keys],
+                     _short(ua.get("levels", "-")), ua.get("name", "-"), str(note)[:70]])
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    lines = [f"sweep {spec.name} ({spec.mode}, {spec.direction} {spec.metric}) storage={spec.storage_url}",
+             f"trials: {len(trials)} (" + ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) + ")",
+             fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)]
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if done:
+        best = study.best_trial
+        params = ", ".join(f"{k}={_short(_dec(v))}" for k, v in best.params.items())
+        lines.append(f"best: trial {best.number} {spec.metric}={best.value:.5g} ({params}) "
+                     f"run={best.user_attrs.get('run_dir', '-')}")
+    return "\n".join(lines)
+
+
+def status(target: str, cli: list[str] | tuple[str, ...] = ()) -> str:
+    """`hmem sweep status <name>`: the trial table of a sweep's study."""
+    spec = load_sweep(target, cli)
+    return summary(open_study(spec), spec)

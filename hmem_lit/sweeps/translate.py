@@ -1,0 +1,228 @@
+"""The paper's language -> concrete configs: bank depth, fetched size, bank size, fetched-to-anchor ratio.
+
+Accounting (PAPERS.md A4): a unit of r_l (one extra hidden unit per memory layer for FFN memories) costs c0
+fetched parameters (FFN: c0 = 3 * n_layer * d_model; measured on the meta device for any bank type), so
+    fetched = c0 * sum_l r_l          bank = c0 * sum_l b^l * r_l          (b = retriever.branching)
+- `level`: all memory at one level l: r_l from fetched (or from bank / b^l).
+- `bank_depth` D with `fetched` (or `fetched_units`) only: r_l follows a profile (translate.shape, else geometric
+  r_{l+1} = q r_l with q = translate.q = 1/4, the paper's (256, 64, 16)).
+- `fetched` and `bank` together: the geometric q is solved so both hold (Table 7: B/F must lie in (b, b^D)).
+- `fetch_ratio` rho at runtime budget N (translate.budget, auto = the base config's anchor + fetched): the anchor's
+  n_layer L is the one whose anchor(L) is nearest N / (1 + rho), then fetched = N - anchor(L) (Table 8).
+Every trial is counted on the meta device after translation; a request the rounding to integer r_l cannot meet
+within translate.tolerance raises `Infeasible` (recorded as a pruned trial with the reason, never a crash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Any
+
+import torch
+
+from hmem_lit.config import ConfigError, RunConfig, load_config
+from hmem_lit.sweeps.spec import PAPER_PARAMS, SweepSpec, Translate, _fmt, parse_count
+
+
+class Infeasible(ConfigError):
+    """A trial's params cannot be realised (recorded as an infeasible trial, the sweep goes on)."""
+
+
+def _vocab(cfg: RunConfig) -> int:
+    from hmem_lit.data.toy import ByteTokenizer
+
+    return cfg.anchor.vocab_size or (ByteTokenizer.vocab_size if cfg.data.source == "toy" else cfg.data.vocab_size)
+
+
+def counts(cfg: RunConfig) -> dict[str, int]:
+    """anchor / fetched / bank / runtime parameters of a config, built on the meta device (nothing allocated)."""
+    from hmem_lit.model import MemoryLM
+
+    with torch.device("meta"):
+        return MemoryLM(cfg, _vocab(cfg)).param_counts()
+
+
+def _anchor_params(cfg: RunConfig, n_layer: int) -> int:
+    """Anchor parameters at n_layer: exact, as a + (L - 1) * per_layer from meta builds at 1 and 2 layers."""
+    from hmem_lit.anchor import Anchor, count_params
+
+    def at(L: int) -> int:
+        with torch.device("meta"):
+            return count_params(Anchor(dataclasses.replace(cfg.anchor, n_layer=L, vocab_size=_vocab(cfg))))
+
+    return at(1) + (n_layer - 1) * (at(2) - at(1))
+
+
+def unit_params(cfg: RunConfig, mem_type: str) -> int:
+    """c0: fetched parameters per unit of r (levels=[1]) for this anchor and memory type."""
+    mem = dataclasses.replace(cfg.memory, type=mem_type, levels=[1], generic=False)
+    ret = dataclasses.replace(cfg.retriever, depth=max(1, cfg.retriever.depth))
+    return counts(dataclasses.replace(cfg, memory=mem, retriever=ret, train=dataclasses.replace(cfg.train, mode="anchor")))["fetched"]
+
+
+def _solve_q(ratio: float, b: int, depth: int) -> float:
+    """q with sum_l q^(l-1) b^l / sum_l q^(l-1) = ratio (increasing in q): bisection on log q."""
+    def g(lq: float) -> float:
+        w = [math.exp(lq * i) for i in range(depth)]
+        return sum(wi * b ** (i + 1) for i, wi in enumerate(w)) / sum(w)
+
+    lo, hi = -60.0, 60.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if g(mid) < ratio else (lo, mid)
+    return math.exp((lo + hi) / 2)
+
+
+def _round(real: list[float], b: int, f_target: float | None, b_target: float | None) -> list[int]:
+    """Integer r_l near `real` (floor/ceil per level) minimising the worst relative error on the targets."""
+    best, best_key = None, None
+    for combo in itertools.product(*[sorted({math.floor(x), math.ceil(x)}) for x in real]):
+        r = [max(0, int(x)) for x in combo]
+        f, bk = sum(r), sum(ri * b ** (i + 1) for i, ri in enumerate(r))
+        err = max(abs(f - f_target) / f_target if f_target else 0.0, abs(bk - b_target) / b_target if b_target else 0.0)
+        key = (err, sum((ri - x) ** 2 for ri, x in zip(r, real)))
+        if best_key is None or key < best_key:
+            best, best_key = r, key
+    return best  # type: ignore[return-value]
+
+
+def solve_levels(t: Translate, b: int, c0: int, *, depth: int | None = None, level: int | None = None,
+                 fetched: float | None = None, bank: float | None = None, units: float | None = None) -> list[int]:
+    """Per-level multipliers r_l realising the requested sizes (params or units), or raise Infeasible."""
+    f_units = units if units is not None else (fetched / c0 if fetched is not None else None)
+    b_units = bank / c0 if bank is not None else None
+    if level is not None:
+        depth = level
+        if f_units is None and b_units is None:
+            raise Infeasible("level: needs fetched, fetched_units or bank to size the level")
+        real_r = f_units if f_units is not None else b_units / b**level  # type: ignore[operator]
+        if f_units is not None and b_units is not None and abs(f_units * b**level - b_units) > t.tolerance * b_units:
+            raise Infeasible(f"level={level}: bank = b^{level} x fetched = {b**level * f_units * c0:,.0f} "
+                             f"at this level, not the requested {bank:,.0f}")
+        r = [0] * (level - 1) + _round([real_r], 1, None, None)
+    else:
+        assert depth is not None
+        if f_units is not None and b_units is not None:
+            ratio = b_units / f_units if f_units > 0 else math.inf
+            lo, hi = b, b**depth
+            if not (lo * (1 - t.tolerance) <= ratio <= hi * (1 + t.tolerance)):
+                raise Infeasible(f"bank/fetched = {ratio:,.1f} is outside [{lo}, {hi}] reachable with {depth} levels "
+                                 f"of a {b}-way tree (all at level 1 .. all at level {depth})")
+            ratio = min(max(ratio, lo * (1 + 1e-9)), hi * (1 - 1e-9)) if depth > 1 else ratio
+            q = _solve_q(ratio, b, depth) if depth > 1 else 1.0
+            w = [q**i for i in range(depth)]
+        else:
+            w = list(t.shape) if t.shape else [t.q**i for i in range(depth)]
+            if len(w) != depth:
+                raise Infeasible(f"translate.shape has {len(w)} weights for bank_depth={depth}")
+        if f_units is not None:
+            real = [f_units * wi / sum(w) for wi in w]
+        elif b_units is not None:
+            real = [b_units * wi / sum(wi * b ** (i + 1) for i, wi in enumerate(w)) for wi in w]
+        else:
+            raise Infeasible("bank_depth: needs a size (fetched, fetched_units or bank) or a base with memory")
+        r = _round(real, b, f_units, b_units)
+    if sum(r) == 0:
+        raise Infeasible(f"requested size rounds to zero units (one unit of r = {c0:,} fetched params)")
+    return r
+
+
+def translate(spec: SweepSpec, params: dict[str, Any], extra: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, dict[str, Any]]:
+    """Trial params (raw keys + paper-language params; spec.fixed applies under them) -> (validated RunConfig,
+    realised accounting). `extra` overrides (name=, train.threads=) apply last."""
+    t = spec.translate
+    params = {**spec.fixed, **params}
+    raw = {k: v for k, v in params.items() if k not in PAPER_PARAMS}
+    paper = {k: v for k, v in params.items() if k in PAPER_PARAMS}
+    base_ov = spec.overrides + [f"{k}={_fmt(v)}" for k, v in raw.items()]
+    run_ov = [f"out_dir={spec.runs_dir.parent}", f"experiment={spec.name}", *extra]
+    try:
+        cfg = load_config(spec.base, base_ov + run_ov)
+    except ConfigError as e:
+        if not paper:
+            raise Infeasible(str(e)) from None
+        try:  # e.g. memory.type=lora without levels yet: an anchor-only skeleton for the accounting
+            skeleton = ["memory.type=none", "memory.levels=[]", "train.mode=anchor", "train.init_from=null"]
+            cfg = load_config(spec.base, base_ov + skeleton + run_ov)
+        except ConfigError:
+            raise Infeasible(str(e)) from None
+    info: dict[str, Any] = {}
+    if paper:
+        gen = _paper_overrides(spec, cfg, paper, info, raw.get("memory.type"))
+        try:
+            cfg = load_config(spec.base, base_ov + gen + run_ov)
+        except ConfigError as e:
+            raise Infeasible(f"{', '.join(gen)} -> {e}") from None
+    c = counts(cfg)
+    info.update({f"realised_{k}": v for k, v in c.items()}, levels=list(cfg.memory.levels), n_layer=cfg.anchor.n_layer)
+    _check_tolerance(t, c, paper, info)
+    return cfg, info
+
+
+def _paper_overrides(spec: SweepSpec, cfg: RunConfig, paper: dict[str, Any], info: dict[str, Any],
+                     mem_type: str | None = None) -> list[str]:
+    t = spec.translate
+    if "level" in paper and "bank_depth" in paper:
+        raise Infeasible("level and bank_depth: give one (level puts all memory at one level)")
+    if "fetched" in paper and "fetched_units" in paper:
+        raise Infeasible("fetched and fetched_units: give one")
+    mem_type = mem_type or cfg.memory.type
+    mem_type = mem_type if mem_type != "none" else t.memory_type
+    if mem_type not in ("ffn", "lora", "kv"):
+        raise Infeasible(f"memory.type={mem_type}: paper-language sizes need a bank memory type (ffn, lora, kv)")
+    gen: list[str] = []
+    fetched = parse_count(paper["fetched"], "fetched") if "fetched" in paper else None
+    bank = parse_count(paper["bank"], "bank") if "bank" in paper else None
+    units = float(paper["fetched_units"]) if "fetched_units" in paper else None
+    if "fetch_ratio" in paper:
+        rho = float(paper["fetch_ratio"])
+        budget = counts(cfg)["runtime"] if t.budget == "auto" else float(t.budget)
+        max_l = t.max_layers or cfg.anchor.n_layer
+        per_l = {L: _anchor_params(cfg, L) for L in (1, 2)}
+        per_l.update({L: per_l[1] + (L - 1) * (per_l[2] - per_l[1]) for L in range(3, max_l + 1)})
+        L = min((abs(a - budget / (1 + rho)), L) for L, a in per_l.items() if L <= max_l)[1]
+        anchor = per_l[L]
+        if anchor > budget * (1 + t.tolerance):
+            raise Infeasible(f"fetch_ratio={rho}: even a {L}-layer anchor ({anchor:,}) exceeds the budget {budget:,.0f}")
+        if fetched is not None or units is not None:
+            raise Infeasible("fetch_ratio sets the fetched size itself: drop fetched / fetched_units")
+        fetched = 0.0 if rho == 0 else budget - anchor
+        info.update(budget=budget, requested_ratio=rho)
+        gen.append(f"anchor.n_layer={L}")
+        cfg = dataclasses.replace(cfg, anchor=dataclasses.replace(cfg.anchor, n_layer=L))
+        if fetched <= 0:
+            if rho > 0:
+                raise Infeasible(f"fetch_ratio={rho}: the nearest anchor ({L} layers, {anchor:,}) leaves no room for memory")
+            mode = "anchor" if cfg.train.mode in ("anchor", "scratch") else cfg.train.mode
+            return gen + ["memory.type=none", "memory.levels=[]", f"train.mode={mode}"]
+    c0 = unit_params(cfg, mem_type)
+    b = cfg.retriever.branching
+    level = paper.get("level")
+    depth = paper.get("bank_depth") or (None if level else (len(cfg.memory.levels) or cfg.retriever.depth))
+    if fetched is None and units is None and bank is None and cfg.memory.type != "none":
+        units = float(sum(cfg.memory.levels))  # bank_depth alone: keep the base's fetched size
+    r = solve_levels(t, b, c0, depth=depth, level=level, fetched=fetched, bank=bank, units=units)
+    info.update(c0=c0, requested_fetched=fetched if fetched is not None else (units * c0 if units else None),
+                requested_bank=bank)
+    gen += [f"memory.type={mem_type}", f"memory.levels={_fmt(r)}"]
+    if len(r) > cfg.retriever.depth:
+        gen.append(f"retriever.depth={len(r)}")
+    if cfg.memory.type == "none" and cfg.train.mode == "anchor":
+        pass  # anchor + memory trained together from scratch (train.mode=anchor trains every parameter)
+    return gen
+
+
+def _check_tolerance(t: Translate, c: dict[str, int], paper: dict[str, Any], info: dict[str, Any]) -> None:
+    checks = [("fetched", info.get("requested_fetched"), c["fetched"]), ("bank", info.get("requested_bank"), c["bank"])]
+    if "budget" in info:
+        checks = [("runtime", info["budget"], c["runtime"]), ("bank", info.get("requested_bank"), c["bank"])]
+        info["realised_ratio"] = c["fetched"] / c["anchor"]
+    for what, want, got in checks:
+        if want:
+            err = abs(got - want) / want
+            info[f"{what}_error"] = err
+            if err > t.tolerance:
+                raise Infeasible(f"{what}: realised {got:,} is {100 * err:.1f}% from the requested {want:,.0f} "
+                                 f"(translate.tolerance={t.tolerance})")
