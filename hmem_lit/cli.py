@@ -83,6 +83,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from hmem_lit.analysis.report import report_main
+
+    return report_main(a.target, a.out, a.spec)
+
+
 def cmd_sweep(a: argparse.Namespace) -> int:
     from hmem_lit import sweeps
 
@@ -101,6 +107,7 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "info": cmd_info,
     "data": cmd_data,
     "eval": cmd_eval,
+    "report": cmd_report,
     "sweep": cmd_sweep,
 }
 
@@ -130,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=None)
     e.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     e.add_argument("--force", action="store_true", help="re-evaluate even if results with these settings exist")
+    r = sub.add_parser("report", help="figures, tables and an HTML page from a runs directory or a sweep")
+    r.add_argument("target", help="runs directory, or sweep name (sweeps/<name>.yaml; its runs under runs/sweep-<name>/)")
+    r.add_argument("--out", default=None, help="output directory (default analysis/generated/<name>)")
+    r.add_argument("--spec", action="append", default=None, help="figure spec YAML (default analysis/*.yaml)")
     w = sub.add_parser("sweep", help="run a sweep (`hmem sweep sweeps/x.yaml [--workers N] [key=value]`), or "
                        "`hmem sweep status <name>` / `hmem sweep plan <name>`")
     w.add_argument("target", help="sweep YAML (path or name in sweeps/), or status / plan")

@@ -1,0 +1,225 @@
+"""`hmem report <runs dir | sweep name> [--out DIR] [--spec FILE ...]`: collect the runs, draw every figure and
+table declared in the specs (analysis/*.yaml), write runs.csv, figures/<id>.png+.pdf, tables/<id>.md, report.md
+and a self-contained report.html (figures base64-embedded). Nothing in it crashes on missing data: a figure that
+cannot be drawn is listed under "Skipped" with the reason; incomplete and failed runs are listed, never plotted.
+
+Spec file format (YAML): `figures:` and `tables:` lists; each entry has `id`, `kind` (a key of
+figures.FIGURES, or `table`), `reproduces` (the paper figure), `title`, optional `select` ({column: value or
+[values]}), `eval_mode` (default fetched), and the kind's own keys (see analysis/paper.yaml).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hmem_lit.analysis import sweep as sweep_mod
+from hmem_lit.analysis.collect import collect
+from hmem_lit.analysis.figures import FIGURES, Skip
+from hmem_lit.analysis.tables import Table, make_table, runs_overview, simple_table
+from hmem_lit.config import ConfigError
+
+SPEC_DIR = sweep_mod.REPO / "analysis"
+CSV_DROP = ("path",)  # absolute paths stay out of the shared table
+
+
+@dataclass
+class Item:
+    id: str
+    title: str
+    reproduces: str = ""
+    files: list[str] = field(default_factory=list)  # relative to the report dir (png first)
+    table: Table | None = None
+    runs: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    skipped: str | None = None
+
+
+def load_specs(paths: list[str | Path] | None = None) -> tuple[list[dict], list[dict]]:
+    files = [Path(p) for p in paths] if paths else sorted(SPEC_DIR.glob("*.yaml"))
+    figs, tabs = [], []
+    for f in files:
+        if not f.is_file():
+            raise ConfigError(f"{f}: spec file not found")
+        try:
+            d = yaml.safe_load(f.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{f}: not valid YAML ({str(e).splitlines()[0]})") from None
+        for s in d.get("figures") or []:
+            if s.get("kind") not in FIGURES:
+                raise ConfigError(f"{f}: figure {s.get('id')!r}: kind {s.get('kind')!r} unknown; known: {', '.join(FIGURES)}")
+            figs.append(s)
+        tabs += d.get("tables") or []
+    ids = [s.get("id") for s in figs + tabs]
+    dup = sorted({i for i in ids if ids.count(i) > 1 or not i})
+    if dup:
+        raise ConfigError(f"spec ids must be unique and present; problem ids: {dup}")
+    return figs, tabs
+
+
+def _save(fig, out: Path, fid: str) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    files = []
+    for ext in ("png", "pdf"):
+        fig.savefig(out / "figures" / f"{fid}.{ext}", dpi=200, bbox_inches="tight", metadata=None
+                    if ext == "png" else {"CreationDate": None})
+        files.append(f"figures/{fid}.{ext}")
+    plt.close(fig)
+    return files
+
+
+def _guard(item: Item, fn, *args) -> Any:
+    import matplotlib.pyplot as plt
+
+    from hmem_lit.analysis.style import STYLE
+
+    try:
+        with plt.rc_context(STYLE):
+            return fn(*args)
+    except Skip as e:
+        item.skipped = str(e)
+    except Exception as e:  # noqa: BLE001 - a broken figure must not take the report down
+        item.skipped = f"failed: {type(e).__name__}: {e}"
+        print(f"hmem report: {item.id} failed:\n{traceback.format_exc()}", file=sys.stderr)
+    return None
+
+
+def build_report(target: str, out: str | Path | None = None, specs: list[str] | None = None) -> Path:
+    t = sweep_mod.resolve(target)
+    out = Path(out) if out else SPEC_DIR / "generated" / t.name
+    figs, tabs = load_specs(specs)
+    study, study_notes = sweep_mod.load_study(t)
+    extra = sweep_mod.trial_run_dirs(study) if study else []
+    if not t.runs_dir.is_dir() and not extra:
+        raise ConfigError(f"{t.runs_dir}: no such runs directory")
+    col = collect(t.runs_dir if t.runs_dir.is_dir() else Path("."), extra)
+    out.mkdir(parents=True, exist_ok=True)
+    df = col.table
+    df.drop(columns=[c for c in CSV_DROP if c in df.columns]).to_csv(out / "runs.csv", index=False)
+    items: list[Item] = []
+    for s in figs:
+        it = Item(s["id"], s.get("title", s["id"]), s.get("reproduces", ""))
+        drawn = _guard(it, FIGURES[s["kind"]], df, s) if len(df) else None
+        if len(df) == 0:
+            it.skipped = "no complete runs"
+        if drawn:
+            it.files, it.runs, it.notes = _save(drawn.fig, out, it.id), drawn.runs, drawn.notes
+        items.append(it)
+    for s in tabs:
+        it = Item(s["id"], s.get("title", s["id"]), s.get("reproduces", ""))
+        tab = _guard(it, make_table, df, s) if len(df) else None
+        if len(df) == 0:
+            it.skipped = "no complete runs"
+        if tab:
+            (out / "tables").mkdir(exist_ok=True)
+            (out / "tables" / f"{it.id}.md").write_text(tab.markdown() + "\n")
+            it.table, it.runs, it.notes, it.files = tab, tab.runs, tab.notes, [f"tables/{it.id}.md"]
+        items.append(it)
+    sweep_items = []
+    if study is not None:
+        h, rows = sweep_mod.trials_table(study)
+        sweep_items.append(Item("optuna_trials", f"trials of study {study.study_name}", table=simple_table(h, rows)))
+        for vid, title, fig, notes in sweep_mod.optuna_views(study):
+            it = Item(vid, title, notes=notes, skipped=notes[0][9:] if fig is None else None)
+            if fig is not None:
+                it.files = _save(fig, out, vid)
+            sweep_items.append(it)
+    page = Page(target, t, col, items, sweep_items, [*t.notes, *study_notes])
+    (out / "report.md").write_text(page.markdown())
+    (out / "report.html").write_text(page.html(out))
+    return out
+
+
+@dataclass
+class Page:
+    target: str
+    t: Any
+    col: Any
+    items: list[Item]
+    sweep: list[Item]
+    notes: list[str]
+
+    def _intro(self) -> list[str]:
+        n = self.col.table.run.nunique() if len(self.col.table) else 0
+        return [f"Source: `{self.t.runs_dir}`" + (f" (sweep `{self.t.name}`)" if self.sweep else ""),
+                f"Generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; {n} complete run(s), "
+                f"{len(self.col.incomplete)} incomplete or failed; the collected table is `runs.csv` "
+                "(one row per run x evaluation memory mode).", *self.notes]
+
+    def _sections(self):
+        """(heading, items) in page order; skipped figures are gathered at the end."""
+        drawn = [i for i in self.items if not i.skipped]
+        yield "Figures and tables", drawn
+        if self.sweep:
+            yield "Sweep (Optuna)", [i for i in self.sweep if not i.skipped]
+        yield "Skipped (missing data)", [i for i in self.items + self.sweep if i.skipped]
+
+    def markdown(self) -> str:
+        L = [f"# Report: {self.target}", "", *[f"- {x}" for x in self._intro()], ""]
+        for head, its in self._sections():
+            L += [f"## {head}", ""]
+            L += [] if its else ["(none)", ""]
+            for i in its:
+                if i.skipped:
+                    L.append(f"- **{i.id}** ({i.reproduces or i.title}): {i.skipped}")
+                    continue
+                L += [f"### {i.id}: {i.title}" + (f" (reproduces {i.reproduces})" if i.reproduces else ""), ""]
+                if i.table:
+                    L += [i.table.markdown(), ""]
+                L += [f"![{i.id}]({f})" for f in i.files if f.endswith(".png")]
+                L += [f"Runs ({len(i.runs)}): " + ", ".join(f"`{r}`" for r in i.runs)] if i.runs else []
+                L += [f"- note: {n}" for n in i.notes] + [""]
+            L.append("")
+        L += ["## Runs", "", runs_overview(self.col.table).markdown() if len(self.col.table) else "(none)", ""]
+        L += ["## Incomplete or failed runs (not plotted)", ""]
+        L += [f"- `{r['run']}` ({r['status']}): {r['reason']}" for r in self.col.incomplete] or ["(none)"]
+        return "\n".join(L) + "\n"
+
+    def html(self, out: Path) -> str:
+        e = html.escape
+        B = [f"<h1>Report: {e(self.target)}</h1><ul>" + "".join(f"<li>{e(x)}</li>" for x in self._intro()) + "</ul>"]
+        for head, its in self._sections():
+            B.append(f"<h2>{e(head)}</h2>" + ("" if its else "<p>(none)</p>"))
+            if any(i.skipped for i in its):
+                B.append("<ul>" + "".join(f"<li><b>{e(i.id)}</b> ({e(i.reproduces or i.title)}): {e(i.skipped)}</li>"
+                                          for i in its) + "</ul>")
+                continue
+            for i in its:
+                B.append(f"<h3>{e(i.id)}: {e(i.title)}" + (f" <small>(reproduces {e(i.reproduces)})</small>"
+                                                          if i.reproduces else "") + "</h3>")
+                if i.table:
+                    B.append(i.table.html())
+                for f in i.files:
+                    if f.endswith(".png"):
+                        data = base64.b64encode((out / f).read_bytes()).decode()
+                        B.append(f'<img alt="{e(i.id)}" src="data:image/png;base64,{data}">')
+                if i.runs:
+                    B.append(f"<p class=runs>Runs ({len(i.runs)}): " + ", ".join(f"<code>{e(r)}</code>" for r in i.runs)
+                             + "</p>")
+                B += [f"<p class=note>note: {e(n)}</p>" for n in i.notes]
+        B.append("<h2>Runs</h2>" + (runs_overview(self.col.table).html() if len(self.col.table) else "<p>(none)</p>"))
+        B.append("<h2>Incomplete or failed runs (not plotted)</h2><ul>" + ("".join(
+            f"<li><code>{e(r['run'])}</code> ({e(r['status'])}): {e(r['reason'])}</li>" for r in self.col.incomplete)
+            or "<li>(none)</li>") + "</ul>")
+        css = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}"
+               "img{max-width:100%;display:block;margin:.5em 0}table{border-collapse:collapse;font-size:.85em;"
+               "margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
+               ".note{color:#8a5a00;font-size:.9em}.runs{font-size:.8em;color:#555}")
+        return (f"<!doctype html><html><head><meta charset=utf-8><title>hmem report: {e(self.target)}</title>"
+                f"<style>{css}</style></head><body>{''.join(B)}</body></html>\n")
+
+
+def report_main(target: str, out: str | None = None, specs: list[str] | None = None) -> int:
+    path = build_report(target, out, specs)
+    print(f"[hmem] report: {path / 'report.html'} ({path / 'report.md'}, {path / 'runs.csv'})")
+    return 0

@@ -1,0 +1,181 @@
+"""Sweeps in the report: find a sweep's run directories and its Optuna study, and draw the Optuna views
+(optimisation history, parameter importances, parallel coordinates, slices) with optuna.visualization.matplotlib.
+
+`hmem report <target>` resolves the target in this order:
+1. an existing directory: its run directories; an Optuna journal (`_sweep/journal.log`, `*.journal`) or SQLite file
+   (`*.db`) in it is the study;
+2. a sweep name or YAML (`sweeps/<name>.yaml`): read with the sweeps module's own loader (`load_sweep`: study name,
+   storage URL, run directories `<out_dir>/<experiment>/`); if that loader is missing or rejects the file, a plain
+   YAML read: `storage` (a DB URL or journal path, any nesting level), `study_name` / `name` / file stem;
+   plus any trial user attribute naming an existing run directory (`run_dir`);
+3. `runs/sweeps/<name>/` or `runs/sweep-<name>/` when it exists.
+A study that cannot be opened gives a note in the report, never an error.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hmem_lit.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+SWEEPS_DIR, RUNS = REPO / "sweeps", Path("runs")
+
+
+@dataclass
+class Target:
+    name: str
+    runs_dir: Path
+    storage: str | None = None  # an Optuna storage URL or journal file path
+    study_name: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _find(d: Any, keys: tuple[str, ...]) -> Any:
+    """First value under any of `keys` at any nesting level of a YAML mapping."""
+    if isinstance(d, dict):
+        for k in keys:
+            if isinstance(d.get(k), (str, int)):
+                return d[k]
+        for v in d.values():
+            got = _find(v, keys)
+            if got is not None:
+                return got
+    return None
+
+
+def _storage_in(folder: Path) -> str | None:
+    for pat in ("_sweep/journal.log", "*.journal", "*.db", "*.sqlite", "_sweep/*.db"):
+        hits = sorted(folder.glob(pat))
+        if hits:
+            return str(hits[0])
+    return None
+
+
+def _from_yaml(yml: Path) -> Target:
+    try:  # the sweeps module knows its own defaults (experiment name, journal location)
+        from hmem_lit.sweeps.spec import load_sweep
+
+        spec = load_sweep(yml)
+        return Target(spec.name, Path(spec.out_dir) / spec.experiment, str(spec.storage_url), spec.name)
+    except Exception as e:  # noqa: BLE001 - fall back to reading the YAML ourselves
+        note = f"sweeps loader unavailable for {yml} ({type(e).__name__}); read the YAML directly"
+    try:
+        raw = yaml.safe_load(yml.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{yml}: not valid YAML ({str(e).splitlines()[0]})") from None
+    name = str(_find(raw, ("name",)) or yml.stem)
+    storage = _find(raw, ("storage",))
+    runs_dir = next((d for d in (RUNS / f"sweep-{name}", RUNS / "sweeps" / name) if d.is_dir()), RUNS / f"sweep-{name}")
+    if storage and "://" not in str(storage) and not runs_dir.is_dir():
+        runs_dir = Path(str(storage)).parent
+    storage = storage or (_storage_in(runs_dir) if runs_dir.is_dir() else None)
+    return Target(name, runs_dir, str(storage) if storage else None, str(_find(raw, ("study_name", "study")) or name),
+                  [note])
+
+
+def resolve(target: str) -> Target:
+    p = Path(target)
+    if p.is_dir():
+        return Target(p.name, p, _storage_in(p), None)
+    yml = p if p.suffix in (".yaml", ".yml") and p.is_file() else SWEEPS_DIR / f"{target}.yaml"
+    if yml.is_file():
+        return _from_yaml(yml)
+    for d in (RUNS / f"sweep-{target}", RUNS / "sweeps" / target):
+        if d.is_dir():
+            return Target(target, d, _storage_in(d), None)
+    raise ConfigError(f"{target}: neither a runs directory nor a sweep (no sweeps/{target}.yaml, "
+                      f"no {RUNS}/sweep-{target}/)")
+
+
+def load_study(t: Target):
+    """-> (optuna Study or None, notes). Never raises for a missing / unreadable study."""
+    if not t.storage:
+        return None, []
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = t.storage
+    if "://" not in url:
+        path = Path(url)
+        if not path.is_file():
+            return None, [f"Optuna storage {url} not found: no sweep views"]
+        if path.suffix in (".db", ".sqlite"):
+            url = f"sqlite:///{path}"
+        else:
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
+
+            url = JournalStorage(JournalFileBackend(str(path)))
+    try:
+        name = t.study_name
+        if name is None:
+            names = optuna.get_all_study_names(storage=url)
+            if len(names) != 1:
+                return None, [f"{t.storage} holds {len(names)} studies ({', '.join(names)}); name one in sweeps/*.yaml"]
+            name = names[0]
+        return optuna.load_study(study_name=name, storage=url), []
+    except Exception as e:  # noqa: BLE001 - any storage failure is a note, not a crash
+        return None, [f"could not open Optuna study {t.study_name!r} in {t.storage}: {type(e).__name__}: {e}"]
+
+
+def trial_run_dirs(study) -> list[Path]:
+    """Run directories that trials name in their user attributes (any string value that is one)."""
+    out = []
+    for tr in study.trials:
+        for v in tr.user_attrs.values():
+            if isinstance(v, str) and len(v) < 500 and (Path(v) / "config.yaml").is_file():
+                out.append(Path(v))
+    return out
+
+
+def trials_table(study) -> tuple[list[str], list[list[Any]]]:
+    params = sorted({k for t in study.trials for k in t.params})
+    header = ["trial", "state", "value", *params]
+    rows = [[t.number, t.state.name, t.value if t.values and len(t.values) == 1 else t.values,
+             *[t.params.get(k) for k in params]] for t in study.trials]
+    return header, rows
+
+
+def optuna_views(study) -> list[tuple[str, str, Any, list[str]]]:
+    """-> [(id, title, figure or None, notes)]: each view guarded, a failing or impossible one gives a note."""
+    import matplotlib.pyplot as plt
+    import optuna
+    import optuna.visualization.matplotlib as ovm
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    multi = len(study.directions) > 1
+    kw: dict[str, Any] = {"target": (lambda t: t.values[0]), "target_name": "objective 1"} if multi else {}
+    params = sorted({k for t in done for k in t.params})
+    varying = [k for k in params if len({repr(t.params.get(k)) for t in done}) > 1]
+    views = [("optuna_history", "optimisation history", ovm.plot_optimization_history, 1, None),
+             ("optuna_importance", "parameter importances", ovm.plot_param_importances, 4,
+              "needs at least 4 complete trials and 2 varying parameters" if len(done) < 4 or len(varying) < 2 else None),
+             ("optuna_parallel", "parallel coordinates", ovm.plot_parallel_coordinate, 2,
+              "needs at least one varying parameter" if not varying else None),
+             ("optuna_slice", "slices (objective vs each parameter)", ovm.plot_slice, 1,
+              "needs at least one varying parameter" if not varying else None)]
+    out = []
+    for vid, title, fn, need, why in views:
+        if len(done) < need or why:
+            out.append((vid, title, None, [f"skipped: {why or f'needs {need} complete trial(s), has {len(done)}'}"]))
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = fn(study, **({**kw, "params": varying} if fn is not ovm.plot_optimization_history else kw))
+            ax = res.flat[0] if hasattr(res, "flat") else res
+            fig = ax.figure
+            n = len(res.flat) if hasattr(res, "flat") else 1
+            fig.set_size_inches(min(7.0, 2.4 * n + 1.2) if vid == "optuna_slice" else 7.0 if n > 1 or vid in (
+                "optuna_parallel",) else 4.5, 2.8)
+            out.append((vid, title, fig, ["first objective of a multi-objective study"] if multi else []))
+        except Exception as e:  # noqa: BLE001
+            plt.close("all")
+            out.append((vid, title, None, [f"skipped: {type(e).__name__}: {e}"]))
+    return out
