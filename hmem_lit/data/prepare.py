@@ -36,6 +36,8 @@ from hmem_lit.data import corpus as corpus_mod
 from hmem_lit.utils import atomic_write, atomic_write_text, read_json, write_json
 
 STAGES = ("corpus", "tokenizer", "embeddings", "tree", "packing", "questions")
+DEPS = {"corpus": (), "tokenizer": ("corpus",), "embeddings": ("corpus",), "tree": ("corpus", "embeddings"),
+        "packing": ("tokenizer", "tree"), "questions": ("corpus",)}  # an upstream re-run may change the output
 _VERSION = {"corpus": 1, "tokenizer": 1, "embeddings": 1, "tree": 1, "packing": 1, "questions": 1}
 
 
@@ -108,11 +110,12 @@ def _outputs(cfg: Any, stage: str, manifest: dict) -> list[Path]:
 def stale_stages(cfg: Any) -> list[str]:
     """Stages that would run (their key changed or an output is missing); [] means fully prepared."""
     manifest = _read_manifest(Path(cfg.data.dir))
+    keys = _stage_keys(cfg, manifest)
     stale: list[str] = []
     for s in STAGES:
-        keys = _stage_keys(cfg, manifest)  # recomputed: upstream outputs may have been recorded meanwhile
         rec = manifest.get("stages", {}).get(s, {})
-        if stale or rec.get("key") != keys[s] or not all(p.exists() for p in _outputs(cfg, s, manifest)):
+        if (any(u in stale for u in DEPS[s]) or rec.get("key") != keys[s]
+                or not all(p.exists() for p in _outputs(cfg, s, manifest))):
             stale.append(s)
     return stale
 
