@@ -22,16 +22,18 @@ class FFNHooks(MemoryHooks):
     has_ffn = True
 
     def __init__(self, units: Tensor, slot: dict[int, int], d: int):
-        self.units, self.slot, self.d = units, slot, d  # units: (B, layers, R, 3d)
+        self.units = units.unbind(1)  # per layer (B, R, 3d); unbind (not indexing): its backward is one stack
+        self.slot, self.d = slot, d
 
     def ffn_extra(self, layer: int, x: Tensor) -> Tensor | None:
         s = self.slot.get(layer)
         if s is None:
             return None
-        w = self.units[:, s].to(x.dtype)  # (B, R, 3d)
+        w = self.units[s].to(x.dtype)  # (B, R, 3d)
         gate, up, down = w.split(self.d, dim=-1)  # each (B, R, d)
-        h = F.silu(torch.einsum("btd,brd->btr", x, gate)) * torch.einsum("btd,brd->btr", x, up)  # (B, T, R)
-        return torch.einsum("btr,brd->btd", h, down)
+        # batched matmuls with contiguous (B, T, R) outputs (einsum may pick a transposed layout: slow pointwise ops)
+        h = F.silu(x @ gate.transpose(1, 2)) * (x @ up.transpose(1, 2))  # (B, T, R)
+        return h @ down  # (B, T, d)
 
 
 @MEMORY.register("ffn")

@@ -21,13 +21,14 @@ class KVHooks(MemoryHooks):
     has_kv = True
 
     def __init__(self, units: Tensor, slot: dict[int, int], n_head: int, head_dim: int):
-        self.units, self.slot, self.h, self.hd = units, slot, n_head, head_dim  # units: (B, layers, R, 2*h*hd)
+        self.units = units.unbind(1)  # per layer (B, R, 2*h*hd); unbind (not indexing): its backward is one stack
+        self.slot, self.h, self.hd = slot, n_head, head_dim
 
     def attn_kv(self, layer: int) -> tuple[Tensor, Tensor] | None:
         s = self.slot.get(layer)
         if s is None:
             return None
-        w = self.units[:, s]  # (B, R, 2*h*hd)
+        w = self.units[s]  # (B, R, 2*h*hd)
         B, R, _ = w.shape
         k, v = w.view(B, R, 2, self.h, self.hd).permute(2, 0, 3, 1, 4)  # each (B, h, R, hd)
         return k, v

@@ -34,16 +34,17 @@ class LoRAHooks(MemoryHooks):
     has_delta = True
 
     def __init__(self, units: Tensor, slot: dict[int, int], cols: dict[str, tuple[int, int, int]], scale: float):
-        self.units, self.slot, self.cols, self.scale = units, slot, cols, scale  # units: (B, layers, R, c)
+        self.units = units.unbind(1)  # per layer (B, R, c); unbind (not indexing): its backward is one stack
+        self.slot, self.cols, self.scale = slot, cols, scale
 
     def linear_delta(self, layer: int, name: str, x: Tensor) -> Tensor | None:
         s, c = self.slot.get(layer), self.cols.get(name)
         if s is None or c is None:
             return None
         off, d_in, d_out = c
-        w = self.units[:, s].to(x.dtype)  # (B, R, c)
+        w = self.units[s].to(x.dtype)  # (B, R, c)
         a, b = w[..., off : off + d_in], w[..., off + d_in : off + d_in + d_out]  # (B, R, d_in), (B, R, d_out)
-        return torch.einsum("btr,bro->bto", torch.einsum("btd,brd->btr", x, a), b) * self.scale
+        return ((x @ a.transpose(1, 2)) @ b) * self.scale  # (B, T, R) -> (B, T, d_out)
 
 
 @MEMORY.register("lora")

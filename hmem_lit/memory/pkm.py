@@ -3,8 +3,9 @@
 A token-level memory: it ignores tree paths. At each memory layer (memory.pkm.layers: "auto" = 3 equally spaced
 layers, 4/12/20 of 24 as in the paper, or explicit indices) the normalised hidden state x gives one query per head
 (own projection per layer); each query is split in two halves scored against two sets of n_keys half-keys (own
-keys per layer). The top-k of each half combine into k*k candidates (score s1 + s2, index i1 * n_keys + i2) whose
-top-k is the exact top-k over all N = n_keys**2 product keys. Softmax (fp32) over those k scores weights the
+keys per layer). The top-k of each half combine into candidates (score s1 + s2, index i1 * n_keys + i2) whose
+top-k is the exact top-k over all N = n_keys**2 product keys (of the k*k pairs only the ~k ln k that can win are
+formed). Softmax (fp32) over those k scores weights the
 selected rows of ONE value table shared by all memory layers, summed over heads (a weighted EmbeddingBag with a
 sparse gradient, so the row-wise optimiser updates only the rows read). Memory+ gating: out = W2(y * silu(W1 x)).
 Optional qk-norm: RMS-normalised query halves and half-keys (no learned scale).
@@ -41,14 +42,29 @@ def pkm_layers(spec: Any, n_layer: int) -> list[int]:
 
 
 def product_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """scores (..., 2, n_keys) of the two query halves -> top-k (scores, product-key indices), each (..., k)."""
+    """scores (..., 2, n_keys) of the two query halves -> top-k (scores, product-key indices), each (..., k).
+
+    The halves' top-k come sorted, so candidate (i, j) (0-based ranks) is beaten by the (i+1)(j+1) - 1 pairs
+    (i' <= i, j' <= j) and can only be in the top-k if (i+1)(j+1) <= k: about k ln k candidates instead of k*k.
+    """
     n_keys = scores.shape[-1]
-    s1, i1 = scores[..., 0, :].topk(k, dim=-1)  # (..., k)
+    s1, i1 = scores[..., 0, :].topk(k, dim=-1)  # (..., k), sorted
     s2, i2 = scores[..., 1, :].topk(k, dim=-1)
-    cand = (s1[..., :, None] + s2[..., None, :]).flatten(-2)  # (..., k*k)
-    cidx = (i1[..., :, None] * n_keys + i2[..., None, :]).flatten(-2)
+    r = torch.arange(1, k + 1, device=scores.device)
+    a, b = ((r[:, None] * r[None, :]) <= k).nonzero().unbind(1)  # the candidate rank pairs (C,)
+    cand = s1[..., a] + s2[..., b]  # (..., C)
     best, pos = cand.topk(k, dim=-1)  # (..., k)
-    return best, cidx.gather(-1, pos)
+    return best, (i1[..., a] * n_keys + i2[..., b]).gather(-1, pos)
+
+
+def distinct(idx: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """idx (...) in [0, n) -> (sorted distinct values (U,), positions of idx in them). Sort-free, O(n / 8 + idx)."""
+    seen = torch.zeros(n, dtype=torch.bool, device=idx.device)
+    seen[idx.flatten()] = True
+    uniq = seen.nonzero().squeeze(1)
+    slot = torch.empty(n, dtype=torch.long, device=idx.device)  # only entries at uniq are ever read
+    slot[uniq] = torch.arange(uniq.numel(), device=idx.device)
+    return uniq, slot[idx]
 
 
 class PKMHooks(MemoryHooks):
@@ -114,8 +130,12 @@ class PKMMemory(nn.Module):
         xf = x.reshape(B * T, d)
         best, idx = self.lookup(s, xf)  # (N, H, k)
         w = best.float().softmax(dim=-1)  # softmax in fp32
-        y = F.embedding_bag(idx.flatten(1), self.values, per_sample_weights=w.flatten(1).to(self.values.dtype),
-                            mode="sum", sparse=True).to(x.dtype)  # (N, v_dim), summed over heads and top-k
+        # Gather each distinct row once, then bag over the gathered rows: the value table's sparse gradient gets one
+        # row per distinct index (U), not one per (token, head, k) selection, which would be far larger than U.
+        uniq, inv = distinct(idx, self.values.shape[0])  # (U,), (N, H, k)
+        rows = F.embedding(uniq, self.values, sparse=True)  # (U, v_dim)
+        y = F.embedding_bag(inv.flatten(1), rows, per_sample_weights=w.flatten(1).to(rows.dtype),
+                            mode="sum").to(x.dtype)  # (N, v_dim), summed over heads and top-k
         if self.gated:
             y = F.linear(y * F.silu(F.linear(xf, self.w1[s].to(x.dtype))), self.w2[s].to(x.dtype))
         return y.view(B, T, d)
