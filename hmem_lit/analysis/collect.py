@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def _base_row(run_dir: Path, root: Path, final: dict[str, Any]) -> dict[str, Any
     used = [i + 1 for i, r in enumerate(levels) if r]
     pa, pf, pb = _num(params.get("anchor")), _num(params.get("fetched", 0)), _num(params.get("bank", 0))
     return {
-        "run": str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
+        "run": run_dir.name,  # collect() replaces it with the path relative to the collection root
         "experiment": final.get("experiment", cfg.get("experiment")), "name": final.get("name", cfg.get("name")),
         "status": final.get("status", "complete"), "kind": "", "label": "",
         "memory_type": mem.get("type", "none"), "train_mode": tr.get("mode", "anchor"),
@@ -154,13 +155,21 @@ def _incomplete_reason(run_dir: Path) -> str:
     return f"no final.json; last logged step {last['step']} ({last.get('tokens', 0):,}{target})"
 
 
-def collect(root: str | Path, extra: list[Path] | tuple[Path, ...] = ()) -> Collected:
-    """Every run directory below `root` (plus `extra` run dirs, e.g. sweep trials stored elsewhere)."""
-    root = Path(root)
-    dirs = sorted(set(runs.list_runs(root)) | {Path(p) for p in extra if Path(p).is_dir()})
+def collect(root: str | Path | None, extra: list[Path] | tuple[Path, ...] = ()) -> Collected:
+    """Every run directory below `root` (None: none) plus `extra` run dirs (e.g. sweep trials stored elsewhere)."""
+    extra_dirs = {Path(p).resolve() for p in extra if Path(p).is_dir()}
+    if root is None:
+        root = Path(os.path.commonpath([str(p) for p in extra_dirs])) if extra_dirs else Path(".")
+        found: set[Path] = set()
+    else:
+        root = Path(root).resolve()
+        found = set(runs.list_runs(root))
+    dirs = sorted(found | extra_dirs)
+    outside = [str(d) for d in dirs if not d.is_relative_to(root)]
+    ext_root = Path(os.path.commonpath(outside)).parent if outside else root  # names like fx/run for those
     base, evals, incomplete = [], [], []
     for d in dirs:
-        rel = str(d.relative_to(root)) if d.is_relative_to(root) and d != root else str(d)
+        rel = d.name if d == root else str(d.relative_to(root if d.is_relative_to(root) else ext_root))
         if not runs.is_complete(d):
             incomplete.append({"run": rel, "status": "incomplete", "reason": _incomplete_reason(d)})
             continue

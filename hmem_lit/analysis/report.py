@@ -100,9 +100,10 @@ def build_report(target: str, out: str | Path | None = None, specs: list[str] | 
     figs, tabs = load_specs(specs)
     study, study_notes = sweep_mod.load_study(t)
     extra = sweep_mod.trial_run_dirs(study) if study else []
-    if not t.runs_dir.is_dir() and not extra:
-        raise ConfigError(f"{t.runs_dir}: no such runs directory")
-    col = collect(t.runs_dir if t.runs_dir.is_dir() else Path("."), extra)
+    if not t.runs_dir.is_dir():
+        t.notes.append(f"no runs directory {t.runs_dir}" + (f"; {len(extra)} trial run directories named by the study"
+                                                             if extra else ""))
+    col = collect(t.runs_dir if t.runs_dir.is_dir() else None, extra)
     out.mkdir(parents=True, exist_ok=True)
     df = col.table
     df.drop(columns=[c for c in CSV_DROP if c in df.columns]).to_csv(out / "runs.csv", index=False)

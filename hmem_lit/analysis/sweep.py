@@ -2,13 +2,13 @@
 (optimisation history, parameter importances, parallel coordinates, slices) with optuna.visualization.matplotlib.
 
 `hmem report <target>` resolves the target in this order:
-1. an existing directory: its run directories; an Optuna journal (`_sweep/journal.log`, `*.journal`) or SQLite file
+1. an existing directory: its run directories; an Optuna journal (`*.journal`, `_sweep/journal.log`) or SQLite file
    (`*.db`) in it is the study;
 2. a sweep name or YAML (`sweeps/<name>.yaml`): read with the sweeps module's own loader (`load_sweep`: study name,
-   storage URL, run directories `<out_dir>/<experiment>/`); if that loader is missing or rejects the file, a plain
+   storage URL, `runs_dir` = `<out_dir>/sweeps/<name>/`); if that loader is missing or rejects the file, a plain
    YAML read: `storage` (a DB URL or journal path, any nesting level), `study_name` / `name` / file stem;
    plus any trial user attribute naming an existing run directory (`run_dir`);
-3. `runs/sweeps/<name>/` or `runs/sweep-<name>/` when it exists.
+3. `runs/sweeps/<name>/` when it exists.
 A study that cannot be opened gives a note in the report, never an error.
 """
 
@@ -50,7 +50,7 @@ def _find(d: Any, keys: tuple[str, ...]) -> Any:
 
 
 def _storage_in(folder: Path) -> str | None:
-    for pat in ("_sweep/journal.log", "*.journal", "*.db", "*.sqlite", "_sweep/*.db"):
+    for pat in ("*.journal", "_sweep/journal.log", "*.db", "*.sqlite"):
         hits = sorted(folder.glob(pat))
         if hits:
             return str(hits[0])
@@ -62,7 +62,8 @@ def _from_yaml(yml: Path) -> Target:
         from hmem_lit.sweeps.spec import load_sweep
 
         spec = load_sweep(yml)
-        return Target(spec.name, Path(spec.out_dir) / spec.experiment, str(spec.storage_url), spec.name)
+        runs_dir = getattr(spec, "runs_dir", None) or Path(spec.out_dir) / "sweeps" / spec.name
+        return Target(spec.name, Path(runs_dir), str(spec.storage_url), spec.name)
     except Exception as e:  # noqa: BLE001 - fall back to reading the YAML ourselves
         note = f"sweeps loader unavailable for {yml} ({type(e).__name__}); read the YAML directly"
     try:
@@ -71,7 +72,7 @@ def _from_yaml(yml: Path) -> Target:
         raise ConfigError(f"{yml}: not valid YAML ({str(e).splitlines()[0]})") from None
     name = str(_find(raw, ("name",)) or yml.stem)
     storage = _find(raw, ("storage",))
-    runs_dir = next((d for d in (RUNS / f"sweep-{name}", RUNS / "sweeps" / name) if d.is_dir()), RUNS / f"sweep-{name}")
+    runs_dir = next((d for d in (RUNS / "sweeps" / name, RUNS / f"sweep-{name}") if d.is_dir()), RUNS / "sweeps" / name)
     if storage and "://" not in str(storage) and not runs_dir.is_dir():
         runs_dir = Path(str(storage)).parent
     storage = storage or (_storage_in(runs_dir) if runs_dir.is_dir() else None)
@@ -86,11 +87,11 @@ def resolve(target: str) -> Target:
     yml = p if p.suffix in (".yaml", ".yml") and p.is_file() else SWEEPS_DIR / f"{target}.yaml"
     if yml.is_file():
         return _from_yaml(yml)
-    for d in (RUNS / f"sweep-{target}", RUNS / "sweeps" / target):
+    for d in (RUNS / "sweeps" / target, RUNS / f"sweep-{target}"):
         if d.is_dir():
             return Target(target, d, _storage_in(d), None)
     raise ConfigError(f"{target}: neither a runs directory nor a sweep (no sweeps/{target}.yaml, "
-                      f"no {RUNS}/sweep-{target}/)")
+                      f"no {RUNS}/sweeps/{target}/)")
 
 
 def load_study(t: Target):
