@@ -66,7 +66,9 @@ class HmemLM(LM):
         self.rolling_context = int(rolling_context or max(1, self.max_length // 2))
         self._device = torch.device(device)
         self.tok = load_run_tokenizer(self.cfg)
+        t0 = time.perf_counter()
         self.model_mode, router = self._resolve_mode()
+        self.router_load_seconds = time.perf_counter() - t0  # loading the tree and embedder (not per request)
         level = int(block_level or ev.block_level)
         self.retrieval = Retrieval(router, self.mode if self.model_mode == "fetched" else "none", level)
         self.model_seconds = 0.0

@@ -38,6 +38,13 @@ PAPER_GROUPS = {"paper_ck": ["lambada_openai", "boolq", "squad_completion", "wsc
                 "paper_sk": ["hellaswag", "arc_easy", "arc_challenge", "triviaqa", "nq_open", "piqa", "openbookqa"]}
 
 
+class _QuietHarness(logging.Filter):
+    """Drops lm-eval's per-task hint about --metadata that every `custom_dataset` task triggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed" not in record.getMessage()
+
+
 def _run_config(run_dir: Path):
     if not (run_dir / runs.WEIGHTS).is_file():
         raise ConfigError(f"{run_dir}: no {runs.WEIGHTS}; train the run to completion first (hmem train ...)")
@@ -170,6 +177,9 @@ def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | 
     if paper:
         check_paper_datasets(names)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    task_log = logging.getLogger("lm_eval.api.task")
+    if not any(isinstance(f, _QuietHarness) for f in task_log.filters):
+        task_log.addFilter(_QuietHarness())
     tm = TaskManager(include_path=[str(ts.root)] + ([str(PAPER_DIR)] if paper else []), include_defaults=paper)
     t0 = time.perf_counter()
     res = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=tm, limit=limit, log_samples=True,
@@ -179,6 +189,7 @@ def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | 
     head = {**headline(res, ts), "n_samples": n, "eval_time_s": round(elapsed, 3),
             "retrieval_time_s": round(lm.retrieval_seconds, 3)}
     timing = {"eval_s": elapsed, "retrieval_s": lm.retrieval_seconds, "model_s": lm.model_seconds,
+              "router_load_s": lm.router_load_seconds,
               "routed_texts": len(lm.retrieval.cache)}
     write_json(out_dir / "results.json", {
         "settings": settings, "headline": head, "timing": timing, "results": res.get("results"),
