@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from hmem_lit import runs
-from hmem_lit.analysis.collect import classify, collect
+from hmem_lit.analysis.collect import classify
 from hmem_lit.analysis.report import build_report, load_specs
 from hmem_lit.cli import main
 
@@ -78,7 +78,7 @@ def test_every_figure_table_and_page(fx, report):
     t1 = (report / "tables" / "table1_main.md").read_text()
     assert "Avg-SK [generic]" in t1 and "Avg-SK" in t1 and "±" in t1  # generic vs fetched, seeds averaged
     t8 = (report / "tables" / "table8_ratio.md").read_text()
-    assert t8.count("cotrain") == 5 and "same runtime" in t8 and "124K + kv" not in t8
+    assert t8.count("[cotrain]") == 5 and "same runtime" in t8 and "124K + kv" not in t8
 
 
 def test_missing_metrics_give_messages_not_crashes(fx, tmp_path):
@@ -125,7 +125,6 @@ def test_classification_rule():
 
 def test_sweep_report_with_optuna_views(fx, tmp_path):
     import optuna
-
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 

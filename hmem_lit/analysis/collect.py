@@ -124,7 +124,7 @@ def classify(rows: list[dict[str, Any]]) -> None:
         else:
             r["kind"] = "anchor"
         if r["kind"] == "memory":
-            mode = "" if r["train_mode"] == "frozen" else f", {r['train_mode']}"
+            mode = "" if r["train_mode"] == "frozen" else f" [{r['train_mode']}]"
             r["label"] = (f"{fmt_count(p)} + {r['memory_type']} {fmt_count(r['params_fetched'])} of "
                           f"{fmt_count(r['params_bank'])}{mode}")
         else:

@@ -143,7 +143,7 @@ def plot_lines(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
         x, y, col = p["x"], first_metric(rows, p["y"]), p.get("series", "memory_type")
         if y is None:
             notes.append(f"panel {i + 1}: no selected run has `{p['y']}`; panel left empty")
-            _empty(ax, f"no data: {p['y']}")
+            _empty(ax, f"no run has {p['y']}" + ("\n(evaluate with `hmem eval`)" if "val" not in str(p["y"]) else ""))
             continue
         notes += missing_note(rows, y, f"panel {i + 1}: ")
         d = rows[rows[y].notna() & rows[x].notna() & (rows.memory_type != "none")]

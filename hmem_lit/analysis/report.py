@@ -130,7 +130,13 @@ def build_report(target: str, out: str | Path | None = None, specs: list[str] | 
     if study is not None:
         h, rows = sweep_mod.trials_table(study)
         sweep_items.append(Item("optuna_trials", f"trials of study {study.study_name}", table=simple_table(h, rows)))
-        for vid, title, fig, notes in sweep_mod.optuna_views(study):
+        import matplotlib.pyplot as plt
+
+        from hmem_lit.analysis.style import STYLE
+
+        with plt.rc_context(STYLE):
+            views = sweep_mod.optuna_views(study, t.metric)
+        for vid, title, fig, notes in views:
             it = Item(vid, title, notes=notes, skipped=notes[0][9:] if fig is None else None)
             if fig is not None:
                 it.files = _save(fig, out, vid)

@@ -34,6 +34,7 @@ class Target:
     storage: str | None = None  # an Optuna storage URL or journal file path
     study_name: str | None = None
     notes: list[str] = field(default_factory=list)
+    metric: str | None = None  # the sweep's objective metric, for axis labels
 
 
 def _find(d: Any, keys: tuple[str, ...]) -> Any:
@@ -63,7 +64,7 @@ def _from_yaml(yml: Path) -> Target:
 
         spec = load_sweep(yml)
         runs_dir = getattr(spec, "runs_dir", None) or Path(spec.out_dir) / "sweeps" / spec.name
-        return Target(spec.name, Path(runs_dir), str(spec.storage_url), spec.name)
+        return Target(spec.name, Path(runs_dir), str(spec.storage_url), spec.name, metric=getattr(spec, "metric", None))
     except Exception as e:  # noqa: BLE001 - fall back to reading the YAML ourselves
         note = f"sweeps loader unavailable for {yml} ({type(e).__name__}); read the YAML directly"
     try:
@@ -83,7 +84,10 @@ def _from_yaml(yml: Path) -> Target:
 def resolve(target: str) -> Target:
     p = Path(target)
     if p.is_dir():
-        return Target(p.name, p, _storage_in(p), None)
+        t = Target(p.name, p, _storage_in(p), None)
+        if t.storage and (SWEEPS_DIR / f"{p.name}.yaml").is_file():  # the sweep's own file names its objective
+            t.metric = _from_yaml(SWEEPS_DIR / f"{p.name}.yaml").metric
+        return t
     yml = p if p.suffix in (".yaml", ".yml") and p.is_file() else SWEEPS_DIR / f"{target}.yaml"
     if yml.is_file():
         return _from_yaml(yml)
@@ -143,39 +147,64 @@ def trials_table(study) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
-def optuna_views(study) -> list[tuple[str, str, Any, list[str]]]:
+def optuna_views(study, metric: str | None = None) -> list[tuple[str, str, Any, list[str]]]:
     """-> [(id, title, figure or None, notes)]: each view guarded, a failing or impossible one gives a note."""
     import matplotlib.pyplot as plt
     import optuna
     import optuna.visualization.matplotlib as ovm
+    from matplotlib.ticker import MaxNLocator
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     multi = len(study.directions) > 1
-    kw: dict[str, Any] = {"target": (lambda t: t.values[0]), "target_name": "objective 1"} if multi else {}
+    names = getattr(study, "metric_names", None)
+    name = (names[0] if names else None) or metric or "objective"
+    kw: dict[str, Any] = {"target_name": name + (" (objective 1)" if multi else "")}
+    if multi:
+        kw["target"] = lambda t: t.values[0]
     params = sorted({k for t in done for k in t.params})
     varying = [k for k in params if len({repr(t.params.get(k)) for t in done}) > 1]
-    views = [("optuna_history", "optimisation history", ovm.plot_optimization_history, 1, None),
-             ("optuna_importance", "parameter importances", ovm.plot_param_importances, 4,
-              "needs at least 4 complete trials and 2 varying parameters" if len(done) < 4 or len(varying) < 2 else None),
+    views = [("optuna_history", "optimisation history", ovm.plot_optimization_history, 1, None, (4.5, 2.6)),
+             ("optuna_importance", "parameter importances (fANOVA)", ovm.plot_param_importances, 4,
+              "needs at least 4 complete trials and 2 varying parameters" if len(done) < 4 or len(varying) < 2
+              else None, (4.5, 0.5 + 0.35 * max(2, len(varying)))),
              ("optuna_parallel", "parallel coordinates", ovm.plot_parallel_coordinate, 2,
-              "needs at least one varying parameter" if not varying else None),
+              "needs at least one varying parameter" if not varying else None, (7.0, 2.8)),
              ("optuna_slice", "slices (objective vs each parameter)", ovm.plot_slice, 1,
-              "needs at least one varying parameter" if not varying else None)]
+              "needs at least one varying parameter" if not varying else None,
+              (min(7.0, 2.2 * max(1, len(varying)) + 1.0), 2.6))]
     out = []
-    for vid, title, fn, need, why in views:
+    for vid, title, fn, need, why, size in views:
         if len(done) < need or why:
             out.append((vid, title, None, [f"skipped: {why or f'needs {need} complete trial(s), has {len(done)}'}"]))
             continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                res = fn(study, **({**kw, "params": varying} if fn is not ovm.plot_optimization_history else kw))
-            ax = res.flat[0] if hasattr(res, "flat") else res
-            fig = ax.figure
-            n = len(res.flat) if hasattr(res, "flat") else 1
-            fig.set_size_inches(min(7.0, 2.4 * n + 1.2) if vid == "optuna_slice" else 7.0 if n > 1 or vid in (
-                "optuna_parallel",) else 4.5, 2.8)
-            out.append((vid, title, fig, ["first objective of a multi-objective study"] if multi else []))
+                extra = {} if fn is ovm.plot_optimization_history else {"params": varying}
+                res = fn(study, **kw, **extra)
+            axes = list(res.flat) if hasattr(res, "flat") else [res]
+            fig = axes[0].figure
+            fig.set_size_inches(*size)
+            fig.suptitle("")
+            for ax in fig.axes:  # the panels and any colour bar
+                if vid == "optuna_parallel":  # optuna's Blues draws the worst trials white on a grey background
+                    for coll in ax.collections:
+                        if coll.get_array() is not None:
+                            coll.set_cmap("viridis")
+                for loc in ("left", "center", "right"):
+                    ax.set_title("", loc=loc)
+                ax.xaxis.label.set_fontsize(8)
+                ax.yaxis.label.set_fontsize(8)
+                for txt in ax.texts:
+                    txt.set_fontsize(7)
+                if vid == "optuna_history":
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                leg = ax.get_legend()
+                if leg is not None and vid == "optuna_importance":
+                    leg.remove()  # one objective: the legend only repeats its name and covers the bars
+                elif leg is not None:
+                    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False)
+            out.append((vid, title, fig, [f"objective 1 of a multi-objective study ({name})"] if multi else []))
         except Exception as e:  # noqa: BLE001
             plt.close("all")
             out.append((vid, title, None, [f"skipped: {type(e).__name__}: {e}"]))

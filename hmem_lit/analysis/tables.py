@@ -82,8 +82,8 @@ def make_table(df: pd.DataFrame, spec: dict[str, Any]) -> Table:
         if m != "fetched":  # a run without memory has no generic / blocked numbers of its own
             t = t[(t.memory_type != "none") & (t.eval_mode == m)]
         per_mode[m] = t.set_index("run")
-    def has(m: str, metric: str) -> bool:
-        return m == "fetched" or metric in per_mode[m].columns and per_mode[m][metric].notna().any()
+    def has(m: str, metric: str) -> bool:  # a column nobody has is left out (the notes below name it)
+        return metric in per_mode[m].columns and bool(per_mode[m][metric].notna().any())
 
     # the table's columns in order: ("cfg", id) or ("metric", id, mode)
     layout = [("cfg", c, "") if c in CONFIG_COLUMNS else ("metric", c, m) for c in cols
@@ -112,7 +112,9 @@ def make_table(df: pd.DataFrame, spec: dict[str, Any]) -> Table:
         if c in METRIC_COLUMNS:
             metric = METRIC_COLUMNS[c][1]
             miss = base[base[metric].isna()].run.tolist() if metric in base else base.run.tolist()
-            if miss:
+            if len(miss) == len(base):
+                notes.append(f"`{metric}`: no selected run has it; column left out")
+            elif miss:
                 notes.append(f"`{metric}` missing for {len(miss)} run(s) (shown as -): {', '.join(miss[:6])}"
                              + (" ..." if len(miss) > 6 else ""))
     return Table(header, rows, sorted(base.run), notes)
