@@ -261,9 +261,13 @@ class EvalConfig:
     limit: Optional[int] = None  # at most this many samples per task
     batch_size: int = 32
     max_gen_tokens: int = 16
+    max_length: Optional[int] = None  # evaluation context window in tokens (None = data.seq_len, the trained one)
+    rolling_context: Optional[int] = None  # perplexity: context tokens kept per rolling window (None = max_length // 2)
 
     def __post_init__(self) -> None:
         _one_of(self.memory, ("fetched", "generic", "none", "blocked"), "eval.memory")
+        _check(self.max_length is None or self.max_length > 1, "eval.max_length", "must be > 1")
+        _check(self.rolling_context is None or self.rolling_context >= 1, "eval.rolling_context", "must be >= 1")
         _check(self.batch_size > 0, "eval.batch_size", "must be > 0")
         _check(self.limit is None or self.limit > 0, "eval.limit", "must be > 0")
 

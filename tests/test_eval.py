@@ -287,3 +287,34 @@ def test_registered_and_constructible_from_arg_string(trained):
     assert cls is HmemLM
     lm = cls.create_from_arg_string(f"run_dir={trained['anchor']},memory=none,batch_size=4")
     assert lm.mode == "none" and lm.batch_size == 4 and lm.model_mode == "none"
+
+
+def test_blocked_paths_through_a_kmeans_tree_match_brute_force():
+    """Blocking with the real tree router: the best level-1 cluster is skipped, the next-nearest one is used, and
+    below it the greedy nearest child (brute force over the centroids)."""
+    import numpy as np
+
+    from hmem_lit.evaluation.routing import Retrieval
+    from hmem_lit.retriever.kmeans_tree import KMeansTree
+    from hmem_lit.retriever.routing import TreeRouter
+
+    rng = np.random.default_rng(0)
+    b, d = 4, 8
+    cents = [rng.normal(size=(b, d)).astype(np.float32), rng.normal(size=(b * b, d)).astype(np.float32)]
+    tree = KMeansTree(b, 2, cents, [np.ones(b, bool), np.ones(b * b, bool)])
+    texts = [f"text {i}" for i in range(20)]
+    vecs = {t: rng.normal(size=d).astype(np.float32) for t in texts}
+
+    class Fixed:
+        def embed(self, ts):
+            return np.stack([vecs[t] for t in ts])
+
+    ret = Retrieval(TreeRouter(tree, Fixed()), mode="blocked", block_level=1)
+    got = ret.paths(texts)
+    for t, (l1, l2) in zip(texts, got):
+        x = vecs[t]
+        order = np.argsort(((cents[0] - x) ** 2).sum(1))
+        assert l1 == order[1]  # the best-matching top cluster is blocked
+        kids = np.arange(l1 * b, (l1 + 1) * b)
+        assert l2 == kids[np.argmin(((cents[1][kids] - x) ** 2).sum(1))]
+    assert ret.paths(texts[:3]).shape == (3, 2) and ret.calls == 1  # routed once per unique text

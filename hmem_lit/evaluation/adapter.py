@@ -10,9 +10,9 @@
 - `loglikelihood`: requests sorted by length (longest first) and batched with right padding (causal attention
   makes padding invisible to real tokens); results come back in the original order. `is_greedy` = every
   continuation token is the argmax.
-- `loglikelihood_rolling`: lm-eval's rolling windows over `max_length` tokens (default: the run's training
-  `data.seq_len`) with `rolling_context` tokens of context kept per window (default max_length // 2); every token
-  is scored exactly once. The first token is predicted from an EOT prefix.
+- `loglikelihood_rolling`: lm-eval's rolling windows over `max_length` tokens (eval.max_length, default the run's
+  training `data.seq_len`) with `rolling_context` tokens of context kept per window (eval.rolling_context, default
+  max_length // 2); every token is scored exactly once. The first token is predicted from an EOT prefix.
 - `generate_until`: greedy, batched with left padding, cut at the first stop string (`until`) or EOT, at most
   `max_gen_toks` (the request's, else eval.max_gen_tokens) new tokens.
 
@@ -61,9 +61,13 @@ class HmemLM(LM):
         if self.mode not in MODES:
             raise ConfigError(f"memory={self.mode!r}: allowed {', '.join(MODES)}")
         self.batch_size = int(batch_size) if batch_size not in (None, "auto") else ev.batch_size
-        self.max_length = int(max_length or self.cfg.data.seq_len)
+        self.max_length = int(max_length or ev.max_length or self.cfg.data.seq_len)
+        if self.max_length > self.cfg.anchor.max_seq_len:
+            raise ConfigError(f"max_length={self.max_length} exceeds anchor.max_seq_len={self.cfg.anchor.max_seq_len}")
         self.max_gen_tokens = int(max_gen_tokens or ev.max_gen_tokens)
-        self.rolling_context = int(rolling_context or max(1, self.max_length // 2))
+        self.rolling_context = int(rolling_context or ev.rolling_context or max(1, self.max_length // 2))
+        if not 1 <= self.rolling_context <= self.max_length:
+            raise ConfigError(f"rolling_context={self.rolling_context}: must be in 1..max_length={self.max_length}")
         self._device = torch.device(device)
         self.tok = load_run_tokenizer(self.cfg)
         t0 = time.perf_counter()
