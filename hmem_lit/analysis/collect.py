@@ -247,16 +247,19 @@ def probes(df: pd.DataFrame) -> dict[str, list[int]]:
 
 
 def related_baselines(rows: pd.DataFrame, memory: pd.DataFrame) -> pd.DataFrame:
-    """The memory rows plus only those no-memory rows that are baselines *of these memory runs*: the same-size
-    anchor, a dense model 1.7-2.3x that anchor, a dense model of their runtime size (rule of `classify`)."""
+    """The memory rows plus only those no-memory rows that are baselines *of these memory runs*, by their kind: an
+    `anchor` of the same size, a `dense-2x` 1.7-2.3x that size, a `same-runtime dense` of their runtime size."""
     anchors, runtimes = memory.params_anchor.dropna().tolist(), memory.params_runtime.dropna().tolist()
 
     def keep(r: pd.Series) -> bool:
         if r.memory_type != "none":
             return r.run in set(memory.run)
         p = r.params_anchor
-        return (any(_close(p, a, TOL_SAME) for a in anchors) or any(DENSE2X[0] <= p / a <= DENSE2X[1] for a in anchors)
-                or any(_close(p, q, TOL_RUNTIME) for q in runtimes))
+        if r.kind == "dense-2x":
+            return any(DENSE2X[0] <= p / a <= DENSE2X[1] for a in anchors)
+        if r.kind == "same-runtime dense":
+            return any(_close(p, q, TOL_RUNTIME) for q in runtimes)
+        return any(_close(p, a, TOL_SAME) for a in anchors)
 
     return rows[rows.apply(keep, axis=1)] if len(rows) else rows
 
