@@ -318,3 +318,12 @@ def test_blocked_paths_through_a_kmeans_tree_match_brute_force():
         kids = np.arange(l1 * b, (l1 + 1) * b)
         assert l2 == kids[np.argmin(((cents[1][kids] - x) ** 2).sum(1))]
     assert ret.paths(texts[:3]).shape == (3, 2) and ret.calls == 1  # routed once per unique text
+
+
+def test_task_regeneration_drops_stale_tasks(tmp_path):
+    _fixture_data(tmp_path / "data")
+    build_tasks(tmp_path / "data", tmp_path / "tasks")
+    (tmp_path / "data" / "questions" / "element_symbol.jsonl").unlink()
+    ts = build_tasks(tmp_path / "data", tmp_path / "tasks")
+    assert sorted(p.stem for p in (tmp_path / "tasks").glob("*.yaml")) == ts.names
+    assert "hmem_element_symbol" not in ts.names

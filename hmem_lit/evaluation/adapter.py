@@ -74,7 +74,7 @@ class HmemLM(LM):
         self.model_mode, router = self._resolve_mode()
         self.router_load_seconds = time.perf_counter() - t0  # loading the tree and embedder (not per request)
         level = int(block_level or ev.block_level)
-        self.retrieval = Retrieval(router, self.mode if self.model_mode == "fetched" else "none", level)
+        self.retrieval = Retrieval(router, self.mode if router is not None else "none", level)  # pkm: no routing
         self.model_seconds = 0.0
         self.routing_log: dict[tuple[Any, Any], dict[str, Any]] = {}  # (task, doc_id) -> route text and path
 

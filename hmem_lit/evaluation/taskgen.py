@@ -92,8 +92,6 @@ def build_tasks(data_dir: str | Path, out_dir: str | Path) -> TaskSet:
     """Write the task YAMLs (and derived data files) for `data_dir` into `out_dir`; -> the TaskSet."""
     data_dir, root = Path(data_dir).resolve(), Path(out_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    for old in root.glob("*.yaml"):  # the data may have changed: no stale tasks
-        old.unlink()
     ts = TaskSet(root)
     qdir = data_dir / "questions"
     for path in sorted(qdir.glob("*.jsonl")) if qdir.is_dir() else []:
@@ -125,4 +123,9 @@ def build_tasks(data_dir: str | Path, out_dir: str | Path) -> TaskSet:
     if heldout.is_file():
         _task(root, "hmem_wiki_ppl", "_hmem_perplexity.yaml", path=str(heldout))
         ts.ppl = True
+    # the data may have changed: drop stale tasks (after writing, so a concurrent evaluation of another memory
+    # mode of the same run never sees a current task missing; every file is replaced atomically)
+    for old in root.glob("*.yaml"):
+        if old.stem not in ts.names:
+            old.unlink(missing_ok=True)
     return ts
