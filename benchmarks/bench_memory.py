@@ -6,7 +6,8 @@
 (1) step time (forward + backward + clip + optimiser step) of anchor + memory at a ~10% fetch over the anchor
 alone, for ffn, lora, kv and pkm; (2) step time as the bank grows 1x -> 16x -> 64x at a fixed fetch (bank types:
 one level with branching 4 / 16 / 32, i.e. 16 / 256 / 1,024 blocks; pkm: n_keys 32 / 128 / 256, i.e. 1K / 16K /
-64K value rows); (3) peak RSS of a fresh process per bank size. Every timed model lives in one process and the
+64K value rows); (3) peak RSS of a fresh process per bank size; (4) ffn vs anchor with the same tokens per step
+in 4x longer sequences. Every timed model lives in one process and the
 configurations are interleaved round by round in a shuffled order, so machine noise hits all alike; the report is
 the median per configuration and ratios of process CPU time (absolute times on a shared CPU mean little; CPU
 time, unlike wall time, does not count the waits while other jobs hold the cores; wall medians are kept too). Writes
@@ -115,6 +116,11 @@ def main() -> None:
     for t in types:
         for s in SCALES:
             jobs[(t, s)] = Job(t, s, a.batch, a.seq)
+    # the same tokens per step as fewer, longer sequences: per-sequence costs (each sequence updates its own
+    # fetched blocks) are amortised over more tokens, as at the paper's 2,048-token sequences
+    long_b, long_t = max(1, a.batch // 4), a.seq * 4
+    jobs[("none", "long")] = Job("none", 1, long_b, long_t)
+    jobs[("ffn", "long")] = Job("ffn", 1, long_b, long_t)
     for job in jobs.values():
         for _ in range(warmup):
             job.step(record=False)
@@ -158,6 +164,9 @@ def main() -> None:
         rss.append({"type": t, "scale": s, "bank_params": r["bank"], "peak_rss_mb": round(r["peak_rss_mb"], 1),
                     "params_plus_adam_mb": round(12 * (r["anchor"] + r["bank"]) / 2**20, 1)})
     results["peak_rss"] = rss
+    results["long_sequences"] = {"batch": [long_b, long_t], "anchor_ms": round(1e3 * med[("none", "long")], 2),
+                                 "ffn_ms": round(1e3 * med[("ffn", "long")], 2),
+                                 "ffn_ratio_vs_anchor": round(med[("ffn", "long")] / med[("none", "long")], 3)}
 
     from hmem_lit.utils import write_json
 
@@ -173,6 +182,9 @@ def main() -> None:
     print(f"{'type':5} {'scale':>5} {'bank':>12} {'peak RSS MB':>12} {'params+Adam MB':>15}")
     for r in rss:
         print(f"{r['type']:5} {r['scale']:>4}x {r['bank_params']:>12,} {r['peak_rss_mb']:>12} {r['params_plus_adam_mb']:>15}")
+    ls = results["long_sequences"]
+    print(f"ffn 1x at {long_b}x{long_t} tokens: {ls['ffn_ms']} vs anchor {ls['anchor_ms']} CPU ms/step "
+          f"= {ls['ffn_ratio_vs_anchor']}x")
     print(f"wrote {a.out}")
 
 

@@ -18,8 +18,10 @@ import_all()
 
 
 @pytest.mark.parametrize("mtype", MEMORY.names())
-def test_unfetched_rows_bit_identical_after_steps(mtype):
+@pytest.mark.parametrize("view_rows_from", [1, 10**9])  # in-place row views / gather-scatter
+def test_unfetched_rows_bit_identical_after_steps(mtype, view_rows_from, monkeypatch):
     """Several AdamW steps with weight decay: rows never fetched do not move at all; fetched rows do."""
+    monkeypatch.setattr(RowwiseAdamW, "view_rows_from", view_rows_from)
     cfg = make_cfg(mtype, "optim.memory_weight_decay=0.1", "optim.weight_decay=0.1", "memory.pkm.n_keys=32")
     model = make_model(cfg)
     batches = [batch(n=3 if mtype != "pkm" else 1, t=12 if mtype != "pkm" else 4, seed=s, level1=[0, 1])
@@ -44,8 +46,10 @@ def test_unfetched_rows_bit_identical_after_steps(mtype):
         assert not torch.equal(p[touched], before[id(p)][touched])
 
 
-def test_rowwise_equals_dense_adamw_on_rows_it_updates():
+@pytest.mark.parametrize("view_rows_from", [1, 10**9])  # in-place row views / gather-scatter
+def test_rowwise_equals_dense_adamw_on_rows_it_updates(view_rows_from, monkeypatch):
     """A row's trajectory equals dense AdamW run only over the steps that fetched it (per-row bias correction)."""
+    monkeypatch.setattr(RowwiseAdamW, "view_rows_from", view_rows_from)
     torch.manual_seed(0)
     init = torch.randn(6, 5)
     w = torch.nn.Parameter(init.clone())

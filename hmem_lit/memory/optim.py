@@ -11,8 +11,9 @@ Groups (empty ones are dropped):
 `RowwiseAdamW` is one `torch.optim.Optimizer` (Lightning's automatic optimisation wants one). Dense groups get
 standard AdamW (decoupled weight decay, bias correction). Sparse groups get a lazy AdamW: the gradient is a
 sparse COO tensor whose indices are the rows fetched this step; after `coalesce()` only those rows of the
-parameter and of its two moment buffers are read (`index_select`) and written (`index_copy_`), each row keeps
-its own step count for bias correction, and weight decay hits only those rows. Rows not fetched are never
+parameter and of its two moment buffers are read and written (in place through row views for big rows such as
+bank blocks, by index_select / index_copy_ for small ones), each row keeps its own step count for bias
+correction, and weight decay hits only those rows. Rows not fetched are never
 touched: they stay bit-identical (no momentum or decay drift) and the step costs O(fetched rows), not O(bank).
 A row fetched every step follows exactly dense AdamW. State holds only tensors (per-row counts are the "step"
 entry, which torch never casts on load), so checkpoints load with torch.load(weights_only=True).
@@ -43,8 +44,28 @@ class WarmupCosine:
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _adamw(params: list[Tensor], grads: list[Tensor], ms: list[Tensor], vs: list[Tensor], steps: list[float],
+           group: dict[str, Any]) -> None:
+    """In-place AdamW (torch.optim.AdamW's update) on lists of tensors, each with its own step count."""
+    (b1, b2), lr, wd, eps = group["betas"], group["lr"], group["weight_decay"], group["eps"]
+    torch._foreach_mul_(params, 1 - lr * wd)
+    torch._foreach_lerp_(ms, grads, 1 - b1)
+    torch._foreach_mul_(vs, b2)
+    torch._foreach_addcmul_(vs, grads, grads, 1 - b2)
+    denom = torch._foreach_sqrt(vs)
+    torch._foreach_div_(denom, [math.sqrt(1 - b2**s) for s in steps])
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, ms, denom, [-lr / (1 - b1**s) for s in steps])
+
+
 class RowwiseAdamW(torch.optim.Optimizer):
-    """AdamW; groups with `sparse=True` update only the rows present in each (sparse) gradient."""
+    """AdamW; groups with `sparse=True` update only the rows present in each (sparse) gradient.
+
+    Rows of at least `view_rows_from` numbers (bank blocks) are updated in place through per-row views (no
+    gather/scatter copies); smaller rows (e.g. PKM values, thousands per step) are gathered, updated, scattered.
+    """
+
+    view_rows_from = 4096
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
                  weight_decay: float = 0.0):
@@ -65,56 +86,50 @@ class RowwiseAdamW(torch.optim.Optimizer):
                 self._dense_step(params, group)
         return loss
 
+    def _state(self, p: Tensor, step_shape: tuple[int, ...]) -> dict[str, Tensor]:
+        st = self.state[p]
+        if not st:
+            st["step"] = torch.zeros(step_shape, dtype=torch.long, device=p.device)
+            st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+        if st["step"].device != p.device:  # torch.load leaves "step" where it was saved
+            st["step"] = st["step"].to(p.device)
+        return st
+
     def _dense_step(self, params: list[Tensor], group: dict[str, Any]) -> None:
-        (b1, b2), lr, wd, eps = group["betas"], group["lr"], group["weight_decay"], group["eps"]
-        grads, ms, vs, bc1, bc2 = [], [], [], [], []
+        states = []
         for p in params:
             if p.grad.is_sparse:
                 raise RuntimeError("a sparse gradient reached a dense group: list its tensor in sparse_parameters()")
-            st = self.state[p]
-            if not st:
-                st["step"] = torch.tensor(0.0)
-                st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
-            st["step"] += 1
-            step = float(st["step"])
-            grads.append(p.grad)
-            ms.append(st["exp_avg"])
-            vs.append(st["exp_avg_sq"])
-            bc1.append(1 - b1**step)
-            bc2.append(math.sqrt(1 - b2**step))
-        torch._foreach_mul_(params, 1 - lr * wd)
-        torch._foreach_lerp_(ms, grads, 1 - b1)
-        torch._foreach_mul_(vs, b2)
-        torch._foreach_addcmul_(vs, grads, grads, 1 - b2)
-        denom = torch._foreach_sqrt(vs)
-        torch._foreach_div_(denom, bc2)
-        torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(params, ms, denom, [-lr / c for c in bc1])
+            states.append(self._state(p, ()))
+            states[-1]["step"] += 1
+        _adamw(params, [p.grad for p in params], [st["exp_avg"] for st in states],
+               [st["exp_avg_sq"] for st in states], [float(st["step"]) for st in states], group)
 
     def _rows_step(self, p: Tensor, group: dict[str, Any]) -> None:
-        (b1, b2), lr, wd, eps = group["betas"], group["lr"], group["weight_decay"], group["eps"]
         if not p.grad.is_sparse:
             raise RuntimeError(f"row-wise group {group.get('name')!r} got a dense gradient: gather with sparse=True")
         g = p.grad.coalesce()  # duplicate rows (a block fetched by several sequences) summed
         rows, gv = g._indices()[0], g._values()  # (n,), (n, *row_shape)
-        st = self.state[p]
-        if not st:
-            st["step"] = torch.zeros(p.shape[0], dtype=torch.long, device=p.device)  # per-row update counts
-            st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
-        if st["step"].device != p.device:  # torch.load leaves "step" where it was saved
-            st["step"] = st["step"].to(p.device)
+        st = self._state(p, (p.shape[0],))  # per-row update counts
         steps = st["step"].index_select(0, rows) + 1
         st["step"].index_copy_(0, rows, steps)
+        m_all, v_all = st["exp_avg"], st["exp_avg_sq"]
+        if gv[0].numel() >= self.view_rows_from:  # big rows: in place, one view per row
+            r = rows.tolist()
+            _adamw([p[i] for i in r], list(gv.unbind(0)), [m_all[i] for i in r], [v_all[i] for i in r],
+                   steps.tolist(), group)
+            return
+        (b1, b2), lr, wd, eps = group["betas"], group["lr"], group["weight_decay"], group["eps"]
         shape = (-1,) + (1,) * (p.dim() - 1)  # broadcast per-row scalars over the row
         bc1 = (1 - b1 ** steps.double()).to(p.dtype).view(shape)
         bc2 = (1 - b2 ** steps.double()).sqrt().to(p.dtype).view(shape)
-        m = st["exp_avg"].index_select(0, rows).lerp_(gv, 1 - b1)
-        v = st["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(gv, gv, value=1 - b2)
+        m = m_all.index_select(0, rows).lerp_(gv, 1 - b1)
+        v = v_all.index_select(0, rows).mul_(b2).addcmul_(gv, gv, value=1 - b2)
         x = p.index_select(0, rows).mul_(1 - lr * wd)
         x.addcdiv_(m / bc1, v.sqrt().div_(bc2).add_(eps), value=-lr)
         p.index_copy_(0, rows, x)
-        st["exp_avg"].index_copy_(0, rows, m)
-        st["exp_avg_sq"].index_copy_(0, rows, v)
+        m_all.index_copy_(0, rows, m)
+        v_all.index_copy_(0, rows, v)
 
 
 def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
