@@ -246,7 +246,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, threads
         trial.set_user_attr("pruned", str(e))
         return _tell(study, trial, TrialState.PRUNED, note=str(e))
     except KeyboardInterrupt:
-        mark_interrupted(study, trial.number, "KeyboardInterrupt")
+        mark_interrupted(study, trial.number, "KeyboardInterrupt", list(spec.space))
         raise
     except Exception as e:  # noqa: BLE001 - any failure is recorded and the sweep goes on
         msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:1000]
@@ -263,15 +263,24 @@ def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: fl
     return state
 
 
-def mark_interrupted(study: optuna.Study, number: int, reason: str) -> None:
-    """FAIL a trial left RUNNING, tag it interrupted and re-enqueue its params (its run directory resumes)."""
+def params_of(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A trial's params; for a WAITING (enqueued) trial, the params it will be given."""
+    return t.params or dict(t.system_attrs.get("fixed_params") or {})
+
+
+def mark_interrupted(study: optuna.Study, number: int, reason: str, keys: list[str] | None = None) -> None:
+    """FAIL a trial left RUNNING, tag it interrupted and re-enqueue its params (its run directory resumes).
+    A trial killed before all its params (`keys`) were drawn is not re-enqueued: nothing of it ran."""
     ft = study.get_trials(deepcopy=False)[number]
     if ft.state != TrialState.RUNNING:
         return
     optuna.Trial(study, ft._trial_id).set_user_attr("interrupted", reason)
     study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-    study.enqueue_trial(ft.params, user_attrs={"retry_of": number})
-    print(f"[sweep] {study.study_name} trial {number} was interrupted ({reason}); re-queued", flush=True)
+    requeue = keys is None or set(keys) <= set(ft.params)
+    if requeue:
+        study.enqueue_trial(ft.params, user_attrs={"retry_of": number})
+    print(f"[sweep] {study.study_name} trial {number} was interrupted ({reason})"
+          f"{'; re-queued' if requeue else ''}", flush=True)
 
 
 def _alive(pid: Any) -> bool:
@@ -292,13 +301,13 @@ def recover_interrupted(study: optuna.Study, spec: SweepSpec) -> list[int]:
             reason = f"no heartbeat for {time.time() - beat:.0f}s (stale_after_s={spec.stale_after_s:g})"
         else:
             continue
-        mark_interrupted(study, t.number, reason)
+        mark_interrupted(study, t.number, reason, list(spec.space))
         out.append(t.number)
     return out
 
 
 def enqueue_grid(study: optuna.Study, spec: SweepSpec) -> int:
-    taken = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False)
+    taken = {json.dumps(params_of(t), sort_keys=True) for t in study.get_trials(deepcopy=False)
              if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)}
     n = 0
     for point in spec.grid():

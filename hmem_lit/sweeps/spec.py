@@ -17,7 +17,7 @@ A sweep file is a mapping with these keys (all but `base` and `space` optional):
     pruner: {type: none}               # none | median | percentile | hyperband | successive_halving (+ kwargs)
     storage: null                      # null = <out_dir>/sweeps/<name>/study.journal; or sqlite:///abs.db, postgresql://...
     translate: {tolerance: 0.05, budget: auto, memory_type: ffn, q: 0.25, shape: null, max_layers: null}
-    profiles: {gpu: {...}}             # partial specs merged over this one by `profile=gpu`
+    profiles: {gpu: {...}}             # `profile=gpu`: its overrides / fixed / space replace these, other keys merge
     heartbeat_s: 30                    # RUNNING trials of other hosts count as interrupted after stale_after_s
     stale_after_s: 900
 """
@@ -55,6 +55,7 @@ PRUNERS = {"none": (), "median": ("n_startup_trials", "n_warmup_steps", "interva
            "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
            "hyperband": ("min_resource", "max_resource", "reduction_factor"),
            "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate")}
+SKELETON = ("memory.type=none", "memory.levels=[]", "train.mode=anchor", "train.init_from=null")  # anchor only
 _SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 
 
@@ -194,10 +195,12 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _deep_merge(a: dict, b: dict) -> dict:
+def _merge_profile(a: dict, b: dict) -> dict:
+    """A profile replaces overrides / fixed / space wholesale and merges into the small option mappings."""
     out = copy.deepcopy(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "space" else v
+        merge = k in ("objective", "sampler", "pruner", "translate", "evaluate")
+        out[k] = {**out[k], **v} if merge and isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -257,7 +260,7 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> Sweep
     profiles = raw.pop("profiles", None) or {}
     if profile is not None:
         _check(profile in profiles, "profile", f"got {profile!r}; allowed: {', '.join(profiles) or '(none defined)'}")
-        raw = _deep_merge(raw, profiles[profile])
+        raw = _merge_profile(raw, profiles[profile])
     raw, extra = _apply_cli(raw, cli)
     unknown = [k for k in raw if k not in _TOP]
     _check(not unknown, unknown[0] if unknown else "", f"unknown sweep key; allowed: {', '.join(_TOP)}")
@@ -270,7 +273,13 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> Sweep
     spec.overrides = _as_overrides(raw.get("overrides"), "overrides") + extra
     from hmem_lit.config import load_config
 
-    spec.out_dir = load_config(spec.base, spec.overrides).out_dir  # also validates the base experiment
+    try:  # validates the base experiment and its overrides
+        spec.out_dir = load_config(spec.base, spec.overrides).out_dir
+    except ConfigError as e:  # memory.type=ffn whose levels the space sizes: check the rest
+        try:
+            spec.out_dir = load_config(spec.base, spec.overrides + list(SKELETON)).out_dir
+        except ConfigError:
+            raise e from None
     spec.mode = str(raw.get("mode", "optuna"))
     _check(spec.mode in ("optuna", "grid"), "mode", f"got {spec.mode!r}; allowed: optuna, grid")
 

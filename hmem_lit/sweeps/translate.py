@@ -16,14 +16,16 @@ within translate.tolerance raises `Infeasible` (recorded as a pruned trial with 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import json
 import math
 from typing import Any
 
 import torch
 
 from hmem_lit.config import ConfigError, RunConfig, load_config
-from hmem_lit.sweeps.spec import PAPER_PARAMS, SweepSpec, Translate, _fmt, parse_count
+from hmem_lit.sweeps.spec import PAPER_PARAMS, SKELETON, SweepSpec, Translate, _fmt, parse_count
 
 
 class Infeasible(ConfigError):
@@ -36,23 +38,51 @@ def _vocab(cfg: RunConfig) -> int:
     return cfg.anchor.vocab_size or (ByteTokenizer.vocab_size if cfg.data.source == "toy" else cfg.data.vocab_size)
 
 
-def counts(cfg: RunConfig) -> dict[str, int]:
-    """anchor / fetched / bank / runtime parameters of a config, built on the meta device (nothing allocated)."""
-    from hmem_lit.model import MemoryLM
+def _key(*parts: Any) -> str:
+    return json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True,
+                      default=str)
 
+
+@functools.lru_cache(maxsize=512)
+def _anchor_at(key: str, n_layer: int) -> int:
+    from hmem_lit.anchor import Anchor, count_params
+    from hmem_lit.config import AnchorConfig
+
+    acfg = AnchorConfig(**{**json.loads(key)[0], "n_layer": n_layer})
     with torch.device("meta"):
-        return MemoryLM(cfg, _vocab(cfg)).param_counts()
+        return count_params(Anchor(acfg))
 
 
 def _anchor_params(cfg: RunConfig, n_layer: int) -> int:
-    """Anchor parameters at n_layer: exact, as a + (L - 1) * per_layer from meta builds at 1 and 2 layers."""
-    from hmem_lit.anchor import Anchor, count_params
+    """Anchor parameters at n_layer, exact: every block is identical, so a + (L - 1) * per_layer from meta builds
+    at 1 and 2 layers (cached: a sweep translates many points of one anchor)."""
+    key = _key(dataclasses.replace(cfg.anchor, vocab_size=_vocab(cfg), n_layer=1))
+    one, two = _anchor_at(key, 1), _anchor_at(key, 2)
+    return one + (n_layer - 1) * (two - one)
 
-    def at(L: int) -> int:
-        with torch.device("meta"):
-            return count_params(Anchor(dataclasses.replace(cfg.anchor, n_layer=L, vocab_size=_vocab(cfg))))
 
-    return at(1) + (n_layer - 1) * (at(2) - at(1))
+@functools.lru_cache(maxsize=512)
+def _memory_at(key: str) -> tuple[int, int]:
+    from hmem_lit.config import AnchorConfig, MemoryConfig, PKMConfig
+    from hmem_lit.memory import MEMORY, import_all
+
+    a, m, branching = json.loads(key)
+    m["pkm"] = PKMConfig(**m["pkm"])
+    import_all()
+    with torch.device("meta"):
+        mem = MEMORY.get(m["type"])(MemoryConfig(**m), AnchorConfig(**a), branching)
+    return int(mem.fetched_params()), int(mem.bank_params())
+
+
+def counts(cfg: RunConfig) -> dict[str, int]:
+    """anchor / fetched / bank / runtime parameters of a config, as `MemoryLM(cfg).param_counts()` gives them,
+    from meta-device builds (nothing allocated): the anchor by layer extrapolation, the memory module itself."""
+    anchor = _anchor_params(cfg, cfg.anchor.n_layer)
+    if cfg.memory.type == "none":
+        return {"anchor": anchor, "fetched": 0, "bank": 0, "runtime": anchor}
+    fetched, bank = _memory_at(_key(dataclasses.replace(cfg.anchor, vocab_size=_vocab(cfg)), cfg.memory,
+                                    cfg.retriever.branching))
+    return {"anchor": anchor, "fetched": fetched, "bank": bank, "runtime": anchor + fetched}
 
 
 def unit_params(cfg: RunConfig, mem_type: str) -> int:
@@ -85,6 +115,31 @@ def _round(real: list[float], b: int, f_target: float | None, b_target: float | 
         key = (err, sum((ri - x) ** 2 for ri, x in zip(r, real)))
         if best_key is None or key < best_key:
             best, best_key = r, key
+    return best  # type: ignore[return-value]
+
+
+def _err(r: list[int], b: int, f_units: float, b_units: float) -> float:
+    bk = sum(ri * b ** (i + 1) for i, ri in enumerate(r))
+    return max(abs(sum(r) - f_units) / f_units, abs(bk - b_units) / b_units)
+
+
+def _both(f_units: float, b_units: float, b: int, depth: int) -> list[int]:
+    """Integer r_1..r_depth with sum r ~ f_units and sum b^l r_l ~ b_units: the deepest level takes floor or ceil of
+    its geometric-profile share, the levels above re-solve the residual (2^depth candidates, best kept)."""
+    if depth == 1 or f_units <= 0 or b_units <= 0:
+        return [max(0, round(f_units))] + [0] * (depth - 1)
+    ratio = min(max(b_units / f_units, b * (1 + 1e-9)), b**depth * (1 - 1e-9))
+    q = _solve_q(ratio, b, depth)
+    w = [q**i for i in range(depth)]
+    real_last = f_units * w[-1] / sum(w)
+    best, best_err = None, math.inf
+    for last in sorted({max(0, math.floor(real_last)), max(0, math.ceil(real_last))}):
+        rest = _both(f_units - last, b_units - last * b**depth, b, depth - 1)
+        r = rest + [last]
+        f, bk = sum(r), sum(ri * b ** (i + 1) for i, ri in enumerate(r))
+        err = max(abs(f - f_units) / f_units, abs(bk - b_units) / b_units)
+        if err < best_err:
+            best, best_err = r, err
     return best  # type: ignore[return-value]
 
 
@@ -123,7 +178,10 @@ def solve_levels(t: Translate, b: int, c0: int, *, depth: int | None = None, lev
             real = [b_units * wi / sum(wi * b ** (i + 1) for i, wi in enumerate(w)) for wi in w]
         else:
             raise Infeasible("bank_depth: needs a size (fetched, fetched_units or bank) or a base with memory")
-        r = _round(real, b, f_units, b_units)
+        r = _round(real, b, f_units, b_units)  # floor/ceil of the profile: keeps its shape
+        if f_units is not None and b_units is not None and _err(r, b, f_units, b_units) > t.tolerance / 2:
+            r2 = _both(f_units, b_units, b, depth)  # re-solve level by level: hits both targets more closely
+            r = r2 if _err(r2, b, f_units, b_units) < _err(r, b, f_units, b_units) else r
     if sum(r) == 0:
         raise Infeasible(f"requested size rounds to zero units (one unit of r = {c0:,} fetched params)")
     return r
@@ -144,13 +202,12 @@ def translate(spec: SweepSpec, params: dict[str, Any], extra: list[str] | tuple[
         if not paper:
             raise Infeasible(str(e)) from None
         try:  # e.g. memory.type=lora without levels yet: an anchor-only skeleton for the accounting
-            skeleton = ["memory.type=none", "memory.levels=[]", "train.mode=anchor", "train.init_from=null"]
-            cfg = load_config(spec.base, base_ov + skeleton + run_ov)
+            cfg = load_config(spec.base, base_ov + list(SKELETON) + run_ov)
         except ConfigError:
             raise Infeasible(str(e)) from None
     info: dict[str, Any] = {}
     if paper:
-        gen = _paper_overrides(spec, cfg, paper, info, raw.get("memory.type"))
+        gen = _paper_overrides(spec, cfg, paper, info, _requested_type(spec, base_ov))
         try:
             cfg = load_config(spec.base, base_ov + gen + run_ov)
         except ConfigError as e:
@@ -159,6 +216,16 @@ def translate(spec: SweepSpec, params: dict[str, Any], extra: list[str] | tuple[
     info.update({f"realised_{k}": v for k, v in c.items()}, levels=list(cfg.memory.levels), n_layer=cfg.anchor.n_layer)
     _check_tolerance(t, c, paper, info)
     return cfg, info
+
+
+def _requested_type(spec: SweepSpec, overrides: list[str]) -> str | None:
+    """memory.type as the base YAML + overrides ask for it (before levels make the config valid)."""
+    from omegaconf import OmegaConf
+
+    from hmem_lit.config import _read_yaml
+
+    merged = OmegaConf.merge(_read_yaml(spec.base), OmegaConf.from_dotlist(list(overrides)))
+    return OmegaConf.select(merged, "memory.type", default=None)
 
 
 def _paper_overrides(spec: SweepSpec, cfg: RunConfig, paper: dict[str, Any], info: dict[str, Any],
@@ -180,10 +247,8 @@ def _paper_overrides(spec: SweepSpec, cfg: RunConfig, paper: dict[str, Any], inf
         rho = float(paper["fetch_ratio"])
         budget = counts(cfg)["runtime"] if t.budget == "auto" else float(t.budget)
         max_l = t.max_layers or cfg.anchor.n_layer
-        per_l = {L: _anchor_params(cfg, L) for L in (1, 2)}
-        per_l.update({L: per_l[1] + (L - 1) * (per_l[2] - per_l[1]) for L in range(3, max_l + 1)})
-        L = min((abs(a - budget / (1 + rho)), L) for L, a in per_l.items() if L <= max_l)[1]
-        anchor = per_l[L]
+        L = min((abs(_anchor_params(cfg, n) - budget / (1 + rho)), n) for n in range(1, max_l + 1))[1]
+        anchor = _anchor_params(cfg, L)
         if anchor > budget * (1 + t.tolerance):
             raise Infeasible(f"fetch_ratio={rho}: even a {L}-layer anchor ({anchor:,}) exceeds the budget {budget:,.0f}")
         if fetched is not None or units is not None:
