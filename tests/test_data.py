@@ -242,3 +242,15 @@ def test_packing_keeps_short_documents_whole_and_splits_long_ones():
         assert sum(any(r[i : i + n + 1] == seq for i in range(len(r))) for r in rows) >= 1
     assert sum(pad not in r and eot not in r for r in rows) == 2  # the 26-token document: 2 full rows + 6
     assert len(p.tokens) == 5  # 44 tokens in rows of 10: first-fit decreasing reaches the minimum here
+
+
+def test_load_router_refuses_a_mismatched_config(prepared):
+    from hmem_lit.retriever.routing import load_router
+
+    cfg, d = prepared
+    with pytest.raises(ValueError, match="re-run `hmem data prepare`"):
+        load_router(d, small_cfg(d, "retriever.branching=8"))
+    r = load_router(d, cfg)
+    q = [json.loads(x) for x in open(d / "questions" / "capital.jsonl", encoding="utf-8")][:20]
+    paths = r.route_records(q)
+    assert paths.shape == (20, 2) and (paths[:, 1] // 4 == paths[:, 0]).all()

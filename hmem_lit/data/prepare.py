@@ -377,7 +377,7 @@ def format_stats(s: dict) -> str:
     for kind, bs in s["buckets"].items():
         lines.append(f"buckets     {kind:<9} " + "  ".join(f"b{i}: {lo}-{hi} mentions ({n})" for i, (lo, hi, n) in enumerate(bs)))
     lines.append("probes      " + ", ".join(f"{k} {v}" for k, v in s["probes"].items()))
-    lines.append("stage time  " + ", ".join(f"{k} {v:.1f}s" for k, v in s["stage_seconds"].items()))
+    lines.append("stage time  (when last run) " + ", ".join(f"{k} {v:.1f}s" for k, v in s["stage_seconds"].items()))
     return "\n".join(lines)
 
 
