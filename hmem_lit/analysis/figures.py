@@ -236,6 +236,8 @@ def plot_buckets(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
                                        else str(k) for k in ks])
         ax.set_title(probe.replace("_", " "))
         ax.set_ylim(0, 100)
+        if not np.nanmax(rows[rows.label.isin(labels.index)][cols].to_numpy(dtype=float), initial=0.0):
+            ax.text(0.5, 0.5, "0% in every bucket", ha="center", transform=ax.transAxes, fontsize=7, color="0.4")
         style_axes(ax, None, None)
         ax.set_xlabel("entity frequency bucket")
         ax.set_ylabel("accuracy (%)")
@@ -294,6 +296,9 @@ def plot_ratio(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     """Perplexity vs fetched:anchor ratio at a fixed runtime budget (Fig. 4b): anchor + memory (solid) and the same
     shrunken anchors alone (dashed) at the same ratio; the dense model of the whole budget is the star at 0."""
     rows, notes = apply_spec(df, spec, spec.get("eval_mode", "fetched"))
+    if rows.empty:
+        raise Skip(f"no run matches select={spec.get('select')} filter={spec.get('filter')} (a fixed runtime budget "
+                   "needs memory runs plus a `same-runtime dense` run of their anchor + fetched size)")
     y = first_metric(rows, spec.get("y", ["wiki_ppl", "val_ppl"]))
     if y is None:
         raise Skip(f"no selected run has any of {spec.get('y', ['wiki_ppl', 'val_ppl'])}")

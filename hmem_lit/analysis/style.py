@@ -36,7 +36,8 @@ LABELS = {"hmem_sk": "Avg-SK accuracy (%)", "hmem_ck": "Avg-CK accuracy (%)", "w
           "params_bank": "bank parameters", "params_anchor": "anchor parameters",
           "params_runtime": "runtime parameters (anchor + fetched)", "fetch_ratio": "fetched : anchor parameters",
           "tokens": "training tokens", "level": "memory level"}
-_NOT_ACC = ("wiki", "val", "train", "params", "n_", "eval_time", "fetch_ratio", "tokens", "steps", "level")
+_NOT_ACC = ("wiki", "val", "train", "params", "n_", "eval_time", "retrieval_time", "fetch_ratio", "tokens", "steps",
+            "level")
 
 
 def is_acc(metric: str) -> bool:

@@ -39,6 +39,7 @@ CONFIG_COLUMNS: dict[str, tuple[str, Callable[[pd.Series], str]]] = {
 METRIC_COLUMNS = {"ck": ("Avg-CK", "hmem_ck", 100, 1), "sk": ("Avg-SK", "hmem_sk", 100, 1),
                   "ppl": ("Wiki ppl", "wiki_ppl", 1, 2), "bpb": ("Wiki bpb", "wiki_bpb", 1, 3),
                   "val_ppl": ("val ppl", "val_ppl", 1, 2), "val_loss": ("val loss", "val_loss", 1, 3)}
+TRAINING = ("val_ppl", "val_loss")  # training-time metrics: one column, not one per evaluation mode
 
 
 @dataclass
@@ -87,7 +88,8 @@ def make_table(df: pd.DataFrame, spec: dict[str, Any]) -> Table:
 
     # the table's columns in order: ("cfg", id) or ("metric", id, mode)
     layout = [("cfg", c, "") if c in CONFIG_COLUMNS else ("metric", c, m) for c in cols
-              for m in (modes if c in METRIC_COLUMNS else [""]) if c in CONFIG_COLUMNS or has(m, METRIC_COLUMNS[c][1])]
+              for m in (modes if c in METRIC_COLUMNS and c not in TRAINING else ["fetched"] if c in TRAINING else [""])
+              if c in CONFIG_COLUMNS or has(m, METRIC_COLUMNS[c][1])]
     header = [CONFIG_COLUMNS[c][0] if k == "cfg" else METRIC_COLUMNS[c][0] + ("" if m == "fetched" else f" [{m}]")
               for k, c, m in layout]
     seeds = bool((base.groupby("config_id").size() > 1).any())
