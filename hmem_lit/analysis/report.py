@@ -28,7 +28,11 @@ from hmem_lit.analysis.tables import Table, make_table, runs_overview, simple_ta
 from hmem_lit.config import ConfigError
 
 SPEC_DIR = sweep_mod.REPO / "analysis"
-CSV_DROP = ("path",)  # absolute paths stay out of the shared table
+CSV_DROP = ("path",)
+CLASSIFY = ("kind: memory = memory.type is not none; anchor = no memory, anchor params within 2% of a memory run's "
+            "anchor; dense-2x = no memory, 1.7-2.3x such an anchor; same-runtime dense = no memory, within 5% of a "
+            "memory run's anchor + fetched; any other dense run = anchor. Seeds of one config are averaged "
+            "(error bars / ± = std over seeds).")  # absolute paths stay out of the shared table
 
 
 @dataclass
@@ -187,14 +191,15 @@ class Page:
                 L += [f"Runs ({len(i.runs)}): " + ", ".join(f"`{r}`" for r in i.runs)] if i.runs else []
                 L += [f"- note: {n}" for n in i.notes] + [""]
             L.append("")
-        L += ["## Runs", "", runs_overview(self.col.table).markdown() if len(self.col.table) else "(none)", ""]
+        L += ["## Runs", "", CLASSIFY, "", runs_overview(self.col.table).markdown() if len(self.col.table) else "(none)", ""]
         L += ["## Incomplete or failed runs (not plotted)", ""]
         L += [f"- `{r['run']}` ({r['status']}): {r['reason']}" for r in self.col.incomplete] or ["(none)"]
         return "\n".join(L) + "\n"
 
     def html(self, out: Path) -> str:
         e = html.escape
-        B = [f"<h1>Report: {e(self.target)}</h1><ul>" + "".join(f"<li>{e(x)}</li>" for x in self._intro()) + "</ul>"]
+        B = [f"<h1>Report: {e(self.target)}</h1><ul>" + "".join(f"<li>{e(x.replace('`', ''))}</li>"
+                                                                for x in self._intro()) + "</ul>"]
         for head, its in self._sections():
             B.append(f"<h2>{e(head)}</h2>" + ("" if its else "<p>(none)</p>"))
             if any(i.skipped for i in its):
@@ -214,7 +219,7 @@ class Page:
                     B.append(f"<p class=runs>Runs ({len(i.runs)}): " + ", ".join(f"<code>{e(r)}</code>" for r in i.runs)
                              + "</p>")
                 B += [f"<p class=note>note: {e(n)}</p>" for n in i.notes]
-        B.append("<h2>Runs</h2>" + (runs_overview(self.col.table).html() if len(self.col.table) else "<p>(none)</p>"))
+        B.append(f"<h2>Runs</h2><p>{e(CLASSIFY)}</p>" + (runs_overview(self.col.table).html() if len(self.col.table) else "<p>(none)</p>"))
         B.append("<h2>Incomplete or failed runs (not plotted)</h2><ul>" + ("".join(
             f"<li><code>{e(r['run'])}</code> ({e(r['status'])}): {e(r['reason'])}</li>" for r in self.col.incomplete)
             or "<li>(none)</li>") + "</ul>")
