@@ -338,18 +338,21 @@ def test_postgresql_study(tmp_path):
     if not (initdb and pg_ctl):
         pytest.skip("PostgreSQL server not installed (Debian: apt-get install postgresql)")
     pytest.importorskip("psycopg2", reason="no PostgreSQL driver: pip install psycopg2-binary")
-    data, sock = tmp_path / "pg", tmp_path / "sock"
-    sock.mkdir()
+    import tempfile
+
     pre: list[str] = []
     if os.geteuid() == 0:  # initdb refuses root: run the server as an unprivileged user
         if not shutil.which("runuser") or subprocess.run(["id", "postgres"], capture_output=True).returncode:
             pytest.skip("running as root without a 'postgres' user to start the server")
-        os.chmod(tmp_path, 0o777)
-        shutil.chown(sock, "postgres")
         pre = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="hmem-pg-"))  # outside pytest's 0700 tmp tree: the server user must enter
+    os.chmod(root, 0o777)
+    data, sock = root / "pg", root / "sock"
+    sock.mkdir()
+    os.chmod(sock, 0o777)
     subprocess.run([*pre, initdb, "-D", str(data), "-U", "hmem", "--auth=trust"], check=True, capture_output=True)
     port = 54329
-    subprocess.run([*pre, pg_ctl, "-D", str(data), "-w", "-l", str(tmp_path / "pg.log"), "-o",
+    subprocess.run([*pre, pg_ctl, "-D", str(data), "-w", "-l", str(root / "pg.log"), "-o",
                     f"-p {port} -k {sock} -c listen_addresses=''", "start"], check=True, capture_output=True)
     try:
         subprocess.run([*pre, "createdb", "-h", str(sock), "-p", str(port), "-U", "hmem", "optuna"], check=True,
@@ -362,3 +365,4 @@ def test_postgresql_study(tmp_path):
         assert "postgresql://" in sweeps.status(str(path))
     finally:
         subprocess.run([*pre, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -47,13 +47,25 @@ def make_storage(spec: SweepSpec, create: bool = True) -> Any:
     if spec.storage and "://" in spec.storage:
         if spec.storage.startswith("sqlite:///"):
             Path(spec.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(spec.storage, engine_kwargs={"pool_pre_ping": True})
+        return optuna.storages.RDBStorage(_driver(spec.storage), engine_kwargs={"pool_pre_ping": True})
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     path = Path(spec.storage_url)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _driver(url: str) -> str:
+    """postgresql:// means psycopg (v3) to SQLAlchemy 2.1; fall back to psycopg2 when only that is installed."""
+    import importlib.util
+
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix) and importlib.util.find_spec("psycopg") is None:
+            if importlib.util.find_spec("psycopg2") is None:
+                raise ConfigError("storage: a PostgreSQL URL needs a driver: pip install 'psycopg[binary]' or psycopg2-binary")
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
 
 
 def make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
