@@ -150,7 +150,7 @@ def _stage_corpus(cfg: Any, root: Path, ctx: dict) -> dict:
     skipped = sources.SkipCounter()
     if cfg.data.source == "builtin":
         docs, split, entities, info = corpus_mod.builtin_documents(cfg.data, ctx["progress"])
-        n, _ = corpus_mod.write_corpus(cdir, iter(zip(docs, split.tolist())))
+        n, split = corpus_mod.write_corpus(cdir, iter(zip(docs, split.tolist())))
         atomic_write_text(root / "ATTRIBUTION.txt", sources.ATTRIBUTION)
     elif cfg.data.source == "files":
         n, split = corpus_mod.write_corpus(cdir, corpus_mod.file_documents(cfg.data, skipped))

@@ -80,10 +80,18 @@ class TfidfEmbedder(Embedder):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         n = len(texts)
-        vec = TfidfVectorizer(lowercase=True, token_pattern=_TOKEN_PATTERN, stop_words="english",
-                              sublinear_tf=True, min_df=2 if n >= 50 else 1, max_df=0.5 if n >= 50 else 1.0,
-                              max_features=self.max_features, dtype=np.float32)
-        x = vec.fit_transform(texts)
+
+        def vectorizer(small: bool) -> TfidfVectorizer:
+            return TfidfVectorizer(lowercase=True, token_pattern=_TOKEN_PATTERN, stop_words="english",
+                                   sublinear_tf=True, min_df=1 if small else 2, max_df=1.0 if small else 0.5,
+                                   max_features=self.max_features, dtype=np.float32)
+
+        vec = vectorizer(n < 50)
+        try:
+            x = vec.fit_transform(texts)
+        except ValueError:  # pruning left no terms (tiny or repetitive corpus): keep every word
+            vec = vectorizer(True)
+            x = vec.fit_transform(texts)
         self.vocab = [w for w, _ in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])]
         self.idf = vec.idf_.astype(np.float32)
         if self.projection == "svd":

@@ -88,6 +88,9 @@ class Router:
     def route_embeddings(self, emb: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"the {self.type} router does not route embeddings")
 
+    def valid(self, level: int, nodes: np.ndarray) -> np.ndarray:
+        return np.ones(np.shape(nodes), bool)  # hash routers use every node
+
     def _check_level(self, level: int) -> None:
         if not 1 <= level <= self.depth:
             raise ValueError(f"level must be in 1..{self.depth} (1-based), got {level}")
@@ -136,6 +139,12 @@ class TreeRouter(Router):
     def route_ranked(self, texts: Sequence[str], level: int) -> np.ndarray:
         self._check_level(level)
         return self.tree.rank(self.embed(texts), level - 1)
+
+    def valid(self, level: int, nodes: np.ndarray) -> np.ndarray:
+        """Whether level-`level` (1-based) nodes exist in the tree (a node with fewer documents than children
+        leaves some children unused; route_ranked sorts those last)."""
+        self._check_level(level)
+        return self.tree.valid[level - 1][np.asarray(nodes, np.int64)]
 
     def route_from(self, texts: Sequence[str], level: int, nodes: np.ndarray) -> np.ndarray:
         self._check_level(level)
