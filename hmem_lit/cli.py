@@ -97,7 +97,20 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             raise ConfigError(f"sweep {a.target}: name the sweep, e.g. `hmem sweep {a.target} memory_type`")
         print((sweeps.status if a.target == "status" else sweeps.plan)(a.rest[0], a.rest[1:]))
         return 0
-    sweeps.run_sweep(a.target, a.rest, workers=a.workers)
+    rest, workers, i = [], a.workers, 0
+    while i < len(a.rest):  # --workers may follow the sweep name (argparse stops at the first positional)
+        arg = a.rest[i]
+        if arg == "--workers" and i + 1 < len(a.rest) and a.rest[i + 1].isdigit():
+            workers, i = int(a.rest[i + 1]), i + 2
+            continue
+        if arg.startswith("--workers=") and arg.split("=", 1)[1].isdigit():
+            workers = int(arg.split("=", 1)[1])
+        elif arg.startswith("-"):
+            raise ConfigError(f"{arg}: unknown option of `hmem sweep` (allowed: --workers N)")
+        else:
+            rest.append(arg)
+        i += 1
+    sweeps.run_sweep(a.target, rest, workers=workers)
     return 0
 
 
@@ -144,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", help="run a sweep (`hmem sweep sweeps/x.yaml [--workers N] [key=value]`), or "
                        "`hmem sweep status <name>` / `hmem sweep plan <name>`")
     w.add_argument("target", help="sweep YAML (path or name in sweeps/), or status / plan")
-    w.add_argument("rest", nargs="*", help="key=value (sweep keys like n_trials=4, or config keys); after "
+    w.add_argument("rest", nargs=argparse.REMAINDER, help="key=value (sweep keys like n_trials=4, or config keys); after "
                    "status/plan: the sweep name first")
     w.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
     return p

@@ -366,3 +366,14 @@ def test_postgresql_study(tmp_path):
     finally:
         subprocess.run([*pre, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_cli_sweep_parses_workers_anywhere(monkeypatch):
+    from hmem_lit.cli import main
+
+    got = []
+    monkeypatch.setattr(sweeps, "run_sweep", lambda target, rest, workers=1: got.append((target, rest, workers)))
+    assert main(["sweep", "fetch_ratio", "--workers", "3", "n_trials=2"]) == 0
+    assert main(["sweep", "--workers", "2", "fetch_ratio", "train.seed=1"]) == 0
+    assert got == [("fetch_ratio", ["n_trials=2"], 3), ("fetch_ratio", ["train.seed=1"], 2)]
+    assert main(["sweep", "fetch_ratio", "--force"]) == 2
