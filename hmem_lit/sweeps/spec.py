@@ -330,7 +330,7 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> Sweep
     spec.storage = raw.get("storage")
     if spec.storage is not None:
         s = str(spec.storage)
-        _check(re.match(r"^(sqlite|postgresql|postgres|mysql)(\+\w+)?://", s) is not None or not "://" in s,
+        _check(re.match(r"^(sqlite|postgresql|postgres|mysql)(\+\w+)?://", s) is not None or "://" not in s,
                "storage", f"expected a database URL (sqlite:///..., postgresql://...) or a journal file path, got {s!r}")
         spec.storage = s
     tr = raw.get("translate") or {}
