@@ -8,8 +8,15 @@ ratio at a fixed runtime budget) and any raw config key. Each trial is an ordina
 Schema: `hmem_lit.sweeps.spec`; translation: `hmem_lit.sweeps.translate`; running: `hmem_lit.sweeps.runner`.
 """
 
-from hmem_lit.sweeps.runner import (StepPruningCallback, objective_value, open_study, plan, run_sweep, status,
-                                    summary)
+from hmem_lit.sweeps.runner import (
+    StepPruningCallback,
+    objective_value,
+    open_study,
+    plan,
+    run_sweep,
+    status,
+    summary,
+)
 from hmem_lit.sweeps.spec import PAPER_PARAMS, SweepSpec, load_sweep, trial_name
 from hmem_lit.sweeps.translate import Infeasible, counts, solve_levels, translate, unit_params
 
