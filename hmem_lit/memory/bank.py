@@ -69,12 +69,6 @@ class Bank(nn.Module):
         """[(level, r_l, table)] for the used levels."""
         return [(lvl, r, getattr(self, f"level{lvl}")) for lvl, r in self.used]
 
-    def init_blocks(self, fn: Callable[[Tensor, int], None]) -> None:
-        """fn(table.view(rows, ...layout...), r_l) initialises one level in place (no-op on the meta device)."""
-        with torch.no_grad():
-            for _, r, table in self.tables():
-                fn(table, r)
-
     def n_nodes(self, level: int) -> int:
         return self.branching**level
 
@@ -83,11 +77,6 @@ class Bank(nn.Module):
 
     def bank_params(self) -> int:
         return self.c_unit * sum(self.branching**lvl * r for lvl, r in enumerate(self.levels, start=1))
-
-    def subtree_rows(self, level: int, subtree: int) -> tuple[int, int]:
-        """Row range [start, stop) of level `level` owned by level-1 subtree `subtree`."""
-        span = self.branching ** (level - 1)
-        return subtree * span, (subtree + 1) * span
 
     def fetch(self, paths: Tensor | None, generic: Tensor | None = None) -> list[Tensor]:
         """paths (B, >= levels) node ids; generic (B,) bool -> [(B, s_l)] per used level, rows ordered like paths.
