@@ -6,7 +6,6 @@ Logged names are stable because sweeps and analysis key on them: `train/loss`, `
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -15,16 +14,9 @@ import torchmetrics
 
 from hmem_lit.anchor import lm_loss
 from hmem_lit.config import RunConfig, to_dict
+from hmem_lit.memory.generic import generic_mask
+from hmem_lit.memory.optim import build_optimizer, clip_gradients
 from hmem_lit.model import MemoryLM
-
-
-def warmup_cosine(step: int, total: int, warmup: float, floor_ratio: float) -> float:
-    """LR multiplier: linear warmup, then cosine decay to `floor_ratio` of the peak at `total` steps."""
-    w = int(warmup * total) if warmup < 1 else int(warmup)
-    if step < w:
-        return (step + 1) / w
-    progress = min(1.0, (step - w) / max(1, total - w))
-    return floor_ratio + (1 - floor_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class HmemLitModule(L.LightningModule):
@@ -40,8 +32,6 @@ class HmemLitModule(L.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor], memory_mode: str = "fetched") -> torch.Tensor:
         generic = None
         if self.training and self.model.memory is not None and self.cfg.memory.generic:
-            from hmem_lit.memory.generic import generic_mask
-
             generic = generic_mask(batch["seq_idx"], self.cfg.memory.generic_prob, self.cfg.train.seed)
         return self.model(batch["input_ids"], doc_ids=batch["doc_ids"], paths=batch["paths"],
                           memory_mode=memory_mode, generic=generic)
@@ -70,22 +60,13 @@ class HmemLitModule(L.LightningModule):
         self.val_ppl.reset()
 
     def configure_optimizers(self) -> Any:
-        try:
-            from hmem_lit.memory.optim import build_optimizer
-        except ImportError:  # TEMP until memory/optim.py lands
-            o = self.cfg.optim
-            opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                    weight_decay=o.weight_decay)
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: warmup_cosine(s, self.total_steps, o.warmup, o.min_lr / o.lr))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        # anchor AdamW + memory groups with their own LR/schedule/decay; bank rows updated row-wise (O(fetch))
         return build_optimizer(self.model, self.cfg, self.total_steps)
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
                                     gradient_clip_algorithm: Any = None) -> None:
-        try:
-            from hmem_lit.memory.optim import clip_gradients
-        except ImportError:  # TEMP
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-            return
-        clip_gradients(self.model, self.cfg)
+        norms = clip_gradients(self.model, self.cfg)  # anchor and memory clipped separately (optim.*grad_clip)
+        if self.trainer.global_step % self.cfg.train.log_every == 0:
+            self.log("train/grad_norm", norms["grad_norm"], on_step=True, on_epoch=False)
+            if self.model.memory is not None:
+                self.log("train/memory_grad_norm", norms["memory_grad_norm"], on_step=True, on_epoch=False)
