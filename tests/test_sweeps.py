@@ -44,14 +44,6 @@ def trials(path: Path, *cli: str):
     return sweeps.open_study(spec).get_trials(deepcopy=False), spec
 
 
-def _ffn_registered() -> bool:
-    from hmem_lit.memory import MEMORY, import_all
-
-    import_all()
-    return all(t in MEMORY for t in ("ffn", "kv"))
-
-
-needs_memory = pytest.mark.skipif(not _ffn_registered(), reason="memory types ffn/kv not registered yet")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -172,7 +164,6 @@ def test_paper_params_translate_and_reject(tmp_path):
 # sweeps end to end (in process)
 
 
-@needs_memory
 def test_grid_sweep_runs_skips_complete_and_records_infeasible(tmp_path):
     path = write_sweep(tmp_path, mode="grid", overrides={"retriever.depth": 1}, fixed={"level": 1},
                        space={"memory.type": ["ffn", "kv"], "fetched": [1536, 10]})
