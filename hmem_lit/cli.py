@@ -51,6 +51,8 @@ def cmd_list(a: argparse.Namespace) -> int:
     import_all()
     print("memory types: none, " + ", ".join(MEMORY.names()))
     print("retrievers: tree, random, oracle;  embedders: tfidf, minilm")
+    print("eval tasks: hmem_sk, hmem_ck (groups), hmem_<probe> and hmem_<probe>_bucket0..4, hmem_wiki_cloze(_mc), "
+          "hmem_wiki_ppl (generated from each run's prepared data); paper_ck, paper_sk (need hub datasets)")
     print("experiments:")
     for p in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
         print(f"  {p.stem}")
@@ -114,7 +116,33 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(a: argparse.Namespace) -> int:
+    from hmem_lit.memory.merge import merge
+
+    try:
+        return merge(a.run_dirs, a.out)
+    except ValueError as e:  # inconsistent jobs: a user error, not a crash
+        raise ConfigError(str(e)) from None
+
+
+def cmd_quickstart(a: argparse.Namespace) -> int:
+    from hmem_lit.quickstart import quickstart
+
+    quickstart(small=a.small, scale=a.scale, overrides=a.overrides)
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    sys.path.insert(0, str(EXPERIMENTS_DIR.parent))
+    from benchmarks.run_all import main as bench_main
+
+    return bench_main((["--quick"] if a.quick else []) + (["--only", *a.only] if a.only else []))
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "merge": cmd_merge,
+    "quickstart": cmd_quickstart,
+    "bench": cmd_bench,
     "train": cmd_train,
     "list": cmd_list,
     "info": cmd_info,
@@ -160,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("rest", nargs=argparse.REMAINDER, help="key=value (sweep keys like n_trials=4, or config keys); after "
                    "status/plan: the sweep name first")
     w.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
+    m = sub.add_parser("merge", help="merge the banks of per-subtree memory runs (train.subtree=k) into one model")
+    m.add_argument("run_dirs", nargs="+")
+    m.add_argument("--out", required=True, help="output run directory")
+    q = sub.add_parser("quickstart", help="the default experiment: data, 5 training runs, evaluation, report")
+    q.add_argument("--small", action="store_true", help="a two-minute smoke version")
+    q.add_argument("--scale", type=float, default=1.0, help="multiply the token budget and the synthetic world")
+    q.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    b = sub.add_parser("bench", help="run every benchmark and write benchmarks/results/all.json")
+    b.add_argument("--quick", action="store_true")
+    b.add_argument("--only", nargs="*", default=None)
     return p
 
 

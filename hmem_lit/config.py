@@ -223,7 +223,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    mode: str = "anchor"  # anchor (A1) | frozen (A3: memory on a frozen anchor) | cotrain (A2) | scratch (A4)
+    mode: str = "anchor"  # anchor (A1) | frozen (A3: memory on a frozen anchor) | cotrain (A2) | scratch (A4);
+    # anchor and scratch are the same thing (fresh init) and are named after memory.type on load
     init_from: Optional[str] = None  # run directory with a trained anchor (frozen, cotrain)
     max_tokens: int = 200_000  # token budget (sequences x seq_len x steps, all devices)
     batch_size: int = 16  # sequences per micro-batch per device
@@ -295,10 +296,12 @@ class RunConfig:
         used = len(self.memory.levels)
         _check(used <= self.retriever.depth, "memory.levels",
                f"{used} levels but the tree has retriever.depth={self.retriever.depth}; add a level there or drop one")
-        if self.memory.type != "none" or self.train.mode != "anchor":
+        # "anchor" and "scratch" both train everything from a fresh init; the name follows the memory type, so a
+        # memory run launched with the default mode is recorded as the paper's A4 (co-training from scratch)
+        if self.train.mode in ("anchor", "scratch"):
+            self.train.mode = "anchor" if self.memory.type == "none" else "scratch"
+        else:
             _check(self.memory.type != "none", "memory.type", f"train.mode={self.train.mode} needs a memory type")
-        if self.memory.type == "none":
-            _check(self.train.mode == "anchor", "train.mode", "memory.type=none trains only the anchor: use train.mode=anchor")
         if isinstance(self.memory.layers, list):
             bad = [i for i in self.memory.layers if i >= self.anchor.n_layer]
             _check(not bad, "memory.layers", f"layer indices {bad} out of range for {self.anchor.n_layer} layers")

@@ -153,7 +153,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         raise ConfigError(f"anchor.vocab_size: {cfg.anchor.vocab_size} does not match the tokenizer's {dm.vocab_size}; "
                           "leave it unset (null) to take it from the data")
     module = HmemLitModule(cfg, dm.vocab_size, total_steps, tps)
-    if cfg.train.mode in ("frozen", "cotrain"):
+    if cfg.train.mode in ("frozen", "cotrain") or cfg.train.subtree is not None:
         from hmem_lit.model import prepare_model_for_mode
 
         prepare_model_for_mode(module.model, cfg)
