@@ -15,8 +15,10 @@ SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 
 
 def _experiment_path(name: str | None) -> str | None:
-    """Accept a path, or a name like 000_debug found in experiments/."""
-    if name is None or Path(name).is_file():
+    """Accept a path, or a name like 000_debug found in experiments/; None or '-' means defaults only."""
+    if name in (None, "-"):
+        return None
+    if Path(name).is_file():
         return name
     for cand in (EXPERIMENTS_DIR / name, EXPERIMENTS_DIR / f"{name}.yaml"):
         if cand.is_file():
@@ -62,7 +64,14 @@ def cmd_list(a: argparse.Namespace) -> int:
     return 0
 
 
+def _split(a: argparse.Namespace) -> None:
+    """`hmem info key=value ...` without an experiment: the first override landed in `experiment`."""
+    if a.experiment and "=" in a.experiment:
+        a.overrides, a.experiment = [a.experiment, *a.overrides], None
+
+
 def cmd_info(a: argparse.Namespace) -> int:
+    _split(a)
     from hmem_lit.config import load_config
     from hmem_lit.model import info
 
@@ -71,6 +80,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_data(a: argparse.Namespace) -> int:
+    _split(a)
     from hmem_lit.config import load_config
     from hmem_lit.data.prepare import prepare_main
 

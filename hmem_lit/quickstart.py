@@ -107,15 +107,14 @@ def quickstart(small: bool = False, scale: float = 1.0, overrides: list[str] | t
         clock.stage(f"training {name}: {cfg.train.max_tokens:,} tokens", _eta(clock, cfg, anchor_params))
         dirs[name] = _train(cfg)
         if name == "anchor":
-            fin = runs.read_final(dirs[name])
-            clock.tok_rate = fin["tokens"] / max(fin["train_time_s"], 1e-6)
-            anchor_params = fin["params"]["runtime"]
+            clock.tok_rate = runs.throughput(dirs[name])
+            anchor_params = runs.read_final(dirs[name])["params"]["runtime"]
 
     # the anchor at the memory run's wall-clock: more tokens by the configured step-time ratio (a fixed number,
     # so the command stays deterministic; the report shows the measured ratio beside it)
-    a_fin, m_fin = runs.read_final(dirs["anchor"]), runs.read_final(dirs["memory"])
     ratio = WALLCLOCK_RATIO
-    measured = m_fin["train_time_s"] / max(a_fin["train_time_s"], 1e-6)
+    rates = runs.throughput(dirs["anchor"]), runs.throughput(dirs["memory"])
+    measured = rates[0] / rates[1] if all(rates) else float("nan")  # memory/anchor steady-state step time
     tokens = int(math.ceil(cfgs["anchor"].train.max_tokens * ratio))
     clock.stage(f"training anchor_wallclock: {tokens:,} tokens (x{ratio:.2f}; measured memory/anchor time "
                 f"x{measured:.2f})", tokens / clock.tok_rate if clock.tok_rate else None)

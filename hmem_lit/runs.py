@@ -96,6 +96,14 @@ def truncate_metrics(run_dir: str | Path, max_step: int) -> None:
     os.replace(tmp, path)
 
 
+def throughput(run_dir: str | Path) -> float | None:
+    """Steady-state training tokens/s from metrics.jsonl (first to last training record: start-up excluded)."""
+    recs = [r for r in read_metrics(run_dir) if "train/loss" in r]
+    if len(recs) < 2 or recs[-1]["time"] <= recs[0]["time"]:
+        return None
+    return (recs[-1]["tokens"] - recs[0]["tokens"]) / (recs[-1]["time"] - recs[0]["time"])
+
+
 def load_run_config(run_dir: str | Path) -> RunConfig:
     p = Path(run_dir) / CONFIG
     if not p.is_file():
