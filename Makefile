@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 install: $(STAMP)
 
 quickstart: install  ## the main job: the default experiment on built-in data
-	$(VENV)/bin/hmem train experiments/000_debug.yaml
+	$(VENV)/bin/hmem quickstart
 
 test: install  ## the test suite (CPU, a few minutes; slow and GPU tests are deselected)
 	$(VENV)/bin/pytest

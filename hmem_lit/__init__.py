@@ -11,3 +11,6 @@ _logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
 )
 _warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 _warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+# Our sampler restarts at the checkpoint's step (data/datamodule.py), so mid-epoch resume is exact; Lightning
+# cannot know that and warns that it may not be.
+_warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
