@@ -135,10 +135,14 @@ def classify(rows: list[dict[str, Any]]) -> None:
         ids = seen.setdefault(r["label"], [])
         if r["config_id"] not in ids:
             ids.append(r["config_id"])
+    tokens: dict[str, set] = {}
+    for r in rows:
+        tokens.setdefault(r["label"], set()).add(r.get("tokens"))
     for r in rows:
         ids = seen[r["label"]]
-        if len(ids) > 1:
-            r["label"] += f" #{ids.index(r['config_id']) + 1}"
+        if len(ids) > 1:  # e.g. the anchor at equal tokens and at equal wall-clock: say what differs
+            same_tokens = len(tokens[r["label"]]) == 1 or not r.get("tokens")
+            r["label"] += f" #{ids.index(r['config_id']) + 1}" if same_tokens else f", {fmt_count(r['tokens'])} tokens"
 
 
 def _incomplete_reason(run_dir: Path) -> str:

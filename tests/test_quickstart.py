@@ -1,0 +1,39 @@
+"""The main job end to end: `hmem quickstart --small` (slow: several minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT
+
+
+@pytest.mark.slow
+def test_quickstart_small_end_to_end(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "hmem_lit.cli", "quickstart", "--small"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=1800, env={**__import__("os").environ,
+                                                                           "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    root = tmp_path / "runs" / "quickstart_small"
+    names = ("anchor", "memory", "dense_runtime", "dense_2x", "anchor_wallclock")
+    for n in names:
+        final = json.loads((root / n / "final.json").read_text())
+        assert final["status"] == "complete"
+        modes = set(final["eval"])
+        assert modes == ({"fetched", "generic", "none"} if n == "memory" else {"none"})
+        assert 0.0 <= final["eval"]["none"]["hmem_sk"] <= 1.0
+    runtime = {n: json.loads((root / n / "final.json").read_text())["params"]["runtime"] for n in names}
+    assert runtime["dense_2x"] > 1.9 * runtime["anchor"]  # the baselines are what they claim to be
+    assert abs(runtime["dense_runtime"] - runtime["memory"]) / runtime["memory"] < 0.05
+    report = root / "report"
+    assert (report / "report.html").is_file() and (report / "runs.csv").is_file()
+    assert (report / "figures" / "fig1_buckets.png").is_file()
+    assert "memory (fetched)" in r.stdout  # the summary table
+    # a second invocation resumes everything and finishes fast: every stage is cached
+    r2 = subprocess.run([sys.executable, "-m", "hmem_lit.cli", "quickstart", "--small"], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=900, env={**__import__("os").environ,
+                                                                           "PYTHONPATH": str(ROOT)})
+    assert r2.returncode == 0 and "is complete" in r2.stdout
