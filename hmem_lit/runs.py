@@ -97,11 +97,12 @@ def truncate_metrics(run_dir: str | Path, max_step: int) -> None:
 
 
 def throughput(run_dir: str | Path) -> float | None:
-    """Steady-state training tokens/s from metrics.jsonl (first to last training record: start-up excluded)."""
+    """Steady-state training tokens/s from metrics.jsonl: the median rate over consecutive training records, so
+    start-up, validation pauses and the gap of a resumed run do not count."""
     recs = [r for r in read_metrics(run_dir) if "train/loss" in r]
-    if len(recs) < 2 or recs[-1]["time"] <= recs[0]["time"]:
-        return None
-    return (recs[-1]["tokens"] - recs[0]["tokens"]) / (recs[-1]["time"] - recs[0]["time"])
+    rates = sorted((b["tokens"] - a["tokens"]) / (b["time"] - a["time"]) for a, b in zip(recs, recs[1:])
+                   if b["time"] > a["time"] and b["tokens"] > a["tokens"])
+    return rates[len(rates) // 2] if rates else None
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
