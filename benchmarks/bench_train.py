@@ -57,6 +57,7 @@ def plain_run(cfg, warmup: int) -> float:
     from hmem_lit.anchor import lm_loss
     from hmem_lit.data.datamodule import HmemDataModule
     from hmem_lit.lit_module import HmemLitModule
+    from hmem_lit.memory.optim import clip_gradients
     from hmem_lit.utils import seed_everything
 
     seed_everything(cfg.train.seed)
@@ -73,7 +74,7 @@ def plain_run(cfg, warmup: int) -> float:
         logits = model(batch["input_ids"], doc_ids=batch["doc_ids"], paths=batch["paths"])
         loss = lm_loss(logits, batch["targets"])
         loss.backward()
-        module.configure_gradient_clipping(opt)
+        clip_gradients(model, cfg)
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
