@@ -35,10 +35,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
+    import torch
+
     from hmem_lit.anchor import Anchor, count_params
     from hmem_lit.config import PRESETS, AnchorConfig
-
-    import torch
 
     print("anchor presets:")
     for name, p in PRESETS.items():

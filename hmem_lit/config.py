@@ -11,7 +11,7 @@ import difflib
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -37,7 +37,7 @@ def _one_of(value: Any, allowed: list[str] | tuple[str, ...], key: str) -> None:
 @dataclass
 class AnchorConfig:
     preset: str = "tiny"  # named preset (see PRESETS); its values apply before explicit keys
-    vocab_size: Optional[int] = None  # None = taken from the data's tokenizer at train time
+    vocab_size: int | None = None  # None = taken from the data's tokenizer at train time
     n_layer: int = 2
     d_model: int = 64
     n_head: int = 4
@@ -91,7 +91,7 @@ class PKMConfig:
     heads: int = 4
     topk: int = 8
     k_dim: int = 64  # full query/key dim; each half-key has k_dim // 2
-    v_dim: Optional[int] = None  # None = d_model
+    v_dim: int | None = None  # None = d_model
     layers: Any = "auto"  # auto (3 equally spaced) | list of layer indices
     mode: str = "replace"  # replace the FFN at those layers, or add to it
     gated: bool = True  # Memory+ SiLU gating
@@ -168,7 +168,7 @@ class DataConfig:
     source: str = "toy"  # toy (generated in memory, for tests) | builtin | files
     dir: str = "data/builtin"  # prepared data directory (tokenizer, tree, packed shards)
     files: list[str] = field(default_factory=list)  # source=files: JSONL ({"text": ...}) or .txt paths
-    tokenizer: Optional[str] = None  # an existing tokenizer JSON instead of training one
+    tokenizer: str | None = None  # an existing tokenizer JSON instead of training one
     vocab_size: int = 4096  # BPE vocabulary trained on the corpus
     seq_len: int = 128  # packed sequence length (tokens)
     val_fraction: float = 0.02  # share of documents held out for validation perplexity
@@ -225,7 +225,7 @@ class OptimConfig:
 class TrainConfig:
     mode: str = "anchor"  # anchor (A1) | frozen (A3: memory on a frozen anchor) | cotrain (A2) | scratch (A4);
     # anchor and scratch are the same thing (fresh init) and are named after memory.type on load
-    init_from: Optional[str] = None  # run directory with a trained anchor (frozen, cotrain)
+    init_from: str | None = None  # run directory with a trained anchor (frozen, cotrain)
     max_tokens: int = 200_000  # token budget (sequences x seq_len x steps, all devices)
     batch_size: int = 16  # sequences per micro-batch per device
     accumulate: int = 1  # gradient accumulation micro-batches
@@ -240,7 +240,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch intra-op threads (0 = torch default)
     progress: bool = True
-    subtree: Optional[int] = None  # train only sequences under this level-1 subtree (split memory jobs)
+    subtree: int | None = None  # train only sequences under this level-1 subtree (split memory jobs)
 
     def __post_init__(self) -> None:
         _one_of(self.mode, ("anchor", "frozen", "cotrain", "scratch"), "train.mode")
@@ -259,11 +259,11 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: ["hmem_sk", "hmem_ck", "hmem_wiki_ppl"])
     memory: str = "fetched"  # fetched | generic | none | blocked
     block_level: int = 1  # blocked mode: the tree level whose best-matching subtree is blocked
-    limit: Optional[int] = None  # at most this many samples per task
+    limit: int | None = None  # at most this many samples per task
     batch_size: int = 32
     max_gen_tokens: int = 16
-    max_length: Optional[int] = None  # evaluation context window in tokens (None = data.seq_len, the trained one)
-    rolling_context: Optional[int] = None  # perplexity: context tokens kept per rolling window (None = max_length // 2)
+    max_length: int | None = None  # evaluation context window in tokens (None = data.seq_len, the trained one)
+    rolling_context: int | None = None  # perplexity: context tokens kept per rolling window (None = max_length // 2)
 
     def __post_init__(self) -> None:
         _one_of(self.memory, ("fetched", "generic", "none", "blocked"), "eval.memory")

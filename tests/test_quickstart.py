@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from .conftest import ROOT
 @pytest.mark.slow
 def test_quickstart_small_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hmem_lit.cli", "quickstart", "--small"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=1800, env={**__import__("os").environ,
+                       capture_output=True, text=True, timeout=1800, env={**os.environ,
                                                                            "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-3000:]
     root = tmp_path / "runs" / "quickstart_small"
@@ -34,6 +35,6 @@ def test_quickstart_small_end_to_end(tmp_path):
     assert "memory (fetched)" in r.stdout  # the summary table
     # a second invocation resumes everything and finishes fast: every stage is cached
     r2 = subprocess.run([sys.executable, "-m", "hmem_lit.cli", "quickstart", "--small"], cwd=tmp_path,
-                        capture_output=True, text=True, timeout=900, env={**__import__("os").environ,
+                        capture_output=True, text=True, timeout=900, env={**os.environ,
                                                                            "PYTHONPATH": str(ROOT)})
     assert r2.returncode == 0 and "is complete" in r2.stdout

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from hmem_lit import runs
 from hmem_lit.config import ConfigError, load_config
 from hmem_lit.train import train
+from hmem_lit.utils import read_json
 
 from .conftest import DEBUG_YAML, ROOT, tiny_overrides
 
@@ -36,13 +37,13 @@ def test_run_directory_is_complete_and_self_describing(tiny_cfg):
     assert final["status"] == "complete" and final["steps"] == 40  # ceil(20000 / (8 * 64)) steps
     assert final["tokens"] == 40 * 8 * 64
     assert final["metrics"]["val/loss"] < 5.0 and final["params"]["anchor"] > 0
-    man = runs.read_final(run_dir) and __import__("json").load(open(run_dir / runs.MANIFEST))
+    man = read_json(run_dir / runs.MANIFEST)
     assert {"git_sha", "git_dirty", "packages", "device", "seed"} <= set(man)
-    losses = [l for _, l in _losses(run_dir)]
+    losses = [loss for _, loss in _losses(run_dir)]
     assert losses[-1] < losses[0]  # it learns
-    # loading the final weights back reproduces the validation loss path: model loads safely
+    # the final weights load back (safetensors) into a model with the resolved config
     model, cfg = runs.load_model(run_dir)
-    assert cfg.anchor.vocab_size == 258
+    assert cfg.anchor.vocab_size == 258 and model.param_counts() == final["params"]
     # relaunching a complete run is a no-op
     mtime = (run_dir / runs.FINAL).stat().st_mtime
     train(tiny_cfg(name="a"))
@@ -108,4 +109,4 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     final = runs.read_final(tmp_path / "runs" / "000_debug" / "ddp")
     assert final["steps"] == 16 and final["tokens"] == 16 * 2 * 8 * 64  # two ranks share each step
-    assert "2 proc" in __import__("json").load(open(tmp_path / "runs" / "000_debug" / "ddp" / runs.MANIFEST))["device"]
+    assert "2 proc" in read_json(tmp_path / "runs" / "000_debug" / "ddp" / runs.MANIFEST)["device"]
