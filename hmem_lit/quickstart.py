@@ -79,7 +79,7 @@ def _train(cfg: RunConfig) -> Path:
 
 
 def _eta(clock: Clock, cfg: RunConfig, anchor_params: int | None) -> float | None:
-    if clock.tok_rate is None or not anchor_params:
+    if clock.tok_rate is None or not anchor_params or runs.is_complete(cfg.run_dir):
         return None
     from hmem_lit.sweeps.translate import counts
 
@@ -116,9 +116,10 @@ def quickstart(small: bool = False, scale: float = 1.0, overrides: list[str] | t
     rates = runs.throughput(dirs["anchor"]), runs.throughput(dirs["memory"])
     measured = rates[0] / rates[1] if all(rates) else float("nan")  # memory/anchor steady-state step time
     tokens = int(math.ceil(cfgs["anchor"].train.max_tokens * ratio))
+    wall_cfg = plan.config("anchor", ["name=anchor_wallclock", f"train.max_tokens={tokens}"])
     clock.stage(f"training anchor_wallclock: {tokens:,} tokens (x{ratio:.2f}; measured memory/anchor time "
-                f"x{measured:.2f})", tokens / clock.tok_rate if clock.tok_rate else None)
-    dirs["anchor_wallclock"] = _train(plan.config("anchor", ["name=anchor_wallclock", f"train.max_tokens={tokens}"]))
+                f"x{measured:.2f})", _eta(clock, wall_cfg, anchor_params))
+    dirs["anchor_wallclock"] = _train(wall_cfg)
     runs.update_final(dirs["anchor_wallclock"], wallclock={"ratio_configured": ratio, "ratio_measured": measured})
 
     clock.stage("evaluating every run through the lm-eval `hmem` model")
