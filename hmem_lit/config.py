@@ -50,9 +50,25 @@ class AnchorConfig:
     rope_base: float = 100_000.0
     max_seq_len: int = 2048
     init_std: float = 0.02
+    # preset=hf: a Hugging Face causal LM as the anchor (hmem_lit.hf_anchor). Either hf_path, a local directory
+    # (config.json + safetensors; read with local_files_only, never from the hub) whose sizes replace the keys
+    # above, or hf_family, a random-weight model of that family built from the keys above (tests, tiny runs)
+    hf_path: str | None = None
+    hf_family: str | None = None  # llama | qwen2 | gemma3 (Gemma3ForCausalLM, text only)
+    hf_attn: str = "sdpa"  # transformers attn_implementation: sdpa | eager
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None = n_head. Only preset=hf
+    ffn_act: str = "silu"  # the gated FFN's activation (silu | gelu_tanh); set from the model for preset=hf
 
     def __post_init__(self) -> None:
-        _one_of(self.preset, list(PRESETS), "anchor.preset")
+        _one_of(self.preset, [*PRESETS, HF_PRESET], "anchor.preset")
+        if self.preset == HF_PRESET:
+            _resolve_hf(self)
+        else:
+            for k in ("hf_path", "hf_family"):
+                _check(getattr(self, k) is None, f"anchor.{k}", f"needs anchor.preset={HF_PRESET}")
+            _check(self.n_kv_head in (None, self.n_head), "anchor.n_kv_head",
+                   f"the built-in anchor has no grouped-query attention (only anchor.preset={HF_PRESET})")
+            _check(self.ffn_act == "silu", "anchor.ffn_act", f"the built-in anchor's FFN is SwiGLU (silu), got {self.ffn_act!r}")
         for k in ("n_layer", "d_model", "n_head", "head_dim", "d_ff", "max_seq_len"):
             _check(getattr(self, k) > 0, f"anchor.{k}", f"must be > 0, got {getattr(self, k)}")
         _check(self.vocab_size is None or self.vocab_size > 1, "anchor.vocab_size", "must be > 1")
@@ -77,6 +93,50 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Table 8's fixed-budget anchors: d=1024, 16 heads, 12..24 layers.
 for _L in (12, 17, 19, 21, 22, 24):
     PRESETS[f"openlm-d1024-l{_L}"] = dict(PRESETS["openlm-410m"], n_layer=_L)
+
+# anchor.preset=hf is not a size preset: the sizes come from the model (hf_path) or the explicit keys (hf_family)
+HF_PRESET = "hf"
+HF_FAMILIES = ("llama", "qwen2", "gemma3")
+# config.json keys -> AnchorConfig fields (the same names in Llama, Qwen2 and Gemma3 text configs)
+HF_ACTS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}  # transformers hidden_act -> anchor.ffn_act
+_HF_KEYS = {"num_hidden_layers": "n_layer", "hidden_size": "d_model", "num_attention_heads": "n_head",
+            "num_key_value_heads": "n_kv_head", "head_dim": "head_dim", "intermediate_size": "d_ff",
+            "max_position_embeddings": "max_seq_len", "tie_word_embeddings": "tie_embeddings"}
+
+
+def _resolve_hf(a: AnchorConfig) -> None:
+    """Check an hf anchor's keys; with hf_path, take the sizes from its config.json (no transformers import)."""
+    _check((a.hf_path is None) != (a.hf_family is None), "anchor.hf_path",
+           f"anchor.preset={HF_PRESET} needs exactly one of anchor.hf_path (a local model directory) or anchor.hf_family")
+    _one_of(a.hf_attn, ("sdpa", "eager"), "anchor.hf_attn")
+    if a.hf_family is not None:
+        _one_of(a.hf_family, HF_FAMILIES, "anchor.hf_family")
+    else:
+        import json
+
+        cfile = Path(a.hf_path).expanduser() / "config.json"
+        _check(cfile.is_file(), "anchor.hf_path", f"{cfile} not found (a local directory saved with save_pretrained)")
+        try:
+            hf = json.loads(cfile.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"anchor.hf_path: {cfile} is not readable JSON ({type(e).__name__})") from None
+        _check("text_config" not in hf, "anchor.hf_path",
+               f"{cfile} is a multimodal model ({hf.get('model_type')}); use a text-only causal LM checkpoint")
+        missing = [k for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size") if k not in hf]
+        _check(not missing, "anchor.hf_path", f"{cfile} lacks {', '.join(missing)}: not a decoder-only causal LM config")
+        hf.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
+        for key, name in _HF_KEYS.items():
+            if hf.get(key) is not None:
+                setattr(a, name, hf[key])
+        act = hf.get("hidden_activation") or hf.get("hidden_act") or "silu"
+        _check(act in HF_ACTS, "anchor.hf_path", f"{cfile}: FFN activation {act!r} not supported ({', '.join(HF_ACTS)})")
+        a.ffn_act = HF_ACTS[act]
+    _one_of(a.ffn_act, tuple(HF_ACTS.values()), "anchor.ffn_act")
+    kv = a.n_kv_head or a.n_head
+    _check(kv > 0 and a.n_head % kv == 0, "anchor.n_kv_head", f"must divide anchor.n_head={a.n_head}, got {kv}")
+    if a.hf_family == "qwen2":
+        _check(a.n_head * a.head_dim == a.d_model, "anchor.head_dim",
+               f"qwen2 needs n_head * head_dim == d_model ({a.n_head} * {a.head_dim} != {a.d_model})")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -177,7 +237,8 @@ class DataConfig:
     # builtin corpus knobs
     wiki_docs: int = 10_033  # Wikipedia summaries used (at most 10,033)
     synthetic_entities: int = 2_000  # invented entities in the synthetic world (0 = none)
-    fact_repeats_max: int = 32  # most frequent entity's fact documents; the tail gets 1
+    fact_repeats_max: int = 32  # most frequent entity's fact documents
+    fact_repeats_min: int = 1  # the tail's fact documents (the Zipf law runs from min to max)
     zipf_a: float = 1.1
     # toy corpus knobs
     toy_docs: int = 400
@@ -190,6 +251,8 @@ class DataConfig:
         if self.source == "files":
             _check(len(self.files) > 0, "data.files", "data.source=files needs at least one path")
         _check(self.wiki_docs >= 0 and self.synthetic_entities >= 0, "data", "counts must be >= 0")
+        _check(1 <= self.fact_repeats_min <= self.fact_repeats_max, "data.fact_repeats_min",
+               f"must be in [1, data.fact_repeats_max={self.fact_repeats_max}], got {self.fact_repeats_min}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -244,8 +307,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.mode, ("anchor", "frozen", "cotrain", "scratch"), "train.mode")
-        if self.mode in ("frozen", "cotrain"):
-            _check(bool(self.init_from), "train.init_from", f"train.mode={self.mode} needs the anchor's run directory")
         _check(self.max_tokens > 0, "train.max_tokens", "must be > 0")
         _check(self.batch_size > 0 and self.accumulate > 0, "train.batch_size", "batch_size and accumulate must be > 0")
         _one_of(self.precision, ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"), "train.precision")
@@ -302,6 +363,9 @@ class RunConfig:
             self.train.mode = "anchor" if self.memory.type == "none" else "scratch"
         else:
             _check(self.memory.type != "none", "memory.type", f"train.mode={self.train.mode} needs a memory type")
+            # an hf anchor arrives trained (its own weights); init_from may still point at a run to continue from
+            _check(bool(self.train.init_from) or self.anchor.preset == HF_PRESET, "train.init_from",
+                   f"train.mode={self.train.mode} needs the anchor's run directory")
         if isinstance(self.memory.layers, list):
             bad = [i for i in self.memory.layers if i >= self.anchor.n_layer]
             _check(not bad, "memory.layers", f"layer indices {bad} out of range for {self.anchor.n_layer} layers")
@@ -371,9 +435,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         # validate keys and types against the schema before expanding the preset
         merged = OmegaConf.merge(schema, explicit)
         preset = merged.anchor.preset
-        if preset not in PRESETS:
-            raise ConfigError(f"anchor.preset: got {preset!r}; allowed: {', '.join(PRESETS)}")
-        merged = OmegaConf.merge(schema, {"anchor": PRESETS[preset]}, explicit)
+        if preset not in PRESETS and preset != HF_PRESET:
+            raise ConfigError(f"anchor.preset: got {preset!r}; allowed: {', '.join([*PRESETS, HF_PRESET])}")
+        merged = OmegaConf.merge(schema, {"anchor": PRESETS.get(preset, {})}, explicit)
         return OmegaConf.to_object(merged)  # runs every __post_init__
     except OmegaConfBaseException as e:
         cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else None

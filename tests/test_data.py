@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hmem_lit.anchor import doc_positions_and_mask
-from hmem_lit.config import load_config
+from hmem_lit.config import ConfigError, load_config
 from hmem_lit.data.datamodule import PackedDataset, make_collate
 from hmem_lit.data.mentions import MentionCounter, buckets
 from hmem_lit.data.packing import pack
@@ -254,3 +254,18 @@ def test_load_router_refuses_a_mismatched_config(prepared):
     q = [json.loads(x) for x in open(d / "questions" / "capital.jsonl", encoding="utf-8")][:20]
     paths = r.route_records(q)
     assert paths.shape == (20, 2) and (paths[:, 1] // 4 == paths[:, 0]).all()
+
+
+def test_fact_repeats_follow_the_tail_law_between_min_and_max():
+    from hmem_lit.data import facts
+
+    ents = facts.synthetic_entities(3000, seed=0, max_repeats=32, a=1.1, reserved=set(), min_repeats=4)
+    reps = np.array([e["repeats"] for e in ents])
+    assert reps.min() == 4 and reps.max() <= 32
+    # a long tail: the floor is the most common count, and counts fall off above it
+    counts = np.bincount(reps)
+    assert counts[4] == counts.max() and counts[4] > 2 * counts[8] > 0
+    ranked = facts.repeats_by_rank(list(range(100)), [str(i) for i in range(100)], 32, 1.1, min_repeats=3)
+    assert min(ranked) == 3 and ranked == sorted(ranked)  # more mentions -> at least as many documents
+    with pytest.raises(ConfigError, match="data.fact_repeats_min"):
+        load_config(None, ["data.fact_repeats_min=40"])

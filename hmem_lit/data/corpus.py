@@ -45,12 +45,12 @@ def builtin_documents(data_cfg: Any, progress: bool = False) -> tuple[list[dict]
     for kind in ("element", "country"):
         idx = [i for i, e in enumerate(real) if e["kind"] == kind]
         reps = facts.repeats_by_rank([wiki_counts[i] for i in idx], [real[i]["name"] for i in idx],
-                                     data_cfg.fact_repeats_max, data_cfg.zipf_a)
+                                     data_cfg.fact_repeats_max, data_cfg.zipf_a, data_cfg.fact_repeats_min)
         for i, r in zip(idx, reps):
             real[i]["repeats"], real[i]["wiki_mentions"] = r, wiki_counts[i]
     reserved = {w for e in real for n in [e["name"], *e["aliases"]] for w in mentions.words(n)}
     synth = facts.synthetic_entities(data_cfg.synthetic_entities, seed, data_cfg.fact_repeats_max,
-                                     data_cfg.zipf_a, reserved)
+                                     data_cfg.zipf_a, reserved, data_cfg.fact_repeats_min)
     entities = real + synth
 
     docs: list[dict] = [{"text": w["text"], "kind": "wiki", "title": w["title"], "topic": w["topic"]}

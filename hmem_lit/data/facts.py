@@ -5,7 +5,8 @@ it, each a few sentences in randomly chosen templates, always stating the probed
 and symbol; countries: capital and region; synthetic people: birth city, birth year and employer) plus a random
 subset of the entity's other attributes. How many documents an entity gets follows a long tail:
 - real entities: ranked by how often they are mentioned in the Wikipedia training text, then given the
-  quantiles of a truncated Zipf law P(r) ~ r**-zipf_a on 1..fact_repeats_max (most mentioned -> most documents);
+  quantiles of a truncated Zipf law P(r) ~ r**-zipf_a on fact_repeats_min..fact_repeats_max (most mentioned ->
+  most documents);
 - synthetic people: repeats drawn from the same law (seeded).
 """
 
@@ -18,19 +19,21 @@ import numpy as np
 # ------------------------------------------------------------------------------------------------ the tail law
 
 
-def zipf_pmf(max_repeats: int, a: float) -> np.ndarray:
-    r = np.arange(1, max_repeats + 1, dtype=np.float64)
+def zipf_pmf(max_repeats: int, a: float, min_repeats: int = 1) -> np.ndarray:
+    """P(r) ~ r**-a for r = min_repeats..max_repeats (entry i is r = min_repeats + i)."""
+    r = np.arange(min_repeats, max_repeats + 1, dtype=np.float64)
     p = r**-a
     return p / p.sum()
 
 
-def repeats_by_rank(counts: list[int], names: list[str], max_repeats: int, a: float) -> list[int]:
+def repeats_by_rank(counts: list[int], names: list[str], max_repeats: int, a: float,
+                    min_repeats: int = 1) -> list[int]:
     """Entities ordered by (count, name): the i-th of n gets the Zipf quantile at (i + 0.5) / n."""
-    cdf = np.cumsum(zipf_pmf(max_repeats, a))
+    cdf = np.cumsum(zipf_pmf(max_repeats, a, min_repeats))
     order = sorted(range(len(counts)), key=lambda i: (counts[i], names[i]))
-    out = [1] * len(counts)
+    out = [min_repeats] * len(counts)
     for rank, i in enumerate(order):
-        out[i] = int(np.searchsorted(cdf, (rank + 0.5) / len(counts)) + 1)
+        out[i] = int(np.searchsorted(cdf, (rank + 0.5) / len(counts)) + min_repeats)
     return out
 
 
@@ -186,7 +189,8 @@ def _unique_words(rng: np.random.Generator, n: int, syll: tuple[int, int], taken
     return out
 
 
-def synthetic_entities(n: int, seed: int, max_repeats: int, a: float, reserved: set[str]) -> list[dict[str, Any]]:
+def synthetic_entities(n: int, seed: int, max_repeats: int, a: float, reserved: set[str],
+                       min_repeats: int = 1) -> list[dict[str, Any]]:
     """`n` invented people, each with a birth city, birth year, employer and profession. `reserved` holds
     lower-case words that invented names must avoid (real entity names)."""
     if n == 0:
@@ -200,7 +204,7 @@ def synthetic_entities(n: int, seed: int, max_repeats: int, a: float, reserved: 
     firsts = _unique_words(rng, max(50, int(n**0.5) * 3), (1, 2), taken)
     lasts = _unique_words(rng, max(80, int(n**0.5) * 4), (2, 3), taken)
     names: set[str] = set()
-    pmf = zipf_pmf(max_repeats, a)
+    pmf = zipf_pmf(max_repeats, a, min_repeats)
     out = []
     while len(out) < n:
         name = f"{_pick(firsts, rng)} {_pick(lasts, rng)}"
@@ -208,7 +212,7 @@ def synthetic_entities(n: int, seed: int, max_repeats: int, a: float, reserved: 
             continue
         names.add(name)
         org = _pick(orgs, rng)
-        out.append({"kind": "synthetic", "name": name, "aliases": [], "repeats": int(rng.choice(len(pmf), p=pmf) + 1),
+        out.append({"kind": "synthetic", "name": name, "aliases": [], "repeats": int(rng.choice(len(pmf), p=pmf) + min_repeats),
                     "attrs": {"city": _pick(cities, rng), "birth_year": int(rng.integers(1900, 2001)),
                               "employer": org, "org_city": org_city[org], "job": _pick(_PROFESSIONS, rng),
                               "city2": _pick(cities, rng)}})

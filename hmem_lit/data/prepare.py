@@ -76,7 +76,7 @@ def _stage_keys(cfg: Any, manifest: dict) -> dict[str, str]:
     files = [(str(p), os.path.getsize(p), os.path.getmtime(p)) if os.path.exists(p) else (str(p), None)
              for p in d.files] if d.source == "files" else []
     keys = {"corpus": _h("corpus", _VERSION["corpus"], d.source, files, d.wiki_docs, d.synthetic_entities,
-                         d.fact_repeats_max, d.zipf_a, d.seed, d.val_fraction)}
+                         d.fact_repeats_max, d.zipf_a, d.seed, d.val_fraction, d.fact_repeats_min)}
     tok_src = None
     if d.tokenizer:
         tok_src = _file_hash(Path(d.tokenizer)) if os.path.exists(d.tokenizer) else d.tokenizer
