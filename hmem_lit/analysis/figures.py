@@ -214,14 +214,15 @@ def plot_buckets(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     kept = related_baselines(rows, rows[rows.label.isin(mem.index[:keep_n])]) if len(mem) else rows
     labels = labels[labels.index.isin(kept.label)]
     labels = labels.assign(o=labels.kind.map(KIND_ORDER)).sort_values(["o", "bank", "fetch"])
-    per_type: dict[str, int] = {}
+    # one hue per memory type / baseline kind; several series of one hue get shades of it (two anchors with
+    # different token budgets must not share a colour)
+    seen: dict[str, int] = {}
     colors = {}
     for lab, r in labels.iterrows():
-        if r.kind == "memory":
-            k = per_type[r.mt] = per_type.get(r.mt, -1) + 1
-            colors[lab] = lighten(PALETTE.get(r.mt, "C0"), k, int((labels.mt == r.mt).sum()))
-        else:
-            colors[lab] = KIND_COLORS.get(r.kind, "C7")
+        key = r.mt if r.kind == "memory" else r.kind
+        k = seen[key] = seen.get(key, -1) + 1
+        n = int((labels.mt == r.mt).sum() if r.kind == "memory" else (labels.kind == r.kind).sum())
+        colors[lab] = lighten(PALETTE.get(r.mt, "C0") if r.kind == "memory" else KIND_COLORS.get(r.kind, "C7"), k, n)
     fig, axes = new_fig(spec, len(found), panel_h=float(spec.get("panel_height", 2.2)))
     width = 0.8 / max(1, len(labels))
     for ax, (probe, ks) in zip(axes, found.items()):
