@@ -24,8 +24,14 @@ class MemoryLM(nn.Module):
         acfg = cfg.anchor
         if vocab_size is not None:
             acfg = dataclasses.replace(acfg, vocab_size=vocab_size)
+        if acfg.preset == "hf":  # a Hugging Face causal LM (post-hoc memory); it resolves its own sizes
+            from hmem_lit.hf_anchor import HFAnchor
+
+            self.anchor: nn.Module = HFAnchor(acfg)
+            acfg = self.anchor.cfg
+        else:
+            self.anchor = Anchor(acfg)
         self.cfg = dataclasses.replace(cfg, anchor=acfg)
-        self.anchor = Anchor(acfg)
         self.memory: nn.Module | None = None
         self.subtree: int | None = None  # set by prepare_model_for_mode for split (per-subtree) memory jobs
         if cfg.memory.type != "none":
@@ -77,11 +83,13 @@ def load_run_state(run_dir: str | Path) -> dict[str, Tensor]:
 
 def prepare_model_for_mode(model: MemoryLM, cfg: RunConfig,
                            load_anchor_state: Callable[[str], dict[str, Tensor]] = load_run_state) -> MemoryLM:
-    """Apply train.mode: frozen / cotrain load the anchor from train.init_from (frozen also freezes it);
+    """Apply train.mode: frozen / cotrain load the anchor from train.init_from (an hf anchor without init_from
+    keeps the model's own weights; frozen also freezes it);
     anchor / scratch train everything from the fresh init. train.subtree restricts a frozen-anchor memory job to
     one level-1 subtree (checked on every training batch)."""
     mode = cfg.train.mode
-    if mode in ("frozen", "cotrain"):
+    # an hf anchor holds its trained weights already; train.init_from, if given, replaces them with a run's
+    if mode in ("frozen", "cotrain") and (cfg.train.init_from or cfg.anchor.preset != "hf"):
         state = load_anchor_state(cfg.train.init_from)
         anchor_state = {k[len("anchor."):]: v for k, v in state.items() if k.startswith("anchor.")}
         if not anchor_state:

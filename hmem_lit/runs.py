@@ -125,7 +125,8 @@ def load_model(run_dir: str | Path, map_location: str = "cpu"):
     final = read_json(run_dir / FINAL) if (run_dir / FINAL).is_file() else {}
     cfg = from_dict(final["config"]) if "config" in final else load_run_config(run_dir)
     state = load_file(str(weights), device=map_location)
-    vocab = state["anchor.tok_emb.weight"].shape[0]
+    emb = state.get("anchor.tok_emb.weight", state.get("anchor.hf.model.embed_tokens.weight"))  # built-in | hf
+    vocab = emb.shape[0] if emb is not None else cfg.anchor.vocab_size
     model = MemoryLM(cfg, vocab)
     model.load_state_dict(state, strict=True)
     return model.eval(), model.cfg

@@ -4,7 +4,8 @@
 of one linear is a row of A (d_in numbers) and a column of B (d_out numbers); the fetched levels concatenate into
 one patch of rank R = sum(r_l), scaled by alpha / R (memory.lora_alpha). A is Kaiming-uniform (a = sqrt(5), i.e.
 U(+-1/sqrt(d_in)), as in LoRA), B is zero, so the model equals the anchor at step 0.
-Accounting per layer and unit: QK/VO 2 * (d + h * d_h); FFN 3 * (d + d_f).
+Accounting per layer and unit: QK/VO 2 * (d + h * d_h); FFN 3 * (d + d_f) (with grouped-query attention,
+k and v are n_kv_head * d_h wide: QK/VO 2d + (h + h_kv) * d_h).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from hmem_lit.memory.bank import BankMemory
 def lora_shapes(target: str, acfg: AnchorConfig) -> dict[str, tuple[int, int]]:
     """Hook name -> (d_in, d_out) of each patched linear."""
     d, w, f = acfg.d_model, acfg.n_head * acfg.head_dim, acfg.d_ff
+    kv = (acfg.n_kv_head or acfg.n_head) * acfg.head_dim  # k / v width (smaller under grouped-query attention)
     return {
-        "qk": {"q": (d, w), "k": (d, w)},
-        "vo": {"v": (d, w), "o": (w, d)},
+        "qk": {"q": (d, w), "k": (d, kv)},
+        "vo": {"v": (d, kv), "o": (w, d)},
         "ffn": {"gate": (d, f), "up": (d, f), "down": (f, d)},
     }[target]
 
