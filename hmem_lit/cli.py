@@ -48,6 +48,7 @@ def cmd_list(a: argparse.Namespace) -> int:
         vocab = "" if "vocab_size" in p else " (at vocab 4096)"
         print(f"  {name:20s} layers={acfg.n_layer:<3d} d={acfg.d_model:<5d} heads={acfg.n_head}x{acfg.head_dim:<4d} "
               f"ffn={acfg.d_ff:<5d} params={n:,}{vocab}")
+    print(f"  {'hf':20s} a Hugging Face causal LM: anchor.hf_path=<local dir> or anchor.hf_family=llama|qwen2|gemma3")
     from hmem_lit.memory import MEMORY, import_all
 
     import_all()

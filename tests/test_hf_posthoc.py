@@ -231,6 +231,41 @@ def test_frozen_hf_needs_no_init_from_and_info_counts_on_meta():
     assert f"c0 = {3 * 3 * 32:,} per unit" in text
 
 
+# The post-hoc models of PAPERS.md A6 as family shapes: (layers, d, heads, kv heads, head_dim, d_ff, vocab) and
+# their published parameter counts (all three tie input and output embeddings)
+PAPER_MODELS = {"llama": ((16, 2048, 32, 8, 64, 8192, 128256), 1_235_814_400),  # Llama-3.2-1B
+                "qwen2": ((24, 896, 14, 2, 64, 4864, 151936), 494_032_768),  # Qwen2.5-0.5B
+                "gemma3": ((18, 640, 4, 1, 256, 2048, 262144), 268_098_176)}  # Gemma-3-270M
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_shapes_count_the_paper_models_exactly(family):
+    (L, d, h, kv, hd, f, v), want = PAPER_MODELS[family]
+    cfg = load_config(None, ["anchor.preset=hf", f"anchor.hf_family={family}", f"anchor.n_layer={L}",
+                             f"anchor.d_model={d}", f"anchor.n_head={h}", f"anchor.n_kv_head={kv}", f"anchor.head_dim={hd}",
+                             f"anchor.d_ff={f}", f"anchor.vocab_size={v}", "memory.type=ffn", "memory.levels=[256,64]",
+                             "retriever.depth=2"])
+    with torch.device("meta"):
+        model = MemoryLM(cfg)
+    c = model.param_counts()
+    assert c["anchor"] == want
+    assert c["fetched"] == 3 * L * d * (256 + 64)  # FFN-memories: c0 = 3 * layers * d per unit
+
+
+def test_llama3_style_tokenizer_pads_inside_its_vocabulary():
+    """A tokenizer whose every id has an embedding row (Llama 3) must not grow a pad token: it has its own."""
+    from tokenizers import Tokenizer, models
+
+    from hmem_lit.data.tokenizer import BPETokenizer
+
+    tok = Tokenizer(models.BPE())
+    tok.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"])
+    n = tok.get_vocab_size(with_added_tokens=True)
+    bpe = BPETokenizer(tok)
+    assert bpe.vocab_size == n and bpe.pad_id == tok.token_to_id("<|finetune_right_pad_id|>")
+    assert bpe.eot_id == tok.token_to_id("<|end_of_text|>")
+
+
 # ------------------------------------------------------------------------------------------------ hf_path
 
 

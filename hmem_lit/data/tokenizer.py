@@ -13,7 +13,8 @@ from pathlib import Path
 
 EOT, PAD = "<|endoftext|>", "<|pad|>"
 EOT_NAMES = (EOT, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
-PAD_NAMES = (PAD, "<pad>", "[PAD]", "<|padding|>")
+# <|finetune_right_pad_id|>: Llama 3.1+ tokenizers, whose embedding table has no room for an added pad token
+PAD_NAMES = (PAD, "<pad>", "[PAD]", "<|padding|>", "<|finetune_right_pad_id|>")
 
 
 class BPETokenizer:
