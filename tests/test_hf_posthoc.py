@@ -222,6 +222,14 @@ def test_config_errors_name_the_key(overrides, key):
     assert msg.startswith(key) and "\n" not in msg
 
 
+def test_experiment_200_is_a_frozen_hf_memory_run():
+    from .conftest import ROOT
+
+    cfg = load_config(ROOT / "experiments" / "200_hf_posthoc_tiny.yaml")
+    assert (cfg.anchor.preset, cfg.anchor.hf_family, cfg.memory.type, cfg.train.mode) == ("hf", "llama", "ffn", "frozen")
+    assert cfg.anchor.n_kv_head < cfg.anchor.n_head  # grouped-query attention, as in the real models
+
+
 def test_frozen_hf_needs_no_init_from_and_info_counts_on_meta():
     cfg = hf_cfg("llama", "ffn")
     assert cfg.train.mode == "frozen" and cfg.train.init_from is None
@@ -281,6 +289,7 @@ def test_hf_path_loads_a_local_directory_like_the_model_itself(family, tmp_path)
     cfg = load_config(None, ["anchor.preset=hf", f"anchor.hf_path={tmp_path / 'model'}", "memory.type=ffn",
                              "memory.levels=[4,2]", "retriever.depth=2", "retriever.branching=4", "train.mode=frozen"])
     assert (cfg.anchor.n_layer, cfg.anchor.d_ff, cfg.anchor.n_kv_head) == (2, 48, 2)  # from config.json
+    assert f"c0 = {3 * 2 * 32:,} per unit" in info(cfg)  # accounting on the meta device reads config.json only
     model = MemoryLM(cfg, VOCAB).eval()  # the tokenizer's vocabulary (258) < the model's (264)
     assert model.cfg.anchor.vocab_size == VOCAB + 6
     assert model.cfg.anchor.ffn_act == ("gelu_tanh" if family == "gemma3" else "silu")
