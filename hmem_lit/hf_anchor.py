@@ -59,8 +59,8 @@ def family_config(acfg: AnchorConfig, **overrides: Any):
     elif fam == "qwen2":
         cfg = transformers.Qwen2Config(**common, rope_parameters=rope)
     elif fam == "gemma3":
-        # Gemma-3-270M's shape of attention: sliding-window layers with every 6th layer global, local RoPE base
-        # 10k; query scale 1/sqrt(head_dim)
+        # as Gemma-3-270M: 512-token sliding windows with every 6th layer global, and Gemma's own two RoPE bases
+        # (10k local, 1M global; anchor.rope_base is not used); query scale 1/sqrt(head_dim)
         cfg = transformers.Gemma3TextConfig(**common, query_pre_attn_scalar=acfg.head_dim, sliding_window=512)
     else:
         raise ConfigError(f"anchor.hf_family: got {fam!r}; allowed: llama, qwen2, gemma3")
