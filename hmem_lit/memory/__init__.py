@@ -8,13 +8,13 @@ module is built as `cls(mcfg, acfg, branching)` and must provide:
   - `fetched_params() -> int`, `bank_params() -> int` (parameter accounting);
   - `sparse_parameters() -> list[nn.Parameter]`: tensors with sparse gradients, updated row-wise by
     `optim.RowwiseAdamW` (only fetched rows move). Its other parameters are dense memory parameters.
-Modules that are not memory types (bank, optim, generic, merge) are listed in `_SUPPORT`.
+Modules that are not memory types (bank, optim, generic, merge, sync) are listed in `_SUPPORT`.
 """
 
 from hmem_lit.registry import Registry
 
 MEMORY = Registry("memory type")
-_SUPPORT = ("bank", "optim", "generic", "merge")
+_SUPPORT = ("bank", "optim", "generic", "merge", "sync")
 
 
 def import_all() -> None:
