@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 import torchmetrics
 
 from hmem_lit.anchor import lm_loss
@@ -26,6 +27,8 @@ class HmemLitModule(L.LightningModule):
         # plain dicts only: the checkpoint must load with torch.load(weights_only=True)
         self.save_hyperparameters({"config": to_dict(cfg), "vocab_size": vocab_size, "total_steps": total_steps})
         self.model = MemoryLM(cfg, vocab_size)
+        # FSDP (use_orig_params) shows parameters as 1-D shards by the time optimisers are built: keep the shapes
+        self._param_ndim = {n: p.dim() for n, p in self.model.named_parameters()}
         self.val_loss = torchmetrics.MeanMetric()
         self.val_ppl = torchmetrics.text.Perplexity(ignore_index=-100)
 
@@ -39,6 +42,13 @@ class HmemLitModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = lm_loss(self(batch), batch["targets"])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # data parallel averages the ranks' gradients; a rank's sequences hold a varying number of predicted
+            # tokens, so weight each rank by its share: the step then equals one process on the global batch
+            n = (batch["targets"] != -100).sum()
+            total = n.clone()
+            dist.all_reduce(total)
+            return loss * (n * dist.get_world_size() / total.clamp(min=1))
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -61,11 +71,16 @@ class HmemLitModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         # anchor AdamW + memory groups with their own LR/schedule/decay; bank rows updated row-wise (O(fetch))
-        return build_optimizer(self.model, self.cfg, self.total_steps)
+        return build_optimizer(self.model, self.cfg, self.total_steps, self._param_ndim)
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
                                     gradient_clip_algorithm: Any = None) -> None:
-        norms = clip_gradients(self.model, self.cfg)  # anchor and memory clipped separately (optim.*grad_clip)
+        sync = getattr(self.trainer.strategy, "sync_sparse_gradients", None)
+        if sync is not None and self.trainer.world_size > 1:
+            sync()  # bank / PKM value gradients: all ranks' fetched rows, averaged (hmem_lit/distributed.py)
+        sharded = getattr(self.trainer.strategy, "sharded_norm_reducer", None)  # FSDP: norms of gradient shards
+        # anchor and memory clipped separately (optim.*grad_clip)
+        norms = clip_gradients(self.model, self.cfg, sharded() if sharded is not None else None)
         if self.trainer.global_step % self.cfg.train.log_every == 0:
             self.log("train/grad_norm", norms["grad_norm"], on_step=True, on_epoch=False)
             if self.model.memory is not None:

@@ -160,9 +160,14 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
 
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     precision = _precision(cfg)
+    from hmem_lit.distributed import resolve_strategy, sparse_tables
+
+    # DDP / FSDP keep the memory's sparse tables out of their reducers and sync them row-wise (distributed.py)
+    pkm_replace = cfg.memory.type == "pkm" and cfg.memory.pkm.mode == "replace"  # skipped FFNs get no gradient
+    strategy = resolve_strategy(cfg.train.strategy, world, bool(sparse_tables(module)), pkm_replace)
     trainer = L.Trainer(
         max_steps=total_steps, max_epochs=-1, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
-        strategy=cfg.train.strategy, precision=precision, accumulate_grad_batches=cfg.train.accumulate,
+        strategy=strategy, precision=precision, accumulate_grad_batches=cfg.train.accumulate,
         logger=JsonlLogger(run_dir, tps), log_every_n_steps=cfg.train.log_every,
         callbacks=[AtomicCheckpoint(run_dir, cfg.train.ckpt_every), *(extra_callbacks or []),
                    *([ProgressBar(refresh_rate=max(1, cfg.train.log_every))] if cfg.train.progress else [])],
@@ -172,10 +177,10 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         check_val_every_n_epoch=None, limit_val_batches=cfg.train.val_batches,
         num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=str(run_dir),
     )
+    counts = module.model.param_counts()  # before FSDP shards the module
     if trainer.is_global_zero:
         save_config(cfg, run_dir / runs.CONFIG)
         runs.write_manifest(run_dir, cfg, f"{trainer.strategy.root_device} ({precision}, {trainer.world_size} proc)")
-        counts = module.model.param_counts()
         print(f"[hmem] {run_dir}: {'resuming from step ' + str(torch.load(resume, map_location='cpu', weights_only=True)['global_step']) if resume else 'new run'}; "
               f"{total_steps} steps x {tps} tokens; params anchor={counts['anchor']:,} fetched={counts['fetched']:,} bank={counts['bank']:,}")
     t0 = time.time()
@@ -185,16 +190,19 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         raise KeyboardInterrupt
     val = trainer.validate(module, datamodule=dm, verbose=False)[0] if len(dm.val_split) else {}
     AtomicCheckpoint(run_dir, 0).save(trainer)  # the final state (all ranks: saving is collective)
+    # full (unsharded) weights: collective under FSDP, whose module holds only shards outside forward
+    state = {k[len("model."):]: v for k, v in trainer.strategy.lightning_module_state_dict().items()
+             if k.startswith("model.")}
     if trainer.is_global_zero:
-        _finish(run_dir, cfg, module, trainer, val, train_time, total_steps, tps)
+        _finish(run_dir, cfg, module, trainer, val, train_time, total_steps, tps, state, counts)
     return run_dir
 
 
 def _finish(run_dir: Path, cfg: RunConfig, module: Any, trainer: L.Trainer, val: dict, train_time: float,
-            total_steps: int, tps: int) -> None:
+            total_steps: int, tps: int, state: dict[str, torch.Tensor], counts: dict[str, int]) -> None:
     from safetensors.torch import save_file
 
-    state = {k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     tmp = run_dir / ".model.safetensors.tmp"
     save_file(state, str(tmp))
     os.replace(tmp, run_dir / runs.WEIGHTS)
@@ -205,7 +213,7 @@ def _finish(run_dir: Path, cfg: RunConfig, module: Any, trainer: L.Trainer, val:
         "steps": int(trainer.global_step),
         "tokens": int(trainer.global_step) * tps,
         "train_time_s": round(train_time, 2),
-        "params": module.model.param_counts(),
+        "params": counts,
         "metrics": {k: float(v) for k, v in val.items()},
         "config": to_dict(module.model.cfg),
     }

@@ -22,6 +22,7 @@ entry, which torch never casts on load), so checkpoints load with torch.load(wei
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -132,22 +133,26 @@ class RowwiseAdamW(torch.optim.Optimizer):
         v_all.index_copy_(0, rows, v)
 
 
-def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
-    """Trainable parameters of a MemoryLM in the groups of the module docstring (frozen ones are left out)."""
+def param_groups(model: nn.Module, cfg: RunConfig, ndim: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Trainable parameters of a MemoryLM in the groups of the module docstring (frozen ones are left out).
+
+    ndim: parameter name -> dimensions, recorded before FSDP (use_orig_params) turns parameters into 1-D shards.
+    """
     o = cfg.optim
     memory = getattr(model, "memory", None)
     sparse = {id(p) for p in memory.sparse_parameters()} if memory is not None else set()
     in_memory = {id(p) for p in memory.parameters()} if memory is not None else set()
     buckets: dict[str, list[nn.Parameter]] = {k: [] for k in ("anchor", "anchor_nowd", "memory", "memory_nowd",
                                                                "memory_rows")}
-    for p in model.parameters():  # deduplicated (tied embeddings appear once)
+    for name, p in model.named_parameters():  # deduplicated (tied embeddings appear once)
         if not p.requires_grad:
             continue
         if id(p) in sparse:
             buckets["memory_rows"].append(p)
         else:
             base = "memory" if id(p) in in_memory else "anchor"
-            buckets[base if p.dim() >= 2 else base + "_nowd"].append(p)
+            dim = ndim.get(name, p.dim()) if ndim is not None else p.dim()
+            buckets[base if dim >= 2 else base + "_nowd"].append(p)
     groups = []
     for name, ps in buckets.items():
         if not ps:
@@ -159,10 +164,11 @@ def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: RunConfig, total_steps: int) -> dict[str, Any]:
+def build_optimizer(model: nn.Module, cfg: RunConfig, total_steps: int,
+                    ndim: dict[str, int] | None = None) -> dict[str, Any]:
     """The LightningModule's `configure_optimizers` return value: {"optimizer", "lr_scheduler" (per step)}."""
     o = cfg.optim
-    groups = param_groups(model, cfg)
+    groups = param_groups(model, cfg, ndim)
     if not groups:
         raise ValueError("nothing to train: every parameter has requires_grad=False")
     opt = RowwiseAdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
@@ -198,15 +204,25 @@ def _clip(grads: list[Tensor], total: Tensor, max_norm: float) -> None:
             g.mul_(coef.to(g.device))
 
 
-def clip_gradients(model: nn.Module, cfg: RunConfig) -> dict[str, Tensor]:
+def clip_gradients(model: nn.Module, cfg: RunConfig,
+                   reduce_sharded: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """Clip the anchor's gradients at optim.grad_clip and the memory's (dense + sparse values) at
     optim.memory_grad_clip; with memory_grad_clip = 0 memory gradients join the anchor's global-norm clip.
+    reduce_sharded (FSDP): sums a squared norm over ranks; dense gradients are then shards, while sparse ones
+    (replicated, already synchronised) are counted once.
     -> {"grad_norm": anchor norm, "memory_grad_norm": memory norm}, both before clipping (0-d tensors)."""
     o = cfg.optim
     memory = getattr(model, "memory", None)
     anchor_g = _grads(list(model.anchor.parameters()))
     memory_g = _grads(list(memory.parameters())) if memory is not None else []
-    a, m = _norm(anchor_g), _norm(memory_g)
+    if reduce_sharded is None:
+        a, m = _norm(anchor_g), _norm(memory_g)
+    else:
+        sparse = {id(p) for p in memory.sparse_parameters()} if memory is not None else set()
+        dense_m = _grads([p for p in memory.parameters() if id(p) not in sparse]) if memory is not None else []
+        sparse_m = _grads([p for p in memory.parameters() if id(p) in sparse]) if memory is not None else []
+        a = reduce_sharded(_norm(anchor_g).square()).sqrt()
+        m = (reduce_sharded(_norm(dense_m).square()) + _norm(sparse_m).square().to(a.device)).sqrt()
     if o.memory_grad_clip > 0:
         _clip(anchor_g, a, o.grad_clip)
         _clip(memory_g, m, o.memory_grad_clip)
