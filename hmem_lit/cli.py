@@ -139,7 +139,7 @@ def cmd_merge(a: argparse.Namespace) -> int:
 def cmd_quickstart(a: argparse.Namespace) -> int:
     from hmem_lit.quickstart import quickstart
 
-    quickstart(small=a.small, scale=a.scale, overrides=a.overrides)
+    quickstart(small=a.small, scale=a.scale, overrides=a.overrides, jobs=a.jobs)
     return 0
 
 
@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quickstart", help="the default experiment: data, 5 training runs, evaluation, report")
     q.add_argument("--small", action="store_true", help="a two-minute smoke version")
     q.add_argument("--scale", type=float, default=1.0, help="multiply the token budget and the synthetic world")
+    q.add_argument("--jobs", type=int, default=2, help="training runs at a time, one process each (default 2; "
+                   "1 = one after another, in this process, with per-run progress bars)")
     q.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     b = sub.add_parser("bench", help="run every benchmark and write benchmarks/results/all.json")
     b.add_argument("--quick", action="store_true")

@@ -8,6 +8,9 @@ through the lm-eval `hmem` model (fetched, generic and no memory for the memory 
 The runs are declared as data in experiments/10x_qs_*.yaml (one base, one file per run). Every stage is an
 ordinary run directory or a cached preparation/evaluation, so an interrupted quickstart resumes where it stopped.
 `--small` is a two-minute smoke version; `--scale K` multiplies the token budget and the synthetic world.
+`--jobs N` (default 2) trains N runs at a time, each in its own process with `train.threads` torch threads (1 by
+default): on a 2-core machine two single-thread runs finish about twice as fast as one run after another, and a
+busy machine does not collapse them the way oversubscribed threads do. One progress bar follows all the runs.
 """
 
 from __future__ import annotations
@@ -78,6 +81,47 @@ def _train(cfg: RunConfig) -> Path:
     return train(cfg)
 
 
+def _steps(cfg: RunConfig) -> int:
+    return math.ceil(cfg.train.max_tokens / (cfg.train.batch_size * cfg.train.accumulate * cfg.data.seq_len))
+
+
+def _last_step(run_dir: Path) -> int:
+    if runs.is_complete(run_dir):
+        return int(runs.read_final(run_dir)["steps"])
+    return max((int(r["step"]) + 1 for r in runs.read_metrics(run_dir) if "step" in r), default=0)
+
+
+def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
+    """Train the runs `jobs` at a time in spawned processes (no per-run progress bars); one bar follows them all
+    by reading each run's metrics.jsonl. A failed run stops the others and re-raises."""
+    import concurrent.futures as cf
+    import dataclasses
+    import multiprocessing as mp
+
+    from tqdm.auto import tqdm
+
+    quiet = {n: dataclasses.replace(c, train=dataclasses.replace(c.train, progress=False)) for n, c in cfgs.items()}
+    total = {n: _steps(c) for n, c in cfgs.items()}
+    dirs: dict[str, Path] = {}
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool, \
+            tqdm(total=sum(total.values()), desc=f"training {len(cfgs)} runs, {jobs} at a time", unit="step") as bar:
+        futs = {pool.submit(_train, c): n for n, c in quiet.items()}
+        pending = set(futs)
+        while pending:
+            done, pending = cf.wait(pending, timeout=5, return_when=cf.FIRST_COMPLETED)
+            for f in done:
+                try:
+                    dirs[futs[f]] = f.result()
+                except BaseException:
+                    for p in pending:
+                        p.cancel()
+                    raise
+                tqdm.write(f"[quickstart] {futs[f]} done")
+            bar.n = sum(min(total[n], _last_step(cfgs[n].run_dir)) for n in cfgs)
+            bar.refresh()
+    return {n: dirs[n] for n in cfgs}
+
+
 def _eta(clock: Clock, cfg: RunConfig, anchor_params: int | None) -> float | None:
     if clock.tok_rate is None or not anchor_params or runs.is_complete(cfg.run_dir):
         return None
@@ -87,39 +131,44 @@ def _eta(clock: Clock, cfg: RunConfig, anchor_params: int | None) -> float | Non
     return cfg.train.max_tokens / clock.tok_rate * max(1.0, c["runtime"] / anchor_params)
 
 
-def quickstart(small: bool = False, scale: float = 1.0, overrides: list[str] | tuple[str, ...] = ()) -> Path:
+def quickstart(small: bool = False, scale: float = 1.0, overrides: list[str] | tuple[str, ...] = (),
+               jobs: int = 2) -> Path:
     from hmem_lit.analysis.report import build_report
     from hmem_lit.data.prepare import prepare
     from hmem_lit.evaluation.runner import evaluate
 
     if scale <= 0:
         raise ConfigError(f"--scale: must be > 0, got {scale}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
     plan = Plan(small, scale, list(overrides))
     cfgs = {name: plan.config(name) for name in RUNS}
-    clock = Clock(3 + len(RUNS) + 1)
+    # the anchor at the memory run's wall-clock: more tokens by the configured step-time ratio (a fixed number,
+    # so the command stays deterministic; the report shows the measured ratio beside it)
+    ratio = WALLCLOCK_RATIO
+    tokens = int(math.ceil(cfgs["anchor"].train.max_tokens * ratio))
+    wall_cfg = plan.config("anchor", ["name=anchor_wallclock", f"train.max_tokens={tokens}"])
+    clock = Clock(3 + (len(RUNS) + 1 if jobs == 1 else 1))
 
     clock.stage(f"preparing the built-in corpus in {cfgs['anchor'].data.dir}")
     prepare(cfgs["anchor"])
 
-    dirs: dict[str, Path] = {}
-    anchor_params = None
-    for name, cfg in cfgs.items():
-        clock.stage(f"training {name}: {cfg.train.max_tokens:,} tokens", _eta(clock, cfg, anchor_params))
-        dirs[name] = _train(cfg)
-        if name == "anchor":
-            clock.tok_rate = runs.throughput(dirs[name])
-            anchor_params = runs.read_final(dirs[name])["params"]["runtime"]
-
-    # the anchor at the memory run's wall-clock: more tokens by the configured step-time ratio (a fixed number,
-    # so the command stays deterministic; the report shows the measured ratio beside it)
-    ratio = WALLCLOCK_RATIO
+    if jobs > 1:
+        clock.stage(f"training {len(cfgs) + 1} runs ({', '.join([*cfgs, 'anchor_wallclock'])}), {jobs} at a time; "
+                    f"the wall-clock anchor gets x{ratio:.2f} the tokens")
+        dirs = train_parallel({**cfgs, "anchor_wallclock": wall_cfg}, jobs)
+    else:
+        dirs = {}
+        anchor_params = None
+        for name, cfg in {**cfgs, "anchor_wallclock": wall_cfg}.items():
+            clock.stage(f"training {name}: {cfg.train.max_tokens:,} tokens", _eta(clock, cfg, anchor_params))
+            dirs[name] = _train(cfg)
+            if name == "anchor":
+                clock.tok_rate = runs.throughput(dirs[name])
+                anchor_params = runs.read_final(dirs[name])["params"]["runtime"]
     rates = runs.throughput(dirs["anchor"]), runs.throughput(dirs["memory"])
     measured = rates[0] / rates[1] if all(rates) else float("nan")  # memory/anchor steady-state step time
-    tokens = int(math.ceil(cfgs["anchor"].train.max_tokens * ratio))
-    wall_cfg = plan.config("anchor", ["name=anchor_wallclock", f"train.max_tokens={tokens}"])
-    clock.stage(f"training anchor_wallclock: {tokens:,} tokens (x{ratio:.2f}; measured memory/anchor time "
-                f"x{measured:.2f})", _eta(clock, wall_cfg, anchor_params))
-    dirs["anchor_wallclock"] = _train(wall_cfg)
+    print(f"[quickstart] wall-clock anchor: x{ratio:.2f} the tokens; measured memory/anchor step time x{measured:.2f}")
     runs.update_final(dirs["anchor_wallclock"], wallclock={"ratio_configured": ratio, "ratio_measured": measured})
 
     clock.stage("evaluating every run through the lm-eval `hmem` model")
