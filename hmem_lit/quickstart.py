@@ -8,9 +8,10 @@ through the lm-eval `hmem` model (fetched, generic and no memory for the memory 
 The runs are declared as data in experiments/10x_qs_*.yaml (one base, one file per run). Every stage is an
 ordinary run directory or a cached preparation/evaluation, so an interrupted quickstart resumes where it stopped.
 `--small` is a two-minute smoke version; `--scale K` multiplies the token budget and the synthetic world.
-`--jobs N` (default 2) trains N runs at a time, each in its own process with `train.threads` torch threads (1 by
-default): on a 2-core machine two single-thread runs finish about twice as fast as one run after another, and a
-busy machine does not collapse them the way oversubscribed threads do. One progress bar follows all the runs.
+`--jobs N` (default 2) trains and evaluates N runs at a time, each in its own process with `train.threads` torch
+threads (1 by default): on a 2-core machine two single-thread runs finish about twice as fast as one run after
+another, a run's evaluation overlaps the others' training, and a busy machine does not collapse them the way
+oversubscribed threads do. One progress bar follows all the runs.
 """
 
 from __future__ import annotations
@@ -75,10 +76,19 @@ class Clock:
         print(f"\n[quickstart {self.i}/{self.n}] {what}  (elapsed {el / 60:.1f} min{eta})", flush=True)
 
 
-def _train(cfg: RunConfig) -> Path:
+def _train(cfg: RunConfig, eval_modes: tuple[str, ...] = ()) -> Path:
+    """Train (or resume, or skip) one run, then evaluate it in each memory mode (cached: a no-op when done)."""
+    from hmem_lit.evaluation.runner import evaluate
     from hmem_lit.train import train
 
-    return train(cfg)
+    run_dir = train(cfg)
+    for mode in eval_modes:
+        evaluate(run_dir, memory=mode, print_table=False, threads=cfg.train.threads)
+    return run_dir
+
+
+def _eval_modes(name: str) -> tuple[str, ...]:
+    return MEMORY_MODES if name == "memory" else ("none",)
 
 
 def _steps(cfg: RunConfig) -> int:
@@ -92,8 +102,9 @@ def _last_step(run_dir: Path) -> int:
 
 
 def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
-    """Train the runs `jobs` at a time in spawned processes (no per-run progress bars); one bar follows them all
-    by reading each run's metrics.jsonl. A failed run stops the others and re-raises."""
+    """Train and evaluate the runs `jobs` at a time in spawned processes (no per-run progress bars), so one run's
+    evaluation overlaps the others' training; one bar follows the training steps of all of them by reading each
+    run's metrics.jsonl. A failed run stops the others and re-raises."""
     import concurrent.futures as cf
     import dataclasses
     import multiprocessing as mp
@@ -105,7 +116,7 @@ def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
     dirs: dict[str, Path] = {}
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool, \
             tqdm(total=sum(total.values()), desc=f"training {len(cfgs)} runs, {jobs} at a time", unit="step") as bar:
-        futs = {pool.submit(_train, c): n for n, c in quiet.items()}
+        futs = {pool.submit(_train, c, _eval_modes(n)): n for n, c in quiet.items()}
         pending = set(futs)
         while pending:
             done, pending = cf.wait(pending, timeout=5, return_when=cf.FIRST_COMPLETED)
@@ -171,9 +182,9 @@ def quickstart(small: bool = False, scale: float = 1.0, overrides: list[str] | t
     print(f"[quickstart] wall-clock anchor: x{ratio:.2f} the tokens; measured memory/anchor step time x{measured:.2f}")
     runs.update_final(dirs["anchor_wallclock"], wallclock={"ratio_configured": ratio, "ratio_measured": measured})
 
-    clock.stage("evaluating every run through the lm-eval `hmem` model")
+    clock.stage("evaluating every run through the lm-eval `hmem` model" + (" (done beside training)" if jobs > 1 else ""))
     for name, d in dirs.items():
-        for mode in (MEMORY_MODES if name == "memory" else ("none",)):
+        for mode in _eval_modes(name):
             print(f"[quickstart] eval {name} memory={mode}", flush=True)
             evaluate(d, memory=mode, print_table=False)
 
