@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -32,3 +35,25 @@ def tiny_cfg(tmp_path):
         return load_config(DEBUG_YAML, tiny_overrides(tmp_path / "runs", **extra))
 
     return make
+
+
+def kill_after_checkpoint(cmd: list[str], run_dir: Path, min_step: int, timeout: float) -> int:
+    """Launch `cmd` (a training run writing `run_dir`), SIGKILL its whole process group once a checkpoint exists
+    and the log has reached `min_step`; -> the checkpoint's global step (the run is left incomplete)."""
+    import torch
+
+    from hmem_lit import runs
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        metrics = runs.read_metrics(run_dir)
+        if (run_dir / runs.LAST_CKPT).is_file() and metrics and metrics[-1]["step"] >= min_step:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and any rank children share the process group
+    proc.wait()
+    assert not runs.is_complete(run_dir)
+    return int(torch.load(run_dir / runs.LAST_CKPT, weights_only=True)["global_step"])

@@ -5,11 +5,9 @@ rows stay bit-identical under DDP (slow); kill-and-resume stays exact under DDP 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ import torch.multiprocessing as mp
 
 from hmem_lit.memory.sync import merge_rows, sync_sparse_grads
 
-from .conftest import DEBUG_YAML, ROOT, tiny_overrides
+from .conftest import DEBUG_YAML, ROOT, kill_after_checkpoint, tiny_overrides
 
 # three tables: 2-D rows and rows of shape (2, 4); the 5-row one is covered so densely by the ranks' rows that the
 # sync all-reduces it densely, the other two go through the all_gather path
@@ -281,19 +279,7 @@ def test_kill_and_resume_exact_with_two_processes(tmp_path, strategy):
     ref = _run(tmp_path, "ref", *extra, batch_size=4, **ov)
     cmd = _run(tmp_path, "killed", *extra, batch_size=4, check=False, **ov)
     run_dir = tmp_path / "000_debug" / "killed"
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        metrics = runs.read_metrics(run_dir)
-        if (run_dir / runs.LAST_CKPT).is_file() and metrics and metrics[-1]["step"] >= 20:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its rank-1 child share the process group
-    proc.wait()
-    assert not runs.is_complete(run_dir)
-    step = torch.load(run_dir / runs.LAST_CKPT, weights_only=True)["global_step"]
+    step = kill_after_checkpoint(cmd, run_dir, min_step=20, timeout=300)
     assert 0 < step < 48
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -17,7 +14,7 @@ from hmem_lit.config import ConfigError, load_config
 from hmem_lit.train import train
 from hmem_lit.utils import read_json
 
-from .conftest import DEBUG_YAML, ROOT, tiny_overrides
+from .conftest import DEBUG_YAML, ROOT, kill_after_checkpoint, tiny_overrides
 
 
 def _losses(run_dir):
@@ -65,18 +62,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     ref = train(load_config(DEBUG_YAML, [*ov, "name=ref"]))
     cmd = [sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML), *ov, "name=killed"]
     run_dir = tmp_path / "runs" / "000_debug" / "killed"
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        metrics = runs.read_metrics(run_dir)
-        if (run_dir / runs.LAST_CKPT).is_file() and metrics and metrics[-1]["step"] >= 25:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not runs.is_complete(run_dir)
-    ckpt_step = torch.load(run_dir / runs.LAST_CKPT, weights_only=True)["global_step"]
+    ckpt_step = kill_after_checkpoint(cmd, run_dir, min_step=25, timeout=180)
     assert 0 < ckpt_step < 117
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
