@@ -113,9 +113,12 @@ def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
 
     quiet = {n: dataclasses.replace(c, train=dataclasses.replace(c.train, progress=False)) for n, c in cfgs.items()}
     total = {n: _steps(c) for n, c in cfgs.items()}
+    done_steps = lambda: sum(min(total[n], _last_step(cfgs[n].run_dir)) for n in cfgs)  # noqa: E731
     dirs: dict[str, Path] = {}
+    # initial = steps already done by an interrupted quickstart, so the rate and time left count new steps only
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool, \
-            tqdm(total=sum(total.values()), desc=f"training {len(cfgs)} runs, {jobs} at a time", unit="step") as bar:
+            tqdm(total=sum(total.values()), initial=done_steps(), desc=f"training {len(cfgs)} runs, {jobs} at a time",
+                 unit="step") as bar:
         futs = {pool.submit(_train, c, _eval_modes(n)): n for n, c in quiet.items()}
         pending = set(futs)
         while pending:
@@ -128,7 +131,7 @@ def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
                         p.cancel()
                     raise
                 tqdm.write(f"[quickstart] {futs[f]} done")
-            bar.n = sum(min(total[n], _last_step(cfgs[n].run_dir)) for n in cfgs)
+            bar.n = done_steps()
             bar.refresh()
     return {n: dirs[n] for n in cfgs}
 
