@@ -35,12 +35,13 @@ from hmem_lit.analysis.style import (
     MARKERS,
     PALETTE,
     TYPE_NAMES,
+    group_color,
     legend_below,
-    lighten,
     metric_label,
     new_fig,
     scale,
     series_style,
+    shaded,
     style_axes,
 )
 
@@ -214,15 +215,7 @@ def plot_buckets(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     kept = related_baselines(rows, rows[rows.label.isin(mem.index[:keep_n])]) if len(mem) else rows
     labels = labels[labels.index.isin(kept.label)]
     labels = labels.assign(o=labels.kind.map(KIND_ORDER)).sort_values(["o", "bank", "fetch"])
-    # one hue per memory type / baseline kind; several series of one hue get shades of it (two anchors with
-    # different token budgets must not share a colour)
-    seen: dict[str, int] = {}
-    colors = {}
-    for lab, r in labels.iterrows():
-        key = r.mt if r.kind == "memory" else r.kind
-        k = seen[key] = seen.get(key, -1) + 1
-        n = int((labels.mt == r.mt).sum() if r.kind == "memory" else (labels.kind == r.kind).sum())
-        colors[lab] = lighten(PALETTE.get(r.mt, "C0") if r.kind == "memory" else KIND_COLORS.get(r.kind, "C7"), k, n)
+    colors = shaded([(lab, *group_color(r.kind, r.mt)) for lab, r in labels.iterrows()])
     fig, axes = new_fig(spec, len(found), panel_h=float(spec.get("panel_height", 2.2)))
     width = 0.8 / max(1, len(labels))
     for ax, (probe, ks) in zip(axes, found.items()):
@@ -353,13 +346,12 @@ def plot_curves(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
         raise Skip(f"no run matches select={spec.get('select')}")
     metrics = spec.get("metrics", ["train/loss", "val/loss"])
     fig, axes = new_fig(spec, len(metrics))
-    order = {t: sorted(rows[rows.memory_type == t].label.unique()) for t in rows.memory_type.unique()}
     many, used, colors = len(rows) > int(spec.get("max_legend", 12)), set(), {}
+    shade = shaded([(r.label, *group_color(r.kind, r.memory_type)) for _, r in rows.iterrows()])
     for _, r in rows.iterrows():
         recs = runs_mod.read_metrics(r.path)
-        base = PALETTE.get(r.memory_type, "C0") if r.kind in ("memory", "anchor") else KIND_COLORS[r.kind]
-        color = lighten(base, order[r.memory_type].index(r.label), len(order[r.memory_type]) + 1)
-        colors[r.memory_type if r.kind in ("memory", "anchor") else r.kind] = base
+        group, base = group_color(r.kind, r.memory_type)
+        color, colors[group] = shade[r.label], base
         lab = r.label + (f" (seed {r.seed})" if (rows.label == r.label).sum() > 1 else "")
         for ax, m in zip(axes, metrics):
             pts = [(q["tokens"], q[m]) for q in recs if m in q and "tokens" in q]

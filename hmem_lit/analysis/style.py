@@ -61,6 +61,23 @@ def lighten(color: str, k: int, n: int) -> str:
     return mcolors.to_hex(colorsys.hls_to_rgb(h, min(0.82, lum + (0.82 - lum) * k / n), s))
 
 
+def group_color(kind: str, memory_type: str) -> tuple[str, str]:
+    """(group, base colour) of a run: memory runs and anchors by memory type, other baselines by their kind."""
+    if kind in ("memory", "anchor"):
+        return memory_type, PALETTE.get(memory_type, "C0")
+    return kind, KIND_COLORS.get(kind, "C7")
+
+
+def shaded(series: list[tuple[str, str, str]]) -> dict[str, str]:
+    """[(label, group, base colour)] in plotting order -> label colour: one hue per group, several labels of one
+    group get shades of it (so two anchors with different token budgets never share a colour)."""
+    groups: dict[str, list[str]] = {}
+    for lab, g, _ in series:
+        if lab not in groups.setdefault(g, []):
+            groups[g].append(lab)
+    return {lab: lighten(base, groups[g].index(lab), len(groups[g])) for lab, g, base in series}
+
+
 def series_style(col: str, values: list[Any]) -> dict[Any, tuple[str, str]]:
     """value -> (colour, legend label) for a series column; fixed colours for memory types, kinds and levels."""
     out: dict[Any, tuple[str, str]] = {}
