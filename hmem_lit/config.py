@@ -273,6 +273,9 @@ class OptimConfig:
     memory_min_lr: float = 3e-4
     memory_weight_decay: float = 1e-3
     memory_grad_clip: float = 0.0  # separate clip for memory gradients; 0 = they join the global clip (grad_clip)
+    # per bank level (level 1 first): multipliers on memory_lr and memory_min_lr for the FFN/LoRA/KV block tables.
+    # Deep levels are fetched by few documents, so their rows see few updates; [] = 1 for every level.
+    memory_lr_scale: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for k in ("lr", "memory_lr"):
@@ -282,6 +285,8 @@ class OptimConfig:
         _check(self.warmup >= 0, "optim.warmup", "must be >= 0")
         _check(0 < self.beta1 < 1 and 0 < self.beta2 < 1, "optim.beta1/beta2", "must be in (0, 1)")
         _check(self.grad_clip >= 0 and self.memory_grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+        _check(all(float(x) > 0 for x in self.memory_lr_scale), "optim.memory_lr_scale",
+               f"multipliers must be > 0, got {self.memory_lr_scale}")
 
 
 @dataclass
@@ -355,6 +360,10 @@ class RunConfig:
         _check(bool(re.fullmatch(r"[\w.\-]+", self.name)), "name", f"use letters, digits, '._-' only, got {self.name!r}")
         _check(bool(re.fullmatch(r"[\w.\-]+", self.experiment)), "experiment", "use letters, digits, '._-' only")
         used = len(self.memory.levels)
+        scale = self.optim.memory_lr_scale
+        _check(not scale or (len(scale) == used and self.memory.type in ("ffn", "lora", "kv")), "optim.memory_lr_scale",
+               f"needs one multiplier per memory.levels entry ({used}) of an ffn/lora/kv bank, got {list(scale)} for "
+               f"memory.type={self.memory.type}; use [] for none")
         _check(used <= self.retriever.depth, "memory.levels",
                f"{used} levels but the tree has retriever.depth={self.retriever.depth}; add a level there or drop one")
         # "anchor" and "scratch" both train everything from a fresh init; the name follows the memory type, so a

@@ -122,6 +122,47 @@ def test_groups_lrs_and_weight_decay():
     assert n == len(list(model.parameters()))  # every parameter exactly once (tied embedding once)
 
 
+@pytest.mark.parametrize("mtype", ["ffn", "lora", "kv"])
+def test_memory_lr_scale_per_bank_level(mtype):
+    """optim.memory_lr_scale: one sparse group per level at memory_lr x its multiplier, cosine to the same floor
+    ratio; a first Adam step moves a fetched row by ~lr per entry, so level-2 rows move 3x as far as level-1 rows."""
+    cfg = make_cfg(mtype, "optim.memory_lr=1e-3", "optim.memory_min_lr=1e-4", "optim.memory_lr_scale=[1.0,3.0]",
+                   "optim.memory_weight_decay=0.0")
+    model = make_model(cfg)
+    o = build_optimizer(model, cfg, total_steps=10)
+    opt, sched = o["optimizer"], o["lr_scheduler"]["scheduler"]
+    g = {grp["name"]: grp for grp in opt.param_groups}
+    assert "memory_rows" not in g and g["memory_rows_l1"]["sparse"] and g["memory_rows_l2"]["sparse"]
+    tables = {lvl: t for lvl, _, t in model.memory.bank.tables()}
+    assert g["memory_rows_l1"]["params"] == [tables[1]] and g["memory_rows_l2"]["params"] == [tables[2]]
+    assert g["memory_rows_l1"]["lr"] == pytest.approx(1e-3) and g["memory_rows_l2"]["lr"] == pytest.approx(3e-3)
+    assert sum(len(grp["params"]) for grp in opt.param_groups) == len(list(model.parameters()))
+    before = {lvl: t.detach().clone() for lvl, t in tables.items()}
+    x, y, paths = batch(n=3)
+    F.cross_entropy(model(x, paths=paths).flatten(0, 1), y.flatten()).backward()
+    opt.step()
+    moved = {lvl: (tables[lvl] - before[lvl]).abs() for lvl in tables}
+    rows = {lvl: sorted(set(paths[:, lvl - 1].tolist())) for lvl in tables}
+    step = {lvl: moved[lvl][rows[lvl]][moved[lvl][rows[lvl]] > 0].median().item() for lvl in tables}
+    assert step[2] / step[1] == pytest.approx(3.0, rel=0.05)
+    for _ in range(10):
+        opt.step()
+        sched.step()
+    lrs = {grp["name"]: grp["lr"] for grp in opt.param_groups}
+    assert lrs["memory_rows_l1"] == pytest.approx(1e-4) and lrs["memory_rows_l2"] == pytest.approx(3e-4)
+
+
+def test_memory_lr_scale_must_match_levels():
+    from hmem_lit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="optim.memory_lr_scale"):
+        make_cfg("ffn", "optim.memory_lr_scale=[1.0]")
+    with pytest.raises(ConfigError, match="optim.memory_lr_scale"):
+        make_cfg("pkm", "optim.memory_lr_scale=[1.0,2.0]")
+    with pytest.raises(ConfigError, match="optim.memory_lr_scale"):
+        make_cfg("ffn", "optim.memory_lr_scale=[1.0,0.0]")
+
+
 def test_schedule_warmup_then_cosine_to_floor():
     f = WarmupCosine(total=100, warmup=0.1, floor=0.1)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)

@@ -6,7 +6,9 @@ Groups (empty ones are dropped):
   memory        dense memory parameters (PKM projections and keys), optim.memory_lr / memory_weight_decay,
                 warmup + cosine to optim.memory_min_lr (>= 2-D only get decay)
   memory_nowd   1-D dense memory parameters (none today), memory LR, no decay
-  memory_rows   tensors with sparse gradients (bank tables, PKM values): the same memory LR / decay, row-wise
+  memory_rows   tensors with sparse gradients (bank tables, PKM values): the same memory LR / decay, row-wise;
+                with optim.memory_lr_scale set, one group per bank level instead (memory_rows_l1, ...), each at
+                memory_lr x its level's multiplier (and the same cosine floor ratio)
 
 `RowwiseAdamW` is one `torch.optim.Optimizer` (Lightning's automatic optimisation wants one). Dense groups get
 standard AdamW (decoupled weight decay, bias correction). Sparse groups get a lazy AdamW: the gradient is a
@@ -153,13 +155,23 @@ def param_groups(model: nn.Module, cfg: RunConfig, ndim: dict[str, int] | None =
             base = "memory" if id(p) in in_memory else "anchor"
             dim = ndim.get(name, p.dim()) if ndim is not None else p.dim()
             buckets[base if dim >= 2 else base + "_nowd"].append(p)
+    scale = {}  # id(bank table) -> optim.memory_lr_scale entry of its level
+    if o.memory_lr_scale and memory is not None and hasattr(memory, "bank"):
+        scale = {id(t): float(o.memory_lr_scale[i]) for i, (_, _, t) in enumerate(memory.bank.tables())}
+    rows = buckets.pop("memory_rows")
+    if scale:  # one sparse group per bank level: memory_rows_l1, memory_rows_l2, ...
+        for i, (lvl, _, t) in enumerate(memory.bank.tables()):
+            buckets[f"memory_rows_l{lvl}"] = [p for p in rows if p is t]
+        rows = [p for p in rows if id(p) not in scale]
+    buckets["memory_rows"] = rows
     groups = []
     for name, ps in buckets.items():
         if not ps:
             continue
         mem = name.startswith("memory")
-        groups.append(dict(params=ps, name=name, sparse=name == "memory_rows",
-                           lr=o.memory_lr if mem else o.lr,
+        mult = scale.get(id(ps[0]), 1.0) if name.startswith("memory_rows_l") else 1.0
+        groups.append(dict(params=ps, name=name, sparse=name.startswith("memory_rows"),
+                           lr=(o.memory_lr * mult) if mem else o.lr,
                            weight_decay=0.0 if name.endswith("nowd") else (o.memory_weight_decay if mem else o.weight_decay)))
     return groups
 
