@@ -65,10 +65,25 @@ class ProgressBar(TQDMProgressBar):
 
 
 class AtomicCheckpoint(Callback):
-    """Saves checkpoints/last.ckpt every `every` optimiser steps, atomically (temp file + rename)."""
+    """Saves checkpoints/last.ckpt every `every` optimiser steps, atomically (temp file + rename). Its state in the
+    checkpoint is the training wall time so far, so a resumed run's train_time_s counts every segment (a killed
+    segment up to its last checkpoint)."""
 
     def __init__(self, run_dir: Path, every: int):
         self.path, self.every = run_dir / runs.LAST_CKPT, every
+        self.before, self.t_start = 0.0, None  # seconds trained by earlier segments; this segment's start
+
+    def on_train_start(self, *args: Any) -> None:
+        self.t_start = time.time()
+
+    def train_time(self) -> float:
+        return self.before + (time.time() - self.t_start if self.t_start is not None else 0.0)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"train_time_s": self.train_time()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.before = float(state.get("train_time_s", 0.0))
 
     def save(self, trainer: L.Trainer) -> None:
         tmp = self.path.with_name(".last.ckpt.tmp")
@@ -169,7 +184,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         max_steps=total_steps, max_epochs=-1, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
         strategy=strategy, precision=precision, accumulate_grad_batches=cfg.train.accumulate,
         logger=JsonlLogger(run_dir, tps), log_every_n_steps=cfg.train.log_every,
-        callbacks=[AtomicCheckpoint(run_dir, cfg.train.ckpt_every), *(extra_callbacks or []),
+        callbacks=[ckpt := AtomicCheckpoint(run_dir, cfg.train.ckpt_every), *(extra_callbacks or []),
                    *([ProgressBar(refresh_rate=max(1, cfg.train.log_every))] if cfg.train.progress else [])],
         enable_checkpointing=False, enable_progress_bar=cfg.train.progress, enable_model_summary=False,
         # val_every=0: no validation during training (the final one below still runs)
@@ -183,9 +198,8 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         runs.write_manifest(run_dir, cfg, f"{trainer.strategy.root_device} ({precision}, {trainer.world_size} proc)")
         print(f"[hmem] {run_dir}: {'resuming from step ' + str(torch.load(resume, map_location='cpu', weights_only=True)['global_step']) if resume else 'new run'}; "
               f"{total_steps} steps x {tps} tokens; params anchor={counts['anchor']:,} fetched={counts['fetched']:,} bank={counts['bank']:,}")
-    t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
-    train_time = time.time() - t0
+    train_time = ckpt.train_time()  # all segments of a resumed run
     if trainer.interrupted:
         raise KeyboardInterrupt
     val = trainer.validate(module, datamodule=dm, verbose=False)[0] if len(dm.val_split) else {}

@@ -64,11 +64,16 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     run_dir = tmp_path / "runs" / "000_debug" / "killed"
     ckpt_step = kill_after_checkpoint(cmd, run_dir, min_step=25, timeout=180)
     assert 0 < ckpt_step < 117
+    state = torch.load(run_dir / runs.LAST_CKPT, map_location="cpu", weights_only=True)["callbacks"]
+    before = next(v["train_time_s"] for k, v in state.items() if "AtomicCheckpoint" in k)
+    assert before > 0
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"resuming from step {ckpt_step}" in r.stdout
     assert _same_weights(ref, run_dir)
     assert _losses(ref) == _losses(run_dir)
+    # train_time_s counts the killed segment (up to its checkpoint) as well as the resumed one
+    assert runs.read_final(run_dir)["train_time_s"] > before
 
 
 def test_corrupt_checkpoint_is_an_error_not_a_restart(tiny_cfg):
