@@ -101,6 +101,12 @@ def _last_step(run_dir: Path) -> int:
     return max((int(r["step"]) + 1 for r in runs.read_metrics(run_dir) if "step" in r), default=0)
 
 
+def _cost(cfg: RunConfig) -> float:
+    from hmem_lit.sweeps.translate import counts
+
+    return float(cfg.train.max_tokens) * counts(cfg)["runtime"]
+
+
 def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
     """Train and evaluate the runs `jobs` at a time in spawned processes (no per-run progress bars), so one run's
     evaluation overlaps the others' training; one bar follows the training steps of all of them by reading each
@@ -119,7 +125,9 @@ def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool, \
             tqdm(total=sum(total.values()), initial=done_steps(), desc=f"training {len(cfgs)} runs, {jobs} at a time",
                  unit="step") as bar:
-        futs = {pool.submit(_train, c, _eval_modes(n)): n for n, c in quiet.items()}
+        # longest first (runtime parameters x tokens as the cost), so the last run to start is a short one
+        order = sorted(quiet, key=lambda n: -_cost(quiet[n]))
+        futs = {pool.submit(_train, quiet[n], _eval_modes(n)): n for n in order}
         pending = set(futs)
         while pending:
             done, pending = cf.wait(pending, timeout=5, return_when=cf.FIRST_COMPLETED)
