@@ -38,3 +38,17 @@ def test_quickstart_small_end_to_end(tmp_path):
                         capture_output=True, text=True, timeout=900, env={**os.environ,
                                                                            "PYTHONPATH": str(ROOT)})
     assert r2.returncode == 0 and "is complete" in r2.stdout
+
+
+def test_default_runs_are_the_baselines_they_claim():
+    """The full quickstart's configs (meta-device counts, nothing trained): ~15% fetched, a same-runtime dense
+    model with the memory run's runtime parameters, a dense model of about twice the anchor."""
+    from hmem_lit.quickstart import RUNS, Plan
+    from hmem_lit.sweeps.translate import counts
+
+    plan = Plan(small=False, scale=1.0, overrides=[])
+    c = {n: counts(plan.config(n)) for n in RUNS}
+    assert 0.10 <= c["memory"]["fetched"] / c["memory"]["anchor"] <= 0.16
+    assert c["memory"]["anchor"] == c["anchor"]["runtime"] and c["memory"]["bank"] > 100 * c["memory"]["fetched"]
+    assert abs(c["dense_runtime"]["runtime"] - c["memory"]["runtime"]) / c["memory"]["runtime"] < 0.05
+    assert 1.9 <= c["dense_2x"]["runtime"] / c["anchor"]["runtime"] <= 2.3
