@@ -16,11 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hmem_lit import runs  # noqa: E402
+from hmem_lit.data.prepare import entity_fact_paths  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,20 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"route_accuracy: {samples} missing; run `hmem eval {a.run_dir} --memory {a.memory}` first",
               file=sys.stderr)
         return 2
-    docs = [json.loads(x) for x in open(root / "corpus" / "docs.jsonl", encoding="utf-8")]
-    split, paths = np.load(root / "corpus" / "split.npy"), np.load(root / "tree" / "doc_paths.npy")
-    facts: dict[str, list[tuple[int, ...]]] = collections.defaultdict(list)
-    for d, s, p in zip(docs, split, paths):
-        if s == 0 and d.get("entity"):
-            facts[d["entity"]].append(tuple(int(v) for v in p))
+    main_leaf = {e: collections.Counter(ps).most_common(1)[0][0] for e, ps in entity_fact_paths(root).items()}
     stats: dict[tuple[str, int], list[float]] = collections.defaultdict(lambda: [0, 0.0, 0, 0.0])
     for line in open(samples, encoding="utf-8"):
         s = json.loads(line)
-        if "_bucket" not in s["task"] or "path" not in s or s["doc"].get("entity") not in facts:
+        if "_bucket" not in s["task"] or "path" not in s or s["doc"].get("entity") not in main_leaf:
             continue
         probe, b = s["task"].removeprefix("hmem_").rsplit("_bucket", 1)
-        leaf = collections.Counter(facts[s["doc"]["entity"]]).most_common(1)[0][0]
-        right = tuple(s["path"]) == leaf
+        right = tuple(s["path"]) == main_leaf[s["doc"]["entity"]]
         st = stats[(probe, int(b))]
         st[0 if right else 2] += 1
         st[1 if right else 3] += float(s.get("acc", s.get("exact_match", 0.0)))

@@ -38,13 +38,9 @@ PROBES = ("atomic_number", "capital", "synthetic_city")
 
 
 def routing_quality(root: Path, router) -> dict:
-    docs = [json.loads(x) for x in open(root / "corpus" / "docs.jsonl", encoding="utf-8")]
-    split = np.load(root / "corpus" / "split.npy")
-    paths = np.load(root / "tree" / "doc_paths.npy")
-    facts: dict[str, list[tuple[int, ...]]] = {}
-    for d, s, p in zip(docs, split, paths):
-        if s == 0 and d.get("entity"):
-            facts.setdefault(d["entity"], []).append(tuple(int(v) for v in p))
+    from hmem_lit.data.prepare import entity_fact_paths
+
+    facts = entity_fact_paths(root)
     out = {}
     for probe in PROBES:
         items = [json.loads(x) for x in open(root / "questions" / f"{probe}.jsonl", encoding="utf-8")]

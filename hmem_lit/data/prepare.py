@@ -239,6 +239,19 @@ def _stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
     return {"stats": stats, "out": _file_hash(tdir / "doc_paths.npy", tdir / "router.json")}
 
 
+def entity_fact_paths(root: str | Path) -> dict[str, list[tuple[int, ...]]]:
+    """entity name -> the tree paths of its training fact documents, from a prepared data directory (for routing
+    diagnostics: an entity's main leaf is the most common of its paths)."""
+    root = Path(root)
+    docs = [json.loads(x) for x in open(root / "corpus" / "docs.jsonl", encoding="utf-8")]
+    split, paths = np.load(root / "corpus" / "split.npy"), np.load(root / "tree" / "doc_paths.npy")
+    out: dict[str, list[tuple[int, ...]]] = {}
+    for d, s, p in zip(docs, split, paths):
+        if s == 0 and d.get("entity"):
+            out.setdefault(d["entity"], []).append(tuple(int(v) for v in p))
+    return out
+
+
 def _stage_packing(cfg: Any, root: Path, ctx: dict) -> dict:
     from hmem_lit.data.packing import pack
     from hmem_lit.data.tokenizer import load_tokenizer

@@ -155,23 +155,19 @@ def param_groups(model: nn.Module, cfg: RunConfig, ndim: dict[str, int] | None =
             base = "memory" if id(p) in in_memory else "anchor"
             dim = ndim.get(name, p.dim()) if ndim is not None else p.dim()
             buckets[base if dim >= 2 else base + "_nowd"].append(p)
-    scale = {}  # id(bank table) -> optim.memory_lr_scale entry of its level
-    if o.memory_lr_scale and memory is not None and hasattr(memory, "bank"):
-        scale = {id(t): float(o.memory_lr_scale[i]) for i, (_, _, t) in enumerate(memory.bank.tables())}
-    rows = buckets.pop("memory_rows")
-    if scale:  # one sparse group per bank level: memory_rows_l1, memory_rows_l2, ...
-        for i, (lvl, _, t) in enumerate(memory.bank.tables()):
-            buckets[f"memory_rows_l{lvl}"] = [p for p in rows if p is t]
-        rows = [p for p in rows if id(p) not in scale]
-    buckets["memory_rows"] = rows
+    mult: dict[str, float] = {}  # group name -> multiplier on the memory LR
+    if o.memory_lr_scale and hasattr(memory, "bank"):  # one sparse group per bank level: memory_rows_l1, ...
+        rows = buckets.pop("memory_rows")
+        for (lvl, _, t), m in zip(memory.bank.tables(), o.memory_lr_scale):
+            buckets[f"memory_rows_l{lvl}"], mult[f"memory_rows_l{lvl}"] = [p for p in rows if p is t], float(m)
+        buckets["memory_rows"] = [p for p in rows if not any(p is t for _, _, t in memory.bank.tables())]
     groups = []
     for name, ps in buckets.items():
         if not ps:
             continue
         mem = name.startswith("memory")
-        mult = scale.get(id(ps[0]), 1.0) if name.startswith("memory_rows_l") else 1.0
         groups.append(dict(params=ps, name=name, sparse=name.startswith("memory_rows"),
-                           lr=(o.memory_lr * mult) if mem else o.lr,
+                           lr=o.memory_lr * mult.get(name, 1.0) if mem else o.lr,
                            weight_decay=0.0 if name.endswith("nowd") else (o.memory_weight_decay if mem else o.weight_decay)))
     return groups
 
