@@ -211,6 +211,14 @@ class RetrieverConfig:
     seed: int = 0
     oracle_field: str = "kind"  # metadata field used by the oracle retriever
     recenter: bool = True  # after balancing, re-estimate each centroid from its documents (routing follows data)
+    # How new text (prompts, held-out documents) finds its path in the tree, and how the clusters are refined
+    # (retriever/bm25.py; LOG 2026-12-01 "retrieval"). Both change the tree stage of `hmem data prepare`.
+    router: str = "bm25"  # bm25 (vote of the k BM25-nearest training documents' paths) | centroid (greedy descent)
+    refine: str = "bm25"  # bm25 (label propagation on the training documents' BM25 neighbour graph) | none
+    knn_k: int = 10  # voters per routed text, and neighbours per training document in the refinement graph
+    bm25_max_df: float = 0.1  # index terms in at most this share of the training documents (template words out)
+    refine_iters: int = 3  # label-propagation rounds
+    refine_cap: float = 3.0  # a refined leaf holds at most this x the mean leaf size (<= 0: no limit)
 
     def __post_init__(self) -> None:
         _one_of(self.type, ("tree", "random", "oracle"), "retriever.type")
@@ -221,6 +229,13 @@ class RetrieverConfig:
         _check(self.embed_dim > 0, "retriever.embed_dim", "must be > 0")
         _one_of(self.tfidf_projection, ("random", "svd"), "retriever.tfidf_projection")
         _one_of(self.train_paths, ("assigned", "routed"), "retriever.train_paths")
+        from hmem_lit.retriever.routing import TREE_ROUTERS
+
+        _one_of(self.router, TREE_ROUTERS.names(), "retriever.router")
+        _one_of(self.refine, ("none", "bm25"), "retriever.refine")
+        _check(self.knn_k >= 1, "retriever.knn_k", f"must be >= 1, got {self.knn_k}")
+        _check(0.0 < self.bm25_max_df <= 1.0, "retriever.bm25_max_df", f"must be in (0, 1], got {self.bm25_max_df}")
+        _check(self.refine_iters >= 0, "retriever.refine_iters", f"must be >= 0, got {self.refine_iters}")
 
 
 @dataclass

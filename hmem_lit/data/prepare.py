@@ -38,7 +38,7 @@ from hmem_lit.utils import atomic_write, atomic_write_text, read_json, write_jso
 STAGES = ("corpus", "tokenizer", "embeddings", "tree", "packing", "questions")
 DEPS = {"corpus": (), "tokenizer": ("corpus",), "embeddings": ("corpus",), "tree": ("corpus", "embeddings"),
         "packing": ("tokenizer", "tree"), "questions": ("corpus",)}  # an upstream re-run may change the output
-_VERSION = {"corpus": 1, "tokenizer": 1, "embeddings": 1, "tree": 1, "packing": 1, "questions": 1}
+_VERSION = {"corpus": 1, "tokenizer": 1, "embeddings": 1, "tree": 2, "packing": 1, "questions": 1}
 
 
 def _h(*parts: Any) -> str:
@@ -86,7 +86,9 @@ def _stage_keys(cfg: Any, manifest: dict) -> dict[str, str]:
                           if r.type == "tree" else "none")
     keys["tree"] = _h("tree", _VERSION["tree"], out("corpus"), keys["embeddings"], r.type, r.branching, r.depth,
                       r.balance, r.niter, r.max_points_per_centroid, r.seed, r.recenter, r.train_paths,
-                      r.oracle_field if r.type == "oracle" else None)
+                      r.oracle_field if r.type == "oracle" else None,
+                      (r.router, r.refine, r.knn_k, r.bm25_max_df, r.refine_iters, r.refine_cap)
+                      if r.type == "tree" else None)
     keys["packing"] = _h("packing", _VERSION["packing"], out("tokenizer"), out("tree"), d.seq_len, d.seed)
     keys["questions"] = _h("questions", _VERSION["questions"], out("corpus"), d.seed)
     return keys
@@ -220,12 +222,18 @@ def _stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
         train = np.nonzero(split == 0)[0]
         tree, assign = build_tree(x[train], r.branching, r.depth, r.balance, r.niter, r.max_points_per_centroid,
                                   r.seed, r.recenter, progress=ctx["progress"])
-        paths = tree.route(x)  # held-out documents: greedy routing, like any new text
-        if r.train_paths == "assigned":
-            paths[train] = assign  # training documents: their balanced cluster assignment (paper)
-        tree.save(tdir / "tree.npz")
         stats = dict(tree.stats)
-        meta.update(embedder=r.embedder, embedder_dir=edir)
+        if r.router == "bm25" or r.refine == "bm25":
+            paths = _bm25_tree(cfg, tree, x, assign, [docs[i]["text"] for i in train], split, docs, tdir,
+                               root / edir, stats)
+        else:
+            paths = tree.route(x)  # held-out documents: greedy routing, like any new text
+            if r.train_paths == "assigned":
+                paths[train] = assign  # training documents: their balanced cluster assignment (paper)
+        tree.save(tdir / "tree.npz")
+        meta.update(embedder=r.embedder, embedder_dir=edir, router=r.router)
+        if r.router == "bm25":
+            meta["knn_k"] = r.knn_k
     else:
         router = (OracleRouter(r.branching, r.depth, r.seed, r.oracle_field) if r.type == "oracle"
                   else RETRIEVERS.get(r.type)(r.branching, r.depth, r.seed))
@@ -237,6 +245,46 @@ def _stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
     write_json(tdir / "stats.json", stats)
     write_json(tdir / "router.json", meta)
     return {"stats": stats, "out": _file_hash(tdir / "doc_paths.npy", tdir / "router.json")}
+
+
+def _bm25_tree(cfg: Any, tree: Any, x: np.ndarray, assign: np.ndarray, train_texts: list[str], split: np.ndarray,
+               docs: list[dict], tdir: Path, embedder_dir: Path, stats: dict) -> np.ndarray:
+    """The BM25 parts of the tree stage (retriever/bm25.py): index the training documents, refine the clusters on
+    their neighbour graph (refine=bm25), route the held-out documents (router=bm25: by vote) -> every document's
+    path. Writes tree/bm25/ and tree/index_paths.npy (the training documents' final paths, the voters)."""
+    from hmem_lit.retriever.bm25 import BM25Index, knn_graph, refine_leaves, vote_paths
+    from hmem_lit.retriever.embedders import load_embedder
+    from hmem_lit.retriever.kmeans_tree import cluster_stats, recenter_tree
+    from hmem_lit.retriever.routing import BM25Router, leaf_to_path
+
+    r = cfg.retriever
+    train = np.nonzero(split == 0)[0]
+    t0 = time.perf_counter()
+    index = BM25Index.fit(train_texts, max_df=r.bm25_max_df)
+    nbr, w = knn_graph(index, train_texts, r.knn_k)
+    stats["bm25"] = {"terms": len(index.vocab), "index_s": round(time.perf_counter() - t0, 3)}
+    if r.refine == "bm25" and r.refine_iters > 0:
+        leaves = refine_leaves(assign[:, -1], nbr, w, r.refine_iters, r.refine_cap, stats["bm25"])
+        assign = leaf_to_path(leaves, tree.branching, tree.depth)
+        recenter_tree(tree, x[train], assign)
+        stats.update(cluster_stats(assign, tree.branching, tree.depth))
+    if r.train_paths == "routed":  # each training document takes the path its neighbours vote for (itself excluded)
+        voted_paths, voted = vote_paths(nbr, w, assign, tree.branching)
+        assign = np.where(voted[:, None], voted_paths, assign)
+    paths = np.zeros((len(split), tree.depth), np.int64)
+    paths[train] = assign
+    held = np.nonzero(split != 0)[0]
+    if r.router == "bm25":
+        router = BM25Router(tree, load_embedder(embedder_dir), index, assign, r.knn_k)
+        paths[held] = router.route([docs[i]["text"] for i in held]) if len(held) else paths[held]
+        index.save(tdir / "bm25")
+        _save_npy(tdir / "index_paths.npy", assign.astype(np.int64))
+    else:
+        paths[held] = tree.route(x[held])
+    stats["route_agreement"] = float((vote_paths(nbr, w, assign, tree.branching)[0][:, -1] == assign[:, -1]).mean()
+                                     if len(train) else 1.0)
+    stats["bm25"]["total_s"] = round(time.perf_counter() - t0, 3)
+    return paths
 
 
 def entity_fact_paths(root: str | Path) -> dict[str, list[tuple[int, ...]]]:
@@ -381,7 +429,7 @@ def format_stats(s: dict) -> str:
              f"tokens      {s['train_tokens']:,} train, {s['val_tokens']:,} val; vocab {s['vocab_size']:,}; "
              f"{s['train_rows']:,} train rows, {s['padding']:.1%} padding"]
     for lvl, c in s["clusters"].items():
-        if isinstance(c, dict):
+        if lvl.startswith("level"):
             lines.append(f"clusters    {lvl}: {c['non_empty']}/{c['nodes']} non-empty, docs per node min {c['min']} "
                          f"median {c['median']:.0f} max {c['max']}, largest share of parent {c['max_share_of_parent']:.3f}")
     if "route_agreement" in s["clusters"]:

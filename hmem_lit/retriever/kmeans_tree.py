@@ -262,3 +262,18 @@ def cluster_stats(paths: np.ndarray, branching: int, depth: int) -> dict:
             "max": int(nz.max()) if len(nz) else 0, "max_share_of_parent": float(share.max()),
         }
     return out
+
+
+def recenter_tree(tree: KMeansTree, x: np.ndarray, assign: np.ndarray) -> None:
+    """Re-estimate every node's centroid as the normalised mean of the documents now assigned to it (after a
+    refinement moved documents between leaves), so centroid routing and blocking follow the final clusters.
+    Nodes left without documents keep their centroid; validity is unchanged."""
+    for lvl in range(tree.depth):
+        C = tree.centroids[lvl]
+        ids = assign[:, lvl]
+        sums = np.zeros_like(C)
+        np.add.at(sums, ids, x)
+        has = np.bincount(ids, minlength=len(C)) > 0
+        norms = np.linalg.norm(sums[has], axis=1, keepdims=True)
+        C[has] = sums[has] / np.maximum(norms, 1e-12)
+    tree.__dict__.pop("_sq", None)

@@ -151,6 +151,80 @@ class TreeRouter(Router):
         return self.tree.descend(self.embed(texts), np.asarray(nodes, np.int64), level - 1)
 
 
+# How a tree routes new text (`retriever.router`): registered here so config validation, `hmem list` and the
+# tests read one list. Each entry is a short description.
+TREE_ROUTERS = Registry("retriever.router")
+TREE_ROUTERS.register("centroid")("greedy descent to the nearest centroid at every level (the paper)")
+TREE_ROUTERS.register("bm25")("vote of the BM25-nearest training documents' paths (retriever/bm25.py)")
+
+
+class BM25Router(TreeRouter):
+    """Routes text by the paths of its `k` BM25-nearest training documents (hierarchical vote, bm25.vote_paths);
+    text sharing no indexed term with any training document falls back to the centroid descent."""
+
+    type = "tree"
+
+    def __init__(self, tree: KMeansTree, embedder: Any, index: Any, doc_paths: np.ndarray, k: int = 10, seed: int = 0):
+        super().__init__(tree, embedder, seed)
+        self.index, self.doc_paths, self.k = index, np.asarray(doc_paths, np.int64), k
+
+    def _voters(self, texts: Sequence[str], start: np.ndarray | None = None, start_level: int = -1):
+        """-> (ids, scores, alive): the top-k documents, and which of them lie under `start` at `start_level`."""
+        ids, sc = self.index.topk(list(texts), self.k)
+        alive = (ids >= 0) & (sc > 0)
+        if start is not None:
+            alive &= self.doc_paths[np.maximum(ids, 0), start_level] == np.asarray(start, np.int64)[:, None]
+        return ids, sc, alive
+
+    def _descend_votes(self, texts: Sequence[str], start: np.ndarray | None = None, start_level: int = -1) -> np.ndarray:
+        from hmem_lit.retriever.bm25 import _argmax_group_sum
+
+        n = len(texts)
+        ids, sc, alive = self._voters(texts, start, start_level)
+        paths = np.zeros((n, self.depth), np.int64)
+        if start is not None:
+            node = np.asarray(start, np.int64)
+            for lvl in range(start_level, -1, -1):
+                paths[:, lvl] = node // self.branching ** (start_level - lvl)
+        voted = alive.any(1)
+        for lvl in range(start_level + 1, self.depth):
+            node = np.where(alive, self.doc_paths[np.maximum(ids, 0), lvl], -1)
+            best = _argmax_group_sum(node, np.where(alive, sc, 0.0), alive)
+            paths[:, lvl] = best
+            alive &= node == best[:, None]
+        miss = np.nonzero(~voted)[0]
+        if len(miss):  # no indexed term in common with any training document (under `start`): centroids decide
+            x = self.embed([texts[i] for i in miss])
+            paths[miss] = (self.tree.descend(x) if start is None else
+                           self.tree.descend(x, np.asarray(start, np.int64)[miss], start_level))
+        return paths
+
+    def route(self, texts: Sequence[str]) -> np.ndarray:
+        return self._descend_votes(list(texts))
+
+    def route_embeddings(self, emb: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("retriever.router=bm25 routes text, not embeddings")
+
+    def route_from(self, texts: Sequence[str], level: int, nodes: np.ndarray) -> np.ndarray:
+        self._check_level(level)
+        return self._descend_votes(list(texts), np.asarray(nodes, np.int64), level - 1)
+
+    def route_ranked(self, texts: Sequence[str], level: int) -> np.ndarray:
+        """Level-`level` candidates under the routed parent: by summed vote of the voters there, then by centroid
+        distance (invalid nodes last)."""
+        self._check_level(level)
+        texts = list(texts)
+        lvl = level - 1
+        paths = self.route(texts)
+        parents = paths[:, lvl - 1] if lvl > 0 else np.zeros(len(texts), np.int64)
+        cand, dist = self.tree._child_dist(self.embed(texts), lvl, parents)  # (N, K)
+        ids, sc, alive = self._voters(texts, parents if lvl > 0 else None, lvl - 1)
+        node = self.doc_paths[np.maximum(ids, 0), lvl]  # (N, k)
+        votes = ((node[:, None, :] == cand[:, :, None]) * np.where(alive, sc, 0.0)[:, None, :]).sum(2)  # (N, K)
+        order = np.array([np.lexsort((d, -v)) for d, v in zip(dist, votes)], np.int64).reshape(cand.shape)
+        return np.take_along_axis(cand, order, 1)
+
+
 def load_router(data_dir: str | Path, cfg: Any = None) -> Router:
     """The router saved with prepared data (`<data_dir>/tree/router.json`). `cfg` (a RunConfig), if given, must
     agree with it on the retriever type, branching and depth: a mismatch means the data was prepared for a
@@ -164,8 +238,8 @@ def load_router(data_dir: str | Path, cfg: Any = None) -> Router:
         r = cfg.retriever
         want = {"type": r.type, "branching": r.branching, "depth": r.depth}
         if r.type == "tree":
-            want["embedder"] = r.embedder
-        got = {k: meta.get(k) for k in want}
+            want.update(embedder=r.embedder, router=r.router)
+        got = {k: meta.get(k, "centroid" if k == "router" else None) for k in want}
         if got != want:
             raise ValueError(f"{d}: prepared with retriever {got}, but the config asks for {want}; "
                              "re-run `hmem data prepare` with this config")
@@ -174,7 +248,14 @@ def load_router(data_dir: str | Path, cfg: Any = None) -> Router:
         from hmem_lit.retriever.embedders import load_embedder
 
         tree = KMeansTree.load(d / "tree" / "tree.npz")
-        return TreeRouter(tree, load_embedder(d / meta["embedder_dir"]), seed=meta.get("seed", 0))
+        emb = load_embedder(d / meta["embedder_dir"])
+        if meta.get("router", "centroid") == "bm25":
+            from hmem_lit.retriever.bm25 import BM25Index
+
+            idx_paths = np.load(d / "tree" / "index_paths.npy", allow_pickle=False)
+            return BM25Router(tree, emb, BM25Index.load(d / "tree" / "bm25"), idx_paths, int(meta["knn_k"]),
+                              seed=meta.get("seed", 0))
+        return TreeRouter(tree, emb, seed=meta.get("seed", 0))
     if kind == "oracle":
         return OracleRouter(meta["branching"], meta["depth"], meta.get("seed", 0), meta.get("oracle_field", "kind"))
     return RETRIEVERS.get(kind)(meta["branching"], meta["depth"], meta.get("seed", 0))
