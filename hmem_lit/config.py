@@ -217,7 +217,7 @@ class RetrieverConfig:
     refine: str = "bm25"  # bm25 (label propagation on the training documents' BM25 neighbour graph) | none
     knn_k: int = 10  # voters per routed text, and neighbours per training document in the refinement graph
     bm25_max_df: float = 0.1  # index terms in at most this share of the training documents (template words out)
-    refine_iters: int = 3  # label-propagation rounds
+    refine_iters: int = 6  # label-propagation rounds (each offers a move to half of the documents)
     refine_cap: float = 3.0  # a refined leaf holds at most this x the mean leaf size (<= 0: no limit)
 
     def __post_init__(self) -> None:
@@ -249,7 +249,13 @@ class DataConfig:
     val_fraction: float = 0.02  # share of documents held out for validation perplexity
     seed: int = 0
     num_workers: int = 0
+    # the documents' key field (an entity name, an id): routing diagnostics (concentration of each key's training
+    # documents in one leaf, prompts routed to it; retriever/diagnostics.py). null = "entity" for the builtin
+    # corpora, none for files. When set, every file document must carry it (null for background text).
+    key_field: str | None = None
     # builtin corpus knobs
+    corpus: str = "facts"  # facts (elements, countries, synthetic people) | airports (airportsdata; data/airports.py)
+    airports: int = 1500  # corpus=airports: airports drawn
     wiki_docs: int = 10_033  # Wikipedia summaries used (at most 10,033)
     synthetic_entities: int = 2_000  # invented entities in the synthetic world (0 = none)
     fact_repeats_max: int = 32  # most frequent entity's fact documents
@@ -260,6 +266,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.source, ("toy", "builtin", "files"), "data.source")
+        _one_of(self.corpus, ("facts", "airports"), "data.corpus")
+        _check(self.airports > 0, "data.airports", f"must be > 0, got {self.airports}")
         _check(self.seq_len >= 8, "data.seq_len", f"must be >= 8, got {self.seq_len}")
         _check(self.vocab_size >= 260, "data.vocab_size", f"must be >= 260 (bytes + specials), got {self.vocab_size}")
         _check(0.0 <= self.val_fraction < 0.5, "data.val_fraction", "must be in [0, 0.5)")

@@ -12,8 +12,8 @@ training documents that share the prompt's rare words; their tree paths vote (LO
 - `vote_paths`: the top-k documents' paths vote level by level (scores summed per node; the best node, then the
   best child of it among the voters, ...). Text with no indexed term falls back to the centroid descent.
 - `refine_leaves` (`retriever.refine=bm25`): label propagation on the training documents' k-nearest-neighbour
-  graph: each document moves to the leaf its neighbours vote for, `iters` rounds, a leaf taking at most `cap`
-  times the mean leaf size. Documents that share rare words (an entity's documents) end in one leaf, and the
+  graph: a document moves to the leaf its neighbours vote for, `iters` rounds (half of the documents, seeded, per
+  round), a leaf taking at most `cap` times the mean leaf size. Documents that share rare words (an entity's documents) end in one leaf, and the
   tree still mirrors the clustering: a leaf's documents define its block and its centroid is re-estimated.
 Cost: the graph is one sparse product per chunk of documents, linear in the corpus for a fixed `max_df`.
 """
@@ -172,23 +172,25 @@ def knn_graph(index: BM25Index, texts: Sequence[str], k: int) -> tuple[np.ndarra
 
 
 def refine_leaves(leaves: np.ndarray, nbr: np.ndarray, w: np.ndarray, iters: int = 3, cap: float = 3.0,
-                  stats: dict | None = None) -> np.ndarray:
+                  stats: dict | None = None, seed: int = 0) -> np.ndarray:
     """Label propagation of leaf ids on the neighbour graph (nbr, w: (N, k), -1 / 0 where none).
 
-    A round moves every document whose neighbours' votes for another leaf outweigh the votes for its own; a leaf
-    never grows past `cap` x the mean non-empty leaf size (cap <= 0: no limit): moves into a full leaf are taken
-    in order of vote margin until it is full. Deterministic (no random state)."""
+    A round offers a move to a seeded random half of the documents (all of them moving at once makes two halves
+    of a group swap leaves forever); each moves if its neighbours' votes for another leaf outweigh the votes for
+    its own. A leaf never grows past `cap` x the mean non-empty leaf size (cap <= 0: no limit): moves into a full
+    leaf are taken in order of vote margin until it is full. Deterministic for `seed`."""
     leaves = np.asarray(leaves, np.int64).copy()
     n = len(leaves)
     limit = cap * n / max(1, len(np.unique(leaves))) if cap > 0 else np.inf
     ok = (nbr >= 0) & (w > 0)
+    rng = np.random.default_rng([seed, 31])
     moved_per_round = []
     for _ in range(iters):
         cand = np.where(ok, leaves[np.maximum(nbr, 0)], -1)  # (N, k) neighbours' leaves
         best = _argmax_group_sum(cand, w, ok)
         own = np.where(ok & (cand == leaves[:, None]), w, 0.0).sum(1)
         gain = np.where(best >= 0, np.where(ok & (cand == best[:, None]), w, 0.0).sum(1) - own, 0.0)
-        move = (best >= 0) & (best != leaves) & (gain > 0)
+        move = (best >= 0) & (best != leaves) & (gain > 0) & (rng.random(n) < 0.5)
         new = leaves.copy()
         if np.isfinite(limit):
             sizes = np.bincount(leaves, minlength=int(leaves.max()) + 1).astype(np.int64)
@@ -204,8 +206,6 @@ def refine_leaves(leaves: np.ndarray, nbr: np.ndarray, w: np.ndarray, iters: int
         moved = int((new != leaves).sum())
         moved_per_round.append(moved)
         leaves = new
-        if moved == 0:
-            break
     if stats is not None:
         stats["refine_moved_per_round"] = moved_per_round
     return leaves
