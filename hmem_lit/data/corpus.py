@@ -4,11 +4,12 @@ Each line of docs.jsonl is one document: {"text", "kind", ...metadata} (kind: wi
 synthetic | file; fact documents carry "entity"; wiki documents "title" and "topic"; file documents "source" =
 file:line and their own JSONL fields). The split (0 = train, 1 = validation) is stored beside it in split.npy.
 
-Built-in corpus (deterministic for data.seed):
+Built-in corpora (deterministic for data.seed); `data.corpus=facts` (default):
 1. `data.wiki_docs` Wikipedia lead summaries; `data.val_fraction` of them (at least one) are held out.
 2. Fact documents for the 118 elements and the countries with a capital, their number per entity tied to the
    entity's mention count in the Wikipedia training text (facts.py).
 3. `data.synthetic_entities` invented people with Zipf-distributed document counts.
+`data.corpus=airports` (airports.py) replaces 2-3 with real airports in record-style documents.
 Held-out documents are only Wikipedia summaries (fact documents are all training data: the probes ask about them).
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hmem_lit.data import facts, mentions, sources
+from hmem_lit.data import airports, facts, mentions, sources
 
 
 def _n_val(n: int, frac: float) -> int:
@@ -40,6 +41,40 @@ def builtin_documents(data_cfg: Any, progress: bool = False) -> tuple[list[dict]
     val_mask[rng.permutation(len(wiki))[: _n_val(len(wiki), data_cfg.val_fraction)]] = True
     wiki_train = [w for w, v in zip(wiki, val_mask) if not v]
 
+    if data_cfg.corpus == "airports":
+        entities = airports.airport_entities(data_cfg.airports, seed, data_cfg.fact_repeats_max, data_cfg.zipf_a,
+                                             data_cfg.fact_repeats_min, [w["text"] for w in wiki_train])
+    else:
+        entities = _facts_entities(data_cfg, wiki_train)
+
+    docs: list[dict] = [{"text": w["text"], "kind": "wiki", "title": w["title"], "topic": w["topic"]}
+                        for w in wiki_train]
+    it: Any = enumerate(entities)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, total=len(entities), desc="fact documents", leave=False)
+    for i, e in it:
+        erng = np.random.default_rng([seed, 2, i])
+        texts = ([airports.airport_doc(e, erng) for _ in range(e["repeats"])] if e["kind"] == "airport"
+                 else facts.write_docs(e, erng))
+        docs.extend({"text": t, "kind": e["kind"], "entity": e["name"]} for t in texts)
+    n_train = len(docs)
+    docs.extend({"text": w["text"], "kind": "wiki", "title": w["title"], "topic": w["topic"]}
+                for w, v in zip(wiki, val_mask) if v)
+    split = np.zeros(len(docs), np.int8)
+    split[n_train:] = 1
+    if not val_mask.any() and len(docs) >= 2:  # no Wikipedia text: hold out a fraction of everything
+        split[rng.permutation(len(docs))[: _n_val(len(docs), data_cfg.val_fraction)]] = 1
+    kinds = sorted({e["kind"] for e in entities})
+    info = {"corpus": data_cfg.corpus, "wiki_docs": len(wiki), "wiki_val": int(val_mask.sum()),
+            "entities": {k: sum(e["kind"] == k for e in entities) for k in kinds}}
+    return docs, split, entities, info
+
+
+def _facts_entities(data_cfg: Any, wiki_train: list[dict]) -> list[dict]:
+    """The `facts` corpus's entities: elements and countries (documents by Wikipedia mention rank) + synthetic people."""
+    seed = data_cfg.seed
     real = facts.element_entities(sources.read_elements()) + facts.country_entities(sources.read_countries())
     wiki_counts = mentions.MentionCounter(real).add_all(w["text"] for w in wiki_train)
     for kind in ("element", "country"):
@@ -51,28 +86,7 @@ def builtin_documents(data_cfg: Any, progress: bool = False) -> tuple[list[dict]
     reserved = {w for e in real for n in [e["name"], *e["aliases"]] for w in mentions.words(n)}
     synth = facts.synthetic_entities(data_cfg.synthetic_entities, seed, data_cfg.fact_repeats_max,
                                      data_cfg.zipf_a, reserved, data_cfg.fact_repeats_min)
-    entities = real + synth
-
-    docs: list[dict] = [{"text": w["text"], "kind": "wiki", "title": w["title"], "topic": w["topic"]}
-                        for w in wiki_train]
-    it: Any = enumerate(entities)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, total=len(entities), desc="fact documents", leave=False)
-    for i, e in it:
-        erng = np.random.default_rng([seed, 2, i])
-        docs.extend({"text": t, "kind": e["kind"], "entity": e["name"]} for t in facts.write_docs(e, erng))
-    n_train = len(docs)
-    docs.extend({"text": w["text"], "kind": "wiki", "title": w["title"], "topic": w["topic"]}
-                for w, v in zip(wiki, val_mask) if v)
-    split = np.zeros(len(docs), np.int8)
-    split[n_train:] = 1
-    if not val_mask.any() and len(docs) >= 2:  # no Wikipedia text: hold out a fraction of everything
-        split[rng.permutation(len(docs))[: _n_val(len(docs), data_cfg.val_fraction)]] = 1
-    info = {"wiki_docs": len(wiki), "wiki_val": int(val_mask.sum()), "entities": {
-        k: sum(e["kind"] == k for e in entities) for k in ("element", "country", "synthetic")}}
-    return docs, split, entities, info
+    return real + synth
 
 
 def file_documents(data_cfg: Any, skipped: sources.SkipCounter) -> Iterator[tuple[dict, int]]:

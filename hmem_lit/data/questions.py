@@ -30,6 +30,8 @@ PROBES = {  # name: (entity kind, type)
     "element_symbol": ("element", "multiple_choice"), "country_region": ("country", "multiple_choice"),
     "synthetic_city": ("synthetic", "generation"), "synthetic_birth_year": ("synthetic", "generation"),
     "synthetic_employer": ("synthetic", "multiple_choice"), "wiki_cloze": ("wiki", "generation"),
+    "airport_code": ("airport", "generation"), "airport_city": ("airport", "generation"),
+    "airport_country": ("airport", "multiple_choice"),
 }
 
 _STOP = set("the and for with that this from were which their there about have been into also other than then "
@@ -71,6 +73,15 @@ def build_questions(entities: list[dict[str, Any]], seed: int) -> dict[str, list
         out.setdefault("capital", []).append(_item(e, f"The capital of {e['name']} is", a["capital"]))
         ch, lab = _mc(a["region"], regions, rng)
         out.setdefault("country_region", []).append(_item(e, f"{e['name']} is a country in", a["region"], ch, lab))
+    airports = [e for e in entities if e["kind"] == "airport"]
+    countries = sorted({e["attrs"]["country"] for e in airports})
+    for e in airports:
+        a = e["attrs"]
+        out.setdefault("airport_code", []).append(_item(e, f"The IATA code of {e['name']} is", a["iata"]))
+        if a["city"].lower() not in e["name"].lower():  # otherwise the answer is in the prompt
+            out.setdefault("airport_city", []).append(_item(e, f"{e['name']} serves the city of", a["city"]))
+        ch, lab = _mc(a["country"], countries, rng)
+        out.setdefault("airport_country", []).append(_item(e, f"{e['name']} is an airport in", a["country"], ch, lab))
     for e in by["synthetic"]:
         a = e["attrs"]
         out.setdefault("synthetic_city", []).append(_item(e, f"{e['name']} was born in the city of", a["city"]))
