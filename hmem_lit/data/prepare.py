@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from hmem_lit.config import ConfigError
 from hmem_lit.data import corpus as corpus_mod
+from hmem_lit.retriever.diagnostics import concentration, format_concentration, key_table
 from hmem_lit.utils import atomic_write, atomic_write_text, read_json, write_json
 
 STAGES = ("corpus", "tokenizer", "embeddings", "tree", "packing", "questions")
@@ -75,8 +77,9 @@ def _stage_keys(cfg: Any, manifest: dict) -> dict[str, str]:
     out = lambda s: manifest.get("stages", {}).get(s, {}).get("out", "missing")  # noqa: E731
     files = [(str(p), os.path.getsize(p), os.path.getmtime(p)) if os.path.exists(p) else (str(p), None)
              for p in d.files] if d.source == "files" else []
+    corpus_args = (d.corpus, d.airports) if d.source == "builtin" and d.corpus != "facts" else ()
     keys = {"corpus": _h("corpus", _VERSION["corpus"], d.source, files, d.wiki_docs, d.synthetic_entities,
-                         d.fact_repeats_max, d.zipf_a, d.seed, d.val_fraction, d.fact_repeats_min)}
+                         d.fact_repeats_max, d.zipf_a, d.seed, d.val_fraction, d.fact_repeats_min, *corpus_args)}
     tok_src = None
     if d.tokenizer:
         tok_src = _file_hash(Path(d.tokenizer)) if os.path.exists(d.tokenizer) else d.tokenizer
@@ -88,7 +91,7 @@ def _stage_keys(cfg: Any, manifest: dict) -> dict[str, str]:
                       r.balance, r.niter, r.max_points_per_centroid, r.seed, r.recenter, r.train_paths,
                       r.oracle_field if r.type == "oracle" else None,
                       (r.router, r.refine, r.knn_k, r.bm25_max_df, r.refine_iters, r.refine_cap)
-                      if r.type == "tree" else None)
+                      if r.type == "tree" else None, key_field(cfg))
     keys["packing"] = _h("packing", _VERSION["packing"], out("tokenizer"), out("tree"), d.seq_len, d.seed)
     keys["questions"] = _h("questions", _VERSION["questions"], out("corpus"), d.seed)
     return keys
@@ -241,10 +244,33 @@ def _stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
         stats = cluster_stats(paths[split == 0], r.branching, r.depth)
         if r.type == "oracle":
             meta["oracle_field"] = r.oracle_field
+    field = key_field(cfg)
+    if field:
+        keys, train = _doc_keys(docs, field, cfg), np.nonzero(split == 0)[0]
+        table = key_table([keys[i] for i in train], paths[train])
+        write_json(tdir / "keys.json", table)
+        stats["routing"] = {"key_field": field, **concentration(table)}
     _save_npy(tdir / "doc_paths.npy", paths.astype(np.int64))
     write_json(tdir / "stats.json", stats)
     write_json(tdir / "router.json", meta)
     return {"stats": stats, "out": _file_hash(tdir / "doc_paths.npy", tdir / "router.json")}
+
+
+def key_field(cfg: Any) -> str | None:
+    """The documents' key field for routing diagnostics: data.key_field, else "entity" for builtin corpora."""
+    return cfg.data.key_field or ("entity" if cfg.data.source == "builtin" else None)
+
+
+def _doc_keys(docs: list[dict], field: str, cfg: Any) -> list[Any]:
+    """Every document's key (None: background text). With an explicit data.key_field, a document lacking the
+    field is an error naming it (a typo in the field name must not silently report nothing)."""
+    if cfg.data.key_field:
+        missing = [d.get("source", f"document {i + 1}") for i, d in enumerate(docs) if field not in d]
+        if missing:
+            raise ConfigError(f"data.key_field={field!r}: {len(missing):,} of {len(docs):,} documents lack the field "
+                              f"(first: {missing[0]}); give every document the field (null for background text) "
+                              "or unset data.key_field")
+    return [d.get(field) if isinstance(d.get(field), (str, int)) else None for d in docs]
 
 
 def _bm25_tree(cfg: Any, tree: Any, x: np.ndarray, assign: np.ndarray, train_texts: list[str], split: np.ndarray,
@@ -341,7 +367,7 @@ def _stage_questions(cfg: Any, root: Path, ctx: dict) -> dict:
     entities = read_json(root / "corpus" / "entities.json")
     counts = mentions.MentionCounter(entities).add_all(d["text"] for d, s in zip(docs, split) if s == 0)
     summary: dict[str, Any] = {}
-    for kind in ("element", "country", "synthetic"):
+    for kind in sorted({e["kind"] for e in entities}):
         idx = [i for i, e in enumerate(entities) if e["kind"] == kind]
         b = mentions.buckets([counts[i] for i in idx], [entities[i]["name"] for i in idx])
         for i, bb in zip(idx, b):
@@ -418,7 +444,9 @@ def corpus_stats(root: Path, manifest: dict) -> dict:
             "skipped_lines": c["skipped"], "skipped_by_reason": c["skipped_by_reason"],
             "train_tokens": p["train"]["doc_tokens"], "val_tokens": p["val"]["doc_tokens"],
             "train_rows": p["train"]["rows"], "val_rows": p["val"]["rows"], "padding": p["train"]["padding"],
-            "vocab_size": st["tokenizer"]["info"]["vocab_size"], "clusters": st["tree"]["info"]["stats"],
+            "vocab_size": st["tokenizer"]["info"]["vocab_size"],
+            "clusters": {k: v for k, v in st["tree"]["info"]["stats"].items() if k != "routing"},
+            "routing": st["tree"]["info"]["stats"].get("routing", {}),
             "entities": c.get("entities", {}), "buckets": q["buckets"], "probes": q["probes"],
             "stage_seconds": {s: st[s].get("time_s", 0.0) for s in STAGES}}
 
@@ -435,6 +463,8 @@ def format_stats(s: dict) -> str:
     if "route_agreement" in s["clusters"]:
         lines.append(f"clusters    balancing splits {s['clusters']['balance_splits']}, training docs whose greedy "
                      f"route equals their assignment {s['clusters']['route_agreement']:.1%}")
+    if s.get("routing"):
+        lines.append(format_concentration(s["routing"], s["routing"]["key_field"]))
     for kind, bs in s["buckets"].items():
         lines.append(f"buckets     {kind:<9} " + "  ".join(f"b{i}: {lo}-{hi} mentions ({n})" for i, (lo, hi, n) in enumerate(bs)))
     lines.append("probes      " + ", ".join(f"{k} {v}" for k, v in s["probes"].items()))
@@ -467,6 +497,9 @@ def prepare_main(cfg: Any, force: bool = False) -> int:
         return 2
     try:
         prepare(cfg, force=force)
+    except ConfigError as e:
+        print(f"hmem data prepare: {e}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"hmem data prepare: {e}", file=sys.stderr)
         return 1
