@@ -92,7 +92,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from hmem_lit.evaluation.runner import evaluate
 
     evaluate(a.run_dir, tasks=a.tasks, memory=a.memory, limit=a.limit, force=a.force, batch_size=a.batch_size,
-             block_level=a.block_level, threads=a.threads)
+             block_level=a.block_level, threads=a.threads, include_path=a.include_path)
     return 0
 
 
@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=None)
     e.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     e.add_argument("--force", action="store_true", help="re-evaluate even if results with these settings exist")
+    e.add_argument("--include-path", action="append", default=None, metavar="DIR",
+                   help="your own lm-eval task YAMLs (repeatable); name them with --tasks; results under "
+                   "<run_dir>/eval/<memory>-<tasks>/")
     r = sub.add_parser("report", help="figures, tables and an HTML page from a runs directory or a sweep")
     r.add_argument("target", help="runs directory, or sweep name (sweeps/<name>.yaml; its runs under runs/sweep-<name>/)")
     r.add_argument("--out", default=None, help="output directory (default analysis/generated/<name>)")

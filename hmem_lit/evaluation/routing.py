@@ -159,3 +159,36 @@ class Retrieval:
             self.calls += 1
             self.cache.update(zip(new, got))
         return np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, self.router.depth), np.int64)
+
+
+# ------------------------------------------------------------------------------------------- diagnostics
+
+
+def routing_report(samples: dict[str, list[dict]], routing_log: dict, keys: dict[str, dict], field: str
+                   ) -> tuple[dict[str, Any], dict[str, float]]:
+    """Per probe and bucket: the share of prompts routed to their key's main leaf (`keys`: tree/keys.json) and
+    the accuracy when routed right vs wrong -> (detail for results.json, flat `route/<probe>/bucket<k>` headline).
+
+    A sample counts when its document's `field` (data.key_field, e.g. `entity`) names a key with training
+    documents. Shipped probe tasks `hmem_<probe>_bucket<k>` give probe and bucket; any other task (a user's own,
+    `hmem eval --include-path`) is its own group, bucketed by the document's `bucket` field if it has one, else by
+    the key's training-document bucket."""
+    from hmem_lit.retriever.diagnostics import hit_rates
+
+    recs = []
+    for task, rows in samples.items():
+        m = re.fullmatch(r"hmem_(.+)_bucket(\d+)", task)
+        for s in rows:
+            doc = s.get("doc") or {}
+            key = doc.get(field)
+            info = routing_log.get((task, s.get("doc_id")), {})
+            if key is None or str(key) not in keys or info.get("path") is None:
+                continue
+            k = keys[str(key)]
+            bucket = int(m.group(2)) if m else int(doc["bucket"]) if isinstance(doc.get("bucket"), int) else k["bucket"]
+            correct = next((float(s[n]) for n in ("acc", "exact_match") if isinstance(s.get(n), (int, float))), None)
+            recs.append({"group": m.group(1) if m else task, "bucket": bucket, "hit": list(info["path"]) == k["main_path"],
+                         "correct": correct})
+    detail = hit_rates(recs)
+    flat = {f"route/{g}/bucket{b}": v["hit_rate"] for g, bs in detail.items() for b, v in bs.items()}
+    return detail, flat

@@ -5,7 +5,9 @@
 Writes `<run_dir>/eval/<memory>/results.json` (settings, harness results and groups, timing, routing summary) and
 `samples.jsonl` (every harness sample plus the text it routed and its path), both atomically, then merges the
 headline numbers into `final.json["eval"][<memory>]`: `hmem_sk`, `hmem_ck`, `wiki_ppl`, `wiki_bpb`, `<probe>`,
-`<probe>/bucket<k>`, CK tasks by name, `n_samples`, `eval_time_s`, `retrieval_time_s`. Re-running with the same
+`<probe>/bucket<k>`, CK tasks by name, `n_samples`, `eval_time_s`, `retrieval_time_s`, and (fetched / blocked
+modes, data with a key field) `route/<probe>/bucket<k>`: the share of prompts routed to their entity's main leaf
+(results.json["routing"] adds the accuracy when routed right vs wrong). Re-running with the same
 settings (tasks, limit, memory, block level, generation and context lengths, weights) is a no-op unless forced.
 The paper's hub tasks (`paper_ck`, `paper_sk` and their members) are checked up front: offline, a missing dataset
 fails at once with one line naming it and how to provide it.
@@ -71,13 +73,34 @@ def prepare_tasks(run_dir: str | Path, cfg: Any = None) -> TaskSet:
     return build_tasks(data_dir, run_dir / "eval" / "tasks")
 
 
-def resolve_tasks(requested: list[str], ts: TaskSet) -> tuple[list[str], bool]:
+def user_tasks(include_path: list[str] | None) -> list[str]:
+    """Task and group names defined by the YAMLs under each --include-path directory (checked: it exists and
+    holds at least one *.yaml), as lm-eval's TaskManager indexes them."""
+    if not include_path:
+        return []
+    from lm_eval.tasks import TaskManager
+
+    for d in include_path:
+        p = Path(d)
+        if not p.is_dir():
+            raise ConfigError(f"--include-path {d}: not a directory (a folder of lm-eval task YAMLs)")
+        if not any(p.rglob("*.yaml")) and not any(p.rglob("*.yml")):
+            raise ConfigError(f"--include-path {d}: no task YAML (*.yaml) in it; see the README's "
+                              "'Your own corpus and probes' for the format")
+    names = TaskManager(include_path=[str(Path(d).resolve()) for d in include_path], include_defaults=False).all_tasks
+    if not names:
+        raise ConfigError(f"--include-path {' '.join(include_path)}: lm-eval found no task in the YAMLs there")
+    return sorted(names)
+
+
+def resolve_tasks(requested: list[str], ts: TaskSet, extra: list[str] | None = None) -> tuple[list[str], bool]:
     """-> (task names, needs the paper's hub tasks). Unknown names raise ConfigError listing the valid ones."""
-    valid = set(ts.names) | set(PAPER_TASKS) | set(PAPER_GROUPS)
+    valid = set(ts.names) | set(PAPER_TASKS) | set(PAPER_GROUPS) | set(extra or [])
     bad = [t for t in requested if t not in valid]
     if bad:
+        mine = f"; in --include-path: {', '.join(extra)}" if extra else ""
         raise ConfigError(f"unknown task(s) {', '.join(bad)}; valid for this run: {', '.join(sorted(ts.names))}, "
-                          f"{', '.join(PAPER_GROUPS)}, {', '.join(PAPER_TASKS)}")
+                          f"{', '.join(PAPER_GROUPS)}, {', '.join(PAPER_TASKS)}{mine}")
     paper = any(t in PAPER_TASKS or t in PAPER_GROUPS for t in requested)
     return list(dict.fromkeys(requested)), paper
 
@@ -128,6 +151,18 @@ def headline(res: dict[str, Any], ts: TaskSet) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def user_headline(res: dict[str, Any], tasks: list[str]) -> dict[str, float]:
+    """A user's tasks in the headline: `<task>/<metric>` (`<task>/<metric>_<filter>` under a named filter) for every
+    numeric metric lm-eval reports."""
+    out = {}
+    for t in tasks:
+        for k, v in res.get("results", {}).get(t, {}).items():
+            metric, _, filt = k.partition(",")
+            if filt and not metric.endswith("_stderr") and isinstance(v, (int, float)):
+                out[f"{t}/{metric}" + ("" if filt == "none" else f"_{filt}")] = float(v)
+    return out
+
+
 def _settings(run_dir: Path, tasks: list[str], lm: Any, limit: int | None) -> dict[str, Any]:
     st = (run_dir / runs.WEIGHTS).stat()
     return {"tasks": sorted(tasks), "limit": limit, "memory": lm.mode, "block_level": lm.retrieval.block_level,
@@ -146,9 +181,24 @@ def _write_samples(path: Path, samples: dict[str, list[dict]], routing: dict) ->
     atomic_write(path, write)
 
 
+def _routing(cfg: Any, samples: dict, routing_log: dict) -> tuple[dict, dict]:
+    """Routing diagnostics of this evaluation (evaluation/routing.py: routing_report) when the run's data has
+    key statistics (tree/keys.json, written by `hmem data prepare` for corpora with a key field)."""
+    from hmem_lit.data.prepare import key_field
+    from hmem_lit.evaluation.resources import resolve_data_dir
+    from hmem_lit.evaluation.routing import routing_report
+
+    field = key_field(cfg) if cfg.data.source != "toy" else None
+    path = Path(resolve_data_dir(cfg)) / "tree" / "keys.json" if field else None
+    if path is None or not path.is_file():
+        return {}, {}
+    return routing_report(samples, routing_log, read_json(path), field)
+
+
 def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | None = None,
              limit: int | None = None, force: bool = False, batch_size: int | None = None,
-             block_level: int | None = None, threads: int = 0, print_table: bool = True) -> dict[str, float]:
+             block_level: int | None = None, threads: int = 0, print_table: bool = True,
+             include_path: list[str] | None = None) -> dict[str, float]:
     """Evaluate a run in one memory mode; -> the headline numbers (also merged into final.json)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -163,12 +213,19 @@ def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | 
     if not requested:
         raise ConfigError(f"{run_dir}: none of eval.tasks={cfg.eval.tasks} exist for this run's data; "
                           f"valid: {', '.join(ts.names) or '(none: prepare the data first)'}")
-    names, paper = resolve_tasks(requested, ts)
+    extra = user_tasks(include_path)
+    if extra and not tasks:
+        raise ConfigError(f"--include-path: name the tasks to run with --tasks (found: {', '.join(extra)})")
+    names, paper = resolve_tasks(requested, ts, extra)
     limit = limit if limit is not None else cfg.eval.limit
     lm = HmemLM(run_dir, memory=memory or cfg.eval.memory, batch_size=batch_size, block_level=block_level,
                 threads=threads)
-    out_dir = run_dir / "eval" / lm.mode
+    # a user's own tasks get their own directory, so they never replace the run's standard evaluation
+    mine = [t for t in names if t in extra]
+    out_dir = run_dir / "eval" / (lm.mode if not mine else f"{lm.mode}-" + "+".join(mine)[:80])
     settings = _settings(run_dir, names, lm, limit)
+    if include_path:
+        settings["include_path"] = sorted(str(Path(d).resolve()) for d in include_path)
     if not force and (out_dir / "results.json").is_file():
         old = read_json(out_dir / "results.json")
         if old.get("settings") == settings:
@@ -180,25 +237,28 @@ def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | 
     task_log = logging.getLogger("lm_eval.api.task")
     if not any(isinstance(f, _QuietHarness) for f in task_log.filters):
         task_log.addFilter(_QuietHarness())
-    tm = TaskManager(include_path=[str(ts.root)] + ([str(PAPER_DIR)] if paper else []), include_defaults=paper)
+    tm = TaskManager(include_path=[str(ts.root)] + ([str(PAPER_DIR)] if paper else [])
+                     + [str(Path(d).resolve()) for d in include_path or []], include_defaults=paper)
     t0 = time.perf_counter()
     res = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=tm, limit=limit, log_samples=True,
                                   bootstrap_iters=100)
     elapsed = time.perf_counter() - t0
     n = sum(int(v.get("effective", 0)) for v in res.get("n-samples", {}).values())
-    head = {**headline(res, ts), "n_samples": n, "eval_time_s": round(elapsed, 3),
+    head = {**headline(res, ts), **user_headline(res, mine), "n_samples": n, "eval_time_s": round(elapsed, 3),
             "retrieval_time_s": round(lm.retrieval_seconds, 3)}
+    route_detail, route_head = _routing(cfg, res.get("samples", {}), lm.routing_log)
+    head.update(route_head)
     timing = {"eval_s": elapsed, "retrieval_s": lm.retrieval_seconds, "model_s": lm.model_seconds,
               "router_load_s": lm.router_load_seconds,
               "routed_texts": len(lm.retrieval.cache)}
     write_json(out_dir / "results.json", {
-        "settings": settings, "headline": head, "timing": timing, "results": res.get("results"),
+        "settings": settings, "headline": head, "timing": timing, "routing": route_detail, "results": res.get("results"),
         "groups": res.get("groups"), "group_subtasks": res.get("group_subtasks"), "n-samples": res.get("n-samples"),
         "versions": res.get("versions"), "configs": res.get("configs")})
     _write_samples(out_dir / "samples.jsonl", res.get("samples", {}), lm.routing_log)
     final = runs.read_final(run_dir)
-    merged = {**final.get("eval", {}).get(lm.mode, {}), **head}
-    runs.update_final(run_dir, eval={lm.mode: merged})
+    merged = {**final.get("eval", {}).get(out_dir.name, {}), **head}
+    runs.update_final(run_dir, eval={out_dir.name: merged})
     if print_table:
         print(make_table(res))
         if res.get("groups"):
