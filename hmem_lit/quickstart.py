@@ -17,6 +17,7 @@ oversubscribed threads do. One progress bar follows all the runs.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,7 +218,8 @@ def summary(dirs: dict[str, Path]) -> str:
                 continue
             label = name if name != "memory" else f"memory ({mode})"
             rare = [ev.get(f"{p}/bucket{b}") for p in ("atomic_number", "capital", "synthetic_city") for b in (0, 1)]
-            rare = [x for x in rare if x is not None]
+            rare = [x for x in rare if x is not None] or [  # another corpus: every probe's two rarest buckets
+                v for k, v in ev.items() if re.fullmatch(r"[^/]+/bucket[01]", k)]
             rows.append((label, fin["params"]["runtime"], fin["train_time_s"], ev.get("hmem_sk"),
                          sum(rare) / len(rare) if rare else None, ev.get("hmem_ck"), ev.get("wiki_ppl")))
 

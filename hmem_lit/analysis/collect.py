@@ -243,7 +243,7 @@ def probes(df: pd.DataFrame) -> dict[str, list[int]]:
     """Fact probes present in the table: `<probe>/bucket<k>` columns -> {probe: sorted buckets}."""
     out: dict[str, list[int]] = {}
     for c in df.columns:
-        if "/bucket" in c and df[c].notna().any():
+        if "/bucket" in c and not c.startswith("route/") and df[c].notna().any():  # route/...: routing, not accuracy
             p, k = c.rsplit("/bucket", 1)
             if k.isdigit():
                 out.setdefault(p, []).append(int(k))

@@ -4,7 +4,8 @@ when the runs cannot make that figure (a missing metric, no matching run). The l
 
 kinds: lines (metric vs a size per series: Fig. 3a-d), buckets (accuracy per frequency bucket: Fig. 1), grid
 (metric as colour over fetched x bank: Fig. 4a), ratio (perplexity vs fetched:anchor at a fixed runtime budget:
-Fig. 4b), curves (loss vs training tokens).
+Fig. 4b), curves (loss vs training tokens), routing (prompts routed to their entity's main leaf per bucket, next
+to Fig. 1).
 """
 
 from __future__ import annotations
@@ -237,6 +238,26 @@ def plot_buckets(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
         ax.set_ylabel("accuracy (%)")
     legend_below(fig, axes, ncol=2 if len(labels) > 3 else len(labels))
     return Drawn(fig, sorted(rows[rows.label.isin(labels.index)].run), notes)
+
+
+@register("routing")
+def plot_routing(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
+    """Share of fact prompts routed to their entity's main leaf per frequency bucket (`route/<probe>/bucket<k>`,
+    written by `hmem eval` for data with a key field), drawn like Fig. 1 for the memory runs."""
+    route = {c: c.removeprefix("route/") for c in df.columns if c.startswith("route/") and df[c].notna().any()}
+    if not route:
+        raise Skip("no routing metrics (`route/<probe>/bucket<k>`): evaluate memory runs with `hmem eval` on data "
+                   "with a key field (data.key_field)")
+    acc = [f"{p}/bucket{k}" for p, ks in probes(df).items() for k in ks]
+    d = df.drop(columns=[c for c in acc if c in df.columns]).rename(columns=route)
+    d = d[d.kind == "memory"]
+    if d.empty:
+        raise Skip("no memory runs with routing metrics")
+    drawn = plot_buckets(d, spec)
+    for ax in drawn.fig.axes:
+        if ax.get_ylabel():
+            ax.set_ylabel("routed to main leaf (%)")
+    return drawn
 
 
 @register("grid")
