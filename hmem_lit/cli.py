@@ -53,7 +53,14 @@ def cmd_list(a: argparse.Namespace) -> int:
 
     import_all()
     print("memory types: none, " + ", ".join(MEMORY.names()))
-    print("retrievers: tree, random, oracle;  embedders: tfidf, minilm")
+    from hmem_lit.retriever.embedders import EMBEDDERS
+    from hmem_lit.retriever.routing import RETRIEVERS, TREE_ROUTERS
+
+    print(f"retrievers (retriever.type): {', '.join(RETRIEVERS.names())};  embedders: {', '.join(EMBEDDERS.names())}")
+    for name in TREE_ROUTERS.names():
+        print(f"  retriever.router={name:9s} {TREE_ROUTERS.get(name)}")
+    print("  retriever.refine=bm25      neighbour-graph refinement of the clusters (none: k-means clusters as built)")
+    print("built-in corpora (data.source=builtin data.corpus=...): facts, airports")
     print("eval tasks: hmem_sk, hmem_ck (groups), hmem_<probe> and hmem_<probe>_bucket0..4, hmem_wiki_cloze(_mc), "
           "hmem_wiki_ppl (generated from each run's prepared data); paper_ck, paper_sk (need hub datasets)")
     print("experiments:")

@@ -221,16 +221,17 @@ class RetrieverConfig:
     refine_cap: float = 3.0  # a refined leaf holds at most this x the mean leaf size (<= 0: no limit)
 
     def __post_init__(self) -> None:
-        _one_of(self.type, ("tree", "random", "oracle"), "retriever.type")
-        _one_of(self.embedder, ("tfidf", "minilm"), "retriever.embedder")
+        from hmem_lit.retriever.embedders import EMBEDDERS
+        from hmem_lit.retriever.routing import RETRIEVERS, TREE_ROUTERS
+
+        _one_of(self.type, RETRIEVERS.names(), "retriever.type")  # the registries are the source of truth
+        _one_of(self.embedder, EMBEDDERS.names(), "retriever.embedder")
         _check(self.branching >= 2, "retriever.branching", f"must be >= 2, got {self.branching}")
         _check(1 <= self.depth <= 4, "retriever.depth", f"must be in 1..4, got {self.depth}")
         _check(0.0 < self.balance <= 1.0, "retriever.balance", "must be in (0, 1]")
         _check(self.embed_dim > 0, "retriever.embed_dim", "must be > 0")
         _one_of(self.tfidf_projection, ("random", "svd"), "retriever.tfidf_projection")
         _one_of(self.train_paths, ("assigned", "routed"), "retriever.train_paths")
-        from hmem_lit.retriever.routing import TREE_ROUTERS
-
         _one_of(self.router, TREE_ROUTERS.names(), "retriever.router")
         _one_of(self.refine, ("none", "bm25"), "retriever.refine")
         _check(self.knn_k >= 1, "retriever.knn_k", f"must be >= 1, got {self.knn_k}")
