@@ -17,7 +17,9 @@ oversubscribed threads do. One progress bar follows all the runs.
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,23 @@ def _cost(cfg: RunConfig) -> float:
     return float(cfg.train.max_tokens) * counts(cfg)["runtime"]
 
 
+def die_with_parent() -> None:
+    """Pool-worker initializer: the worker ends when the process that started it ends, however it ends (kill -9
+    included). An orphaned worker would go on training into its run directory while a relaunched quickstart
+    resumes the same run from its checkpoint (found: killing the quickstart left both workers running)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call above
+        os._exit(1)
+
+
 def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
     """Train and evaluate the runs `jobs` at a time in spawned processes (no per-run progress bars), so one run's
     evaluation overlaps the others' training; one bar follows the training steps of all of them by reading each
@@ -123,7 +142,8 @@ def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
     done_steps = lambda: sum(min(total[n], _last_step(cfgs[n].run_dir)) for n in cfgs)  # noqa: E731
     dirs: dict[str, Path] = {}
     # initial = steps already done by an interrupted quickstart, so the rate and time left count new steps only
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool, \
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                initializer=die_with_parent) as pool, \
             tqdm(total=sum(total.values()), initial=done_steps(), desc=f"training {len(cfgs)} runs, {jobs} at a time",
                  unit="step") as bar:
         # longest first (runtime parameters x tokens as the cost), so the last run to start is a short one
