@@ -441,7 +441,10 @@ def _read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> DictConfig:
         raise ConfigError(f"{p}: the top level must be a mapping of config sections")
     base = cfg.pop("base", None)  # an experiment may extend another: `base: 001_other.yaml`
     if base:
-        cfg = OmegaConf.merge(_read_yaml(p.parent / base, (*chain, p.resolve())), cfg)
+        try:
+            cfg = OmegaConf.merge(_read_yaml(p.parent / base, (*chain, p.resolve())), cfg)
+        except TypeError as e:  # a list where the base has a mapping, or the reverse
+            raise ConfigError(f"{p}: cannot extend its base {base} ({e}); a section must stay a mapping") from None
     return cfg
 
 
@@ -474,6 +477,12 @@ def _check_shapes(explicit: Any, schema: Any, prefix: str = "") -> None:
             sub = schema.get(k) if isinstance(schema, dict) else None
             if isinstance(sub, dict) and not isinstance(v, dict):
                 raise ConfigError(f"{key}: is a config section, got {v!r}; set its keys instead ({key}.<key>=value)")
+            if isinstance(sub, list) and not isinstance(v, list):
+                raise ConfigError(f"{key}: must be a list such as [1, 2], got {v!r}")
+            if isinstance(schema, dict) and k in schema and not isinstance(sub, dict) and isinstance(v, dict):
+                raise ConfigError(f"{key}: must be a single value, got a mapping {v!r}")
+            if isinstance(sub, bool) and not isinstance(v, bool):  # OmegaConf would read 2 or "2" as true
+                raise ConfigError(f"{key}: must be true or false, got {v!r}")
             _check_shapes(v, sub, key + ".")
     elif isinstance(explicit, list):
         for i, v in enumerate(explicit):
@@ -489,13 +498,16 @@ def _check_shapes(explicit: Any, schema: Any, prefix: str = "") -> None:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """defaults < anchor preset < experiment YAML < `key=value` overrides, validated."""
     try:
-        explicit = _read_yaml(path) if path else OmegaConf.create({})
-        explicit = OmegaConf.merge(explicit, _parse_overrides(overrides))
-        if path and "experiment" not in explicit:
-            explicit.experiment = Path(path).stem
         schema = OmegaConf.structured(RunConfig)
         OmegaConf.set_struct(schema, True)
-        _check_shapes(OmegaConf.to_container(explicit), OmegaConf.to_container(schema))
+        shape = OmegaConf.to_container(schema)
+        explicit = _read_yaml(path) if path else OmegaConf.create({})
+        _check_shapes(OmegaConf.to_container(explicit), shape)
+        cli = _parse_overrides(overrides)
+        _check_shapes(OmegaConf.to_container(cli), shape)  # before merging: a list onto a section is a TypeError
+        explicit = OmegaConf.merge(explicit, cli)
+        if path and "experiment" not in explicit:
+            explicit.experiment = Path(path).stem
         # validate keys and types against the schema before expanding the preset
         merged = OmegaConf.merge(schema, explicit)
         preset = merged.anchor.preset
