@@ -144,3 +144,43 @@ def test_metrics_reader_skips_bad_lines_and_resume_keeps_valid_records(tmp_path,
     assert f"{run_dir / runs.METRICS}:4" in caplog.text and f"{run_dir / runs.METRICS}:5" in caplog.text
     runs.truncate_metrics(run_dir, 10**9)  # what a resume does: keep every valid record before the checkpoint
     assert [json.loads(x) for x in lines] == runs.read_metrics(run_dir)
+
+
+# `hmem data prepare` has no fault points of its own (its stages write atomically and record themselves in
+# manifest.json): kill it once the manifest records n stages, and while stage n + 1 runs
+PREP = ["data.source=builtin", "data.wiki_docs=300", "data.synthetic_entities=100", "data.vocab_size=1024",
+        "data.seq_len=64", "data.val_fraction=0.05", "retriever.branching=4", "retriever.depth=2",
+        "retriever.embed_dim=64", "anchor.max_seq_len=512"]
+
+
+def _prep_outputs(d: Path) -> dict[str, bytes]:
+    skip = {"manifest.json", "stats.json", ".prepare.lock"}
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name not in skip}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stages_done", [1, 3, 5])
+def test_data_prepare_killed_between_stages_ends_byte_identical(tmp_path, stages_done):
+    import time
+
+    ref = hmem("data", "prepare", *PREP, f"data.dir={tmp_path / 'ref'}")
+    assert ref.returncode == 0, ref.stderr[-1500:]
+    d = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "hmem_lit.cli", "data", "prepare", *PREP, f"data.dir={d}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            if len(json.loads((d / "manifest.json").read_text())["stages"]) >= stages_done:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.01)
+    assert proc.poll() is None, "prepare finished before the kill"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = hmem("data", "prepare", *PREP, f"data.dir={d}")
+    assert again.returncode == 0, again.stderr[-1500:]
+    a, b = _prep_outputs(tmp_path / "ref"), _prep_outputs(d)
+    assert a.keys() == b.keys() and [k for k in a if a[k] != b[k]] == []
