@@ -209,6 +209,21 @@ def _make_trainer(cfg: RunConfig, **kw: Any) -> L.Trainer:
                           f"train.strategy={t.strategy})") from None
 
 
+def _probe_trainer(cfg: RunConfig) -> None:
+    import logging
+
+    from hmem_lit.distributed import resolve_strategy
+
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its "GPU available: ..." lines come once, from the real Trainer
+    try:
+        _make_trainer(cfg, strategy=resolve_strategy(cfg.train.strategy, _world_size(cfg), False), logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    finally:
+        quiet.setLevel(level)
+
+
 def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] | None = None) -> Path:
     """Train (or resume, or skip) the run `cfg` describes; returns its run directory.
 
@@ -219,6 +234,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
 
     run_dir = cfg.run_dir
     preflight(cfg)
+    _probe_trainer(cfg)  # Lightning's accelerator / devices / strategy errors, before data is prepared
     if not force and run_dir.exists():
         _check_resume(run_dir, cfg)
         if runs.is_complete(run_dir):
