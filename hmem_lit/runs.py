@@ -130,6 +130,10 @@ def commit_checkpoint(tmp: Path, run_dir: Path) -> None:
     lists the new digest and the one it replaces, so a kill between the two writes leaves a pair that verifies."""
     run_dir = Path(run_dir)
     path, sums = run_dir / LAST_CKPT, run_dir / CKPT_SUM
+    if tmp.is_dir():  # a sharded (directory) checkpoint: no single digest; keep the plain rename
+        sums.unlink(missing_ok=True)
+        os.replace(tmp, path)
+        return
     new = file_sha256(tmp)
     old = _read_sums(sums)[:1] if path.is_file() else []
     write_json(sums, {"sha256": [new, *old]})

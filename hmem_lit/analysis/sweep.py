@@ -95,8 +95,8 @@ def resolve(target: str) -> Target:
         if d.is_dir():
             return Target(target, d, _storage_in(d), None)
     if p.suffix in (".yaml", ".yml") or len(p.parts) > 1:  # a path, not a sweep name
-        raise ConfigError(f"{target}: no such runs directory or sweep file; pass a runs directory (e.g. runs/) "
-                          "or a sweep name from `hmem list`")
+        raise ConfigError(f"{target}: neither a runs directory nor a sweep (no such path); pass a runs directory "
+                          "(e.g. runs/) or a sweep name from `hmem list`")
     raise ConfigError(f"{target}: neither a runs directory nor a sweep (no {SWEEPS_DIR / (target + '.yaml')}, "
                       f"no {RUNS / 'sweeps' / target}/)")
 
