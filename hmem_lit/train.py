@@ -149,9 +149,9 @@ def _world_size(cfg: RunConfig) -> int:
     return d if isinstance(d, int) and d > 0 else (len(d) if isinstance(d, list) else 1)
 
 
-def _check_resume(run_dir: Path, cfg: RunConfig) -> tuple[Path, int] | None:
+def _check_resume(run_dir: Path, cfg: RunConfig, config_only: bool = False) -> tuple[Path, int] | None:
     """-> (checkpoint to resume from, its global step), or None. Raises ConfigError on a mismatched, corrupt or
-    damaged (checksum) checkpoint. Reads only."""
+    damaged (checksum) checkpoint. Reads only; config_only: compare config.yaml, leave the checkpoint unread."""
     ckpt = run_dir / runs.LAST_CKPT
     saved_cfg = run_dir / runs.CONFIG
     if saved_cfg.is_file():
@@ -161,7 +161,7 @@ def _check_resume(run_dir: Path, cfg: RunConfig) -> tuple[Path, int] | None:
         if diff:
             raise ConfigError(f"{run_dir}: holds a run with a different config ({', '.join(diff[:4])}); "
                               "choose another name=... or pass --force to start it again")
-    if not ckpt.is_file():
+    if config_only or not ckpt.is_file():
         return None
     runs.verify_checkpoint(run_dir)
     try:
@@ -233,13 +233,13 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     from hmem_lit.lit_module import HmemLitModule
 
     run_dir = cfg.run_dir
-    preflight(cfg)
-    _probe_trainer(cfg)  # Lightning's accelerator / devices / strategy errors, before data is prepared
-    if not force and run_dir.exists():
-        _check_resume(run_dir, cfg)
+    if not force and run_dir.exists():  # a complete run is a no-op even where its inputs are gone
+        _check_resume(run_dir, cfg, config_only=True)  # the checkpoint is read once, under the lock below
         if runs.is_complete(run_dir):
             print(f"[hmem] {run_dir} is complete (final.json exists); pass --force to retrain")
             return run_dir
+    preflight(cfg)
+    _probe_trainer(cfg)  # Lightning's accelerator / devices / strategy errors, before data is prepared
     set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
 
