@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from hmem_lit.config import ConfigError
+from hmem_lit.config import ConfigError, RunError
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
@@ -89,10 +89,13 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 def cmd_data(a: argparse.Namespace) -> int:
     _split(a)
+    from hmem_lit.checks import preflight
     from hmem_lit.config import load_config
     from hmem_lit.data.prepare import prepare_main
 
-    return prepare_main(load_config(_experiment_path(a.experiment), a.overrides), force=a.force)
+    cfg = load_config(_experiment_path(a.experiment), a.overrides)
+    preflight(cfg, training=False)
+    return prepare_main(cfg, force=a.force)
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -232,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"hmem: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:  # a run that cannot go on (diverged, locked by another process): not bad input
+        print(f"hmem: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("hmem: interrupted; relaunch the same command to resume", file=sys.stderr)
         return 130

@@ -8,6 +8,7 @@ validates its section; every failure is a `ConfigError` whose message is one lin
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -19,6 +20,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 class ConfigError(ValueError):
     """A bad configuration value: the message is one line naming the key and what is allowed."""
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on (diverged, held by another process): one line, exit status 1, no traceback."""
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -275,6 +280,8 @@ class DataConfig:
         if self.source == "files":
             _check(len(self.files) > 0, "data.files", "data.source=files needs at least one path")
         _check(self.wiki_docs >= 0 and self.synthetic_entities >= 0, "data", "counts must be >= 0")
+        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0 (0 = load in the main process), got {self.num_workers}")
+        _check(self.toy_docs >= 2, "data.toy_docs", f"must be >= 2 (a training and a validation document), got {self.toy_docs}")
         _check(1 <= self.fact_repeats_min <= self.fact_repeats_max, "data.fact_repeats_min",
                f"must be in [1, data.fact_repeats_max={self.fact_repeats_max}], got {self.fact_repeats_min}")
 
@@ -399,6 +406,12 @@ class RunConfig:
             # an hf anchor arrives trained (its own weights); init_from may still point at a run to continue from
             _check(bool(self.train.init_from) or self.anchor.preset == HF_PRESET, "train.init_from",
                    f"train.mode={self.train.mode} needs the anchor's run directory")
+        if self.train.subtree is not None:
+            _check(self.train.mode == "frozen" and self.memory.type in ("ffn", "lora", "kv") and not self.memory.generic,
+                   "train.subtree", "needs train.mode=frozen, a bank-backed memory.type (ffn, lora, kv) and "
+                   "memory.generic=false (every other parameter must stay identical across the split jobs)")
+            _check(0 <= self.train.subtree < self.retriever.branching, "train.subtree",
+                   f"must be a level-1 node in [0, {self.retriever.branching}) (retriever.branching), got {self.train.subtree}")
         if isinstance(self.memory.layers, list):
             bad = [i for i in self.memory.layers if i >= self.anchor.n_layer]
             _check(not bad, "memory.layers", f"layer indices {bad} out of range for {self.anchor.n_layer} layers")
@@ -437,10 +450,13 @@ def _friendly(err: OmegaConfBaseException) -> ConfigError:
     return ConfigError(f"{full_key or 'config'}: {msg}")
 
 
-def _read_yaml(path: str | Path) -> DictConfig:
+def _read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: experiment file not found")
+        raise ConfigError(f"{p}: experiment file not found" + (f" (the base: of {chain[-1]})" if chain else ""))
+    if p.resolve() in chain:
+        cycle = " -> ".join(c.name for c in (*chain, p.resolve()))
+        raise ConfigError(f"{chain[-1]}: base: makes a cycle ({cycle}); remove one of these base: lines")
     try:
         cfg = OmegaConf.load(p)
     except Exception as e:  # yaml.YAMLError and friends: report line
@@ -449,28 +465,80 @@ def _read_yaml(path: str | Path) -> DictConfig:
         raise ConfigError(f"{p}: the top level must be a mapping of config sections")
     base = cfg.pop("base", None)  # an experiment may extend another: `base: 001_other.yaml`
     if base:
-        cfg = OmegaConf.merge(_read_yaml(p.parent / base), cfg)
+        try:
+            cfg = OmegaConf.merge(_read_yaml(p.parent / base, (*chain, p.resolve())), cfg)
+        except TypeError as e:  # a list where the base has a mapping, or the reverse
+            raise ConfigError(f"{p}: cannot extend its base {base} ({e}); a section must stay a mapping") from None
     return cfg
+
+
+def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
+    """`key=value` strings -> one DictConfig; a value YAML cannot parse is an error naming its key."""
+    out = OmegaConf.create({})
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"{ov}: overrides are key=value (e.g. train.max_tokens=100000)")
+        key, value = ov.split("=", 1)
+        try:
+            out = OmegaConf.merge(out, OmegaConf.from_dotlist([ov]))
+        except OmegaConfBaseException:
+            raise
+        except Exception as e:  # yaml's ScannerError / ParserError: a malformed value such as `[1,`
+            raise ConfigError(f"{key}: cannot parse {value!r} ({str(e).splitlines()[0]}); write a list as "
+                              "[1, 2] and quote a string that holds brackets or colons") from None
+    return out
+
+
+_INT64 = 2**63
+
+
+def _check_shapes(explicit: Any, schema: Any, prefix: str = "") -> None:
+    """A scalar where a section goes (`train=5`) names the section; huge integers and non-finite floats name
+    their key (each would otherwise fail deep inside torch, or train to NaN)."""
+    if isinstance(explicit, dict):
+        for k, v in explicit.items():
+            key = f"{prefix}{k}"
+            sub = schema.get(k) if isinstance(schema, dict) else None
+            if isinstance(sub, dict) and not isinstance(v, dict):
+                raise ConfigError(f"{key}: is a config section, got {v!r}; set its keys instead ({key}.<key>=value)")
+            if isinstance(sub, list) and not isinstance(v, list):
+                raise ConfigError(f"{key}: must be a list such as [1, 2], got {v!r}")
+            if isinstance(schema, dict) and k in schema and not isinstance(sub, dict) and isinstance(v, dict):
+                raise ConfigError(f"{key}: must be a single value, got a mapping {v!r}")
+            if isinstance(sub, bool) and not isinstance(v, bool):  # OmegaConf would read 2 or "2" as true
+                raise ConfigError(f"{key}: must be true or false, got {v!r}")
+            _check_shapes(v, sub, key + ".")
+    elif isinstance(explicit, list):
+        for i, v in enumerate(explicit):
+            _check_shapes(v, None, f"{prefix[:-1]}[{i}].")
+    elif isinstance(explicit, bool):
+        return
+    elif isinstance(explicit, int):
+        _check(abs(explicit) < _INT64, prefix[:-1], f"{explicit} is out of range (at most {_INT64 - 1})")
+    elif isinstance(explicit, float):
+        _check(math.isfinite(explicit), prefix[:-1], f"must be a finite number, got {explicit}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """defaults < anchor preset < experiment YAML < `key=value` overrides, validated."""
     try:
-        explicit = _read_yaml(path) if path else OmegaConf.create({})
-        for ov in overrides:
-            if "=" not in ov:
-                raise ConfigError(f"{ov}: overrides are key=value (e.g. train.max_tokens=100000)")
-        explicit = OmegaConf.merge(explicit, OmegaConf.from_dotlist(list(overrides)))
-        if path and "experiment" not in explicit:
-            explicit.experiment = Path(path).stem
         schema = OmegaConf.structured(RunConfig)
         OmegaConf.set_struct(schema, True)
+        shape = OmegaConf.to_container(schema)
+        explicit = _read_yaml(path) if path else OmegaConf.create({})
+        _check_shapes(OmegaConf.to_container(explicit), shape)
+        cli = _parse_overrides(overrides)
+        _check_shapes(OmegaConf.to_container(cli), shape)  # before merging: a list onto a section is a TypeError
+        explicit = OmegaConf.merge(explicit, cli)
+        if path and "experiment" not in explicit:
+            explicit.experiment = Path(path).stem
         # validate keys and types against the schema before expanding the preset
         merged = OmegaConf.merge(schema, explicit)
         preset = merged.anchor.preset
         if preset not in PRESETS and preset != HF_PRESET:
             raise ConfigError(f"anchor.preset: got {preset!r}; allowed: {', '.join([*PRESETS, HF_PRESET])}")
         merged = OmegaConf.merge(schema, {"anchor": PRESETS.get(preset, {})}, explicit)
+        _check_shapes(OmegaConf.to_container(merged), None)  # typed now: "inf" became a float
         return OmegaConf.to_object(merged)  # runs every __post_init__
     except OmegaConfBaseException as e:
         cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else None

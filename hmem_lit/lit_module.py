@@ -81,7 +81,9 @@ class HmemLitModule(L.LightningModule):
         sharded = getattr(self.trainer.strategy, "sharded_norm_reducer", None)  # FSDP: norms of gradient shards
         # anchor and memory clipped separately (optim.*grad_clip)
         norms = clip_gradients(self.model, self.cfg, sharded() if sharded is not None else None)
-        if self.trainer.global_step % self.cfg.train.log_every == 0:
+        # this step's norm, on exactly the steps whose record is written (Lightning writes step k's record when
+        # (k + 1) % log_every == 0): a stale value from an earlier step would differ after a resume
+        if (self.trainer.global_step + 1) % self.cfg.train.log_every == 0:
             self.log("train/grad_norm", norms["grad_norm"], on_step=True, on_epoch=False)
             if self.model.memory is not None:
                 self.log("train/memory_grad_norm", norms["memory_grad_norm"], on_step=True, on_epoch=False)

@@ -6,7 +6,11 @@ Analysis, evaluation and sweeps read these files only, through the helpers here.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import logging
 import os
 import platform
 import socket
@@ -16,11 +20,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from hmem_lit.config import ConfigError, RunConfig, from_dict, load_config
+from hmem_lit.config import ConfigError, RunConfig, RunError, from_dict, load_config  # noqa: F401 (RunError: re-export)
 from hmem_lit.utils import read_json, write_json
+
+log = logging.getLogger(__name__)
 
 CONFIG, MANIFEST, METRICS, FINAL, WEIGHTS = "config.yaml", "manifest.json", "metrics.jsonl", "final.json", "model.safetensors"
 LAST_CKPT = "checkpoints/last.ckpt"
+CKPT_SUM = "checkpoints/last.ckpt.sha256"  # the sha256 digests a committed last.ckpt may have (see commit_checkpoint)
 
 _PACKAGES = ("torch", "lightning", "torchmetrics", "lm_eval", "faiss-cpu", "omegaconf", "optuna", "numpy", "tokenizers")
 
@@ -68,23 +75,32 @@ def update_final(run_dir: str | Path, **sections: Any) -> None:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every valid record of metrics.jsonl. A line that is not UTF-8 JSON (a torn last line of a killed run, a
+    damaged one anywhere) is skipped with a warning naming file:line; the records after it still count."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a torn last line from a killed run
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    for i, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+            if not isinstance(rec, dict) or not isinstance(rec.get("step", 0), int):
+                raise ValueError("not a record")
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if i < len(lines) or raw.endswith(b"}"):  # a torn last line of a killed run is expected: no warning
+                log.warning("%s:%d: skipping a line that is not a metrics record (%s)", path, i, type(e).__name__)
+            continue
+        out.append(rec)
     return out
 
 
 def truncate_metrics(run_dir: str | Path, max_step: int) -> None:
-    """Drop records logged at or after checkpoint step `max_step` (by a run killed after it) before resuming."""
+    """Drop records logged at or after checkpoint step `max_step` (by a run killed after it) before resuming; every
+    valid record before it is kept (unreadable lines are dropped, with the warning read_metrics gives)."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return
@@ -93,7 +109,87 @@ def truncate_metrics(run_dir: str | Path, max_step: int) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         for r in keep:
             f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def commit_checkpoint(tmp: Path, run_dir: Path) -> None:
+    """Rename a fully written checkpoint over checkpoints/last.ckpt, recording its digest first. The digest file
+    lists the new digest and the one it replaces, so a kill between the two writes leaves a pair that verifies."""
+    run_dir = Path(run_dir)
+    path, sums = run_dir / LAST_CKPT, run_dir / CKPT_SUM
+    if tmp.is_dir():  # a sharded (directory) checkpoint: no single digest; keep the plain rename
+        sums.unlink(missing_ok=True)
+        os.replace(tmp, path)
+        return
+    new = file_sha256(tmp)
+    old = _read_sums(sums)[:1] if path.is_file() else []
+    write_json(sums, {"sha256": [new, *old]})
+    os.replace(tmp, path)
+    write_json(sums, {"sha256": [new]})
+
+
+def _read_sums(path: Path) -> list[str]:
+    try:
+        return list(read_json(path)["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def verify_checkpoint(run_dir: str | Path) -> None:
+    """Raise ConfigError when last.ckpt does not match its recorded digest (damaged in place, even at the same
+    size). A checkpoint from before digests were recorded (no digest file) is accepted."""
+    run_dir = Path(run_dir)
+    path, sums = run_dir / LAST_CKPT, run_dir / CKPT_SUM
+    if not sums.is_file() or not path.is_file():
+        return
+    if file_sha256(path) not in _read_sums(sums):
+        raise ConfigError(f"{path}: checksum mismatch (the file changed after it was written, see {sums}); "
+                          "delete checkpoints/ to restart from scratch, or pass --force")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path):
+    """Hold an exclusive lock on a run directory while training it; a second process stops with one line.
+
+    The lock file sits beside the run directory (runs/<experiment>/.<name>.lock) so --force can delete the
+    directory while holding it. Lightning's DDP rank processes (LOCAL_RANK > 0) run under their launcher's lock."""
+    if int(os.environ.get("LOCAL_RANK", "0") or 0) > 0:
+        yield
+        return
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = run_dir.parent / f".{run_dir.name}.lock"
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunError(f"{run_dir}: is being trained by {holder} (lock {lock}); wait for it to finish, "
+                           "or choose another name=...") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def throughput(run_dir: str | Path) -> float | None:

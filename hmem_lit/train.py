@@ -21,7 +21,8 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from hmem_lit import runs
+from hmem_lit import faults, runs
+from hmem_lit.checks import preflight
 from hmem_lit.config import ConfigError, RunConfig, save_config, to_dict
 from hmem_lit.utils import dumps, seed_everything, set_threads, write_json
 
@@ -32,6 +33,9 @@ class JsonlLogger(Logger):
     def __init__(self, run_dir: Path, tokens_per_step: int):
         super().__init__()
         self.path, self.tokens_per_step = run_dir / runs.METRICS, tokens_per_step
+        # the final validation's record is labelled with the global step itself: Lightning's logging step there
+        # depends on whether this process trained or only resumed a finished fit
+        self.step_override: int | None = None
 
     @property
     def name(self) -> str:
@@ -47,12 +51,14 @@ class JsonlLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        step = self.step_override if self.step_override is not None else step
         tokens = metrics.get("tokens", int(step or 0) * self.tokens_per_step)
         rec = {"step": int(step or 0), "tokens": int(tokens), "time": round(time.time(), 3)}
         rec.update({k: float(v) for k, v in metrics.items() if k not in ("epoch", "tokens")})
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(dumps(rec, indent=None) + "\n")
             f.flush()
+        faults.point("metrics_record")
 
 
 class ProgressBar(TQDMProgressBar):
@@ -67,11 +73,18 @@ class ProgressBar(TQDMProgressBar):
 class AtomicCheckpoint(Callback):
     """Saves checkpoints/last.ckpt every `every` optimiser steps, atomically (temp file + rename). Its state in the
     checkpoint is the training wall time so far, so a resumed run's train_time_s counts every segment (a killed
-    segment up to its last checkpoint)."""
+    segment up to its last checkpoint).
+
+    The state is saved where Lightning expects it (the end of step k's batch) but committed (renamed into place)
+    only once step k's metrics records and validation have been written, at the next batch's start or at the end
+    of training: a kill in between leaves the previous checkpoint, so a resumed run re-logs every record it lacks
+    and metrics.jsonl ends equal to an uninterrupted run's."""
 
     def __init__(self, run_dir: Path, every: int):
-        self.path, self.every = run_dir / runs.LAST_CKPT, every
+        self.run_dir, self.path, self.every = run_dir, run_dir / runs.LAST_CKPT, every
+        self.tmp = self.path.with_name(".last.ckpt.tmp")
         self.before, self.t_start = 0.0, None  # seconds trained by earlier segments; this segment's start
+        self.pending = False
 
     def on_train_start(self, *args: Any) -> None:
         self.t_start = time.time()
@@ -85,17 +98,44 @@ class AtomicCheckpoint(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.before = float(state.get("train_time_s", 0.0))
 
-    def save(self, trainer: L.Trainer) -> None:
-        tmp = self.path.with_name(".last.ckpt.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimiser, schedule, loops
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+    def save(self, trainer: L.Trainer, commit: bool = True) -> None:
+        trainer.save_checkpoint(self.tmp, weights_only=False)  # full state: optimiser, schedule, loops
+        faults.point("ckpt_written")
+        self.pending = True
+        if commit:
+            self.commit(trainer)
+
+    def commit(self, trainer: L.Trainer) -> None:
+        if self.pending and trainer.is_global_zero:
+            runs.commit_checkpoint(self.tmp, self.run_dir)
+            faults.point("ckpt_committed")
+        self.pending = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self.commit(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.commit(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step
         if self.every and step > 0 and step % self.every == 0 and step != getattr(self, "_last", -1):
             self._last = step
-            self.save(trainer)
+            self.save(trainer, commit=False)
+
+
+class FiniteLoss(Callback):
+    """Stops a run whose training loss turns NaN or infinite (checked on logging steps: one host sync each)."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, *args: Any) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and trainer.global_step % self.every == 0 and not torch.isfinite(loss).all():
+            raise runs.RunError(f"train/loss is {float(loss)} at step {trainer.global_step}: training diverged; "
+                                "lower optim.lr / optim.memory_lr or check the data (the run stays resumable from "
+                                "its last checkpoint)")
 
 
 def _precision(cfg: RunConfig) -> str:
@@ -109,8 +149,9 @@ def _world_size(cfg: RunConfig) -> int:
     return d if isinstance(d, int) and d > 0 else (len(d) if isinstance(d, list) else 1)
 
 
-def _check_resume(run_dir: Path, cfg: RunConfig) -> Path | None:
-    """-> checkpoint to resume from, or None. Raises ConfigError on a mismatched or corrupt checkpoint."""
+def _check_resume(run_dir: Path, cfg: RunConfig, config_only: bool = False) -> tuple[Path, int] | None:
+    """-> (checkpoint to resume from, its global step), or None. Raises ConfigError on a mismatched, corrupt or
+    damaged (checksum) checkpoint. Reads only; config_only: compare config.yaml, leave the checkpoint unread."""
     ckpt = run_dir / runs.LAST_CKPT
     saved_cfg = run_dir / runs.CONFIG
     if saved_cfg.is_file():
@@ -120,8 +161,9 @@ def _check_resume(run_dir: Path, cfg: RunConfig) -> Path | None:
         if diff:
             raise ConfigError(f"{run_dir}: holds a run with a different config ({', '.join(diff[:4])}); "
                               "choose another name=... or pass --force to start it again")
-    if not ckpt.is_file():
+    if config_only or not ckpt.is_file():
         return None
+    runs.verify_checkpoint(run_dir)
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         assert "state_dict" in state and "hyper_parameters" in state
@@ -130,8 +172,7 @@ def _check_resume(run_dir: Path, cfg: RunConfig) -> Path | None:
                           "from scratch, or pass --force") from None
     if _diff(state["hyper_parameters"]["config"], to_dict(cfg)):
         raise ConfigError(f"{ckpt}: checkpoint was trained with a different config; pass --force to restart")
-    runs.truncate_metrics(run_dir, int(state.get("global_step", 0)))
-    return ckpt
+    return ckpt, int(state.get("global_step", 0))
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -145,18 +186,60 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def _check_splits(cfg: RunConfig, dm: Any) -> None:
+    where = "data.toy_docs" if cfg.data.source == "toy" else "data.files" if cfg.data.source == "files" else "data"
+    if len(dm.train_split) == 0:
+        raise ConfigError(f"{where}: the corpus leaves no training sequences; add documents")
+    if len(dm.val_split) == 0:
+        raise ConfigError(f"{where}: the split leaves no validation documents (val/loss would be NaN); add "
+                          f"documents or raise data.val_fraction (now {cfg.data.val_fraction})")
+
+
+def _make_trainer(cfg: RunConfig, **kw: Any) -> L.Trainer:
+    """L.Trainer with Lightning's own errors (accelerator, devices, strategy names) turned into one line."""
+    t = cfg.train
+    try:
+        return L.Trainer(accelerator=t.accelerator, devices=t.devices, **kw)
+    except Exception as e:  # noqa: BLE001 - ValueError, TypeError, MisconfigurationException from the connector
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        low = msg.lower()
+        key = ("train.strategy" if "strategy" in low else "train.devices" if "devices" in low or "device" in low
+               else "train.accelerator")
+        raise ConfigError(f"{key}: {msg} (train.accelerator={t.accelerator}, train.devices={t.devices}, "
+                          f"train.strategy={t.strategy})") from None
+
+
+def _probe_trainer(cfg: RunConfig) -> None:
+    import logging
+
+    from hmem_lit.distributed import resolve_strategy
+
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its "GPU available: ..." lines come once, from the real Trainer
+    try:
+        _make_trainer(cfg, strategy=resolve_strategy(cfg.train.strategy, _world_size(cfg), False), logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    finally:
+        quiet.setLevel(level)
+
+
 def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] | None = None) -> Path:
-    """Train (or resume, or skip) the run `cfg` describes; returns its run directory."""
+    """Train (or resume, or skip) the run `cfg` describes; returns its run directory.
+
+    Order: every check that can fail on bad input runs before anything is written; then the run directory is
+    locked (one trainer per run) and only then created, resumed or (--force) wiped."""
     from hmem_lit.data.datamodule import HmemDataModule
     from hmem_lit.lit_module import HmemLitModule
 
     run_dir = cfg.run_dir
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    resume = _check_resume(run_dir, cfg) if run_dir.exists() else None
-    if runs.is_complete(run_dir):
-        print(f"[hmem] {run_dir} is complete (final.json exists); pass --force to retrain")
-        return run_dir
+    if not force and run_dir.exists():  # a complete run is a no-op even where its inputs are gone
+        _check_resume(run_dir, cfg, config_only=True)  # the checkpoint is read once, under the lock below
+        if runs.is_complete(run_dir):
+            print(f"[hmem] {run_dir} is complete (final.json exists); pass --force to retrain")
+            return run_dir
+    preflight(cfg)
+    _probe_trainer(cfg)  # Lightning's accelerator / devices / strategy errors, before data is prepared
     set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
 
@@ -164,6 +247,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     tps = cfg.train.batch_size * cfg.train.accumulate * world * cfg.data.seq_len
     total_steps = max(1, math.ceil(cfg.train.max_tokens / tps))
     dm = HmemDataModule(cfg, total_steps)
+    _check_splits(cfg, dm)
     if cfg.anchor.vocab_size is not None and cfg.anchor.vocab_size != dm.vocab_size:
         raise ConfigError(f"anchor.vocab_size: {cfg.anchor.vocab_size} does not match the tokenizer's {dm.vocab_size}; "
                           "leave it unset (null) to take it from the data")
@@ -171,20 +255,23 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     if cfg.train.mode in ("frozen", "cotrain") or cfg.train.subtree is not None:
         from hmem_lit.model import prepare_model_for_mode
 
-        prepare_model_for_mode(module.model, cfg)
+        try:
+            prepare_model_for_mode(module.model, cfg)
+        except (FileNotFoundError, ValueError) as e:  # an init_from run of another shape, a subtree out of range
+            raise ConfigError(f"train.init_from: {e}" if "subtree" not in str(e) else str(e)) from None
 
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     precision = _precision(cfg)
     from hmem_lit.distributed import resolve_strategy, sparse_tables
 
     # DDP / FSDP keep the memory's sparse tables out of their reducers and sync them row-wise (distributed.py)
     pkm_replace = cfg.memory.type == "pkm" and cfg.memory.pkm.mode == "replace"  # skipped FFNs get no gradient
     strategy = resolve_strategy(cfg.train.strategy, world, bool(sparse_tables(module)), pkm_replace)
-    trainer = L.Trainer(
-        max_steps=total_steps, max_epochs=-1, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
+    ckpt = AtomicCheckpoint(run_dir, cfg.train.ckpt_every)
+    trainer = _make_trainer(
+        cfg, max_steps=total_steps, max_epochs=-1,
         strategy=strategy, precision=precision, accumulate_grad_batches=cfg.train.accumulate,
         logger=JsonlLogger(run_dir, tps), log_every_n_steps=cfg.train.log_every,
-        callbacks=[ckpt := AtomicCheckpoint(run_dir, cfg.train.ckpt_every), *(extra_callbacks or []),
+        callbacks=[ckpt, FiniteLoss(cfg.train.log_every), *(extra_callbacks or []),
                    *([ProgressBar(refresh_rate=max(1, cfg.train.log_every))] if cfg.train.progress else [])],
         enable_checkpointing=False, enable_progress_bar=cfg.train.progress, enable_model_summary=False,
         # val_every=0: no validation during training (the final one below still runs)
@@ -192,23 +279,40 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         check_val_every_n_epoch=None, limit_val_batches=cfg.train.val_batches,
         num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=str(run_dir),
     )
-    counts = module.model.param_counts()  # before FSDP shards the module
-    if trainer.is_global_zero:
-        save_config(cfg, run_dir / runs.CONFIG)
-        runs.write_manifest(run_dir, cfg, f"{trainer.strategy.root_device} ({precision}, {trainer.world_size} proc)")
-        print(f"[hmem] {run_dir}: {'resuming from step ' + str(torch.load(resume, map_location='cpu', weights_only=True)['global_step']) if resume else 'new run'}; "
-              f"{total_steps} steps x {tps} tokens; params anchor={counts['anchor']:,} fetched={counts['fetched']:,} bank={counts['bank']:,}")
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
-    train_time = ckpt.train_time()  # all segments of a resumed run
-    if trainer.interrupted:
-        raise KeyboardInterrupt
-    val = trainer.validate(module, datamodule=dm, verbose=False)[0] if len(dm.val_split) else {}
-    AtomicCheckpoint(run_dir, 0).save(trainer)  # the final state (all ranks: saving is collective)
-    # full (unsharded) weights: collective under FSDP, whose module holds only shards outside forward
-    state = {k[len("model."):]: v for k, v in trainer.strategy.lightning_module_state_dict().items()
-             if k.startswith("model.")}
-    if trainer.is_global_zero:
-        _finish(run_dir, cfg, module, trainer, val, train_time, total_steps, tps, state, counts)
+    with runs.run_lock(run_dir):
+        if force and run_dir.exists():
+            shutil.rmtree(run_dir)
+        resume = _check_resume(run_dir, cfg) if run_dir.exists() else None  # again: under the lock
+        if runs.is_complete(run_dir):
+            print(f"[hmem] {run_dir} is complete (final.json exists); pass --force to retrain")
+            return run_dir
+        if trainer.is_global_zero:
+            # resumed: drop what the killed segment logged after its checkpoint; fresh: drop a killed first try's
+            runs.truncate_metrics(run_dir, resume[1] if resume else 0)
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        counts = module.model.param_counts()  # before FSDP shards the module
+        if trainer.is_global_zero:
+            save_config(cfg, run_dir / runs.CONFIG)
+            runs.write_manifest(run_dir, cfg, f"{trainer.strategy.root_device} ({precision}, {trainer.world_size} proc)")
+            print(f"[hmem] {run_dir}: {'resuming from step ' + str(resume[1]) if resume else 'new run'}; "
+                  f"{total_steps} steps x {tps} tokens; params anchor={counts['anchor']:,} fetched={counts['fetched']:,} bank={counts['bank']:,}")
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume[0]) if resume else None, weights_only=True)
+        train_time = ckpt.train_time()  # all segments of a resumed run
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        trainer.logger.step_override = trainer.global_step
+        val = trainer.validate(module, datamodule=dm, verbose=False)[0]
+        bad = {k: v for k, v in val.items() if not math.isfinite(float(v))}
+        if bad:
+            raise runs.RunError(f"{run_dir}: final validation gave {', '.join(f'{k}={v}' for k, v in bad.items())}; "
+                                "the run is not marked complete (lower optim.lr or check the data)")
+        faults.point("validated")
+        AtomicCheckpoint(run_dir, 0).save(trainer)  # the final state (all ranks: saving is collective)
+        # full (unsharded) weights: collective under FSDP, whose module holds only shards outside forward
+        state = {k[len("model."):]: v for k, v in trainer.strategy.lightning_module_state_dict().items()
+                 if k.startswith("model.")}
+        if trainer.is_global_zero:
+            _finish(run_dir, cfg, module, trainer, val, train_time, total_steps, tps, state, counts)
     return run_dir
 
 
@@ -220,6 +324,7 @@ def _finish(run_dir: Path, cfg: RunConfig, module: Any, trainer: L.Trainer, val:
     tmp = run_dir / ".model.safetensors.tmp"
     save_file(state, str(tmp))
     os.replace(tmp, run_dir / runs.WEIGHTS)
+    faults.point("weights_written")
     final = {
         "status": "complete",
         "experiment": cfg.experiment,

@@ -327,3 +327,82 @@ def test_task_regeneration_drops_stale_tasks(tmp_path):
     ts = build_tasks(tmp_path / "data", tmp_path / "tasks")
     assert sorted(p.stem for p in (tmp_path / "tasks").glob("*.yaml")) == ts.names
     assert "hmem_element_symbol" not in ts.names
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["--limit", "0"], ["--limit", "0"]), (["--limit", "-3"], ["--limit", "-3"]),
+    (["--batch-size", "0"], ["--batch-size"]),
+    (["--memory", "blocked", "--block-level", "9"], ["--memory blocked", "memory.type=none"]),
+], ids=["limit0", "limit-3", "batch0", "blocked-no-memory"])
+def test_bad_eval_arguments_are_one_line_and_write_nothing(trained, capsys, argv, needles):
+    """Issue 19 cases 13, 15: exit 2, one line, and no eval output (not even the generated task files)."""
+    from hmem_lit.cli import main
+
+    before = sorted(p for p in trained["anchor"].rglob("*"))
+    assert main(["eval", str(trained["anchor"]), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and all(n in err for n in needles), err
+    assert sorted(p for p in trained["anchor"].rglob("*")) == before
+
+
+def test_block_level_beyond_the_tree_is_refused(trained):
+    from hmem_lit.evaluation.runner import evaluate
+
+    with pytest.raises(ConfigError, match="--block-level: must be in 1..2"):
+        evaluate(trained["mem"], memory="blocked", block_level=9, print_table=False)
+
+
+def _eval_outputs(run_dir, mode):
+    final = runs.read_final(run_dir)["eval"][mode]
+    res = json.loads((run_dir / "eval" / mode / "results.json").read_text())
+    samples = (run_dir / "eval" / mode / "samples.jsonl").read_text()
+    drop = ("eval_time_s", "retrieval_time_s")
+    return ({k: v for k, v in final.items() if k not in drop}, {k: v for k, v in res["headline"].items() if k not in drop},
+            samples)
+
+
+@pytest.mark.parametrize("point", ["eval_samples", pytest.param("eval_final", marks=pytest.mark.slow)])
+def test_eval_killed_between_its_writes_is_completed_by_a_rerun(trained, tmp_path, point):
+    """Issue 19 case 1: results.json (the marker) is written last, so a kill before it makes the rerun evaluate
+    again; the end state equals an uninterrupted evaluation's."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    runs_ = {}
+    for name in ("ref", "killed"):
+        runs_[name] = tmp_path / name
+        shutil.copytree(trained["anchor"], runs_[name], ignore=shutil.ignore_patterns("checkpoints", "eval"))
+    cmd = ["-m", "hmem_lit.cli", "eval", "--tasks", "hmem_toy_colour", "--limit", "2", "--memory", "none",
+           "--threads", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "HMEM_KILL_AT"}
+    r = subprocess.run([sys.executable, *cmd[:3], str(runs_["ref"]), *cmd[3:]], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    killed = [sys.executable, *cmd[:3], str(runs_["killed"]), *cmd[3:]]
+    r = subprocess.run(killed, cwd=ROOT, env={**env, "HMEM_KILL_AT": point}, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert not (runs_["killed"] / "eval" / "none" / "results.json").exists()
+    r = subprocess.run(killed, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "already evaluated" not in r.stdout, r.stderr[-2000:]
+    assert _eval_outputs(runs_["killed"], "none") == _eval_outputs(runs_["ref"], "none")
+
+
+def test_a_half_finished_evaluation_from_before_the_fix_is_repaired(trained, tmp_path):
+    """results.json present (old write order) but final.json lacks the headline: the rerun merges it back."""
+    import shutil
+
+    from hmem_lit.evaluation.runner import evaluate
+
+    run = tmp_path / "half"
+    shutil.copytree(trained["anchor"], run, ignore=shutil.ignore_patterns("checkpoints", "eval"))
+    head = evaluate(run, tasks=["hmem_toy_colour"], limit=2, memory="none", threads=1, print_table=False)
+    final = runs.read_final(run)
+    final.pop("eval")
+    (run / runs.FINAL).write_text(json.dumps(final))
+    assert evaluate(run, tasks=["hmem_toy_colour"], limit=2, memory="none", threads=1, print_table=False) == head
+    assert runs.read_final(run)["eval"]["none"] == head

@@ -100,6 +100,23 @@ def test_missing_metrics_give_messages_not_crashes(fx, tmp_path):
     assert (out / "report.html").is_file() and (out / "tables" / "table1_main.md").is_file()
 
 
+def test_a_damaged_metrics_line_keeps_every_training_curve(fx, tmp_path):
+    """Issue 19 case 5: one non-UTF-8 byte in one run's metrics.jsonl used to drop the training-curves figure for
+    every run, with a traceback; the line is skipped (a warning names file:line) and every run still plots."""
+    root = tmp_path / "runs"
+    for name in ("anchor_s0", "ffn_r16_s0"):
+        shutil.copytree(fx["root"] / "fx" / name, root / "fx" / name)
+    m = root / "fx" / "anchor_s0" / runs.METRICS
+    lines = m.read_bytes().splitlines()
+    m.write_bytes(b"\n".join([*lines[:2], b'{"step": 3, "tokens": 1\xff}', *lines[2:]]) + b"\n")
+    assert len(runs.read_metrics(m.parent)) == len(lines)
+    out = tmp_path / "out"
+    build_report(str(root), out)
+    assert (out / "figures" / "training_curves.png").is_file()
+    md = (out / "report.md").read_text()
+    assert "## Skipped" not in md or "training_curves" not in md.split("## Skipped")[1]
+
+
 def test_empty_and_bad_targets(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     out = build_report(str(tmp_path / "empty"), tmp_path / "o")

@@ -368,3 +368,28 @@ def test_cli_sweep_parses_workers_anywhere(monkeypatch):
     assert main(["sweep", "--workers", "2", "fetch_ratio", "train.seed=1"]) == 0
     assert got == [("fetch_ratio", ["n_trials=2"], 3), ("fetch_ratio", ["train.seed=1"], 2)]
     assert main(["sweep", "fetch_ratio", "--force"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# issue 19 case 18: every shipped sweep starts with two workers
+
+
+@pytest.mark.parametrize("path", sorted(SWEEPS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_sweeps_resolve_worker_threads_without_a_trial(path):
+    """The worker thread budget is read before any trial's params exist: overrides that set memory.type (sized
+    by the space) must not fail there (they did, after the grid had been queued)."""
+    assert runner._base_threads(sweeps.load_sweep(path)) >= 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", sorted(SWEEPS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_sweeps_run_with_two_workers(tmp_path, path):
+    cli = ["train.max_tokens=512", "train.progress=false", f"out_dir={tmp_path / 'runs'}"]
+    if sweeps.load_sweep(path).mode == "optuna":
+        cli.append("n_trials=2")
+    r = subprocess.run([sys.executable, "-m", "hmem_lit.cli", "sweep", str(path), "--workers", "2", *cli], cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ts, _ = trials(path, *cli)
+    assert ts and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts), [t.user_attrs for t in ts]
+    assert any(t.state == TrialState.COMPLETE for t in ts)

@@ -101,3 +101,14 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     final = runs.read_final(tmp_path / "runs" / "000_debug" / "ddp")
     assert final["steps"] == 16 and final["tokens"] == 16 * 2 * 8 * 64  # two ranks share each step
     assert "2 proc" in read_json(tmp_path / "runs" / "000_debug" / "ddp" / runs.MANIFEST)["device"]
+
+
+def test_non_finite_loss_stops_the_run_not_complete(tiny_cfg):
+    """Issue 19 case 7: a diverging run stops with RunError instead of ending 'complete' with val/loss=nan."""
+    from hmem_lit.config import RunError
+
+    cfg = tiny_cfg(name="nan", **{"optim.lr": 1e30, "optim.grad_clip": 0, "optim.warmup": 0,
+                                  "train.max_tokens": 4000})
+    with pytest.raises(RunError, match="diverged"):
+        train(cfg)
+    assert not runs.is_complete(cfg.run_dir) and not (cfg.run_dir / runs.WEIGHTS).exists()

@@ -94,8 +94,11 @@ def resolve(target: str) -> Target:
     for d in (RUNS / "sweeps" / target, RUNS / f"sweep-{target}"):
         if d.is_dir():
             return Target(target, d, _storage_in(d), None)
-    raise ConfigError(f"{target}: neither a runs directory nor a sweep (no sweeps/{target}.yaml, "
-                      f"no {RUNS}/sweeps/{target}/)")
+    if p.suffix in (".yaml", ".yml") or len(p.parts) > 1:  # a path, not a sweep name
+        raise ConfigError(f"{target}: neither a runs directory nor a sweep (no such path); pass a runs directory "
+                          "(e.g. runs/) or a sweep name from `hmem list`")
+    raise ConfigError(f"{target}: neither a runs directory nor a sweep (no {SWEEPS_DIR / (target + '.yaml')}, "
+                      f"no {RUNS / 'sweeps' / target}/)")
 
 
 def load_study(t: Target):

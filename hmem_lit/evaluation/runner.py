@@ -2,12 +2,14 @@
 
     evaluate("runs/exp/name", tasks=None, memory="fetched", limit=None, force=False) -> headline dict
 
-Writes `<run_dir>/eval/<memory>/results.json` (settings, harness results and groups, timing, routing summary) and
-`samples.jsonl` (every harness sample plus the text it routed and its path), both atomically, then merges the
-headline numbers into `final.json["eval"][<memory>]`: `hmem_sk`, `hmem_ck`, `wiki_ppl`, `wiki_bpb`, `<probe>`,
+Writes `<run_dir>/eval/<memory>/samples.jsonl` (every harness sample plus the text it routed and its path), merges
+the headline numbers into `final.json["eval"][<memory>]`, and last `results.json` (settings, harness results and
+groups, timing, routing), each atomically: results.json is the "already evaluated" marker, so a kill anywhere
+leaves a state that a rerun completes. Headline keys: `hmem_sk`, `hmem_ck`, `wiki_ppl`, `wiki_bpb`, `<probe>`,
 `<probe>/bucket<k>`, CK tasks by name, `n_samples`, `eval_time_s`, `retrieval_time_s`, and (fetched / blocked
 modes, data with a key field) `route/<probe>/bucket<k>`: the share of prompts routed to their entity's main leaf
-(results.json["routing"] adds the accuracy when routed right vs wrong). Re-running with the same
+(results.json["routing"] adds the accuracy when routed right vs wrong). A user's own tasks (--include-path) go to
+`eval/<memory>-<tasks>/` and `final.json["eval"]["<memory>-<tasks>"]`. Re-running with the same
 settings (tasks, limit, memory, block level, generation and context lengths, weights) is a no-op unless forced.
 The paper's hub tasks (`paper_ck`, `paper_sk` and their members) are checked up front: offline, a missing dataset
 fails at once with one line naming it and how to provide it.
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hmem_lit import runs
+from hmem_lit import faults, runs
 from hmem_lit.config import ConfigError, from_dict
 from hmem_lit.evaluation.taskgen import PAPER_DIR, TaskSet, build_tasks
 from hmem_lit.utils import atomic_write, dumps, read_json, write_json
@@ -54,6 +56,28 @@ def _run_config(run_dir: Path):
         raise ConfigError(f"{run_dir}: no {runs.FINAL}; the run is not complete")
     final = runs.read_final(run_dir)
     return from_dict(final["config"]) if "config" in final else runs.load_run_config(run_dir)
+
+
+def _check_args(limit: int | None, batch_size: int | None, threads: int) -> None:
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit: must be >= 1 sample per task, got {limit} (omit it for every sample)")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1, got {batch_size} (omit it for eval.batch_size)")
+    if threads < 0:
+        raise ConfigError(f"--threads: must be >= 0 (0 = torch default), got {threads}")
+
+
+def _check_mode(run_dir: Path, cfg: Any, memory: str | None, block_level: int | None) -> None:
+    """Memory modes that need memory are refused on a run without it (they would record a copy of `none`)."""
+    mode = memory or cfg.eval.memory
+    if memory in ("blocked", "generic") and cfg.memory.type == "none":
+        raise ConfigError(f"--memory {memory}: {run_dir} has no memory (memory.type=none); use --memory none")
+    if mode == "blocked":
+        level = block_level if block_level is not None else cfg.eval.block_level
+        depth = cfg.retriever.depth
+        if not 1 <= level <= depth:
+            raise ConfigError(f"--block-level: must be in 1..{depth} (the run's tree levels, retriever.depth), "
+                              f"got {level}")
 
 
 def prepare_tasks(run_dir: str | Path, cfg: Any = None) -> TaskSet:
@@ -207,7 +231,9 @@ def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | 
     from hmem_lit.evaluation.adapter import HmemLM
 
     run_dir = Path(run_dir)
+    _check_args(limit, batch_size, threads)
     cfg = _run_config(run_dir)
+    _check_mode(run_dir, cfg, memory, block_level)
     ts = prepare_tasks(run_dir, cfg)
     requested = list(tasks) if tasks else [t for t in cfg.eval.tasks if t in ts.names]
     if not requested:
@@ -226,11 +252,19 @@ def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | 
     settings = _settings(run_dir, names, lm, limit)
     if include_path:
         settings["include_path"] = sorted(str(Path(d).resolve()) for d in include_path)
-    if not force and (out_dir / "results.json").is_file():
-        old = read_json(out_dir / "results.json")
-        if old.get("settings") == settings:
+    key = out_dir.name  # final.json["eval"] section of this evaluation
+    marker = out_dir / "results.json"  # written last: its presence means samples and final.json are in place
+    if not force and marker.is_file():
+        old = read_json(marker)
+        if old.get("settings") == settings and (out_dir / "samples.jsonl").is_file():
+            final = runs.read_final(run_dir)
+            if not all(k in final.get("eval", {}).get(key, {}) for k in old["headline"]):
+                runs.update_final(run_dir, eval={key: {**final.get("eval", {}).get(key, {}), **old["headline"]}})
+                print(f"[hmem] {out_dir}: repaired final.json[eval][{key}] from results.json")
             print(f"[hmem] {out_dir}: already evaluated with these settings (pass --force to redo)")
-            return old["headline"]
+            return {**final.get("eval", {}).get(key, {}), **old["headline"]}
+    if marker.is_file():
+        marker.unlink()  # from here until the last write, a kill leaves no marker: a rerun evaluates again
     if paper:
         check_paper_datasets(names)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
@@ -251,14 +285,16 @@ def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | 
     timing = {"eval_s": elapsed, "retrieval_s": lm.retrieval_seconds, "model_s": lm.model_seconds,
               "router_load_s": lm.router_load_seconds,
               "routed_texts": len(lm.retrieval.cache)}
-    write_json(out_dir / "results.json", {
+    _write_samples(out_dir / "samples.jsonl", res.get("samples", {}), lm.routing_log)
+    faults.point("eval_samples")
+    final = runs.read_final(run_dir)
+    merged = {**final.get("eval", {}).get(key, {}), **head}
+    runs.update_final(run_dir, eval={key: merged})
+    faults.point("eval_final")
+    write_json(marker, {
         "settings": settings, "headline": head, "timing": timing, "routing": route_detail, "results": res.get("results"),
         "groups": res.get("groups"), "group_subtasks": res.get("group_subtasks"), "n-samples": res.get("n-samples"),
         "versions": res.get("versions"), "configs": res.get("configs")})
-    _write_samples(out_dir / "samples.jsonl", res.get("samples", {}), lm.routing_log)
-    final = runs.read_final(run_dir)
-    merged = {**final.get("eval", {}).get(out_dir.name, {}), **head}
-    runs.update_final(run_dir, eval={out_dir.name: merged})
     if print_table:
         print(make_table(res))
         if res.get("groups"):

@@ -369,6 +369,19 @@ def _worker_entry(spec: SweepSpec, index: int, threads: int) -> None:
         sys.exit(130)
 
 
+def _base_threads(spec: SweepSpec) -> int:
+    """train.threads of the base config with the sweep's overrides. Those may be incomplete without a trial's
+    params (memory.type=ffn whose levels the space sizes), so fall back to the anchor-only skeleton, as
+    load_sweep's validation does."""
+    from hmem_lit.config import load_config
+    from hmem_lit.sweeps.spec import SKELETON
+
+    try:
+        return load_config(spec.base, spec.overrides).train.threads
+    except ConfigError:
+        return load_config(spec.base, spec.overrides + list(SKELETON)).train.threads
+
+
 def run_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), workers: int = 1) -> optuna.Study:
     """`hmem sweep`: create/load the study, reclaim interrupted trials, queue the grid, run workers, summarise."""
     spec = load_sweep(path, cli)
@@ -379,6 +392,9 @@ def run_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), workers: 
             import hmem_lit.evaluation  # noqa: F401
         except ImportError as e:
             raise ConfigError(f"evaluate: the objective {spec.metric} needs hmem_lit.evaluation ({e})") from None
+    threads = 0
+    if workers > 1 and _base_threads(spec) == 0:
+        threads = max(1, (os.cpu_count() or 1) // workers)
     spec.sweep_dir.mkdir(parents=True, exist_ok=True)
     write_json(spec.sweep_dir / "sweep.json", {"path": spec.path, "cli": list(cli), "storage": spec.storage_url,
                                                "name": spec.name, "runs_dir": str(spec.runs_dir)})
@@ -388,11 +404,6 @@ def run_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), workers: 
         if spec.mode == "grid":
             queued = enqueue_grid(study, spec)
             print(f"[sweep] {spec.name}: grid of {len(spec.grid())} points, {queued} queued", flush=True)
-    threads = 0
-    from hmem_lit.config import load_config
-
-    if workers > 1 and load_config(spec.base, spec.overrides).train.threads == 0:
-        threads = max(1, (os.cpu_count() or 1) // workers)
     if workers == 1:
         worker(spec, 0, threads)
     else:

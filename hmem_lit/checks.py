@@ -1,0 +1,30 @@
+"""Checks of what a config names outside itself (data files, data.dir, a run to start from), run by `hmem train`
+and `hmem data prepare` before anything is created. Each failure is one ConfigError line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hmem_lit.config import ConfigError, RunConfig
+
+
+def preflight(cfg: RunConfig, training: bool = True) -> None:
+    """Check what a config names outside itself (data files, data.dir; for training also init_from) before
+    anything is created; every failure is one ConfigError line naming the key."""
+    d = cfg.data
+    if d.source != "toy":
+        root = Path(d.dir)
+        _check_path(not root.exists() or root.is_dir(), "data.dir", f"{root} is a file; point data.dir at a directory")
+    if d.source == "files":
+        for f in d.files:
+            p = Path(f)
+            _check_path(p.exists(), "data.files", f"{p} not found (fix the path or drop it from the list)")
+            _check_path(p.is_file(), "data.files", f"{p} is a directory; list its files instead")
+    if training and cfg.train.init_from:
+        w = Path(cfg.train.init_from) / "model.safetensors"
+        _check_path(w.is_file(), "train.init_from", f"{w} not found; point it at a finished run directory")
+
+
+def _check_path(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
