@@ -44,6 +44,8 @@ def synth_eval(sk: float, seed: int = 0, ppl: float | None = None, buckets_lift:
         ev[probe] = sum(accs) / len(accs)
         for k, a in enumerate(accs):
             ev[f"{probe}/bucket{k}"] = max(0.0, a)
+            if buckets_lift > 0:  # memory runs: the share of prompts routed to their entity's main leaf
+                ev[f"route/{probe}/bucket{k}"] = 0.8 + 0.04 * k
     for k in drop:
         ev.pop(k, None)
     return ev
