@@ -111,9 +111,12 @@ def test_diagnostics_against_a_hand_computed_case():
     h = hit_rates([{"group": "p", "bucket": 0, "hit": True, "correct": 1.0},
                    {"group": "p", "bucket": 0, "hit": False, "correct": 0.0},
                    {"group": "p", "bucket": 0, "hit": True, "correct": 0.0},
-                   {"group": "p", "bucket": 1, "hit": False, "correct": None}])
-    assert h["p"]["0"] == {"prompts": 3, "hit_rate": 0.6667, "acc_routed_right": 0.5, "acc_routed_wrong": 0.0}
-    assert h["p"]["1"] == {"prompts": 1, "hit_rate": 0.0, "acc_routed_right": None, "acc_routed_wrong": None}
+                   {"group": "p", "bucket": 1, "hit": False, "correct": None},
+                   {"group": "q", "bucket": 0, "hit": None, "correct": 1.0}])  # not routed (no memory)
+    assert h["p"]["0"] == {"prompts": 3, "hit_rate": 0.6667, "acc": 0.3333, "acc_routed_right": 0.5,
+                           "acc_routed_wrong": 0.0}
+    assert h["p"]["1"] == {"prompts": 1, "hit_rate": 0.0, "acc": None, "acc_routed_right": None, "acc_routed_wrong": None}
+    assert h["q"]["0"] == {"prompts": 1, "hit_rate": None, "acc": 1.0, "acc_routed_right": None, "acc_routed_wrong": None}
 
 
 # ---------------------------------------------------------------------------------------------- on a corpus

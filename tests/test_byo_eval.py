@@ -80,7 +80,13 @@ def test_own_task_through_include_path_with_routing_diagnostics(byo, tmp_path, m
     assert sum(v["prompts"] * v["hit_rate"] for v in routing.values()) >= 0.8 * len(byo["prompts"])
     final = runs.read_final(byo["run"])
     assert final["eval"]["fetched-my_probe"]["my_probe/exact_match_strip"] == head["my_probe/exact_match_strip"]
-    assert "fetched" not in final["eval"]  # the run's standard evaluation is untouched
+    # the user's metrics join the standard section (for reports), and nothing else of this evaluation does
+    std = final["eval"]["fetched"]
+    assert std["my_probe/exact_match_strip"] == head["my_probe/exact_match_strip"] and "n_samples" not in std
+    assert {f"my_probe/bucket{b}" for b in routing} <= set(std) and {f"route/my_probe/bucket{b}" for b in routing} <= set(std)
+    for b, v in routing.items():  # per-bucket accuracy = the mean over the bucket's samples
+        acc = [s["exact_match"] for s in samples if str(keys[s["doc"]["entity"]]["bucket"]) == b]
+        assert std[f"my_probe/bucket{b}"] == v["acc"] == round(sum(acc) / len(acc), 4)
 
 
 def test_include_path_errors_are_one_line_exit_2(byo, tmp_path):

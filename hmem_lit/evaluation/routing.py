@@ -166,8 +166,9 @@ class Retrieval:
 
 def routing_report(samples: dict[str, list[dict]], routing_log: dict, keys: dict[str, dict], field: str
                    ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Per probe and bucket: the share of prompts routed to their key's main leaf (`keys`: tree/keys.json) and
-    the accuracy when routed right vs wrong -> (detail for results.json, flat `route/<probe>/bucket<k>` headline).
+    """Per probe and bucket: the share of prompts routed to their key's main leaf (`keys`: tree/keys.json), the
+    accuracy, and the accuracy when routed right vs wrong -> (detail for results.json, flat
+    `route/<probe>/bucket<k>` headline; modes that route nothing get accuracy only).
 
     A sample counts when its document's `field` (data.key_field, e.g. `entity`) names a key with training
     documents. Shipped probe tasks `hmem_<probe>_bucket<k>` give probe and bucket; any other task (a user's own,
@@ -182,13 +183,15 @@ def routing_report(samples: dict[str, list[dict]], routing_log: dict, keys: dict
             doc = s.get("doc") or {}
             key = doc.get(field)
             info = routing_log.get((task, s.get("doc_id")), {})
-            if key is None or str(key) not in keys or info.get("path") is None:
+            if key is None or str(key) not in keys:
                 continue
             k = keys[str(key)]
             bucket = int(m.group(2)) if m else int(doc["bucket"]) if isinstance(doc.get("bucket"), int) else k["bucket"]
             correct = next((float(s[n]) for n in ("acc", "exact_match") if isinstance(s.get(n), (int, float))), None)
-            recs.append({"group": m.group(1) if m else task, "bucket": bucket, "hit": list(info["path"]) == k["main_path"],
-                         "correct": correct})
+            path = info.get("path")  # None: this mode routes nothing (generic, none, a run without memory)
+            recs.append({"group": m.group(1) if m else task, "bucket": bucket, "correct": correct,
+                         "hit": None if path is None else list(path) == k["main_path"]})
     detail = hit_rates(recs)
-    flat = {f"route/{g}/bucket{b}": v["hit_rate"] for g, bs in detail.items() for b, v in bs.items()}
+    flat = {f"route/{g}/bucket{b}": v["hit_rate"] for g, bs in detail.items() for b, v in bs.items()
+            if v["hit_rate"] is not None}
     return detail, flat

@@ -9,7 +9,8 @@ leaves a state that a rerun completes. Headline keys: `hmem_sk`, `hmem_ck`, `wik
 `<probe>/bucket<k>`, CK tasks by name, `n_samples`, `eval_time_s`, `retrieval_time_s`, and (fetched / blocked
 modes, data with a key field) `route/<probe>/bucket<k>`: the share of prompts routed to their entity's main leaf
 (results.json["routing"] adds the accuracy when routed right vs wrong). A user's own tasks (--include-path) go to
-`eval/<memory>-<tasks>/` and `final.json["eval"]["<memory>-<tasks>"]`. Re-running with the same
+`eval/<memory>-<tasks>/` and `final.json["eval"]["<memory>-<tasks>"]`; their metrics, per-bucket accuracy
+`<task>/bucket<k>` and routing also join the standard section (`none` for a run without memory). Re-running with the same
 settings (tasks, limit, memory, block level, generation and context lengths, weights) is a no-op unless forced.
 The paper's hub tasks (`paper_ck`, `paper_sk` and their members) are checked up front: offline, a missing dataset
 fails at once with one line naming it and how to provide it.
@@ -282,14 +283,20 @@ def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | 
             "retrieval_time_s": round(lm.retrieval_seconds, 3)}
     route_detail, route_head = _routing(cfg, res.get("samples", {}), lm.routing_log)
     head.update(route_head)
+    for t in mine:  # a user's task: its accuracy per bucket too (shipped probes have bucket subtasks)
+        head.update({f"{t}/bucket{b}": v["acc"] for b, v in route_detail.get(t, {}).items() if v["acc"] is not None})
     timing = {"eval_s": elapsed, "retrieval_s": lm.retrieval_seconds, "model_s": lm.model_seconds,
               "router_load_s": lm.router_load_seconds,
               "routed_texts": len(lm.retrieval.cache)}
     _write_samples(out_dir / "samples.jsonl", res.get("samples", {}), lm.routing_log)
     faults.point("eval_samples")
     final = runs.read_final(run_dir)
-    merged = {**final.get("eval", {}).get(key, {}), **head}
-    runs.update_final(run_dir, eval={key: merged})
+    sections = {key: {**final.get("eval", {}).get(key, {}), **head}}
+    if mine:  # the user's metrics also join the run's standard section, so reports draw them beside the rest
+        std = lm.mode if cfg.memory.type != "none" else "none"  # a run without memory: every mode is "none"
+        own = {k: v for k, v in head.items() if any(k.startswith((f"{t}/", f"route/{t}/")) for t in mine)}
+        sections[std] = {**final.get("eval", {}).get(std, {}), **own}
+    runs.update_final(run_dir, eval=sections)
     faults.point("eval_final")
     write_json(marker, {
         "settings": settings, "headline": head, "timing": timing, "routing": route_detail, "results": res.get("results"),
@@ -301,4 +308,4 @@ def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | 
             print(make_table(res, "groups"))
         print(f"[hmem] {run_dir} memory={lm.mode}: {n} samples in {elapsed:.1f}s "
               f"(retrieval {lm.retrieval_seconds:.2f}s, model {lm.model_seconds:.1f}s) -> {out_dir}")
-    return merged
+    return sections[key]

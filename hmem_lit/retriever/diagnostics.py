@@ -54,22 +54,25 @@ def concentration(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def hit_rates(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """records: {group, bucket, hit (bool), correct (float | None)} -> per group and bucket: prompts, hit rate,
-    and the accuracy when routed right and when routed wrong (None when there were none)."""
-    acc: dict[tuple[str, int], list[list[float]]] = collections.defaultdict(lambda: [[], []])
-    n: dict[tuple[str, int], list[int]] = collections.defaultdict(lambda: [0, 0])
+    """records: {group, bucket, hit (bool, or None when the text was not routed), correct (float | None)} -> per
+    group and bucket: prompts, hit rate (over routed prompts; None if none was routed), accuracy, and the
+    accuracy when routed right and when routed wrong (None when there were none)."""
+    acc: dict[tuple[str, int], dict[Any, list[float]]] = collections.defaultdict(lambda: {True: [], False: [], None: []})
+    n: dict[tuple[str, int], dict[Any, int]] = collections.defaultdict(lambda: {True: 0, False: 0, None: 0})
     for r in records:
-        key = (str(r["group"]), int(r["bucket"]))
-        n[key][0 if r["hit"] else 1] += 1
+        key, hit = (str(r["group"]), int(r["bucket"])), (None if r.get("hit") is None else bool(r["hit"]))
+        n[key][hit] += 1
         if r.get("correct") is not None:
-            acc[key][0 if r["hit"] else 1].append(float(r["correct"]))
+            acc[key][hit].append(float(r["correct"]))
+    mean = lambda xs: round(float(np.mean(xs)), 4) if xs else None  # noqa: E731
     out: dict[str, Any] = {}
-    for (g, b), (right, wrong) in sorted(n.items()):
-        a_r, a_w = acc[(g, b)]
+    for (g, b), c in sorted(n.items()):
+        a = acc[(g, b)]
+        routed = c[True] + c[False]
         out.setdefault(g, {})[str(b)] = {
-            "prompts": right + wrong, "hit_rate": round(right / (right + wrong), 4),
-            "acc_routed_right": round(float(np.mean(a_r)), 4) if a_r else None,
-            "acc_routed_wrong": round(float(np.mean(a_w)), 4) if a_w else None}
+            "prompts": routed + c[None], "hit_rate": round(c[True] / routed, 4) if routed else None,
+            "acc": mean(a[True] + a[False] + a[None]), "acc_routed_right": mean(a[True]),
+            "acc_routed_wrong": mean(a[False])}
     return out
 
 
