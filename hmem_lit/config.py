@@ -224,6 +224,7 @@ class RetrieverConfig:
     bm25_max_df: float = 0.1  # index terms in at most this share of the training documents (template words out)
     refine_iters: int = 6  # label-propagation rounds (each offers a move to half of the documents)
     refine_cap: float = 3.0  # a refined leaf holds at most this x the mean leaf size (<= 0: no limit)
+    graph_max_postings: int = 2048  # refinement graph queries skip terms in more documents (cost linear in corpus)
 
     def __post_init__(self) -> None:
         from hmem_lit.retriever.embedders import EMBEDDERS
@@ -242,6 +243,7 @@ class RetrieverConfig:
         _check(self.knn_k >= 1, "retriever.knn_k", f"must be >= 1, got {self.knn_k}")
         _check(0.0 < self.bm25_max_df <= 1.0, "retriever.bm25_max_df", f"must be in (0, 1], got {self.bm25_max_df}")
         _check(self.refine_iters >= 0, "retriever.refine_iters", f"must be >= 0, got {self.refine_iters}")
+        _check(self.graph_max_postings >= 1, "retriever.graph_max_postings", f"must be >= 1, got {self.graph_max_postings}")
 
 
 @dataclass

@@ -61,6 +61,9 @@ def test_max_df_drops_template_words_and_exclude_skips_self():
     nbr, _ = knn_graph(idx, DOCS, 2)
     assert all(i not in row for i, row in enumerate(nbr))
     assert nbr[0][0] == 1 and nbr[2][0] == 3  # the other document with the same rare name
+    # graph queries skip terms with longer posting lists: at 1, only a document's own terms remain -> no neighbour
+    assert (knn_graph(idx, DOCS, 2, max_postings=1)[0] == -1).all()
+    np.testing.assert_array_equal(knn_graph(idx, DOCS, 2, max_postings=2)[0], nbr)  # every indexed term: df <= 2
 
 
 def test_group_argmax_and_hierarchical_vote_by_hand():

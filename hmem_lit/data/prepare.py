@@ -90,7 +90,7 @@ def _stage_keys(cfg: Any, manifest: dict) -> dict[str, str]:
     keys["tree"] = _h("tree", _VERSION["tree"], out("corpus"), keys["embeddings"], r.type, r.branching, r.depth,
                       r.balance, r.niter, r.max_points_per_centroid, r.seed, r.recenter, r.train_paths,
                       r.oracle_field if r.type == "oracle" else None,
-                      (r.router, r.refine, r.knn_k, r.bm25_max_df, r.refine_iters, r.refine_cap)
+                      (r.router, r.refine, r.knn_k, r.bm25_max_df, r.refine_iters, r.refine_cap, r.graph_max_postings)
                       if r.type == "tree" else None, key_field(cfg))
     keys["packing"] = _h("packing", _VERSION["packing"], out("tokenizer"), out("tree"), d.seq_len, d.seed)
     keys["questions"] = _h("questions", _VERSION["questions"], out("corpus"), d.seed)
@@ -287,7 +287,7 @@ def _bm25_tree(cfg: Any, tree: Any, x: np.ndarray, assign: np.ndarray, train_tex
     train = np.nonzero(split == 0)[0]
     t0 = time.perf_counter()
     index = BM25Index.fit(train_texts, max_df=r.bm25_max_df)
-    nbr, w = knn_graph(index, train_texts, r.knn_k)
+    nbr, w = knn_graph(index, train_texts, r.knn_k, r.graph_max_postings)
     stats["bm25"] = {"terms": len(index.vocab), "index_s": round(time.perf_counter() - t0, 3)}
     if r.refine == "bm25" and r.refine_iters > 0:
         leaves = refine_leaves(assign[:, -1], nbr, w, r.refine_iters, r.refine_cap, stats["bm25"])
