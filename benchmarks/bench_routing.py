@@ -118,12 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="defaults only, no grid")
     ap.add_argument("--minilm", action="store_true", help="add the minilm embedder to the grid")
     ap.add_argument("--scaling", action="store_true", help="also: tree-stage time vs corpus size")
+    ap.add_argument("--only-scaling", action="store_true", help="just the scaling rows, merged into --out")
     ap.add_argument("--work", type=Path, default=ROOT / "data" / "bench_routing")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "routing.json")
     a = ap.parse_args(argv)
     result: dict = {"machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
                     "command": "python benchmarks/bench_routing.py" + (" --quick" if a.quick else "")
                     + (" --minilm" if a.minilm else "") + (" --scaling" if a.scaling else ""), "corpora": {}}
+    if a.only_scaling:
+        result = read_json(a.out) if a.out.is_file() else result
+        result["scaling"] = scaling(a.work)
+        result["scaling_command"] = "python benchmarks/bench_routing.py --only-scaling"
+        write_json(a.out, result)
+        return 0
     for corpus in CORPORA:
         base = load_config(QUICKSTART, [f"data.corpus={corpus}", f"data.dir={a.work}/{corpus}"])
         prepare(base, progress=False, verbose=False)
