@@ -59,9 +59,10 @@ def routing_sensitivity(result: dict[str, Any], stem: str | Path) -> list[Path]:
             ax.set_ylabel(label, fontsize=8)
             if row == 0:
                 ax.set_title(f"corpus={corpus}", fontsize=9)
-    axes[0, 0].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.suptitle("Routing sensitivity (no training): router x refinement x tree shape x balancing", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
     return _save(fig, Path(stem))
 
 
