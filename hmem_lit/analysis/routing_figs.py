@@ -1,8 +1,5 @@
-"""Routing figures: the sensitivity study (benchmarks/bench_routing.py's JSON) and, per evaluated run, the share
-of fact prompts routed to their entity's main leaf per frequency bucket (drawn next to the Fig. 1 analog).
-
-Both are functions of data files (the benchmark JSON, `final.json["eval"][mode]["routing"]`), headless (Agg), and
-saved as PNG and PDF.
+"""The routing sensitivity figure: a function of benchmarks/bench_routing.py's JSON, headless (Agg), saved as PNG
+and PDF. (Per evaluated run, the routing-per-bucket figure is the `routing` kind in figures.py.)
 """
 
 from __future__ import annotations
@@ -63,23 +60,4 @@ def routing_sensitivity(result: dict[str, Any], stem: str | Path) -> list[Path]:
     fig.suptitle("Routing sensitivity (no training): router x refinement x tree shape x balancing", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
-    return _save(fig, Path(stem))
-
-
-def routing_buckets(routing: dict[str, dict[str, dict[str, Any]]], title: str, stem: str | Path) -> list[Path]:
-    """routing: {probe: {bucket: {hit_rate, acc_routed_right, acc_routed_wrong}}} -> hit rate per bucket."""
-    probes = sorted(routing)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(probes) + 2), 2.8))
-    buckets = sorted({int(b) for p in probes for b in routing[p]})
-    w = 0.8 / max(1, len(buckets))
-    for i, b in enumerate(buckets):
-        ys = [routing[p].get(str(b), {}).get("hit_rate", np.nan) for p in probes]
-        ax.bar(np.arange(len(probes)) + (i - (len(buckets) - 1) / 2) * w, ys, w,
-               color=plt.cm.viridis(i / max(1, len(buckets) - 1)), label=f"bucket {b}")
-    ax.set_xticks(np.arange(len(probes)), probes, fontsize=7, rotation=20)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("prompts routed to\nthe entity's main leaf", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6, ncol=len(buckets), loc="lower right")
-    fig.tight_layout()
     return _save(fig, Path(stem))

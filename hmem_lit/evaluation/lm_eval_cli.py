@@ -12,8 +12,9 @@ from __future__ import annotations
 
 
 def main() -> None:
-    import hmem_lit.evaluation.adapter  # noqa: F401  (registers model "hmem" with lm-eval)
     from lm_eval.__main__ import cli_evaluate
+
+    import hmem_lit.evaluation.adapter  # noqa: F401  (registers model "hmem" with lm-eval)
 
     cli_evaluate()
 
