@@ -102,3 +102,15 @@ def test_include_path_errors_are_one_line_exit_2(byo, tmp_path):
                         "--include-path", str(empty)], capture_output=True, text=True, timeout=180)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "--include-path" in p.stderr
     assert p.stderr.strip().count("\n") == 0
+
+
+def test_lm_eval_command_line_runs_the_hmem_model(byo, tmp_path):
+    """`hmem-lm-eval` = lm-eval's own CLI with the model registered; its default --device cuda:0 falls back to the
+    CPU where there is no CUDA."""
+    p = subprocess.run([sys.executable, "-m", "hmem_lit.evaluation.lm_eval_cli", "run", "--model", "hmem",
+                        "--model_args", f"run_dir={byo['run']},memory=fetched", "--tasks", "my_probe",
+                        "--include_path", str(byo["tasks"]), "--limit", "6"],
+                       capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "HF_DATASETS_CACHE": str(tmp_path / "hf")})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "my_probe" in p.stdout and "exact_match" in p.stdout

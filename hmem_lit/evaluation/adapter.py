@@ -46,10 +46,14 @@ Item = tuple[list[int], list[int], bool]  # (context tokens, continuation tokens
 class HmemLM(LM):
     def __init__(self, run_dir: str | Path, memory: str | None = "config", batch_size: int | str | None = None,
                  max_length: int | None = None, max_gen_tokens: int | None = None, block_level: int | None = None,
-                 rolling_context: int | None = None, device: str = "cpu", threads: int = 0, **_: Any):
+                 rolling_context: int | None = None, device: str | None = "cpu", threads: int = 0, **_: Any):
         super().__init__()
         from hmem_lit import runs
         from hmem_lit.utils import set_threads
+
+        # lm-eval's command line passes device="cuda:0" unless --device is given: on a machine without CUDA, use the CPU
+        if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cuda" if torch.cuda.is_available() else "cpu"
 
         set_threads(int(threads))  # on a shared CPU, 1 thread can be several times faster than oversubscription
 
