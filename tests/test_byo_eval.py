@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -111,6 +112,6 @@ def test_lm_eval_command_line_runs_the_hmem_model(byo, tmp_path):
                         "--model_args", f"run_dir={byo['run']},memory=fetched", "--tasks", "my_probe",
                         "--include_path", str(byo["tasks"]), "--limit", "6"],
                        capture_output=True, text=True, timeout=300,
-                       env={**__import__("os").environ, "HF_DATASETS_CACHE": str(tmp_path / "hf")})
+                       env={**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf")})
     assert p.returncode == 0, p.stderr[-2000:]
     assert "my_probe" in p.stdout and "exact_match" in p.stdout
