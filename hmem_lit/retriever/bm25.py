@@ -131,18 +131,24 @@ class BM25Index:
 # ------------------------------------------------------------------------------------------------ voting
 
 
-def vote_paths(ids: np.ndarray, scores: np.ndarray, doc_paths: np.ndarray, branching: int) -> tuple[np.ndarray, np.ndarray]:
+def vote_paths(ids: np.ndarray, scores: np.ndarray, doc_paths: np.ndarray, branching: int,
+               start: np.ndarray | None = None, start_level: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """Hierarchical vote. ids/scores (n, k) from `topk`, doc_paths (N, depth) -> (paths (n, depth), voted (n,) bool).
 
     At each level the voters' scores are summed per node among the children of the node chosen above; the best
-    sum wins (ties: the lower node id). Rows without any voter are returned as -1 with voted False."""
+    sum wins (ties: the lower node id). With `start` (n,) node ids at 0-based `start_level`, the path is forced
+    through them and only voters under them count. Rows without any voter are returned as -1 with voted False."""
     n, k = ids.shape
     depth = doc_paths.shape[1]
     out = np.full((n, depth), -1, np.int64)
-    ok = (ids >= 0) & (scores > 0)
-    voted = ok.any(1)
-    alive = ok.copy()  # voters still under the chosen node
-    for lvl in range(depth):
+    alive = (ids >= 0) & (scores > 0)  # voters still under the chosen node
+    if start is not None:
+        start = np.asarray(start, np.int64)
+        alive &= doc_paths[np.maximum(ids, 0), start_level] == start[:, None]
+        for lvl in range(start_level, -1, -1):  # ancestors of the forced node
+            out[:, lvl] = start // branching ** (start_level - lvl)
+    voted = alive.any(1)
+    for lvl in range(start_level + 1, depth):
         node = np.where(alive, doc_paths[np.maximum(ids, 0), lvl], -1)  # (n, k)
         best = _argmax_group_sum(node, np.where(alive, scores, 0.0), alive)
         out[:, lvl] = best

@@ -168,30 +168,12 @@ class BM25Router(TreeRouter):
         super().__init__(tree, embedder, seed)
         self.index, self.doc_paths, self.k = index, np.asarray(doc_paths, np.int64), k
 
-    def _voters(self, texts: Sequence[str], start: np.ndarray | None = None, start_level: int = -1):
-        """-> (ids, scores, alive): the top-k documents, and which of them lie under `start` at `start_level`."""
-        ids, sc = self.index.topk(list(texts), self.k)
-        alive = (ids >= 0) & (sc > 0)
-        if start is not None:
-            alive &= self.doc_paths[np.maximum(ids, 0), start_level] == np.asarray(start, np.int64)[:, None]
-        return ids, sc, alive
+    def _descend_votes(self, texts: Sequence[str], start: np.ndarray | None = None, start_level: int = -1,
+                       voters: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        from hmem_lit.retriever.bm25 import vote_paths
 
-    def _descend_votes(self, texts: Sequence[str], start: np.ndarray | None = None, start_level: int = -1) -> np.ndarray:
-        from hmem_lit.retriever.bm25 import _argmax_group_sum
-
-        n = len(texts)
-        ids, sc, alive = self._voters(texts, start, start_level)
-        paths = np.zeros((n, self.depth), np.int64)
-        if start is not None:
-            node = np.asarray(start, np.int64)
-            for lvl in range(start_level, -1, -1):
-                paths[:, lvl] = node // self.branching ** (start_level - lvl)
-        voted = alive.any(1)
-        for lvl in range(start_level + 1, self.depth):
-            node = np.where(alive, self.doc_paths[np.maximum(ids, 0), lvl], -1)
-            best = _argmax_group_sum(node, np.where(alive, sc, 0.0), alive)
-            paths[:, lvl] = best
-            alive &= node == best[:, None]
+        ids, sc = voters if voters is not None else self.index.topk(list(texts), self.k)
+        paths, voted = vote_paths(ids, sc, self.doc_paths, self.branching, start, start_level)
         miss = np.nonzero(~voted)[0]
         if len(miss):  # no indexed term in common with any training document (under `start`): centroids decide
             x = self.embed([texts[i] for i in miss])
@@ -215,10 +197,13 @@ class BM25Router(TreeRouter):
         self._check_level(level)
         texts = list(texts)
         lvl = level - 1
-        paths = self.route(texts)
+        ids, sc = self.index.topk(texts, self.k)  # one lookup serves the route and the ranking
+        paths = self._descend_votes(texts, voters=(ids, sc))
         parents = paths[:, lvl - 1] if lvl > 0 else np.zeros(len(texts), np.int64)
         cand, dist = self.tree._child_dist(self.embed(texts), lvl, parents)  # (N, K)
-        ids, sc, alive = self._voters(texts, parents if lvl > 0 else None, lvl - 1)
+        alive = (ids >= 0) & (sc > 0)
+        if lvl > 0:  # only voters under the routed parent
+            alive &= self.doc_paths[np.maximum(ids, 0), lvl - 1] == parents[:, None]
         node = self.doc_paths[np.maximum(ids, 0), lvl]  # (N, k)
         votes = ((node[:, None, :] == cand[:, :, None]) * np.where(alive, sc, 0.0)[:, None, :]).sum(2)  # (N, K)
         order = np.array([np.lexsort((d, -v)) for d, v in zip(dist, votes)], np.int64).reshape(cand.shape)
