@@ -296,8 +296,11 @@ def _bm25_tree(cfg: Any, tree: Any, x: np.ndarray, assign: np.ndarray, train_tex
         stats.update(cluster_stats(assign, tree.branching, tree.depth))
     # the path a prompt with each training document's text would take: bm25, the vote of its neighbours (itself
     # excluded); centroid, greedy descent
-    voted_paths, voted = vote_paths(nbr, w, assign, tree.branching)
-    routed = np.where(voted[:, None], voted_paths, assign) if r.router == "bm25" else tree.route(x[train])
+    if r.router == "bm25":
+        voted_paths, voted = vote_paths(nbr, w, assign, tree.branching)
+        routed = np.where(voted[:, None], voted_paths, assign)
+    else:
+        routed = tree.route(x[train])
     stats["route_agreement"] = float((routed[:, -1] == assign[:, -1]).mean()) if len(train) else 1.0
     if r.train_paths == "routed":
         assign = routed
