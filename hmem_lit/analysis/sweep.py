@@ -133,8 +133,9 @@ def load_study(t: Target):
 
 
 def trial_run_dirs(study) -> list[Path]:
-    """Run directories that trials name in their user attributes (any string value that is one)."""
-    out = []
+    """Run directories that trials name in their user attributes (any string value that is one), and the study's
+    baseline runs (spec key `baselines`: the anchor-only runs its figures compare with)."""
+    out = [Path(v) for v in study.user_attrs.get("baselines", []) if (Path(v) / "config.yaml").is_file()]
     for tr in study.trials:
         for v in tr.user_attrs.values():
             if isinstance(v, str) and len(v) < 500 and (Path(v) / "config.yaml").is_file():

@@ -38,9 +38,10 @@ def resolve_layers(spec: Any, n_layer: int) -> list[int]:
     if isinstance(spec, str):
         if spec == "all":
             return list(range(n_layer))
-        thirds = torch.arange(n_layer).tensor_split(3)  # sizes differ by at most one
         idx = {"early": 0, "middle": 1, "late": 2}[spec]
-        layers = thirds[idx].tolist()
+        q, rem = divmod(n_layer, 3)  # torch.tensor_split's thirds (sizes differ by at most one), without a tensor:
+        start = idx * q + min(idx, rem)  # this also runs on the meta device (parameter accounting)
+        layers = list(range(start, start + q + (idx < rem)))
         if not layers:
             raise ValueError(f"memory.layers={spec}: {n_layer} layers have no {spec} third")
         return layers

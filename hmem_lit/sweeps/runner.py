@@ -331,6 +331,58 @@ def enqueue_grid(study: optuna.Study, spec: SweepSpec) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# baselines: runs the trials are compared with (an anchor alone), trained once and shared between sweeps
+
+
+def baseline_configs(spec: SweepSpec, extra: list[str] | tuple[str, ...] = ()) -> list[Any]:
+    """The spec's baselines as configs: each experiment with the sweep's overrides except memory.* (a level sweep
+    sets memory.type=ffn for its trials, the anchor must stay an anchor). They live in
+    <out_dir>/sweeps/_baselines/<experiment stem>-<hash of the resolved config>, so sweeps with the same data, tokens
+    and anchor share one run (memory_type, level_fetched and level_bank on one corpus train one anchor)."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    from hmem_lit.config import load_config
+
+    ov = [o for o in spec.overrides if not o.startswith("memory.") and not o.startswith("experiment=")
+          and not o.startswith("name=") and not o.startswith("optim.memory_lr_scale=")]
+    out = []
+    for exp in spec.baselines:
+        cfg = load_config(exp, ov)
+        d = OmegaConf.to_container(OmegaConf.structured(cfg))
+        for k in ("name", "experiment", "out_dir"):
+            d.pop(k, None)
+        d["train"].pop("threads", None)
+        d["train"].pop("progress", None)
+        h = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        out.append(load_config(exp, [*ov, f"out_dir={spec.runs_dir.parent}", "experiment=_baselines",
+                                     f"name={Path(exp).stem}-{h}", *extra]))
+    return out
+
+
+def ensure_baselines(spec: SweepSpec, study: optuna.Study, threads: int = 0) -> list[Path]:
+    """Train and evaluate the baselines that are not complete yet (a lock per run: two launches never train one
+    twice), and name their run directories in the study's user attributes (`hmem report <sweep>` reads them)."""
+    from hmem_lit.train import train
+
+    dirs = []
+    for cfg in baseline_configs(spec, [f"train.threads={threads}"] if threads else []):
+        with file_lock(cfg.run_dir.parent / "locks" / f"{cfg.name}.lock"):
+            done = runs.is_complete(cfg.run_dir) and (not spec.needs_eval or bool(
+                runs.read_final(cfg.run_dir).get("eval", {}).get(spec.eval_memory or "fetched")))
+            if not done:
+                print(f"[sweep] {spec.name}: baseline {cfg.run_dir}", flush=True)
+                run_dir = train(cfg)
+                if spec.needs_eval:
+                    evaluate_run(spec, run_dir, threads)
+        dirs.append(str(cfg.run_dir))
+    if dirs:
+        study.set_user_attr("baselines", dirs)
+    return [Path(d) for d in dirs]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # workers, the sweep
 
 
@@ -404,6 +456,7 @@ def run_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), workers: 
         if spec.mode == "grid":
             queued = enqueue_grid(study, spec)
             print(f"[sweep] {spec.name}: grid of {len(spec.grid())} points, {queued} queued", flush=True)
+    ensure_baselines(spec, study, threads)
     if workers == 1:
         worker(spec, 0, threads)
     else:

@@ -18,6 +18,8 @@ A sweep file is a mapping with these keys (all but `base` and `space` optional):
     storage: null                      # null = <out_dir>/sweeps/<name>/study.journal; or sqlite:///abs.db, postgresql://...
     translate: {tolerance: 0.05, budget: auto, memory_type: ffn, q: 0.25, shape: null, max_layers: null}
     profiles: {gpu: {...}}             # `profile=gpu`: its overrides / fixed / space replace these, other keys merge
+    baselines: [101_qs_anchor]         # experiments trained (and evaluated) once next to the trials, with the
+                                       #   sweep's overrides except memory.*: the anchor-only runs figures compare to
     heartbeat_s: 30                    # RUNNING trials of other hosts count as interrupted after stale_after_s
     stale_after_s: 900
 """
@@ -49,7 +51,7 @@ PAPER_PARAMS = {
     "fetch_ratio": "fetched / anchor parameters at the fixed runtime budget translate.budget",
 }
 _TOP = ("name", "base", "overrides", "fixed", "space", "mode", "objective", "evaluate", "n_trials", "sampler",
-        "pruner", "storage", "translate", "profiles", "profile", "heartbeat_s", "stale_after_s")
+        "pruner", "storage", "translate", "profiles", "profile", "heartbeat_s", "stale_after_s", "baselines")
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = {"none": (), "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
            "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
@@ -114,6 +116,7 @@ class SweepSpec:
     heartbeat_s: float = 30.0
     stale_after_s: float = 900.0
     profile: str | None = None
+    baselines: list[str] = field(default_factory=list)  # experiment files (resolved paths)
 
     # ---- derived
     @property
@@ -345,6 +348,11 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> Sweep
     _check(t.q > 0, "translate.q", "must be > 0")
     if t.budget != "auto":
         t.budget = parse_count(t.budget, "translate.budget")
+    bl = raw.get("baselines") or []
+    bl = [bl] if isinstance(bl, str) else bl
+    _check(isinstance(bl, list) and all(isinstance(b, str) for b in bl), "baselines",
+           "expected a list of experiments (names in experiments/ or paths), e.g. [101_qs_anchor]")
+    spec.baselines = [str(_find(b, EXPERIMENTS_DIR, "baselines: experiment")) for b in bl]
     spec.heartbeat_s = float(raw.get("heartbeat_s", 30.0))
     spec.stale_after_s = float(raw.get("stale_after_s", 900.0))
 

@@ -89,7 +89,9 @@ def unit_params(cfg: RunConfig, mem_type: str) -> int:
     """c0: fetched parameters per unit of r (levels=[1]) for this anchor and memory type."""
     mem = dataclasses.replace(cfg.memory, type=mem_type, levels=[1], generic=False)
     ret = dataclasses.replace(cfg.retriever, depth=max(1, cfg.retriever.depth))
-    return counts(dataclasses.replace(cfg, memory=mem, retriever=ret, train=dataclasses.replace(cfg.train, mode="anchor")))["fetched"]
+    opt = dataclasses.replace(cfg.optim, memory_lr_scale=[])  # per-level LRs do not change the count
+    return counts(dataclasses.replace(cfg, memory=mem, retriever=ret, optim=opt,
+                                      train=dataclasses.replace(cfg.train, mode="anchor")))["fetched"]
 
 
 def _solve_q(ratio: float, b: int, depth: int) -> float:
@@ -261,7 +263,7 @@ def _paper_overrides(spec: SweepSpec, cfg: RunConfig, paper: dict[str, Any], inf
             if rho > 0:
                 raise Infeasible(f"fetch_ratio={rho}: the nearest anchor ({L} layers, {anchor:,}) leaves no room for memory")
             mode = "anchor" if cfg.train.mode in ("anchor", "scratch") else cfg.train.mode
-            return gen + ["memory.type=none", "memory.levels=[]", f"train.mode={mode}"]
+            return gen + ["memory.type=none", "memory.levels=[]", f"train.mode={mode}", "optim.memory_lr_scale=[]"]
     c0 = unit_params(cfg, mem_type)
     b = cfg.retriever.branching
     level = paper.get("level")
@@ -272,6 +274,9 @@ def _paper_overrides(spec: SweepSpec, cfg: RunConfig, paper: dict[str, Any], inf
     info.update(c0=c0, requested_fetched=fetched if fetched is not None else (units * c0 if units else None),
                 requested_bank=bank)
     gen += [f"memory.type={mem_type}", f"memory.levels={_fmt(r)}"]
+    scale = list(cfg.optim.memory_lr_scale)
+    if scale and len(scale) != len(r):  # the base's LR multipliers are per tree level: keep level l's for level l
+        gen.append(f"optim.memory_lr_scale={_fmt((scale + [scale[-1]] * len(r))[:len(r)])}")
     if len(r) > cfg.retriever.depth:
         gen.append(f"retriever.depth={len(r)}")
     if cfg.memory.type == "none" and cfg.train.mode == "anchor":
