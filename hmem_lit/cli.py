@@ -112,6 +112,13 @@ def cmd_report(a: argparse.Namespace) -> int:
     return report_main(a.target, a.out, a.spec)
 
 
+def cmd_ablations(a: argparse.Namespace) -> int:
+    from hmem_lit.analysis.ablations import build
+
+    print(build(a.root, a.out))
+    return 0
+
+
 def cmd_sweep(a: argparse.Namespace) -> int:
     from hmem_lit import sweeps
 
@@ -171,6 +178,7 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "eval": cmd_eval,
     "report": cmd_report,
     "sweep": cmd_sweep,
+    "ablations": cmd_ablations,
 }
 
 
@@ -203,9 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your own lm-eval task YAMLs (repeatable); name them with --tasks; results under "
                    "<run_dir>/eval/<memory>-<tasks>/")
     r = sub.add_parser("report", help="figures, tables and an HTML page from a runs directory or a sweep")
-    r.add_argument("target", help="runs directory, or sweep name (sweeps/<name>.yaml; its runs under runs/sweep-<name>/)")
+    r.add_argument("target", help="runs directory, or sweep name (sweeps/<name>.yaml; its runs under runs/sweeps/<name>/)")
     r.add_argument("--out", default=None, help="output directory (default analysis/generated/<name>)")
     r.add_argument("--spec", action="append", default=None, help="figure spec YAML (default analysis/*.yaml)")
+    ab = sub.add_parser("ablations", help="the ablation sweeps (both corpora) as one page: tables, figures and "
+                        "the paper's shapes checked (docs/ablations.md)")
+    ab.add_argument("--root", default="runs/sweeps", help="the sweeps' runs (default runs/sweeps)")
+    ab.add_argument("--out", default="docs/ablations", help="output directory (default docs/ablations)")
     w = sub.add_parser("sweep", help="run a sweep (`hmem sweep sweeps/x.yaml [--workers N] [key=value]`), or "
                        "`hmem sweep status <name>` / `hmem sweep plan <name>`")
     w.add_argument("target", help="sweep YAML (path or name in sweeps/), or status / plan")

@@ -393,3 +393,66 @@ def test_shipped_sweeps_run_with_two_workers(tmp_path, path):
     ts, _ = trials(path, *cli)
     assert ts and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts), [t.user_attrs for t in ts]
     assert any(t.state == TrialState.COMPLETE for t in ts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# issue 20: baselines, per-level LR multipliers, placement accounting
+
+
+def test_baselines_trained_once_shared_and_reported(tmp_path, monkeypatch):
+    """A sweep's baselines are anchor-only runs (memory.* overrides dropped), shared by sweeps whose other
+    overrides agree, trained and evaluated once, and listed with the trials for `hmem report`."""
+    from hmem_lit import runs
+    from hmem_lit.analysis.sweep import load_study, resolve, trial_run_dirs
+
+    evals = []
+
+    def fake_eval(spec, run_dir, threads=0):
+        evals.append(Path(run_dir).name)
+        runs.update_final(run_dir, eval={"fetched": {"hmem_sk": 0.5}})
+
+    monkeypatch.setattr(runner, "evaluate_run", fake_eval)
+    kw = dict(mode="grid", baselines=["000_debug"], objective={"metric": "eval.fetched.hmem_sk", "direction": "maximize"},
+              overrides={"retriever.depth": 1, "memory.type": "ffn"}, fixed={"level": 1})
+    a = write_sweep(tmp_path, name="a", space={"fetched": [1536]}, **kw)
+    b = write_sweep(tmp_path, name="b", space={"fetched": [3072]}, **kw)
+    sweeps.run_sweep(a)
+    sweeps.run_sweep(b)
+    (cfg,) = runner.baseline_configs(sweeps.load_sweep(a))
+    assert cfg.memory.type == "none" and cfg.train.mode == "anchor" and cfg.retriever.depth == 1
+    assert cfg.run_dir.parent == tmp_path / "runs" / "sweeps" / "_baselines"
+    assert evals.count(cfg.run_dir.name) == 1, evals  # shared: sweep b found it complete and evaluated
+    assert runs.read_final(cfg.run_dir)["params"]["fetched"] == 0
+    other = runner.baseline_configs(sweeps.load_sweep(a, ["data.toy_docs=150"]))[0]
+    assert other.run_dir != cfg.run_dir  # another corpus size: another baseline
+    study, _ = load_study(resolve(str(b)))
+    dirs = {p.resolve() for p in trial_run_dirs(study)}
+    assert cfg.run_dir.resolve() in dirs and len(dirs) == 2
+
+
+def test_baselines_bad_name_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="baselines: experiment file not found"):
+        sweeps.load_sweep(write_sweep(tmp_path, mode="grid", baselines=["nope"], space={"train.seed": [0]}))
+
+
+def test_memory_lr_scale_follows_the_tree_level(tmp_path):
+    """optim.memory_lr_scale is per tree level: a level-1 point keeps the first multiplier, a level-2 point both."""
+    path = write_sweep(tmp_path, mode="grid", overrides={"retriever.depth": 2, "memory.type": "ffn",
+                                                          "optim.memory_lr_scale": [1.0, 2.5]},
+                       space={"level": [1, 2], "fetched": [1536]})
+    spec = sweeps.load_sweep(path)
+    got = {p["level"]: sweeps.translate(spec, p)[0] for p in spec.grid()}
+    assert got[1].memory.levels == [4] and got[1].optim.memory_lr_scale == [1.0]
+    assert got[2].memory.levels == [0, 4] and got[2].optim.memory_lr_scale == [1.0, 2.5]
+
+
+def test_placement_equal_fetch_on_meta_device(tmp_path):
+    """early / middle / late / all at one fetched size: fewer memory layers get more units each (c0 = 3 l d), the
+    fetched count is the same (the placement names resolve on the meta device: they used a tensor and crashed)."""
+    path = write_sweep(tmp_path, mode="grid", overrides={"anchor.n_layer": 3, "retriever.depth": 1,
+                                                          "memory.type": "ffn"},
+                       fixed={"level": 1, "fetched": 1152}, space={"memory.layers": ["early", "middle", "late", "all"]})
+    spec = sweeps.load_sweep(path)
+    info = {p["memory.layers"]: sweeps.translate(spec, p)[1] for p in spec.grid()}
+    assert {i["realised_fetched"] for i in info.values()} == {1152}
+    assert info["early"]["levels"] == info["late"]["levels"] == [3 * info["all"]["levels"][0]]

@@ -79,6 +79,11 @@ def _num(x: Any) -> float:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else np.nan
 
 
+def _layers(spec: Any) -> str:
+    """memory.layers as one cell: all | early | middle | late | 0,2,4."""
+    return spec if isinstance(spec, str) else ",".join(map(str, spec or []))
+
+
 def _base_row(run_dir: Path, root: Path, final: dict[str, Any]) -> dict[str, Any]:
     cfg = final.get("config") or {}
     mem, tr, an = cfg.get("memory") or {}, cfg.get("train") or {}, cfg.get("anchor") or {}
@@ -94,6 +99,7 @@ def _base_row(run_dir: Path, root: Path, final: dict[str, Any]) -> dict[str, Any
         "levels": ",".join(map(str, levels)) or "-", "n_levels": len(used),
         "level": float(used[0]) if len(used) == 1 else np.nan,  # the memory level of single-level runs
         "generic": bool(mem.get("generic", False)), "seed": tr.get("seed"),
+        "layers": _layers(mem.get("layers", "all")),
         "anchor_preset": an.get("preset"), "n_layer": an.get("n_layer"), "d_model": an.get("d_model"),
         "params_anchor": pa, "params_fetched": pf, "params_bank": pb,
         "params_runtime": _num(params.get("runtime", pa + pf)),

@@ -34,6 +34,7 @@ CONFIG_COLUMNS: dict[str, tuple[str, Callable[[pd.Series], str]]] = {
     "runtime": ("runtime", lambda r: fmt_count(r.params_runtime)),
     "ratio": ("fetched:anchor", lambda r: f"{r.fetch_ratio:.2f}" if r.fetch_ratio == r.fetch_ratio else "-"),
     "tokens": ("tokens", lambda r: fmt_count(r.tokens)),
+    "layers": ("memory layers", lambda r: r.layers if r.memory_type != "none" else "-"),
 }
 # column id -> (header, metric column, scale, decimals)
 METRIC_COLUMNS = {"ck": ("Avg-CK", "hmem_ck", 100, 1), "sk": ("Avg-SK", "hmem_sk", 100, 1),

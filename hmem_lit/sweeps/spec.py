@@ -57,7 +57,8 @@ PRUNERS = {"none": (), "median": ("n_startup_trials", "n_warmup_steps", "interva
            "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
            "hyperband": ("min_resource", "max_resource", "reduction_factor"),
            "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate")}
-SKELETON = ("memory.type=none", "memory.levels=[]", "train.mode=anchor", "train.init_from=null")  # anchor only
+SKELETON = ("memory.type=none", "memory.levels=[]", "train.mode=anchor", "train.init_from=null",  # anchor only
+            "optim.memory_lr_scale=[]")
 _SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 
 

@@ -209,7 +209,8 @@ def translate(spec: SweepSpec, params: dict[str, Any], extra: list[str] | tuple[
             raise Infeasible(str(e)) from None
     info: dict[str, Any] = {}
     if paper:
-        gen = _paper_overrides(spec, cfg, paper, info, _requested_type(spec, base_ov))
+        gen = _paper_overrides(spec, cfg, paper, info, _requested(spec, base_ov, "memory.type"),
+                               _requested(spec, base_ov, "optim.memory_lr_scale") or [])
         try:
             cfg = load_config(spec.base, base_ov + gen + run_ov)
         except ConfigError as e:
@@ -220,18 +221,20 @@ def translate(spec: SweepSpec, params: dict[str, Any], extra: list[str] | tuple[
     return cfg, info
 
 
-def _requested_type(spec: SweepSpec, overrides: list[str]) -> str | None:
-    """memory.type as the base YAML + overrides ask for it (before levels make the config valid)."""
+def _requested(spec: SweepSpec, overrides: list[str], key: str) -> Any:
+    """A key (memory.type, optim.memory_lr_scale) as the base YAML + overrides ask for it, before the levels make
+    the config valid (the accounting may have used the anchor-only skeleton)."""
     from omegaconf import OmegaConf
 
     from hmem_lit.config import _read_yaml
 
     merged = OmegaConf.merge(_read_yaml(spec.base), OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.select(merged, "memory.type", default=None)
+    got = OmegaConf.select(merged, key, default=None)
+    return OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
 
 
 def _paper_overrides(spec: SweepSpec, cfg: RunConfig, paper: dict[str, Any], info: dict[str, Any],
-                     mem_type: str | None = None) -> list[str]:
+                     mem_type: str | None = None, lr_scale: list[float] | None = None) -> list[str]:
     t = spec.translate
     if "level" in paper and "bank_depth" in paper:
         raise Infeasible("level and bank_depth: give one (level puts all memory at one level)")
@@ -263,7 +266,8 @@ def _paper_overrides(spec: SweepSpec, cfg: RunConfig, paper: dict[str, Any], inf
             if rho > 0:
                 raise Infeasible(f"fetch_ratio={rho}: the nearest anchor ({L} layers, {anchor:,}) leaves no room for memory")
             mode = "anchor" if cfg.train.mode in ("anchor", "scratch") else cfg.train.mode
-            return gen + ["memory.type=none", "memory.levels=[]", f"train.mode={mode}", "optim.memory_lr_scale=[]"]
+            return gen + ["memory.type=none", "memory.levels=[]", f"train.mode={mode}"] + (
+                ["optim.memory_lr_scale=[]"] if lr_scale else [])
     c0 = unit_params(cfg, mem_type)
     b = cfg.retriever.branching
     level = paper.get("level")
@@ -274,7 +278,7 @@ def _paper_overrides(spec: SweepSpec, cfg: RunConfig, paper: dict[str, Any], inf
     info.update(c0=c0, requested_fetched=fetched if fetched is not None else (units * c0 if units else None),
                 requested_bank=bank)
     gen += [f"memory.type={mem_type}", f"memory.levels={_fmt(r)}"]
-    scale = list(cfg.optim.memory_lr_scale)
+    scale = [float(x) for x in (lr_scale or [])]
     if scale and len(scale) != len(r):  # the base's LR multipliers are per tree level: keep level l's for level l
         gen.append(f"optim.memory_lr_scale={_fmt((scale + [scale[-1]] * len(r))[:len(r)])}")
     if len(r) > cfg.retriever.depth:

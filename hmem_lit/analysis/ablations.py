@@ -1,0 +1,364 @@
+"""`hmem ablations`: the paper's ablation sweeps read back as one page: a table and a figure per question, both
+built-in corpora side by side, each with the check of the paper's shape computed from the numbers.
+
+Input: the sweep studies under ROOT (default runs/sweeps): a study directory per sweep and corpus, named
+`<sweep>` or `<sweep>-<anything>` (the chain in docs/ablations.md names the airports runs `<sweep>-airports`), and
+the shared anchor runs in ROOT/_baselines (spec key `baselines`). Every complete run directory (final.json with
+eval.fetched) counts; its corpus is read from its own config, so the directory names only pick the sweep. Seeds of
+one configuration are averaged (mean, std, n); the anchor a configuration is compared with is the baseline of the
+same corpus, anchor depth and token count.
+
+Output (OUT, default docs/ablations/): ablations.md (tables, shape checks, run counts, wall time), one PNG per
+sweep, and rows.csv (one row per run: what the tables are computed from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hmem_lit.analysis.collect import fmt_count
+from hmem_lit.config import ConfigError
+from hmem_lit.utils import atomic_write_text
+
+CORPORA = ("facts", "airports")
+_BUCKET = re.compile(r"^([a-z0-9_]+)/bucket(\d+)$")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rows
+
+
+def _rare(ev: dict[str, Any]) -> tuple[float, float]:
+    """Mean accuracy over the probes' rarest bucket (bucket0) and over their most frequent bucket."""
+    by: dict[str, dict[int, float]] = {}
+    for k, v in ev.items():
+        m = _BUCKET.match(k)
+        if m and isinstance(v, (int, float)):
+            by.setdefault(m.group(1), {})[int(m.group(2))] = float(v)
+    if not by:
+        return math.nan, math.nan
+    return (float(np.mean([b[min(b)] for b in by.values()])), float(np.mean([b[max(b)] for b in by.values()])))
+
+
+def run_row(run_dir: Path, sweep: str) -> dict[str, Any] | None:
+    f = run_dir / "final.json"
+    if not f.is_file():
+        return None
+    final = json.loads(f.read_text())
+    ev = (final.get("eval") or {}).get("fetched") or {}
+    if "hmem_sk" not in ev:
+        return None
+    cfg = final.get("config") or {}
+    mem, an, tr, data = (cfg.get(k) or {} for k in ("memory", "anchor", "train", "data"))
+    params = final.get("params") or {}
+    levels = [int(r) for r in mem.get("levels") or []]
+    used = [i + 1 for i, r in enumerate(levels) if r]
+    rare, frequent = _rare(ev)
+    pa, pf = float(params.get("anchor", 0)), float(params.get("fetched", 0))
+    mtype = mem.get("type", "none")
+    layers = mem.get("layers", "all")
+    return {
+        "sweep": sweep, "study": run_dir.parent.name, "run": run_dir.name, "path": str(run_dir),
+        "corpus": data.get("corpus", "facts") if data.get("source", "builtin") == "builtin" else data.get("source"),
+        "seed": tr.get("seed", 0), "tokens": final.get("tokens"), "n_layer": an.get("n_layer"),
+        "memory_type": mtype, "lora_target": mem.get("lora_target") if mtype == "lora" else "",
+        "layers": layers if isinstance(layers, str) else ",".join(map(str, layers)),
+        "levels": ",".join(map(str, levels)) or "-", "level": used[0] if len(used) == 1 else 0,
+        "params_anchor": pa, "params_fetched": pf, "params_bank": float(params.get("bank", 0)),
+        "fetch_ratio": pf / pa if pa else math.nan,
+        "sk": 100 * float(ev["hmem_sk"]), "ck": 100 * float(ev.get("hmem_ck", math.nan)),
+        "wiki_ppl": float(ev.get("wiki_ppl", math.nan)), "rare": 100 * rare, "frequent": 100 * frequent,
+        "train_time_s": float(final.get("train_time_s") or 0.0), "eval_time_s": float(ev.get("eval_time_s") or 0.0),
+    }
+
+
+def _setting(r: pd.Series) -> str:
+    return f"{r.corpus}, {fmt_count(r.tokens)} tokens" if r.tokens == r.tokens and r.tokens else str(r.corpus)
+
+
+def collect_rows(root: str | Path) -> pd.DataFrame:
+    """One row per complete, evaluated run below root/<study>/ (the baselines' sweep is `_baselines`)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such directory; run the sweeps first (docs/ablations.md) or pass --root")
+    rows = []
+    for study in sorted(p for p in root.iterdir() if p.is_dir()):
+        sweep = study.name if study.name == "_baselines" else study.name.split("-")[0]
+        for d in sorted(p for p in study.iterdir() if p.is_dir() and not p.name.startswith("_")):
+            r = run_row(d, sweep)
+            if r:
+                rows.append(r)
+    df = pd.DataFrame(rows)
+    if len(df):  # a corpus at one token budget: the unit of every table and figure panel
+        df["setting"] = df.apply(_setting, axis=1)
+    return df
+
+
+def with_gain(df: pd.DataFrame) -> pd.DataFrame:
+    """Add `anchor_sk` / `gain` (SK minus the matching anchor-only run: same corpus, depth, tokens, seed if there
+    is one) to every row."""
+    df = df.copy()
+    anchors = df[df.memory_type == "none"]
+    base, rare = [], []
+    for r in df.itertuples():
+        a = anchors[(anchors.corpus == r.corpus) & (anchors.n_layer == r.n_layer) & (anchors.tokens == r.tokens)]
+        a = a[a.seed == r.seed] if (a.seed == r.seed).any() else a
+        base.append(a.sk.mean() if len(a) else math.nan)
+        rare.append(a.rare.mean() if len(a) else math.nan)
+    df["anchor_sk"], df["anchor_rare"] = base, rare
+    df["gain"], df["rare_gain"] = df.sk - df.anchor_sk, df.rare - df.anchor_rare
+    return df
+
+
+def aggregate(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean / std / n over seeds of each configuration (keys + setting: corpus and token budget)."""
+    cols = ["sk", "gain", "rare", "rare_gain", "wiki_ppl", "params_fetched", "params_bank", "fetch_ratio"]
+    g = df.groupby(["setting", "corpus", *keys], dropna=False)
+    out = g[cols].mean()
+    out["sk_std"] = g["sk"].std(ddof=1).fillna(0.0)
+    out["n"] = g.size()
+    return out.reset_index()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one section per question
+
+
+@dataclass
+class Section:
+    sweep: str
+    title: str
+    reproduces: str
+    keys: list[str]  # configuration columns (besides corpus)
+    label: Callable[[pd.Series], str]  # a configuration's name in tables and on axes
+    check: Callable[[pd.DataFrame], list[str]]  # aggregated rows of one corpus -> shape verdict lines
+    paper: str  # the paper's shape, in words
+
+
+def _pm(r: pd.Series) -> str:
+    return f"{r.sk:.1f}" + (f" ± {r.sk_std:.1f}" if r.n > 1 else "")
+
+
+def _holds(ok: bool) -> str:
+    return "**holds**" if ok else "**does not hold**"
+
+
+def _type_label(r: pd.Series) -> str:
+    return str(r.memory_type).upper() + (f"-{r.lora_target}" if r.memory_type == "lora" else "")
+
+
+def _check_types(a: pd.DataFrame) -> list[str]:
+    main = a[(a.memory_type != "lora") | (a.lora_target == "qk")].set_index("memory_type")
+    if not {"ffn", "lora", "kv"} <= set(main.index):
+        return ["incomplete: needs ffn, lora and kv"]
+    f, lo, kv = (main.loc[t, "sk"] for t in ("ffn", "lora", "kv"))
+    order = " > ".join(main.sort_values("sk", ascending=False).index.str.upper())
+    return [f"FFN > LoRA > KV: {_holds(f > lo > kv)} (Avg-SK {f:.1f} / {lo:.1f} / {kv:.1f}; measured order {order})"]
+
+
+def _check_level_fetched(a: pd.DataFrame) -> list[str]:
+    out = []
+    for fetched, g in a.groupby("params_fetched"):
+        g = g.sort_values("level")
+        if len(g) >= 2:
+            gains = " / ".join(f"L{int(r.level)} {r.gain:+.1f}" for r in g.itertuples())
+            ok = bool(np.all(np.diff(g.gain.to_numpy()) > 0))
+            out.append(f"fetched {fmt_count(fetched)}: deeper level helps more: {_holds(ok)} (gain over the anchor {gains})")
+    return out or ["incomplete"]
+
+
+def _check_level_bank(a: pd.DataFrame) -> list[str]:
+    out = []
+    for level, g in a.groupby("level"):
+        g = g.sort_values("params_bank")
+        if len(g) >= 2:
+            vals = " -> ".join(f"{r.sk:.1f} ({fmt_count(r.params_bank)})" for r in g.itertuples())
+            ok = bool(np.all(np.diff(g.sk.to_numpy()) > 0))
+            out.append(f"level {int(level)}: accuracy rises with bank size: {_holds(ok)} ({vals})")
+    return out or ["incomplete"]
+
+
+def _check_fetched_bank(a: pd.DataFrame) -> list[str]:
+    out = []
+    big = a.params_bank.max()
+    g = a[np.isclose(a.params_bank, big, rtol=0.02)].sort_values("params_fetched")
+    if len(g) >= 2:
+        vals = " -> ".join(f"{r.sk:.1f} ({fmt_count(r.params_fetched)})" for r in g.itertuples())
+        out.append(f"bank {fmt_count(big)}: SK rises with the fetched size: "
+                   f"{_holds(bool(np.all(np.diff(g.sk.to_numpy()) > 0)))} ({vals})")
+    for fetched, h in a.groupby(a.params_fetched.round(-2)):
+        h = h.sort_values("params_bank")
+        if len(h) >= 2:
+            vals = " -> ".join(f"{r.sk:.1f} ({fmt_count(r.params_bank)})" for r in h.itertuples())
+            out.append(f"fetched {fmt_count(fetched)}: a larger bank helps: "
+                       f"{_holds(bool(np.all(np.diff(h.sk.to_numpy()) > 0)))} ({vals})")
+    return out or ["incomplete"]
+
+
+def _check_ratio(a: pd.DataFrame) -> list[str]:
+    g = a.sort_values("fetch_ratio").reset_index(drop=True)
+    if len(g) < 3:
+        return ["incomplete: needs at least 3 ratios"]
+    best = int(g.sk.idxmax())
+    vals = " / ".join(f"{r.fetch_ratio:.2f}: {r.sk:.1f}" for r in g.itertuples())
+    interior = 0 < best < len(g) - 1
+    return [f"interior optimum of the fetched-to-anchor ratio: {_holds(interior)} (best at "
+            f"{g.fetch_ratio[best]:.2f}; ratio: Avg-SK {vals})"]
+
+
+def _check_placement(a: pd.DataFrame) -> list[str]:
+    s = a.set_index("layers").sk
+    if not {"late", "all"} <= set(s.index):
+        return ["incomplete: needs late and all"]
+    order = " > ".join(s.sort_values(ascending=False).index)
+    return [f"late at least as good as all layers: {_holds(bool(s['late'] >= s['all']))} "
+            f"(late {s['late']:.1f}, all {s['all']:.1f}; measured order {order})"]
+
+
+SECTIONS = [
+    Section("memory_type", "Memory types at equal fetched size", "Fig. 3a/b", ["memory_type", "lora_target"],
+            _type_label, _check_types, "FFN > LoRA > KV at every fetched size"),
+    Section("level_fetched", "Which level, at a fixed fetched size", "Fig. 3c", ["level", "params_fetched"],
+            lambda r: f"L{int(r.level)}, fetched {fmt_count(r.params_fetched)}", _check_level_fetched,
+            "deeper levels help more at a fixed fetched size"),
+    Section("level_bank", "Which level, at a fixed bank size", "Fig. 3d", ["level", "params_bank"],
+            lambda r: f"L{int(r.level)}, bank {fmt_count(r.params_bank)}", _check_level_bank,
+            "accuracy rises with bank size at every level"),
+    Section("fetched_bank", "Fetched vs bank size", "Fig. 4a / Table 7", ["levels"],
+            lambda r: f"fetched {fmt_count(r.params_fetched)} of {fmt_count(r.params_bank)}", _check_fetched_bank,
+            "at a fixed bank SK rises with the fetched size; a larger bank helps at the same fetch"),
+    Section("fetch_ratio", "Fetched-to-anchor ratio at a fixed runtime budget", "Fig. 4b / Table 8", ["n_layer"],
+            lambda r: f"ratio {r.fetch_ratio:.2f} ({int(r.n_layer)} layers)", _check_ratio,
+            "an interior optimum, about 1:10"),
+    Section("placement", "Placement of the memory layers", "Table 9", ["layers"], lambda r: str(r.layers),
+            _check_placement, "late placement at least as good as all layers"),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# page
+
+
+def _figure(sec: Section, agg: pd.DataFrame, out: Path) -> str | None:
+    import matplotlib.pyplot as plt
+
+    from hmem_lit.analysis.style import STYLE
+
+    settings = _settings(agg)
+    if not settings:
+        return None
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(settings), figsize=(3.4 * len(settings), 2.6), squeeze=False)
+        for ax, c in zip(axes[0], settings):
+            a = agg[agg.setting == c].reset_index(drop=True)
+            labels = [sec.label(r) for _, r in a.iterrows()]
+            x = np.arange(len(a))
+            err = np.where(a.n > 1, a.sk_std, 0.0)
+            ax.bar(x, a.sk, yerr=err, color="#1f77b4", alpha=0.85, error_kw={"lw": 0.8})
+            base = a.sk - a.gain
+            if base.notna().any():
+                ax.axhline(float(base.mean()), color="#7f7f7f", ls="--", lw=1, label="anchor alone")
+                ax.legend(loc="lower right", frameon=False)
+            for xi, r in zip(x, a.itertuples()):
+                ax.text(xi, r.sk + (err[xi] if len(err) else 0) + 0.5, f"{r.sk:.1f}" + ("*" if r.n > 1 else ""),
+                        ha="center", va="bottom", fontsize=6)
+            ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=6)
+            ax.set_ylabel("Avg-SK accuracy (%)")
+            ax.set_title(f"{c} ({sec.reproduces})", loc="left")
+        fig.suptitle(sec.title + "   (* = mean of seeds, bars = std)", fontsize=8)
+        fig.tight_layout()
+        name = f"{sec.sweep}.png"
+        tmp = out / f".{name}.tmp.png"
+        fig.savefig(tmp)
+        plt.close(fig)
+        tmp.replace(out / name)
+    return name
+
+
+def _settings(agg: pd.DataFrame) -> list[str]:
+    """Settings in corpus order (facts first), then by token budget."""
+    order = {c: i for i, c in enumerate(CORPORA)}
+    keys = agg.drop_duplicates("setting")[["setting", "corpus"]].itertuples()
+    return [k.setting for k in sorted(keys, key=lambda k: (order.get(k.corpus, 99), k.setting))]
+
+
+def _wall(df: pd.DataFrame) -> str:
+    t = df.train_time_s.sum() + df.eval_time_s.sum()
+    return f"{t / 3600:.1f} h of run time" if t >= 3600 else f"{t / 60:.0f} min of run time"
+
+
+def build(root: str | Path = "runs/sweeps", out: str | Path = "docs/ablations") -> Path:
+    """Write OUT/ablations.md, OUT/<sweep>.png and OUT/rows.csv from the runs below root. -> the page's path."""
+    df = collect_rows(root)
+    if df.empty:
+        raise ConfigError(f"{root}: no complete, evaluated sweep runs (final.json with eval.fetched) below it")
+    df = with_gain(df)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "rows.csv", df.drop(columns=["path"]).to_csv(index=False))
+    lines = ["# The paper's ablations at the quickstart's scale", "",
+             f"Generated by `hmem ablations --root {root} --out {out}` from {len(df)} run directories "
+             f"({_wall(df)}). Avg-SK = mean fact accuracy over the corpus's probes, fetched memory; 'rare' = the "
+             "probes' rarest frequency bucket; gain = Avg-SK minus the anchor alone (same corpus, depth and tokens).",
+             ""]
+    lines += ["Regenerate (two chains side by side on 2 cores, one worker each; every command resumes where it "
+              "stopped; `--workers 2` runs one sweep's trials two at a time instead):", "", "```",
+              "S='memory_type level_fetched level_bank fetched_bank placement fetch_ratio'",
+              "for s in $S; do hmem sweep sweeps/$s.yaml; done        # facts, the sweep files' 2M tokens",
+              "for s in $S; do hmem sweep sweeps/$s.yaml name=$s-airports_4m data.corpus=airports \\",
+              "    data.dir=data/quickstart_airports train.max_tokens=4000000; done    # airports, 4M tokens",
+              "hmem ablations                  # this page, from runs/sweeps",
+              "hmem report memory_type         # the suite's standard figures and tables for one sweep",
+              "hmem sweep plan memory_type profile=gpu   # the paper-scale version: sizes and counts, no training",
+              "```", ""]
+    anchors = df[df.sweep == "_baselines"]
+    if len(anchors):
+        lines += ["Anchors alone (Avg-SK, rarest bucket): " + ", ".join(
+            f"{r.setting}, {int(r.n_layer)} layers: {r.sk:.1f} ({r.rare:.1f})"
+                                                 for r in anchors.itertuples()), ""]
+    for sec in SECTIONS:
+        rows = df[df.sweep == sec.sweep].copy()
+        if rows.empty:
+            lines += [f"## {sec.title} ({sec.reproduces})", "", "not run yet", ""]
+            continue
+        if sec.sweep == "fetch_ratio":  # compared with the ratio-0 point: the dense anchor at the same budget
+            dense = rows[rows.memory_type == "none"].groupby("setting")[["sk", "rare"]].mean()
+            rows["gain"] = rows.sk - rows.setting.map(dense.sk)
+            rows["rare_gain"] = rows.rare - rows.setting.map(dense.rare)
+        if sec.sweep != "fetch_ratio":
+            rows = rows[rows.memory_type != "none"]
+        agg = aggregate(rows, sec.keys)
+        rank = {c: i for i, c in enumerate(_settings(agg))}
+        agg = agg.assign(_r=agg.setting.map(rank)).sort_values(["_r", *sec.keys]).drop(columns="_r").reset_index(drop=True)
+        fig = _figure(sec, agg, out)
+        lines += [f"## {sec.title} ({sec.reproduces})", "", f"Paper: {sec.paper}. {len(rows)} runs, {_wall(rows)}.",
+                  ""]
+        for c in _settings(agg):
+            lines += [f"- {c}: " + "; ".join(sec.check(agg[agg.setting == c]))]
+        lines += ["", "| setting | config | fetched | bank | Avg-SK | gain | rare bucket | wiki ppl | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for _, r in agg.iterrows():
+            lines.append(f"| {r.setting} | {sec.label(r)} | {fmt_count(r.params_fetched)} | {fmt_count(r.params_bank)} "
+                         f"| {_pm(r)} | {r.gain:+.1f} | {r.rare:.1f} | {r.wiki_ppl:,.0f} | {int(r.n)} |")
+        lines += ["", f"![{sec.sweep}]({fig})" if fig else "", ""]
+    atomic_write_text(out / "ablations.md", "\n".join(lines) + "\n")
+    return out / "ablations.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="hmem ablations", description=__doc__.splitlines()[0])
+    p.add_argument("--root", default="runs/sweeps")
+    p.add_argument("--out", default="docs/ablations")
+    a = p.parse_args(argv)
+    print(build(a.root, a.out))
+    return 0

@@ -1,0 +1,79 @@
+"""`hmem ablations`: rows from run directories, gains over the matching anchor, seed aggregation, the paper's
+shapes checked from the numbers, and the page written (on synthetic run directories: no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hmem_lit.analysis import ablations
+from hmem_lit.config import ConfigError
+
+
+def fake_run(root: Path, study: str, name: str, *, corpus="facts", mtype="ffn", levels=(0, 96), sk=0.3, seed=0,
+             n_layer=2, fetched=36864, bank=9437184, layers="all", lora_target="qk", rare=0.1) -> Path:
+    d = root / study / name
+    d.mkdir(parents=True)
+    cfg = {"memory": {"type": mtype, "levels": list(levels), "layers": layers, "lora_target": lora_target},
+           "anchor": {"n_layer": n_layer}, "train": {"seed": seed}, "data": {"source": "builtin", "corpus": corpus}}
+    ev = {"hmem_sk": sk, "hmem_ck": 0.2, "wiki_ppl": 1000.0, "p/bucket0": rare, "p/bucket1": 0.9, "q/bucket0": rare,
+          "q/bucket1": 0.7, "eval_time_s": 10.0}
+    final = {"config": cfg, "params": {"anchor": 238144, "fetched": fetched if mtype != "none" else 0,
+                                       "bank": bank if mtype != "none" else 0},
+             "tokens": 2_000_000, "train_time_s": 100.0, "eval": {"fetched": ev}}
+    (d / "final.json").write_text(json.dumps(final))
+    return d
+
+
+def test_rows_gain_seeds_and_shapes(tmp_path):
+    root = tmp_path / "sweeps"
+    fake_run(root, "_baselines", "anchor-f", mtype="none", levels=(), sk=0.10, rare=0.0)
+    fake_run(root, "_baselines", "anchor-a", mtype="none", levels=(), sk=0.20, corpus="airports")
+    for seed, sk in ((0, 0.40), (1, 0.44)):
+        fake_run(root, "memory_type", f"ffn{seed}", sk=sk, seed=seed)
+    fake_run(root, "memory_type", "lora", mtype="lora", sk=0.30, levels=(0, 72))
+    fake_run(root, "memory_type", "kv", mtype="kv", sk=0.35, levels=(0, 144))
+    fake_run(root, "memory_type-airports", "ffn", sk=0.5, corpus="airports")
+    fake_run(root, "memory_type-airports", "lora", mtype="lora", sk=0.45, corpus="airports", levels=(0, 72))
+    fake_run(root, "memory_type-airports", "kv", mtype="kv", sk=0.25, corpus="airports", levels=(0, 144))
+    (root / "memory_type" / "incomplete").mkdir()  # no final.json: ignored
+    df = ablations.with_gain(ablations.collect_rows(root))
+    assert len(df) == 9 and set(df.setting) == {"facts, 2M tokens", "airports, 2M tokens"}
+    ffn = df[(df.sweep == "memory_type") & (df.memory_type == "ffn") & (df.corpus == "facts")]
+    assert sorted(ffn.gain.round(6)) == [30.0, 34.0]  # minus the facts anchor (10.0), not the airports one
+    assert ffn.rare.iloc[0] == pytest.approx(10.0)  # mean of the probes' bucket0
+    agg = ablations.aggregate(df[df.sweep == "memory_type"], ["memory_type", "lora_target"])
+    f = agg[(agg.corpus == "facts") & (agg.memory_type == "ffn")].iloc[0]
+    assert f.n == 2 and f.sk == pytest.approx(42.0) and f.sk_std == pytest.approx(2.828, abs=1e-3)
+    sec = ablations.SECTIONS[0]
+    facts = ablations._check_types(agg[agg.corpus == "facts"])[0]
+    airports = ablations._check_types(agg[agg.corpus == "airports"])[0]
+    assert "does not hold" in facts and "FFN > KV > LORA" in facts  # 42 > 35 > 30
+    assert "**holds**" in airports
+    page = ablations.build(root, tmp_path / "out")
+    text = page.read_text()
+    assert sec.title in text and "42.0 ± 2.8" in text and "not run yet" in text  # the other sweeps
+    assert (tmp_path / "out" / "memory_type.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "rows.csv").read_text().count("\n") == 10
+
+
+def test_ratio_interior_optimum_and_level_checks():
+    import pandas as pd
+
+    a = pd.DataFrame({"fetch_ratio": [0.0, 0.2, 0.5, 1.0], "sk": [10.0, 14.0, 12.0, 8.0]})
+    assert "**holds**" in ablations._check_ratio(a)[0] and "best at 0.20" in ablations._check_ratio(a)[0]
+    assert "does not hold" in ablations._check_ratio(a.assign(sk=[10.0, 11.0, 12.0, 13.0]))[0]
+    lv = pd.DataFrame({"level": [1, 2, 1, 2], "params_fetched": [9216, 9216, 36864, 36864],
+                       "gain": [1.0, 3.0, 5.0, 4.0]})
+    out = ablations._check_level_fetched(lv)
+    assert "**holds**" in out[0] and "does not hold" in out[1]
+
+
+def test_missing_root_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="no such directory"):
+        ablations.build(tmp_path / "nope", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no complete, evaluated sweep runs"):
+        ablations.build(tmp_path / "empty", tmp_path / "out")
