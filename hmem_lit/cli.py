@@ -52,7 +52,8 @@ def cmd_list(a: argparse.Namespace) -> int:
     from hmem_lit.memory import MEMORY, import_all
 
     import_all()
-    print("memory types: none, " + ", ".join(MEMORY.names()))
+    print("memory types: none, " + ", ".join(
+        f"{n} ({'routed' if getattr(MEMORY.get(n), 'routed', False) else 'token-level'})" for n in MEMORY.names()))
     from hmem_lit.retriever.embedders import EMBEDDERS
     from hmem_lit.retriever.routing import RETRIEVERS, TREE_ROUTERS
 

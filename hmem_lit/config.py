@@ -184,11 +184,13 @@ class MemoryConfig:
     pkm: PKMConfig = field(default_factory=PKMConfig)
 
     def __post_init__(self) -> None:
-        _one_of(self.type, ("none", "ffn", "lora", "kv", "pkm"), "memory.type")
+        from hmem_lit.memory.base import memory_class, memory_types
+
+        _one_of(self.type, ("none", *memory_types()), "memory.type")  # the registry is the source of truth
         _check(all(int(r) >= 0 for r in self.levels), "memory.levels", f"sizes must be >= 0, got {self.levels}")
         _check(len(self.levels) <= 4, "memory.levels", f"at most 4 levels, got {len(self.levels)}")
-        if self.type in ("ffn", "lora", "kv"):
-            _check(sum(self.levels) > 0, "memory.levels", f"memory.type={self.type} needs a non-zero size, e.g. [32, 96]")
+        if self.type != "none":
+            memory_class(self.type).check_config(self)  # the type's own checks (memory/base.py)
         if isinstance(self.layers, str):
             _one_of(self.layers, ("all", "early", "middle", "late"), "memory.layers")
         else:
@@ -394,8 +396,11 @@ class RunConfig:
         _check(bool(re.fullmatch(r"[\w.\-]+", self.experiment)), "experiment", "use letters, digits, '._-' only")
         used = len(self.memory.levels)
         scale = self.optim.memory_lr_scale
-        _check(not scale or (len(scale) == used and self.memory.type in ("ffn", "lora", "kv")), "optim.memory_lr_scale",
-               f"needs one multiplier per memory.levels entry ({used}) of an ffn/lora/kv bank, got {list(scale)} for "
+        from hmem_lit.memory.base import is_routed, routed_types
+
+        _check(not scale or (len(scale) == used and is_routed(self.memory.type)), "optim.memory_lr_scale",
+               f"needs one multiplier per memory.levels entry ({used}) of a routed bank "
+               f"({', '.join(routed_types())}), got {list(scale)} for "
                f"memory.type={self.memory.type}; use [] for none")
         _check(used <= self.retriever.depth, "memory.levels",
                f"{used} levels but the tree has retriever.depth={self.retriever.depth}; add a level there or drop one")
@@ -409,8 +414,8 @@ class RunConfig:
             _check(bool(self.train.init_from) or self.anchor.preset == HF_PRESET, "train.init_from",
                    f"train.mode={self.train.mode} needs the anchor's run directory")
         if self.train.subtree is not None:
-            _check(self.train.mode == "frozen" and self.memory.type in ("ffn", "lora", "kv") and not self.memory.generic,
-                   "train.subtree", "needs train.mode=frozen, a bank-backed memory.type (ffn, lora, kv) and "
+            _check(self.train.mode == "frozen" and is_routed(self.memory.type) and not self.memory.generic,
+                   "train.subtree", f"needs train.mode=frozen, a bank-backed memory.type ({', '.join(routed_types())}) and "
                    "memory.generic=false (every other parameter must stay identical across the split jobs)")
             _check(0 <= self.train.subtree < self.retriever.branching, "train.subtree",
                    f"must be a level-1 node in [0, {self.retriever.branching}) (retriever.branching), got {self.train.subtree}")

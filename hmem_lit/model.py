@@ -103,7 +103,7 @@ def prepare_model_for_mode(model: MemoryLM, cfg: RunConfig,
         model.anchor.requires_grad_(False)
     if cfg.train.subtree is not None:
         k, b = cfg.train.subtree, cfg.retriever.branching
-        if mode != "frozen" or not hasattr(model.memory, "bank") or cfg.memory.generic:
+        if mode != "frozen" or not getattr(model.memory, "routed", False) or cfg.memory.generic:
             raise ValueError("train.subtree needs train.mode=frozen, a bank-backed memory type (ffn, lora, kv) and "
                              "memory.generic=false: every other parameter must stay identical across the jobs")
         if not 0 <= k < b:

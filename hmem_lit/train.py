@@ -264,7 +264,10 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     from hmem_lit.distributed import resolve_strategy, sparse_tables
 
     # DDP / FSDP keep the memory's sparse tables out of their reducers and sync them row-wise (distributed.py)
-    pkm_replace = cfg.memory.type == "pkm" and cfg.memory.pkm.mode == "replace"  # skipped FFNs get no gradient
+    from hmem_lit.memory.base import memory_class
+
+    # a type that replaces anchor sublayers (pkm in replace mode) leaves their parameters without gradients
+    pkm_replace = cfg.memory.type != "none" and memory_class(cfg.memory.type).skips_anchor_params(cfg.memory)
     strategy = resolve_strategy(cfg.train.strategy, world, bool(sparse_tables(module)), pkm_replace)
     ckpt = AtomicCheckpoint(run_dir, cfg.train.ckpt_every)
     trainer = _make_trainer(

@@ -87,7 +87,7 @@ class HmemLM(LM):
         mem, mcfg = self.model.memory, self.cfg.memory
         if mem is None or self.mode == "none":
             return "none", None
-        routed = hasattr(mem, "bank")  # bank-backed types fetch by path; pkm is token-level
+        routed = bool(getattr(mem, "routed", False))  # bank-backed types fetch by path; pkm is token-level
         if self.mode == "generic":
             if not mcfg.generic:
                 raise ConfigError(f"{self.run_dir}: memory=generic needs a run trained with memory.generic=true")

@@ -1,6 +1,7 @@
 """Memory types and the hierarchical bank.
 
-`MEMORY` maps `memory.type` to a class; each memory type lives in its own file and registers itself. A memory
+`MEMORY` maps `memory.type` to a class; each memory type lives in its own file and registers itself. The contract
+(capabilities `routed`, `config_key`; `check_config`) is `memory.base.MemoryType`. A memory
 module is built as `cls(mcfg, acfg, branching)` and must provide:
   - `fetch(paths, generic=None) -> MemoryHooks`: paths (B, L) long node ids per level (level-l ids in
     [0, branching**l)); generic (B,) bool selects the context-independent generic block instead. Blocking is
@@ -14,14 +15,22 @@ Modules that are not memory types (bank, optim, generic, merge, sync) are listed
 from hmem_lit.registry import Registry
 
 MEMORY = Registry("memory type")
-_SUPPORT = ("bank", "optim", "generic", "merge", "sync")
+_SUPPORT = ("base", "bank", "optim", "generic", "merge", "sync")
+_imported = False
 
 
 def import_all() -> None:
-    """Import every memory-type module so it registers itself."""
+    """Import every memory-type module so it registers itself (once)."""
     import importlib
     import pkgutil
 
+    global _imported
+    if _imported:
+        return
+    _imported = True
     for m in pkgutil.iter_modules(__path__):
         if not m.name.startswith("_") and m.name not in _SUPPORT:
             importlib.import_module(f"{__name__}.{m.name}")
+    from hmem_lit.registry import load_plugins
+
+    load_plugins()  # $HMEM_PLUGINS and `hmem_lit.plugins` entry points: types registered from outside the package

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hmem_lit.memory.base import MemoryType
+
 
 def resolve_layers(spec: Any, n_layer: int) -> list[int]:
     """memory.layers -> sorted layer indices: all | early | middle | late (thirds of the depth) | explicit list."""
@@ -109,8 +111,10 @@ class Bank(nn.Module):
         return super()._apply(fn, recurse)
 
 
-class BankMemory(nn.Module):
+class BankMemory(MemoryType):
     """Shared base of bank-backed memory types: placement, the bank, accounting, the batched gather."""
+
+    routed = True
 
     def __init__(self, mcfg: Any, n_layer: int, branching: int, c_layer: int):
         super().__init__()

@@ -156,7 +156,7 @@ def param_groups(model: nn.Module, cfg: RunConfig, ndim: dict[str, int] | None =
             dim = ndim.get(name, p.dim()) if ndim is not None else p.dim()
             buckets[base if dim >= 2 else base + "_nowd"].append(p)
     mult: dict[str, float] = {}  # group name -> multiplier on the memory LR
-    if o.memory_lr_scale and hasattr(memory, "bank"):  # one sparse group per bank level: memory_rows_l1, ...
+    if o.memory_lr_scale and getattr(memory, "routed", False):  # one sparse group per bank level: memory_rows_l1, ...
         rows = buckets.pop("memory_rows")
         for (lvl, _, t), m in zip(memory.bank.tables(), o.memory_lr_scale):
             buckets[f"memory_rows_l{lvl}"], mult[f"memory_rows_l{lvl}"] = [p for p in rows if p is t], float(m)

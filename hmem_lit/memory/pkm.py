@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from hmem_lit.anchor import MemoryHooks
 from hmem_lit.config import AnchorConfig, MemoryConfig
 from hmem_lit.memory import MEMORY
+from hmem_lit.memory.base import MemoryType
 
 
 def pkm_layers(spec: Any, n_layer: int) -> list[int]:
@@ -82,7 +83,22 @@ class PKMHooks(MemoryHooks):
 
 
 @MEMORY.register("pkm")
-class PKMMemory(nn.Module):
+class PKMMemory(MemoryType):
+    routed = False  # token-level product-key lookup: reads no tree path
+    config_key = "pkm"
+
+    @classmethod
+    def skips_anchor_params(cls, mcfg: MemoryConfig) -> bool:
+        return mcfg.pkm.mode == "replace"  # the replaced FFNs get no gradient
+
+    @classmethod
+    def check_config(cls, mcfg: MemoryConfig) -> None:
+        from hmem_lit.config import ConfigError
+
+        if mcfg.generic or mcfg.offload:
+            raise ConfigError("memory.generic: memory.generic / memory.offload apply to path-fetched memories, "
+                              "not to memory.type=pkm")
+
     def __init__(self, mcfg: MemoryConfig, acfg: AnchorConfig, branching: int):
         super().__init__()
         p, d = mcfg.pkm, acfg.d_model

@@ -345,7 +345,9 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> Sweep
         raise ConfigError(f"translate: unknown key; allowed: {', '.join(Translate.__dataclass_fields__)}") from None
     t = spec.translate
     _check(0 < t.tolerance < 1, "translate.tolerance", "must be in (0, 1)")
-    _check(t.memory_type in ("ffn", "lora", "kv"), "translate.memory_type", "allowed: ffn, lora, kv")
+    from hmem_lit.memory.base import routed_types
+
+    _check(t.memory_type in routed_types(), "translate.memory_type", f"allowed: {', '.join(routed_types())}")
     _check(t.q > 0, "translate.q", "must be > 0")
     if t.budget != "auto":
         t.budget = parse_count(t.budget, "translate.budget")

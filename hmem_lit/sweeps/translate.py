@@ -242,8 +242,11 @@ def _paper_overrides(spec: SweepSpec, cfg: RunConfig, paper: dict[str, Any], inf
         raise Infeasible("fetched and fetched_units: give one")
     mem_type = mem_type or cfg.memory.type
     mem_type = mem_type if mem_type != "none" else t.memory_type
-    if mem_type not in ("ffn", "lora", "kv"):
-        raise Infeasible(f"memory.type={mem_type}: paper-language sizes need a bank memory type (ffn, lora, kv)")
+    from hmem_lit.memory.base import is_routed, routed_types
+
+    if not is_routed(mem_type):
+        raise Infeasible(f"memory.type={mem_type}: paper-language sizes need a bank memory type "
+                         f"({', '.join(routed_types())})")
     gen: list[str] = []
     fetched = parse_count(paper["fetched"], "fetched") if "fetched" in paper else None
     bank = parse_count(paper["bank"], "bank") if "bank" in paper else None

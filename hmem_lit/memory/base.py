@@ -1,0 +1,82 @@
+"""The memory-type contract: what a module registered in `MEMORY` provides and which capabilities it declares.
+
+A memory type is one module in hmem_lit/memory/ (or anywhere: `@MEMORY.register("name")` on a `MemoryType`
+subclass imported before the config is loaded) that is built as `cls(mcfg, acfg, branching)` and implements:
+  - `fetch(paths, generic=None) -> MemoryHooks`: the per-batch hooks the anchor calls (anchor.MemoryHooks);
+  - `fetched_params()`, `bank_params()`: parameter accounting (per sequence / stored);
+  - `sparse_parameters()`: tensors with sparse gradients, updated row-wise (only fetched rows move).
+
+Capabilities are class attributes that the rest of the suite reads instead of testing for attributes or names:
+  - `routed`: blocks are fetched by the document's tree path from a `bank` (bank.Bank), sized by `memory.levels`
+    (r_l per tree level). Routed types get per-level learning rates (optim.memory_lr_scale), the generic block
+    (memory.generic), level blocking in evaluation, subtree-split training (train.subtree) and paper-language sizes
+    in sweeps (fetched / bank / level). A token-level type (pkm) is not routed: it reads no path.
+  - `config_key`: the type's own config section under `memory.` (e.g. `pkm` for memory.pkm.*), or None.
+  - `skips_anchor_params(mcfg)`: the type replaces anchor sublayers (pkm in replace mode), so those parameters
+    get no gradient (the DDP strategy is built to allow that).
+
+`check_config(mcfg)` validates the type's options when the config is loaded (one-line ConfigErrors).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import nn
+
+
+class MemoryType(nn.Module):
+    """Base class of every memory type (see the module docstring)."""
+
+    routed: ClassVar[bool] = True
+    config_key: ClassVar[str | None] = None
+
+    @classmethod
+    def check_config(cls, mcfg: Any) -> None:
+        """Type-specific checks of memory.* (raise hmem_lit.config.ConfigError). Routed types need a size."""
+        from hmem_lit.config import ConfigError
+
+        if cls.routed and sum(int(r) for r in mcfg.levels) <= 0:
+            raise ConfigError(f"memory.levels: memory.type={mcfg.type} needs a non-zero size, e.g. [32, 96]")
+
+    @classmethod
+    def skips_anchor_params(cls, mcfg: Any) -> bool:
+        """True when the type replaces anchor sublayers, whose parameters then get no gradient (DDP must be told)."""
+        return False
+
+    def fetch(self, paths: Any, generic: Any = None) -> Any:  # pragma: no cover - the contract
+        raise NotImplementedError
+
+    def fetched_params(self) -> int:  # pragma: no cover - the contract
+        raise NotImplementedError
+
+    def bank_params(self) -> int:  # pragma: no cover - the contract
+        raise NotImplementedError
+
+    def sparse_parameters(self) -> list[nn.Parameter]:  # pragma: no cover - the contract
+        raise NotImplementedError
+
+
+def memory_class(name: str) -> type[MemoryType]:
+    """The registered class of memory.type `name` (every shipped type imported first)."""
+    from hmem_lit.memory import MEMORY, import_all
+
+    import_all()
+    return MEMORY.get(name)
+
+
+def memory_types() -> list[str]:
+    """Registered memory types (shipped and plugged in), without "none"."""
+    from hmem_lit.memory import MEMORY, import_all
+
+    import_all()
+    return MEMORY.names()
+
+
+def routed_types() -> list[str]:
+    """Memory types that fetch blocks by tree path (sized by memory.levels)."""
+    return [n for n in memory_types() if getattr(memory_class(n), "routed", False)]
+
+
+def is_routed(name: str) -> bool:
+    return name != "none" and name in memory_types() and bool(getattr(memory_class(name), "routed", False))
