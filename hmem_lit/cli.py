@@ -146,7 +146,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
 
 def cmd_merge(a: argparse.Namespace) -> int:
-    from hmem_lit.memory.merge import merge
+    from hmem_lit.merge import merge
 
     try:
         return merge(a.run_dirs, a.out)

@@ -17,13 +17,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hmem_lit.errors import ConfigError, RunError  # noqa: E402,F401 (re-exported: hmem_lit.config.ConfigError)
+from hmem_lit.registry import EMBEDDERS, MEMORY, RETRIEVERS, TREE_ROUTERS  # noqa: E402 (filled on first lookup)
 
-class ConfigError(ValueError):
-    """A bad configuration value: the message is one line naming the key and what is allowed."""
 
-
-class RunError(RuntimeError):
-    """A run that cannot go on (diverged, held by another process): one line, exit status 1, no traceback."""
+def _routed_types() -> list[str]:
+    """Memory types that fetch blocks by tree path (capability `routed`, memory/base.py)."""
+    return [n for n in MEMORY.names() if getattr(MEMORY.get(n), "routed", False)]
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -184,13 +184,11 @@ class MemoryConfig:
     pkm: PKMConfig = field(default_factory=PKMConfig)
 
     def __post_init__(self) -> None:
-        from hmem_lit.memory.base import memory_class, memory_types
-
-        _one_of(self.type, ("none", *memory_types()), "memory.type")  # the registry is the source of truth
+        _one_of(self.type, ("none", *MEMORY.names()), "memory.type")  # the registry is the source of truth
         _check(all(int(r) >= 0 for r in self.levels), "memory.levels", f"sizes must be >= 0, got {self.levels}")
         _check(len(self.levels) <= 4, "memory.levels", f"at most 4 levels, got {len(self.levels)}")
         if self.type != "none":
-            memory_class(self.type).check_config(self)  # the type's own checks (memory/base.py)
+            MEMORY.get(self.type).check_config(self)  # the type's own checks (memory/base.py)
         if isinstance(self.layers, str):
             _one_of(self.layers, ("all", "early", "middle", "late"), "memory.layers")
         else:
@@ -229,9 +227,6 @@ class RetrieverConfig:
     graph_max_postings: int = 2048  # refinement graph queries skip terms in more documents (cost linear in corpus)
 
     def __post_init__(self) -> None:
-        from hmem_lit.retriever.embedders import EMBEDDERS
-        from hmem_lit.retriever.routing import RETRIEVERS, TREE_ROUTERS
-
         _one_of(self.type, RETRIEVERS.names(), "retriever.type")  # the registries are the source of truth
         _one_of(self.embedder, EMBEDDERS.names(), "retriever.embedder")
         _check(self.branching >= 2, "retriever.branching", f"must be >= 2, got {self.branching}")
@@ -396,11 +391,10 @@ class RunConfig:
         _check(bool(re.fullmatch(r"[\w.\-]+", self.experiment)), "experiment", "use letters, digits, '._-' only")
         used = len(self.memory.levels)
         scale = self.optim.memory_lr_scale
-        from hmem_lit.memory.base import is_routed, routed_types
-
-        _check(not scale or (len(scale) == used and is_routed(self.memory.type)), "optim.memory_lr_scale",
+        routed_types = _routed_types()
+        _check(not scale or (len(scale) == used and self.memory.type in routed_types), "optim.memory_lr_scale",
                f"needs one multiplier per memory.levels entry ({used}) of a routed bank "
-               f"({', '.join(routed_types())}), got {list(scale)} for "
+               f"({', '.join(routed_types)}), got {list(scale)} for "
                f"memory.type={self.memory.type}; use [] for none")
         _check(used <= self.retriever.depth, "memory.levels",
                f"{used} levels but the tree has retriever.depth={self.retriever.depth}; add a level there or drop one")
@@ -414,8 +408,8 @@ class RunConfig:
             _check(bool(self.train.init_from) or self.anchor.preset == HF_PRESET, "train.init_from",
                    f"train.mode={self.train.mode} needs the anchor's run directory")
         if self.train.subtree is not None:
-            _check(self.train.mode == "frozen" and is_routed(self.memory.type) and not self.memory.generic,
-                   "train.subtree", f"needs train.mode=frozen, a bank-backed memory.type ({', '.join(routed_types())}) and "
+            _check(self.train.mode == "frozen" and self.memory.type in routed_types and not self.memory.generic,
+                   "train.subtree", f"needs train.mode=frozen, a bank-backed memory.type ({', '.join(routed_types)}) and "
                    "memory.generic=false (every other parameter must stay identical across the split jobs)")
             _check(0 <= self.train.subtree < self.retriever.branching, "train.subtree",
                    f"must be a level-1 node in [0, {self.retriever.branching}) (retriever.branching), got {self.train.subtree}")

@@ -140,3 +140,25 @@ def info(cfg: RunConfig) -> str:
                 lines.append(f"  level {lvl}: {bank.n_nodes(lvl):>7,} blocks x {bank.c_unit * r:>12,} = "
                              f"{_fmt(bank.n_nodes(lvl) * bank.c_unit * r)}")
     return "\n".join(lines)
+
+
+def load_model(run_dir: str | Path, map_location: str = "cpu"):
+    """-> (MemoryLM with the run's final weights, RunConfig). Weights come from safetensors (no code runs)."""
+    from safetensors.torch import load_file
+
+    from hmem_lit.config import ConfigError, from_dict
+    from hmem_lit.runs import CONFIG, FINAL, WEIGHTS, load_run_config  # noqa: F401
+    from hmem_lit.utils import read_json
+
+    run_dir = Path(run_dir)
+    weights = run_dir / WEIGHTS
+    if not weights.is_file():
+        raise ConfigError(f"{run_dir}: no {WEIGHTS}; train it to completion first (hmem train ...)")
+    final = read_json(run_dir / FINAL) if (run_dir / FINAL).is_file() else {}
+    cfg = from_dict(final["config"]) if "config" in final else load_run_config(run_dir)
+    state = load_file(str(weights), device=map_location)
+    emb = state.get("anchor.tok_emb.weight", state.get("anchor.hf.model.embed_tokens.weight"))  # built-in | hf
+    vocab = emb.shape[0] if emb is not None else cfg.anchor.vocab_size
+    model = MemoryLM(cfg, vocab)
+    model.load_state_dict(state, strict=True)
+    return model.eval(), model.cfg

@@ -26,7 +26,11 @@ from hmem_lit import runs  # noqa: E402
 from hmem_lit.config import ConfigError, load_config  # noqa: E402
 from hmem_lit.data.toy import ByteTokenizer  # noqa: E402
 from hmem_lit.hf_anchor import HFAnchor, family_config  # noqa: E402
-from hmem_lit.model import MemoryLM, info  # noqa: E402
+from hmem_lit.model import (  # noqa: E402
+    MemoryLM,
+    info,
+    load_model,  # noqa: E402
+)
 
 from .conftest import DEBUG_YAML, tiny_overrides  # noqa: E402
 
@@ -337,7 +341,7 @@ def test_frozen_training_moves_only_the_memory_and_reloads_exactly(family, tmp_p
     mem_keys = [k for k in snap.start if k.startswith("memory.")]
     assert any(not torch.equal(state[k], snap.start[k]) for k in mem_keys)  # and the memory did learn
     # final weights and the Lightning checkpoint reload to the trained module's logits, bit for bit
-    model, cfg = runs.load_model(run_dir)
+    model, cfg = load_model(run_dir)
     assert cfg.anchor.preset == "hf" and cfg.anchor.hf_family == family
     ckpt = torch.load(run_dir / runs.LAST_CKPT, map_location="cpu", weights_only=True)
     from_ckpt = MemoryLM(cfg, VOCAB)

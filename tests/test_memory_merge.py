@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hmem_lit.config import save_config
-from hmem_lit.memory.merge import merge, merge_banks
+from hmem_lit.merge import merge, merge_banks
 from hmem_lit.model import prepare_model_for_mode
 from tests.memory_util import batch, make_cfg, make_model, train
 

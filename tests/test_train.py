@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from hmem_lit import runs
 from hmem_lit.config import ConfigError, load_config
+from hmem_lit.model import load_model
 from hmem_lit.train import train
 from hmem_lit.utils import read_json
 
@@ -39,7 +40,7 @@ def test_run_directory_is_complete_and_self_describing(tiny_cfg):
     losses = [loss for _, loss in _losses(run_dir)]
     assert losses[-1] < losses[0]  # it learns
     # the final weights load back (safetensors) into a model with the resolved config
-    model, cfg = runs.load_model(run_dir)
+    model, cfg = load_model(run_dir)
     assert cfg.anchor.vocab_size == 258 and model.param_counts() == final["params"]
     # relaunching a complete run is a no-op
     mtime = (run_dir / runs.FINAL).stat().st_mtime

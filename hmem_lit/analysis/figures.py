@@ -10,7 +10,6 @@ to Fig. 1).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +44,7 @@ from hmem_lit.analysis.style import (
     shaded,
     style_axes,
 )
+from hmem_lit.registry import FIGURES  # noqa: F401 (the figure-kind registry; register() below fills it)
 
 
 class Skip(Exception):
@@ -58,14 +58,9 @@ class Drawn:
     notes: list[str] = field(default_factory=list)
 
 
-FIGURES: dict[str, Callable[[pd.DataFrame, dict[str, Any]], Drawn]] = {}
-
-
 def register(kind: str):
-    def deco(fn):
-        FIGURES[kind] = fn
-        return fn
-    return deco
+    """`@register("lines")` on fn(table, spec) -> Drawn: a figure kind usable as `kind:` in analysis/*.yaml."""
+    return FIGURES.register(kind)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -59,7 +59,7 @@ def load_specs(paths: list[str | Path] | None = None) -> tuple[list[dict], list[
             raise ConfigError(f"{f}: not valid YAML ({str(e).splitlines()[0]})") from None
         for s in d.get("figures") or []:
             if s.get("kind") not in FIGURES:
-                raise ConfigError(f"{f}: figure {s.get('id')!r}: kind {s.get('kind')!r} unknown; known: {', '.join(FIGURES)}")
+                raise ConfigError(f"{f}: figure {s.get('id')!r}: kind {s.get('kind')!r} unknown; known: {', '.join(FIGURES.names())}")
             figs.append(s)
         tabs += d.get("tables") or []
     ids = [s.get("id") for s in figs + tabs]

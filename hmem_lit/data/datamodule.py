@@ -10,7 +10,6 @@ of every global batch (DDP without Lightning's distributed sampler).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -19,17 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hmem_lit.config import RunConfig
-
-
-@dataclass
-class PackedSplit:
-    tokens: np.ndarray  # (N, seq_len + 1) int
-    paths: np.ndarray  # (N, depth) int64, node id per tree level
-    eot_id: int
-    pad_id: int
-
-    def __len__(self) -> int:
-        return int(self.tokens.shape[0])
+from hmem_lit.data.split import PackedSplit  # noqa: F401 (re-exported)
 
 
 class PackedDataset(Dataset):

@@ -479,7 +479,7 @@ def format_stats(s: dict) -> str:
 
 def load_prepared(cfg: Any) -> tuple[Any, Any, Any]:
     """-> (train PackedSplit, val PackedSplit, tokenizer); prepares (cached) stages that are missing first."""
-    from hmem_lit.data.datamodule import PackedSplit
+    from hmem_lit.data.split import PackedSplit
     from hmem_lit.data.tokenizer import load_tokenizer
 
     root = Path(cfg.data.dir)

@@ -38,6 +38,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from hmem_lit.config import ConfigError
 from hmem_lit.evaluation.resources import load_run_tokenizer
 from hmem_lit.evaluation.routing import MODES, Retrieval, load_run_router, route_texts
+from hmem_lit.model import load_model
 
 Item = tuple[list[int], list[int], bool]  # (context tokens, continuation tokens, EOT-prefixed)
 
@@ -48,7 +49,6 @@ class HmemLM(LM):
                  max_length: int | None = None, max_gen_tokens: int | None = None, block_level: int | None = None,
                  rolling_context: int | None = None, device: str | None = "cpu", threads: int = 0, **_: Any):
         super().__init__()
-        from hmem_lit import runs
         from hmem_lit.utils import set_threads
 
         # lm-eval's command line passes device="cuda:0" unless --device is given: on a machine without CUDA, use the CPU
@@ -58,7 +58,7 @@ class HmemLM(LM):
         set_threads(int(threads))  # on a shared CPU, 1 thread can be several times faster than oversubscription
 
         self.run_dir = Path(run_dir)
-        self.model, self.cfg = runs.load_model(self.run_dir, map_location=device)
+        self.model, self.cfg = load_model(self.run_dir, map_location=device)
         ev = self.cfg.eval
         # "config" = the run's eval.memory; None = "none" (lm-eval's arg parser turns memory=none into None)
         self.mode = ev.memory if memory == "config" else (memory or "none")

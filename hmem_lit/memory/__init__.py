@@ -12,10 +12,9 @@ module is built as `cls(mcfg, acfg, branching)` and must provide:
 Modules that are not memory types (bank, optim, generic, merge, sync) are listed in `_SUPPORT`.
 """
 
-from hmem_lit.registry import Registry
+from hmem_lit.registry import MEMORY  # noqa: F401 (the registry; defined at the bottom layer)
 
-MEMORY = Registry("memory type")
-_SUPPORT = ("base", "bank", "optim", "generic", "merge", "sync")
+_SUPPORT = ("base", "bank", "optim", "generic", "sync")
 _imported = False
 
 

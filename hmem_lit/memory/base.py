@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from hmem_lit.registry import MEMORY
+
 
 class MemoryType(nn.Module):
     """Base class of every memory type (see the module docstring)."""
@@ -58,18 +60,12 @@ class MemoryType(nn.Module):
 
 
 def memory_class(name: str) -> type[MemoryType]:
-    """The registered class of memory.type `name` (every shipped type imported first)."""
-    from hmem_lit.memory import MEMORY, import_all
-
-    import_all()
+    """The registered class of memory.type `name` (every shipped type and plug-in imported first)."""
     return MEMORY.get(name)
 
 
 def memory_types() -> list[str]:
     """Registered memory types (shipped and plugged in), without "none"."""
-    from hmem_lit.memory import MEMORY, import_all
-
-    import_all()
     return MEMORY.names()
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hmem_lit.registry import Registry
+from hmem_lit.registry import EMBEDDERS as _EMBEDDERS
 from hmem_lit.utils import atomic_write, atomic_write_text
 
-EMBEDDERS = Registry("embedder")
+EMBEDDERS = _EMBEDDERS
 
 _TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 

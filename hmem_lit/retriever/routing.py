@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from hmem_lit.registry import Registry
+from hmem_lit.registry import RETRIEVERS as _RETRIEVERS
+from hmem_lit.registry import TREE_ROUTERS as _TREE_ROUTERS
 from hmem_lit.retriever.kmeans_tree import KMeansTree
 from hmem_lit.utils import read_json
 
-RETRIEVERS = Registry("retriever")
+RETRIEVERS = _RETRIEVERS
 
 
 def _hash(seed: int, value: str) -> int:
@@ -153,7 +154,7 @@ class TreeRouter(Router):
 
 # How a tree routes new text (`retriever.router`): registered here so config validation, `hmem list` and the
 # tests read one list. Each entry is a short description.
-TREE_ROUTERS = Registry("retriever.router")
+TREE_ROUTERS = _TREE_ROUTERS
 TREE_ROUTERS.register("centroid")("greedy descent to the nearest centroid at every level (the paper)")
 TREE_ROUTERS.register("bm25")("vote of the BM25-nearest training documents' paths (retriever/bm25.py)")
 

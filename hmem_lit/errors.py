@@ -1,0 +1,13 @@
+"""The suite's two user-facing errors (the lowest layer: every module may import it).
+
+ConfigError: bad input (a config key, a file, a flag): one line naming it and the fix; `hmem` exits with status 2.
+RunError: a run that cannot go on (diverged, held by another process): one line, exit status 1.
+"""
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: the message is one line naming the key and what is allowed."""
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on (diverged, held by another process): one line, exit status 1, no traceback."""
