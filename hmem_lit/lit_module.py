@@ -29,8 +29,7 @@ class HmemLitModule(L.LightningModule):
         self.model = MemoryLM(cfg, vocab_size)
         # FSDP (use_orig_params) shows parameters as 1-D shards by the time optimisers are built: keep the shapes
         self._param_ndim = {n: p.dim() for n, p in self.model.named_parameters()}
-        self.val_loss = torchmetrics.MeanMetric()
-        self.val_ppl = torchmetrics.text.Perplexity(ignore_index=-100)
+        self.val_loss = torchmetrics.MeanMetric()  # token-weighted mean NLL; val/ppl = exp of it (no second pass)
 
     def forward(self, batch: dict[str, torch.Tensor], memory_mode: str = "fetched") -> torch.Tensor:
         generic = None
@@ -60,14 +59,13 @@ class HmemLitModule(L.LightningModule):
         logits = self(batch)
         n = (batch["targets"] != -100).sum()
         self.val_loss.update(lm_loss(logits, batch["targets"]), weight=n)
-        self.val_ppl.update(logits.float(), batch["targets"])
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
-        self.log("val/ppl", self.val_ppl.compute(), sync_dist=True)
+        loss = self.val_loss.compute()  # MeanMetric syncs across ranks itself
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/ppl", torch.exp(loss), sync_dist=True)  # the same token-weighted mean NLL, exponentiated
         self.log("tokens", float(self.trainer.global_step * self.tokens_per_step))
         self.val_loss.reset()
-        self.val_ppl.reset()
 
     def configure_optimizers(self) -> Any:
         # anchor AdamW + memory groups with their own LR/schedule/decay; bank rows updated row-wise (O(fetch))

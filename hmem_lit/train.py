@@ -145,8 +145,19 @@ def _precision(cfg: RunConfig) -> str:
 
 
 def _world_size(cfg: RunConfig) -> int:
+    """Processes Lightning will start for train.devices (the token budget is split over them): an int, a list of
+    ids, or -1 / "auto" = every device of the accelerator (all GPUs on a GPU machine; one process on CPU)."""
     d = cfg.train.devices
-    return d if isinstance(d, int) and d > 0 else (len(d) if isinstance(d, list) else 1)
+    if isinstance(d, int) and d > 0:
+        return d
+    if isinstance(d, list):
+        return len(d)
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    acc = cfg.train.accelerator
+    if acc in ("gpu", "cuda") or (acc == "auto" and CUDAAccelerator.is_available()):
+        return max(1, int(CUDAAccelerator.auto_device_count()))
+    return 1  # CPU: "auto" is one process (-1 is refused by Lightning with a one-line error)
 
 
 def _check_resume(run_dir: Path, cfg: RunConfig, config_only: bool = False) -> tuple[Path, int] | None:
@@ -165,7 +176,8 @@ def _check_resume(run_dir: Path, cfg: RunConfig, config_only: bool = False) -> t
         return None
     runs.verify_checkpoint(run_dir)
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        # memory-mapped: only the config is read here (Lightning loads the tensors once, in fit)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
         assert "state_dict" in state and "hyper_parameters" in state
     except Exception as e:  # noqa: BLE001 - any failure to read means corrupt
         raise ConfigError(f"{ckpt}: corrupt or unreadable checkpoint ({type(e).__name__}); delete it to restart "
@@ -176,12 +188,16 @@ def _check_resume(run_dir: Path, cfg: RunConfig, config_only: bool = False) -> t
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Fields that differ and change what the run trains (declared "run" in config.FIELD_EFFECTS; a field the
+    declaration does not know, e.g. from a newer config, counts)."""
+    from hmem_lit.config import FIELD_EFFECTS
+
     keys = []
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
             keys += _diff(va, vb, f"{prefix}{k}.")
-        elif va != vb and k not in ("progress", "threads", "num_workers"):
+        elif va != vb and "run" in FIELD_EFFECTS.get(f"{prefix}{k}", ("run",)):
             keys.append(f"{prefix}{k}")
     return keys
 

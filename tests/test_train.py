@@ -113,3 +113,32 @@ def test_non_finite_loss_stops_the_run_not_complete(tiny_cfg):
     with pytest.raises(RunError, match="diverged"):
         train(cfg)
     assert not runs.is_complete(cfg.run_dir) and not (cfg.run_dir / runs.WEIGHTS).exists()
+
+
+def test_world_size_counts_every_device_for_auto_and_minus_one(monkeypatch):
+    """train.devices=-1 / auto on a machine with 4 GPUs splits the token budget over 4 processes (it counted 1)."""
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    from hmem_lit.train import _world_size
+
+    base = ROOT / "experiments" / "000_debug.yaml"
+    monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: True))
+    monkeypatch.setattr(CUDAAccelerator, "auto_device_count", staticmethod(lambda: 4))
+    for dev in ("auto", -1):
+        assert _world_size(load_config(base, [f"train.devices={dev}"])) == 4
+    assert _world_size(load_config(base, ["train.devices=2"])) == 2
+    assert _world_size(load_config(base, ["train.devices=[0,2,3]"])) == 3
+    assert _world_size(load_config(base, ["train.devices=auto", "train.accelerator=cpu"])) == 1
+    monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: False))
+    assert _world_size(load_config(base, ["train.devices=auto"])) == 1
+
+
+def test_val_ppl_is_exp_of_the_token_weighted_val_loss(tmp_path):
+    """val/ppl is exp(val/loss) at every validation (one pass over the logits; it was a second Perplexity metric)."""
+    import json
+    import math
+
+    run_dir = train(load_config(DEBUG_YAML, tiny_overrides(tmp_path, **{"train.max_tokens": 6000})))
+    vals = [json.loads(line) for line in (run_dir / runs.METRICS).read_text().splitlines()]
+    vals = [r for r in vals if "val/loss" in r]
+    assert vals and all(math.isclose(r["val/ppl"], math.exp(r["val/loss"]), rel_tol=1e-5) for r in vals)

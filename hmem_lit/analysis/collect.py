@@ -31,12 +31,13 @@ import pandas as pd
 import yaml
 
 from hmem_lit import runs
+from hmem_lit.config import FIELD_EFFECTS
 
 TOL_SAME, TOL_RUNTIME, DENSE2X = 0.02, 0.05, (1.7, 2.3)
 KINDS = ("anchor", "memory", "dense-2x", "same-runtime dense")
-# config keys that do not change what a run learns (or only pick its seed): ignored by config_id
-_NOT_CONFIG = (("name",), ("experiment",), ("out_dir",), ("eval",), ("train", "seed"), ("train", "init_from"),
-               ("train", "progress"), ("train", "threads"), ("data", "num_workers"))
+# config keys that are not part of a run's configuration identity (bookkeeping, evaluation settings, the seed):
+# ignored by config_id; declared once in config.FIELD_EFFECTS (fields without "id")
+_NOT_CONFIG = tuple(tuple(k.split(".")) for k, eff in FIELD_EFFECTS.items() if "id" not in eff)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from hmem_lit.config import ConfigError
+from hmem_lit.config import ConfigError, field_value, fields_with
 from hmem_lit.data import corpus as corpus_mod
 from hmem_lit.retriever.diagnostics import concentration, format_concentration, key_table
 from hmem_lit.utils import atomic_write, atomic_write_text, read_json, write_json
@@ -75,25 +75,23 @@ def _stage_keys(cfg: Any, manifest: dict) -> dict[str, str]:
     """Keys of every stage from the config and the recorded upstream output hashes (cheap: reads no data)."""
     d, r = cfg.data, cfg.retriever
     out = lambda s: manifest.get("stages", {}).get(s, {}).get("out", "missing")  # noqa: E731
-    files = [(str(p), os.path.getsize(p), os.path.getmtime(p)) if os.path.exists(p) else (str(p), None)
-             for p in d.files] if d.source == "files" else []
-    corpus_args = (d.corpus, d.airports) if d.source == "builtin" and d.corpus != "facts" else ()
-    keys = {"corpus": _h("corpus", _VERSION["corpus"], d.source, files, d.wiki_docs, d.synthetic_entities,
-                         d.fact_repeats_max, d.zipf_a, d.seed, d.val_fraction, d.fact_repeats_min, *corpus_args)}
-    tok_src = None
-    if d.tokenizer:
-        tok_src = _file_hash(Path(d.tokenizer)) if os.path.exists(d.tokenizer) else d.tokenizer
-    keys["tokenizer"] = _h("tokenizer", _VERSION["tokenizer"], out("corpus"), d.vocab_size, tok_src)
-    emb_args = (r.embed_dim, r.tfidf_projection) if r.embedder == "tfidf" else (384,)
-    keys["embeddings"] = (_h("embeddings", _VERSION["embeddings"], out("corpus"), r.embedder, emb_args, r.seed)
+    derived: dict[str, Any] = {  # fields whose cache value is not the value itself
+        "data.files": [(str(p), os.path.getsize(p), os.path.getmtime(p)) if os.path.exists(p) else (str(p), None)
+                       for p in d.files] if d.source == "files" else [],
+        "data.tokenizer": (_file_hash(Path(d.tokenizer)) if d.tokenizer and os.path.exists(d.tokenizer)
+                           else d.tokenizer),
+        "data.key_field": key_field(cfg)}
+
+    def fields_of(stage: str) -> list[tuple[str, Any]]:  # the declaration: config.FIELD_EFFECTS
+        return [(k, derived[k] if k in derived else field_value(cfg, k)) for k in fields_with(stage)]
+
+    keys = {"corpus": _h("corpus", _VERSION["corpus"], fields_of("corpus"))}
+    keys["tokenizer"] = _h("tokenizer", _VERSION["tokenizer"], out("corpus"), fields_of("tokenizer"))
+    keys["embeddings"] = (_h("embeddings", _VERSION["embeddings"], out("corpus"), fields_of("embeddings"))
                           if r.type == "tree" else "none")
-    keys["tree"] = _h("tree", _VERSION["tree"], out("corpus"), keys["embeddings"], r.type, r.branching, r.depth,
-                      r.balance, r.niter, r.max_points_per_centroid, r.seed, r.recenter, r.train_paths,
-                      r.oracle_field if r.type == "oracle" else None,
-                      (r.router, r.refine, r.knn_k, r.bm25_max_df, r.refine_iters, r.refine_cap, r.graph_max_postings)
-                      if r.type == "tree" else None, key_field(cfg))
-    keys["packing"] = _h("packing", _VERSION["packing"], out("tokenizer"), out("tree"), d.seq_len, d.seed)
-    keys["questions"] = _h("questions", _VERSION["questions"], out("corpus"), d.seed)
+    keys["tree"] = _h("tree", _VERSION["tree"], out("corpus"), keys["embeddings"], fields_of("tree"))
+    keys["packing"] = _h("packing", _VERSION["packing"], out("tokenizer"), out("tree"), fields_of("packing"))
+    keys["questions"] = _h("questions", _VERSION["questions"], out("corpus"), fields_of("questions"))
     return keys
 
 

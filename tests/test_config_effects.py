@@ -1,0 +1,93 @@
+"""config.FIELD_EFFECTS is the one declaration of what each config field affects, and it is complete and true:
+every field is declared; changing a field changes exactly the preparation stages it declares (and those
+downstream); the resume check and the run collector ignore exactly the fields declared without "run" / "id"."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+
+from hmem_lit.config import FIELD_EFFECTS, RunConfig, field_value, fields_with, leaf_fields, to_dict
+from hmem_lit.data import prepare
+
+STAGES = prepare.STAGES
+DOWNSTREAM = {"corpus": set(STAGES), "tokenizer": {"tokenizer", "packing"}, "embeddings": {"embeddings", "tree",
+              "packing"}, "tree": {"tree", "packing"}, "packing": {"packing"}, "questions": {"questions"}}
+
+
+def test_every_field_is_declared_and_nothing_else():
+    assert sorted(FIELD_EFFECTS) == sorted(leaf_fields()), (
+        "declare the new field's effects in hmem_lit/config.py FIELD_EFFECTS")
+    tokens = {t for eff in FIELD_EFFECTS.values() for t in eff}
+    assert tokens <= {*STAGES, "run", "id"}
+    assert all("run" in eff for eff in FIELD_EFFECTS.values() if set(eff) & set(STAGES) - {"tree"} or "id" in eff)
+
+
+def _other(v):
+    if isinstance(v, bool):
+        return not v
+    if isinstance(v, int):
+        return v + 1
+    if isinstance(v, float):
+        return v * 0.5 + 0.125
+    if isinstance(v, str):
+        return v + "_x"
+    if isinstance(v, list):
+        return [*v, 1]
+    return "changed" if v is None else None
+
+
+def _with(cfg, key, value):
+    cfg = copy.deepcopy(cfg)
+    *parents, leaf = key.split(".")
+    node = cfg
+    for p in parents:
+        node = getattr(node, p)
+    object.__setattr__(node, leaf, value)  # no validation: only the cache keys are computed
+    return cfg
+
+
+def _keys(cfg):
+    # a manifest whose recorded stage outputs are fixed, so only this stage's own inputs move its key
+    return prepare._stage_keys(cfg, {"stages": {s: {"out": f"out-{s}"} for s in STAGES}})
+
+
+@pytest.mark.parametrize("key", leaf_fields())
+def test_stage_keys_follow_the_declaration(key):
+    base = RunConfig()
+    base = _with(_with(base, "data.source", "builtin"), "retriever.type", "tree")
+    if key in ("data.source", "retriever.type"):
+        pytest.skip("switches what is prepared at all (toy / non-tree); covered by the data tests")
+    if key == "data.files":  # read only for data.source=files (as (path, size, mtime) entries)
+        base = _with(base, "data.source", "files")
+    changed = _with(base, key, _other(field_value(base, key)))
+    a, b = _keys(base), _keys(changed)
+    moved = {s for s in STAGES if a[s] != b[s]}
+    declared = {s for s in STAGES if s in FIELD_EFFECTS[key]}
+    # with upstream outputs pinned, a field moves its own stages (and embeddings -> tree through the key chain)
+    want = set(declared) | ({"tree"} if "embeddings" in declared else set())
+    assert moved == want, f"{key}: declared {sorted(declared)}, changes the keys of {sorted(moved)}"
+
+
+def test_resume_check_and_collector_read_the_declaration():
+    from hmem_lit.analysis.collect import _config_id
+    from hmem_lit.train import _diff
+
+    base = to_dict(RunConfig())
+    for key in leaf_fields():
+        changed = copy.deepcopy(base)
+        *parents, leaf = key.split(".")
+        node = changed
+        for p in parents:
+            node = node[p]
+        node[leaf] = _other(node[leaf])
+        assert bool(_diff(base, changed)) == ("run" in FIELD_EFFECTS[key]), key
+        assert (_config_id(base, {}) != _config_id(changed, {})) == ("id" in FIELD_EFFECTS[key]), key
+
+
+def test_fields_with_lists_stage_inputs():
+    assert "data.seq_len" in fields_with("packing") and "retriever.router" in fields_with("tree")
+    assert "train.seed" not in fields_with("id") and "train.seed" in fields_with("run")
+    assert dataclasses.is_dataclass(RunConfig())
