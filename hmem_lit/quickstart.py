@@ -26,8 +26,9 @@ from pathlib import Path
 
 from hmem_lit import runs
 from hmem_lit.config import ConfigError, RunConfig, load_config
+from hmem_lit.resources import shipped_dir
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+EXPERIMENTS = shipped_dir("experiments")  # the checkout's experiments/, else the copy installed with the package
 
 # run name -> experiment file. The anchor given the memory run's wall-clock is derived from 101 at run time.
 RUNS = {
