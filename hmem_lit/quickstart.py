@@ -1,4 +1,4 @@
-"""`hmem quickstart`: the default experiment, the suite's proof that it works (PAPERS.md A7, Fig. 1, Table 1).
+"""`hmem quickstart`: the default experiment, the suite's proof that it works (../shared/PAPERS.md A7, Fig. 1, Table 1).
 
 On the built-in corpus it prepares the data, trains (1) the anchor, (2) anchor + hierarchical FFN memory with the
 generic-memory control, (3) a dense model with the runtime parameters of anchor + fetch, (4) a dense model of about
