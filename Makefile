@@ -8,7 +8,7 @@ PIP     := $(PY) -m pip --disable-pip-version-check -q
 STAMP   := $(VENV)/.hmem-installed
 TORCH   := $(shell cat constraints.txt)
 
-.PHONY: install quickstart smoke test test-slow bench lint clean-runs
+.PHONY: install quickstart smoke test test-slow check-install bench lint clean-runs
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -25,14 +25,23 @@ install: $(STAMP)
 quickstart: install  ## the main job: the default experiment on built-in data
 	$(VENV)/bin/hmem quickstart
 
+smoke: install  ## the quickstart's pipeline at toy scale (~2-3 min): runs/quickstart_small/, data/quickstart_small/
+	$(VENV)/bin/hmem quickstart --small
+
 test: install  ## the test suite (CPU, a few minutes; slow and GPU tests are deselected)
 	$(VENV)/bin/pytest
 
 test-slow: install
 	$(VENV)/bin/pytest -m slow
 
+check-install: install  ## the wheel, installed non-editable, works outside the checkout (~1 min + the smoke run)
+	PY=$(PY) .ci/check_install.sh
+
 bench: install
 	$(VENV)/bin/python -m benchmarks.run_all
 
 lint: install
 	$(VENV)/bin/ruff check hmem_lit tests benchmarks
+
+clean-runs:  ## delete this checkout's runs/ (every run directory; data/ and the venv stay)
+	rm -rf -- "$(CURDIR)/runs"

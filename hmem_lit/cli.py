@@ -9,13 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hmem_lit.config import ConfigError, RunError
+from hmem_lit.resources import checkout_root, shipped_dir
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
-SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+EXPERIMENTS_DIR = shipped_dir("experiments")  # the checkout's experiments/, else the installed copy
+SWEEPS_DIR = shipped_dir("sweeps")
 
 
 def _experiment_path(name: str | None) -> str | None:
-    """Accept a path, or a name like 000_debug found in experiments/; None or '-' means defaults only."""
+    """Accept a path, or a name like 000_debug of a shipped experiment (hmem_lit.resources); None or '-' means
+    defaults only."""
     if name in (None, "-"):
         return None
     if Path(name).is_file():
@@ -64,10 +66,10 @@ def cmd_list(a: argparse.Namespace) -> int:
     print("built-in corpora (data.source=builtin data.corpus=...): facts, airports")
     print("eval tasks: hmem_sk, hmem_ck (groups), hmem_<probe> and hmem_<probe>_bucket0..4, hmem_wiki_cloze(_mc), "
           "hmem_wiki_ppl (generated from each run's prepared data); paper_ck, paper_sk (need hub datasets)")
-    print("experiments:")
+    print(f"experiments ({EXPERIMENTS_DIR}):")
     for p in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
         print(f"  {p.stem}")
-    print("sweeps:")
+    print(f"sweeps ({SWEEPS_DIR}):")
     for p in sorted(SWEEPS_DIR.glob("*.yaml")):
         print(f"  {p.stem}")
     return 0
@@ -162,10 +164,15 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    sys.path.insert(0, str(EXPERIMENTS_DIR.parent))
-    from benchmarks.run_all import main as bench_main
+    """The benchmarks are scripts of the source checkout (benchmarks/), not part of the installed package."""
+    import subprocess
 
-    return bench_main((["--quick"] if a.quick else []) + (["--only", *a.only] if a.only else []))
+    root = checkout_root()
+    if root is None or not (root / "benchmarks" / "run_all.py").is_file():
+        raise ConfigError("hmem bench: the benchmarks live in the source checkout, not in the installed package; "
+                          "run `python -m benchmarks.run_all` (or `make bench`) in a checkout")
+    args = (["--quick"] if a.quick else []) + (["--only", *a.only] if a.only else [])
+    return subprocess.run([sys.executable, "-m", "benchmarks.run_all", *args], cwd=root).returncode
 
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -234,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--jobs", type=int, default=2, help="training runs at a time, one process each (default 2; "
                    "1 = one after another, in this process, with per-run progress bars)")
     q.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
-    b = sub.add_parser("bench", help="run every benchmark and write benchmarks/results/all.json")
+    b = sub.add_parser("bench", help="run every benchmark and write benchmarks/results/all.json "
+                         "(source checkout only)")
     b.add_argument("--quick", action="store_true")
     b.add_argument("--only", nargs="*", default=None)
     return p

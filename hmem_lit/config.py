@@ -82,7 +82,7 @@ class AnchorConfig:
         _check(self.rope_base > 1, "anchor.rope_base", "must be > 1")
 
 
-# Named anchors. The paper's three (PAPERS.md A2) count exactly 163,510,016 / 411,665,408 / 1,439,893,504.
+# Named anchors. The paper's three (../shared/PAPERS.md A2) count exactly 163,510,016 / 411,665,408 / 1,439,893,504.
 _OPENLM = dict(vocab_size=50_432, norm="layernorm", qk_norm=True, rope_base=100_000.0, max_seq_len=2048)
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU presets (vocab from the tokenizer)

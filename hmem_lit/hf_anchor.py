@@ -1,4 +1,4 @@
-"""A Hugging Face causal LM as the anchor: post-hoc memory on open-weight models (PAPERS.md A6).
+"""A Hugging Face causal LM as the anchor: post-hoc memory on open-weight models (../shared/PAPERS.md A6).
 
 `HFAnchor` wraps a transformers `*ForCausalLM` (Llama, Qwen2, Gemma3 text; any model with the same layout:
 `model.layers[i].self_attn.{q,k,v,o}_proj`, `.mlp.{gate,up,down}_proj`) behind the `Anchor` interface:

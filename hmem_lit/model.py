@@ -1,7 +1,7 @@
 """The memory-augmented LM: anchor + (optional) memory type over a hierarchical bank; modes and accounting.
 
 The model only sees (tokens, doc_ids, paths): routing happens in the data pipeline and in evaluation. Training
-modes (train.mode, PAPERS.md A5 / Table 1) are applied after construction by `prepare_model_for_mode`; `info`
+modes (train.mode, ../shared/PAPERS.md A5 / Table 1) are applied after construction by `prepare_model_for_mode`; `info`
 prints the anchor / fetched / bank parameter counts of a config without allocating anything (meta device).
 """
 

@@ -1,4 +1,4 @@
-"""`hmem quickstart`: the default experiment, the suite's proof that it works (PAPERS.md A7, Fig. 1, Table 1).
+"""`hmem quickstart`: the default experiment, the suite's proof that it works (../shared/PAPERS.md A7, Fig. 1, Table 1).
 
 On the built-in corpus it prepares the data, trains (1) the anchor, (2) anchor + hierarchical FFN memory with the
 generic-memory control, (3) a dense model with the runtime parameters of anchor + fetch, (4) a dense model of about
@@ -26,8 +26,9 @@ from pathlib import Path
 
 from hmem_lit import runs
 from hmem_lit.config import ConfigError, RunConfig, load_config
+from hmem_lit.resources import shipped_dir
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+EXPERIMENTS = shipped_dir("experiments")  # the checkout's experiments/, else the copy installed with the package
 
 # run name -> experiment file. The anchor given the memory run's wall-clock is derived from 101 at run time.
 RUNS = {

@@ -29,11 +29,16 @@ CONFIG, MANIFEST, METRICS, FINAL, WEIGHTS = "config.yaml", "manifest.json", "met
 LAST_CKPT = "checkpoints/last.ckpt"
 CKPT_SUM = "checkpoints/last.ckpt.sha256"  # the sha256 digests a committed last.ckpt may have (see commit_checkpoint)
 
-_PACKAGES = ("torch", "lightning", "torchmetrics", "lm_eval", "faiss-cpu", "omegaconf", "optuna", "numpy", "tokenizers")
+_PACKAGES = ("hmem_lit", "torch", "lightning", "torchmetrics", "lm_eval", "faiss-cpu", "omegaconf", "optuna", "numpy", "tokenizers")
 
 
 def git_state() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
+    """The source checkout's commit; none for an installed copy (its version is in the manifest's packages)."""
+    from hmem_lit.resources import checkout_root
+
+    root = checkout_root()
+    if root is None:
+        return {"git_sha": None, "git_dirty": False}
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

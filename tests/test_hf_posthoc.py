@@ -243,7 +243,7 @@ def test_frozen_hf_needs_no_init_from_and_info_counts_on_meta():
     assert f"c0 = {3 * 3 * 32:,} per unit" in text
 
 
-# The post-hoc models of PAPERS.md A6 as family shapes: (layers, d, heads, kv heads, head_dim, d_ff, vocab) and
+# The post-hoc models of ../shared/PAPERS.md A6 as family shapes: (layers, d, heads, kv heads, head_dim, d_ff, vocab) and
 # their published parameter counts (all three tie input and output embeddings)
 PAPER_MODELS = {"llama": ((16, 2048, 32, 8, 64, 8192, 128256), 1_235_814_400),  # Llama-3.2-1B
                 "qwen2": ((24, 896, 14, 2, 64, 4864, 151936), 494_032_768),  # Qwen2.5-0.5B

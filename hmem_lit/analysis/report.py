@@ -26,8 +26,9 @@ from hmem_lit.analysis.collect import collect
 from hmem_lit.analysis.figures import FIGURES, Skip
 from hmem_lit.analysis.tables import Table, make_table, runs_overview, simple_table
 from hmem_lit.config import ConfigError
+from hmem_lit.resources import shipped_dir, work_root
 
-SPEC_DIR = sweep_mod.REPO / "analysis"
+SPEC_DIR = shipped_dir("analysis")  # the figure specs analysis/*.yaml: the checkout's, else the installed copy
 CSV_DROP = ("path",)
 CLASSIFY = ("kind: memory = memory.type is not none; anchor = no memory, anchor params within 2% of a memory run's "
             "anchor; dense-2x = no memory, 1.7-2.3x such an anchor; same-runtime dense = no memory, within 5% of a "
@@ -100,7 +101,7 @@ def _guard(item: Item, fn, *args) -> Any:
 
 def build_report(target: str, out: str | Path | None = None, specs: list[str] | None = None) -> Path:
     t = sweep_mod.resolve(target)
-    out = Path(out) if out else SPEC_DIR / "generated" / t.name
+    out = Path(out) if out else work_root() / "analysis" / "generated" / t.name  # never inside an installed package
     figs, tabs = load_specs(specs)
     study, study_notes = sweep_mod.load_study(t)
     extra = sweep_mod.trial_run_dirs(study) if study else []

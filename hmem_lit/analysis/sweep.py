@@ -22,9 +22,9 @@ from typing import Any
 import yaml
 
 from hmem_lit.config import ConfigError
+from hmem_lit.resources import shipped_dir
 
-REPO = Path(__file__).resolve().parents[2]
-SWEEPS_DIR, RUNS = REPO / "sweeps", Path("runs")
+SWEEPS_DIR, RUNS = shipped_dir("sweeps"), Path("runs")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Same-cluster packing (PAPERS.md A5): documents of one leaf are packed into rows of seq_len + 1 tokens.
+"""Same-cluster packing (../shared/PAPERS.md A5): documents of one leaf are packed into rows of seq_len + 1 tokens.
 
 Every document ends with EOT. Within a leaf, documents that fit in a row are never split: they are placed by
 first-fit decreasing (longest first, into the first row with room), so short fact documents keep their subject

@@ -1,8 +1,9 @@
 """What evaluation needs from a run besides its weights: the tokenizer and the prepared data directory.
 
 `load_run_tokenizer(cfg)`: the byte tokenizer for the toy source, else `<data.dir>/tokenizer.json`. A relative
-`data.dir` is looked up from the working directory first, then from the repository root (runs are usually
-trained from the checkout). Missing pieces raise `ConfigError` with one line saying what to run.
+`data.dir` is looked up from the working directory first, then, when the package runs from a source checkout, from
+the checkout's root (runs are usually trained there). Missing pieces raise `ConfigError` with one line saying what
+to run.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from hmem_lit.config import ConfigError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+from hmem_lit.resources import checkout_root
 
 
 def resolve_data_dir(cfg: Any) -> Path:
     d = Path(cfg.data.dir)
-    if d.is_absolute() or d.exists():
+    root = checkout_root()
+    if d.is_absolute() or d.exists() or root is None:
         return d
-    alt = REPO_ROOT / d
+    alt = root / d
     return alt if alt.exists() else d
 
 

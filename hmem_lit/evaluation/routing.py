@@ -1,7 +1,7 @@
 """Which text each harness request routes, and turning those texts into memory paths for a memory mode.
 
 The harness hands the model (context, continuation) pairs, not task types, so the route text is chosen from the
-shape of the requests (PAPERS.md A6 says what the paper routes):
+shape of the requests (../shared/PAPERS.md A6 says what the paper routes):
 
 1. A document that carries a `route_text` field (every shipped `hmem_*` probe and cloze task) routes that field:
    the question / prompt, without few-shot examples or answer options.

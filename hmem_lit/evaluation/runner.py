@@ -29,7 +29,7 @@ from hmem_lit.config import ConfigError, from_dict
 from hmem_lit.evaluation.taskgen import PAPER_DIR, TaskSet, build_tasks
 from hmem_lit.utils import atomic_write, dumps, read_json, write_json
 
-# lm-eval task -> (shots, HF dataset path, config name): PAPERS.md A6
+# lm-eval task -> (shots, HF dataset path, config name): ../shared/PAPERS.md A6
 PAPER_TASKS: dict[str, tuple[int, str, str | None]] = {
     "lambada_openai": (0, "EleutherAI/lambada_openai", "default"), "boolq": (0, "aps/super_glue", "boolq"),
     "squad_completion": (0, "hazyresearch/based-squad", "default"), "wsc273": (3, "lighteval/winograd_wsc", "wsc273"),

@@ -1,4 +1,4 @@
-"""Product-key memory layers (Lample et al. 2019; Memory+ of "Memory Layers at Scale", PAPERS.md B1).
+"""Product-key memory layers (Lample et al. 2019; Memory+ of "Memory Layers at Scale", ../shared/PAPERS.md B1).
 
 A token-level memory: it ignores tree paths. At each memory layer (memory.pkm.layers: "auto" = 3 equally spaced
 layers, 4/12/20 of 24 as in the paper, or explicit indices) the normalised hidden state x gives one query per head

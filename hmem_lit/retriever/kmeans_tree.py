@@ -1,4 +1,4 @@
-"""The hierarchical k-means tree (PAPERS.md A4): built top-down on faiss, balanced, saved as arrays, routed greedily.
+"""The hierarchical k-means tree (../shared/PAPERS.md A4): built top-down on faiss, balanced, saved as arrays, routed greedily.
 
 Node ids: level l (0-based here; "level l+1" in the paper) has branching**(l+1) nodes; the children of node p at
 level l are p*branching + c at level l+1. A path is one node id per level.

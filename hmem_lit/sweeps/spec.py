@@ -38,9 +38,9 @@ from typing import Any
 import yaml
 
 from hmem_lit.config import ConfigError, RunConfig, _valid_keys
+from hmem_lit.resources import shipped_dir
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-EXPERIMENTS_DIR, SWEEPS_DIR = ROOT / "experiments", ROOT / "sweeps"
+EXPERIMENTS_DIR, SWEEPS_DIR = shipped_dir("experiments"), shipped_dir("sweeps")  # checkout or installed copy
 
 PAPER_PARAMS = {
     "bank_depth": "number of tree levels the bank uses (1..4)",

@@ -1,6 +1,6 @@
 """The paper's language -> concrete configs: bank depth, fetched size, bank size, fetched-to-anchor ratio.
 
-Accounting (PAPERS.md A4): a unit of r_l (one extra hidden unit per memory layer for FFN memories) costs c0
+Accounting (../shared/PAPERS.md A4): a unit of r_l (one extra hidden unit per memory layer for FFN memories) costs c0
 fetched parameters (FFN: c0 = 3 * n_layer * d_model; measured on the meta device for any bank type), so
     fetched = c0 * sum_l r_l          bank = c0 * sum_l b^l * r_l          (b = retriever.branching)
 - `level`: all memory at one level l: r_l from fetched (or from bank / b^l).
