@@ -25,16 +25,21 @@ def main(argv: list[str] | None = None) -> int:
     res = a.run_dir / "eval" / a.memory / "results.json"
     routing = json.loads(res.read_text()).get("routing") if res.is_file() else None
     if not routing:
-        print(f"route_accuracy: no routing record in {res}; run `hmem eval {a.run_dir} --memory {a.memory} --force` "
-              "(data with a key field, fetched or blocked memory)", file=sys.stderr)
+        print(
+            f"route_accuracy: no routing record in {res}; run `hmem eval {a.run_dir} --memory {a.memory} --force` "
+            "(data with a key field, fetched or blocked memory)",
+            file=sys.stderr,
+        )
         return 2
     f = lambda v: "   - " if v is None else f"{v:5.2f}"  # noqa: E731
     print(f"{'probe':22s} bucket  routed to main leaf  acc if right (n)   acc if wrong (n)")
     for probe, buckets in sorted(routing.items()):
         for b, v in sorted(buckets.items(), key=lambda kv: int(kv[0])):
             right = round(v["prompts"] * v["hit_rate"])
-            print(f"{probe:22s} b{b}      {v['hit_rate']:5.2f}              {f(v['acc_routed_right'])} ({right:4d})      "
-                  f"{f(v['acc_routed_wrong'])} ({v['prompts'] - right:4d})")
+            print(
+                f"{probe:22s} b{b}      {v['hit_rate']:5.2f}              {f(v['acc_routed_right'])} ({right:4d})      "
+                f"{f(v['acc_routed_wrong'])} ({v['prompts'] - right:4d})"
+            )
     return 0
 
 

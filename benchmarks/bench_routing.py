@@ -72,16 +72,21 @@ def measure(cfg, qsets: dict[str, list[dict]]) -> dict:
         routed = router.route([it["route_text"] for it in items])
         t_route += time.perf_counter() - t1
         n_prompts += len(items)
-        recs += [{"group": probe, "bucket": it["bucket"], "hit": list(map(int, r)) == table[it["entity"]]["main_path"]}
-                 for it, r in zip(items, routed)]
+        recs += [
+            {"group": probe, "bucket": it["bucket"], "hit": list(map(int, r)) == table[it["entity"]]["main_path"]}
+            for it, r in zip(items, routed)
+        ]
     hits = hit_rates(recs)
     manifest = read_json(root / "manifest.json")
-    return {"concentration": concentration(table), "hit_rate": {p: {b: v["hit_rate"] for b, v in bs.items()}
-                                                                for p, bs in hits.items()},
-            "min_hit_rate": min(v["hit_rate"] for bs in hits.values() for v in bs.values()),
-            "mean_hit_rate": round(float(np.mean([r["hit"] for r in recs])), 4),
-            "tree_stage_s": manifest["stages"]["tree"]["time_s"], "prepare_s": round(prep_s, 2),
-            "route_ms_per_prompt": round(1000 * t_route / max(1, n_prompts), 4)}
+    return {
+        "concentration": concentration(table),
+        "hit_rate": {p: {b: v["hit_rate"] for b, v in bs.items()} for p, bs in hits.items()},
+        "min_hit_rate": min(v["hit_rate"] for bs in hits.values() for v in bs.values()),
+        "mean_hit_rate": round(float(np.mean([r["hit"] for r in recs])), 4),
+        "tree_stage_s": manifest["stages"]["tree"]["time_s"],
+        "prepare_s": round(prep_s, 2),
+        "route_ms_per_prompt": round(1000 * t_route / max(1, n_prompts), 4),
+    }
 
 
 def export_files(src: Path, out: Path) -> Path:
@@ -103,10 +108,14 @@ def scaling(work: Path, sizes: tuple[int, ...] = (1000, 4000, 16000)) -> list[di
         root = prepare(cfg, progress=False, verbose=False)
         st = read_json(root / "manifest.json")["stages"]
         tree = st["tree"]["info"]["stats"]
-        row = {"synthetic_entities": n, "train_docs": st["corpus"]["info"]["train_docs"],
-               "tree_stage_s": st["tree"]["time_s"], "bm25_total_s": tree["bm25"]["total_s"],
-               "bm25_index_and_graph_s": tree["bm25"]["index_s"],
-               "concentration": read_json(root / "stats.json")["routing"]["mean_share"]}
+        row = {
+            "synthetic_entities": n,
+            "train_docs": st["corpus"]["info"]["train_docs"],
+            "tree_stage_s": st["tree"]["time_s"],
+            "bm25_total_s": tree["bm25"]["total_s"],
+            "bm25_index_and_graph_s": tree["bm25"]["index_s"],
+            "concentration": read_json(root / "stats.json")["routing"]["mean_share"],
+        }
         row["us_per_doc_bm25"] = round(1e6 * row["bm25_total_s"] / row["train_docs"], 1)
         out.append(row)
         print(f"[bench] scaling: {row}", flush=True)
@@ -122,9 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "data" / "bench_routing")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "routing.json")
     a = ap.parse_args(argv)
-    result: dict = {"machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
-                    "command": "python benchmarks/bench_routing.py" + (" --quick" if a.quick else "")
-                    + (" --minilm" if a.minilm else "") + (" --scaling" if a.scaling else ""), "corpora": {}}
+    result: dict = {
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python benchmarks/bench_routing.py"
+        + (" --quick" if a.quick else "")
+        + (" --minilm" if a.minilm else "")
+        + (" --scaling" if a.scaling else ""),
+        "corpora": {},
+    }
     if a.only_scaling:
         result = read_json(a.out) if a.out.is_file() else result
         result["scaling"] = scaling(a.work)
@@ -142,25 +157,45 @@ def main(argv: list[str] | None = None) -> int:
             for name, extra in (("previous", OLD), ("current", [])):
                 cfg = load_config(exp, ["data.source=files", f"data.files=[{files}]", f"data.dir={fdir}", *extra])
                 m = res["defaults"].setdefault(label, {})[name] = measure(cfg, qsets)
-                print(f"[bench] {corpus} as files, {label}, {name} retriever: min hit {m['min_hit_rate']:.2f} "
-                      f"mean hit {m['mean_hit_rate']:.2f} concentration {m['concentration']['mean_share']:.2f}",
-                      flush=True)
+                print(
+                    f"[bench] {corpus} as files, {label}, {name} retriever: min hit {m['min_hit_rate']:.2f} "
+                    f"mean hit {m['mean_hit_rate']:.2f} concentration {m['concentration']['mean_share']:.2f}",
+                    flush=True,
+                )
         if not a.quick:
             variants = [("centroid", "none"), ("bm25", "none"), ("centroid", "bm25"), ("bm25", "bm25")]
             points = list(itertools.product(["tfidf"], variants, [(16, 2), (8, 3), (64, 2)], (0.094, 1.0)))
             if a.minilm:  # the paper's embedder: the four retrievers at the quickstart's tree shape
                 points += list(itertools.product(["minilm"], variants, [(16, 2)], (0.094,)))
             for emb, (router, refine), (b, d), bal in points:
-                ov = [f"data.corpus={corpus}", f"data.dir={a.work}/{corpus}", f"retriever.embedder={emb}",
-                      f"retriever.router={router}", f"retriever.refine={refine}", f"retriever.branching={b}",
-                      f"retriever.depth={d}", f"retriever.balance={bal}"]
+                ov = [
+                    f"data.corpus={corpus}",
+                    f"data.dir={a.work}/{corpus}",
+                    f"retriever.embedder={emb}",
+                    f"retriever.router={router}",
+                    f"retriever.refine={refine}",
+                    f"retriever.branching={b}",
+                    f"retriever.depth={d}",
+                    f"retriever.balance={bal}",
+                ]
                 m = measure(load_config(QUICKSTART, ov), qsets)
-                row = {"embedder": emb, "router": router, "refine": refine, "branching": b, "depth": d,
-                       "leaves": b**d, "balance": bal, **m}
+                row = {
+                    "embedder": emb,
+                    "router": router,
+                    "refine": refine,
+                    "branching": b,
+                    "depth": d,
+                    "leaves": b**d,
+                    "balance": bal,
+                    **m,
+                }
                 res["grid"].append(row)
-                print(f"[bench] {corpus} {emb} {router}/{refine} {b}^{d} balance={bal}: min hit "
-                      f"{m['min_hit_rate']:.2f} mean hit {m['mean_hit_rate']:.2f} concentration "
-                      f"{m['concentration']['mean_share']:.2f} tree {m['tree_stage_s']:.1f}s", flush=True)
+                print(
+                    f"[bench] {corpus} {emb} {router}/{refine} {b}^{d} balance={bal}: min hit "
+                    f"{m['min_hit_rate']:.2f} mean hit {m['mean_hit_rate']:.2f} concentration "
+                    f"{m['concentration']['mean_share']:.2f} tree {m['tree_stage_s']:.1f}s",
+                    flush=True,
+                )
         result["corpora"][corpus] = res
     if a.scaling:
         result["scaling"] = scaling(a.work)

@@ -40,10 +40,25 @@ PKM_KEYS = {1: 32, 16: 128, 64: 256}
 
 def overrides(mtype: str, scale: int, offload: bool = False) -> list[str]:
     if mtype == "pkm":
-        return [*ANCHOR, "memory.type=pkm", "train.mode=scratch", "memory.pkm.mode=add", "memory.pkm.topk=16",
-                f"memory.pkm.n_keys={PKM_KEYS[scale]}", "memory.pkm.k_dim=64", "memory.pkm.heads=4"]
-    return [*ANCHOR, f"memory.type={mtype}", "train.mode=scratch", f"memory.levels=[0,{FFN_UNITS}]",
-            "retriever.depth=2", f"retriever.branching={BRANCHING[scale]}", f"memory.offload={str(offload).lower()}"]
+        return [
+            *ANCHOR,
+            "memory.type=pkm",
+            "train.mode=scratch",
+            "memory.pkm.mode=add",
+            "memory.pkm.topk=16",
+            f"memory.pkm.n_keys={PKM_KEYS[scale]}",
+            "memory.pkm.k_dim=64",
+            "memory.pkm.heads=4",
+        ]
+    return [
+        *ANCHOR,
+        f"memory.type={mtype}",
+        "train.mode=scratch",
+        f"memory.levels=[0,{FFN_UNITS}]",
+        "retriever.depth=2",
+        f"retriever.branching={BRANCHING[scale]}",
+        f"memory.offload={str(offload).lower()}",
+    ]
 
 
 def _batch(step: int, global_batch: int, seq: int, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -77,7 +92,7 @@ def worker(rank: int, world: int, spec: dict, init_file: str, out_file: str) -> 
     b, gb, per = cfg.retriever.branching, spec["global_batch"], spec["global_batch"] // world
     walls, syncs, stats = [], [], SyncStats()
     for step in range(spec["warmup"] + spec["steps"]):
-        x, y, paths = (t[rank * per:(rank + 1) * per] for t in _batch(step, gb, spec["seq"], b))
+        x, y, paths = (t[rank * per : (rank + 1) * per] for t in _batch(step, gb, spec["seq"], b))
         t0 = time.perf_counter()
         lm_loss(net(x, paths=paths), y).backward()  # random tokens: every target counts, equal per rank
         t1 = time.perf_counter()
@@ -94,10 +109,17 @@ def worker(rank: int, world: int, spec: dict, init_file: str, out_file: str) -> 
     if rank == 0:
         c = model.param_counts()
         table_bytes = sum(p.numel() * p.element_size() for p in tables)
-        res = {"step_ms": round(1e3 * statistics.median(walls), 2), "sync_ms": round(1e3 * statistics.median(syncs), 3),
-               "bank_params": c["bank"], "fetched_params": c["fetched"], "table_bytes": table_bytes,
-               "sync_bytes": stats.bytes, "sync_rows": stats.rows, "sync_dense_tables": stats.dense_tables,
-               "dense_ring_allreduce_bytes": int(2 * (world - 1) / world * table_bytes)}
+        res = {
+            "step_ms": round(1e3 * statistics.median(walls), 2),
+            "sync_ms": round(1e3 * statistics.median(syncs), 3),
+            "bank_params": c["bank"],
+            "fetched_params": c["fetched"],
+            "table_bytes": table_bytes,
+            "sync_bytes": stats.bytes,
+            "sync_rows": stats.rows,
+            "sync_dense_tables": stats.dense_tables,
+            "dense_ring_allreduce_bytes": int(2 * (world - 1) / world * table_bytes),
+        }
         Path(out_file).write_text(json.dumps(res))
     if world > 1:
         dist.destroy_process_group()
@@ -174,36 +196,69 @@ def main() -> None:
     for mtype in ("ffn", "pkm"):
         for scale in (1, 16, 64):
             r = run(2, mtype=mtype, scale=scale, threads=1, **base)
-            comm.append({"type": mtype, "scale": scale, **{k: r[k] for k in (
-                "bank_params", "fetched_params", "table_bytes", "sync_bytes", "sync_rows", "sync_dense_tables",
-                "dense_ring_allreduce_bytes", "sync_ms", "step_ms")},
-                "sync_over_table": round(r["sync_bytes"] / r["table_bytes"], 4)})
+            comm.append(
+                {
+                    "type": mtype,
+                    "scale": scale,
+                    **{
+                        k: r[k]
+                        for k in (
+                            "bank_params",
+                            "fetched_params",
+                            "table_bytes",
+                            "sync_bytes",
+                            "sync_rows",
+                            "sync_dense_tables",
+                            "dense_ring_allreduce_bytes",
+                            "sync_ms",
+                            "step_ms",
+                        )
+                    },
+                    "sync_over_table": round(r["sync_bytes"] / r["table_bytes"], 4),
+                }
+            )
     # (3) host- vs device-resident bank
     mem_steps = 2 if a.quick else 5
-    memory: dict = {"cpu_rss": {"device_resident": _child(False, "cpu", mem_steps),
-                                "offload": _child(True, "cpu", mem_steps),
-                                "note": "on CPU both banks are in host RAM: equal RSS is the expected result"}}
+    memory: dict = {
+        "cpu_rss": {
+            "device_resident": _child(False, "cpu", mem_steps),
+            "offload": _child(True, "cpu", mem_steps),
+            "note": "on CPU both banks are in host RAM: equal RSS is the expected result",
+        }
+    }
     if torch.cuda.is_available():
-        memory["cuda"] = {"device_resident": _child(False, "cuda", mem_steps), "offload": _child(True, "cuda", mem_steps)}
+        memory["cuda"] = {
+            "device_resident": _child(False, "cuda", mem_steps),
+            "offload": _child(True, "cuda", mem_steps),
+        }
     else:
         memory["cuda"] = "not run: no GPU"
 
-    results = {"command": " ".join([Path(sys.executable).name, "-m", "benchmarks.bench_scale", *sys.argv[1:]]),
-               "torch": torch.__version__, "world": 2, "global_batch": [a.global_batch, a.seq], "steps": steps,
-               "wall_s": round(time.time() - t_start, 1),
-               "bytes_formula": "per rank and step: 8*world*tables + sum over tables of min(world * max_rank_rows * "
-                                "(row_bytes + 8), dense ring all-reduce 2*(world-1)/world * (table_bytes + rows))",
-               "step_time": step_time, "bank_comm": comm, "memory": memory}
+    results = {
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.bench_scale", *sys.argv[1:]]),
+        "torch": torch.__version__,
+        "world": 2,
+        "global_batch": [a.global_batch, a.seq],
+        "steps": steps,
+        "wall_s": round(time.time() - t_start, 1),
+        "bytes_formula": "per rank and step: 8*world*tables + sum over tables of min(world * max_rank_rows * "
+        "(row_bytes + 8), dense ring all-reduce 2*(world-1)/world * (table_bytes + rows))",
+        "step_time": step_time,
+        "bank_comm": comm,
+        "memory": memory,
+    }
     from hmem_lit.utils import write_json
 
     write_json(a.out, results)
     for k, v in step_time.items():
         print(f"{k:32s} {v['step_ms']:8.1f} ms/step (bank sync {v['sync_ms']:.2f} ms)")
     for c in comm:
-        print(f"{c['type']:4s} {c['scale']:3d}x bank {c['table_bytes'] / 2**20:8.2f} MB: sync gathers "
-              f"{c['sync_bytes'] / 2**10:8.1f} KB/step ({c['sync_rows']} rows, {c['sync_dense_tables']} dense), "
-              "dense all-reduce "
-              f"{c['dense_ring_allreduce_bytes'] / 2**20:.2f} MB")
+        print(
+            f"{c['type']:4s} {c['scale']:3d}x bank {c['table_bytes'] / 2**20:8.2f} MB: sync gathers "
+            f"{c['sync_bytes'] / 2**10:8.1f} KB/step ({c['sync_rows']} rows, {c['sync_dense_tables']} dense), "
+            "dense all-reduce "
+            f"{c['dense_ring_allreduce_bytes'] / 2**20:.2f} MB"
+        )
     print(f"memory: {json.dumps(memory)}")
     print(f"wrote {a.out}")
 

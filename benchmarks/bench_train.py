@@ -34,10 +34,22 @@ class StepTimer(L.Callback):
 
 
 def _cfg(preset: str, steps: int, tmp: str, bs: int, seq: int):
-    return load_config(ROOT / "experiments" / "000_debug.yaml", [
-        f"anchor.preset={preset}", f"out_dir={tmp}", "train.progress=true", "train.val_every=0", "train.ckpt_every=0",
-        f"train.batch_size={bs}", f"data.seq_len={seq}", f"train.max_tokens={steps * bs * seq}", "data.toy_docs=2000",
-        "train.log_every=10", "name=bench"])
+    return load_config(
+        ROOT / "experiments" / "000_debug.yaml",
+        [
+            f"anchor.preset={preset}",
+            f"out_dir={tmp}",
+            "train.progress=true",
+            "train.val_every=0",
+            "train.ckpt_every=0",
+            f"train.batch_size={bs}",
+            f"data.seq_len={seq}",
+            f"train.max_tokens={steps * bs * seq}",
+            "data.toy_docs=2000",
+            "train.log_every=10",
+            "name=bench",
+        ],
+    )
 
 
 def lightning_run(cfg, warmup: int) -> float:
@@ -101,14 +113,22 @@ def main() -> None:
             ml, mp = statistics.median(lit), statistics.median(plain)
             results[preset] = {
                 "tokens_per_step": bs * seq,
-                "lightning_s_per_step": ml, "plain_s_per_step": mp,
-                "lightning_tokens_per_s": bs * seq / ml, "plain_tokens_per_s": bs * seq / mp,
-                "overhead_ratio": ml / mp, "repeats": repeats, "steps": steps,
-                "all_lightning": lit, "all_plain": plain,
+                "lightning_s_per_step": ml,
+                "plain_s_per_step": mp,
+                "lightning_tokens_per_s": bs * seq / ml,
+                "plain_tokens_per_s": bs * seq / mp,
+                "overhead_ratio": ml / mp,
+                "repeats": repeats,
+                "steps": steps,
+                "all_lightning": lit,
+                "all_plain": plain,
             }
-    out = {"benchmark": "train_throughput", "threads": torch.get_num_threads(),
-           "note": "ratio = Lightning s/step over plain-loop s/step, medians of interleaved repeats; shared 2-core CPU",
-           "results": results}
+    out = {
+        "benchmark": "train_throughput",
+        "threads": torch.get_num_threads(),
+        "note": "ratio = Lightning s/step over plain-loop s/step, medians of interleaved repeats; shared 2-core CPU",
+        "results": results,
+    }
     write_json(a.out, out)
     print(f"{'anchor':8s} {'plain tok/s':>12s} {'lightning tok/s':>16s} {'overhead':>9s}")
     for k, r in results.items():

@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {' '.join(cmd[2:])}", flush=True)
         t0 = time.time()
         r = subprocess.run(cmd, cwd=ROOT)
-        merged["results"][name] = read_json(out) if r.returncode == 0 and out.is_file() else {"error": f"exit {r.returncode}"}
+        merged["results"][name] = (
+            read_json(out) if r.returncode == 0 and out.is_file() else {"error": f"exit {r.returncode}"}
+        )
         merged["results"][name]["wall_s"] = round(time.time() - t0, 1)
     write_json(RESULTS / "all.json", merged)
     print(f"[bench] wrote {RESULTS / 'all.json'}")

@@ -48,14 +48,20 @@ def cmd_list(a: argparse.Namespace) -> int:
         with torch.device("meta"):
             n = count_params(Anchor(acfg))
         vocab = "" if "vocab_size" in p else " (at vocab 4096)"
-        print(f"  {name:20s} layers={acfg.n_layer:<3d} d={acfg.d_model:<5d} heads={acfg.n_head}x{acfg.head_dim:<4d} "
-              f"ffn={acfg.d_ff:<5d} params={n:,}{vocab}")
+        print(
+            f"  {name:20s} layers={acfg.n_layer:<3d} d={acfg.d_model:<5d} heads={acfg.n_head}x{acfg.head_dim:<4d} "
+            f"ffn={acfg.d_ff:<5d} params={n:,}{vocab}"
+        )
     print(f"  {'hf':20s} a Hugging Face causal LM: anchor.hf_path=<local dir> or anchor.hf_family=llama|qwen2|gemma3")
     from hmem_lit.memory import MEMORY, import_all
 
     import_all()
-    print("memory types: none, " + ", ".join(
-        f"{n} ({'routed' if getattr(MEMORY.get(n), 'routed', False) else 'token-level'})" for n in MEMORY.names()))
+    print(
+        "memory types: none, "
+        + ", ".join(
+            f"{n} ({'routed' if getattr(MEMORY.get(n), 'routed', False) else 'token-level'})" for n in MEMORY.names()
+        )
+    )
     from hmem_lit.retriever.embedders import EMBEDDERS
     from hmem_lit.retriever.routing import RETRIEVERS, TREE_ROUTERS
 
@@ -64,8 +70,10 @@ def cmd_list(a: argparse.Namespace) -> int:
         print(f"  retriever.router={name:9s} {TREE_ROUTERS.get(name)}")
     print("  retriever.refine=bm25      neighbour-graph refinement of the clusters (none: k-means clusters as built)")
     print("built-in corpora (data.source=builtin data.corpus=...): facts, airports")
-    print("eval tasks: hmem_sk, hmem_ck (groups), hmem_<probe> and hmem_<probe>_bucket0..4, hmem_wiki_cloze(_mc), "
-          "hmem_wiki_ppl (generated from each run's prepared data); paper_ck, paper_sk (need hub datasets)")
+    print(
+        "eval tasks: hmem_sk, hmem_ck (groups), hmem_<probe> and hmem_<probe>_bucket0..4, hmem_wiki_cloze(_mc), "
+        "hmem_wiki_ppl (generated from each run's prepared data); paper_ck, paper_sk (need hub datasets)"
+    )
     print(f"experiments ({EXPERIMENTS_DIR}):")
     for p in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
         print(f"  {p.stem}")
@@ -104,8 +112,17 @@ def cmd_data(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     from hmem_lit.evaluation.runner import evaluate
 
-    evaluate(a.run_dir, tasks=a.tasks, memory=a.memory, limit=a.limit, force=a.force, batch_size=a.batch_size,
-             block_level=a.block_level, threads=a.threads, include_path=a.include_path)
+    evaluate(
+        a.run_dir,
+        tasks=a.tasks,
+        memory=a.memory,
+        limit=a.limit,
+        force=a.force,
+        batch_size=a.batch_size,
+        block_level=a.block_level,
+        threads=a.threads,
+        include_path=a.include_path,
+    )
     return 0
 
 
@@ -169,8 +186,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     root = checkout_root()
     if root is None or not (root / "benchmarks" / "run_all.py").is_file():
-        raise ConfigError("hmem bench: the benchmarks live in the source checkout, not in the installed package; "
-                          "run `python -m benchmarks.run_all` (or `make bench`) in a checkout")
+        raise ConfigError(
+            "hmem bench: the benchmarks live in the source checkout, not in the installed package; "
+            "run `python -m benchmarks.run_all` (or `make bench`) in a checkout"
+        )
     args = (["--quick"] if a.quick else []) + (["--only", *a.only] if a.only else [])
     return subprocess.run([sys.executable, "-m", "benchmarks.run_all", *args], cwd=root).returncode
 
@@ -215,22 +234,38 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=None)
     e.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     e.add_argument("--force", action="store_true", help="re-evaluate even if results with these settings exist")
-    e.add_argument("--include-path", action="append", default=None, metavar="DIR",
-                   help="your own lm-eval task YAMLs (repeatable); name them with --tasks; results under "
-                   "<run_dir>/eval/<memory>-<tasks>/")
+    e.add_argument(
+        "--include-path",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="your own lm-eval task YAMLs (repeatable); name them with --tasks; results under "
+        "<run_dir>/eval/<memory>-<tasks>/",
+    )
     r = sub.add_parser("report", help="figures, tables and an HTML page from a runs directory or a sweep")
-    r.add_argument("target", help="runs directory, or sweep name (sweeps/<name>.yaml; its runs under runs/sweeps/<name>/)")
+    r.add_argument(
+        "target", help="runs directory, or sweep name (sweeps/<name>.yaml; its runs under runs/sweeps/<name>/)"
+    )
     r.add_argument("--out", default=None, help="output directory (default analysis/generated/<name>)")
     r.add_argument("--spec", action="append", default=None, help="figure spec YAML (default analysis/*.yaml)")
-    ab = sub.add_parser("ablations", help="the ablation sweeps (both corpora) as one page: tables, figures and "
-                        "the paper's shapes checked (docs/ablations.md)")
+    ab = sub.add_parser(
+        "ablations",
+        help="the ablation sweeps (both corpora) as one page: tables, figures and "
+        "the paper's shapes checked (docs/ablations.md)",
+    )
     ab.add_argument("--root", default="runs/sweeps", help="the sweeps' runs (default runs/sweeps)")
     ab.add_argument("--out", default="docs/ablations", help="output directory (default docs/ablations)")
-    w = sub.add_parser("sweep", help="run a sweep (`hmem sweep sweeps/x.yaml [--workers N] [key=value]`), or "
-                       "`hmem sweep status <name>` / `hmem sweep plan <name>`")
+    w = sub.add_parser(
+        "sweep",
+        help="run a sweep (`hmem sweep sweeps/x.yaml [--workers N] [key=value]`), or "
+        "`hmem sweep status <name>` / `hmem sweep plan <name>`",
+    )
     w.add_argument("target", help="sweep YAML (path or name in sweeps/), or status / plan")
-    w.add_argument("rest", nargs=argparse.REMAINDER, help="key=value (sweep keys like n_trials=4, or config keys); after "
-                   "status/plan: the sweep name first")
+    w.add_argument(
+        "rest",
+        nargs=argparse.REMAINDER,
+        help="key=value (sweep keys like n_trials=4, or config keys); after status/plan: the sweep name first",
+    )
     w.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
     m = sub.add_parser("merge", help="merge the banks of per-subtree memory runs (train.subtree=k) into one model")
     m.add_argument("run_dirs", nargs="+")
@@ -238,11 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quickstart", help="the default experiment: data, 5 training runs, evaluation, report")
     q.add_argument("--small", action="store_true", help="a two-minute smoke version")
     q.add_argument("--scale", type=float, default=1.0, help="multiply the token budget and the synthetic world")
-    q.add_argument("--jobs", type=int, default=2, help="training runs at a time, one process each (default 2; "
-                   "1 = one after another, in this process, with per-run progress bars)")
+    q.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="training runs at a time, one process each (default 2; "
+        "1 = one after another, in this process, with per-run progress bars)",
+    )
     q.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
-    b = sub.add_parser("bench", help="run every benchmark and write benchmarks/results/all.json "
-                         "(source checkout only)")
+    b = sub.add_parser("bench", help="run every benchmark and write benchmarks/results/all.json (source checkout only)")
     b.add_argument("--quick", action="store_true")
     b.add_argument("--only", nargs="*", default=None)
     return p

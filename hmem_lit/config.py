@@ -71,9 +71,16 @@ class AnchorConfig:
         else:
             for k in ("hf_path", "hf_family"):
                 _check(getattr(self, k) is None, f"anchor.{k}", f"needs anchor.preset={HF_PRESET}")
-            _check(self.n_kv_head in (None, self.n_head), "anchor.n_kv_head",
-                   f"the built-in anchor has no grouped-query attention (only anchor.preset={HF_PRESET})")
-            _check(self.ffn_act == "silu", "anchor.ffn_act", f"the built-in anchor's FFN is SwiGLU (silu), got {self.ffn_act!r}")
+            _check(
+                self.n_kv_head in (None, self.n_head),
+                "anchor.n_kv_head",
+                f"the built-in anchor has no grouped-query attention (only anchor.preset={HF_PRESET})",
+            )
+            _check(
+                self.ffn_act == "silu",
+                "anchor.ffn_act",
+                f"the built-in anchor's FFN is SwiGLU (silu), got {self.ffn_act!r}",
+            )
         for k in ("n_layer", "d_model", "n_head", "head_dim", "d_ff", "max_seq_len"):
             _check(getattr(self, k) > 0, f"anchor.{k}", f"must be > 0, got {getattr(self, k)}")
         _check(self.vocab_size is None or self.vocab_size > 1, "anchor.vocab_size", "must be > 1")
@@ -104,15 +111,25 @@ HF_PRESET = "hf"
 HF_FAMILIES = ("llama", "qwen2", "gemma3")
 # config.json keys -> AnchorConfig fields (the same names in Llama, Qwen2 and Gemma3 text configs)
 HF_ACTS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}  # transformers hidden_act -> anchor.ffn_act
-_HF_KEYS = {"num_hidden_layers": "n_layer", "hidden_size": "d_model", "num_attention_heads": "n_head",
-            "num_key_value_heads": "n_kv_head", "head_dim": "head_dim", "intermediate_size": "d_ff",
-            "max_position_embeddings": "max_seq_len", "tie_word_embeddings": "tie_embeddings"}
+_HF_KEYS = {
+    "num_hidden_layers": "n_layer",
+    "hidden_size": "d_model",
+    "num_attention_heads": "n_head",
+    "num_key_value_heads": "n_kv_head",
+    "head_dim": "head_dim",
+    "intermediate_size": "d_ff",
+    "max_position_embeddings": "max_seq_len",
+    "tie_word_embeddings": "tie_embeddings",
+}
 
 
 def _resolve_hf(a: AnchorConfig) -> None:
     """Check an hf anchor's keys; with hf_path, take the sizes from its config.json (no transformers import)."""
-    _check((a.hf_path is None) != (a.hf_family is None), "anchor.hf_path",
-           f"anchor.preset={HF_PRESET} needs exactly one of anchor.hf_path (a local model directory) or anchor.hf_family")
+    _check(
+        (a.hf_path is None) != (a.hf_family is None),
+        "anchor.hf_path",
+        f"anchor.preset={HF_PRESET} needs exactly one of anchor.hf_path (a local model directory) or anchor.hf_family",
+    )
     _one_of(a.hf_attn, ("sdpa", "eager"), "anchor.hf_attn")
     if a.hf_family is not None:
         _one_of(a.hf_family, HF_FAMILIES, "anchor.hf_family")
@@ -125,23 +142,35 @@ def _resolve_hf(a: AnchorConfig) -> None:
             hf = json.loads(cfile.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ConfigError(f"anchor.hf_path: {cfile} is not readable JSON ({type(e).__name__})") from None
-        _check("text_config" not in hf, "anchor.hf_path",
-               f"{cfile} is a multimodal model ({hf.get('model_type')}); use a text-only causal LM checkpoint")
-        missing = [k for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size") if k not in hf]
-        _check(not missing, "anchor.hf_path", f"{cfile} lacks {', '.join(missing)}: not a decoder-only causal LM config")
+        _check(
+            "text_config" not in hf,
+            "anchor.hf_path",
+            f"{cfile} is a multimodal model ({hf.get('model_type')}); use a text-only causal LM checkpoint",
+        )
+        missing = [
+            k for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size") if k not in hf
+        ]
+        _check(
+            not missing, "anchor.hf_path", f"{cfile} lacks {', '.join(missing)}: not a decoder-only causal LM config"
+        )
         hf.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
         for key, name in _HF_KEYS.items():
             if hf.get(key) is not None:
                 setattr(a, name, hf[key])
         act = hf.get("hidden_activation") or hf.get("hidden_act") or "silu"
-        _check(act in HF_ACTS, "anchor.hf_path", f"{cfile}: FFN activation {act!r} not supported ({', '.join(HF_ACTS)})")
+        _check(
+            act in HF_ACTS, "anchor.hf_path", f"{cfile}: FFN activation {act!r} not supported ({', '.join(HF_ACTS)})"
+        )
         a.ffn_act = HF_ACTS[act]
     _one_of(a.ffn_act, tuple(HF_ACTS.values()), "anchor.ffn_act")
     kv = a.n_kv_head or a.n_head
     _check(kv > 0 and a.n_head % kv == 0, "anchor.n_kv_head", f"must divide anchor.n_head={a.n_head}, got {kv}")
     if a.hf_family == "qwen2":
-        _check(a.n_head * a.head_dim == a.d_model, "anchor.head_dim",
-               f"qwen2 needs n_head * head_dim == d_model ({a.n_head} * {a.head_dim} != {a.d_model})")
+        _check(
+            a.n_head * a.head_dim == a.d_model,
+            "anchor.head_dim",
+            f"qwen2 needs n_head * head_dim == d_model ({a.n_head} * {a.head_dim} != {a.d_model})",
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -192,7 +221,9 @@ class MemoryConfig:
         if isinstance(self.layers, str):
             _one_of(self.layers, ("all", "early", "middle", "late"), "memory.layers")
         else:
-            _check(all(isinstance(i, int) and i >= 0 for i in self.layers), "memory.layers", "must be layer indices >= 0")
+            _check(
+                all(isinstance(i, int) and i >= 0 for i in self.layers), "memory.layers", "must be layer indices >= 0"
+            )
         _one_of(self.lora_target, ("qk", "vo", "ffn"), "memory.lora_target")
         _check(0.0 <= self.generic_prob < 1.0, "memory.generic_prob", "must be in [0, 1)")
 
@@ -207,7 +238,8 @@ class RetrieverConfig:
     embedder: str = "tfidf"  # tfidf | minilm
     embed_dim: int = 256  # tfidf: projected dimensions (minilm is always 384)
     tfidf_projection: str = "random"  # random (+-1 JL projection: keeps rare names, routes facts better) | svd (LSA)
-    train_paths: str = "assigned"  # training documents' paths: assigned (balanced k-means clusters, paper) | routed (greedy descent, = prompt routing)
+    # training documents' paths: assigned (balanced k-means clusters, paper) | routed (greedy descent = prompt routing)
+    train_paths: str = "assigned"
     branching: int = 16
     depth: int = 2  # tree levels built (the bank may use fewer)
     balance: float = 0.094  # a cluster holding more than this share of its parent's points is split (paper)
@@ -240,7 +272,9 @@ class RetrieverConfig:
         _check(self.knn_k >= 1, "retriever.knn_k", f"must be >= 1, got {self.knn_k}")
         _check(0.0 < self.bm25_max_df <= 1.0, "retriever.bm25_max_df", f"must be in (0, 1], got {self.bm25_max_df}")
         _check(self.refine_iters >= 0, "retriever.refine_iters", f"must be >= 0, got {self.refine_iters}")
-        _check(self.graph_max_postings >= 1, "retriever.graph_max_postings", f"must be >= 1, got {self.graph_max_postings}")
+        _check(
+            self.graph_max_postings >= 1, "retriever.graph_max_postings", f"must be >= 1, got {self.graph_max_postings}"
+        )
 
 
 @dataclass
@@ -279,10 +313,21 @@ class DataConfig:
         if self.source == "files":
             _check(len(self.files) > 0, "data.files", "data.source=files needs at least one path")
         _check(self.wiki_docs >= 0 and self.synthetic_entities >= 0, "data", "counts must be >= 0")
-        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0 (0 = load in the main process), got {self.num_workers}")
-        _check(self.toy_docs >= 2, "data.toy_docs", f"must be >= 2 (a training and a validation document), got {self.toy_docs}")
-        _check(1 <= self.fact_repeats_min <= self.fact_repeats_max, "data.fact_repeats_min",
-               f"must be in [1, data.fact_repeats_max={self.fact_repeats_max}], got {self.fact_repeats_min}")
+        _check(
+            self.num_workers >= 0,
+            "data.num_workers",
+            f"must be >= 0 (0 = load in the main process), got {self.num_workers}",
+        )
+        _check(
+            self.toy_docs >= 2,
+            "data.toy_docs",
+            f"must be >= 2 (a training and a validation document), got {self.toy_docs}",
+        )
+        _check(
+            1 <= self.fact_repeats_min <= self.fact_repeats_max,
+            "data.fact_repeats_min",
+            f"must be in [1, data.fact_repeats_max={self.fact_repeats_max}], got {self.fact_repeats_min}",
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -315,8 +360,11 @@ class OptimConfig:
         _check(self.warmup >= 0, "optim.warmup", "must be >= 0")
         _check(0 < self.beta1 < 1 and 0 < self.beta2 < 1, "optim.beta1/beta2", "must be in (0, 1)")
         _check(self.grad_clip >= 0 and self.memory_grad_clip >= 0, "optim.grad_clip", "must be >= 0")
-        _check(all(float(x) > 0 for x in self.memory_lr_scale), "optim.memory_lr_scale",
-               f"multipliers must be > 0, got {self.memory_lr_scale}")
+        _check(
+            all(float(x) > 0 for x in self.memory_lr_scale),
+            "optim.memory_lr_scale",
+            f"multipliers must be > 0, got {self.memory_lr_scale}",
+        )
 
 
 @dataclass
@@ -387,17 +435,25 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        _check(bool(re.fullmatch(r"[\w.\-]+", self.name)), "name", f"use letters, digits, '._-' only, got {self.name!r}")
+        _check(
+            bool(re.fullmatch(r"[\w.\-]+", self.name)), "name", f"use letters, digits, '._-' only, got {self.name!r}"
+        )
         _check(bool(re.fullmatch(r"[\w.\-]+", self.experiment)), "experiment", "use letters, digits, '._-' only")
         used = len(self.memory.levels)
         scale = self.optim.memory_lr_scale
         routed_types = _routed_types()
-        _check(not scale or (len(scale) == used and self.memory.type in routed_types), "optim.memory_lr_scale",
-               f"needs one multiplier per memory.levels entry ({used}) of a routed bank "
-               f"({', '.join(routed_types)}), got {list(scale)} for "
-               f"memory.type={self.memory.type}; use [] for none")
-        _check(used <= self.retriever.depth, "memory.levels",
-               f"{used} levels but the tree has retriever.depth={self.retriever.depth}; add a level there or drop one")
+        _check(
+            not scale or (len(scale) == used and self.memory.type in routed_types),
+            "optim.memory_lr_scale",
+            f"needs one multiplier per memory.levels entry ({used}) of a routed bank "
+            f"({', '.join(routed_types)}), got {list(scale)} for "
+            f"memory.type={self.memory.type}; use [] for none",
+        )
+        _check(
+            used <= self.retriever.depth,
+            "memory.levels",
+            f"{used} levels but the tree has retriever.depth={self.retriever.depth}; add a level there or drop one",
+        )
         # "anchor" and "scratch" both train everything from a fresh init; the name follows the memory type, so a
         # memory run launched with the default mode is recorded as the paper's A4 (co-training from scratch)
         if self.train.mode in ("anchor", "scratch"):
@@ -405,19 +461,32 @@ class RunConfig:
         else:
             _check(self.memory.type != "none", "memory.type", f"train.mode={self.train.mode} needs a memory type")
             # an hf anchor arrives trained (its own weights); init_from may still point at a run to continue from
-            _check(bool(self.train.init_from) or self.anchor.preset == HF_PRESET, "train.init_from",
-                   f"train.mode={self.train.mode} needs the anchor's run directory")
+            _check(
+                bool(self.train.init_from) or self.anchor.preset == HF_PRESET,
+                "train.init_from",
+                f"train.mode={self.train.mode} needs the anchor's run directory",
+            )
         if self.train.subtree is not None:
-            _check(self.train.mode == "frozen" and self.memory.type in routed_types and not self.memory.generic,
-                   "train.subtree", f"needs train.mode=frozen, a bank-backed memory.type ({', '.join(routed_types)}) and "
-                   "memory.generic=false (every other parameter must stay identical across the split jobs)")
-            _check(0 <= self.train.subtree < self.retriever.branching, "train.subtree",
-                   f"must be a level-1 node in [0, {self.retriever.branching}) (retriever.branching), got {self.train.subtree}")
+            _check(
+                self.train.mode == "frozen" and self.memory.type in routed_types and not self.memory.generic,
+                "train.subtree",
+                f"needs train.mode=frozen, a bank-backed memory.type ({', '.join(routed_types)}) and "
+                "memory.generic=false (every other parameter must stay identical across the split jobs)",
+            )
+            _check(
+                0 <= self.train.subtree < self.retriever.branching,
+                "train.subtree",
+                f"must be a level-1 node in [0, {self.retriever.branching}) (retriever.branching), "
+                f"got {self.train.subtree}",
+            )
         if isinstance(self.memory.layers, list):
             bad = [i for i in self.memory.layers if i >= self.anchor.n_layer]
             _check(not bad, "memory.layers", f"layer indices {bad} out of range for {self.anchor.n_layer} layers")
-        _check(self.data.seq_len <= self.anchor.max_seq_len, "data.seq_len",
-               f"{self.data.seq_len} exceeds anchor.max_seq_len={self.anchor.max_seq_len}")
+        _check(
+            self.data.seq_len <= self.anchor.max_seq_len,
+            "data.seq_len",
+            f"{self.data.seq_len} exceeds anchor.max_seq_len={self.anchor.max_seq_len}",
+        )
 
     @property
     def run_dir(self) -> Path:
@@ -485,8 +554,10 @@ def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
         except OmegaConfBaseException:
             raise
         except Exception as e:  # yaml's ScannerError / ParserError: a malformed value such as `[1,`
-            raise ConfigError(f"{key}: cannot parse {value!r} ({str(e).splitlines()[0]}); write a list as "
-                              "[1, 2] and quote a string that holds brackets or colons") from None
+            raise ConfigError(
+                f"{key}: cannot parse {value!r} ({str(e).splitlines()[0]}); write a list as "
+                "[1, 2] and quote a string that holds brackets or colons"
+            ) from None
     return out
 
 
@@ -576,40 +647,134 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
 #   another value is refused; "id": it is part of a run's configuration identity (runs that differ only in fields
 #   without "id", e.g. the seed, are averaged as seeds of one configuration). No token: bookkeeping.
 
-_ANCHOR = ("preset", "vocab_size", "n_layer", "d_model", "n_head", "head_dim", "d_ff", "norm", "norm_eps", "qk_norm",
-           "tie_embeddings", "rope_base", "max_seq_len", "init_std", "hf_path", "hf_family", "hf_attn", "n_kv_head",
-           "ffn_act")
-_MEMORY = ("type", "levels", "layers", "init_std", "lora_target", "lora_alpha", "generic", "generic_prob", "offload",
-           "pkm.n_keys", "pkm.heads", "pkm.topk", "pkm.k_dim", "pkm.v_dim", "pkm.layers", "pkm.mode", "pkm.gated",
-           "pkm.qk_norm")
-_OPTIM = ("lr", "min_lr", "warmup", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "memory_lr", "memory_min_lr",
-          "memory_weight_decay", "memory_grad_clip", "memory_lr_scale")
-_TREE = ("type", "branching", "depth", "balance", "niter", "max_points_per_centroid", "recenter", "train_paths",
-         "oracle_field", "router", "refine", "knn_k", "bm25_max_df", "refine_iters", "refine_cap",
-         "graph_max_postings")
+_ANCHOR = (
+    "preset",
+    "vocab_size",
+    "n_layer",
+    "d_model",
+    "n_head",
+    "head_dim",
+    "d_ff",
+    "norm",
+    "norm_eps",
+    "qk_norm",
+    "tie_embeddings",
+    "rope_base",
+    "max_seq_len",
+    "init_std",
+    "hf_path",
+    "hf_family",
+    "hf_attn",
+    "n_kv_head",
+    "ffn_act",
+)
+_MEMORY = (
+    "type",
+    "levels",
+    "layers",
+    "init_std",
+    "lora_target",
+    "lora_alpha",
+    "generic",
+    "generic_prob",
+    "offload",
+    "pkm.n_keys",
+    "pkm.heads",
+    "pkm.topk",
+    "pkm.k_dim",
+    "pkm.v_dim",
+    "pkm.layers",
+    "pkm.mode",
+    "pkm.gated",
+    "pkm.qk_norm",
+)
+_OPTIM = (
+    "lr",
+    "min_lr",
+    "warmup",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "eps",
+    "grad_clip",
+    "memory_lr",
+    "memory_min_lr",
+    "memory_weight_decay",
+    "memory_grad_clip",
+    "memory_lr_scale",
+)
+_TREE = (
+    "type",
+    "branching",
+    "depth",
+    "balance",
+    "niter",
+    "max_points_per_centroid",
+    "recenter",
+    "train_paths",
+    "oracle_field",
+    "router",
+    "refine",
+    "knn_k",
+    "bm25_max_df",
+    "refine_iters",
+    "refine_cap",
+    "graph_max_postings",
+)
 RUN_ID = ("run", "id")
 FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
-    "experiment": (), "name": (), "out_dir": (),
+    "experiment": (),
+    "name": (),
+    "out_dir": (),
     **{f"anchor.{k}": RUN_ID for k in _ANCHOR},
     **{f"memory.{k}": RUN_ID for k in _MEMORY},
     **{f"optim.{k}": RUN_ID for k in _OPTIM},
-    "retriever.embedder": ("embeddings", *RUN_ID), "retriever.embed_dim": ("embeddings", *RUN_ID),
-    "retriever.tfidf_projection": ("embeddings", *RUN_ID), "retriever.seed": ("embeddings", "tree", *RUN_ID),
+    "retriever.embedder": ("embeddings", *RUN_ID),
+    "retriever.embed_dim": ("embeddings", *RUN_ID),
+    "retriever.tfidf_projection": ("embeddings", *RUN_ID),
+    "retriever.seed": ("embeddings", "tree", *RUN_ID),
     **{f"retriever.{k}": ("tree", *RUN_ID) for k in _TREE},
-    **{f"data.{k}": ("corpus", *RUN_ID) for k in ("source", "files", "val_fraction", "corpus", "airports", "wiki_docs",
-                                                  "synthetic_entities", "fact_repeats_max", "fact_repeats_min",
-                                                  "zipf_a")},
+    **{
+        f"data.{k}": ("corpus", *RUN_ID)
+        for k in (
+            "source",
+            "files",
+            "val_fraction",
+            "corpus",
+            "airports",
+            "wiki_docs",
+            "synthetic_entities",
+            "fact_repeats_max",
+            "fact_repeats_min",
+            "zipf_a",
+        )
+    },
     "data.seed": ("corpus", "packing", "questions", *RUN_ID),
-    "data.tokenizer": ("tokenizer", *RUN_ID), "data.vocab_size": ("tokenizer", *RUN_ID),
-    "data.seq_len": ("packing", *RUN_ID), "data.key_field": ("tree",),  # routing diagnostics only
+    "data.tokenizer": ("tokenizer", *RUN_ID),
+    "data.vocab_size": ("tokenizer", *RUN_ID),
+    "data.seq_len": ("packing", *RUN_ID),
+    "data.key_field": ("tree",),  # routing diagnostics only
     "data.toy_docs": RUN_ID,  # the toy corpus is generated in memory, never prepared
-    "data.dir": (), "data.num_workers": (),
+    "data.dir": (),
+    "data.num_workers": (),
     **{f"train.{k}": RUN_ID for k in ("mode", "max_tokens", "batch_size", "accumulate", "precision", "subtree")},
-    "train.seed": ("run",), "train.init_from": ("run",),  # another seed / start: the same configuration
+    "train.seed": ("run",),
+    "train.init_from": ("run",),  # another seed / start: the same configuration
     **{f"train.{k}": ("run",) for k in ("accelerator", "devices", "strategy")},  # steps per token budget
     **{f"train.{k}": () for k in ("val_every", "val_batches", "ckpt_every", "log_every", "threads", "progress")},
-    **{f"eval.{k}": () for k in ("tasks", "memory", "block_level", "limit", "batch_size", "max_gen_tokens",
-                                 "max_length", "rolling_context")},
+    **{
+        f"eval.{k}": ()
+        for k in (
+            "tasks",
+            "memory",
+            "block_level",
+            "limit",
+            "batch_size",
+            "max_gen_tokens",
+            "max_length",
+            "rolling_context",
+        )
+    },
 }
 
 

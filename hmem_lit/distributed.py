@@ -45,7 +45,8 @@ def ignore_sparse_tables(module: nn.Module) -> list[nn.Parameter]:
     tables = sparse_tables(module)
     if tables:
         torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            module, [n for n, _ in tables])
+            module, [n for n, _ in tables]
+        )
     return [p for _, p in tables]
 
 
@@ -62,14 +63,17 @@ class _BankSync:
         if not tables or not dist.is_initialized() or dist.get_world_size() == 1:
             return
         with torch.no_grad():  # no full-size temporaries: the bank may be most of the host's memory
-            sums = torch.stack([torch.stack([p.sum(dtype=torch.float64), torch.linalg.vector_norm(p).double()])
-                                for p in tables])
+            sums = torch.stack(
+                [torch.stack([p.sum(dtype=torch.float64), torch.linalg.vector_norm(p).double()]) for p in tables]
+            )
         sums = sums.to(self.root_device)
         ref = sums.clone()
         dist.broadcast(ref, src=0)
         if not torch.allclose(ref, sums, rtol=1e-6, atol=0):
-            raise RuntimeError("memory tables differ across ranks at set-up: seed every rank alike before building "
-                               "the model (hmem train does)")
+            raise RuntimeError(
+                "memory tables differ across ranks at set-up: seed every rank alike before building "
+                "the model (hmem train does)"
+            )
 
     def sync_sparse_gradients(self) -> SyncStats:
         self.bank_sync_stats = sync_sparse_grads(self._tables())
@@ -111,9 +115,12 @@ class BankFSDPStrategy(_BankSync, FSDPStrategy):
         (seen on gloo): gather it on every rank without offloading instead (everything is on the CPU anyway)."""
         from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
 
-        return FSDP.state_dict_type(self.model, StateDictType.FULL_STATE_DICT,
-                                    FullStateDictConfig(offload_to_cpu=False, rank0_only=False),
-                                    FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=False))
+        return FSDP.state_dict_type(
+            self.model,
+            StateDictType.FULL_STATE_DICT,
+            FullStateDictConfig(offload_to_cpu=False, rank0_only=False),
+            FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=False),
+        )
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         if self.root_device.type != "cpu" or self._state_dict_type != "full":
@@ -148,8 +155,14 @@ class BankFSDPStrategy(_BankSync, FSDPStrategy):
             self._wrapped = super()._setup_model(model)
             return self._wrapped
         # CPU (gloo): Lightning passes device_id=None, which FSDP refuses without an accelerator; name the CPU
-        self._wrapped = FSDP(module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
-                             sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs)
+        self._wrapped = FSDP(
+            module=model,
+            cpu_offload=self.cpu_offload,
+            mixed_precision=self.mixed_precision_config,
+            sharding_strategy=self.sharding_strategy,
+            device_id=torch.device("cpu"),
+            **self.kwargs,
+        )
         _setup_activation_checkpointing(self._wrapped, self._activation_checkpointing_kwargs)
         return self._wrapped
 

@@ -39,19 +39,34 @@ from torch import Tensor, nn
 from hmem_lit.anchor import MemoryHooks
 from hmem_lit.config import HF_ACTS, AnchorConfig, ConfigError
 
-LINEARS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-           "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+LINEARS = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
 
 
 def family_config(acfg: AnchorConfig, **overrides: Any):
     """The transformers config of a random-weight `acfg.hf_family` model sized by the anchor keys."""
     import transformers
 
-    common = dict(vocab_size=acfg.vocab_size, hidden_size=acfg.d_model, intermediate_size=acfg.d_ff,
-                  num_hidden_layers=acfg.n_layer, num_attention_heads=acfg.n_head,
-                  num_key_value_heads=acfg.n_kv_head or acfg.n_head, head_dim=acfg.head_dim,
-                  max_position_embeddings=acfg.max_seq_len, rms_norm_eps=acfg.norm_eps,
-                  initializer_range=acfg.init_std, tie_word_embeddings=acfg.tie_embeddings)
+    common = dict(
+        vocab_size=acfg.vocab_size,
+        hidden_size=acfg.d_model,
+        intermediate_size=acfg.d_ff,
+        num_hidden_layers=acfg.n_layer,
+        num_attention_heads=acfg.n_head,
+        num_key_value_heads=acfg.n_kv_head or acfg.n_head,
+        head_dim=acfg.head_dim,
+        max_position_embeddings=acfg.max_seq_len,
+        rms_norm_eps=acfg.norm_eps,
+        initializer_range=acfg.init_std,
+        tie_word_embeddings=acfg.tie_embeddings,
+    )
     rope = {"rope_type": "default", "rope_theta": acfg.rope_base}
     fam = acfg.hf_family
     if fam == "llama":
@@ -80,8 +95,9 @@ def load_hf_model(acfg: AnchorConfig, hf_config: Any = None) -> nn.Module:
             hf_config = AutoConfig.from_pretrained(acfg.hf_path, local_files_only=True)
         else:
             try:
-                return AutoModelForCausalLM.from_pretrained(acfg.hf_path, local_files_only=True, dtype=torch.float32,
-                                                            trust_remote_code=False, **kw)
+                return AutoModelForCausalLM.from_pretrained(
+                    acfg.hf_path, local_files_only=True, dtype=torch.float32, trust_remote_code=False, **kw
+                )
             except (OSError, ValueError, KeyError) as e:
                 first = (str(e).splitlines() or [type(e).__name__])[0]
                 raise ConfigError(f"anchor.hf_path: cannot load {acfg.hf_path} ({first})") from None
@@ -105,21 +121,32 @@ class HFAnchor(nn.Module):
         c = self.hf.config
         for name, path in LINEARS.items():
             if not isinstance(self.layers[0].get_submodule(path), nn.Linear):
-                raise ConfigError(f"anchor.hf_path: {type(self.hf).__name__} has no nn.Linear {path} in its layers "
-                                  f"(for {name}); supported: the Llama / Qwen2 / Gemma3 decoder layout")
+                raise ConfigError(
+                    f"anchor.hf_path: {type(self.hf).__name__} has no nn.Linear {path} in its layers "
+                    f"(for {name}); supported: the Llama / Qwen2 / Gemma3 decoder layout"
+                )
         vocab = int(self.hf.get_input_embeddings().weight.shape[0])
         if acfg.vocab_size is not None and acfg.vocab_size > vocab:
-            raise ConfigError(f"anchor.hf_path: the model's vocabulary ({vocab}) is smaller than the tokenizer's "
-                              f"({acfg.vocab_size}); use the model's own tokenizer (data.tokenizer=<dir>/tokenizer.json)")
+            raise ConfigError(
+                f"anchor.hf_path: the model's vocabulary ({vocab}) is smaller than the tokenizer's "
+                f"({acfg.vocab_size}); use the model's own tokenizer (data.tokenizer=<dir>/tokenizer.json)"
+            )
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         act = getattr(c, "hidden_activation", None) or getattr(c, "hidden_act", "silu")
         if act not in HF_ACTS:
             raise ConfigError(f"anchor.hf_path: FFN activation {act!r} not supported ({', '.join(HF_ACTS)})")
         # the sizes the memory types read, from the model itself
         self.cfg = dataclasses.replace(
-            acfg, vocab_size=vocab, n_layer=c.num_hidden_layers, d_model=c.hidden_size, n_head=c.num_attention_heads,
-            n_kv_head=getattr(c, "num_key_value_heads", None) or c.num_attention_heads, head_dim=head_dim,
-            d_ff=c.intermediate_size, ffn_act=HF_ACTS[act])
+            acfg,
+            vocab_size=vocab,
+            n_layer=c.num_hidden_layers,
+            d_model=c.hidden_size,
+            n_head=c.num_attention_heads,
+            n_kv_head=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+            head_dim=head_dim,
+            d_ff=c.intermediate_size,
+            ffn_act=HF_ACTS[act],
+        )
         # tied tensors: alias name -> first name (state_dict keeps the first)
         first: dict[int, str] = {}
         self._aliases: dict[str, str] = {}
@@ -168,6 +195,7 @@ def _delta_hook(hooks: MemoryHooks, layer: int, name: str):
     def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
         d = hooks.linear_delta(layer, name, args[0])
         return None if d is None else out + d
+
     return hook
 
 
@@ -177,6 +205,7 @@ def _capture_q(box: dict[str, Tensor], n_head: int, head_dim: int):
             B, T, _ = out.shape
             out = out.view(B, T, n_head, head_dim).transpose(1, 2)
         box["q"] = out  # q_norm output is already (B, H, T, hd)
+
     return hook
 
 
@@ -188,6 +217,7 @@ def _kv_hook(hooks: MemoryHooks, layer: int, box: dict[str, Tensor]):
         q, y = box.pop("q"), args[0]  # (B, H, T, hd), (B, T, H*hd)
         m = F.scaled_dot_product_attention(q, kv[0].to(q.dtype), kv[1].to(q.dtype))  # no mask, no positions
         return (y + m.transpose(1, 2).reshape(y.shape), *args[1:])
+
     return hook
 
 
@@ -197,6 +227,7 @@ def _ffn_hook(hooks: MemoryHooks, layer: int):
             out = torch.zeros_like(out)
         extra = hooks.ffn_extra(layer, args[0])
         return out if extra is None else out + extra
+
     return hook
 
 

@@ -35,8 +35,9 @@ class HmemLitModule(L.LightningModule):
         generic = None
         if self.training and self.model.memory is not None and self.cfg.memory.generic:
             generic = generic_mask(batch["seq_idx"], self.cfg.memory.generic_prob, self.cfg.train.seed)
-        return self.model(batch["input_ids"], doc_ids=batch["doc_ids"], paths=batch["paths"],
-                          memory_mode=memory_mode, generic=generic)
+        return self.model(
+            batch["input_ids"], doc_ids=batch["doc_ids"], paths=batch["paths"], memory_mode=memory_mode, generic=generic
+        )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = lm_loss(self(batch), batch["targets"])
@@ -71,8 +72,9 @@ class HmemLitModule(L.LightningModule):
         # anchor AdamW + memory groups with their own LR/schedule/decay; bank rows updated row-wise (O(fetch))
         return build_optimizer(self.model, self.cfg, self.total_steps, self._param_ndim)
 
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
-                                    gradient_clip_algorithm: Any = None) -> None:
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
+    ) -> None:
         sync = getattr(self.trainer.strategy, "sync_sparse_gradients", None)
         if sync is not None and self.trainer.world_size > 1:
             sync()  # bank / PKM value gradients: all ranks' fetched rows, averaged (hmem_lit/distributed.py)

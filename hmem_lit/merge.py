@@ -61,8 +61,10 @@ def merge_banks(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         if m is None:  # level-agnostic: must be identical everywhere
             for t, d in zip(tensors[1:], dirs[1:]):
                 if not torch.equal(t, tensors[0]):
-                    raise ValueError(f"{key} differs between {dirs[0]} and {d}: only bank rows may differ across "
-                                     "subtree jobs (same seed, frozen anchor, no generic block?)")
+                    raise ValueError(
+                        f"{key} differs between {dirs[0]} and {d}: only bank rows may differ across "
+                        "subtree jobs (same seed, frozen anchor, no generic block?)"
+                    )
             merged[key] = tensors[0]
             continue
         level = int(m[1])
@@ -71,8 +73,10 @@ def merge_banks(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
             ref = 1 if i == 0 else 0
             shared = ~(owned[i] | owned[ref])
             if not torch.equal(tensors[i][shared], tensors[ref][shared]):
-                raise ValueError(f"{key}: {dirs[i]} changed rows outside its subtree {subtrees[i]} "
-                                 f"(or its initialisation differs from {dirs[ref]})")
+                raise ValueError(
+                    f"{key}: {dirs[i]} changed rows outside its subtree {subtrees[i]} "
+                    f"(or its initialisation differs from {dirs[ref]})"
+                )
         out = tensors[0].clone()
         for t, mask in zip(tensors, owned):
             out[mask] = t[mask]
@@ -82,9 +86,18 @@ def merge_banks(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     atomic_write(out / WEIGHTS, lambda tmp: save_file(merged, tmp))
     cfg = dataclasses.replace(cfgs[0], name=out.name, train=dataclasses.replace(cfgs[0].train, subtree=None))
     save_config(cfg, out / "config.yaml")
-    write_json(out / "final.json", {"status": "complete", "experiment": cfg.experiment, "name": cfg.name,
-                                    "merged_from": [str(d) for d in dirs], "subtrees": subtrees, "metrics": {},
-                                    "config": to_dict(cfg)})
+    write_json(
+        out / "final.json",
+        {
+            "status": "complete",
+            "experiment": cfg.experiment,
+            "name": cfg.name,
+            "merged_from": [str(d) for d in dirs],
+            "subtrees": subtrees,
+            "metrics": {},
+            "config": to_dict(cfg),
+        },
+    )
     return out
 
 

@@ -68,7 +68,12 @@ class MemoryLM(nn.Module):
         if self.memory is None:
             return {"anchor": anchor, "fetched": 0, "bank": 0, "runtime": anchor}
         fetched = int(self.memory.fetched_params())
-        return {"anchor": anchor, "fetched": fetched, "bank": int(self.memory.bank_params()), "runtime": anchor + fetched}
+        return {
+            "anchor": anchor,
+            "fetched": fetched,
+            "bank": int(self.memory.bank_params()),
+            "runtime": anchor + fetched,
+        }
 
 
 def load_run_state(run_dir: str | Path) -> dict[str, Tensor]:
@@ -81,8 +86,9 @@ def load_run_state(run_dir: str | Path) -> dict[str, Tensor]:
     return load_file(str(path))
 
 
-def prepare_model_for_mode(model: MemoryLM, cfg: RunConfig,
-                           load_anchor_state: Callable[[str], dict[str, Tensor]] = load_run_state) -> MemoryLM:
+def prepare_model_for_mode(
+    model: MemoryLM, cfg: RunConfig, load_anchor_state: Callable[[str], dict[str, Tensor]] = load_run_state
+) -> MemoryLM:
     """Apply train.mode: frozen / cotrain load the anchor from train.init_from (an hf anchor without init_from
     keeps the model's own weights; frozen also freezes it);
     anchor / scratch train everything from the fresh init. train.subtree restricts a frozen-anchor memory job to
@@ -91,21 +97,25 @@ def prepare_model_for_mode(model: MemoryLM, cfg: RunConfig,
     # an hf anchor holds its trained weights already; train.init_from, if given, replaces them with a run's
     if mode in ("frozen", "cotrain") and (cfg.train.init_from or cfg.anchor.preset != "hf"):
         state = load_anchor_state(cfg.train.init_from)
-        anchor_state = {k[len("anchor."):]: v for k, v in state.items() if k.startswith("anchor.")}
+        anchor_state = {k[len("anchor.") :]: v for k, v in state.items() if k.startswith("anchor.")}
         if not anchor_state:
             raise ValueError(f"train.init_from={cfg.train.init_from}: its weights hold no 'anchor.*' tensors")
         try:
             model.anchor.load_state_dict(anchor_state, strict=True)
         except RuntimeError as e:
             first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-            raise ValueError(f"train.init_from={cfg.train.init_from}: anchor does not match anchor.* ({first})") from None
+            raise ValueError(
+                f"train.init_from={cfg.train.init_from}: anchor does not match anchor.* ({first})"
+            ) from None
     if mode == "frozen":
         model.anchor.requires_grad_(False)
     if cfg.train.subtree is not None:
         k, b = cfg.train.subtree, cfg.retriever.branching
         if mode != "frozen" or not getattr(model.memory, "routed", False) or cfg.memory.generic:
-            raise ValueError("train.subtree needs train.mode=frozen, a bank-backed memory type (ffn, lora, kv) and "
-                             "memory.generic=false: every other parameter must stay identical across the jobs")
+            raise ValueError(
+                "train.subtree needs train.mode=frozen, a bank-backed memory type (ffn, lora, kv) and "
+                "memory.generic=false: every other parameter must stay identical across the jobs"
+            )
         if not 0 <= k < b:
             raise ValueError(f"train.subtree={k}: must be in [0, {b}) (retriever.branching)")
         model.subtree = k
@@ -127,18 +137,23 @@ def info(cfg: RunConfig) -> str:
     with torch.device("meta"):
         model = MemoryLM(cfg, vocab)
     c = model.param_counts()
-    lines = [f"anchor  {cfg.anchor.preset}: {_fmt(c['anchor'])} (vocab {vocab})",
-             f"memory  {cfg.memory.type}"]
+    lines = [f"anchor  {cfg.anchor.preset}: {_fmt(c['anchor'])} (vocab {vocab})", f"memory  {cfg.memory.type}"]
     if model.memory is not None:
-        lines += [f"fetched {_fmt(c['fetched'])}  = {100 * c['fetched'] / c['anchor']:.1f}% of the anchor",
-                  f"bank    {_fmt(c['bank'])}"]
+        lines += [
+            f"fetched {_fmt(c['fetched'])}  = {100 * c['fetched'] / c['anchor']:.1f}% of the anchor",
+            f"bank    {_fmt(c['bank'])}",
+        ]
         bank = getattr(model.memory, "bank", None)
         if bank is not None:
-            lines.append(f"levels  {list(bank.levels)} over a {bank.branching}-way tree, "
-                         f"{len(model.memory.layers)} memory layers, c0 = {bank.c_unit:,} per unit")
+            lines.append(
+                f"levels  {list(bank.levels)} over a {bank.branching}-way tree, "
+                f"{len(model.memory.layers)} memory layers, c0 = {bank.c_unit:,} per unit"
+            )
             for lvl, r, _ in bank.tables():
-                lines.append(f"  level {lvl}: {bank.n_nodes(lvl):>7,} blocks x {bank.c_unit * r:>12,} = "
-                             f"{_fmt(bank.n_nodes(lvl) * bank.c_unit * r)}")
+                lines.append(
+                    f"  level {lvl}: {bank.n_nodes(lvl):>7,} blocks x {bank.c_unit * r:>12,} = "
+                    f"{_fmt(bank.n_nodes(lvl) * bank.c_unit * r)}"
+                )
     return "\n".join(lines)
 
 

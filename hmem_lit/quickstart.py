@@ -44,9 +44,16 @@ MEMORY_MODES = ("fetched", "generic", "none")
 WALLCLOCK_RATIO = 1.25
 
 # --small: a smoke version of the same pipeline (tiny data, tiny models, a few steps)
-SMALL = ["data.wiki_docs=400", "data.synthetic_entities=200", "data.dir=data/quickstart_small",
-         "anchor.preset=tiny", "train.max_tokens=60000", "data.seq_len=128", "experiment=quickstart_small",
-         "eval.limit=40"]
+SMALL = [
+    "data.wiki_docs=400",
+    "data.synthetic_entities=200",
+    "data.dir=data/quickstart_small",
+    "anchor.preset=tiny",
+    "train.max_tokens=60000",
+    "data.seq_len=128",
+    "experiment=quickstart_small",
+    "eval.limit=40",
+]
 
 
 @dataclass
@@ -59,10 +66,15 @@ class Plan:
         ov = list(SMALL if self.small else []) + list(self.overrides) + list(extra)
         cfg = load_config(EXPERIMENTS / RUNS.get(name, RUNS["anchor"]), ov)
         if self.scale != 1.0:
-            cfg = load_config(EXPERIMENTS / RUNS.get(name, RUNS["anchor"]), ov + [
-                f"train.max_tokens={int(cfg.train.max_tokens * self.scale)}",
-                f"data.synthetic_entities={int(cfg.data.synthetic_entities * self.scale)}",
-                f"data.dir={cfg.data.dir}_x{self.scale:g}"])
+            cfg = load_config(
+                EXPERIMENTS / RUNS.get(name, RUNS["anchor"]),
+                ov
+                + [
+                    f"train.max_tokens={int(cfg.train.max_tokens * self.scale)}",
+                    f"data.synthetic_entities={int(cfg.data.synthetic_entities * self.scale)}",
+                    f"data.dir={cfg.data.dir}_x{self.scale:g}",
+                ],
+            )
         return cfg
 
 
@@ -143,10 +155,17 @@ def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
     done_steps = lambda: sum(min(total[n], _last_step(cfgs[n].run_dir)) for n in cfgs)  # noqa: E731
     dirs: dict[str, Path] = {}
     # initial = steps already done by an interrupted quickstart, so the rate and time left count new steps only
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                                initializer=die_with_parent) as pool, \
-            tqdm(total=sum(total.values()), initial=done_steps(), desc=f"training {len(cfgs)} runs, {jobs} at a time",
-                 unit="step") as bar:
+    with (
+        cf.ProcessPoolExecutor(
+            max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=die_with_parent
+        ) as pool,
+        tqdm(
+            total=sum(total.values()),
+            initial=done_steps(),
+            desc=f"training {len(cfgs)} runs, {jobs} at a time",
+            unit="step",
+        ) as bar,
+    ):
         # longest first (runtime parameters x tokens as the cost), so the last run to start is a short one
         order = sorted(quiet, key=lambda n: -_cost(quiet[n]))
         futs = {pool.submit(_train, quiet[n], _eval_modes(n)): n for n in order}
@@ -175,8 +194,9 @@ def _eta(clock: Clock, cfg: RunConfig, anchor_params: int | None) -> float | Non
     return cfg.train.max_tokens / clock.tok_rate * max(1.0, c["runtime"] / anchor_params)
 
 
-def quickstart(small: bool = False, scale: float = 1.0, overrides: list[str] | tuple[str, ...] = (),
-               jobs: int = 2) -> Path:
+def quickstart(
+    small: bool = False, scale: float = 1.0, overrides: list[str] | tuple[str, ...] = (), jobs: int = 2
+) -> Path:
     from hmem_lit.analysis.report import build_report
     from hmem_lit.data.prepare import prepare
     from hmem_lit.evaluation.runner import evaluate
@@ -198,8 +218,10 @@ def quickstart(small: bool = False, scale: float = 1.0, overrides: list[str] | t
     prepare(cfgs["anchor"])
 
     if jobs > 1:
-        clock.stage(f"training {len(cfgs) + 1} runs ({', '.join([*cfgs, 'anchor_wallclock'])}), {jobs} at a time; "
-                    f"the wall-clock anchor gets x{ratio:.2f} the tokens")
+        clock.stage(
+            f"training {len(cfgs) + 1} runs ({', '.join([*cfgs, 'anchor_wallclock'])}), {jobs} at a time; "
+            f"the wall-clock anchor gets x{ratio:.2f} the tokens"
+        )
         dirs = train_parallel({**cfgs, "anchor_wallclock": wall_cfg}, jobs)
     else:
         dirs = {}
@@ -215,7 +237,9 @@ def quickstart(small: bool = False, scale: float = 1.0, overrides: list[str] | t
     print(f"[quickstart] wall-clock anchor: x{ratio:.2f} the tokens; measured memory/anchor step time x{measured:.2f}")
     runs.update_final(dirs["anchor_wallclock"], wallclock={"ratio_configured": ratio, "ratio_measured": measured})
 
-    clock.stage("evaluating every run through the lm-eval `hmem` model" + (" (done beside training)" if jobs > 1 else ""))
+    clock.stage(
+        "evaluating every run through the lm-eval `hmem` model" + (" (done beside training)" if jobs > 1 else "")
+    )
     for name, d in dirs.items():
         for mode in _eval_modes(name):
             print(f"[quickstart] eval {name} memory={mode}", flush=True)
@@ -240,14 +264,29 @@ def summary(dirs: dict[str, Path]) -> str:
             label = name if name != "memory" else f"memory ({mode})"
             rare = [ev.get(f"{p}/bucket{b}") for p in ("atomic_number", "capital", "synthetic_city") for b in (0, 1)]
             rare = [x for x in rare if x is not None] or [  # another corpus: every probe's two rarest buckets
-                v for k, v in ev.items() if re.fullmatch(r"[^/]+/bucket[01]", k)]
-            rows.append((label, fin["params"]["runtime"], fin["train_time_s"], ev.get("hmem_sk"),
-                         sum(rare) / len(rare) if rare else None, ev.get("hmem_ck"), ev.get("wiki_ppl")))
+                v for k, v in ev.items() if re.fullmatch(r"[^/]+/bucket[01]", k)
+            ]
+            rows.append(
+                (
+                    label,
+                    fin["params"]["runtime"],
+                    fin["train_time_s"],
+                    ev.get("hmem_sk"),
+                    sum(rare) / len(rare) if rare else None,
+                    ev.get("hmem_ck"),
+                    ev.get("wiki_ppl"),
+                )
+            )
 
     def f(x: float | None, p: str = ".3f") -> str:
         return "-" if x is None else format(x, p)
 
-    lines = [f"{'run':22s} {'runtime params':>14s} {'train s':>8s} {'Avg-SK':>7s} {'rare SK':>8s} {'Avg-CK':>7s} {'wiki ppl':>9s}"]
+    lines = [
+        f"{'run':22s} {'runtime params':>14s} {'train s':>8s} {'Avg-SK':>7s} {'rare SK':>8s} {'Avg-CK':>7s} "
+        f"{'wiki ppl':>9s}"
+    ]
     for r in rows:
-        lines.append(f"{r[0]:22s} {r[1]:>14,} {r[2]:8.0f} {f(r[3]):>7s} {f(r[4]):>8s} {f(r[5]):>7s} {f(r[6], '.1f'):>9s}")
+        lines.append(
+            f"{r[0]:22s} {r[1]:>14,} {r[2]:8.0f} {f(r[3]):>7s} {f(r[4]):>8s} {f(r[5]):>7s} {f(r[6], '.1f'):>9s}"
+        )
     return "\n".join(lines)

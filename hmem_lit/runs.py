@@ -25,11 +25,28 @@ from hmem_lit.utils import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-CONFIG, MANIFEST, METRICS, FINAL, WEIGHTS = "config.yaml", "manifest.json", "metrics.jsonl", "final.json", "model.safetensors"
+CONFIG, MANIFEST, METRICS, FINAL, WEIGHTS = (
+    "config.yaml",
+    "manifest.json",
+    "metrics.jsonl",
+    "final.json",
+    "model.safetensors",
+)
 LAST_CKPT = "checkpoints/last.ckpt"
 CKPT_SUM = "checkpoints/last.ckpt.sha256"  # the sha256 digests a committed last.ckpt may have (see commit_checkpoint)
 
-_PACKAGES = ("hmem_lit", "torch", "lightning", "torchmetrics", "lm_eval", "faiss-cpu", "omegaconf", "optuna", "numpy", "tokenizers")
+_PACKAGES = (
+    "hmem_lit",
+    "torch",
+    "lightning",
+    "torchmetrics",
+    "lm_eval",
+    "faiss-cpu",
+    "omegaconf",
+    "optuna",
+    "numpy",
+    "tokenizers",
+)
 
 
 def git_state() -> dict[str, Any]:
@@ -40,9 +57,18 @@ def git_state() -> dict[str, Any]:
     if root is None:
         return {"git_sha": None, "git_dirty": False}
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         sha, dirty = "", False
     return {"git_sha": sha or None, "git_dirty": dirty}
@@ -55,8 +81,16 @@ def manifest(cfg: RunConfig, device: str) -> dict[str, Any]:
             versions[p] = metadata.version(p)
         except metadata.PackageNotFoundError:
             versions[p] = None
-    return {**git_state(), "python": sys.version.split()[0], "platform": platform.platform(), "host": socket.gethostname(),
-            "device": device, "seed": cfg.train.seed, "packages": versions, "argv": sys.argv}
+    return {
+        **git_state(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "device": device,
+        "seed": cfg.train.seed,
+        "packages": versions,
+        "argv": sys.argv,
+    }
 
 
 def is_complete(run_dir: str | Path) -> bool:
@@ -161,8 +195,10 @@ def verify_checkpoint(run_dir: str | Path) -> None:
     if not sums.is_file() or not path.is_file():
         return
     if file_sha256(path) not in _read_sums(sums):
-        raise ConfigError(f"{path}: checksum mismatch (the file changed after it was written, see {sums}); "
-                          "delete checkpoints/ to restart from scratch, or pass --force")
+        raise ConfigError(
+            f"{path}: checksum mismatch (the file changed after it was written, see {sums}); "
+            "delete checkpoints/ to restart from scratch, or pass --force"
+        )
 
 
 @contextlib.contextmanager
@@ -183,8 +219,10 @@ def run_lock(run_dir: str | Path):
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise RunError(f"{run_dir}: is being trained by {holder} (lock {lock}); wait for it to finish, "
-                           "or choose another name=...") from None
+            raise RunError(
+                f"{run_dir}: is being trained by {holder} (lock {lock}); wait for it to finish, "
+                "or choose another name=..."
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}")
@@ -201,8 +239,11 @@ def throughput(run_dir: str | Path) -> float | None:
     """Steady-state training tokens/s from metrics.jsonl: the median rate over consecutive training records, so
     start-up, validation pauses and the gap of a resumed run do not count."""
     recs = [r for r in read_metrics(run_dir) if "train/loss" in r]
-    rates = sorted((b["tokens"] - a["tokens"]) / (b["time"] - a["time"]) for a, b in zip(recs, recs[1:])
-                   if b["time"] > a["time"] and b["tokens"] > a["tokens"])
+    rates = sorted(
+        (b["tokens"] - a["tokens"]) / (b["time"] - a["time"])
+        for a, b in zip(recs, recs[1:])
+        if b["time"] > a["time"] and b["tokens"] > a["tokens"]
+    )
     return rates[len(rates) // 2] if rates else None
 
 

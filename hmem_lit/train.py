@@ -133,9 +133,11 @@ class FiniteLoss(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, *args: Any) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is not None and trainer.global_step % self.every == 0 and not torch.isfinite(loss).all():
-            raise runs.RunError(f"train/loss is {float(loss)} at step {trainer.global_step}: training diverged; "
-                                "lower optim.lr / optim.memory_lr or check the data (the run stays resumable from "
-                                "its last checkpoint)")
+            raise runs.RunError(
+                f"train/loss is {float(loss)} at step {trainer.global_step}: training diverged; "
+                "lower optim.lr / optim.memory_lr or check the data (the run stays resumable from "
+                "its last checkpoint)"
+            )
 
 
 def _precision(cfg: RunConfig) -> str:
@@ -170,8 +172,10 @@ def _check_resume(run_dir: Path, cfg: RunConfig, config_only: bool = False) -> t
         new = to_dict(cfg)
         diff = _diff(old, new)
         if diff:
-            raise ConfigError(f"{run_dir}: holds a run with a different config ({', '.join(diff[:4])}); "
-                              "choose another name=... or pass --force to start it again")
+            raise ConfigError(
+                f"{run_dir}: holds a run with a different config ({', '.join(diff[:4])}); "
+                "choose another name=... or pass --force to start it again"
+            )
     if config_only or not ckpt.is_file():
         return None
     runs.verify_checkpoint(run_dir)
@@ -180,8 +184,10 @@ def _check_resume(run_dir: Path, cfg: RunConfig, config_only: bool = False) -> t
         state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
         assert "state_dict" in state and "hyper_parameters" in state
     except Exception as e:  # noqa: BLE001 - any failure to read means corrupt
-        raise ConfigError(f"{ckpt}: corrupt or unreadable checkpoint ({type(e).__name__}); delete it to restart "
-                          "from scratch, or pass --force") from None
+        raise ConfigError(
+            f"{ckpt}: corrupt or unreadable checkpoint ({type(e).__name__}); delete it to restart "
+            "from scratch, or pass --force"
+        ) from None
     if _diff(state["hyper_parameters"]["config"], to_dict(cfg)):
         raise ConfigError(f"{ckpt}: checkpoint was trained with a different config; pass --force to restart")
     return ckpt, int(state.get("global_step", 0))
@@ -207,8 +213,10 @@ def _check_splits(cfg: RunConfig, dm: Any) -> None:
     if len(dm.train_split) == 0:
         raise ConfigError(f"{where}: the corpus leaves no training sequences; add documents")
     if len(dm.val_split) == 0:
-        raise ConfigError(f"{where}: the split leaves no validation documents (val/loss would be NaN); add "
-                          f"documents or raise data.val_fraction (now {cfg.data.val_fraction})")
+        raise ConfigError(
+            f"{where}: the split leaves no validation documents (val/loss would be NaN); add "
+            f"documents or raise data.val_fraction (now {cfg.data.val_fraction})"
+        )
 
 
 def _make_trainer(cfg: RunConfig, **kw: Any) -> L.Trainer:
@@ -219,10 +227,16 @@ def _make_trainer(cfg: RunConfig, **kw: Any) -> L.Trainer:
     except Exception as e:  # noqa: BLE001 - ValueError, TypeError, MisconfigurationException from the connector
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         low = msg.lower()
-        key = ("train.strategy" if "strategy" in low else "train.devices" if "devices" in low or "device" in low
-               else "train.accelerator")
-        raise ConfigError(f"{key}: {msg} (train.accelerator={t.accelerator}, train.devices={t.devices}, "
-                          f"train.strategy={t.strategy})") from None
+        key = (
+            "train.strategy"
+            if "strategy" in low
+            else "train.devices"
+            if "devices" in low or "device" in low
+            else "train.accelerator"
+        )
+        raise ConfigError(
+            f"{key}: {msg} (train.accelerator={t.accelerator}, train.devices={t.devices}, train.strategy={t.strategy})"
+        ) from None
 
 
 def _probe_trainer(cfg: RunConfig) -> None:
@@ -234,8 +248,14 @@ def _probe_trainer(cfg: RunConfig) -> None:
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # its "GPU available: ..." lines come once, from the real Trainer
     try:
-        _make_trainer(cfg, strategy=resolve_strategy(cfg.train.strategy, _world_size(cfg), False), logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        _make_trainer(
+            cfg,
+            strategy=resolve_strategy(cfg.train.strategy, _world_size(cfg), False),
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
     finally:
         quiet.setLevel(level)
 
@@ -265,8 +285,10 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     dm = HmemDataModule(cfg, total_steps)
     _check_splits(cfg, dm)
     if cfg.anchor.vocab_size is not None and cfg.anchor.vocab_size != dm.vocab_size:
-        raise ConfigError(f"anchor.vocab_size: {cfg.anchor.vocab_size} does not match the tokenizer's {dm.vocab_size}; "
-                          "leave it unset (null) to take it from the data")
+        raise ConfigError(
+            f"anchor.vocab_size: {cfg.anchor.vocab_size} does not match the tokenizer's {dm.vocab_size}; "
+            "leave it unset (null) to take it from the data"
+        )
     module = HmemLitModule(cfg, dm.vocab_size, total_steps, tps)
     if cfg.train.mode in ("frozen", "cotrain") or cfg.train.subtree is not None:
         from hmem_lit.model import prepare_model_for_mode
@@ -287,16 +309,30 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     strategy = resolve_strategy(cfg.train.strategy, world, bool(sparse_tables(module)), pkm_replace)
     ckpt = AtomicCheckpoint(run_dir, cfg.train.ckpt_every)
     trainer = _make_trainer(
-        cfg, max_steps=total_steps, max_epochs=-1,
-        strategy=strategy, precision=precision, accumulate_grad_batches=cfg.train.accumulate,
-        logger=JsonlLogger(run_dir, tps), log_every_n_steps=cfg.train.log_every,
-        callbacks=[ckpt, FiniteLoss(cfg.train.log_every), *(extra_callbacks or []),
-                   *([ProgressBar(refresh_rate=max(1, cfg.train.log_every))] if cfg.train.progress else [])],
-        enable_checkpointing=False, enable_progress_bar=cfg.train.progress, enable_model_summary=False,
+        cfg,
+        max_steps=total_steps,
+        max_epochs=-1,
+        strategy=strategy,
+        precision=precision,
+        accumulate_grad_batches=cfg.train.accumulate,
+        logger=JsonlLogger(run_dir, tps),
+        log_every_n_steps=cfg.train.log_every,
+        callbacks=[
+            ckpt,
+            FiniteLoss(cfg.train.log_every),
+            *(extra_callbacks or []),
+            *([ProgressBar(refresh_rate=max(1, cfg.train.log_every))] if cfg.train.progress else []),
+        ],
+        enable_checkpointing=False,
+        enable_progress_bar=cfg.train.progress,
+        enable_model_summary=False,
         # val_every=0: no validation during training (the final one below still runs)
         val_check_interval=cfg.train.accumulate * (cfg.train.val_every or 10**9),
-        check_val_every_n_epoch=None, limit_val_batches=cfg.train.val_batches,
-        num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=str(run_dir),
+        check_val_every_n_epoch=None,
+        limit_val_batches=cfg.train.val_batches,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        default_root_dir=str(run_dir),
     )
     with runs.run_lock(run_dir):
         if force and run_dir.exists():
@@ -312,9 +348,14 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         counts = module.model.param_counts()  # before FSDP shards the module
         if trainer.is_global_zero:
             save_config(cfg, run_dir / runs.CONFIG)
-            runs.write_manifest(run_dir, cfg, f"{trainer.strategy.root_device} ({precision}, {trainer.world_size} proc)")
-            print(f"[hmem] {run_dir}: {'resuming from step ' + str(resume[1]) if resume else 'new run'}; "
-                  f"{total_steps} steps x {tps} tokens; params anchor={counts['anchor']:,} fetched={counts['fetched']:,} bank={counts['bank']:,}")
+            runs.write_manifest(
+                run_dir, cfg, f"{trainer.strategy.root_device} ({precision}, {trainer.world_size} proc)"
+            )
+            print(
+                f"[hmem] {run_dir}: {'resuming from step ' + str(resume[1]) if resume else 'new run'}; "
+                f"{total_steps} steps x {tps} tokens; params anchor={counts['anchor']:,} "
+                f"fetched={counts['fetched']:,} bank={counts['bank']:,}"
+            )
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume[0]) if resume else None, weights_only=True)
         train_time = ckpt.train_time()  # all segments of a resumed run
         if trainer.interrupted:
@@ -323,20 +364,35 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         val = trainer.validate(module, datamodule=dm, verbose=False)[0]
         bad = {k: v for k, v in val.items() if not math.isfinite(float(v))}
         if bad:
-            raise runs.RunError(f"{run_dir}: final validation gave {', '.join(f'{k}={v}' for k, v in bad.items())}; "
-                                "the run is not marked complete (lower optim.lr or check the data)")
+            raise runs.RunError(
+                f"{run_dir}: final validation gave {', '.join(f'{k}={v}' for k, v in bad.items())}; "
+                "the run is not marked complete (lower optim.lr or check the data)"
+            )
         faults.point("validated")
         AtomicCheckpoint(run_dir, 0).save(trainer)  # the final state (all ranks: saving is collective)
         # full (unsharded) weights: collective under FSDP, whose module holds only shards outside forward
-        state = {k[len("model."):]: v for k, v in trainer.strategy.lightning_module_state_dict().items()
-                 if k.startswith("model.")}
+        state = {
+            k[len("model.") :]: v
+            for k, v in trainer.strategy.lightning_module_state_dict().items()
+            if k.startswith("model.")
+        }
         if trainer.is_global_zero:
             _finish(run_dir, cfg, module, trainer, val, train_time, total_steps, tps, state, counts)
     return run_dir
 
 
-def _finish(run_dir: Path, cfg: RunConfig, module: Any, trainer: L.Trainer, val: dict, train_time: float,
-            total_steps: int, tps: int, state: dict[str, torch.Tensor], counts: dict[str, int]) -> None:
+def _finish(
+    run_dir: Path,
+    cfg: RunConfig,
+    module: Any,
+    trainer: L.Trainer,
+    val: dict,
+    train_time: float,
+    total_steps: int,
+    tps: int,
+    state: dict[str, torch.Tensor],
+    counts: dict[str, int],
+) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
@@ -356,5 +412,7 @@ def _finish(run_dir: Path, cfg: RunConfig, module: Any, trainer: L.Trainer, val:
         "config": to_dict(module.model.cfg),
     }
     write_json(run_dir / runs.FINAL, final)
-    print(f"[hmem] done: {run_dir} val/loss={final['metrics'].get('val/loss', float('nan')):.4f} "
-          f"in {train_time:.1f}s ({final['tokens']:,} tokens)")
+    print(
+        f"[hmem] done: {run_dir} val/loss={final['metrics'].get('val/loss', float('nan')):.4f} "
+        f"in {train_time:.1f}s ({final['tokens']:,} tokens)"
+    )

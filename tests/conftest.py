@@ -20,9 +20,18 @@ DEBUG_YAML = ROOT / "experiments" / "000_debug.yaml"
 
 def tiny_overrides(out_dir: Path | str, **extra: object) -> list[str]:
     """Overrides for a seconds-long toy run writing under out_dir."""
-    base = {"out_dir": str(out_dir), "train.progress": "false", "train.max_tokens": 20_000, "train.batch_size": 8,
-            "data.seq_len": 64, "data.toy_docs": 300, "train.val_every": 10, "train.ckpt_every": 10,
-            "train.log_every": 1, "train.threads": 1}
+    base = {
+        "out_dir": str(out_dir),
+        "train.progress": "false",
+        "train.max_tokens": 20_000,
+        "train.batch_size": 8,
+        "data.seq_len": 64,
+        "data.toy_docs": 300,
+        "train.val_every": 10,
+        "train.ckpt_every": 10,
+        "train.log_every": 1,
+        "train.threads": 1,
+    }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -44,8 +53,7 @@ def kill_after_checkpoint(cmd: list[str], run_dir: Path, min_step: int, timeout:
 
     from hmem_lit import runs
 
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         metrics = runs.read_metrics(run_dir)

@@ -15,9 +15,21 @@ TYPE_OVERRIDES = {"pkm": ["memory.pkm.mode=add", "memory.pkm.n_keys=8", "memory.
 
 
 def make_cfg(mtype: str = "ffn", *extra: str, levels: str = "[4,2]", branching: int = 4) -> RunConfig:
-    ov = [f"memory.type={mtype}", f"memory.levels={levels}", "retriever.depth=2", f"retriever.branching={branching}",
-          "anchor.n_layer=3", "anchor.d_model=32", "anchor.n_head=2", "anchor.head_dim=8", "anchor.d_ff=64",
-          "train.mode=scratch", "optim.warmup=0", *TYPE_OVERRIDES.get(mtype, []), *extra]
+    ov = [
+        f"memory.type={mtype}",
+        f"memory.levels={levels}",
+        "retriever.depth=2",
+        f"retriever.branching={branching}",
+        "anchor.n_layer=3",
+        "anchor.d_model=32",
+        "anchor.n_head=2",
+        "anchor.head_dim=8",
+        "anchor.d_ff=64",
+        "train.mode=scratch",
+        "optim.warmup=0",
+        *TYPE_OVERRIDES.get(mtype, []),
+        *extra,
+    ]
     return load_config(None, ov)
 
 

@@ -12,17 +12,52 @@ from hmem_lit.analysis import ablations
 from hmem_lit.config import ConfigError
 
 
-def fake_run(root: Path, study: str, name: str, *, corpus="facts", mtype="ffn", levels=(0, 96), sk=0.3, seed=0,
-             n_layer=2, fetched=36864, bank=9437184, layers="all", lora_target="qk", rare=0.1) -> Path:
+def fake_run(
+    root: Path,
+    study: str,
+    name: str,
+    *,
+    corpus="facts",
+    mtype="ffn",
+    levels=(0, 96),
+    sk=0.3,
+    seed=0,
+    n_layer=2,
+    fetched=36864,
+    bank=9437184,
+    layers="all",
+    lora_target="qk",
+    rare=0.1,
+) -> Path:
     d = root / study / name
     d.mkdir(parents=True)
-    cfg = {"memory": {"type": mtype, "levels": list(levels), "layers": layers, "lora_target": lora_target},
-           "anchor": {"n_layer": n_layer}, "train": {"seed": seed}, "data": {"source": "builtin", "corpus": corpus}}
-    ev = {"hmem_sk": sk, "hmem_ck": 0.2, "wiki_ppl": 1000.0, "p/bucket0": rare, "p/bucket1": 0.9, "q/bucket0": rare,
-          "q/bucket1": 0.7, "eval_time_s": 10.0}
-    final = {"config": cfg, "params": {"anchor": 238144, "fetched": fetched if mtype != "none" else 0,
-                                       "bank": bank if mtype != "none" else 0},
-             "tokens": 2_000_000, "train_time_s": 100.0, "eval": {"fetched": ev}}
+    cfg = {
+        "memory": {"type": mtype, "levels": list(levels), "layers": layers, "lora_target": lora_target},
+        "anchor": {"n_layer": n_layer},
+        "train": {"seed": seed},
+        "data": {"source": "builtin", "corpus": corpus},
+    }
+    ev = {
+        "hmem_sk": sk,
+        "hmem_ck": 0.2,
+        "wiki_ppl": 1000.0,
+        "p/bucket0": rare,
+        "p/bucket1": 0.9,
+        "q/bucket0": rare,
+        "q/bucket1": 0.7,
+        "eval_time_s": 10.0,
+    }
+    final = {
+        "config": cfg,
+        "params": {
+            "anchor": 238144,
+            "fetched": fetched if mtype != "none" else 0,
+            "bank": bank if mtype != "none" else 0,
+        },
+        "tokens": 2_000_000,
+        "train_time_s": 100.0,
+        "eval": {"fetched": ev},
+    }
     (d / "final.json").write_text(json.dumps(final))
     return d
 
@@ -65,8 +100,9 @@ def test_ratio_interior_optimum_and_level_checks():
     a = pd.DataFrame({"fetch_ratio": [0.0, 0.2, 0.5, 1.0], "sk": [10.0, 14.0, 12.0, 8.0]})
     assert "**holds**" in ablations._check_ratio(a)[0] and "best at 0.20" in ablations._check_ratio(a)[0]
     assert "does not hold" in ablations._check_ratio(a.assign(sk=[10.0, 11.0, 12.0, 13.0]))[0]
-    lv = pd.DataFrame({"level": [1, 2, 1, 2], "params_fetched": [9216, 9216, 36864, 36864],
-                       "gain": [1.0, 3.0, 5.0, 4.0]})
+    lv = pd.DataFrame(
+        {"level": [1, 2, 1, 2], "params_fetched": [9216, 9216, 36864, 36864], "gain": [1.0, 3.0, 5.0, 4.0]}
+    )
     out = ablations._check_level_fetched(lv)
     assert "**holds**" in out[0] and "does not hold" in out[1]
 

@@ -38,8 +38,10 @@ TRAIN_CASES = [  # (overrides, words the one line must hold); issue 19 cases 7-1
     (["train.devices=0"], ["train.devices"]),
     (["train.strategy=bogus"], ["train.strategy", "bogus"]),
     (["data.num_workers=-1"], ["data.num_workers"]),
-    (["memory.type=ffn", "memory.levels=[8]", "train.mode=frozen", "train.init_from=/nonexistent/run"],
-     ["train.init_from", "/nonexistent/run"]),
+    (
+        ["memory.type=ffn", "memory.levels=[8]", "train.mode=frozen", "train.init_from=/nonexistent/run"],
+        ["train.init_from", "/nonexistent/run"],
+    ),
     (["memory.type=ffn", "memory.levels=[8]", "train.subtree=1"], ["train.subtree", "train.mode=frozen"]),
     (["data.toy_docs=0"], ["data.toy_docs"]),
     (["data.toy_docs=-4"], ["data.toy_docs"]),
@@ -73,10 +75,14 @@ def test_data_paths_are_checked_before_anything_is_created(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("")
     base = ["data.source=files", f"out_dir={tmp_path / 'runs'}"]
-    cases = [([f"data.files=[{good}]", f"data.dir={afile}"], ["data.dir", str(afile), "is a file"]),
-             ([f"data.files=[{good},{tmp_path / 'typo.txt'}]", f"data.dir={tmp_path / 'd'}"],
-              ["data.files", "typo.txt", "not found"]),
-             ([f"data.files=[{good},{tmp_path}]", f"data.dir={tmp_path / 'd'}"], ["data.files", "is a directory"])]
+    cases = [
+        ([f"data.files=[{good}]", f"data.dir={afile}"], ["data.dir", str(afile), "is a file"]),
+        (
+            [f"data.files=[{good},{tmp_path / 'typo.txt'}]", f"data.dir={tmp_path / 'd'}"],
+            ["data.files", "typo.txt", "not found"],
+        ),
+        ([f"data.files=[{good},{tmp_path}]", f"data.dir={tmp_path / 'd'}"], ["data.files", "is a directory"]),
+    ]
     for ov, needles in cases:
         for verb in (["train", str(DEBUG_YAML)], ["data", "prepare", str(DEBUG_YAML)]):
             rc, err = run_cli([*verb, *base, *ov], capsys)
@@ -87,9 +93,20 @@ def test_data_paths_are_checked_before_anything_is_created(tmp_path, capsys):
 def test_one_document_corpus_says_no_validation_documents(tmp_path, capsys):
     f = tmp_path / "one.jsonl"
     f.write_text(json.dumps({"text": "the quick brown fox jumps over the lazy dog " * 100}) + "\n")
-    rc, err = run_cli(["train", str(DEBUG_YAML), *tiny_overrides(tmp_path / "runs"), "data.source=files",
-                       f"data.files=[{f}]", f"data.dir={tmp_path / 'd'}", "data.vocab_size=300",
-                       "retriever.branching=2", "retriever.depth=1"], capsys)
+    rc, err = run_cli(
+        [
+            "train",
+            str(DEBUG_YAML),
+            *tiny_overrides(tmp_path / "runs"),
+            "data.source=files",
+            f"data.files=[{f}]",
+            f"data.dir={tmp_path / 'd'}",
+            "data.vocab_size=300",
+            "retriever.branching=2",
+            "retriever.depth=1",
+        ],
+        capsys,
+    )
     assert rc == 2 and "Traceback" not in err
     assert "no validation documents" in err.splitlines()[-1] and "data.val_fraction" in err.splitlines()[-1]
     assert not (tmp_path / "runs").exists()  # the data directory is prepared; no run directory

@@ -17,8 +17,14 @@ from hmem_lit.retriever.bm25 import BM25Index, _argmax_group_sum, knn_graph, ref
 from hmem_lit.retriever.diagnostics import concentration, hit_rates, key_table
 from hmem_lit.retriever.routing import TREE_ROUTERS, BM25Router, TreeRouter, load_router
 
-DOCS = ["zorblax is a moon of quintar", "the moon quintar has zorblax", "vexmor orbits the red star",
-        "the red star is called vexmor", "a moon and a star and a planet", "planet planet moon"]
+DOCS = [
+    "zorblax is a moon of quintar",
+    "the moon quintar has zorblax",
+    "vexmor orbits the red star",
+    "the red star is called vexmor",
+    "a moon and a star and a planet",
+    "planet planet moon",
+]
 
 
 def _brute_bm25(docs: list[str], query: str, index: BM25Index) -> np.ndarray:
@@ -111,15 +117,36 @@ def test_diagnostics_against_a_hand_computed_case():
     assert c["keys"] == 3 and c["mean_share"] == round((2 / 3 + 0.5 + 1.0) / 3, 4)
     assert c["buckets"]["0"] == {"keys": 2, "docs_min": 1, "docs_max": 2, "mean_share": 0.75}
     assert c["buckets"]["1"] == {"keys": 1, "docs_min": 3, "docs_max": 3, "mean_share": round(2 / 3, 4)}
-    h = hit_rates([{"group": "p", "bucket": 0, "hit": True, "correct": 1.0},
-                   {"group": "p", "bucket": 0, "hit": False, "correct": 0.0},
-                   {"group": "p", "bucket": 0, "hit": True, "correct": 0.0},
-                   {"group": "p", "bucket": 1, "hit": False, "correct": None},
-                   {"group": "q", "bucket": 0, "hit": None, "correct": 1.0}])  # not routed (no memory)
-    assert h["p"]["0"] == {"prompts": 3, "hit_rate": 0.6667, "acc": 0.3333, "acc_routed_right": 0.5,
-                           "acc_routed_wrong": 0.0}
-    assert h["p"]["1"] == {"prompts": 1, "hit_rate": 0.0, "acc": None, "acc_routed_right": None, "acc_routed_wrong": None}
-    assert h["q"]["0"] == {"prompts": 1, "hit_rate": None, "acc": 1.0, "acc_routed_right": None, "acc_routed_wrong": None}
+    h = hit_rates(
+        [
+            {"group": "p", "bucket": 0, "hit": True, "correct": 1.0},
+            {"group": "p", "bucket": 0, "hit": False, "correct": 0.0},
+            {"group": "p", "bucket": 0, "hit": True, "correct": 0.0},
+            {"group": "p", "bucket": 1, "hit": False, "correct": None},
+            {"group": "q", "bucket": 0, "hit": None, "correct": 1.0},
+        ]
+    )  # not routed (no memory)
+    assert h["p"]["0"] == {
+        "prompts": 3,
+        "hit_rate": 0.6667,
+        "acc": 0.3333,
+        "acc_routed_right": 0.5,
+        "acc_routed_wrong": 0.0,
+    }
+    assert h["p"]["1"] == {
+        "prompts": 1,
+        "hit_rate": 0.0,
+        "acc": None,
+        "acc_routed_right": None,
+        "acc_routed_wrong": None,
+    }
+    assert h["q"]["0"] == {
+        "prompts": 1,
+        "hit_rate": None,
+        "acc": 1.0,
+        "acc_routed_right": None,
+        "acc_routed_wrong": None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- on a corpus
@@ -130,10 +157,20 @@ def _entity_corpus(path: Path, n_entities: int = 40, seed: int = 0) -> list[tupl
     key. -> (entity, prompt) pairs."""
     rng = np.random.default_rng(seed)
     syl = ["ka", "lo", "mi", "zu", "re", "ta", "no", "vi", "sh", "qu", "bor", "den"]
-    names = sorted({"".join(rng.choice(syl, 3)).capitalize() + " " + "".join(rng.choice(syl, 2)).capitalize()
-                    for _ in range(n_entities * 2)})[:n_entities]
-    tmpl = ["{n} was born in {c}.", "The home town of {n} is {c}.", "{n} works as a {j}.", "People know {n} as a {j}.",
-            "{n} lives near the river in {c}.", "Born in {c}, {n} became a {j}."]
+    names = sorted(
+        {
+            "".join(rng.choice(syl, 3)).capitalize() + " " + "".join(rng.choice(syl, 2)).capitalize()
+            for _ in range(n_entities * 2)
+        }
+    )[:n_entities]
+    tmpl = [
+        "{n} was born in {c}.",
+        "The home town of {n} is {c}.",
+        "{n} works as a {j}.",
+        "People know {n} as a {j}.",
+        "{n} lives near the river in {c}.",
+        "Born in {c}, {n} became a {j}.",
+    ]
     rows, prompts = [], []
     for i, n in enumerate(names):
         c, j = f"City{i % 7}", ["pilot", "baker", "judge"][i % 3]
@@ -142,8 +179,9 @@ def _entity_corpus(path: Path, n_entities: int = 40, seed: int = 0) -> list[tupl
             rows.append({"text": " ".join(tmpl[x].format(n=n, c=c, j=j) for x in k), "entity": n})
         prompts.append((n, f"{n} was born in"))
     for i in range(60):
-        rows.append({"text": f"Background note {i} about weather, rivers, towns and the market on day {i}.",
-                     "entity": None})
+        rows.append(
+            {"text": f"Background note {i} about weather, rivers, towns and the market on day {i}.", "entity": None}
+        )
     order = rng.permutation(len(rows))
     with open(path, "w", encoding="utf-8") as f:
         for i in order:
@@ -152,9 +190,21 @@ def _entity_corpus(path: Path, n_entities: int = 40, seed: int = 0) -> list[tupl
 
 
 def _files_cfg(tmp_path: Path, f: Path, *extra: str):
-    return load_config(None, ["data.source=files", f"data.files=[{f}]", f"data.dir={tmp_path / 'data'}",
-                              "data.vocab_size=512", "data.seq_len=64", "retriever.branching=4", "retriever.depth=2",
-                              "retriever.embed_dim=64", "data.key_field=entity", *extra])
+    return load_config(
+        None,
+        [
+            "data.source=files",
+            f"data.files=[{f}]",
+            f"data.dir={tmp_path / 'data'}",
+            "data.vocab_size=512",
+            "data.seq_len=64",
+            "retriever.branching=4",
+            "retriever.depth=2",
+            "retriever.embed_dim=64",
+            "data.key_field=entity",
+            *extra,
+        ],
+    )
 
 
 def test_each_router_is_registered_swappable_and_bm25_routes_entities_home(tmp_path):
@@ -209,12 +259,24 @@ def test_bm25_router_blocking_ranks_and_forces_paths(tmp_path):
 
 def test_bad_retriever_and_key_field_input_is_one_line_exit_2(tmp_path):
     f = tmp_path / "corpus.jsonl"
-    f.write_text('{"text": "zorblax orbits quintar", "entity": "x"}\n{"text": "vexmor shines red"}\n'
-                 '{"text": "planets drift slowly", "entity": "y"}\n')
+    f.write_text(
+        '{"text": "zorblax orbits quintar", "entity": "x"}\n{"text": "vexmor shines red"}\n'
+        '{"text": "planets drift slowly", "entity": "y"}\n'
+    )
     with pytest.raises(ConfigError, match="retriever.router"):
         load_config(None, ["retriever.router=bm26"])
-    cmd = [sys.executable, "-m", "hmem_lit.cli", "data", "prepare", "data.source=files", f"data.files=[{f}]",
-           f"data.dir={tmp_path / 'd'}", "data.key_field=entity", "data.vocab_size=300"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hmem_lit.cli",
+        "data",
+        "prepare",
+        "data.source=files",
+        f"data.files=[{f}]",
+        f"data.dir={tmp_path / 'd'}",
+        "data.key_field=entity",
+        "data.vocab_size=300",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     err = [ln for ln in p.stderr.splitlines() if ln.strip()]
@@ -226,8 +288,21 @@ def test_bad_retriever_and_key_field_input_is_one_line_exit_2(tmp_path):
 def test_routing_sensitivity_figure_from_benchmark_json(tmp_path):
     from hmem_lit.analysis.routing_figs import routing_sensitivity
 
-    grid = [{"embedder": "tfidf", "router": r, "refine": f, "branching": b, "depth": 2, "balance": bal,
-             "min_hit_rate": 0.5, "concentration": {"mean_share": 0.9}}
-            for r in ("centroid", "bm25") for f in ("none", "bm25") for b in (4, 8) for bal in (0.094, 1.0)]
+    grid = [
+        {
+            "embedder": "tfidf",
+            "router": r,
+            "refine": f,
+            "branching": b,
+            "depth": 2,
+            "balance": bal,
+            "min_hit_rate": 0.5,
+            "concentration": {"mean_share": 0.9},
+        }
+        for r in ("centroid", "bm25")
+        for f in ("none", "bm25")
+        for b in (4, 8)
+        for bal in (0.094, 1.0)
+    ]
     files = routing_sensitivity({"corpora": {"a": {"grid": grid}, "b": {"grid": grid[:4]}}}, tmp_path / "sens")
     assert [p.suffix for p in files] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in files)

@@ -23,12 +23,32 @@ def byo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("byo")
     corpus = tmp / "corpus.jsonl"
     prompts = _entity_corpus(corpus, n_entities=24)
-    cfg = load_config(None, [
-        "data.source=files", f"data.files=[{corpus}]", f"data.dir={tmp / 'data'}", "data.vocab_size=400",
-        "data.seq_len=64", "data.key_field=entity", "retriever.branching=4", "retriever.depth=2",
-        "retriever.embed_dim=64", "memory.type=ffn", "memory.levels=[4,4]", "train.mode=scratch",
-        f"out_dir={tmp / 'runs'}", "name=mem", "train.max_tokens=12000", "train.batch_size=8", "train.progress=false",
-        "train.val_every=0", "train.ckpt_every=0", "train.threads=1", "anchor.max_seq_len=64"])
+    cfg = load_config(
+        None,
+        [
+            "data.source=files",
+            f"data.files=[{corpus}]",
+            f"data.dir={tmp / 'data'}",
+            "data.vocab_size=400",
+            "data.seq_len=64",
+            "data.key_field=entity",
+            "retriever.branching=4",
+            "retriever.depth=2",
+            "retriever.embed_dim=64",
+            "memory.type=ffn",
+            "memory.levels=[4,4]",
+            "train.mode=scratch",
+            f"out_dir={tmp / 'runs'}",
+            "name=mem",
+            "train.max_tokens=12000",
+            "train.batch_size=8",
+            "train.progress=false",
+            "train.val_every=0",
+            "train.ckpt_every=0",
+            "train.threads=1",
+            "anchor.max_seq_len=64",
+        ],
+    )
     run = train(cfg)
     tasks = tmp / "my_tasks"
     tasks.mkdir()
@@ -36,7 +56,8 @@ def byo(tmp_path_factory):
     with open(items, "w", encoding="utf-8") as f:
         for e, p in prompts:
             f.write(json.dumps({"prompt": p, "answer": "City", "entity": e, "route_text": p}) + "\n")
-    (tasks / "my_probe.yaml").write_text(textwrap.dedent(f"""\
+    (tasks / "my_probe.yaml").write_text(
+        textwrap.dedent(f"""\
         task: my_probe
         dataset_path: json
         dataset_kwargs:
@@ -53,7 +74,8 @@ def byo(tmp_path_factory):
         metric_list:
           - metric: exact_match
         metadata: {{version: 1.0}}
-        """))
+        """)
+    )
     return {"run": run, "tasks": tasks, "prompts": prompts, "tmp": tmp}
 
 
@@ -66,7 +88,9 @@ def test_own_task_through_include_path_with_routing_diagnostics(byo, tmp_path, m
     head = evaluate(byo["run"], tasks=["my_probe"], include_path=[str(byo["tasks"])], print_table=False)
     out = Path(byo["run"]) / "eval" / "fetched-my_probe"
     res = read_json(out / "results.json")
-    assert 0.0 <= head["my_probe/exact_match_strip"] <= 1.0 and res["settings"]["include_path"] == [str(byo["tasks"].resolve())]
+    assert 0.0 <= head["my_probe/exact_match_strip"] <= 1.0 and res["settings"]["include_path"] == [
+        str(byo["tasks"].resolve())
+    ]
     # every prompt's entity has training documents: each counted once, in the key's own bucket
     routing = res["routing"]["my_probe"]
     keys = read_json(Path(byo["tmp"]) / "data" / "tree" / "keys.json")
@@ -84,7 +108,9 @@ def test_own_task_through_include_path_with_routing_diagnostics(byo, tmp_path, m
     # the user's metrics join the standard section (for reports), and nothing else of this evaluation does
     std = final["eval"]["fetched"]
     assert std["my_probe/exact_match_strip"] == head["my_probe/exact_match_strip"] and "n_samples" not in std
-    assert {f"my_probe/bucket{b}" for b in routing} <= set(std) and {f"route/my_probe/bucket{b}" for b in routing} <= set(std)
+    assert {f"my_probe/bucket{b}" for b in routing} <= set(std) and {
+        f"route/my_probe/bucket{b}" for b in routing
+    } <= set(std)
     for b, v in routing.items():  # per-bucket accuracy = the mean over the bucket's samples
         acc = [s["exact_match"] for s in samples if str(keys[s["doc"]["entity"]]["bucket"]) == b]
         assert std[f"my_probe/bucket{b}"] == v["acc"] == round(sum(acc) / len(acc), 4)
@@ -99,8 +125,22 @@ def test_include_path_errors_are_one_line_exit_2(byo, tmp_path):
         user_tasks([str(empty)])
     with pytest.raises(ConfigError, match="not a directory"):
         user_tasks([str(tmp_path / "nope")])
-    p = subprocess.run([sys.executable, "-m", "hmem_lit.cli", "eval", str(byo["run"]), "--tasks", "my_probe",
-                        "--include-path", str(empty)], capture_output=True, text=True, timeout=180)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hmem_lit.cli",
+            "eval",
+            str(byo["run"]),
+            "--tasks",
+            "my_probe",
+            "--include-path",
+            str(empty),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr and "--include-path" in p.stderr
     assert p.stderr.strip().count("\n") == 0
 
@@ -108,10 +148,27 @@ def test_include_path_errors_are_one_line_exit_2(byo, tmp_path):
 def test_lm_eval_command_line_runs_the_hmem_model(byo, tmp_path):
     """`hmem-lm-eval` = lm-eval's own CLI with the model registered; its default --device cuda:0 falls back to the
     CPU where there is no CUDA."""
-    p = subprocess.run([sys.executable, "-m", "hmem_lit.evaluation.lm_eval_cli", "run", "--model", "hmem",
-                        "--model_args", f"run_dir={byo['run']},memory=fetched", "--tasks", "my_probe",
-                        "--include_path", str(byo["tasks"]), "--limit", "6"],
-                       capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf")})
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hmem_lit.evaluation.lm_eval_cli",
+            "run",
+            "--model",
+            "hmem",
+            "--model_args",
+            f"run_dir={byo['run']},memory=fetched",
+            "--tasks",
+            "my_probe",
+            "--include_path",
+            str(byo["tasks"]),
+            "--limit",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf")},
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "my_probe" in p.stdout and "exact_match" in p.stdout

@@ -76,8 +76,12 @@ def test_roundtrip_dict():
 
 
 def test_cli_exit_status_and_one_line():
-    r = subprocess.run([sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML), "train.max_tokn=3"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML), "train.max_tokn=3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "train.max_tokens" in r.stderr
     assert "Traceback" not in r.stderr

@@ -13,13 +13,20 @@ from hmem_lit.config import FIELD_EFFECTS, RunConfig, field_value, fields_with, 
 from hmem_lit.data import prepare
 
 STAGES = prepare.STAGES
-DOWNSTREAM = {"corpus": set(STAGES), "tokenizer": {"tokenizer", "packing"}, "embeddings": {"embeddings", "tree",
-              "packing"}, "tree": {"tree", "packing"}, "packing": {"packing"}, "questions": {"questions"}}
+DOWNSTREAM = {
+    "corpus": set(STAGES),
+    "tokenizer": {"tokenizer", "packing"},
+    "embeddings": {"embeddings", "tree", "packing"},
+    "tree": {"tree", "packing"},
+    "packing": {"packing"},
+    "questions": {"questions"},
+}
 
 
 def test_every_field_is_declared_and_nothing_else():
     assert sorted(FIELD_EFFECTS) == sorted(leaf_fields()), (
-        "declare the new field's effects in hmem_lit/config.py FIELD_EFFECTS")
+        "declare the new field's effects in hmem_lit/config.py FIELD_EFFECTS"
+    )
     tokens = {t for eff in FIELD_EFFECTS.values() for t in eff}
     assert tokens <= {*STAGES, "run", "id"}
     assert all("run" in eff for eff in FIELD_EFFECTS.values() if set(eff) & set(STAGES) - {"tree"} or "id" in eff)

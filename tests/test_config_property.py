@@ -75,8 +75,7 @@ def test_any_key_with_a_wrong_value_is_one_line_exit_2_nothing_created(capsys, c
     key, value = case
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        argv = ["train", str(DEBUG_YAML), *tiny_overrides(root / "runs"), f"data.dir={root / 'data'}",
-                f"{key}={value}"]
+        argv = ["train", str(DEBUG_YAML), *tiny_overrides(root / "runs"), f"data.dir={root / 'data'}", f"{key}={value}"]
         rc = main(argv)
         err = capsys.readouterr().err.strip()
         assert rc == 2, (key, value, err)

@@ -19,9 +19,18 @@ from hmem_lit.data.packing import pack
 from hmem_lit.data.prepare import load_prepared, prepare, stale_stages
 from hmem_lit.data.tokenizer import load_tokenizer
 
-SMALL = ["data.source=builtin", "data.wiki_docs=300", "data.synthetic_entities=100", "data.vocab_size=1024",
-         "data.seq_len=64", "data.val_fraction=0.05", "retriever.branching=4", "retriever.depth=2",
-         "retriever.embed_dim=64", "anchor.max_seq_len=512"]
+SMALL = [
+    "data.source=builtin",
+    "data.wiki_docs=300",
+    "data.synthetic_entities=100",
+    "data.vocab_size=1024",
+    "data.seq_len=64",
+    "data.val_fraction=0.05",
+    "retriever.branching=4",
+    "retriever.depth=2",
+    "retriever.embed_dim=64",
+    "anchor.max_seq_len=512",
+]
 
 
 def small_cfg(d: Path, *extra: str):
@@ -159,20 +168,22 @@ def test_question_sets_format_and_buckets(prepared):
     docs = [json.loads(x) for x in open(d / "corpus" / "docs.jsonl", encoding="utf-8")]
     split = np.load(d / "corpus" / "split.npy")
     counts = json.loads((d / "entity_counts.json").read_text())
-    mc = MentionCounter([{"name": "Carbon", "aliases": []}]).add_all(
-        t["text"] for t, s in zip(docs, split) if s == 0)
+    mc = MentionCounter([{"name": "Carbon", "aliases": []}]).add_all(t["text"] for t, s in zip(docs, split) if s == 0)
     assert counts["Carbon"]["mention_count"] == mc[0] == carbon["mention_count"] > 0
     # held-out Wikipedia text never appears in training
     held = [json.loads(x)["text"] for x in open(d / "heldout" / "wiki_val.jsonl", encoding="utf-8")]
     train_texts = {t["text"] for t, s in zip(docs, split) if s == 0}
     assert held and not (set(held) & train_texts)
     assert (d / "ATTRIBUTION.txt").read_text().count("CC BY-SA") + (d / "ATTRIBUTION.txt").read_text().count(
-        "Creative Commons Attribution-ShareAlike 4.0") >= 1
+        "Creative Commons Attribution-ShareAlike 4.0"
+    ) >= 1
 
 
 def test_bad_input_lines_are_skipped_and_counted(tmp_path, caplog):
-    good = [{"text": f"Document number {i} talks about topic {i % 7} and more words here.", "kind": f"k{i % 2}"}
-            for i in range(60)]
+    good = [
+        {"text": f"Document number {i} talks about topic {i % 7} and more words here.", "kind": f"k{i % 2}"}
+        for i in range(60)
+    ]
     f1 = tmp_path / "a.jsonl"
     with open(f1, "wb") as f:
         for i, g in enumerate(good):
@@ -187,9 +198,20 @@ def test_bad_input_lines_are_skipped_and_counted(tmp_path, caplog):
                 f.write(b'{"title": "no text field"}\n')
     f2 = tmp_path / "b.txt"
     f2.write_text("First paragraph of a text file.\nStill first.\n\nSecond paragraph.\n", encoding="utf-8")
-    cfg = load_config(None, ["data.source=files", f"data.files=[{f1},{f2}]", f"data.dir={tmp_path / 'out'}",
-                             "data.vocab_size=300", "data.seq_len=32", "retriever.branching=2",
-                             "retriever.depth=2", "retriever.embed_dim=16", "anchor.max_seq_len=512"])
+    cfg = load_config(
+        None,
+        [
+            "data.source=files",
+            f"data.files=[{f1},{f2}]",
+            f"data.dir={tmp_path / 'out'}",
+            "data.vocab_size=300",
+            "data.seq_len=32",
+            "retriever.branching=2",
+            "retriever.depth=2",
+            "retriever.embed_dim=16",
+            "anchor.max_seq_len=512",
+        ],
+    )
     with caplog.at_level(logging.WARNING, logger="hmem_lit.data"):
         prepare(cfg, progress=False, verbose=False)
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
@@ -210,9 +232,20 @@ def test_bad_input_lines_are_skipped_and_counted(tmp_path, caplog):
 def test_oracle_retriever_groups_by_field(tmp_path):
     f = tmp_path / "c.jsonl"
     f.write_text("".join(json.dumps({"text": f"doc {i} " * 5, "entity": f"e{i % 4}"}) + "\n" for i in range(40)))
-    cfg = load_config(None, ["data.source=files", f"data.files=[{f}]", f"data.dir={tmp_path / 'o'}",
-                             "data.vocab_size=300", "data.seq_len=32", "retriever.type=oracle",
-                             "retriever.oracle_field=entity", "retriever.branching=4", "anchor.max_seq_len=512"])
+    cfg = load_config(
+        None,
+        [
+            "data.source=files",
+            f"data.files=[{f}]",
+            f"data.dir={tmp_path / 'o'}",
+            "data.vocab_size=300",
+            "data.seq_len=32",
+            "retriever.type=oracle",
+            "retriever.oracle_field=entity",
+            "retriever.branching=4",
+            "anchor.max_seq_len=512",
+        ],
+    )
     prepare(cfg, progress=False, verbose=False)
     docs = [json.loads(x) for x in open(tmp_path / "o" / "corpus" / "docs.jsonl")]
     paths = np.load(tmp_path / "o" / "tree" / "doc_paths.npy")
@@ -222,10 +255,12 @@ def test_oracle_retriever_groups_by_field(tmp_path):
 
 
 def test_mention_counting_longest_match_and_aliases():
-    ents = [{"name": "Guinea", "aliases": []}, {"name": "Papua New Guinea", "aliases": ["PNG land"]},
-            {"name": "Sulfur", "aliases": ["Sulphur"]}]
-    c = MentionCounter(ents).add_all(["Papua New Guinea and Guinea; guinea.", "sulphur, SULFUR, Sulfurous",
-                                      "png land"])
+    ents = [
+        {"name": "Guinea", "aliases": []},
+        {"name": "Papua New Guinea", "aliases": ["PNG land"]},
+        {"name": "Sulfur", "aliases": ["Sulphur"]},
+    ]
+    c = MentionCounter(ents).add_all(["Papua New Guinea and Guinea; guinea.", "sulphur, SULFUR, Sulfurous", "png land"])
     assert c == [2, 2, 2]
     assert buckets([5, 1, 3, 3, 9, 0, 2, 7, 4, 6], list("abcdefghij")) == [3, 0, 1, 2, 4, 0, 1, 4, 2, 3]
 

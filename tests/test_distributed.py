@@ -54,8 +54,10 @@ def _sync_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 p.grad = torch.sparse_coo_tensor(gr[0].unsqueeze(0), gr[1], shape)  # uncoalesced
             params.append(p)
         stats = sync_sparse_grads(params)
-        torch.save({"grads": [p.grad for p in params], "bytes": stats.bytes, "tables": stats.per_table},
-                   os.path.join(out_dir, f"{rank}.pt"))
+        torch.save(
+            {"grads": [p.grad for p in params], "bytes": stats.bytes, "tables": stats.per_table},
+            os.path.join(out_dir, f"{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -91,11 +93,15 @@ def test_sync_sparse_grads_two_gloo_processes_equals_dense_mean(tmp_path):
         assert torch.equal(res[0]["grads"][t].to_dense(), res[1]["grads"][t].to_dense())  # identical on all ranks
     # bytes: counts (world x tables x 8) + per gathered table world x max rows x (row bytes + 8 id bytes), not the
     # table size; per densely reduced table the ring all-reduce of table + row mask
-    n_max = [max(len(per_rank[r][t][0].unique()) for r in range(world) if per_rank[r][t] is not None)
-             for t in range(len(SHAPES))]  # distinct rows: each rank coalesces before sending
+    n_max = [
+        max(len(per_rank[r][t][0].unique()) for r in range(world) if per_rank[r][t] is not None)
+        for t in range(len(SHAPES))
+    ]  # distinct rows: each rank coalesces before sending
     row = [3 * 4, 2 * 4 * 4, 2 * 4 * 4]
-    expect = [int(2 * (world - 1) / world * (s[0] * b + s[0])) if d else world * n * (b + 8)
-              for s, d, n, b in zip(SHAPES, DENSE, n_max, row)]
+    expect = [
+        int(2 * (world - 1) / world * (s[0] * b + s[0])) if d else world * n * (b + 8)
+        for s, d, n, b in zip(SHAPES, DENSE, n_max, row)
+    ]
     assert [t["dense"] for t in res[0]["tables"]] == [int(d) for d in DENSE]
     assert [t["bytes"] for t in res[0]["tables"]] == expect
     assert res[0]["bytes"] == world * len(SHAPES) * 8 + sum(expect)
@@ -138,8 +144,9 @@ def test_wrappers_leave_sparse_tables_out(mtype):
         module = HmemLitModule(cfg, 50, total_steps=4, tokens_per_step=1)
         tables = sparse_tables(module)
         names = {n for n, _ in tables}
-        assert names == ({"model.memory.values"} if mtype == "pkm" else
-                         {f"model.memory.bank.level{lvl}" for lvl in (1, 2)})
+        assert names == (
+            {"model.memory.values"} if mtype == "pkm" else {f"model.memory.bank.level{lvl}" for lvl in (1, 2)}
+        )
         ddp = BankDDPStrategy(parallel_devices=[torch.device("cpu")], accelerator=CPUAccelerator())
         wrapped = ddp._setup_model(module)
         assert names <= wrapped.parameters_to_ignore
@@ -170,13 +177,16 @@ MEMORY_OV = {
     "kv": ["memory.type=kv", "memory.levels=[4,8]"],
     "pkm": ["memory.type=pkm", "memory.pkm.n_keys=8", "memory.pkm.topk=4", "memory.pkm.k_dim=16"],
 }
-COMMON = ["retriever.depth=2", "retriever.branching=4", "train.mode=scratch", "train.accelerator=cpu",
-          "optim.warmup=0"]
+COMMON = ["retriever.depth=2", "retriever.branching=4", "train.mode=scratch", "train.accelerator=cpu", "optim.warmup=0"]
 
 
 def _run(out, name, *extra, batch_size=8, check=True, **ov):
-    args = [*tiny_overrides(out, **{"train.max_tokens": 4096, "train.batch_size": batch_size,
-                                    "train.val_every": 0, **ov}), *COMMON, *extra, f"name={name}"]
+    args = [
+        *tiny_overrides(out, **{"train.max_tokens": 4096, "train.batch_size": batch_size, "train.val_every": 0, **ov}),
+        *COMMON,
+        *extra,
+        f"name={name}",
+    ]
     cmd = [sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML), *args]
     if not check:
         return cmd
@@ -250,10 +260,17 @@ def _init_and_fetched(cfg_args, world, batch_size):
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_unfetched_bank_rows_bit_identical_across_ranks(tmp_path, strategy):
     """Rows no rank fetched in any step are bit-identical to their init (weight decay on); fetched ones moved."""
-    extra = ["memory.type=ffn", "memory.levels=[2,2,4]", "retriever.depth=3", "retriever.branching=4",
-             "optim.memory_weight_decay=0.1", f"train.strategy={strategy}", "train.devices=2"]
+    extra = [
+        "memory.type=ffn",
+        "memory.levels=[2,2,4]",
+        "retriever.depth=3",
+        "retriever.branching=4",
+        "optim.memory_weight_decay=0.1",
+        f"train.strategy={strategy}",
+        "train.devices=2",
+    ]
     cmd = _run(tmp_path, "rows", *extra, batch_size=2, check=False, **{"train.max_tokens": 1024})
-    args = cmd[cmd.index(str(DEBUG_YAML)) + 1:]
+    args = cmd[cmd.index(str(DEBUG_YAML)) + 1 :]
     init, fetched = _init_and_fetched([a for a in args if not a.startswith("name=")], world=2, batch_size=2)
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

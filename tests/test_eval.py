@@ -38,9 +38,16 @@ def trained(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("eval_runs")
     anchor = train(load_config(DEBUG_YAML, tiny_overrides(out, name="anchor")))
-    mem = train(load_config(DEBUG_YAML, tiny_overrides(
-        out, name="mem", **{"memory.type": "ffn", "memory.levels": "[4,4]", "retriever.depth": 2,
-                            "memory.generic": "true"})))
+    mem = train(
+        load_config(
+            DEBUG_YAML,
+            tiny_overrides(
+                out,
+                name="mem",
+                **{"memory.type": "ffn", "memory.levels": "[4,4]", "retriever.depth": 2, "memory.generic": "true"},
+            ),
+        )
+    )
     return {"anchor": anchor, "mem": mem}
 
 
@@ -65,8 +72,13 @@ def _hand_logprob(model, ctx: list[int], cont: list[int], eot: int, **kw) -> tup
     return float(rows.gather(1, tgt[:, None]).sum()), bool((rows.argmax(-1) == tgt).all())
 
 
-PAIRS = [("The colour of river 3 is", " red"), ("The age of city 12 is ", "nine."), ("", "The home"),
-         ("The friend of planet 7 is", " Ada"), ("x" * 90, " beyond the window")]
+PAIRS = [
+    ("The colour of river 3 is", " red"),
+    ("The age of city 12 is ", "nine."),
+    ("", "The home"),
+    ("The friend of planet 7 is", " Ada"),
+    ("x" * 90, " beyond the window"),
+]
 
 
 def test_loglikelihood_equals_hand_computation_and_greedy(trained):
@@ -74,7 +86,7 @@ def test_loglikelihood_equals_hand_computation_and_greedy(trained):
     got = lm.loglikelihood([_req("loglikelihood", p, doc_id=i) for i, p in enumerate(PAIRS)])
     for (ctx, cont), (lp, greedy) in zip(PAIRS, got):
         c, x = lm._encode_pair(ctx, cont)
-        keep = (c + x)[-(lm.max_length + 1):]  # the window: at most max_length inputs
+        keep = (c + x)[-(lm.max_length + 1) :]  # the window: at most max_length inputs
         c = keep[: len(keep) - len(x)]
         want = _hand_logprob(lm.model, c, x, lm.eot_id, memory_mode="none")
         assert lp == pytest.approx(want[0], abs=1e-4) and greedy == want[1]
@@ -87,8 +99,12 @@ def test_loglikelihood_equals_hand_computation_and_greedy(trained):
             cont.append(int(lm.model(torch.tensor([ctx + cont]), memory_mode="none")[0, -1].argmax()))
     text = lm.tok.decode(cont)
     if len(text.encode()) == 3:  # byte tokenizer: decodes back to the same bytes
-        (_, g1), (_, g2) = lm.loglikelihood([_req("loglikelihood", ("The colour of river 3 is", text)),
-                                             _req("loglikelihood", ("The colour of river 3 is", text[:-1] + "\x01"))])
+        (_, g1), (_, g2) = lm.loglikelihood(
+            [
+                _req("loglikelihood", ("The colour of river 3 is", text)),
+                _req("loglikelihood", ("The colour of river 3 is", text[:-1] + "\x01")),
+            ]
+        )
         assert g1 and not g2
 
 
@@ -109,7 +125,7 @@ def test_loglikelihood_with_memory_uses_the_routed_path(trained):
     for mode, kw in (("none", {"memory_mode": "none"}), ("generic", {"memory_mode": "generic"})):
         lm2 = HmemLM(trained["mem"], memory=mode, threads=1)
         lm2.model = lm.model
-        (lp, _), = lm2.loglikelihood([_req("loglikelihood", PAIRS[0])])
+        ((lp, _),) = lm2.loglikelihood([_req("loglikelihood", PAIRS[0])])
         c, x = lm2._encode_pair(*PAIRS[0])
         assert lp == pytest.approx(_hand_logprob(lm.model, c, x, lm.eot_id, **kw)[0], abs=1e-4)
 
@@ -151,7 +167,7 @@ def test_generation_is_greedy_and_stops_at_stop_strings(trained):
             for _ in range(len(g.encode())):
                 doc = None if prompt else torch.tensor([[0] + [1] * (len(ids) - 1)])
                 ids.append(int(lm.model(torch.tensor([ids]), doc_ids=doc, memory_mode="none")[0, -1].argmax()))
-        assert lm.tok.decode(ids[len(prompt) or 1:]) == g
+        assert lm.tok.decode(ids[len(prompt) or 1 :]) == g
     g = free[0]
     assert 0 < len(g.encode()) <= 12
     stop = g[2:4]
@@ -167,12 +183,22 @@ def test_route_text_rules():
     lone = [_req("loglikelihood", ("a long passage of text", " word"), "lambada", 3)]
     gen = [_req("generate_until", ("The atomic number of Carbon is", {"until": ["\n"]}), "gen", 4)]
     roll = [_req("loglikelihood_rolling", ("a full held-out document",), "ppl", 5)]
-    probe = [_req("loglikelihood", ("few-shot examples... The symbol of Iron is", " Fe"), "p", 6,
-                  doc={"route_text": "The symbol of Iron is"})]
+    probe = [
+        _req(
+            "loglikelihood",
+            ("few-shot examples... The symbol of Iron is", " Fe"),
+            "p",
+            6,
+            doc={"route_text": "The symbol of Iron is"},
+        )
+    ]
     got = route_texts(mc + wino + lone + gen + roll + probe)
-    assert got == ["Q: what? A:"] * 4 + ["did not fit."] * 2 + ["a long passage of text",
-                                                             "The atomic number of Carbon is",
-                                                             "a full held-out document", "The symbol of Iron is"]
+    assert got == ["Q: what? A:"] * 4 + ["did not fit."] * 2 + [
+        "a long passage of text",
+        "The atomic number of Carbon is",
+        "a full held-out document",
+        "The symbol of Iron is",
+    ]
 
 
 def test_toy_router_matches_training_paths():
@@ -190,15 +216,53 @@ def _fixture_data(root):
     """A data directory in the data helper's format (hmem_lit/data/questions.py)."""
     qs = root / "questions"
     qs.mkdir(parents=True)
-    els = [("Hydrogen", 1), ("Helium", 2), ("Lithium", 3), ("Carbon", 6), ("Oxygen", 8), ("Iron", 26),
-           ("Gold", 79), ("Neon", 10), ("Zinc", 30), ("Tin", 50), ("Lead", 82)]
-    rows = [{"entity": n, "kind": "element", "prompt": f"The atomic number of {n} is", "answer": str(z),
-             "mention_count": 20 - i, "bucket": (len(els) - 1 - i) * 5 // len(els),
-             "route_text": f"The atomic number of {n} is"} for i, (n, z) in enumerate(els)]
-    mc = [{**r, "prompt": f"The symbol of {r['entity']} is", "answer": r["entity"][:2],
-           "choices": ["Xx", "Yy", "Zz", r["entity"][:2]], "label": 3} for r in rows]
-    cloze = [{"entity": f"Doc {i}", "kind": "wiki", "prompt": f"Text number {i} about word{i} and word{i}",
-              "answer": f"word{i}", "mention_count": None, "bucket": None, "route_text": "x"} for i in range(6)]
+    els = [
+        ("Hydrogen", 1),
+        ("Helium", 2),
+        ("Lithium", 3),
+        ("Carbon", 6),
+        ("Oxygen", 8),
+        ("Iron", 26),
+        ("Gold", 79),
+        ("Neon", 10),
+        ("Zinc", 30),
+        ("Tin", 50),
+        ("Lead", 82),
+    ]
+    rows = [
+        {
+            "entity": n,
+            "kind": "element",
+            "prompt": f"The atomic number of {n} is",
+            "answer": str(z),
+            "mention_count": 20 - i,
+            "bucket": (len(els) - 1 - i) * 5 // len(els),
+            "route_text": f"The atomic number of {n} is",
+        }
+        for i, (n, z) in enumerate(els)
+    ]
+    mc = [
+        {
+            **r,
+            "prompt": f"The symbol of {r['entity']} is",
+            "answer": r["entity"][:2],
+            "choices": ["Xx", "Yy", "Zz", r["entity"][:2]],
+            "label": 3,
+        }
+        for r in rows
+    ]
+    cloze = [
+        {
+            "entity": f"Doc {i}",
+            "kind": "wiki",
+            "prompt": f"Text number {i} about word{i} and word{i}",
+            "answer": f"word{i}",
+            "mention_count": None,
+            "bucket": None,
+            "route_text": "x",
+        }
+        for i in range(6)
+    ]
     for name, items in (("atomic_number", rows), ("element_symbol", mc), ("wiki_cloze", cloze)):
         (qs / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
     (root / "heldout").mkdir()
@@ -233,8 +297,17 @@ def test_evaluate_end_to_end_writes_results_and_is_idempotent(trained):
 
     run = trained["mem"]
     head = evaluate(run, limit=4, memory="fetched", threads=1, print_table=False)
-    for k in ("hmem_sk", "hmem_ck", "wiki_ppl", "wiki_bpb", "toy_colour", "toy_friend/bucket0", "n_samples",
-              "eval_time_s", "retrieval_time_s"):
+    for k in (
+        "hmem_sk",
+        "hmem_ck",
+        "wiki_ppl",
+        "wiki_bpb",
+        "toy_colour",
+        "toy_friend/bucket0",
+        "n_samples",
+        "eval_time_s",
+        "retrieval_time_s",
+    ):
         assert k in head, k
     assert 0 <= head["hmem_sk"] <= 1 and head["wiki_ppl"] > 1 and head["n_samples"] > 0
     final = runs.read_final(run)
@@ -329,11 +402,16 @@ def test_task_regeneration_drops_stale_tasks(tmp_path):
     assert "hmem_element_symbol" not in ts.names
 
 
-@pytest.mark.parametrize("argv,needles", [
-    (["--limit", "0"], ["--limit", "0"]), (["--limit", "-3"], ["--limit", "-3"]),
-    (["--batch-size", "0"], ["--batch-size"]),
-    (["--memory", "blocked", "--block-level", "9"], ["--memory blocked", "memory.type=none"]),
-], ids=["limit0", "limit-3", "batch0", "blocked-no-memory"])
+@pytest.mark.parametrize(
+    "argv,needles",
+    [
+        (["--limit", "0"], ["--limit", "0"]),
+        (["--limit", "-3"], ["--limit", "-3"]),
+        (["--batch-size", "0"], ["--batch-size"]),
+        (["--memory", "blocked", "--block-level", "9"], ["--memory blocked", "memory.type=none"]),
+    ],
+    ids=["limit0", "limit-3", "batch0", "blocked-no-memory"],
+)
 def test_bad_eval_arguments_are_one_line_and_write_nothing(trained, capsys, argv, needles):
     """Issue 19 cases 13, 15: exit 2, one line, and no eval output (not even the generated task files)."""
     from hmem_lit.cli import main
@@ -357,8 +435,11 @@ def _eval_outputs(run_dir, mode):
     res = json.loads((run_dir / "eval" / mode / "results.json").read_text())
     samples = (run_dir / "eval" / mode / "samples.jsonl").read_text()
     drop = ("eval_time_s", "retrieval_time_s")
-    return ({k: v for k, v in final.items() if k not in drop}, {k: v for k, v in res["headline"].items() if k not in drop},
-            samples)
+    return (
+        {k: v for k, v in final.items() if k not in drop},
+        {k: v for k, v in res["headline"].items() if k not in drop},
+        samples,
+    )
 
 
 @pytest.mark.parametrize("point", ["eval_samples", pytest.param("eval_final", marks=pytest.mark.slow)])
@@ -376,15 +457,33 @@ def test_eval_killed_between_its_writes_is_completed_by_a_rerun(trained, tmp_pat
     for name in ("ref", "killed"):
         runs_[name] = tmp_path / name
         shutil.copytree(trained["anchor"], runs_[name], ignore=shutil.ignore_patterns("checkpoints", "eval"))
-    cmd = ["-m", "hmem_lit.cli", "eval", "--tasks", "hmem_toy_colour", "--limit", "2", "--memory", "none",
-           "--threads", "1"]
+    cmd = [
+        "-m",
+        "hmem_lit.cli",
+        "eval",
+        "--tasks",
+        "hmem_toy_colour",
+        "--limit",
+        "2",
+        "--memory",
+        "none",
+        "--threads",
+        "1",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "HMEM_KILL_AT"}
-    r = subprocess.run([sys.executable, *cmd[:3], str(runs_["ref"]), *cmd[3:]], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, *cmd[:3], str(runs_["ref"]), *cmd[3:]],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     killed = [sys.executable, *cmd[:3], str(runs_["killed"]), *cmd[3:]]
-    r = subprocess.run(killed, cwd=ROOT, env={**env, "HMEM_KILL_AT": point}, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        killed, cwd=ROOT, env={**env, "HMEM_KILL_AT": point}, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert not (runs_["killed"] / "eval" / "none" / "results.json").exists()
     r = subprocess.run(killed, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

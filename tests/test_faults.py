@@ -24,8 +24,13 @@ from .conftest import DEBUG_YAML, ROOT, tiny_overrides
 
 # 20 steps of 8 x 64 tokens, validation and checkpoint every 5 steps, a record every 2 (odd on purpose: records
 # and checkpoints fall on different steps)
-TRAIN = {"train.max_tokens": 10_240, "train.val_every": 5, "train.ckpt_every": 5, "train.log_every": 2,
-         "data.toy_docs": 120}
+TRAIN = {
+    "train.max_tokens": 10_240,
+    "train.val_every": 5,
+    "train.ckpt_every": 5,
+    "train.log_every": 2,
+    "data.toy_docs": 120,
+}
 
 
 def hmem(*args: str, kill_at: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -33,8 +38,14 @@ def hmem(*args: str, kill_at: str | None = None, timeout: float = 300) -> subpro
     env.pop("HMEM_KILL_AT", None)
     if kill_at:
         env["HMEM_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "hmem_lit.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "hmem_lit.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def train_args(out: Path, name: str) -> list[str]:
@@ -82,9 +93,21 @@ def kill_and_rerun(tmp_path: Path, point: str, reference: Path) -> Path:
 
 
 # write points of `hmem train`, in the order one run passes them (n-th occurrence after @)
-TRAIN_POINTS = ["metrics_record@1", "metrics_record@3", "ckpt_written@1", "metrics_record@4", "ckpt_committed@1",
-                "ckpt_written@2", "metrics_record@7", "ckpt_committed@2", "ckpt_written@4", "ckpt_committed@4",
-                "validated", "ckpt_committed@5", "weights_written"]
+TRAIN_POINTS = [
+    "metrics_record@1",
+    "metrics_record@3",
+    "ckpt_written@1",
+    "metrics_record@4",
+    "ckpt_committed@1",
+    "ckpt_written@2",
+    "metrics_record@7",
+    "ckpt_committed@2",
+    "ckpt_written@4",
+    "ckpt_committed@4",
+    "validated",
+    "ckpt_committed@5",
+    "weights_written",
+]
 FAST = {"metrics_record@1", "ckpt_written@2", "validated"}
 
 
@@ -113,9 +136,15 @@ def test_second_trainer_on_the_same_run_stops_with_one_line(tmp_path):
 
     args = train_args(tmp_path, "l")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen([sys.executable, "-m", "hmem_lit.cli", *args[:-1], "train.max_tokens=400000",
-                              args[-1]], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "hmem_lit.cli", *args[:-1], "train.max_tokens=400000", args[-1]],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     run_dir = tmp_path / "000_debug" / "l"
     try:
         deadline = time.time() + 120
@@ -148,9 +177,18 @@ def test_metrics_reader_skips_bad_lines_and_resume_keeps_valid_records(tmp_path,
 
 # `hmem data prepare` has no fault points of its own (its stages write atomically and record themselves in
 # manifest.json): kill it once the manifest records n stages, and while stage n + 1 runs
-PREP = ["data.source=builtin", "data.wiki_docs=300", "data.synthetic_entities=100", "data.vocab_size=1024",
-        "data.seq_len=64", "data.val_fraction=0.05", "retriever.branching=4", "retriever.depth=2",
-        "retriever.embed_dim=64", "anchor.max_seq_len=512"]
+PREP = [
+    "data.source=builtin",
+    "data.wiki_docs=300",
+    "data.synthetic_entities=100",
+    "data.vocab_size=1024",
+    "data.seq_len=64",
+    "data.val_fraction=0.05",
+    "retriever.branching=4",
+    "retriever.depth=2",
+    "retriever.embed_dim=64",
+    "anchor.max_seq_len=512",
+]
 
 
 def _prep_outputs(d: Path) -> dict[str, bytes]:
@@ -167,8 +205,14 @@ def test_data_prepare_killed_between_stages_ends_byte_identical(tmp_path, stages
     assert ref.returncode == 0, ref.stderr[-1500:]
     d = tmp_path / "killed"
     cmd = [sys.executable, "-m", "hmem_lit.cli", "data", "prepare", *PREP, f"data.dir={d}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
         try:

@@ -23,8 +23,9 @@ N = 12  # first N logged train/loss values (log_every=1)
 
 
 def _losses(tmp_path: Path, extra: list[str]) -> list[float]:
-    cfg = load_config(DEBUG_YAML, [*tiny_overrides(tmp_path, **{"train.max_tokens": 8 * 64 * N}), "train.seed=0",
-                                   *extra])
+    cfg = load_config(
+        DEBUG_YAML, [*tiny_overrides(tmp_path, **{"train.max_tokens": 8 * 64 * N}), "train.seed=0", *extra]
+    )
     run_dir = train(cfg)
     rows = [json.loads(line) for line in (run_dir / runs.METRICS).read_text().splitlines()]
     return [r["train/loss"] for r in rows if "train/loss" in r][:N]

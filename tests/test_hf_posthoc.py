@@ -37,10 +37,19 @@ from .conftest import DEBUG_YAML, tiny_overrides  # noqa: E402
 FAMILIES = ["llama", "qwen2", "gemma3"]
 VOCAB = ByteTokenizer.vocab_size
 # 3 layers, grouped-query attention (4 query heads, 2 key/value heads); qwen2 needs n_head * head_dim == d_model
-SIZES = ["anchor.n_layer=3", "anchor.d_model=32", "anchor.n_head=4", "anchor.n_kv_head=2", "anchor.head_dim=8",
-         "anchor.d_ff=64", "anchor.max_seq_len=512"]
-TYPE_OVERRIDES = {"pkm": ["memory.pkm.mode=add", "memory.pkm.n_keys=8", "memory.pkm.topk=4", "memory.pkm.k_dim=16"],
-                  "lora": ["memory.lora_target=ffn"]}
+SIZES = [
+    "anchor.n_layer=3",
+    "anchor.d_model=32",
+    "anchor.n_head=4",
+    "anchor.n_kv_head=2",
+    "anchor.head_dim=8",
+    "anchor.d_ff=64",
+    "anchor.max_seq_len=512",
+]
+TYPE_OVERRIDES = {
+    "pkm": ["memory.pkm.mode=add", "memory.pkm.n_keys=8", "memory.pkm.topk=4", "memory.pkm.k_dim=16"],
+    "lora": ["memory.lora_target=ffn"],
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -53,9 +62,21 @@ def one_thread():
 
 
 def hf_cfg(family: str, mtype: str = "ffn", *extra: str):
-    return load_config(None, ["anchor.preset=hf", f"anchor.hf_family={family}", *SIZES, f"memory.type={mtype}",
-                              "memory.levels=[4,2]", "retriever.depth=2", "retriever.branching=4", "train.mode=frozen",
-                              *TYPE_OVERRIDES.get(mtype, []), *extra])
+    return load_config(
+        None,
+        [
+            "anchor.preset=hf",
+            f"anchor.hf_family={family}",
+            *SIZES,
+            f"memory.type={mtype}",
+            "memory.levels=[4,2]",
+            "retriever.depth=2",
+            "retriever.branching=4",
+            "train.mode=frozen",
+            *TYPE_OVERRIDES.get(mtype, []),
+            *extra,
+        ],
+    )
 
 
 def build(cfg, seed: int = 0) -> MemoryLM:
@@ -91,8 +112,9 @@ def test_zero_init_memory_is_the_bare_hf_model(family, mtype):
     doc = torch.tensor([[0] * 5 + [1] * 7, [0] * 12])
     with torch.no_grad():
         ref = hf(input_ids=x).logits  # the raw transformers model, no wrapper
-        ref_doc = hf(input_ids=x, position_ids=torch.tensor([list(range(5)) + list(range(7)), list(range(12))]),
-                     use_cache=False).logits
+        ref_doc = hf(
+            input_ids=x, position_ids=torch.tensor([list(range(5)) + list(range(7)), list(range(12))]), use_cache=False
+        ).logits
         assert torch.equal(model(x, paths=paths), ref)  # exact: zero-initialised memory adds exact zeros
         assert torch.equal(model(x, paths=paths, memory_mode="none"), ref)
         assert torch.equal(model(x, doc_ids=doc, paths=paths), ref_doc)
@@ -111,8 +133,14 @@ def test_packed_rows_are_document_causal(family):
     also through sliding-window layers whose window (3) is shorter than the documents."""
     model = build(hf_cfg(family, "ffn"))
     if family == "gemma3":
-        model.anchor = HFAnchor(model.cfg.anchor, family_config(
-            model.cfg.anchor, sliding_window=3, layer_types=["sliding_attention", "full_attention", "sliding_attention"]))
+        model.anchor = HFAnchor(
+            model.cfg.anchor,
+            family_config(
+                model.cfg.anchor,
+                sliding_window=3,
+                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            ),
+        )
         model.eval()
     randomize_memory(model)
     lens = [5, 7, 1, 6]
@@ -168,12 +196,19 @@ def test_lora_memory_is_a_merged_low_rank_weight(family, target):
     randomize_memory(model, std=0.2)
     x, paths = inputs(b=1)
     merged = copy.deepcopy(model.anchor.hf)
-    names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-             "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+    names = {
+        "q": "self_attn.q_proj",
+        "k": "self_attn.k_proj",
+        "v": "self_attn.v_proj",
+        "o": "self_attn.o_proj",
+        "gate": "mlp.gate_proj",
+        "up": "mlp.up_proj",
+        "down": "mlp.down_proj",
+    }
     with torch.no_grad():
         for layer, w in zip(model.memory.layers, _fetched_units(model, paths)):
             for name, (off, d_in, d_out) in model.memory.cols.items():
-                a, b = w[0, :, off:off + d_in], w[0, :, off + d_in:off + d_in + d_out]  # (R, d_in), (R, d_out)
+                a, b = w[0, :, off : off + d_in], w[0, :, off + d_in : off + d_in + d_out]  # (R, d_in), (R, d_out)
                 lin = merged.model.layers[layer].get_submodule(names[name])
                 lin.weight += model.memory.scale * b.T @ a
         torch.testing.assert_close(model(x, paths=paths), merged(input_ids=x).logits, atol=1e-5, rtol=1e-5)
@@ -207,18 +242,21 @@ def test_kv_memory_adds_an_unmasked_attention_before_o_proj():
 # ------------------------------------------------------------------------------------------------ config
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["anchor.preset=hf"], "anchor.hf_path"),  # neither path nor family
-    (["anchor.preset=hf", "anchor.hf_family=gpt2"], "anchor.hf_family"),
-    (["anchor.preset=hf", "anchor.hf_path=/nonexistent/model"], "anchor.hf_path"),
-    (["anchor.preset=hf", "anchor.hf_family=llama", "anchor.hf_path=/x"], "anchor.hf_path"),
-    (["anchor.hf_family=llama"], "anchor.hf_family"),  # needs preset=hf
-    (["anchor.n_kv_head=2"], "anchor.n_kv_head"),  # the built-in anchor has no GQA
-    (["anchor.preset=hf", "anchor.hf_family=llama", "anchor.n_head=4", "anchor.n_kv_head=3"], "anchor.n_kv_head"),
-    (["anchor.preset=hf", "anchor.hf_family=qwen2", "anchor.d_model=64", "anchor.head_dim=8"], "anchor.head_dim"),
-    (["anchor.preset=hf", "anchor.hf_family=llama", "anchor.hf_attn=flash"], "anchor.hf_attn"),
-    (["train.mode=frozen", "memory.type=ffn", "memory.levels=[4]"], "train.init_from"),  # built-in still needs it
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["anchor.preset=hf"], "anchor.hf_path"),  # neither path nor family
+        (["anchor.preset=hf", "anchor.hf_family=gpt2"], "anchor.hf_family"),
+        (["anchor.preset=hf", "anchor.hf_path=/nonexistent/model"], "anchor.hf_path"),
+        (["anchor.preset=hf", "anchor.hf_family=llama", "anchor.hf_path=/x"], "anchor.hf_path"),
+        (["anchor.hf_family=llama"], "anchor.hf_family"),  # needs preset=hf
+        (["anchor.n_kv_head=2"], "anchor.n_kv_head"),  # the built-in anchor has no GQA
+        (["anchor.preset=hf", "anchor.hf_family=llama", "anchor.n_head=4", "anchor.n_kv_head=3"], "anchor.n_kv_head"),
+        (["anchor.preset=hf", "anchor.hf_family=qwen2", "anchor.d_model=64", "anchor.head_dim=8"], "anchor.head_dim"),
+        (["anchor.preset=hf", "anchor.hf_family=llama", "anchor.hf_attn=flash"], "anchor.hf_attn"),
+        (["train.mode=frozen", "memory.type=ffn", "memory.levels=[4]"], "train.init_from"),  # built-in still needs it
+    ],
+)
 def test_config_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:
         load_config(None, overrides)
@@ -230,7 +268,12 @@ def test_experiment_200_is_a_frozen_hf_memory_run():
     from .conftest import ROOT
 
     cfg = load_config(ROOT / "experiments" / "200_hf_posthoc_tiny.yaml")
-    assert (cfg.anchor.preset, cfg.anchor.hf_family, cfg.memory.type, cfg.train.mode) == ("hf", "llama", "ffn", "frozen")
+    assert (cfg.anchor.preset, cfg.anchor.hf_family, cfg.memory.type, cfg.train.mode) == (
+        "hf",
+        "llama",
+        "ffn",
+        "frozen",
+    )
     assert cfg.anchor.n_kv_head < cfg.anchor.n_head  # grouped-query attention, as in the real models
 
 
@@ -243,20 +286,35 @@ def test_frozen_hf_needs_no_init_from_and_info_counts_on_meta():
     assert f"c0 = {3 * 3 * 32:,} per unit" in text
 
 
-# The post-hoc models of ../shared/PAPERS.md A6 as family shapes: (layers, d, heads, kv heads, head_dim, d_ff, vocab) and
-# their published parameter counts (all three tie input and output embeddings)
-PAPER_MODELS = {"llama": ((16, 2048, 32, 8, 64, 8192, 128256), 1_235_814_400),  # Llama-3.2-1B
-                "qwen2": ((24, 896, 14, 2, 64, 4864, 151936), 494_032_768),  # Qwen2.5-0.5B
-                "gemma3": ((18, 640, 4, 1, 256, 2048, 262144), 268_098_176)}  # Gemma-3-270M
+# The post-hoc models of ../shared/PAPERS.md A6 as family shapes: (layers, d, heads, kv heads, head_dim, d_ff,
+# vocab) and their published parameter counts (all three tie input and output embeddings)
+PAPER_MODELS = {
+    "llama": ((16, 2048, 32, 8, 64, 8192, 128256), 1_235_814_400),  # Llama-3.2-1B
+    "qwen2": ((24, 896, 14, 2, 64, 4864, 151936), 494_032_768),  # Qwen2.5-0.5B
+    "gemma3": ((18, 640, 4, 1, 256, 2048, 262144), 268_098_176),
+}  # Gemma-3-270M
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_shapes_count_the_paper_models_exactly(family):
     (L, d, h, kv, hd, f, v), want = PAPER_MODELS[family]
-    cfg = load_config(None, ["anchor.preset=hf", f"anchor.hf_family={family}", f"anchor.n_layer={L}",
-                             f"anchor.d_model={d}", f"anchor.n_head={h}", f"anchor.n_kv_head={kv}", f"anchor.head_dim={hd}",
-                             f"anchor.d_ff={f}", f"anchor.vocab_size={v}", "memory.type=ffn", "memory.levels=[256,64]",
-                             "retriever.depth=2"])
+    cfg = load_config(
+        None,
+        [
+            "anchor.preset=hf",
+            f"anchor.hf_family={family}",
+            f"anchor.n_layer={L}",
+            f"anchor.d_model={d}",
+            f"anchor.n_head={h}",
+            f"anchor.n_kv_head={kv}",
+            f"anchor.head_dim={hd}",
+            f"anchor.d_ff={f}",
+            f"anchor.vocab_size={v}",
+            "memory.type=ffn",
+            "memory.levels=[256,64]",
+            "retriever.depth=2",
+        ],
+    )
     with torch.device("meta"):
         model = MemoryLM(cfg)
     c = model.param_counts()
@@ -290,8 +348,18 @@ def test_hf_path_loads_a_local_directory_like_the_model_itself(family, tmp_path)
     src = HFAnchor(dataclasses.replace(src_cfg.anchor, vocab_size=VOCAB + 6)).hf.eval()
     src.save_pretrained(tmp_path / "model")
     assert (tmp_path / "model" / "model.safetensors").is_file()
-    cfg = load_config(None, ["anchor.preset=hf", f"anchor.hf_path={tmp_path / 'model'}", "memory.type=ffn",
-                             "memory.levels=[4,2]", "retriever.depth=2", "retriever.branching=4", "train.mode=frozen"])
+    cfg = load_config(
+        None,
+        [
+            "anchor.preset=hf",
+            f"anchor.hf_path={tmp_path / 'model'}",
+            "memory.type=ffn",
+            "memory.levels=[4,2]",
+            "retriever.depth=2",
+            "retriever.branching=4",
+            "train.mode=frozen",
+        ],
+    )
     assert (cfg.anchor.n_layer, cfg.anchor.d_ff, cfg.anchor.n_kv_head) == (2, 48, 2)  # from config.json
     assert f"c0 = {3 * 2 * 32:,} per unit" in info(cfg)  # accounting on the meta device reads config.json only
     model = MemoryLM(cfg, VOCAB).eval()  # the tokenizer's vocabulary (258) < the model's (264)
@@ -321,10 +389,24 @@ def _train(tmp_path, family: str, mode: str = "frozen", name: str = "run", **ext
     from hmem_lit.train import train
 
     snap = Snapshot()
-    ov = {"anchor.preset": "hf", "anchor.hf_family": family, "memory.type": "ffn", "memory.levels": "[4,4]",
-          "retriever.depth": 2, "train.mode": mode, "train.max_tokens": 3_000, "train.val_every": 0,
-          "train.ckpt_every": 0, "train.val_batches": 2, "data.seq_len": 32, "data.toy_docs": 120,
-          "optim.memory_lr": 1e-2, "optim.warmup": 0, "name": name, **extra}
+    ov = {
+        "anchor.preset": "hf",
+        "anchor.hf_family": family,
+        "memory.type": "ffn",
+        "memory.levels": "[4,4]",
+        "retriever.depth": 2,
+        "train.mode": mode,
+        "train.max_tokens": 3_000,
+        "train.val_every": 0,
+        "train.ckpt_every": 0,
+        "train.val_batches": 2,
+        "data.seq_len": 32,
+        "data.toy_docs": 120,
+        "optim.memory_lr": 1e-2,
+        "optim.warmup": 0,
+        "name": name,
+        **extra,
+    }
     cfg = load_config(DEBUG_YAML, tiny_overrides(tmp_path / "runs", **ov) + SIZES)
     return train(cfg, extra_callbacks=[snap]), snap
 
@@ -345,7 +427,7 @@ def test_frozen_training_moves_only_the_memory_and_reloads_exactly(family, tmp_p
     assert cfg.anchor.preset == "hf" and cfg.anchor.hf_family == family
     ckpt = torch.load(run_dir / runs.LAST_CKPT, map_location="cpu", weights_only=True)
     from_ckpt = MemoryLM(cfg, VOCAB)
-    from_ckpt.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items()}, strict=True)
+    from_ckpt.load_state_dict({k[len("model.") :]: v for k, v in ckpt["state_dict"].items()}, strict=True)
     trained = snap.module.model.eval()
     x, _ = inputs()
     paths = torch.tensor([[0, 3], [1, 17]])
@@ -372,11 +454,15 @@ def test_frozen_memory_on_a_local_directory_trains_and_evaluates(tmp_path):
     acfg = hf_cfg("llama", "none", "train.mode=anchor").anchor
     torch.manual_seed(11)
     HFAnchor(dataclasses.replace(acfg, vocab_size=VOCAB)).hf.save_pretrained(tmp_path / "llama")
-    run_dir, snap = _train(tmp_path, "llama", name="local", **{"anchor.hf_family": "null",
-                                                                "anchor.hf_path": str(tmp_path / "llama")})
+    run_dir, snap = _train(
+        tmp_path, "llama", name="local", **{"anchor.hf_family": "null", "anchor.hf_path": str(tmp_path / "llama")}
+    )
     src = HFAnchor(load_config(None, ["anchor.preset=hf", f"anchor.hf_path={tmp_path / 'llama'}"]).anchor).hf
-    assert all(torch.equal(snap.start[f"anchor.hf.{k}"], v) for k, v in src.state_dict().items()
-               if f"anchor.hf.{k}" in snap.start)  # training started from the directory's weights
+    assert all(
+        torch.equal(snap.start[f"anchor.hf.{k}"], v)
+        for k, v in src.state_dict().items()
+        if f"anchor.hf.{k}" in snap.start
+    )  # training started from the directory's weights
     lm = HmemLM(run_dir, batch_size=2, threads=1)
     assert isinstance(lm.retrieval.router, ToyRouter)
     with torch.no_grad():  # make the fetched block matter (the trained down-projections are still tiny)
@@ -390,8 +476,8 @@ def test_frozen_memory_on_a_local_directory_trains_and_evaluates(tmp_path):
         path = torch.as_tensor(lm.retrieval.router.route([ctx]))
         with torch.no_grad():
             logp = torch.log_softmax(lm.model(torch.tensor([(c + x)[:-1]]), paths=path)[0].float(), -1)
-        want = float(logp[len(c) - 1:].gather(1, torch.tensor(x)[:, None]).sum())
+        want = float(logp[len(c) - 1 :].gather(1, torch.tensor(x)[:, None]).sum())
         assert lp == pytest.approx(want, abs=1e-4)
         with torch.no_grad():
             other = torch.log_softmax(lm.model(torch.tensor([(c + x)[:-1]]), paths=(path + 1) % 16)[0].float(), -1)
-        assert abs(float(other[len(c) - 1:].gather(1, torch.tensor(x)[:, None]).sum()) - lp) > 1e-3
+        assert abs(float(other[len(c) - 1 :].gather(1, torch.tensor(x)[:, None]).sum()) - lp) > 1e-3

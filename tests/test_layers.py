@@ -8,9 +8,12 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "hmem_lit"
-BOTTOM = {"hmem_lit.errors": set(), "hmem_lit.registry": {"hmem_lit.errors"},
-          "hmem_lit.utils": {"hmem_lit.errors", "hmem_lit.config"},
-          "hmem_lit.config": {"hmem_lit.errors", "hmem_lit.registry", "hmem_lit.utils"}}
+BOTTOM = {
+    "hmem_lit.errors": set(),
+    "hmem_lit.registry": {"hmem_lit.errors"},
+    "hmem_lit.utils": {"hmem_lit.errors", "hmem_lit.config"},
+    "hmem_lit.config": {"hmem_lit.errors", "hmem_lit.registry", "hmem_lit.utils"},
+}
 
 
 def modules() -> dict[str, Path]:
@@ -34,8 +37,9 @@ def import_graph() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(p.read_text())):
             names: list[str] = []
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hmem_lit"):
-                names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
-                         for a in node.names]
+                names = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module for a in node.names
+                ]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names if a.name.startswith("hmem_lit")]
             g[m] |= {t for t in map(resolve, names) if t and t != m}

@@ -27,8 +27,16 @@ BANK_TYPES = [t for t in TYPES if t != "pkm"]
     ],
 )
 def test_paper_accounting_on_meta(preset, levels, fetched, bank, fetched_str, bank_str):
-    cfg = load_config(None, [f"anchor.preset={preset}", "memory.type=ffn", f"memory.levels={levels}",
-                             "retriever.depth=4", "train.mode=scratch"])
+    cfg = load_config(
+        None,
+        [
+            f"anchor.preset={preset}",
+            "memory.type=ffn",
+            f"memory.levels={levels}",
+            "retriever.depth=4",
+            "train.mode=scratch",
+        ],
+    )
     with torch.device("meta"):
         m = MemoryLM(cfg)
     c = m.param_counts()
@@ -50,8 +58,16 @@ def test_lora_and_kv_accounting_formulas():
 
 
 def test_info_prints_counts():
-    cfg = load_config(None, ["anchor.preset=openlm-160m", "memory.type=ffn", "memory.levels=[256,64,16,0]",
-                             "retriever.depth=4", "train.mode=scratch"])
+    cfg = load_config(
+        None,
+        [
+            "anchor.preset=openlm-160m",
+            "memory.type=ffn",
+            "memory.levels=[256,64,16,0]",
+            "retriever.depth=4",
+            "train.mode=scratch",
+        ],
+    )
     text = info(cfg)
     assert "163,510,016" in text and "18,063,360" in text and "4,624,220,160" in text
 

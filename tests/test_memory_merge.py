@@ -23,8 +23,7 @@ def _anchor_state():
 def _job(tmp: Path, subtree: int | None, anchor_state, steps: int = 3) -> tuple[Path, dict]:
     """One split job: frozen anchor, batches from its subtree only; writes a run directory like train.py does."""
     extra = ["train.mode=frozen", "train.init_from=runs/a1", "optim.memory_weight_decay=0.1"]
-    cfg = make_cfg("ffn", *extra, *([f"train.subtree={subtree}"] if subtree is not None else []),
-                   f"name=job{subtree}")
+    cfg = make_cfg("ffn", *extra, *([f"train.subtree={subtree}"] if subtree is not None else []), f"name=job{subtree}")
     model = prepare_model_for_mode(make_model(cfg, seed=0), cfg, lambda run_dir: anchor_state)
     train(model, cfg, [batch(n=3, seed=10 * (subtree or 0) + s, level1=[subtree or 0]) for s in range(steps)])
     run = tmp / f"job{subtree}"

@@ -24,8 +24,9 @@ def test_unfetched_rows_bit_identical_after_steps(mtype, view_rows_from, monkeyp
     monkeypatch.setattr(RowwiseAdamW, "view_rows_from", view_rows_from)
     cfg = make_cfg(mtype, "optim.memory_weight_decay=0.1", "optim.weight_decay=0.1", "memory.pkm.n_keys=32")
     model = make_model(cfg)
-    batches = [batch(n=3 if mtype != "pkm" else 1, t=12 if mtype != "pkm" else 4, seed=s, level1=[0, 1])
-               for s in range(4)]  # bank types: only level-1 subtrees 0 and 1; pkm: few tokens
+    batches = [
+        batch(n=3 if mtype != "pkm" else 1, t=12 if mtype != "pkm" else 4, seed=s, level1=[0, 1]) for s in range(4)
+    ]  # bank types: only level-1 subtrees 0 and 1; pkm: few tokens
     before = {id(p): p.detach().clone() for p in model.memory.sparse_parameters()}
     fetched = {id(p): set() for p in model.memory.sparse_parameters()}
     o = build_optimizer(model, cfg, total_steps=10)
@@ -126,8 +127,13 @@ def test_groups_lrs_and_weight_decay():
 def test_memory_lr_scale_per_bank_level(mtype):
     """optim.memory_lr_scale: one sparse group per level at memory_lr x its multiplier, cosine to the same floor
     ratio; a first Adam step moves a fetched row by ~lr per entry, so level-2 rows move 3x as far as level-1 rows."""
-    cfg = make_cfg(mtype, "optim.memory_lr=1e-3", "optim.memory_min_lr=1e-4", "optim.memory_lr_scale=[1.0,3.0]",
-                   "optim.memory_weight_decay=0.0")
+    cfg = make_cfg(
+        mtype,
+        "optim.memory_lr=1e-3",
+        "optim.memory_min_lr=1e-4",
+        "optim.memory_lr_scale=[1.0,3.0]",
+        "optim.memory_weight_decay=0.0",
+    )
     model = make_model(cfg)
     o = build_optimizer(model, cfg, total_steps=10)
     opt, sched = o["optimizer"], o["lr_scheduler"]["scheduler"]
@@ -183,8 +189,10 @@ def test_memory_lr_schedule_uses_memory_floor():
 
 def test_clip_separately_and_jointly():
     x, y, paths = batch(n=3)
-    for extra, joint in ((["optim.grad_clip=0.01", "optim.memory_grad_clip=0.001"], False),
-                         (["optim.grad_clip=0.01"], True)):
+    for extra, joint in (
+        (["optim.grad_clip=0.01", "optim.memory_grad_clip=0.001"], False),
+        (["optim.grad_clip=0.01"], True),
+    ):
         cfg = make_cfg("ffn", *extra)
         model = make_model(cfg)
         F.cross_entropy(model(x, paths=paths).flatten(0, 1), y.flatten()).backward()

@@ -60,14 +60,16 @@ def test_plugin_type_validates_sizes_trains_and_differs(plugin, tmp_path):
     from hmem_lit import sweeps
     from hmem_lit.model import MemoryLM
 
-    cfg = load_config(DEBUG, ["memory.type=ffn_relu2", "memory.levels=[4]", "retriever.depth=1",
-                                    "anchor.vocab_size=300"])
+    cfg = load_config(
+        DEBUG, ["memory.type=ffn_relu2", "memory.levels=[4]", "retriever.depth=1", "anchor.vocab_size=300"]
+    )
     assert cfg.memory.type == "ffn_relu2" and is_routed("ffn_relu2")
     with pytest.raises(ConfigError, match="ffn_relu2 needs a non-zero size"):  # the base contract's check
         load_config(DEBUG, ["memory.type=ffn_relu2", "memory.levels=[0]"])
     # sized by the sweep translator like a shipped bank type (c0 = 3 * layers * d_model)
-    spec = sweeps.load_sweep(ROOT / "sweeps" / "memory_type.yaml", ["space.memory.type=[ffn_relu2]",
-                                                                     "space.train.seed=[0]"])
+    spec = sweeps.load_sweep(
+        ROOT / "sweeps" / "memory_type.yaml", ["space.memory.type=[ffn_relu2]", "space.train.seed=[0]"]
+    )
     _, info = sweeps.translate(spec, spec.grid()[0])
     assert info["realised_fetched"] == 36864 and info["c0"] == 3 * 2 * 64
     # a real forward: same weights as an FFN memory, a different activation, a different output
@@ -76,8 +78,9 @@ def test_plugin_type_validates_sizes_trains_and_differs(plugin, tmp_path):
     with torch.no_grad():
         for _, _, t in m.memory.bank.tables():
             t.normal_(0, 0.5)
-    ref = MemoryLM(load_config(DEBUG, ["memory.type=ffn", "memory.levels=[4]", "retriever.depth=1",
-                                                "anchor.vocab_size=300"]))
+    ref = MemoryLM(
+        load_config(DEBUG, ["memory.type=ffn", "memory.levels=[4]", "retriever.depth=1", "anchor.vocab_size=300"])
+    )
     ref.load_state_dict(m.state_dict())
     x, paths = torch.randint(0, 300, (2, 16)), torch.zeros(2, 1, dtype=torch.long)
     a, b = m(x, paths=paths), ref(x, paths=paths)
@@ -91,15 +94,32 @@ def test_plugin_from_env_in_a_fresh_process(plugin, tmp_path):
     cli = [sys.executable, "-m", "hmem_lit.cli"]
     out = subprocess.run([*cli, "list"], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ffn_relu2 (routed)" in out.stdout, out.stderr[-1500:]
-    run = subprocess.run([*cli, "train", DEBUG, "memory.type=ffn_relu2", "memory.levels=[4]",
-                          "retriever.depth=1", "train.max_tokens=2048", "train.progress=false", "train.threads=1",
-                          f"out_dir={tmp_path / 'runs'}", "name=plug"], env=env, capture_output=True, text=True,
-                         timeout=600, cwd=tmp_path)
+    run = subprocess.run(
+        [
+            *cli,
+            "train",
+            DEBUG,
+            "memory.type=ffn_relu2",
+            "memory.levels=[4]",
+            "retriever.depth=1",
+            "train.max_tokens=2048",
+            "train.progress=false",
+            "train.threads=1",
+            f"out_dir={tmp_path / 'runs'}",
+            "name=plug",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     import json
 
     final = json.loads((tmp_path / "runs" / "000_debug" / "plug" / "final.json").read_text())
     assert final["config"]["memory"]["type"] == "ffn_relu2" and final["params"]["fetched"] == 4 * 3 * 2 * 64
-    bad = subprocess.run([*cli, "list"], env={**env, "HMEM_PLUGINS": "no_such_plugin_mod"}, capture_output=True,
-                         text=True, timeout=300)
+    bad = subprocess.run(
+        [*cli, "list"], env={**env, "HMEM_PLUGINS": "no_such_plugin_mod"}, capture_output=True, text=True, timeout=300
+    )
     assert bad.returncode == 2 and "no_such_plugin_mod" in bad.stderr and "Traceback" not in bad.stderr

@@ -14,9 +14,14 @@ from .conftest import ROOT
 
 @pytest.mark.slow
 def test_quickstart_small_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "hmem_lit.cli", "quickstart", "--small"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=1800, env={**os.environ,
-                                                                           "PYTHONPATH": str(ROOT)})
+    r = subprocess.run(
+        [sys.executable, "-m", "hmem_lit.cli", "quickstart", "--small"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     root = tmp_path / "runs" / "quickstart_small"
     names = ("anchor", "memory", "dense_runtime", "dense_2x", "anchor_wallclock")
@@ -34,9 +39,14 @@ def test_quickstart_small_end_to_end(tmp_path):
     assert (report / "figures" / "fig1_buckets.png").is_file()
     assert "memory (fetched)" in r.stdout  # the summary table
     # a second invocation resumes everything and finishes fast: every stage is cached
-    r2 = subprocess.run([sys.executable, "-m", "hmem_lit.cli", "quickstart", "--small"], cwd=tmp_path,
-                        capture_output=True, text=True, timeout=900, env={**os.environ,
-                                                                           "PYTHONPATH": str(ROOT)})
+    r2 = subprocess.run(
+        [sys.executable, "-m", "hmem_lit.cli", "quickstart", "--small"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r2.returncode == 0 and "is complete" in r2.stdout
 
 

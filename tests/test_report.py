@@ -42,7 +42,9 @@ def test_collected_table_rows_and_values(fx, report):
     assert "fx/crashed" not in set(csv.run)
     r = csv[(csv.run == "fx/ffn_r16_s1") & (csv.eval_mode == "generic")].iloc[0]
     ev = runs.read_final(fx["made"]["ffn_r16_s1"])["eval"]["generic"]
-    assert math.isclose(r.hmem_sk, ev["hmem_sk"]) and math.isclose(r["atomic_number/bucket0"], ev["atomic_number/bucket0"])
+    assert math.isclose(r.hmem_sk, ev["hmem_sk"]) and math.isclose(
+        r["atomic_number/bucket0"], ev["atomic_number/bucket0"]
+    )
     assert (r.memory_type, r.train_mode, r.levels, r.level, r.seed) == ("ffn", "frozen", "16", 1, 1)
     assert (r.params_fetched, r.params_bank, r.kind) == (384 * 16, 16 * 384 * 16, "memory")
     # seeds of one config share config_id; other configs do not
@@ -68,7 +70,7 @@ def test_every_figure_table_and_page(fx, report):
     for t in tabs:
         assert (report / "tables" / f"{t['id']}.md").is_file()
     md, html = (report / "report.md").read_text(), (report / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == len(figs) and "src=\"figures/" not in html
+    assert html.count("data:image/png;base64,") == len(figs) and 'src="figures/' not in html
     for f in figs:
         assert f"figures/{f['id']}.png" in md
     # which runs fed which figure; incomplete run listed with its reason; missing metrics named
@@ -131,8 +133,16 @@ def test_empty_and_bad_targets(tmp_path, capsys):
 
 def test_classification_rule():
     def row(run, pa, mt="none", pf=0):
-        return {"run": run, "params_anchor": pa, "params_fetched": pf, "params_runtime": pa + pf, "memory_type": mt,
-                "train_mode": "frozen" if mt != "none" else "anchor", "params_bank": 16 * pf, "config_id": run}
+        return {
+            "run": run,
+            "params_anchor": pa,
+            "params_fetched": pf,
+            "params_runtime": pa + pf,
+            "memory_type": mt,
+            "train_mode": "frozen" if mt != "none" else "anchor",
+            "params_bank": 16 * pf,
+            "config_id": run,
+        }
 
     rows = [row("a", 100e6), row("m", 100e6, "ffn", 10e6), row("d2", 205e6), row("rt", 112e6), row("other", 150e6)]
     classify(rows)
@@ -151,8 +161,12 @@ def test_sweep_report_with_optuna_views(fx, tmp_path):
     study = optuna.create_study(study_name="toy", storage=storage, direction="maximize")
     names = ["ffn_r4_s0", "ffn_r16_s0", "lora_r4_s0", "lora_r16_s0", "kv_r4_s0", "kv_r16_s0"]
     for n in names:  # trials pointing at fixture run directories, as the sweep runner records them
-        t = study.ask({"memory.type": optuna.distributions.CategoricalDistribution(["ffn", "lora", "kv"]),
-                       "r": optuna.distributions.IntDistribution(1, 64, log=True)})
+        t = study.ask(
+            {
+                "memory.type": optuna.distributions.CategoricalDistribution(["ffn", "lora", "kv"]),
+                "r": optuna.distributions.IntDistribution(1, 64, log=True),
+            }
+        )
         t.set_user_attr("run_dir", str(fx["made"][n]))
         study.tell(t, runs.read_final(fx["made"][n])["eval"]["fetched"]["hmem_sk"])
     failed = study.ask()

@@ -24,21 +24,38 @@ PER_R = {"ffn": 384, "lora": 512, "kv": 256}  # fetched params per unit of r for
 
 
 def _real(out: Path, name: str, *extra: str) -> Path:
-    ov = [f"out_dir={out}", f"name={name}", "experiment=fx", "train.progress=false", "train.max_tokens=4000",
-          "train.threads=1", "train.log_every=1", "train.val_every=1", "train.batch_size=8", "data.seq_len=64",
-          "data.toy_docs=300", *extra]
+    ov = [
+        f"out_dir={out}",
+        f"name={name}",
+        "experiment=fx",
+        "train.progress=false",
+        "train.max_tokens=4000",
+        "train.threads=1",
+        "train.log_every=1",
+        "train.val_every=1",
+        "train.batch_size=8",
+        "data.seq_len=64",
+        "data.toy_docs=300",
+        *extra,
+    ]
     return train(load_config(DEBUG_YAML, ov))
 
 
-def synth_eval(sk: float, seed: int = 0, ppl: float | None = None, buckets_lift: float = 0.0,
-               drop: tuple[str, ...] = ()) -> dict:
+def synth_eval(
+    sk: float, seed: int = 0, ppl: float | None = None, buckets_lift: float = 0.0, drop: tuple[str, ...] = ()
+) -> dict:
     """Synthetic evaluation numbers (test data): Avg-SK `sk`, CK barely moving, per-bucket accuracy rising with
     frequency, memory's lift largest on the rarest bucket."""
     noise = 0.01 * ((seed * 7919) % 5 - 2)
     base = [0.04, 0.10, 0.22, 0.42, 0.66]
-    ev = {"hmem_sk": sk + noise, "hmem_ck": 0.45 + 0.1 * (sk - 0.3) + noise / 2,
-          "wiki_ppl": ppl if ppl is not None else 17.0 - 20.0 * (sk - 0.3) + 3 * noise,
-          "wiki_bpb": 1.1 - (sk - 0.3), "n_samples": 200, "eval_time_s": 3.0}
+    ev = {
+        "hmem_sk": sk + noise,
+        "hmem_ck": 0.45 + 0.1 * (sk - 0.3) + noise / 2,
+        "wiki_ppl": ppl if ppl is not None else 17.0 - 20.0 * (sk - 0.3) + 3 * noise,
+        "wiki_bpb": 1.1 - (sk - 0.3),
+        "n_samples": 200,
+        "eval_time_s": 3.0,
+    }
     for probe, scale in (("atomic_number", 1.0), ("capital", 0.8)):
         accs = [min(1.0, scale * b + buckets_lift * (1.0 - 0.2 * k) + noise) for k, b in enumerate(base)]
         ev[probe] = sum(accs) / len(accs)
@@ -51,9 +68,21 @@ def synth_eval(sk: float, seed: int = 0, ppl: float | None = None, buckets_lift:
     return ev
 
 
-def fake(src: Path, name: str, *, mem_type: str = "none", levels: list[int] | None = None, mode: str = "anchor",
-         seed: int = 0, anchor: int | None = None, fetched: int = 0, bank: int = 0, eval: dict | None = None,
-         generic: bool = False, n_layer: int | None = None) -> Path:
+def fake(
+    src: Path,
+    name: str,
+    *,
+    mem_type: str = "none",
+    levels: list[int] | None = None,
+    mode: str = "anchor",
+    seed: int = 0,
+    anchor: int | None = None,
+    fetched: int = 0,
+    bank: int = 0,
+    eval: dict | None = None,
+    generic: bool = False,
+    n_layer: int | None = None,
+) -> Path:
     """Copy of run `src` whose final.json describes another config (synthetic variety for the report tests)."""
     dst = src.parent / name
     shutil.copytree(src, dst)
@@ -64,9 +93,17 @@ def fake(src: Path, name: str, *, mem_type: str = "none", levels: list[int] | No
     pa = anchor or final["params"]["anchor"]
     mem = {**cfg["memory"], "type": mem_type, "levels": levels or [], "generic": generic}
     tr = {**cfg["train"], "mode": mode, "seed": seed}
-    an = {**cfg["anchor"], **({"n_layer": n_layer} if n_layer else {}), **({"d_model": anchor // 2000} if anchor else {})}
-    runs.update_final(dst, name=name, params={"anchor": pa, "fetched": fetched, "bank": bank, "runtime": pa + fetched},
-                      config={"name": name, "memory": mem, "train": tr, "anchor": an})
+    an = {
+        **cfg["anchor"],
+        **({"n_layer": n_layer} if n_layer else {}),
+        **({"d_model": anchor // 2000} if anchor else {}),
+    }
+    runs.update_final(
+        dst,
+        name=name,
+        params={"anchor": pa, "fetched": fetched, "bank": bank, "runtime": pa + fetched},
+        config={"name": name, "memory": mem, "train": tr, "anchor": an},
+    )
     if eval:
         runs.update_final(dst, eval=eval)
     # synthetic: shift the copied loss curve a little per run so training-curve figures show distinct lines
@@ -83,9 +120,12 @@ def build(out: Path) -> dict:
     pa = runs.read_final(a0)["params"]["anchor"]
     runs.update_final(a0, eval={"none": synth_eval(0.30)})
     runs.update_final(m0, eval={"fetched": synth_eval(0.34, buckets_lift=0.1), "generic": synth_eval(0.31)})
-    made = {"anchor_s1": fake(a0, "anchor_s1", seed=1, eval={"none": synth_eval(0.30, seed=1)}),
-            "dense2x": fake(a0, "dense2x", anchor=2 * pa, n_layer=4, eval={"none": {
-                **synth_eval(0.36, buckets_lift=0.06)}})}
+    made = {
+        "anchor_s1": fake(a0, "anchor_s1", seed=1, eval={"none": synth_eval(0.30, seed=1)}),
+        "dense2x": fake(
+            a0, "dense2x", anchor=2 * pa, n_layer=4, eval={"none": {**synth_eval(0.36, buckets_lift=0.06)}}
+        ),
+    }
     # Fig. 3a/b: memory types x fetched size, level 1, frozen anchor; FFN r=16 over two seeds + generic control
     for t in ("ffn", "lora", "kv"):
         for r in (4, 16, 64):
@@ -99,23 +139,47 @@ def build(out: Path) -> dict:
                     ev = {"fetched": synth_eval(sk, drop=("wiki_ppl", "hmem_ck"))}
                 if (t, r) == ("kv", 64):  # complete but never evaluated
                     ev = None
-                made[f"{t}_r{r}_s{seed}"] = fake(a0, f"{t}_r{r}_s{seed}", mem_type=t, levels=[r], mode="frozen",
-                                                 seed=seed, fetched=f, bank=16 * f, eval=ev)
+                made[f"{t}_r{r}_s{seed}"] = fake(
+                    a0,
+                    f"{t}_r{r}_s{seed}",
+                    mem_type=t,
+                    levels=[r],
+                    mode="frozen",
+                    seed=seed,
+                    fetched=f,
+                    bank=16 * f,
+                    eval=ev,
+                )
     # Fig. 3c/d: deeper single levels (gain over the anchor)
     for lvl, rs in ((2, (4, 16)), (3, (1, 4))):
         for r in rs:
             lv = [0] * lvl
             lv[-1] = r
             sk = 0.30 + 0.04 * lvl * math.log2(1 + r)
-            made[f"ffn_l{lvl}_r{r}"] = fake(a0, f"ffn_l{lvl}_r{r}", mem_type="ffn", levels=lv, mode="frozen",
-                                             fetched=384 * r, bank=384 * 16 ** lvl * r,
-                                             eval={"fetched": synth_eval(sk, buckets_lift=(sk - 0.3))})
+            made[f"ffn_l{lvl}_r{r}"] = fake(
+                a0,
+                f"ffn_l{lvl}_r{r}",
+                mem_type="ffn",
+                levels=lv,
+                mode="frozen",
+                fetched=384 * r,
+                bank=384 * 16**lvl * r,
+                eval={"fetched": synth_eval(sk, buckets_lift=(sk - 0.3))},
+            )
     # Fig. 4a / Table 7: equal banks, different fetch
     for r1, r2 in ((32, 0), (16, 1), (0, 2), (128, 0), (64, 4), (0, 8)):
         bank, f = 384 * (16 * r1 + 256 * r2), 384 * (r1 + r2)
         sk = 0.30 + 0.02 * math.log2(bank / 384) + 0.01 * math.log2(1 + f / 384)
-        made[f"ffn_{r1}_{r2}"] = fake(a0, f"ffn_{r1}_{r2}", mem_type="ffn", levels=[r1, r2], mode="frozen",
-                                      fetched=f, bank=bank, eval={"fetched": synth_eval(sk)})
+        made[f"ffn_{r1}_{r2}"] = fake(
+            a0,
+            f"ffn_{r1}_{r2}",
+            mem_type="ffn",
+            levels=[r1, r2],
+            mode="frozen",
+            fetched=f,
+            bank=bank,
+            eval={"fetched": synth_eval(sk)},
+        )
     # Fig. 4b / Table 8: fixed runtime budget B; anchors shrink as the fetch grows; their anchor-only runs too
     budget = int(1.5 * pa)
     made["dense_budget"] = fake(a0, "dense_budget", anchor=budget, n_layer=3, eval={"none": synth_eval(0.33, ppl=14.0)})
@@ -124,10 +188,20 @@ def build(out: Path) -> dict:
         f = budget - a
         ppl_mem = 13.0 + 8 * (math.log10(ratio) + 1) ** 2  # synthetic U shape, best near 1:10
         ppl_alone = 14.0 + 10 * (budget - a) / budget
-        made[f"ratio_{ratio}"] = fake(a0, f"ratio_{ratio}", mem_type="ffn", levels=[f // 384], mode="cotrain",
-                                      anchor=a, fetched=f, bank=16 * f, eval={"fetched": synth_eval(0.33, ppl=ppl_mem)})
-        made[f"ratio_{ratio}_alone"] = fake(a0, f"ratio_{ratio}_alone", anchor=a,
-                                            eval={"none": synth_eval(0.32, ppl=ppl_alone)})
+        made[f"ratio_{ratio}"] = fake(
+            a0,
+            f"ratio_{ratio}",
+            mem_type="ffn",
+            levels=[f // 384],
+            mode="cotrain",
+            anchor=a,
+            fetched=f,
+            bank=16 * f,
+            eval={"fetched": synth_eval(0.33, ppl=ppl_mem)},
+        )
+        made[f"ratio_{ratio}_alone"] = fake(
+            a0, f"ratio_{ratio}_alone", anchor=a, eval={"none": synth_eval(0.32, ppl=ppl_alone)}
+        )
     crashed = fake(a0, "crashed", mem_type="ffn", levels=[8], mode="frozen", fetched=3072, bank=16 * 3072)
     (crashed / runs.FINAL).unlink()
     return {"root": out, "anchor": a0, "memory": m0, "made": made, "incomplete": crashed, "pa": pa, "budget": budget}

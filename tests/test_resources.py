@@ -76,16 +76,32 @@ def test_wheel_carries_every_shipped_yaml(tmp_path):
         shutil.copy(ROOT / name, src / name)
     for d in ("hmem_lit", *resources.KINDS):
         shutil.copytree(ROOT / d, src / d, ignore=shutil.ignore_patterns("__pycache__", "_shipped", "generated"))
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                        "--disable-pip-version-check", "-w", str(tmp_path / "wheel"), str(src)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "-w",
+            str(tmp_path / "wheel"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (whl,) = (tmp_path / "wheel").glob("hmem_lit-*.whl")
     names = set(zipfile.ZipFile(whl).namelist())
     for kind in resources.KINDS:
         want = {f"hmem_lit/_shipped/{kind}/{p.name}" for p in (ROOT / kind).glob("*.yaml")}
         assert want and want <= names, kind
-    assert {n for n in names if "/_shipped/" in n} == {f"hmem_lit/_shipped/{k}/{p.name}" for k in resources.KINDS
-                                                        for p in (ROOT / k).glob("*.yaml")}
+    assert {n for n in names if "/_shipped/" in n} == {
+        f"hmem_lit/_shipped/{k}/{p.name}" for k in resources.KINDS for p in (ROOT / k).glob("*.yaml")
+    }
     assert not any(n.startswith(("benchmarks/", "tests/", "experiments/")) for n in names)
     assert "hmem_lit/resources.py" in names

@@ -29,8 +29,10 @@ def brute_force_route(tree: KMeansTree, x: np.ndarray) -> np.ndarray:
         node = 0
         for lvl in range(tree.depth):
             kids = [node * k + c for c in range(k)] if lvl else list(range(k))
-            d = [np.sum((v - tree.centroids[lvl][j].astype(np.float64)) ** 2) if tree.valid[lvl][j] else np.inf
-                 for j in kids]
+            d = [
+                np.sum((v - tree.centroids[lvl][j].astype(np.float64)) ** 2) if tree.valid[lvl][j] else np.inf
+                for j in kids
+            ]
             node = kids[int(np.argmin(d))]
             out[i, lvl] = node
     return out

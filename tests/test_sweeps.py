@@ -26,8 +26,17 @@ from hmem_lit.sweeps import runner  # noqa: E402
 from hmem_lit.sweeps.spec import SWEEPS_DIR  # noqa: E402
 
 HMEM = str(Path(sys.executable).parent / "hmem")
-TINY = {"train.max_tokens": 4000, "train.progress": False, "data.seq_len": 64, "data.toy_docs": 200,
-        "train.threads": 1, "train.batch_size": 8, "train.val_every": 2, "train.ckpt_every": 2, "train.log_every": 1}
+TINY = {
+    "train.max_tokens": 4000,
+    "train.progress": False,
+    "data.seq_len": 64,
+    "data.toy_docs": 200,
+    "train.threads": 1,
+    "train.batch_size": 8,
+    "train.val_every": 2,
+    "train.ckpt_every": 2,
+    "train.log_every": 1,
+}
 
 
 def write_sweep(tmp_path: Path, name: str = "t", **spec) -> Path:
@@ -42,8 +51,6 @@ def write_sweep(tmp_path: Path, name: str = "t", **spec) -> Path:
 def trials(path: Path, *cli: str):
     spec = sweeps.load_sweep(path, list(cli))
     return sweeps.open_study(spec).get_trials(deepcopy=False), spec
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -70,21 +77,31 @@ def test_shipped_sweeps_validate(path):
         assert ok >= 2 and bad <= 1, f"{path.name} profile={prof}: {ok} feasible, {bad} infeasible"
 
 
-@pytest.mark.parametrize("patch,msg", [
-    ({"mode": "random"}, "mode: got 'random'; allowed: optuna, grid"),
-    ({"objective": {"metric": "val/loss", "direction": "up"}}, "objective.direction"),
-    ({"bogus": 1}, "bogus: unknown sweep key"),
-    ({"space": {"train.sed": [0, 1]}}, "space.train.sed: unknown config key; did you mean train.seed"),
-    ({"space": {"depth": [1, 2]}}, "space.depth: unknown parameter"),
-    ({"space": {"train.seed": 3}}, "grid mode needs a non-empty list"),
-    ({"mode": "optuna", "n_trials": None}, "n_trials: optuna mode needs n_trials"),
-    ({"objective": {"metric": "eval.fetched.hmem_sk", "direction": "maximize"}, "mode": "optuna", "n_trials": 2,
-      "pruner": {"type": "median"}}, "pruner.type: pruning reports val/loss"),
-    ({"pruner": {"type": "median", "warmup": 3}}, "pruner.warmup: not an option of the median pruner"),
-    ({"space": {"bank_depth": [0, 2]}}, "bank_depth: must be an integer in 1..4"),
-    ({"objective": "eval.fetched"}, "objective.metric: eval metrics are eval.<memory>.<name>"),
-    ({"profile": "tpu"}, "profile: got 'tpu'"),
-])
+@pytest.mark.parametrize(
+    "patch,msg",
+    [
+        ({"mode": "random"}, "mode: got 'random'; allowed: optuna, grid"),
+        ({"objective": {"metric": "val/loss", "direction": "up"}}, "objective.direction"),
+        ({"bogus": 1}, "bogus: unknown sweep key"),
+        ({"space": {"train.sed": [0, 1]}}, "space.train.sed: unknown config key; did you mean train.seed"),
+        ({"space": {"depth": [1, 2]}}, "space.depth: unknown parameter"),
+        ({"space": {"train.seed": 3}}, "grid mode needs a non-empty list"),
+        ({"mode": "optuna", "n_trials": None}, "n_trials: optuna mode needs n_trials"),
+        (
+            {
+                "objective": {"metric": "eval.fetched.hmem_sk", "direction": "maximize"},
+                "mode": "optuna",
+                "n_trials": 2,
+                "pruner": {"type": "median"},
+            },
+            "pruner.type: pruning reports val/loss",
+        ),
+        ({"pruner": {"type": "median", "warmup": 3}}, "pruner.warmup: not an option of the median pruner"),
+        ({"space": {"bank_depth": [0, 2]}}, "bank_depth: must be an integer in 1..4"),
+        ({"objective": "eval.fetched"}, "objective.metric: eval metrics are eval.<memory>.<name>"),
+        ({"profile": "tpu"}, "profile: got 'tpu'"),
+    ],
+)
 def test_schema_errors_are_one_line(tmp_path, patch, msg):
     body = {"mode": "grid", "space": {"train.seed": [0, 1]}, **patch}
     body = {k: v for k, v in body.items() if v is not None}
@@ -95,8 +112,13 @@ def test_schema_errors_are_one_line(tmp_path, patch, msg):
 
 
 def test_cli_overrides_and_profiles(tmp_path):
-    path = write_sweep(tmp_path, mode="optuna", n_trials=3, space={"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2}},
-                       profiles={"big": {"n_trials": 9, "overrides": {"train.max_tokens": 99}}})
+    path = write_sweep(
+        tmp_path,
+        mode="optuna",
+        n_trials=3,
+        space={"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-2}},
+        profiles={"big": {"n_trials": 9, "overrides": {"train.max_tokens": 99}}},
+    )
     spec = sweeps.load_sweep(path, ["n_trials=5", "sampler.seed=7", "train.max_tokens=123", "space.train.seed=[0, 1]"])
     assert spec.n_trials == 5 and spec.seed == 7 and "train.max_tokens=123" in spec.overrides
     assert set(spec.space) == {"optim.lr", "train.seed"}
@@ -118,9 +140,14 @@ def _meta_counts(cfg):
 def test_ratio_at_fixed_budget_table8_meta(tmp_path):
     """Table 8 at paper scale: a 410M budget, bank ~6.34B: anchors of 12/17/19/21/22/24 layers, and anchor +
     fetched within the stated tolerance of the budget, counted independently on the meta device."""
-    path = write_sweep(tmp_path, mode="grid", overrides={"anchor.preset": "openlm-410m", "retriever.depth": 3},
-                       translate={"tolerance": 0.01}, fixed={"bank_depth": 3, "bank": "6.34B"},
-                       space={"fetch_ratio": [0.59, 0.28, 0.18, 0.10, 0.065, 0.0]})
+    path = write_sweep(
+        tmp_path,
+        mode="grid",
+        overrides={"anchor.preset": "openlm-410m", "retriever.depth": 3},
+        translate={"tolerance": 0.01},
+        fixed={"bank_depth": 3, "bank": "6.34B"},
+        space={"fetch_ratio": [0.59, 0.28, 0.18, 0.10, 0.065, 0.0]},
+    )
     spec = sweeps.load_sweep(path)
     budget = 411_665_408
     layers = []
@@ -135,17 +162,25 @@ def test_ratio_at_fixed_budget_table8_meta(tmp_path):
 
 
 def test_fetched_and_bank_recover_table7(tmp_path):
-    path = write_sweep(tmp_path, mode="grid", overrides={"anchor.preset": "openlm-160m", "retriever.depth": 3,
-                                                         "memory.type": "ffn"},
-                       fixed={"bank": "4.62B", "bank_depth": 3}, space={"fetched": ["8.5M", "18.1M", "47.1M"]})
+    path = write_sweep(
+        tmp_path,
+        mode="grid",
+        overrides={"anchor.preset": "openlm-160m", "retriever.depth": 3, "memory.type": "ffn"},
+        fixed={"bank": "4.62B", "bank_depth": 3},
+        space={"fetched": ["8.5M", "18.1M", "47.1M"]},
+    )
     spec = sweeps.load_sweep(path)
     got = [sweeps.translate(spec, p)[0].memory.levels for p in spec.grid()]
     assert got == [[98, 42, 18], [257, 64, 16], [768, 96, 12]]  # the paper's (98,42,18), (256,64,16), (768,96,12)
 
 
 def test_paper_params_translate_and_reject(tmp_path):
-    path = write_sweep(tmp_path, mode="grid", overrides={"memory.type": "kv", "retriever.depth": 2},
-                       space={"level": [2], "fetched": [2560, 10, 1200]})
+    path = write_sweep(
+        tmp_path,
+        mode="grid",
+        overrides={"memory.type": "kv", "retriever.depth": 2},
+        space={"level": [2], "fetched": [2560, 10, 1200]},
+    )
     spec = sweeps.load_sweep(path)
     cfg, info = sweeps.translate(spec, {"level": 2, "fetched": 2560})
     c0 = 2 * 2 * 4 * 16  # KV: 2 l h d_h
@@ -165,8 +200,13 @@ def test_paper_params_translate_and_reject(tmp_path):
 
 
 def test_grid_sweep_runs_skips_complete_and_records_infeasible(tmp_path):
-    path = write_sweep(tmp_path, mode="grid", overrides={"retriever.depth": 1}, fixed={"level": 1},
-                       space={"memory.type": ["ffn", "kv"], "fetched": [1536, 10]})
+    path = write_sweep(
+        tmp_path,
+        mode="grid",
+        overrides={"retriever.depth": 1},
+        fixed={"level": 1},
+        space={"memory.type": ["ffn", "kv"], "fetched": [1536, 10]},
+    )
     sweeps.run_sweep(path)
     ts, spec = trials(path)
     states = sorted(t.state.name for t in ts)
@@ -182,7 +222,9 @@ def test_grid_sweep_runs_skips_complete_and_records_infeasible(tmp_path):
     mtime = {t.number: Path(t.user_attrs.get("run_dir", tmp_path)).stat().st_mtime for t in ts}
     sweeps.run_sweep(path)  # everything done: nothing queued, nothing retrained
     ts2, _ = trials(path)
-    assert len(ts2) == 4 and {t.number: Path(t.user_attrs.get("run_dir", tmp_path)).stat().st_mtime for t in ts2} == mtime
+    assert (
+        len(ts2) == 4 and {t.number: Path(t.user_attrs.get("run_dir", tmp_path)).stat().st_mtime for t in ts2} == mtime
+    )
     from hmem_lit.cli import main
 
     assert main(["sweep", "status", str(path)]) == 0
@@ -199,9 +241,14 @@ def test_failed_trial_is_recorded_and_sweep_goes_on(tmp_path, capsys):
 
 
 def test_optuna_sweep_prunes_by_step_and_caps_total(tmp_path):
-    path = write_sweep(tmp_path, mode="optuna", n_trials=3, sampler={"type": "random", "seed": 1},
-                       pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
-                       space={"optim.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}})
+    path = write_sweep(
+        tmp_path,
+        mode="optuna",
+        n_trials=3,
+        sampler={"type": "random", "seed": 1},
+        pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        space={"optim.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}},
+    )
     sweeps.run_sweep(path)
     ts, _ = trials(path)
     assert len(ts) == 3 and not any("infeasible" in t.user_attrs for t in ts)
@@ -237,8 +284,14 @@ def test_eval_objective_runs_evaluation_only_when_needed(tmp_path, monkeypatch):
 
 
 def test_ratio_sweep_tiny_end_to_end(tmp_path):
-    path = write_sweep(tmp_path, mode="grid", overrides={"anchor.n_layer": 4, "retriever.depth": 1},
-                       translate={"tolerance": 0.05}, fixed={"bank_depth": 1}, space={"fetch_ratio": [0.0, 0.5]})
+    path = write_sweep(
+        tmp_path,
+        mode="grid",
+        overrides={"anchor.n_layer": 4, "retriever.depth": 1},
+        translate={"tolerance": 0.05},
+        fixed={"bank_depth": 1},
+        space={"fetch_ratio": [0.0, 0.5]},
+    )
     sweeps.run_sweep(path)
     ts, _ = trials(path)
     assert [t.state for t in ts] == [TrialState.COMPLETE] * 2
@@ -276,13 +329,23 @@ def test_interrupted_trial_detected_and_requeued(tmp_path):
 
 def _sweep_proc(path: Path, *args: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([HMEM, "sweep", str(path), *args], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            cwd=ROOT, env=env, start_new_session=True)
+    return subprocess.Popen(
+        [HMEM, "sweep", str(path), *args],
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def test_sigkill_mid_trial_then_restart_resumes(tmp_path):
-    path = write_sweep(tmp_path, mode="grid", overrides={"train.max_tokens": 16000, "train.val_every": 8},
-                       space={"train.seed": [0, 1, 2]})
+    path = write_sweep(
+        tmp_path,
+        mode="grid",
+        overrides={"train.max_tokens": 16000, "train.val_every": 8},
+        space={"train.seed": [0, 1, 2]},
+    )
     spec = sweeps.load_sweep(path)
     proc = _sweep_proc(path, log=tmp_path / "first.log")
     deadline, victim = time.time() + 240, None
@@ -308,8 +371,7 @@ def test_sigkill_mid_trial_then_restart_resumes(tmp_path):
 
 
 def test_two_workers_share_one_study(tmp_path):
-    path = write_sweep(tmp_path, mode="grid", overrides={"train.threads": 0},
-                       space={"train.seed": [0, 1, 2, 3]})
+    path = write_sweep(tmp_path, mode="grid", overrides={"train.threads": 0}, space={"train.seed": [0, 1, 2, 3]})
     sweeps.run_sweep(path, workers=2)
     ts, spec = trials(path)
     assert len(ts) == 4 and all(t.state == TrialState.COMPLETE for t in ts)
@@ -343,11 +405,28 @@ def test_postgresql_study(tmp_path):
     os.chmod(sock, 0o777)
     subprocess.run([*pre, initdb, "-D", str(data), "-U", "hmem", "--auth=trust"], check=True, capture_output=True)
     port = 54329
-    subprocess.run([*pre, pg_ctl, "-D", str(data), "-w", "-l", str(root / "pg.log"), "-o",
-                    f"-p {port} -k {sock} -c listen_addresses=''", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *pre,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(root / "pg.log"),
+            "-o",
+            f"-p {port} -k {sock} -c listen_addresses=''",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run([*pre, "createdb", "-h", str(sock), "-p", str(port), "-U", "hmem", "optuna"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [*pre, "createdb", "-h", str(sock), "-p", str(port), "-U", "hmem", "optuna"],
+            check=True,
+            capture_output=True,
+        )
         url = f"postgresql://hmem@/optuna?host={sock}&port={port}"
         path = write_sweep(tmp_path, mode="grid", storage=url, space={"train.seed": [0, 1]})
         sweeps.run_sweep(path, workers=2)
@@ -387,8 +466,14 @@ def test_shipped_sweeps_run_with_two_workers(tmp_path, path):
     cli = ["train.max_tokens=512", "train.progress=false", f"out_dir={tmp_path / 'runs'}"]
     if sweeps.load_sweep(path).mode == "optuna":
         cli.append("n_trials=2")
-    r = subprocess.run([sys.executable, "-m", "hmem_lit.cli", "sweep", str(path), "--workers", "2", *cli], cwd=tmp_path,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "hmem_lit.cli", "sweep", str(path), "--workers", "2", *cli],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     ts, _ = trials(path, *cli)
     assert ts and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts), [t.user_attrs for t in ts]
@@ -412,8 +497,13 @@ def test_baselines_trained_once_shared_and_reported(tmp_path, monkeypatch):
         runs.update_final(run_dir, eval={"fetched": {"hmem_sk": 0.5}})
 
     monkeypatch.setattr(runner, "evaluate_run", fake_eval)
-    kw = dict(mode="grid", baselines=["000_debug"], objective={"metric": "eval.fetched.hmem_sk", "direction": "maximize"},
-              overrides={"retriever.depth": 1, "memory.type": "ffn"}, fixed={"level": 1})
+    kw = dict(
+        mode="grid",
+        baselines=["000_debug"],
+        objective={"metric": "eval.fetched.hmem_sk", "direction": "maximize"},
+        overrides={"retriever.depth": 1, "memory.type": "ffn"},
+        fixed={"level": 1},
+    )
     a = write_sweep(tmp_path, name="a", space={"fetched": [1536]}, **kw)
     b = write_sweep(tmp_path, name="b", space={"fetched": [3072]}, **kw)
     sweeps.run_sweep(a)
@@ -437,9 +527,12 @@ def test_baselines_bad_name_is_one_line(tmp_path):
 
 def test_memory_lr_scale_follows_the_tree_level(tmp_path):
     """optim.memory_lr_scale is per tree level: a level-1 point keeps the first multiplier, a level-2 point both."""
-    path = write_sweep(tmp_path, mode="grid", overrides={"retriever.depth": 2, "memory.type": "ffn",
-                                                          "optim.memory_lr_scale": [1.0, 2.5]},
-                       space={"level": [1, 2], "fetched": [1536]})
+    path = write_sweep(
+        tmp_path,
+        mode="grid",
+        overrides={"retriever.depth": 2, "memory.type": "ffn", "optim.memory_lr_scale": [1.0, 2.5]},
+        space={"level": [1, 2], "fetched": [1536]},
+    )
     spec = sweeps.load_sweep(path)
     got = {p["level"]: sweeps.translate(spec, p)[0] for p in spec.grid()}
     assert got[1].memory.levels == [4] and got[1].optim.memory_lr_scale == [1.0]
@@ -449,9 +542,13 @@ def test_memory_lr_scale_follows_the_tree_level(tmp_path):
 def test_placement_equal_fetch_on_meta_device(tmp_path):
     """early / middle / late / all at one fetched size: fewer memory layers get more units each (c0 = 3 l d), the
     fetched count is the same (the placement names resolve on the meta device: they used a tensor and crashed)."""
-    path = write_sweep(tmp_path, mode="grid", overrides={"anchor.n_layer": 3, "retriever.depth": 1,
-                                                          "memory.type": "ffn"},
-                       fixed={"level": 1, "fetched": 1152}, space={"memory.layers": ["early", "middle", "late", "all"]})
+    path = write_sweep(
+        tmp_path,
+        mode="grid",
+        overrides={"anchor.n_layer": 3, "retriever.depth": 1, "memory.type": "ffn"},
+        fixed={"level": 1, "fetched": 1152},
+        space={"memory.layers": ["early", "middle", "late", "all"]},
+    )
     spec = sweeps.load_sweep(path)
     info = {p["memory.layers"]: sweeps.translate(spec, p)[1] for p in spec.grid()}
     assert {i["realised_fetched"] for i in info.values()} == {1152}

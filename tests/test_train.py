@@ -95,8 +95,18 @@ def test_changed_config_is_an_error(tiny_cfg):
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path):
     ov = tiny_overrides(tmp_path / "runs", **{"train.max_tokens": 16_000})
-    cmd = [sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML), *ov, "name=ddp",
-           "train.strategy=ddp", "train.devices=2", "train.accelerator=cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hmem_lit.cli",
+        "train",
+        str(DEBUG_YAML),
+        *ov,
+        "name=ddp",
+        "train.strategy=ddp",
+        "train.devices=2",
+        "train.accelerator=cpu",
+    ]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     final = runs.read_final(tmp_path / "runs" / "000_debug" / "ddp")
@@ -108,8 +118,7 @@ def test_non_finite_loss_stops_the_run_not_complete(tiny_cfg):
     """Issue 19 case 7: a diverging run stops with RunError instead of ending 'complete' with val/loss=nan."""
     from hmem_lit.config import RunError
 
-    cfg = tiny_cfg(name="nan", **{"optim.lr": 1e30, "optim.grad_clip": 0, "optim.warmup": 0,
-                                  "train.max_tokens": 4000})
+    cfg = tiny_cfg(name="nan", **{"optim.lr": 1e30, "optim.grad_clip": 0, "optim.warmup": 0, "train.max_tokens": 4000})
     with pytest.raises(RunError, match="diverged"):
         train(cfg)
     assert not runs.is_complete(cfg.run_dir) and not (cfg.run_dir / runs.WEIGHTS).exists()

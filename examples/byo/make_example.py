@@ -48,9 +48,20 @@ metadata: {{version: 1.0}}
 def main() -> int:
     out = HERE / "out"
     (out / "tasks").mkdir(parents=True, exist_ok=True)
-    src = prepare(load_config(None, ["data.source=builtin", "data.corpus=airports", "data.wiki_docs=1000",
-                                     "data.fact_repeats_min=4", f"data.dir={out / 'builtin'}"]),
-                  progress=False, verbose=False)
+    src = prepare(
+        load_config(
+            None,
+            [
+                "data.source=builtin",
+                "data.corpus=airports",
+                "data.wiki_docs=1000",
+                "data.fact_repeats_min=4",
+                f"data.dir={out / 'builtin'}",
+            ],
+        ),
+        progress=False,
+        verbose=False,
+    )
     with open(out / "corpus.jsonl", "w", encoding="utf-8") as f:
         for line in open(src / "corpus" / "docs.jsonl", encoding="utf-8"):
             d = json.loads(line)
@@ -59,8 +70,12 @@ def main() -> int:
     with open(items, "w", encoding="utf-8") as f:
         for line in open(src / "questions" / "airport_code.jsonl", encoding="utf-8"):
             q = json.loads(line)  # no bucket field: hmem eval buckets by the entity's training documents
-            f.write(json.dumps({"prompt": q["prompt"], "answer": q["answer"], "entity": q["entity"],
-                                "route_text": q["prompt"]}) + "\n")
+            f.write(
+                json.dumps(
+                    {"prompt": q["prompt"], "answer": q["answer"], "entity": q["entity"], "route_text": q["prompt"]}
+                )
+                + "\n"
+            )
     (out / "tasks" / "my_airport_codes.yaml").write_text(TASK.format(items=items))
     print(f"wrote {out / 'corpus.jsonl'}, {items}, {out / 'tasks' / 'my_airport_codes.yaml'}")
     return 0

@@ -68,17 +68,30 @@ def run_row(run_dir: Path, sweep: str) -> dict[str, Any] | None:
     mtype = mem.get("type", "none")
     layers = mem.get("layers", "all")
     return {
-        "sweep": sweep, "study": run_dir.parent.name, "run": run_dir.name, "path": str(run_dir),
+        "sweep": sweep,
+        "study": run_dir.parent.name,
+        "run": run_dir.name,
+        "path": str(run_dir),
         "corpus": data.get("corpus", "facts") if data.get("source", "builtin") == "builtin" else data.get("source"),
-        "seed": tr.get("seed", 0), "tokens": final.get("tokens"), "n_layer": an.get("n_layer"),
-        "memory_type": mtype, "lora_target": mem.get("lora_target") if mtype == "lora" else "",
+        "seed": tr.get("seed", 0),
+        "tokens": final.get("tokens"),
+        "n_layer": an.get("n_layer"),
+        "memory_type": mtype,
+        "lora_target": mem.get("lora_target") if mtype == "lora" else "",
         "layers": layers if isinstance(layers, str) else ",".join(map(str, layers)),
-        "levels": ",".join(map(str, levels)) or "-", "level": used[0] if len(used) == 1 else 0,
-        "params_anchor": pa, "params_fetched": pf, "params_bank": float(params.get("bank", 0)),
+        "levels": ",".join(map(str, levels)) or "-",
+        "level": used[0] if len(used) == 1 else 0,
+        "params_anchor": pa,
+        "params_fetched": pf,
+        "params_bank": float(params.get("bank", 0)),
         "fetch_ratio": pf / pa if pa else math.nan,
-        "sk": 100 * float(ev["hmem_sk"]), "ck": 100 * float(ev.get("hmem_ck", math.nan)),
-        "wiki_ppl": float(ev.get("wiki_ppl", math.nan)), "rare": 100 * rare, "frequent": 100 * frequent,
-        "train_time_s": float(final.get("train_time_s") or 0.0), "eval_time_s": float(ev.get("eval_time_s") or 0.0),
+        "sk": 100 * float(ev["hmem_sk"]),
+        "ck": 100 * float(ev.get("hmem_ck", math.nan)),
+        "wiki_ppl": float(ev.get("wiki_ppl", math.nan)),
+        "rare": 100 * rare,
+        "frequent": 100 * frequent,
+        "train_time_s": float(final.get("train_time_s") or 0.0),
+        "eval_time_s": float(ev.get("eval_time_s") or 0.0),
     }
 
 
@@ -173,7 +186,9 @@ def _check_level_fetched(a: pd.DataFrame) -> list[str]:
         if len(g) >= 2:
             gains = " / ".join(f"L{int(r.level)} {r.gain:+.1f}" for r in g.itertuples())
             ok = bool(np.all(np.diff(g.gain.to_numpy()) > 0))
-            out.append(f"fetched {fmt_count(fetched)}: deeper level helps more: {_holds(ok)} (gain over the anchor {gains})")
+            out.append(
+                f"fetched {fmt_count(fetched)}: deeper level helps more: {_holds(ok)} (gain over the anchor {gains})"
+            )
     return out or ["incomplete"]
 
 
@@ -194,14 +209,18 @@ def _check_fetched_bank(a: pd.DataFrame) -> list[str]:
     g = a[np.isclose(a.params_bank, big, rtol=0.02)].sort_values("params_fetched")
     if len(g) >= 2:
         vals = " -> ".join(f"{r.sk:.1f} ({fmt_count(r.params_fetched)})" for r in g.itertuples())
-        out.append(f"bank {fmt_count(big)}: SK rises with the fetched size: "
-                   f"{_holds(bool(np.all(np.diff(g.sk.to_numpy()) > 0)))} ({vals})")
+        out.append(
+            f"bank {fmt_count(big)}: SK rises with the fetched size: "
+            f"{_holds(bool(np.all(np.diff(g.sk.to_numpy()) > 0)))} ({vals})"
+        )
     for fetched, h in a.groupby(a.params_fetched.round(-2)):
         h = h.sort_values("params_bank")
         if len(h) >= 2:
             vals = " -> ".join(f"{r.sk:.1f} ({fmt_count(r.params_bank)})" for r in h.itertuples())
-            out.append(f"fetched {fmt_count(fetched)}: a larger bank helps: "
-                       f"{_holds(bool(np.all(np.diff(h.sk.to_numpy()) > 0)))} ({vals})")
+            out.append(
+                f"fetched {fmt_count(fetched)}: a larger bank helps: "
+                f"{_holds(bool(np.all(np.diff(h.sk.to_numpy()) > 0)))} ({vals})"
+            )
     return out or ["incomplete"]
 
 
@@ -212,8 +231,10 @@ def _check_ratio(a: pd.DataFrame) -> list[str]:
     best = int(g.sk.idxmax())
     vals = " / ".join(f"{r.fetch_ratio:.2f}: {r.sk:.1f}" for r in g.itertuples())
     interior = 0 < best < len(g) - 1
-    return [f"interior optimum of the fetched-to-anchor ratio: {_holds(interior)} (best at "
-            f"{g.fetch_ratio[best]:.2f}; ratio: Avg-SK {vals})"]
+    return [
+        f"interior optimum of the fetched-to-anchor ratio: {_holds(interior)} (best at "
+        f"{g.fetch_ratio[best]:.2f}; ratio: Avg-SK {vals})"
+    ]
 
 
 def _check_placement(a: pd.DataFrame) -> list[str]:
@@ -221,27 +242,67 @@ def _check_placement(a: pd.DataFrame) -> list[str]:
     if not {"late", "all"} <= set(s.index):
         return ["incomplete: needs late and all"]
     order = " > ".join(s.sort_values(ascending=False).index)
-    return [f"late at least as good as all layers: {_holds(bool(s['late'] >= s['all']))} "
-            f"(late {s['late']:.1f}, all {s['all']:.1f}; measured order {order})"]
+    return [
+        f"late at least as good as all layers: {_holds(bool(s['late'] >= s['all']))} "
+        f"(late {s['late']:.1f}, all {s['all']:.1f}; measured order {order})"
+    ]
 
 
 SECTIONS = [
-    Section("memory_type", "Memory types at equal fetched size", "Fig. 3a/b", ["memory_type", "lora_target"],
-            _type_label, _check_types, "FFN > LoRA > KV at every fetched size"),
-    Section("level_fetched", "Which level, at a fixed fetched size", "Fig. 3c", ["level", "params_fetched"],
-            lambda r: f"L{int(r.level)}, fetched {fmt_count(r.params_fetched)}", _check_level_fetched,
-            "deeper levels help more at a fixed fetched size"),
-    Section("level_bank", "Which level, at a fixed bank size", "Fig. 3d", ["level", "params_bank"],
-            lambda r: f"L{int(r.level)}, bank {fmt_count(r.params_bank)}", _check_level_bank,
-            "accuracy rises with bank size at every level"),
-    Section("fetched_bank", "Fetched vs bank size", "Fig. 4a / Table 7", ["levels"],
-            lambda r: f"fetched {fmt_count(r.params_fetched)} of {fmt_count(r.params_bank)}", _check_fetched_bank,
-            "at a fixed bank SK rises with the fetched size; a larger bank helps at the same fetch"),
-    Section("fetch_ratio", "Fetched-to-anchor ratio at a fixed runtime budget", "Fig. 4b / Table 8", ["n_layer"],
-            lambda r: f"ratio {r.fetch_ratio:.2f} ({int(r.n_layer)} layers)", _check_ratio,
-            "an interior optimum, about 1:10"),
-    Section("placement", "Placement of the memory layers", "Table 9", ["layers"], lambda r: str(r.layers),
-            _check_placement, "late placement at least as good as all layers"),
+    Section(
+        "memory_type",
+        "Memory types at equal fetched size",
+        "Fig. 3a/b",
+        ["memory_type", "lora_target"],
+        _type_label,
+        _check_types,
+        "FFN > LoRA > KV at every fetched size",
+    ),
+    Section(
+        "level_fetched",
+        "Which level, at a fixed fetched size",
+        "Fig. 3c",
+        ["level", "params_fetched"],
+        lambda r: f"L{int(r.level)}, fetched {fmt_count(r.params_fetched)}",
+        _check_level_fetched,
+        "deeper levels help more at a fixed fetched size",
+    ),
+    Section(
+        "level_bank",
+        "Which level, at a fixed bank size",
+        "Fig. 3d",
+        ["level", "params_bank"],
+        lambda r: f"L{int(r.level)}, bank {fmt_count(r.params_bank)}",
+        _check_level_bank,
+        "accuracy rises with bank size at every level",
+    ),
+    Section(
+        "fetched_bank",
+        "Fetched vs bank size",
+        "Fig. 4a / Table 7",
+        ["levels"],
+        lambda r: f"fetched {fmt_count(r.params_fetched)} of {fmt_count(r.params_bank)}",
+        _check_fetched_bank,
+        "at a fixed bank SK rises with the fetched size; a larger bank helps at the same fetch",
+    ),
+    Section(
+        "fetch_ratio",
+        "Fetched-to-anchor ratio at a fixed runtime budget",
+        "Fig. 4b / Table 8",
+        ["n_layer"],
+        lambda r: f"ratio {r.fetch_ratio:.2f} ({int(r.n_layer)} layers)",
+        _check_ratio,
+        "an interior optimum, about 1:10",
+    ),
+    Section(
+        "placement",
+        "Placement of the memory layers",
+        "Table 9",
+        ["layers"],
+        lambda r: str(r.layers),
+        _check_placement,
+        "late placement at least as good as all layers",
+    ),
 ]
 
 
@@ -270,8 +331,14 @@ def _figure(sec: Section, agg: pd.DataFrame, out: Path) -> str | None:
                 ax.axhline(float(base.mean()), color="#7f7f7f", ls="--", lw=1, label="anchor alone")
                 ax.legend(loc="lower right", frameon=False)
             for xi, r in zip(x, a.itertuples()):
-                ax.text(xi, r.sk + (err[xi] if len(err) else 0) + 0.5, f"{r.sk:.1f}" + ("*" if r.n > 1 else ""),
-                        ha="center", va="bottom", fontsize=6)
+                ax.text(
+                    xi,
+                    r.sk + (err[xi] if len(err) else 0) + 0.5,
+                    f"{r.sk:.1f}" + ("*" if r.n > 1 else ""),
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                )
             ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=6)
             ax.set_ylabel("Avg-SK accuracy (%)")
             ax.set_title(f"{c} ({sec.reproduces})", loc="left")
@@ -306,26 +373,38 @@ def build(root: str | Path = "runs/sweeps", out: str | Path = "docs/ablations") 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "rows.csv", df.drop(columns=["path"]).to_csv(index=False))
-    lines = ["# The paper's ablations at the quickstart's scale", "",
-             f"Generated by `hmem ablations --root {root} --out {out}` from {len(df)} run directories "
-             f"({_wall(df)}). Avg-SK = mean fact accuracy over the corpus's probes, fetched memory; 'rare' = the "
-             "probes' rarest frequency bucket; gain = Avg-SK minus the anchor alone (same corpus, depth and tokens).",
-             ""]
-    lines += ["Regenerate (two chains side by side on 2 cores, one worker each; every command resumes where it "
-              "stopped; `--workers 2` runs one sweep's trials two at a time instead):", "", "```",
-              "S='memory_type level_fetched level_bank fetched_bank placement fetch_ratio'",
-              "for s in $S; do hmem sweep sweeps/$s.yaml; done        # facts, the sweep files' 2M tokens",
-              "for s in $S; do hmem sweep sweeps/$s.yaml name=$s-airports_4m data.corpus=airports \\",
-              "    data.dir=data/quickstart_airports train.max_tokens=4000000; done    # airports, 4M tokens",
-              "hmem ablations                  # this page, from runs/sweeps",
-              "hmem report memory_type         # the suite's standard figures and tables for one sweep",
-              "hmem sweep plan memory_type profile=gpu   # the paper-scale version: sizes and counts, no training",
-              "```", ""]
+    lines = [
+        "# The paper's ablations at the quickstart's scale",
+        "",
+        f"Generated by `hmem ablations --root {root} --out {out}` from {len(df)} run directories "
+        f"({_wall(df)}). Avg-SK = mean fact accuracy over the corpus's probes, fetched memory; 'rare' = the "
+        "probes' rarest frequency bucket; gain = Avg-SK minus the anchor alone (same corpus, depth and tokens).",
+        "",
+    ]
+    lines += [
+        "Regenerate (two chains side by side on 2 cores, one worker each; every command resumes where it "
+        "stopped; `--workers 2` runs one sweep's trials two at a time instead):",
+        "",
+        "```",
+        "S='memory_type level_fetched level_bank fetched_bank placement fetch_ratio'",
+        "for s in $S; do hmem sweep sweeps/$s.yaml; done        # facts, the sweep files' 2M tokens",
+        "for s in $S; do hmem sweep sweeps/$s.yaml name=$s-airports_4m data.corpus=airports \\",
+        "    data.dir=data/quickstart_airports train.max_tokens=4000000; done    # airports, 4M tokens",
+        "hmem ablations                  # this page, from runs/sweeps",
+        "hmem report memory_type         # the suite's standard figures and tables for one sweep",
+        "hmem sweep plan memory_type profile=gpu   # the paper-scale version: sizes and counts, no training",
+        "```",
+        "",
+    ]
     anchors = df[df.sweep == "_baselines"]
     if len(anchors):
-        lines += ["Anchors alone (Avg-SK, rarest bucket): " + ", ".join(
-            f"{r.setting}, {int(r.n_layer)} layers: {r.sk:.1f} ({r.rare:.1f})"
-                                                 for r in anchors.itertuples()), ""]
+        lines += [
+            "Anchors alone (Avg-SK, rarest bucket): "
+            + ", ".join(
+                f"{r.setting}, {int(r.n_layer)} layers: {r.sk:.1f} ({r.rare:.1f})" for r in anchors.itertuples()
+            ),
+            "",
+        ]
     for sec in SECTIONS:
         rows = df[df.sweep == sec.sweep].copy()
         if rows.empty:
@@ -339,17 +418,26 @@ def build(root: str | Path = "runs/sweeps", out: str | Path = "docs/ablations") 
             rows = rows[rows.memory_type != "none"]
         agg = aggregate(rows, sec.keys)
         rank = {c: i for i, c in enumerate(_settings(agg))}
-        agg = agg.assign(_r=agg.setting.map(rank)).sort_values(["_r", *sec.keys]).drop(columns="_r").reset_index(drop=True)
+        agg = (
+            agg.assign(_r=agg.setting.map(rank))
+            .sort_values(["_r", *sec.keys])
+            .drop(columns="_r")
+            .reset_index(drop=True)
+        )
         fig = _figure(sec, agg, out)
-        lines += [f"## {sec.title} ({sec.reproduces})", "", f"Paper: {sec.paper}. {len(rows)} runs, {_wall(rows)}.",
-                  ""]
+        lines += [f"## {sec.title} ({sec.reproduces})", "", f"Paper: {sec.paper}. {len(rows)} runs, {_wall(rows)}.", ""]
         for c in _settings(agg):
             lines += [f"- {c}: " + "; ".join(sec.check(agg[agg.setting == c]))]
-        lines += ["", "| setting | config | fetched | bank | Avg-SK | gain | rare bucket | wiki ppl | seeds |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| setting | config | fetched | bank | Avg-SK | gain | rare bucket | wiki ppl | seeds |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for _, r in agg.iterrows():
-            lines.append(f"| {r.setting} | {sec.label(r)} | {fmt_count(r.params_fetched)} | {fmt_count(r.params_bank)} "
-                         f"| {_pm(r)} | {r.gain:+.1f} | {r.rare:.1f} | {r.wiki_ppl:,.0f} | {int(r.n)} |")
+            lines.append(
+                f"| {r.setting} | {sec.label(r)} | {fmt_count(r.params_fetched)} | {fmt_count(r.params_bank)} "
+                f"| {_pm(r)} | {r.gain:+.1f} | {r.rare:.1f} | {r.wiki_ppl:,.0f} | {int(r.n)} |"
+            )
         lines += ["", f"![{sec.sweep}]({fig})" if fig else "", ""]
     atomic_write_text(out / "ablations.md", "\n".join(lines) + "\n")
     return out / "ablations.md"

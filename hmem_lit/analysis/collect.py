@@ -94,20 +94,34 @@ def _base_row(run_dir: Path, root: Path, final: dict[str, Any]) -> dict[str, Any
     pa, pf, pb = _num(params.get("anchor")), _num(params.get("fetched", 0)), _num(params.get("bank", 0))
     return {
         "run": run_dir.name,  # collect() replaces it with the path relative to the collection root
-        "experiment": final.get("experiment", cfg.get("experiment")), "name": final.get("name", cfg.get("name")),
-        "status": final.get("status", "complete"), "kind": "", "label": "",
-        "memory_type": mem.get("type", "none"), "train_mode": tr.get("mode", "anchor"),
-        "levels": ",".join(map(str, levels)) or "-", "n_levels": len(used),
+        "experiment": final.get("experiment", cfg.get("experiment")),
+        "name": final.get("name", cfg.get("name")),
+        "status": final.get("status", "complete"),
+        "kind": "",
+        "label": "",
+        "memory_type": mem.get("type", "none"),
+        "train_mode": tr.get("mode", "anchor"),
+        "levels": ",".join(map(str, levels)) or "-",
+        "n_levels": len(used),
         "level": float(used[0]) if len(used) == 1 else np.nan,  # the memory level of single-level runs
-        "generic": bool(mem.get("generic", False)), "seed": tr.get("seed"),
+        "generic": bool(mem.get("generic", False)),
+        "seed": tr.get("seed"),
         "layers": _layers(mem.get("layers", "all")),
-        "anchor_preset": an.get("preset"), "n_layer": an.get("n_layer"), "d_model": an.get("d_model"),
-        "params_anchor": pa, "params_fetched": pf, "params_bank": pb,
+        "anchor_preset": an.get("preset"),
+        "n_layer": an.get("n_layer"),
+        "d_model": an.get("d_model"),
+        "params_anchor": pa,
+        "params_fetched": pf,
+        "params_bank": pb,
         "params_runtime": _num(params.get("runtime", pa + pf)),
         "fetch_ratio": pf / pa if pa and not math.isnan(pa) else np.nan,
-        "steps": final.get("steps"), "tokens": final.get("tokens"), "train_time_s": final.get("train_time_s"),
-        "val_loss": _num(metrics.get("val/loss")), "val_ppl": _num(metrics.get("val/ppl")),
-        "config_id": _config_id(cfg, params), "path": str(run_dir),
+        "steps": final.get("steps"),
+        "tokens": final.get("tokens"),
+        "train_time_s": final.get("train_time_s"),
+        "val_loss": _num(metrics.get("val/loss")),
+        "val_ppl": _num(metrics.get("val/ppl")),
+        "config_id": _config_id(cfg, params),
+        "path": str(run_dir),
     }
 
 
@@ -132,11 +146,16 @@ def classify(rows: list[dict[str, Any]]) -> None:
             r["kind"] = "anchor"
         if r["kind"] == "memory":
             mode = "" if r["train_mode"] == "frozen" else f" [{r['train_mode']}]"
-            r["label"] = (f"{fmt_count(p)} + {r['memory_type']} {fmt_count(r['params_fetched'])} of "
-                          f"{fmt_count(r['params_bank'])}{mode}")
+            r["label"] = (
+                f"{fmt_count(p)} + {r['memory_type']} {fmt_count(r['params_fetched'])} of "
+                f"{fmt_count(r['params_bank'])}{mode}"
+            )
         else:
-            r["label"] = {"anchor": "anchor {}", "dense-2x": "dense {} (2x)",
-                          "same-runtime dense": "dense {} (same runtime)"}[r["kind"]].format(fmt_count(p))
+            r["label"] = {
+                "anchor": "anchor {}",
+                "dense-2x": "dense {} (2x)",
+                "same-runtime dense": "dense {} (same runtime)",
+            }[r["kind"]].format(fmt_count(p))
     seen: dict[str, list[str]] = {}  # a label shared by different configs gets a #k suffix
     for r in sorted(rows, key=lambda r: r["run"]):
         ids = seen.setdefault(r["label"], [])
@@ -280,13 +299,21 @@ def same_budget(rows: pd.DataFrame) -> pd.DataFrame:
     dense` run's size (within 5%), those dense runs, and the anchor-only runs of the memory rows' anchors."""
     dense = rows[rows.memory_type == "none"]
     budgets = dense[dense.kind == "same-runtime dense"].params_anchor.tolist()
-    mem = rows[(rows.memory_type != "none") & rows.params_runtime.apply(
-        lambda q: any(_close(q, p, TOL_RUNTIME) for p in budgets))]
+    mem = rows[
+        (rows.memory_type != "none")
+        & rows.params_runtime.apply(lambda q: any(_close(q, p, TOL_RUNTIME) for p in budgets))
+    ]
     if mem.empty:
         return mem
     anchors = mem.params_anchor.tolist()
-    base = dense[dense.params_anchor.apply(lambda p: any(_close(p, q, TOL_RUNTIME) for q in mem.params_runtime)
-                                           or any(_close(p, a, TOL_SAME) for a in anchors))]
+    base = dense[
+        dense.params_anchor.apply(
+            lambda p: (
+                any(_close(p, q, TOL_RUNTIME) for q in mem.params_runtime)
+                or any(_close(p, a, TOL_SAME) for a in anchors)
+            )
+        )
+    ]
     return pd.concat([mem, base])
 
 
@@ -301,8 +328,11 @@ def main_anchor(rows: pd.DataFrame) -> pd.DataFrame:
     return related_baselines(rows, mem[mem.params_anchor == pa])
 
 
-FILTERS = {"related_baselines": lambda d: related_baselines(d, d[d.memory_type != "none"]),
-           "same_budget": same_budget, "main_anchor": main_anchor}
+FILTERS = {
+    "related_baselines": lambda d: related_baselines(d, d[d.memory_type != "none"]),
+    "same_budget": same_budget,
+    "main_anchor": main_anchor,
+}
 
 
 def apply_spec(df: pd.DataFrame, spec: dict[str, Any], mode: str | None) -> tuple[pd.DataFrame, list[str]]:
@@ -315,6 +345,8 @@ def apply_spec(df: pd.DataFrame, spec: dict[str, Any], mode: str | None) -> tupl
         kept = FILTERS[f](rows)
         out = sorted(set(rows.run) - set(kept.run))
         if out:
-            notes.append(f"filter {f} left out {len(out)} run(s): {', '.join(out[:6])}" + (" ..." if len(out) > 6 else ""))
+            notes.append(
+                f"filter {f} left out {len(out)} run(s): {', '.join(out[:6])}" + (" ..." if len(out) > 6 else "")
+            )
         rows = kept
     return rows, notes

@@ -65,6 +65,7 @@ def register(kind: str):
 
 # ---------------------------------------------------------------------------------------------- helpers
 
+
 def first_metric(df: pd.DataFrame, want: str | list[str]) -> str | None:
     """The first of `want` (a name or a list of fallbacks) that some row has; None when none does."""
     for m in [want] if isinstance(want, str) else want:
@@ -76,8 +77,9 @@ def first_metric(df: pd.DataFrame, want: str | list[str]) -> str | None:
 def aggregate(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """Mean / std / n of y over the seeds of one config (config_id), at the mean x; sorted by x."""
     g = df.groupby("config_id", sort=False)
-    return pd.DataFrame({"x": g[x].mean(), "y": g[y].mean(), "std": g[y].std(ddof=1).fillna(0.0),
-                         "n": g[y].size()}).sort_values("x")
+    return pd.DataFrame(
+        {"x": g[x].mean(), "y": g[y].mean(), "std": g[y].std(ddof=1).fillna(0.0), "n": g[y].size()}
+    ).sort_values("x")
 
 
 def errorbar(ax, a: pd.DataFrame, sc: float, color: str, label: str, **kw: Any) -> None:
@@ -104,8 +106,14 @@ def with_gain(rows: pd.DataFrame, anchors: pd.DataFrame, y: str) -> tuple[pd.Dat
         r = r.copy()
         r[y] = r[y] - base[y].mean()
         out.append(r)
-    notes = [f"no anchor-only run of the same size for {len(lost)} run(s), left out of the gain: "
-             + ", ".join(map(str, lost[:6]))] if lost else []
+    notes = (
+        [
+            f"no anchor-only run of the same size for {len(lost)} run(s), left out of the gain: "
+            + ", ".join(map(str, lost[:6]))
+        ]
+        if lost
+        else []
+    )
     return (pd.DataFrame(out) if out else rows.iloc[:0]), notes
 
 
@@ -123,6 +131,7 @@ def _empty(ax, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- kinds
+
 
 @register("lines")
 def plot_lines(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
@@ -156,12 +165,19 @@ def plot_lines(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
         keys = sorted({tuple(k) for k in d[varying].itertuples(index=False)}, key=str) if varying else [()]
         for val, g in d.groupby(col):
             color, lab = styles[val]
-            for key, h in (g.groupby(varying, dropna=False) if varying else [((), g)]):
+            for key, h in g.groupby(varying, dropna=False) if varying else [((), g)]:
                 key = key if isinstance(key, tuple) else (key,)
                 k = keys.index(tuple(key)) if varying else 0
                 sfx = " (" + ", ".join(_split_label(c, v) for c, v in zip(varying, key)) + ")" if varying else ""
-                errorbar(ax, aggregate(h, x, y), sc, color, lab + sfx, marker=MARKERS[k % len(MARKERS)],
-                         ls=LINESTYLES[k % len(LINESTYLES)])
+                errorbar(
+                    ax,
+                    aggregate(h, x, y),
+                    sc,
+                    color,
+                    lab + sfx,
+                    marker=MARKERS[k % len(MARKERS)],
+                    ls=LINESTYLES[k % len(LINESTYLES)],
+                )
         used |= set(d.run)
         drawn += 1
         if p.get("gain"):
@@ -170,8 +186,13 @@ def plot_lines(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
         elif p.get("baseline", True):
             for size, g in anchors[anchors[y].notna()].groupby("params_anchor"):
                 if any(abs(size - a) <= 0.02 * size for a in d.params_anchor):
-                    ax.axhline(g[y].mean() * sc, color=KIND_COLORS["anchor"], lw=0.9, ls="--",
-                               label=f"anchor only ({fmt_count(size)})")
+                    ax.axhline(
+                        g[y].mean() * sc,
+                        color=KIND_COLORS["anchor"],
+                        lw=0.9,
+                        ls="--",
+                        label=f"anchor only ({fmt_count(size)})",
+                    )
                     used |= set(g.run)
         style_axes(ax, x, None if p.get("gain") else y, d[x].to_numpy(dtype=float))
         if p.get("title"):
@@ -193,21 +214,33 @@ def plot_buckets(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     want = spec.get("probes") or list(found)
     found = {p: found[p] for p in want if p in found}
     if not found:
-        raise Skip("no per-bucket fact-probe metrics (`<probe>/bucket<k>`) in the selected runs"
-                   + (f" for probes {want}" if spec.get("probes") else "") + "; evaluate them with `hmem eval`")
+        raise Skip(
+            "no per-bucket fact-probe metrics (`<probe>/bucket<k>`) in the selected runs"
+            + (f" for probes {want}" if spec.get("probes") else "")
+            + "; evaluate them with `hmem eval`"
+        )
     cols = [f"{p}/bucket{k}" for p, ks in found.items() for k in ks]
     has = rows[cols].notna().any(axis=1)
     if (~has).any():
-        notes.append(f"{int((~has).sum())} selected run(s) without bucket metrics left out: "
-                     + ", ".join(sorted(rows[~has].run)[:6]))
+        notes.append(
+            f"{int((~has).sum())} selected run(s) without bucket metrics left out: "
+            + ", ".join(sorted(rows[~has].run)[:6])
+        )
     rows = rows[has]
-    labels = rows.groupby("label").agg(kind=("kind", "first"), mt=("memory_type", "first"),
-                                       bank=("params_bank", "first"), fetch=("params_fetched", "first"))
+    labels = rows.groupby("label").agg(
+        kind=("kind", "first"),
+        mt=("memory_type", "first"),
+        bank=("params_bank", "first"),
+        fetch=("params_fetched", "first"),
+    )
     mem = labels[labels.kind == "memory"].sort_values(["bank", "fetch"], ascending=False)
     keep_n = int(spec.get("max_series", 3))
     if len(mem) > keep_n:
-        notes.append(f"{len(mem) - keep_n} memory config(s) left out (max_series={keep_n}, largest banks kept): "
-                     + ", ".join(mem.index[keep_n:][:6]) + (" ..." if len(mem) > keep_n + 6 else ""))
+        notes.append(
+            f"{len(mem) - keep_n} memory config(s) left out (max_series={keep_n}, largest banks kept): "
+            + ", ".join(mem.index[keep_n:][:6])
+            + (" ..." if len(mem) > keep_n + 6 else "")
+        )
     kept = related_baselines(rows, rows[rows.label.isin(mem.index[:keep_n])]) if len(mem) else rows
     labels = labels[labels.index.isin(kept.label)]
     labels = labels.assign(o=labels.kind.map(KIND_ORDER)).sort_values(["o", "bank", "fetch"])
@@ -219,11 +252,19 @@ def plot_buckets(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
         for j, lab in enumerate(labels.index):
             g = rows[rows.label == lab]
             std = g[cols].std(ddof=1).fillna(0).to_numpy() * 100 if len(g) > 1 else None
-            ax.bar(np.arange(len(ks)) + (j - (len(labels) - 1) / 2) * width, g[cols].mean().to_numpy() * 100,
-                   width * 0.95, yerr=std, color=colors[lab], error_kw={"lw": 0.7, "capsize": 1.5},
-                   label=lab + (f" (mean of {len(g)} seeds)" if len(g) > 1 else ""))
-        ax.set_xticks(range(len(ks)), [f"{k}\n(rarest)" if k == ks[0] else f"{k}\n(most frequent)" if k == ks[-1]
-                                       else str(k) for k in ks])
+            ax.bar(
+                np.arange(len(ks)) + (j - (len(labels) - 1) / 2) * width,
+                g[cols].mean().to_numpy() * 100,
+                width * 0.95,
+                yerr=std,
+                color=colors[lab],
+                error_kw={"lw": 0.7, "capsize": 1.5},
+                label=lab + (f" (mean of {len(g)} seeds)" if len(g) > 1 else ""),
+            )
+        ax.set_xticks(
+            range(len(ks)),
+            [f"{k}\n(rarest)" if k == ks[0] else f"{k}\n(most frequent)" if k == ks[-1] else str(k) for k in ks],
+        )
         ax.set_title(probe.replace("_", " "))
         ax.set_ylim(0, 100)
         if not np.nanmax(rows[rows.label.isin(labels.index)][cols].to_numpy(dtype=float), initial=0.0):
@@ -241,8 +282,10 @@ def plot_routing(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     written by `hmem eval` for data with a key field), drawn like Fig. 1 for the memory runs."""
     route = {c: c.removeprefix("route/") for c in df.columns if c.startswith("route/") and df[c].notna().any()}
     if not route:
-        raise Skip("no routing metrics (`route/<probe>/bucket<k>`): evaluate memory runs with `hmem eval` on data "
-                   "with a key field (data.key_field)")
+        raise Skip(
+            "no routing metrics (`route/<probe>/bucket<k>`): evaluate memory runs with `hmem eval` on data "
+            "with a key field (data.key_field)"
+        )
     acc = [f"{p}/bucket{k}" for p, ks in probes(df).items() for k in ks]
     d = df.drop(columns=[c for c in acc if c in df.columns]).rename(columns=route)
     d = d[d.kind == "memory"]
@@ -261,7 +304,11 @@ def plot_grid(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     beside its marker (seed means); the anchor-only value is given in the panel title."""
     mode = spec.get("eval_mode", "fetched")
     rows, notes = apply_spec(df, spec, mode)
-    x, y, m = spec.get("x", "params_fetched"), spec.get("y", "params_bank"), first_metric(rows, spec.get("metric", "hmem_sk"))
+    x, y, m = (
+        spec.get("x", "params_fetched"),
+        spec.get("y", "params_bank"),
+        first_metric(rows, spec.get("metric", "hmem_sk")),
+    )
     if m is None:
         raise Skip(f"no selected run has `{spec.get('metric', 'hmem_sk')}`")
     notes += missing_note(rows[rows.memory_type != "none"], m)
@@ -274,8 +321,9 @@ def plot_grid(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     ax = axes[0]
     pts = ax.scatter(a.x, a.y, c=a.v, cmap="viridis", s=36, edgecolors="k", linewidths=0.4, zorder=3)
     for _, r in a.iterrows():
-        ax.annotate(f"{r.v:.1f}" + ("*" if r.n > 1 else ""), (r.x, r.y), xytext=(4, 3), textcoords="offset points",
-                    fontsize=6)
+        ax.annotate(
+            f"{r.v:.1f}" + ("*" if r.n > 1 else ""), (r.x, r.y), xytext=(4, 3), textcoords="offset points", fontsize=6
+        )
     fig.colorbar(pts, ax=ax, label=metric_label(m), shrink=0.9)
     style_axes(ax, x, y, a.x.to_numpy())
     if a.y.max() / a.y.min() > 10:
@@ -284,10 +332,17 @@ def plot_grid(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.margins(x=0.15, y=0.15)
     anchors = pick_mode(df, mode)
-    base = [matching_anchor(anchors[(anchors.kind == "anchor") & anchors[m].notna()], pa) for pa in d.params_anchor.unique()]
+    base = [
+        matching_anchor(anchors[(anchors.kind == "anchor") & anchors[m].notna()], pa) for pa in d.params_anchor.unique()
+    ]
     base = pd.concat(base) if base else anchors.iloc[:0]
-    ax.set_title("anchor only: " + (f"{base[m].mean() * scale(m):.1f}" if len(base) else "no run")
-                 + ("   (* = mean over seeds)" if (a.n > 1).any() else ""), fontsize=7, loc="left")
+    ax.set_title(
+        "anchor only: "
+        + (f"{base[m].mean() * scale(m):.1f}" if len(base) else "no run")
+        + ("   (* = mean over seeds)" if (a.n > 1).any() else ""),
+        fontsize=7,
+        loc="left",
+    )
     return Drawn(fig, sorted(set(d.run) | set(base.run)), notes)
 
 
@@ -307,8 +362,10 @@ def plot_ratio(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     shrunken anchors alone (dashed) at the same ratio; the dense model of the whole budget is the star at 0."""
     rows, notes = apply_spec(df, spec, spec.get("eval_mode", "fetched"))
     if rows.empty:
-        raise Skip(f"no run matches select={spec.get('select')} filter={spec.get('filter')} (a fixed runtime budget "
-                   "needs memory runs plus a `same-runtime dense` run of their anchor + fetched size)")
+        raise Skip(
+            f"no run matches select={spec.get('select')} filter={spec.get('filter')} (a fixed runtime budget "
+            "needs memory runs plus a `same-runtime dense` run of their anchor + fetched size)"
+        )
     y = first_metric(rows, spec.get("y", ["wiki_ppl", "val_ppl"]))
     if y is None:
         raise Skip(f"no selected run has any of {spec.get('y', ['wiki_ppl', 'val_ppl'])}")
@@ -341,8 +398,16 @@ def plot_ratio(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
         else:
             notes.append(f"no anchor-only runs of the memory runs' anchor sizes{sfx}: no anchor-only curve")
         if len(top):
-            ax.plot([0], [top[y].mean()], marker="*", ms=9, color="k", ls="none", zorder=4,
-                    label=f"dense {fmt_count(top.params_anchor.mean())} (whole budget)")
+            ax.plot(
+                [0],
+                [top[y].mean()],
+                marker="*",
+                ms=9,
+                color="k",
+                ls="none",
+                zorder=4,
+                label=f"dense {fmt_count(top.params_anchor.mean())} (whole budget)",
+            )
             used |= set(top.run)
         else:
             notes.append(f"no dense model of the whole runtime budget{sfx} (ratio 0)")
@@ -373,8 +438,15 @@ def plot_curves(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
             pts = [(q["tokens"], q[m]) for q in recs if m in q and "tokens" in q]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, color=color, label=None if many else lab, lw=0.9,
-                        marker="o" if m.startswith("val") else None, ms=2.5)
+                ax.plot(
+                    xs,
+                    ys,
+                    color=color,
+                    label=None if many else lab,
+                    lw=0.9,
+                    marker="o" if m.startswith("val") else None,
+                    ms=2.5,
+                )
                 used.add(r.run)
         if not recs:
             notes.append(f"{r.run}: no metrics.jsonl records")
@@ -383,8 +455,7 @@ def plot_curves(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
         raise Skip("no selected run has a training curve (metrics.jsonl)")
     for ax, m in zip(axes, metrics):
         style_axes(ax, "tokens", m)
-    extra = [Line2D([], [], color=c, label=TYPE_NAMES.get(k, k))
-             for k, c in colors.items()] if many else None
+    extra = [Line2D([], [], color=c, label=TYPE_NAMES.get(k, k)) for k, c in colors.items()] if many else None
     legend_below(fig, axes, ncol=2 if not many else None, extra=extra)
     if many:
         notes.append(f"{len(rows)} runs: the legend names memory types / run kinds (shades = configurations)")

@@ -30,10 +30,12 @@ from hmem_lit.resources import shipped_dir, work_root
 
 SPEC_DIR = shipped_dir("analysis")  # the figure specs analysis/*.yaml: the checkout's, else the installed copy
 CSV_DROP = ("path",)
-CLASSIFY = ("kind: memory = memory.type is not none; anchor = no memory, anchor params within 2% of a memory run's "
-            "anchor; dense-2x = no memory, 1.7-2.3x such an anchor; same-runtime dense = no memory, within 5% of a "
-            "memory run's anchor + fetched; any other dense run = anchor. Seeds of one config are averaged "
-            "(error bars / ± = std over seeds).")  # absolute paths stay out of the shared table
+CLASSIFY = (
+    "kind: memory = memory.type is not none; anchor = no memory, anchor params within 2% of a memory run's "
+    "anchor; dense-2x = no memory, 1.7-2.3x such an anchor; same-runtime dense = no memory, within 5% of a "
+    "memory run's anchor + fetched; any other dense run = anchor. Seeds of one config are averaged "
+    "(error bars / ± = std over seeds)."
+)  # absolute paths stay out of the shared table
 
 
 @dataclass
@@ -60,7 +62,9 @@ def load_specs(paths: list[str | Path] | None = None) -> tuple[list[dict], list[
             raise ConfigError(f"{f}: not valid YAML ({str(e).splitlines()[0]})") from None
         for s in d.get("figures") or []:
             if s.get("kind") not in FIGURES:
-                raise ConfigError(f"{f}: figure {s.get('id')!r}: kind {s.get('kind')!r} unknown; known: {', '.join(FIGURES.names())}")
+                raise ConfigError(
+                    f"{f}: figure {s.get('id')!r}: kind {s.get('kind')!r} unknown; known: {', '.join(FIGURES.names())}"
+                )
             figs.append(s)
         tabs += d.get("tables") or []
     ids = [s.get("id") for s in figs + tabs]
@@ -76,8 +80,12 @@ def _save(fig, out: Path, fid: str) -> list[str]:
     (out / "figures").mkdir(parents=True, exist_ok=True)
     files = []
     for ext in ("png", "pdf"):
-        fig.savefig(out / "figures" / f"{fid}.{ext}", dpi=200, bbox_inches="tight", metadata=None
-                    if ext == "png" else {"CreationDate": None})
+        fig.savefig(
+            out / "figures" / f"{fid}.{ext}",
+            dpi=200,
+            bbox_inches="tight",
+            metadata=None if ext == "png" else {"CreationDate": None},
+        )
         files.append(f"figures/{fid}.{ext}")
     plt.close(fig)
     return files
@@ -106,8 +114,10 @@ def build_report(target: str, out: str | Path | None = None, specs: list[str] | 
     study, study_notes = sweep_mod.load_study(t)
     extra = sweep_mod.trial_run_dirs(study) if study else []
     if not t.runs_dir.is_dir():
-        t.notes.append(f"no runs directory {t.runs_dir}" + (f"; {len(extra)} trial run directories named by the study"
-                                                             if extra else ""))
+        t.notes.append(
+            f"no runs directory {t.runs_dir}"
+            + (f"; {len(extra)} trial run directories named by the study" if extra else "")
+        )
     col = collect(t.runs_dir if t.runs_dir.is_dir() else None, extra)
     out.mkdir(parents=True, exist_ok=True)
     df = col.table
@@ -163,10 +173,13 @@ class Page:
 
     def _intro(self) -> list[str]:
         n = self.col.table.run.nunique() if len(self.col.table) else 0
-        return [f"Source: `{self.t.runs_dir}`" + (f" (sweep `{self.t.name}`)" if self.sweep else ""),
-                f"Generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; {n} complete run(s), "
-                f"{len(self.col.incomplete)} incomplete or failed; the collected table is `runs.csv` "
-                "(one row per run x evaluation memory mode).", *self.notes]
+        return [
+            f"Source: `{self.t.runs_dir}`" + (f" (sweep `{self.t.name}`)" if self.sweep else ""),
+            f"Generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; {n} complete run(s), "
+            f"{len(self.col.incomplete)} incomplete or failed; the collected table is `runs.csv` "
+            "(one row per run x evaluation memory mode).",
+            *self.notes,
+        ]
 
     def _sections(self):
         """(heading, items) in page order; skipped figures are gathered at the end."""
@@ -192,24 +205,40 @@ class Page:
                 L += [f"Runs ({len(i.runs)}): " + ", ".join(f"`{r}`" for r in i.runs)] if i.runs else []
                 L += [f"- note: {n}" for n in i.notes] + [""]
             L.append("")
-        L += ["## Runs", "", CLASSIFY, "", runs_overview(self.col.table).markdown() if len(self.col.table) else "(none)", ""]
+        L += [
+            "## Runs",
+            "",
+            CLASSIFY,
+            "",
+            runs_overview(self.col.table).markdown() if len(self.col.table) else "(none)",
+            "",
+        ]
         L += ["## Incomplete or failed runs (not plotted)", ""]
         L += [f"- `{r['run']}` ({r['status']}): {r['reason']}" for r in self.col.incomplete] or ["(none)"]
         return "\n".join(L) + "\n"
 
     def html(self, out: Path) -> str:
         e = html.escape
-        B = [f"<h1>Report: {e(self.target)}</h1><ul>" + "".join(f"<li>{e(x.replace('`', ''))}</li>"
-                                                                for x in self._intro()) + "</ul>"]
+        B = [
+            f"<h1>Report: {e(self.target)}</h1><ul>"
+            + "".join(f"<li>{e(x.replace('`', ''))}</li>" for x in self._intro())
+            + "</ul>"
+        ]
         for head, its in self._sections():
             B.append(f"<h2>{e(head)}</h2>" + ("" if its else "<p>(none)</p>"))
             if any(i.skipped for i in its):
-                B.append("<ul>" + "".join(f"<li><b>{e(i.id)}</b> ({e(i.reproduces or i.title)}): {e(i.skipped)}</li>"
-                                          for i in its) + "</ul>")
+                B.append(
+                    "<ul>"
+                    + "".join(f"<li><b>{e(i.id)}</b> ({e(i.reproduces or i.title)}): {e(i.skipped)}</li>" for i in its)
+                    + "</ul>"
+                )
                 continue
             for i in its:
-                B.append(f"<h3>{e(i.id)}: {e(i.title)}" + (f" <small>(reproduces {e(i.reproduces)})</small>"
-                                                          if i.reproduces else "") + "</h3>")
+                B.append(
+                    f"<h3>{e(i.id)}: {e(i.title)}"
+                    + (f" <small>(reproduces {e(i.reproduces)})</small>" if i.reproduces else "")
+                    + "</h3>"
+                )
                 if i.table:
                     B.append(i.table.html())
                 for f in i.files:
@@ -217,19 +246,37 @@ class Page:
                         data = base64.b64encode((out / f).read_bytes()).decode()
                         B.append(f'<img alt="{e(i.id)}" src="data:image/png;base64,{data}">')
                 if i.runs:
-                    B.append(f"<p class=runs>Runs ({len(i.runs)}): " + ", ".join(f"<code>{e(r)}</code>" for r in i.runs)
-                             + "</p>")
+                    B.append(
+                        f"<p class=runs>Runs ({len(i.runs)}): "
+                        + ", ".join(f"<code>{e(r)}</code>" for r in i.runs)
+                        + "</p>"
+                    )
                 B += [f"<p class=note>note: {e(n)}</p>" for n in i.notes]
-        B.append(f"<h2>Runs</h2><p>{e(CLASSIFY)}</p>" + (runs_overview(self.col.table).html() if len(self.col.table) else "<p>(none)</p>"))
-        B.append("<h2>Incomplete or failed runs (not plotted)</h2><ul>" + ("".join(
-            f"<li><code>{e(r['run'])}</code> ({e(r['status'])}): {e(r['reason'])}</li>" for r in self.col.incomplete)
-            or "<li>(none)</li>") + "</ul>")
-        css = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}"
-               "img{max-width:100%;display:block;margin:.5em 0}table{border-collapse:collapse;font-size:.85em;"
-               "margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
-               ".note{color:#8a5a00;font-size:.9em}.runs{font-size:.8em;color:#555}")
-        return (f"<!doctype html><html><head><meta charset=utf-8><title>hmem report: {e(self.target)}</title>"
-                f"<style>{css}</style></head><body>{''.join(B)}</body></html>\n")
+        B.append(
+            f"<h2>Runs</h2><p>{e(CLASSIFY)}</p>"
+            + (runs_overview(self.col.table).html() if len(self.col.table) else "<p>(none)</p>")
+        )
+        B.append(
+            "<h2>Incomplete or failed runs (not plotted)</h2><ul>"
+            + (
+                "".join(
+                    f"<li><code>{e(r['run'])}</code> ({e(r['status'])}): {e(r['reason'])}</li>"
+                    for r in self.col.incomplete
+                )
+                or "<li>(none)</li>"
+            )
+            + "</ul>"
+        )
+        css = (
+            "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}"
+            "img{max-width:100%;display:block;margin:.5em 0}table{border-collapse:collapse;font-size:.85em;"
+            "margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
+            ".note{color:#8a5a00;font-size:.9em}.runs{font-size:.8em;color:#555}"
+        )
+        return (
+            f"<!doctype html><html><head><meta charset=utf-8><title>hmem report: {e(self.target)}</title>"
+            f"<style>{css}</style></head><body>{''.join(B)}</body></html>\n"
+        )
 
 
 def report_main(target: str, out: str | None = None, specs: list[str] | None = None) -> int:

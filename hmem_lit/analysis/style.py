@@ -25,19 +25,52 @@ KIND_COLORS = {"anchor": "#7f7f7f", "dense-2x": "#222222", "same-runtime dense":
 LEVEL_COLORS = {1: "#1b9e77", 2: "#d95f02", 3: "#7570b3", 4: "#e7298a", 5: "#66a61e"}
 KIND_ORDER = {"anchor": 0, "memory": 1, "same-runtime dense": 2, "dense-2x": 3}
 MARKERS, LINESTYLES = "os^Dv<>p", ("-", "--", ":", "-.")
-STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
-         "legend.fontsize": 7, "figure.titlesize": 9, "lines.linewidth": 1.3, "lines.markersize": 4,
-         "axes.spines.top": False, "axes.spines.right": False, "savefig.dpi": 200, "pdf.fonttype": 42,
-         "errorbar.capsize": 2}
-LABELS = {"hmem_sk": "Avg-SK accuracy (%)", "hmem_ck": "Avg-CK accuracy (%)", "wiki_ppl": "Wikipedia perplexity",
-          "wiki_bpb": "Wikipedia bits per byte", "val_ppl": "validation perplexity",
-          "val_loss": "validation loss (nats/token)", "train/loss": "training loss (nats/token)",
-          "val/loss": "validation loss (nats/token)", "params_fetched": "fetched parameters",
-          "params_bank": "bank parameters", "params_anchor": "anchor parameters",
-          "params_runtime": "runtime parameters (anchor + fetched)", "fetch_ratio": "fetched : anchor parameters",
-          "tokens": "training tokens", "level": "memory level"}
-_NOT_ACC = ("wiki", "val", "train", "params", "n_", "eval_time", "retrieval_time", "fetch_ratio", "tokens", "steps",
-            "level")
+STYLE = {
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "figure.titlesize": 9,
+    "lines.linewidth": 1.3,
+    "lines.markersize": 4,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "savefig.dpi": 200,
+    "pdf.fonttype": 42,
+    "errorbar.capsize": 2,
+}
+LABELS = {
+    "hmem_sk": "Avg-SK accuracy (%)",
+    "hmem_ck": "Avg-CK accuracy (%)",
+    "wiki_ppl": "Wikipedia perplexity",
+    "wiki_bpb": "Wikipedia bits per byte",
+    "val_ppl": "validation perplexity",
+    "val_loss": "validation loss (nats/token)",
+    "train/loss": "training loss (nats/token)",
+    "val/loss": "validation loss (nats/token)",
+    "params_fetched": "fetched parameters",
+    "params_bank": "bank parameters",
+    "params_anchor": "anchor parameters",
+    "params_runtime": "runtime parameters (anchor + fetched)",
+    "fetch_ratio": "fetched : anchor parameters",
+    "tokens": "training tokens",
+    "level": "memory level",
+}
+_NOT_ACC = (
+    "wiki",
+    "val",
+    "train",
+    "params",
+    "n_",
+    "eval_time",
+    "retrieval_time",
+    "fetch_ratio",
+    "tokens",
+    "steps",
+    "level",
+)
 
 
 def is_acc(metric: str) -> bool:
@@ -92,8 +125,10 @@ def series_style(col: str, values: list[Any]) -> dict[Any, tuple[str, str]]:
         elif len(nums) == len(values):  # numeric series (e.g. bank size): sequential colours
             pos = nums.index(v) / max(1, len(nums) - 1)
             name = LABELS.get(col, col).replace(" parameters", "")
-            out[v] = (mcolors.to_hex(plt.get_cmap("viridis")(0.1 + 0.75 * pos)),
-                      f"{name} {fmt_count(v) if col.startswith('params') else v}")
+            out[v] = (
+                mcolors.to_hex(plt.get_cmap("viridis")(0.1 + 0.75 * pos)),
+                f"{name} {fmt_count(v) if col.startswith('params') else v}",
+            )
         else:
             out[v] = (f"C{i % 10}", str(v))
     return out

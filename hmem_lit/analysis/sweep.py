@@ -77,8 +77,9 @@ def _from_yaml(yml: Path) -> Target:
     if storage and "://" not in str(storage) and not runs_dir.is_dir():
         runs_dir = Path(str(storage)).parent
     storage = storage or (_storage_in(runs_dir) if runs_dir.is_dir() else None)
-    return Target(name, runs_dir, str(storage) if storage else None, str(_find(raw, ("study_name", "study")) or name),
-                  [note])
+    return Target(
+        name, runs_dir, str(storage) if storage else None, str(_find(raw, ("study_name", "study")) or name), [note]
+    )
 
 
 def resolve(target: str) -> Target:
@@ -95,10 +96,14 @@ def resolve(target: str) -> Target:
         if d.is_dir():
             return Target(target, d, _storage_in(d), None)
     if p.suffix in (".yaml", ".yml") or len(p.parts) > 1:  # a path, not a sweep name
-        raise ConfigError(f"{target}: neither a runs directory nor a sweep (no such path); pass a runs directory "
-                          "(e.g. runs/) or a sweep name from `hmem list`")
-    raise ConfigError(f"{target}: neither a runs directory nor a sweep (no {SWEEPS_DIR / (target + '.yaml')}, "
-                      f"no {RUNS / 'sweeps' / target}/)")
+        raise ConfigError(
+            f"{target}: neither a runs directory nor a sweep (no such path); pass a runs directory "
+            "(e.g. runs/) or a sweep name from `hmem list`"
+        )
+    raise ConfigError(
+        f"{target}: neither a runs directory nor a sweep (no {SWEEPS_DIR / (target + '.yaml')}, "
+        f"no {RUNS / 'sweeps' / target}/)"
+    )
 
 
 def load_study(t: Target):
@@ -146,8 +151,15 @@ def trial_run_dirs(study) -> list[Path]:
 def trials_table(study) -> tuple[list[str], list[list[Any]]]:
     params = sorted({k for t in study.trials for k in t.params})
     header = ["trial", "state", "value", *params]
-    rows = [[t.number, t.state.name, t.value if t.values and len(t.values) == 1 else t.values,
-             *[t.params.get(k) for k in params]] for t in study.trials]
+    rows = [
+        [
+            t.number,
+            t.state.name,
+            t.value if t.values and len(t.values) == 1 else t.values,
+            *[t.params.get(k) for k in params],
+        ]
+        for t in study.trials
+    ]
     return header, rows
 
 
@@ -167,15 +179,33 @@ def optuna_views(study, metric: str | None = None) -> list[tuple[str, str, Any, 
         kw["target"] = lambda t: t.values[0]
     params = sorted({k for t in done for k in t.params})
     varying = [k for k in params if len({repr(t.params.get(k)) for t in done}) > 1]
-    views = [("optuna_history", "optimisation history", ovm.plot_optimization_history, 1, None, (4.5, 2.6)),
-             ("optuna_importance", "parameter importances (fANOVA)", ovm.plot_param_importances, 4,
-              "needs at least 4 complete trials and 2 varying parameters" if len(done) < 4 or len(varying) < 2
-              else None, (4.5, 0.5 + 0.35 * max(2, len(varying)))),
-             ("optuna_parallel", "parallel coordinates", ovm.plot_parallel_coordinate, 2,
-              "needs at least one varying parameter" if not varying else None, (7.0, 2.8)),
-             ("optuna_slice", "slices (objective vs each parameter)", ovm.plot_slice, 1,
-              "needs at least one varying parameter" if not varying else None,
-              (min(7.0, 2.2 * max(1, len(varying)) + 1.0), 2.6))]
+    views = [
+        ("optuna_history", "optimisation history", ovm.plot_optimization_history, 1, None, (4.5, 2.6)),
+        (
+            "optuna_importance",
+            "parameter importances (fANOVA)",
+            ovm.plot_param_importances,
+            4,
+            "needs at least 4 complete trials and 2 varying parameters" if len(done) < 4 or len(varying) < 2 else None,
+            (4.5, 0.5 + 0.35 * max(2, len(varying))),
+        ),
+        (
+            "optuna_parallel",
+            "parallel coordinates",
+            ovm.plot_parallel_coordinate,
+            2,
+            "needs at least one varying parameter" if not varying else None,
+            (7.0, 2.8),
+        ),
+        (
+            "optuna_slice",
+            "slices (objective vs each parameter)",
+            ovm.plot_slice,
+            1,
+            "needs at least one varying parameter" if not varying else None,
+            (min(7.0, 2.2 * max(1, len(varying)) + 1.0), 2.6),
+        ),
+    ]
     out = []
     for vid, title, fn, need, why, size in views:
         if len(done) < need or why:

@@ -37,9 +37,14 @@ CONFIG_COLUMNS: dict[str, tuple[str, Callable[[pd.Series], str]]] = {
     "layers": ("memory layers", lambda r: r.layers if r.memory_type != "none" else "-"),
 }
 # column id -> (header, metric column, scale, decimals)
-METRIC_COLUMNS = {"ck": ("Avg-CK", "hmem_ck", 100, 1), "sk": ("Avg-SK", "hmem_sk", 100, 1),
-                  "ppl": ("Wiki ppl", "wiki_ppl", 1, 2), "bpb": ("Wiki bpb", "wiki_bpb", 1, 3),
-                  "val_ppl": ("val ppl", "val_ppl", 1, 2), "val_loss": ("val loss", "val_loss", 1, 3)}
+METRIC_COLUMNS = {
+    "ck": ("Avg-CK", "hmem_ck", 100, 1),
+    "sk": ("Avg-SK", "hmem_sk", 100, 1),
+    "ppl": ("Wiki ppl", "wiki_ppl", 1, 2),
+    "bpb": ("Wiki bpb", "wiki_bpb", 1, 3),
+    "val_ppl": ("val ppl", "val_ppl", 1, 2),
+    "val_loss": ("val loss", "val_loss", 1, 3),
+}
 TRAINING = ("val_ppl", "val_loss")  # training-time metrics: one column, not one per evaluation mode
 
 
@@ -84,15 +89,21 @@ def make_table(df: pd.DataFrame, spec: dict[str, Any]) -> Table:
         if m != "fetched":  # a run without memory has no generic / blocked numbers of its own
             t = t[(t.memory_type != "none") & (t.eval_mode == m)]
         per_mode[m] = t.set_index("run")
+
     def has(m: str, metric: str) -> bool:  # a column nobody has is left out (the notes below name it)
         return metric in per_mode[m].columns and bool(per_mode[m][metric].notna().any())
 
     # the table's columns in order: ("cfg", id) or ("metric", id, mode)
-    layout = [("cfg", c, "") if c in CONFIG_COLUMNS else ("metric", c, m) for c in cols
-              for m in (modes if c in METRIC_COLUMNS and c not in TRAINING else ["fetched"] if c in TRAINING else [""])
-              if c in CONFIG_COLUMNS or has(m, METRIC_COLUMNS[c][1])]
-    header = [CONFIG_COLUMNS[c][0] if k == "cfg" else METRIC_COLUMNS[c][0] + ("" if m == "fetched" else f" [{m}]")
-              for k, c, m in layout]
+    layout = [
+        ("cfg", c, "") if c in CONFIG_COLUMNS else ("metric", c, m)
+        for c in cols
+        for m in (modes if c in METRIC_COLUMNS and c not in TRAINING else ["fetched"] if c in TRAINING else [""])
+        if c in CONFIG_COLUMNS or has(m, METRIC_COLUMNS[c][1])
+    ]
+    header = [
+        CONFIG_COLUMNS[c][0] if k == "cfg" else METRIC_COLUMNS[c][0] + ("" if m == "fetched" else f" [{m}]")
+        for k, c, m in layout
+    ]
     seeds = bool((base.groupby("config_id").size() > 1).any())
     header += ["seeds"] if seeds else []
     order = base.assign(o=base.kind.map(KIND_ORDER))
@@ -118,8 +129,10 @@ def make_table(df: pd.DataFrame, spec: dict[str, Any]) -> Table:
             if len(miss) == len(base):
                 notes.append(f"`{metric}`: no selected run has it; column left out")
             elif miss:
-                notes.append(f"`{metric}` missing for {len(miss)} run(s) (shown as -): {', '.join(miss[:6])}"
-                             + (" ..." if len(miss) > 6 else ""))
+                notes.append(
+                    f"`{metric}` missing for {len(miss)} run(s) (shown as -): {', '.join(miss[:6])}"
+                    + (" ..." if len(miss) > 6 else "")
+                )
     return Table(header, rows, sorted(base.run), notes)
 
 
@@ -130,12 +143,26 @@ def runs_overview(df: pd.DataFrame) -> Table:
     for run, g in df.groupby("run", sort=True):
         r = g.iloc[0]
         modes = ", ".join(sorted(m for m in g.eval_mode if m)) or "(not evaluated)"
-        rows.append([run, r.kind, r.label, r.memory_type, _levels(r), str(r.seed), fmt_count(r.params_anchor),
-                     fmt_count(r.params_fetched) if r.params_fetched else "0",
-                     fmt_count(r.params_bank) if r.params_bank else "0", modes])
+        rows.append(
+            [
+                run,
+                r.kind,
+                r.label,
+                r.memory_type,
+                _levels(r),
+                str(r.seed),
+                fmt_count(r.params_anchor),
+                fmt_count(r.params_fetched) if r.params_fetched else "0",
+                fmt_count(r.params_bank) if r.params_bank else "0",
+                modes,
+            ]
+        )
     return Table(header, rows, sorted(df.run.unique()) if len(df) else [])
 
 
 def simple_table(header: list[str], rows: list[list[Any]]) -> Table:
-    return Table(header, [[("-" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)) for v in r]
-                          for r in rows], [])
+    return Table(
+        header,
+        [[("-" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)) for v in r] for r in rows],
+        [],
+    )

@@ -42,13 +42,20 @@ def builtin_documents(data_cfg: Any, progress: bool = False) -> tuple[list[dict]
     wiki_train = [w for w, v in zip(wiki, val_mask) if not v]
 
     if data_cfg.corpus == "airports":
-        entities = airports.airport_entities(data_cfg.airports, seed, data_cfg.fact_repeats_max, data_cfg.zipf_a,
-                                             data_cfg.fact_repeats_min, [w["text"] for w in wiki_train])
+        entities = airports.airport_entities(
+            data_cfg.airports,
+            seed,
+            data_cfg.fact_repeats_max,
+            data_cfg.zipf_a,
+            data_cfg.fact_repeats_min,
+            [w["text"] for w in wiki_train],
+        )
     else:
         entities = _facts_entities(data_cfg, wiki_train)
 
-    docs: list[dict] = [{"text": w["text"], "kind": "wiki", "title": w["title"], "topic": w["topic"]}
-                        for w in wiki_train]
+    docs: list[dict] = [
+        {"text": w["text"], "kind": "wiki", "title": w["title"], "topic": w["topic"]} for w in wiki_train
+    ]
     it: Any = enumerate(entities)
     if progress:
         from tqdm.auto import tqdm
@@ -56,36 +63,57 @@ def builtin_documents(data_cfg: Any, progress: bool = False) -> tuple[list[dict]
         it = tqdm(it, total=len(entities), desc="fact documents", leave=False)
     for i, e in it:
         erng = np.random.default_rng([seed, 2, i])
-        texts = ([airports.airport_doc(e, erng) for _ in range(e["repeats"])] if e["kind"] == "airport"
-                 else facts.write_docs(e, erng))
+        texts = (
+            [airports.airport_doc(e, erng) for _ in range(e["repeats"])]
+            if e["kind"] == "airport"
+            else facts.write_docs(e, erng)
+        )
         docs.extend({"text": t, "kind": e["kind"], "entity": e["name"]} for t in texts)
     n_train = len(docs)
-    docs.extend({"text": w["text"], "kind": "wiki", "title": w["title"], "topic": w["topic"]}
-                for w, v in zip(wiki, val_mask) if v)
+    docs.extend(
+        {"text": w["text"], "kind": "wiki", "title": w["title"], "topic": w["topic"]}
+        for w, v in zip(wiki, val_mask)
+        if v
+    )
     split = np.zeros(len(docs), np.int8)
     split[n_train:] = 1
     if not val_mask.any() and len(docs) >= 2:  # no Wikipedia text: hold out a fraction of everything
         split[rng.permutation(len(docs))[: _n_val(len(docs), data_cfg.val_fraction)]] = 1
     kinds = sorted({e["kind"] for e in entities})
-    info = {"corpus": data_cfg.corpus, "wiki_docs": len(wiki), "wiki_val": int(val_mask.sum()),
-            "entities": {k: sum(e["kind"] == k for e in entities) for k in kinds}}
+    info = {
+        "corpus": data_cfg.corpus,
+        "wiki_docs": len(wiki),
+        "wiki_val": int(val_mask.sum()),
+        "entities": {k: sum(e["kind"] == k for e in entities) for k in kinds},
+    }
     return docs, split, entities, info
 
 
 def _facts_entities(data_cfg: Any, wiki_train: list[dict]) -> list[dict]:
-    """The `facts` corpus's entities: elements and countries (documents by Wikipedia mention rank) + synthetic people."""
+    """The `facts` corpus's entities: elements and countries (documents by Wikipedia mention rank), synthetic people."""
     seed = data_cfg.seed
     real = facts.element_entities(sources.read_elements()) + facts.country_entities(sources.read_countries())
     wiki_counts = mentions.MentionCounter(real).add_all(w["text"] for w in wiki_train)
     for kind in ("element", "country"):
         idx = [i for i, e in enumerate(real) if e["kind"] == kind]
-        reps = facts.repeats_by_rank([wiki_counts[i] for i in idx], [real[i]["name"] for i in idx],
-                                     data_cfg.fact_repeats_max, data_cfg.zipf_a, data_cfg.fact_repeats_min)
+        reps = facts.repeats_by_rank(
+            [wiki_counts[i] for i in idx],
+            [real[i]["name"] for i in idx],
+            data_cfg.fact_repeats_max,
+            data_cfg.zipf_a,
+            data_cfg.fact_repeats_min,
+        )
         for i, r in zip(idx, reps):
             real[i]["repeats"], real[i]["wiki_mentions"] = r, wiki_counts[i]
     reserved = {w for e in real for n in [e["name"], *e["aliases"]] for w in mentions.words(n)}
-    synth = facts.synthetic_entities(data_cfg.synthetic_entities, seed, data_cfg.fact_repeats_max,
-                                     data_cfg.zipf_a, reserved, data_cfg.fact_repeats_min)
+    synth = facts.synthetic_entities(
+        data_cfg.synthetic_entities,
+        seed,
+        data_cfg.fact_repeats_max,
+        data_cfg.zipf_a,
+        reserved,
+        data_cfg.fact_repeats_min,
+    )
     return real + synth
 
 
@@ -95,7 +123,16 @@ def file_documents(data_cfg: Any, skipped: sources.SkipCounter) -> Iterator[tupl
     for doc in sources.read_files(list(data_cfg.files), skipped):
         s = str(doc.get("split", "")).lower()
         u = rng.random()  # drawn for every document, so the split does not depend on other documents' fields
-        yield doc, (1 if s in ("val", "validation", "valid", "test") else 0 if s == "train" else int(u < data_cfg.val_fraction))
+        yield (
+            doc,
+            (
+                1
+                if s in ("val", "validation", "valid", "test")
+                else 0
+                if s == "train"
+                else int(u < data_cfg.val_fraction)
+            ),
+        )
 
 
 def write_corpus(out_dir: Path, docs: Iterator[tuple[dict, int]]) -> tuple[int, np.ndarray]:

@@ -55,9 +55,18 @@ def make_collate(eot_id: int, pad_id: int) -> Callable[[list[Any]], dict[str, to
 class StepBatchSampler(Sampler[list[int]]):
     """Yields micro-batches of indices from the seeded infinite stream, starting at `start_step()`."""
 
-    def __init__(self, n: int, batch_size: int, accumulate: int, total_steps: int, seed: int,
-                 start_step: Callable[[], int] = lambda: 0, rank: int = 0, world: int = 1,
-                 keep: np.ndarray | None = None):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        accumulate: int,
+        total_steps: int,
+        seed: int,
+        start_step: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world: int = 1,
+        keep: np.ndarray | None = None,
+    ):
         self.n, self.bs, self.acc, self.total, self.seed = n, batch_size, accumulate, total_steps, seed
         self.start_step, self.rank, self.world = start_step, rank, world
         self.keep = keep  # optional subset of row indices (e.g. one level-1 subtree)
@@ -92,14 +101,18 @@ def load_splits(cfg: RunConfig) -> tuple[PackedSplit, PackedSplit, Any]:
     if cfg.data.source == "toy":
         from hmem_lit.data.toy import toy_packed
 
-        rows, paths, tok = toy_packed(cfg.data.toy_docs, cfg.data.seq_len, cfg.data.seed,
-                                      cfg.retriever.branching, cfg.retriever.depth)
+        rows, paths, tok = toy_packed(
+            cfg.data.toy_docs, cfg.data.seq_len, cfg.data.seed, cfg.retriever.branching, cfg.retriever.depth
+        )
         rng = np.random.default_rng(cfg.data.seed)
         order = rng.permutation(len(rows))
         n_val = max(1, int(len(rows) * max(cfg.data.val_fraction, 0.05)))
         val, train = order[:n_val], order[n_val:]
-        return (PackedSplit(rows[train], paths[train], tok.eot_id, tok.pad_id),
-                PackedSplit(rows[val], paths[val], tok.eot_id, tok.pad_id), tok)
+        return (
+            PackedSplit(rows[train], paths[train], tok.eot_id, tok.pad_id),
+            PackedSplit(rows[val], paths[val], tok.eot_id, tok.pad_id),
+            tok,
+        )
     from hmem_lit.data.prepare import load_prepared  # built-in and bring-your-own corpora
 
     return load_prepared(cfg)
@@ -133,11 +146,23 @@ class HmemDataModule(L.LightningDataModule):
             keep = np.nonzero(np.asarray(self.train_split.paths[:, 0]) == t.subtree)[0]
             if len(keep) == 0:
                 raise ValueError(f"train.subtree={t.subtree}: no training sequences under that level-1 node")
-        sampler = StepBatchSampler(len(self.train_split), t.batch_size, t.accumulate, self.total_steps or 0,
-                                   seed=t.seed, start_step=self._start_step, rank=rank, world=world, keep=keep)
-        return DataLoader(PackedDataset(self.train_split), batch_sampler=sampler,
-                          collate_fn=make_collate(self.train_split.eot_id, self.train_split.pad_id),
-                          num_workers=self.cfg.data.num_workers)
+        sampler = StepBatchSampler(
+            len(self.train_split),
+            t.batch_size,
+            t.accumulate,
+            self.total_steps or 0,
+            seed=t.seed,
+            start_step=self._start_step,
+            rank=rank,
+            world=world,
+            keep=keep,
+        )
+        return DataLoader(
+            PackedDataset(self.train_split),
+            batch_sampler=sampler,
+            collate_fn=make_collate(self.train_split.eot_id, self.train_split.pad_id),
+            num_workers=self.cfg.data.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         n = min(len(self.val_split), self.cfg.train.batch_size * max(1, self.cfg.train.val_batches))
@@ -145,5 +170,9 @@ class HmemDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         idx = list(range(rank, n, world))
         subset = torch.utils.data.Subset(PackedDataset(self.val_split), idx)
-        return DataLoader(subset, batch_size=self.cfg.train.batch_size, shuffle=False,
-                          collate_fn=make_collate(self.val_split.eot_id, self.val_split.pad_id))
+        return DataLoader(
+            subset,
+            batch_size=self.cfg.train.batch_size,
+            shuffle=False,
+            collate_fn=make_collate(self.val_split.eot_id, self.val_split.pad_id),
+        )

@@ -24,8 +24,15 @@ class Packed:
     n_tokens: int  # document tokens incl. EOT (not padding)
 
 
-def pack(doc_tokens: list[np.ndarray], doc_index: np.ndarray, paths: np.ndarray, seq_len: int, eot_id: int,
-         pad_id: int, seed: int = 0) -> Packed:
+def pack(
+    doc_tokens: list[np.ndarray],
+    doc_index: np.ndarray,
+    paths: np.ndarray,
+    seq_len: int,
+    eot_id: int,
+    pad_id: int,
+    seed: int = 0,
+) -> Packed:
     """doc_tokens[i] (without EOT) belongs to corpus document doc_index[i] with path paths[i]."""
     width = seq_len + 1
     rng = np.random.default_rng(seed)
@@ -80,4 +87,7 @@ def pack(doc_tokens: list[np.ndarray], doc_index: np.ndarray, paths: np.ndarray,
     return Packed(
         tokens=np.stack(rows) if rows else np.zeros((0, width), np.int32),
         paths=np.stack(row_paths) if rows else np.zeros((0, paths.shape[1] if paths.ndim == 2 else 1), np.int64),
-        doc_ptr=ptr, doc_ids=np.array([d for ds in row_docs for d in ds], np.int64), n_tokens=n_tokens)
+        doc_ptr=ptr,
+        doc_ids=np.array([d for ds in row_docs for d in ds], np.int64),
+        n_tokens=n_tokens,
+    )

@@ -38,8 +38,14 @@ from hmem_lit.retriever.diagnostics import concentration, format_concentration, 
 from hmem_lit.utils import atomic_write, atomic_write_text, read_json, write_json
 
 STAGES = ("corpus", "tokenizer", "embeddings", "tree", "packing", "questions")
-DEPS = {"corpus": (), "tokenizer": ("corpus",), "embeddings": ("corpus",), "tree": ("corpus", "embeddings"),
-        "packing": ("tokenizer", "tree"), "questions": ("corpus",)}  # an upstream re-run may change the output
+DEPS = {
+    "corpus": (),
+    "tokenizer": ("corpus",),
+    "embeddings": ("corpus",),
+    "tree": ("corpus", "embeddings"),
+    "packing": ("tokenizer", "tree"),
+    "questions": ("corpus",),
+}  # an upstream re-run may change the output
 _VERSION = {"corpus": 1, "tokenizer": 1, "embeddings": 1, "tree": 2, "packing": 1, "questions": 1}
 
 
@@ -76,19 +82,25 @@ def _stage_keys(cfg: Any, manifest: dict) -> dict[str, str]:
     d, r = cfg.data, cfg.retriever
     out = lambda s: manifest.get("stages", {}).get(s, {}).get("out", "missing")  # noqa: E731
     derived: dict[str, Any] = {  # fields whose cache value is not the value itself
-        "data.files": [(str(p), os.path.getsize(p), os.path.getmtime(p)) if os.path.exists(p) else (str(p), None)
-                       for p in d.files] if d.source == "files" else [],
-        "data.tokenizer": (_file_hash(Path(d.tokenizer)) if d.tokenizer and os.path.exists(d.tokenizer)
-                           else d.tokenizer),
-        "data.key_field": key_field(cfg)}
+        "data.files": [
+            (str(p), os.path.getsize(p), os.path.getmtime(p)) if os.path.exists(p) else (str(p), None) for p in d.files
+        ]
+        if d.source == "files"
+        else [],
+        "data.tokenizer": (
+            _file_hash(Path(d.tokenizer)) if d.tokenizer and os.path.exists(d.tokenizer) else d.tokenizer
+        ),
+        "data.key_field": key_field(cfg),
+    }
 
     def fields_of(stage: str) -> list[tuple[str, Any]]:  # the declaration: config.FIELD_EFFECTS
         return [(k, derived[k] if k in derived else field_value(cfg, k)) for k in fields_with(stage)]
 
     keys = {"corpus": _h("corpus", _VERSION["corpus"], fields_of("corpus"))}
     keys["tokenizer"] = _h("tokenizer", _VERSION["tokenizer"], out("corpus"), fields_of("tokenizer"))
-    keys["embeddings"] = (_h("embeddings", _VERSION["embeddings"], out("corpus"), fields_of("embeddings"))
-                          if r.type == "tree" else "none")
+    keys["embeddings"] = (
+        _h("embeddings", _VERSION["embeddings"], out("corpus"), fields_of("embeddings")) if r.type == "tree" else "none"
+    )
     keys["tree"] = _h("tree", _VERSION["tree"], out("corpus"), keys["embeddings"], fields_of("tree"))
     keys["packing"] = _h("packing", _VERSION["packing"], out("tokenizer"), out("tree"), fields_of("packing"))
     keys["questions"] = _h("questions", _VERSION["questions"], out("corpus"), fields_of("questions"))
@@ -101,11 +113,17 @@ def _outputs(cfg: Any, stage: str, manifest: dict) -> list[Path]:
     return {
         "corpus": [root / "corpus" / n for n in ("docs.jsonl", "split.npy", "entities.json", "info.json")],
         "tokenizer": [root / "tokenizer.json"],
-        "embeddings": ([] if cfg.retriever.type != "tree" else
-                       [root / info["dir"] / "emb.npy"] if "dir" in info else [root / "embeddings" / "missing"]),
+        "embeddings": (
+            []
+            if cfg.retriever.type != "tree"
+            else [root / info["dir"] / "emb.npy"]
+            if "dir" in info
+            else [root / "embeddings" / "missing"]
+        ),
         "tree": [root / "tree" / n for n in ("router.json", "doc_paths.npy", "stats.json")],
-        "packing": [root / "packed" / f"{s}_{n}" for s in ("train", "val")
-                    for n in ("tokens.npy", "paths.npy", "docs.npz")],
+        "packing": [
+            root / "packed" / f"{s}_{n}" for s in ("train", "val") for n in ("tokens.npy", "paths.npy", "docs.npz")
+        ],
         "questions": [root / "entity_counts.json", root / "heldout" / "val.jsonl"],
     }[stage]
 
@@ -117,8 +135,11 @@ def stale_stages(cfg: Any) -> list[str]:
     stale: list[str] = []
     for s in STAGES:
         rec = manifest.get("stages", {}).get(s, {})
-        if (any(u in stale for u in DEPS[s]) or rec.get("key") != keys[s]
-                or not all(p.exists() for p in _outputs(cfg, s, manifest))):
+        if (
+            any(u in stale for u in DEPS[s])
+            or rec.get("key") != keys[s]
+            or not all(p.exists() for p in _outputs(cfg, s, manifest))
+        ):
             stale.append(s)
     return stale
 
@@ -162,8 +183,14 @@ def _stage_corpus(cfg: Any, root: Path, ctx: dict) -> dict:
         raise ValueError(f"data.source={cfg.data.source!r} is generated in memory and needs no preparation")
     if n == 0:
         raise ValueError(f"no documents in data.files ({skipped.total} lines skipped: {skipped.counts})")
-    info.update(documents=n, train_docs=int((split == 0).sum()), val_docs=int((split == 1).sum()),
-                skipped=skipped.total, skipped_by_reason=skipped.counts, skipped_examples=skipped.examples)
+    info.update(
+        documents=n,
+        train_docs=int((split == 0).sum()),
+        val_docs=int((split == 1).sum()),
+        skipped=skipped.total,
+        skipped_by_reason=skipped.counts,
+        skipped_examples=skipped.examples,
+    )
     _save_npy(cdir / "split.npy", split)
     write_json(cdir / "entities.json", entities)
     write_json(cdir / "info.json", info)
@@ -188,8 +215,12 @@ def _stage_tokenizer(cfg: Any, root: Path, ctx: dict) -> dict:
         texts = (d["text"] for d, s in zip(docs, split) if s == 0)
         tok = train_bpe(texts, cfg.data.vocab_size, length=int((split == 0).sum()), progress=ctx["progress"])
     tok.save(root / "tokenizer.json")
-    return {"vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "pad_id": tok.pad_id,
-            "out": _file_hash(root / "tokenizer.json")}
+    return {
+        "vocab_size": tok.vocab_size,
+        "eot_id": tok.eot_id,
+        "pad_id": tok.pad_id,
+        "out": _file_hash(root / "tokenizer.json"),
+    }
 
 
 def _stage_embeddings(cfg: Any, root: Path, ctx: dict) -> dict:
@@ -221,12 +252,22 @@ def _stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
         edir = ctx["manifest"]["stages"]["embeddings"]["info"]["dir"]
         x = np.load(root / edir / "emb.npy")
         train = np.nonzero(split == 0)[0]
-        tree, assign = build_tree(x[train], r.branching, r.depth, r.balance, r.niter, r.max_points_per_centroid,
-                                  r.seed, r.recenter, progress=ctx["progress"])
+        tree, assign = build_tree(
+            x[train],
+            r.branching,
+            r.depth,
+            r.balance,
+            r.niter,
+            r.max_points_per_centroid,
+            r.seed,
+            r.recenter,
+            progress=ctx["progress"],
+        )
         stats = dict(tree.stats)
         if r.router == "bm25" or r.refine == "bm25":
-            paths = _bm25_tree(cfg, tree, x, assign, [docs[i]["text"] for i in train], split, docs, tdir,
-                               root / edir, stats)
+            paths = _bm25_tree(
+                cfg, tree, x, assign, [docs[i]["text"] for i in train], split, docs, tdir, root / edir, stats
+            )
         else:
             paths = tree.route(x)  # held-out documents: greedy routing, like any new text
             if r.train_paths == "assigned":
@@ -236,8 +277,11 @@ def _stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
         if r.router == "bm25":
             meta["knn_k"] = r.knn_k
     else:
-        router = (OracleRouter(r.branching, r.depth, r.seed, r.oracle_field) if r.type == "oracle"
-                  else RETRIEVERS.get(r.type)(r.branching, r.depth, r.seed))
+        router = (
+            OracleRouter(r.branching, r.depth, r.seed, r.oracle_field)
+            if r.type == "oracle"
+            else RETRIEVERS.get(r.type)(r.branching, r.depth, r.seed)
+        )
         paths = router.route_records(docs)
         stats = cluster_stats(paths[split == 0], r.branching, r.depth)
         if r.type == "oracle":
@@ -265,14 +309,26 @@ def _doc_keys(docs: list[dict], field: str, cfg: Any) -> list[Any]:
     if cfg.data.key_field:
         missing = [d.get("source", f"document {i + 1}") for i, d in enumerate(docs) if field not in d]
         if missing:
-            raise ConfigError(f"data.key_field={field!r}: {len(missing):,} of {len(docs):,} documents lack the field "
-                              f"(first: {missing[0]}); give every document the field (null for background text) "
-                              "or unset data.key_field")
+            raise ConfigError(
+                f"data.key_field={field!r}: {len(missing):,} of {len(docs):,} documents lack the field "
+                f"(first: {missing[0]}); give every document the field (null for background text) "
+                "or unset data.key_field"
+            )
     return [d.get(field) if isinstance(d.get(field), (str, int)) else None for d in docs]
 
 
-def _bm25_tree(cfg: Any, tree: Any, x: np.ndarray, assign: np.ndarray, train_texts: list[str], split: np.ndarray,
-               docs: list[dict], tdir: Path, embedder_dir: Path, stats: dict) -> np.ndarray:
+def _bm25_tree(
+    cfg: Any,
+    tree: Any,
+    x: np.ndarray,
+    assign: np.ndarray,
+    train_texts: list[str],
+    split: np.ndarray,
+    docs: list[dict],
+    tdir: Path,
+    embedder_dir: Path,
+    stats: dict,
+) -> np.ndarray:
     """The BM25 parts of the tree stage (retriever/bm25.py): index the training documents, refine the clusters on
     their neighbour graph (refine=bm25), route the held-out documents (router=bm25: by vote) -> every document's
     path. Writes tree/bm25/ and tree/index_paths.npy (the training documents' final paths, the voters)."""
@@ -352,14 +408,22 @@ def _stage_packing(cfg: Any, root: Path, ctx: dict) -> dict:
     for name, s in (("train", 0), ("val", 1)):
         idx = np.nonzero(split == s)[0]
         t1 = time.perf_counter()
-        p = pack([ids[i] for i in idx], idx, paths[idx], cfg.data.seq_len, tok.eot_id, tok.pad_id, seed=cfg.data.seed + s)
+        p = pack(
+            [ids[i] for i in idx], idx, paths[idx], cfg.data.seq_len, tok.eot_id, tok.pad_id, seed=cfg.data.seed + s
+        )
         _save_npy(pdir / f"{name}_tokens.npy", p.tokens)
         _save_npy(pdir / f"{name}_paths.npy", p.paths)
         _save_npz(pdir / f"{name}_docs.npz", doc_ptr=p.doc_ptr, doc_ids=p.doc_ids)
-        info[name] = {"rows": int(len(p.tokens)), "doc_tokens": p.n_tokens,
-                      "padding": float(1 - p.n_tokens / max(1, p.tokens.size)), "pack_s": round(time.perf_counter() - t1, 3)}
-    info["out"] = _file_hash(*(pdir / f"{n}_paths.npy" for n in ("train", "val")), pdir / "train_docs.npz",
-                             pdir / "val_docs.npz") + f"-{info['train']['doc_tokens']}"
+        info[name] = {
+            "rows": int(len(p.tokens)),
+            "doc_tokens": p.n_tokens,
+            "padding": float(1 - p.n_tokens / max(1, p.tokens.size)),
+            "pack_s": round(time.perf_counter() - t1, 3),
+        }
+    info["out"] = (
+        _file_hash(*(pdir / f"{n}_paths.npy" for n in ("train", "val")), pdir / "train_docs.npz", pdir / "val_docs.npz")
+        + f"-{info['train']['doc_tokens']}"
+    )
     return info
 
 
@@ -376,12 +440,27 @@ def _stage_questions(cfg: Any, root: Path, ctx: dict) -> dict:
         for i, bb in zip(idx, b):
             entities[i]["mention_count"], entities[i]["bucket"] = counts[i], bb
         if idx:
-            summary[kind] = [[min(counts[i] for i, bb in zip(idx, b) if bb == k),
-                              max(counts[i] for i, bb in zip(idx, b) if bb == k),
-                              sum(1 for bb in b if bb == k)] for k in range(5) if k in b]
-    write_json(root / "entity_counts.json", {e["name"]: {"kind": e["kind"], "aliases": e["aliases"],
-                                             "mention_count": e["mention_count"], "bucket": e["bucket"]}
-                                             for e in entities})
+            summary[kind] = [
+                [
+                    min(counts[i] for i, bb in zip(idx, b) if bb == k),
+                    max(counts[i] for i, bb in zip(idx, b) if bb == k),
+                    sum(1 for bb in b if bb == k),
+                ]
+                for k in range(5)
+                if k in b
+            ]
+    write_json(
+        root / "entity_counts.json",
+        {
+            e["name"]: {
+                "kind": e["kind"],
+                "aliases": e["aliases"],
+                "mention_count": e["mention_count"],
+                "bucket": e["bucket"],
+            }
+            for e in entities
+        },
+    )
     qsets = questions.build_questions(entities, cfg.data.seed)
     val_docs = [d for d, s in zip(docs, split) if s == 1]
     wiki_val = [{"title": d.get("title", ""), "text": d["text"]} for d in val_docs if d["kind"] == "wiki"]
@@ -390,14 +469,20 @@ def _stage_questions(cfg: Any, root: Path, ctx: dict) -> dict:
         _write_jsonl(root / "heldout" / "wiki_val.jsonl", wiki_val)
     for name, items in qsets.items():
         _write_jsonl(root / "questions" / f"{name}.jsonl", items)
-    _write_jsonl(root / "heldout" / "val.jsonl",
-                 [{"title": d.get("title", d.get("source", "")), "text": d["text"]} for d in val_docs])
+    _write_jsonl(
+        root / "heldout" / "val.jsonl",
+        [{"title": d.get("title", d.get("source", "")), "text": d["text"]} for d in val_docs],
+    )
     return {"probes": {k: len(v) for k, v in qsets.items()}, "buckets": summary, "out": _h(qsets)}
 
 
 _RUN: dict[str, Callable[[Any, Path, dict], dict]] = {
-    "corpus": _stage_corpus, "tokenizer": _stage_tokenizer, "embeddings": _stage_embeddings,
-    "tree": _stage_tree, "packing": _stage_packing, "questions": _stage_questions,
+    "corpus": _stage_corpus,
+    "tokenizer": _stage_tokenizer,
+    "embeddings": _stage_embeddings,
+    "tree": _stage_tree,
+    "packing": _stage_packing,
+    "questions": _stage_questions,
 }
 
 
@@ -443,33 +528,51 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
 def corpus_stats(root: Path, manifest: dict) -> dict:
     st = manifest["stages"]
     c, p, q = st["corpus"]["info"], st["packing"]["info"], st["questions"]["info"]
-    return {"documents": c["documents"], "train_docs": c["train_docs"], "val_docs": c["val_docs"],
-            "skipped_lines": c["skipped"], "skipped_by_reason": c["skipped_by_reason"],
-            "train_tokens": p["train"]["doc_tokens"], "val_tokens": p["val"]["doc_tokens"],
-            "train_rows": p["train"]["rows"], "val_rows": p["val"]["rows"], "padding": p["train"]["padding"],
-            "vocab_size": st["tokenizer"]["info"]["vocab_size"],
-            "clusters": {k: v for k, v in st["tree"]["info"]["stats"].items() if k != "routing"},
-            "routing": st["tree"]["info"]["stats"].get("routing", {}),
-            "entities": c.get("entities", {}), "buckets": q["buckets"], "probes": q["probes"],
-            "stage_seconds": {s: st[s].get("time_s", 0.0) for s in STAGES}}
+    return {
+        "documents": c["documents"],
+        "train_docs": c["train_docs"],
+        "val_docs": c["val_docs"],
+        "skipped_lines": c["skipped"],
+        "skipped_by_reason": c["skipped_by_reason"],
+        "train_tokens": p["train"]["doc_tokens"],
+        "val_tokens": p["val"]["doc_tokens"],
+        "train_rows": p["train"]["rows"],
+        "val_rows": p["val"]["rows"],
+        "padding": p["train"]["padding"],
+        "vocab_size": st["tokenizer"]["info"]["vocab_size"],
+        "clusters": {k: v for k, v in st["tree"]["info"]["stats"].items() if k != "routing"},
+        "routing": st["tree"]["info"]["stats"].get("routing", {}),
+        "entities": c.get("entities", {}),
+        "buckets": q["buckets"],
+        "probes": q["probes"],
+        "stage_seconds": {s: st[s].get("time_s", 0.0) for s in STAGES},
+    }
 
 
 def format_stats(s: dict) -> str:
-    lines = [f"documents   {s['documents']:,} ({s['train_docs']:,} train, {s['val_docs']:,} held out); "
-             f"skipped lines {s['skipped_lines']:,} {s['skipped_by_reason'] or ''}",
-             f"tokens      {s['train_tokens']:,} train, {s['val_tokens']:,} val; vocab {s['vocab_size']:,}; "
-             f"{s['train_rows']:,} train rows, {s['padding']:.1%} padding"]
+    lines = [
+        f"documents   {s['documents']:,} ({s['train_docs']:,} train, {s['val_docs']:,} held out); "
+        f"skipped lines {s['skipped_lines']:,} {s['skipped_by_reason'] or ''}",
+        f"tokens      {s['train_tokens']:,} train, {s['val_tokens']:,} val; vocab {s['vocab_size']:,}; "
+        f"{s['train_rows']:,} train rows, {s['padding']:.1%} padding",
+    ]
     for lvl, c in s["clusters"].items():
         if lvl.startswith("level"):
-            lines.append(f"clusters    {lvl}: {c['non_empty']}/{c['nodes']} non-empty, docs per node min {c['min']} "
-                         f"median {c['median']:.0f} max {c['max']}, largest share of parent {c['max_share_of_parent']:.3f}")
+            lines.append(
+                f"clusters    {lvl}: {c['non_empty']}/{c['nodes']} non-empty, docs per node min {c['min']} "
+                f"median {c['median']:.0f} max {c['max']}, largest share of parent {c['max_share_of_parent']:.3f}"
+            )
     if "route_agreement" in s["clusters"]:
-        lines.append(f"clusters    balancing splits {s['clusters']['balance_splits']}, training docs whose greedy "
-                     f"route equals their assignment {s['clusters']['route_agreement']:.1%}")
+        lines.append(
+            f"clusters    balancing splits {s['clusters']['balance_splits']}, training docs whose greedy "
+            f"route equals their assignment {s['clusters']['route_agreement']:.1%}"
+        )
     if s.get("routing"):
         lines.append(format_concentration(s["routing"], s["routing"]["key_field"]))
     for kind, bs in s["buckets"].items():
-        lines.append(f"buckets     {kind:<9} " + "  ".join(f"b{i}: {lo}-{hi} mentions ({n})" for i, (lo, hi, n) in enumerate(bs)))
+        lines.append(
+            f"buckets     {kind:<9} " + "  ".join(f"b{i}: {lo}-{hi} mentions ({n})" for i, (lo, hi, n) in enumerate(bs))
+        )
     lines.append("probes      " + ", ".join(f"{k} {v}" for k, v in s["probes"].items()))
     lines.append("stage time  (when last run) " + ", ".join(f"{k} {v:.1f}s" for k, v in s["stage_seconds"].items()))
     return "\n".join(lines)
@@ -495,8 +598,10 @@ def load_prepared(cfg: Any) -> tuple[Any, Any, Any]:
 def prepare_main(cfg: Any, force: bool = False) -> int:
     """CLI verb `hmem data prepare <experiment.yaml> [key=value]` -> exit status."""
     if cfg.data.source == "toy":
-        print("data.source=toy is generated in memory: nothing to prepare "
-              "(set data.source=builtin or data.source=files)", file=sys.stderr)
+        print(
+            "data.source=toy is generated in memory: nothing to prepare (set data.source=builtin or data.source=files)",
+            file=sys.stderr,
+        )
         return 2
     try:
         prepare(cfg, force=force)

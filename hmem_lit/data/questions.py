@@ -8,7 +8,7 @@ Format: `<data_dir>/questions/<probe>.jsonl`, one JSON object per line:
     choices        list  multiple-choice probes only: 4 candidate continuations (no leading space)
     label          int   multiple-choice probes only: index of `answer` in `choices`
     mention_count  int   mentions of the entity (name + aliases) in the finished training corpus; null for wiki_cloze
-    bucket         int   0..4 frequency bucket within the probe's entity kind (0 = rarest, equal sizes); null for wiki_cloze
+    bucket         int   0..4 frequency bucket in the probe's entity kind (0 = rarest, equal sizes); null: wiki_cloze
     route_text     str   the text to route (the prompt; for wiki_cloze the context, i.e. the prompt too)
 Probes (type): atomic_number (generation, exact match of the integer), capital (generation), element_symbol
 (multiple choice), country_region (multiple choice), synthetic_city (generation), synthetic_birth_year
@@ -26,20 +26,28 @@ from typing import Any
 import numpy as np
 
 PROBES = {  # name: (entity kind, type)
-    "atomic_number": ("element", "generation"), "capital": ("country", "generation"),
-    "element_symbol": ("element", "multiple_choice"), "country_region": ("country", "multiple_choice"),
-    "synthetic_city": ("synthetic", "generation"), "synthetic_birth_year": ("synthetic", "generation"),
-    "synthetic_employer": ("synthetic", "multiple_choice"), "wiki_cloze": ("wiki", "generation"),
-    "airport_code": ("airport", "generation"), "airport_city": ("airport", "generation"),
+    "atomic_number": ("element", "generation"),
+    "capital": ("country", "generation"),
+    "element_symbol": ("element", "multiple_choice"),
+    "country_region": ("country", "multiple_choice"),
+    "synthetic_city": ("synthetic", "generation"),
+    "synthetic_birth_year": ("synthetic", "generation"),
+    "synthetic_employer": ("synthetic", "multiple_choice"),
+    "wiki_cloze": ("wiki", "generation"),
+    "airport_code": ("airport", "generation"),
+    "airport_city": ("airport", "generation"),
     "airport_country": ("airport", "multiple_choice"),
 }
 
-_STOP = set("the and for with that this from were which their there about have been into also other than then "
-            "they them these those such when where while only some most more many over under after before".split())
+_STOP = set(
+    "the and for with that this from were which their there about have been into also other than then "
+    "they them these those such when where while only some most more many over under after before".split()
+)
 
 
-def _item(ent: dict[str, Any], prompt: str, answer: str, choices: list[str] | None = None,
-          label: int | None = None) -> dict[str, Any]:
+def _item(
+    ent: dict[str, Any], prompt: str, answer: str, choices: list[str] | None = None, label: int | None = None
+) -> dict[str, Any]:
     it = {"entity": ent["name"], "kind": ent["kind"], "prompt": prompt, "answer": answer}
     if choices is not None:
         it["choices"], it["label"] = choices, label
@@ -65,9 +73,13 @@ def build_questions(entities: list[dict[str, Any]], seed: int) -> dict[str, list
     orgs = sorted({e["attrs"]["employer"] for e in by["synthetic"]})
     for e in by["element"]:
         a = e["attrs"]
-        out.setdefault("atomic_number", []).append(_item(e, f"The atomic number of {e['name']} is", str(a["atomic_number"])))
+        out.setdefault("atomic_number", []).append(
+            _item(e, f"The atomic number of {e['name']} is", str(a["atomic_number"]))
+        )
         ch, lab = _mc(a["symbol"], symbols, rng)
-        out.setdefault("element_symbol", []).append(_item(e, f"The chemical symbol of {e['name']} is", a["symbol"], ch, lab))
+        out.setdefault("element_symbol", []).append(
+            _item(e, f"The chemical symbol of {e['name']} is", a["symbol"], ch, lab)
+        )
     for e in by["country"]:
         a = e["attrs"]
         out.setdefault("capital", []).append(_item(e, f"The capital of {e['name']} is", a["capital"]))
@@ -85,7 +97,9 @@ def build_questions(entities: list[dict[str, Any]], seed: int) -> dict[str, list
     for e in by["synthetic"]:
         a = e["attrs"]
         out.setdefault("synthetic_city", []).append(_item(e, f"{e['name']} was born in the city of", a["city"]))
-        out.setdefault("synthetic_birth_year", []).append(_item(e, f"{e['name']} was born in the year", str(a["birth_year"])))
+        out.setdefault("synthetic_birth_year", []).append(
+            _item(e, f"{e['name']} was born in the year", str(a["birth_year"]))
+        )
         ch, lab = _mc(a["employer"], orgs, rng)
         out.setdefault("synthetic_employer", []).append(_item(e, f"{e['name']} works for", a["employer"], ch, lab))
     return out
@@ -103,7 +117,16 @@ def wiki_cloze(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             prefix = text[: m.start()].rstrip()
             if re.search(rf"\b{re.escape(w)}\b", prefix) and len(prefix) > 40:
-                out.append({"entity": d.get("title", ""), "kind": "wiki", "prompt": prefix, "answer": w,
-                            "mention_count": None, "bucket": None, "route_text": prefix})
+                out.append(
+                    {
+                        "entity": d.get("title", ""),
+                        "kind": "wiki",
+                        "prompt": prefix,
+                        "answer": w,
+                        "mention_count": None,
+                        "bucket": None,
+                        "route_text": prefix,
+                    }
+                )
                 break
     return out

@@ -55,8 +55,14 @@ def read_wiki() -> list[dict[str, str]]:
         v = raw[title]
         text = " ".join(str(v.get("extract", "")).split())
         if text:
-            out.append({"title": str(v.get("title", title)), "text": text,
-                        "description": str(v.get("description", "")), "topic": str(v.get("topic", ""))})
+            out.append(
+                {
+                    "title": str(v.get("title", title)),
+                    "text": text,
+                    "description": str(v.get("description", "")),
+                    "topic": str(v.get("topic", "")),
+                }
+            )
     return out
 
 
@@ -66,8 +72,19 @@ def read_elements() -> list[dict[str, Any]]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         series = dict(con.execute("select id, name from series").fetchall())
-        cols = ["atomic_number", "symbol", "name", "discoverers", "discovery_year", "discovery_location",
-                "name_origin", "block", "period", "group_id", "series_id"]
+        cols = [
+            "atomic_number",
+            "symbol",
+            "name",
+            "discoverers",
+            "discovery_year",
+            "discovery_location",
+            "name_origin",
+            "block",
+            "period",
+            "group_id",
+            "series_id",
+        ]
         rows = con.execute(f"select {', '.join(cols)} from elements order by atomic_number").fetchall()
     finally:
         con.close()

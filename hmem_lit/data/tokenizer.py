@@ -47,16 +47,20 @@ class BPETokenizer:
         atomic_write_text(path, self.tok.to_str())
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, length: int | None = None,
-              progress: bool = False) -> BPETokenizer:
+def train_bpe(texts: Iterable[str], vocab_size: int, length: int | None = None, progress: bool = False) -> BPETokenizer:
     """Byte-level BPE over `texts` (an iterator is fine: it is streamed). Deterministic for the same input."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT, PAD], show_progress=progress,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT, PAD],
+        show_progress=progress,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=2,
+    )
     tok.train_from_iterator(texts, trainer=trainer, length=length)
     return BPETokenizer(tok)
 

@@ -45,9 +45,19 @@ Item = tuple[list[int], list[int], bool]  # (context tokens, continuation tokens
 
 @register_model("hmem")
 class HmemLM(LM):
-    def __init__(self, run_dir: str | Path, memory: str | None = "config", batch_size: int | str | None = None,
-                 max_length: int | None = None, max_gen_tokens: int | None = None, block_level: int | None = None,
-                 rolling_context: int | None = None, device: str | None = "cpu", threads: int = 0, **_: Any):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        memory: str | None = "config",
+        batch_size: int | str | None = None,
+        max_length: int | None = None,
+        max_gen_tokens: int | None = None,
+        block_level: int | None = None,
+        rolling_context: int | None = None,
+        device: str | None = "cpu",
+        threads: int = 0,
+        **_: Any,
+    ):
         super().__init__()
         from hmem_lit.utils import set_threads
 
@@ -121,8 +131,12 @@ class HmemLM(LM):
     def _forward(self, ids: torch.Tensor, doc_ids: torch.Tensor | None, paths: np.ndarray | None) -> torch.Tensor:
         t0 = time.perf_counter()
         p = None if paths is None else torch.as_tensor(paths, dtype=torch.long, device=self._device)
-        logits = self.model(ids.to(self._device), doc_ids=None if doc_ids is None else doc_ids.to(self._device),
-                            paths=p, memory_mode=self.model_mode)
+        logits = self.model(
+            ids.to(self._device),
+            doc_ids=None if doc_ids is None else doc_ids.to(self._device),
+            paths=p,
+            memory_mode=self.model_mode,
+        )
         self.model_seconds += time.perf_counter() - t0
         return logits
 
@@ -133,7 +147,7 @@ class HmemLM(LM):
             context, continuation = context[:-n], context[-n:] + continuation
         whole = self.tok.encode(context + continuation)
         ctx = self.tok.encode(context) if context else []
-        return ctx, whole[len(ctx):]
+        return ctx, whole[len(ctx) :]
 
     # ------------------------------------------------------------------------------------------ scoring
 
@@ -147,17 +161,17 @@ class HmemLM(LM):
                 raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length={self.max_length}")
             if cont:
                 full = ([self.eot_id] if pre else []) + list(ctx) + list(cont)
-                keep = full[-(self.max_length + 1):]
+                keep = full[-(self.max_length + 1) :]
                 rows.append((i, keep[:-1], len(cont), pre and len(keep) == len(full)))
         rows.sort(key=lambda r: -len(r[1]))
         pad = int(self.tok.pad_id)
         for b in range(0, len(rows), self.batch_size):
-            batch = rows[b:b + self.batch_size]
+            batch = rows[b : b + self.batch_size]
             T = len(batch[0][1])
             ids = torch.full((len(batch), T), pad, dtype=torch.long)
             doc = torch.ones((len(batch), T), dtype=torch.long)
             for r, (_, inp, _, pre) in enumerate(batch):
-                ids[r, :len(inp)] = torch.tensor(inp)
+                ids[r, : len(inp)] = torch.tensor(inp)
                 if pre:
                     doc[r, 0] = 0  # the EOT prefix is its own document
             any_pre = any(r[3] for r in batch)
@@ -165,7 +179,7 @@ class HmemLM(LM):
             logits = self._forward(ids, doc if any_pre else None, bpaths)
             for r, (i, inp, n, _) in enumerate(batch):
                 L = len(inp)
-                logp = torch.log_softmax(logits[r, L - n:L].float(), dim=-1)  # (n, V) predicts the continuation
+                logp = torch.log_softmax(logits[r, L - n : L].float(), dim=-1)  # (n, V) predicts the continuation
                 tgt = torch.tensor(items[i][1], device=logp.device)
                 out[i] = (float(logp.gather(1, tgt[:, None]).sum()), bool((logp.argmax(-1) == tgt).all()))
         return out
@@ -181,8 +195,10 @@ class HmemLM(LM):
     def rolling_windows(self, text: str) -> list[Item]:
         """lm-eval's rolling windows of one text as items; window 0 is conditioned on the EOT prefix."""
         tokens = self.tok.encode(text)
-        wins = [make_disjoint_window(w) for w in
-                get_rolling_token_windows(tokens, self.eot_id, self.max_length, self.rolling_context)]
+        wins = [
+            make_disjoint_window(w)
+            for w in get_rolling_token_windows(tokens, self.eot_id, self.max_length, self.rolling_context)
+        ]
         return [([] if j == 0 else ctx, cont, j == 0) for j, (ctx, cont) in enumerate(wins)]
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
@@ -208,9 +224,10 @@ class HmemLM(LM):
         order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
         out = [""] * len(requests)
         for b in range(0, len(order), self.batch_size):
-            idx = order[b:b + self.batch_size]
-            texts = self.greedy([prompts[i] for i in idx], [kwargs[i] for i in idx],
-                                None if paths is None else paths[idx])
+            idx = order[b : b + self.batch_size]
+            texts = self.greedy(
+                [prompts[i] for i in idx], [kwargs[i] for i in idx], None if paths is None else paths[idx]
+            )
             for i, t in zip(idx, texts):
                 out[i] = t
         return out
@@ -228,14 +245,15 @@ class HmemLM(LM):
         active = [i for i in range(len(prompts)) if max_new[i] > 0]
         pad = int(self.tok.pad_id)
         while active:
-            seqs = [(([self.eot_id] if not prompts[i] else []) + prompts[i] + gen[i])[-self.max_length:]
-                    for i in active]
+            seqs = [
+                (([self.eot_id] if not prompts[i] else []) + prompts[i] + gen[i])[-self.max_length :] for i in active
+            ]
             T = max(len(s) for s in seqs)
             ids = torch.full((len(seqs), T), pad, dtype=torch.long)
             doc = torch.zeros((len(seqs), T), dtype=torch.long)
             for r, (i, s) in enumerate(zip(active, seqs)):
-                ids[r, T - len(s):] = torch.tensor(s)
-                doc[r, T - len(s):] = 2
+                ids[r, T - len(s) :] = torch.tensor(s)
+                doc[r, T - len(s) :] = 2
                 if not prompts[i] and len(s) == len(gen[i]) + 1:
                     doc[r, T - len(s)] = 1  # the EOT prefix
             needs_doc = bool((doc != 2).any())
@@ -249,7 +267,7 @@ class HmemLM(LM):
                 texts[i] = self.tok.decode(gen[i])
                 cut = [texts[i].find(s) for s in until[i] if s and s in texts[i]]
                 if cut:
-                    texts[i] = texts[i][:min(cut)]
+                    texts[i] = texts[i][: min(cut)]
                 elif len(gen[i]) < max_new[i]:
                     still.append(i)
             active = still

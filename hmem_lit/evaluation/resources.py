@@ -36,5 +36,7 @@ def load_run_tokenizer(cfg: Any):
     try:
         return load_tokenizer(root)
     except FileNotFoundError:
-        raise ConfigError(f"{root / 'tokenizer.json'}: the run's tokenizer is missing; run "
-                          "`hmem data prepare <experiment>` with the run's config (data.dir)") from None
+        raise ConfigError(
+            f"{root / 'tokenizer.json'}: the run's tokenizer is missing; run "
+            "`hmem data prepare <experiment>` with the run's config (data.dir)"
+        ) from None

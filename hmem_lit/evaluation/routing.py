@@ -164,8 +164,9 @@ class Retrieval:
 # ------------------------------------------------------------------------------------------- diagnostics
 
 
-def routing_report(samples: dict[str, list[dict]], routing_log: dict, keys: dict[str, dict], field: str
-                   ) -> tuple[dict[str, Any], dict[str, float]]:
+def routing_report(
+    samples: dict[str, list[dict]], routing_log: dict, keys: dict[str, dict], field: str
+) -> tuple[dict[str, Any], dict[str, float]]:
     """Per probe and bucket: the share of prompts routed to their key's main leaf (`keys`: tree/keys.json), the
     accuracy, and the accuracy when routed right vs wrong -> (detail for results.json, flat
     `route/<probe>/bucket<k>` headline; modes that route nothing get accuracy only).
@@ -189,9 +190,19 @@ def routing_report(samples: dict[str, list[dict]], routing_log: dict, keys: dict
             bucket = int(m.group(2)) if m else int(doc["bucket"]) if isinstance(doc.get("bucket"), int) else k["bucket"]
             correct = next((float(s[n]) for n in ("acc", "exact_match") if isinstance(s.get(n), (int, float))), None)
             path = info.get("path")  # None: this mode routes nothing (generic, none, a run without memory)
-            recs.append({"group": m.group(1) if m else task, "bucket": bucket, "correct": correct,
-                         "hit": None if path is None else list(path) == k["main_path"]})
+            recs.append(
+                {
+                    "group": m.group(1) if m else task,
+                    "bucket": bucket,
+                    "correct": correct,
+                    "hit": None if path is None else list(path) == k["main_path"],
+                }
+            )
     detail = hit_rates(recs)
-    flat = {f"route/{g}/bucket{b}": v["hit_rate"] for g, bs in detail.items() for b, v in bs.items()
-            if v["hit_rate"] is not None}
+    flat = {
+        f"route/{g}/bucket{b}": v["hit_rate"]
+        for g, bs in detail.items()
+        for b, v in bs.items()
+        if v["hit_rate"] is not None
+    }
     return detail, flat

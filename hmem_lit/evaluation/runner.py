@@ -10,8 +10,8 @@ leaves a state that a rerun completes. Headline keys: `hmem_sk`, `hmem_ck`, `wik
 modes, data with a key field) `route/<probe>/bucket<k>`: the share of prompts routed to their entity's main leaf
 (results.json["routing"] adds the accuracy when routed right vs wrong). A user's own tasks (--include-path) go to
 `eval/<memory>-<tasks>/` and `final.json["eval"]["<memory>-<tasks>"]`; their metrics, per-bucket accuracy
-`<task>/bucket<k>` and routing also join the standard section (`none` for a run without memory). Re-running with the same
-settings (tasks, limit, memory, block level, generation and context lengths, weights) is a no-op unless forced.
+`<task>/bucket<k>` and routing also join the standard section (`none` for a run without memory). Re-running with
+the same settings (tasks, limit, memory, block level, generation and context lengths, weights) is a no-op unless forced.
 The paper's hub tasks (`paper_ck`, `paper_sk` and their members) are checked up front: offline, a missing dataset
 fails at once with one line naming it and how to provide it.
 """
@@ -31,16 +31,24 @@ from hmem_lit.utils import atomic_write, dumps, read_json, write_json
 
 # lm-eval task -> (shots, HF dataset path, config name): ../shared/PAPERS.md A6
 PAPER_TASKS: dict[str, tuple[int, str, str | None]] = {
-    "lambada_openai": (0, "EleutherAI/lambada_openai", "default"), "boolq": (0, "aps/super_glue", "boolq"),
-    "squad_completion": (0, "hazyresearch/based-squad", "default"), "wsc273": (3, "lighteval/winograd_wsc", "wsc273"),
-    "coqa": (0, "EleutherAI/coqa", None), "winogrande": (5, "allenai/winogrande", "winogrande_xl"),
-    "hellaswag": (0, "Rowan/hellaswag", None), "arc_easy": (3, "allenai/ai2_arc", "ARC-Easy"),
-    "arc_challenge": (3, "allenai/ai2_arc", "ARC-Challenge"), "triviaqa": (3, "mandarjoshi/trivia_qa", "rc.nocontext"),
-    "nq_open": (0, "google-research-datasets/nq_open", None), "piqa": (0, "baber/piqa", None),
+    "lambada_openai": (0, "EleutherAI/lambada_openai", "default"),
+    "boolq": (0, "aps/super_glue", "boolq"),
+    "squad_completion": (0, "hazyresearch/based-squad", "default"),
+    "wsc273": (3, "lighteval/winograd_wsc", "wsc273"),
+    "coqa": (0, "EleutherAI/coqa", None),
+    "winogrande": (5, "allenai/winogrande", "winogrande_xl"),
+    "hellaswag": (0, "Rowan/hellaswag", None),
+    "arc_easy": (3, "allenai/ai2_arc", "ARC-Easy"),
+    "arc_challenge": (3, "allenai/ai2_arc", "ARC-Challenge"),
+    "triviaqa": (3, "mandarjoshi/trivia_qa", "rc.nocontext"),
+    "nq_open": (0, "google-research-datasets/nq_open", None),
+    "piqa": (0, "baber/piqa", None),
     "openbookqa": (10, "allenai/openbookqa", "main"),
 }
-PAPER_GROUPS = {"paper_ck": ["lambada_openai", "boolq", "squad_completion", "wsc273", "coqa", "winogrande"],
-                "paper_sk": ["hellaswag", "arc_easy", "arc_challenge", "triviaqa", "nq_open", "piqa", "openbookqa"]}
+PAPER_GROUPS = {
+    "paper_ck": ["lambada_openai", "boolq", "squad_completion", "wsc273", "coqa", "winogrande"],
+    "paper_sk": ["hellaswag", "arc_easy", "arc_challenge", "triviaqa", "nq_open", "piqa", "openbookqa"],
+}
 
 
 class _QuietHarness(logging.Filter):
@@ -77,8 +85,9 @@ def _check_mode(run_dir: Path, cfg: Any, memory: str | None, block_level: int | 
         level = block_level if block_level is not None else cfg.eval.block_level
         depth = cfg.retriever.depth
         if not 1 <= level <= depth:
-            raise ConfigError(f"--block-level: must be in 1..{depth} (the run's tree levels, retriever.depth), "
-                              f"got {level}")
+            raise ConfigError(
+                f"--block-level: must be in 1..{depth} (the run's tree levels, retriever.depth), got {level}"
+            )
 
 
 def prepare_tasks(run_dir: str | Path, cfg: Any = None) -> TaskSet:
@@ -93,8 +102,10 @@ def prepare_tasks(run_dir: str | Path, cfg: Any = None) -> TaskSet:
     else:
         data_dir = resolve_data_dir(cfg)
         if not ((data_dir / "questions").is_dir() or (data_dir / "heldout").is_dir()):
-            raise ConfigError(f"{data_dir}: no evaluation data (questions/, heldout/); run `hmem data prepare` "
-                              "with the run's config first")
+            raise ConfigError(
+                f"{data_dir}: no evaluation data (questions/, heldout/); run `hmem data prepare` "
+                "with the run's config first"
+            )
     return build_tasks(data_dir, run_dir / "eval" / "tasks")
 
 
@@ -110,8 +121,10 @@ def user_tasks(include_path: list[str] | None) -> list[str]:
         if not p.is_dir():
             raise ConfigError(f"--include-path {d}: not a directory (a folder of lm-eval task YAMLs)")
         if not any(p.rglob("*.yaml")) and not any(p.rglob("*.yml")):
-            raise ConfigError(f"--include-path {d}: no task YAML (*.yaml) in it; see the README's "
-                              "'Your own corpus and probes' for the format")
+            raise ConfigError(
+                f"--include-path {d}: no task YAML (*.yaml) in it; see the README's "
+                "'Your own corpus and probes' for the format"
+            )
     names = TaskManager(include_path=[str(Path(d).resolve()) for d in include_path], include_defaults=False).all_tasks
     if not names:
         raise ConfigError(f"--include-path {' '.join(include_path)}: lm-eval found no task in the YAMLs there")
@@ -124,8 +137,10 @@ def resolve_tasks(requested: list[str], ts: TaskSet, extra: list[str] | None = N
     bad = [t for t in requested if t not in valid]
     if bad:
         mine = f"; in --include-path: {', '.join(extra)}" if extra else ""
-        raise ConfigError(f"unknown task(s) {', '.join(bad)}; valid for this run: {', '.join(sorted(ts.names))}, "
-                          f"{', '.join(PAPER_GROUPS)}, {', '.join(PAPER_TASKS)}{mine}")
+        raise ConfigError(
+            f"unknown task(s) {', '.join(bad)}; valid for this run: {', '.join(sorted(ts.names))}, "
+            f"{', '.join(PAPER_GROUPS)}, {', '.join(PAPER_TASKS)}{mine}"
+        )
     paper = any(t in PAPER_TASKS or t in PAPER_GROUPS for t in requested)
     return list(dict.fromkeys(requested)), paper
 
@@ -148,10 +163,14 @@ def check_paper_datasets(tasks: list[str]) -> None:
         name, path, config = missing[0]
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         cache = os.environ.get("HF_DATASETS_CACHE", "~/.cache/huggingface/datasets")
-        raise ConfigError(f"task {name} needs the hub dataset {path}" + (f" ({config})" if config else "") + more +
-                          f", not in HF_DATASETS_CACHE={cache}; download it on a networked machine "
-                          f"(datasets.load_dataset('{path}'{', ' + repr(config) if config else ''})) and copy the "
-                          "cache here, or run with HF_DATASETS_OFFLINE=0 HF_HUB_OFFLINE=0 where the hub is reachable")
+        raise ConfigError(
+            f"task {name} needs the hub dataset {path}"
+            + (f" ({config})" if config else "")
+            + more
+            + f", not in HF_DATASETS_CACHE={cache}; download it on a networked machine "
+            f"(datasets.load_dataset('{path}'{', ' + repr(config) if config else ''})) and copy the "
+            "cache here, or run with HF_DATASETS_OFFLINE=0 HF_HUB_OFFLINE=0 where the hub is reachable"
+        )
 
 
 def headline(res: dict[str, Any], ts: TaskSet) -> dict[str, float]:
@@ -162,9 +181,12 @@ def headline(res: dict[str, Any], ts: TaskSet) -> dict[str, float]:
         v = r.get(task, {}).get(f"{metric},none")
         return None if v is None or v == "N/A" else float(v)
 
-    out: dict[str, float | None] = {"hmem_sk": get("hmem_sk"), "hmem_ck": get("hmem_ck"),
-                                    "wiki_ppl": get("hmem_wiki_ppl", "word_perplexity"),
-                                    "wiki_bpb": get("hmem_wiki_ppl", "bits_per_byte")}
+    out: dict[str, float | None] = {
+        "hmem_sk": get("hmem_sk"),
+        "hmem_ck": get("hmem_ck"),
+        "wiki_ppl": get("hmem_wiki_ppl", "word_perplexity"),
+        "wiki_bpb": get("hmem_wiki_ppl", "bits_per_byte"),
+    }
     for probe, buckets in ts.sk.items():
         out[probe] = get(f"hmem_{probe}")
         for k in buckets:
@@ -190,9 +212,16 @@ def user_headline(res: dict[str, Any], tasks: list[str]) -> dict[str, float]:
 
 def _settings(run_dir: Path, tasks: list[str], lm: Any, limit: int | None) -> dict[str, Any]:
     st = (run_dir / runs.WEIGHTS).stat()
-    return {"tasks": sorted(tasks), "limit": limit, "memory": lm.mode, "block_level": lm.retrieval.block_level,
-            "max_gen_tokens": lm.max_gen_tokens, "max_length": lm.max_length, "rolling_context": lm.rolling_context,
-            "weights": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}}
+    return {
+        "tasks": sorted(tasks),
+        "limit": limit,
+        "memory": lm.mode,
+        "block_level": lm.retrieval.block_level,
+        "max_gen_tokens": lm.max_gen_tokens,
+        "max_length": lm.max_length,
+        "rolling_context": lm.rolling_context,
+        "weights": {"size": st.st_size, "mtime_ns": st.st_mtime_ns},
+    }
 
 
 def _write_samples(path: Path, samples: dict[str, list[dict]], routing: dict) -> None:
@@ -220,10 +249,18 @@ def _routing(cfg: Any, samples: dict, routing_log: dict) -> tuple[dict, dict]:
     return routing_report(samples, routing_log, read_json(path), field)
 
 
-def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | None = None,
-             limit: int | None = None, force: bool = False, batch_size: int | None = None,
-             block_level: int | None = None, threads: int = 0, print_table: bool = True,
-             include_path: list[str] | None = None) -> dict[str, float]:
+def evaluate(
+    run_dir: str | Path,
+    tasks: list[str] | None = None,
+    memory: str | None = None,
+    limit: int | None = None,
+    force: bool = False,
+    batch_size: int | None = None,
+    block_level: int | None = None,
+    threads: int = 0,
+    print_table: bool = True,
+    include_path: list[str] | None = None,
+) -> dict[str, float]:
     """Evaluate a run in one memory mode; -> the headline numbers (also merged into final.json)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -238,15 +275,18 @@ def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | 
     ts = prepare_tasks(run_dir, cfg)
     requested = list(tasks) if tasks else [t for t in cfg.eval.tasks if t in ts.names]
     if not requested:
-        raise ConfigError(f"{run_dir}: none of eval.tasks={cfg.eval.tasks} exist for this run's data; "
-                          f"valid: {', '.join(ts.names) or '(none: prepare the data first)'}")
+        raise ConfigError(
+            f"{run_dir}: none of eval.tasks={cfg.eval.tasks} exist for this run's data; "
+            f"valid: {', '.join(ts.names) or '(none: prepare the data first)'}"
+        )
     extra = user_tasks(include_path)
     if extra and not tasks:
         raise ConfigError(f"--include-path: name the tasks to run with --tasks (found: {', '.join(extra)})")
     names, paper = resolve_tasks(requested, ts, extra)
     limit = limit if limit is not None else cfg.eval.limit
-    lm = HmemLM(run_dir, memory=memory or cfg.eval.memory, batch_size=batch_size, block_level=block_level,
-                threads=threads)
+    lm = HmemLM(
+        run_dir, memory=memory or cfg.eval.memory, batch_size=batch_size, block_level=block_level, threads=threads
+    )
     # a user's own tasks get their own directory, so they never replace the run's standard evaluation
     mine = [t for t in names if t in extra]
     out_dir = run_dir / "eval" / (lm.mode if not mine else f"{lm.mode}-" + "+".join(mine)[:80])
@@ -272,22 +312,36 @@ def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | 
     task_log = logging.getLogger("lm_eval.api.task")
     if not any(isinstance(f, _QuietHarness) for f in task_log.filters):
         task_log.addFilter(_QuietHarness())
-    tm = TaskManager(include_path=[str(ts.root)] + ([str(PAPER_DIR)] if paper else [])
-                     + [str(Path(d).resolve()) for d in include_path or []], include_defaults=paper)
+    tm = TaskManager(
+        include_path=[str(ts.root)]
+        + ([str(PAPER_DIR)] if paper else [])
+        + [str(Path(d).resolve()) for d in include_path or []],
+        include_defaults=paper,
+    )
     t0 = time.perf_counter()
-    res = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=tm, limit=limit, log_samples=True,
-                                  bootstrap_iters=100)
+    res = lm_eval.simple_evaluate(
+        model=lm, tasks=names, task_manager=tm, limit=limit, log_samples=True, bootstrap_iters=100
+    )
     elapsed = time.perf_counter() - t0
     n = sum(int(v.get("effective", 0)) for v in res.get("n-samples", {}).values())
-    head = {**headline(res, ts), **user_headline(res, mine), "n_samples": n, "eval_time_s": round(elapsed, 3),
-            "retrieval_time_s": round(lm.retrieval_seconds, 3)}
+    head = {
+        **headline(res, ts),
+        **user_headline(res, mine),
+        "n_samples": n,
+        "eval_time_s": round(elapsed, 3),
+        "retrieval_time_s": round(lm.retrieval_seconds, 3),
+    }
     route_detail, route_head = _routing(cfg, res.get("samples", {}), lm.routing_log)
     head.update(route_head)
     for t in mine:  # a user's task: its accuracy per bucket too (shipped probes have bucket subtasks)
         head.update({f"{t}/bucket{b}": v["acc"] for b, v in route_detail.get(t, {}).items() if v["acc"] is not None})
-    timing = {"eval_s": elapsed, "retrieval_s": lm.retrieval_seconds, "model_s": lm.model_seconds,
-              "router_load_s": lm.router_load_seconds,
-              "routed_texts": len(lm.retrieval.cache)}
+    timing = {
+        "eval_s": elapsed,
+        "retrieval_s": lm.retrieval_seconds,
+        "model_s": lm.model_seconds,
+        "router_load_s": lm.router_load_seconds,
+        "routed_texts": len(lm.retrieval.cache),
+    }
     _write_samples(out_dir / "samples.jsonl", res.get("samples", {}), lm.routing_log)
     faults.point("eval_samples")
     final = runs.read_final(run_dir)
@@ -298,14 +352,27 @@ def evaluate(run_dir: str | Path, tasks: list[str] | None = None, memory: str | 
         sections[std] = {**final.get("eval", {}).get(std, {}), **own}
     runs.update_final(run_dir, eval=sections)
     faults.point("eval_final")
-    write_json(marker, {
-        "settings": settings, "headline": head, "timing": timing, "routing": route_detail, "results": res.get("results"),
-        "groups": res.get("groups"), "group_subtasks": res.get("group_subtasks"), "n-samples": res.get("n-samples"),
-        "versions": res.get("versions"), "configs": res.get("configs")})
+    write_json(
+        marker,
+        {
+            "settings": settings,
+            "headline": head,
+            "timing": timing,
+            "routing": route_detail,
+            "results": res.get("results"),
+            "groups": res.get("groups"),
+            "group_subtasks": res.get("group_subtasks"),
+            "n-samples": res.get("n-samples"),
+            "versions": res.get("versions"),
+            "configs": res.get("configs"),
+        },
+    )
     if print_table:
         print(make_table(res))
         if res.get("groups"):
             print(make_table(res, "groups"))
-        print(f"[hmem] {run_dir} memory={lm.mode}: {n} samples in {elapsed:.1f}s "
-              f"(retrieval {lm.retrieval_seconds:.2f}s, model {lm.model_seconds:.1f}s) -> {out_dir}")
+        print(
+            f"[hmem] {run_dir} memory={lm.mode}: {n} samples in {elapsed:.1f}s "
+            f"(retrieval {lm.retrieval_seconds:.2f}s, model {lm.model_seconds:.1f}s) -> {out_dir}"
+        )
     return sections[key]

@@ -61,15 +61,21 @@ def _write_yaml(path: Path, obj: dict) -> None:
 
 
 def _task(root: Path, name: str, template: str, **dataset_kwargs) -> None:
-    _write_yaml(root / f"{name}.yaml", {"include": str(TEMPLATES / template), "task": name,
-                                        "dataset_kwargs": dataset_kwargs})
+    _write_yaml(
+        root / f"{name}.yaml", {"include": str(TEMPLATES / template), "task": name, "dataset_kwargs": dataset_kwargs}
+    )
 
 
 def _group(root: Path, name: str, tasks: list[str], weight_by_size: bool) -> None:
-    _write_yaml(root / f"{name}.yaml", {
-        "group": name, "task": tasks,
-        "aggregate_metric_list": [{"metric": "acc", "aggregation": "mean", "weight_by_size": weight_by_size}],
-        "metadata": {"version": 1.0}})
+    _write_yaml(
+        root / f"{name}.yaml",
+        {
+            "group": name,
+            "task": tasks,
+            "aggregate_metric_list": [{"metric": "acc", "aggregation": "mean", "weight_by_size": weight_by_size}],
+            "metadata": {"version": 1.0},
+        },
+    )
 
 
 def mc_twin(items: list[dict], seed: int = 0) -> list[dict]:

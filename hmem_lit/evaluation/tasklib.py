@@ -25,10 +25,14 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def _clean(item: dict[str, Any]) -> dict[str, Any]:
     """Keep the fields the templates use, with types Arrow can hold (no mixed None / int columns)."""
-    out = {"entity": str(item.get("entity", "")), "prompt": item["prompt"], "answer": str(item["answer"]),
-           "route_text": item.get("route_text") or item["prompt"],
-           "bucket": -1 if item.get("bucket") is None else int(item["bucket"]),
-           "mention_count": -1 if item.get("mention_count") is None else int(item["mention_count"])}
+    out = {
+        "entity": str(item.get("entity", "")),
+        "prompt": item["prompt"],
+        "answer": str(item["answer"]),
+        "route_text": item.get("route_text") or item["prompt"],
+        "bucket": -1 if item.get("bucket") is None else int(item["bucket"]),
+        "mention_count": -1 if item.get("mention_count") is None else int(item["mention_count"]),
+    }
     if "choices" in item:
         out["choices"], out["label"] = [str(c) for c in item["choices"]], int(item["label"])
     return out

@@ -43,8 +43,12 @@ def toy_questions(n_docs: int, seed: int) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {"toy_colour": [], "toy_friend": []}
     for rank, (topic, ent) in enumerate(ents):
         name = f"{_TOPICS[topic]} {ent}"
-        base = {"entity": name, "kind": "toy", "mention_count": counts[(topic, ent)],
-                "bucket": bucket_of_rank(rank, len(ents))}
+        base = {
+            "entity": name,
+            "kind": "toy",
+            "mention_count": counts[(topic, ent)],
+            "bucket": bucket_of_rank(rank, len(ents)),
+        }
         p = f"The colour of {name} is"
         out["toy_colour"].append({**base, "prompt": p, "answer": _value(topic, ent, colour), "route_text": p})
         ans = _value(topic, ent, friend)
@@ -52,8 +56,9 @@ def toy_questions(n_docs: int, seed: int) -> dict[str, list[dict[str, Any]]]:
         choices = [others[i] for i in rng.choice(len(others), 3, replace=False)] + [ans]
         choices = [choices[i] for i in rng.permutation(4)]
         p = f"The friend of {name} is"
-        out["toy_friend"].append({**base, "prompt": p, "answer": ans, "choices": choices,
-                                  "label": choices.index(ans), "route_text": p})
+        out["toy_friend"].append(
+            {**base, "prompt": p, "answer": ans, "choices": choices, "label": choices.index(ans), "route_text": p}
+        )
     return out
 
 
@@ -69,8 +74,10 @@ def write_toy_data(cfg: Any, out: str | Path) -> Path:
     out = Path(out)
     for name, rows in toy_questions(cfg.data.toy_docs, cfg.data.seed).items():
         _write_jsonl(out / "questions" / f"{name}.jsonl", rows)
-    held = [{"title": f"{_TOPICS[t]} {e}", "text": text}
-            for text, t, e in toy_documents(HELDOUT_DOCS, cfg.data.seed + 1_000_003)]
+    held = [
+        {"title": f"{_TOPICS[t]} {e}", "text": text}
+        for text, t, e in toy_documents(HELDOUT_DOCS, cfg.data.seed + 1_000_003)
+    ]
     _write_jsonl(out / "heldout" / "wiki_val.jsonl", held)
     _write_jsonl(out / "questions" / "wiki_cloze.jsonl", wiki_cloze(held))
     return out

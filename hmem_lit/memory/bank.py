@@ -56,8 +56,9 @@ def resolve_layers(spec: Any, n_layer: int) -> list[int]:
 class Bank(nn.Module):
     """Per-level block tables. `fetch` returns one (B, s_l) row tensor per used level, on the compute device."""
 
-    def __init__(self, levels: Sequence[int], c_unit: int, branching: int, generic: bool = False,
-                 offload: bool = False):
+    def __init__(
+        self, levels: Sequence[int], c_unit: int, branching: int, generic: bool = False, offload: bool = False
+    ):
         super().__init__()
         if branching < 2:
             raise ValueError(f"branching must be >= 2, got {branching}")

@@ -47,8 +47,14 @@ class WarmupCosine:
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _adamw(params: list[Tensor], grads: list[Tensor], ms: list[Tensor], vs: list[Tensor], steps: list[float],
-           group: dict[str, Any]) -> None:
+def _adamw(
+    params: list[Tensor],
+    grads: list[Tensor],
+    ms: list[Tensor],
+    vs: list[Tensor],
+    steps: list[float],
+    group: dict[str, Any],
+) -> None:
     """In-place AdamW (torch.optim.AdamW's update) on lists of tensors, each with its own step count."""
     (b1, b2), lr, wd, eps = group["betas"], group["lr"], group["weight_decay"], group["eps"]
     torch._foreach_mul_(params, 1 - lr * wd)
@@ -70,8 +76,14 @@ class RowwiseAdamW(torch.optim.Optimizer):
 
     view_rows_from = 4096
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, sparse=False))
 
     @torch.no_grad()
@@ -105,8 +117,14 @@ class RowwiseAdamW(torch.optim.Optimizer):
                 raise RuntimeError("a sparse gradient reached a dense group: list its tensor in sparse_parameters()")
             states.append(self._state(p, ()))
             states[-1]["step"] += 1
-        _adamw(params, [p.grad for p in params], [st["exp_avg"] for st in states],
-               [st["exp_avg_sq"] for st in states], [float(st["step"]) for st in states], group)
+        _adamw(
+            params,
+            [p.grad for p in params],
+            [st["exp_avg"] for st in states],
+            [st["exp_avg_sq"] for st in states],
+            [float(st["step"]) for st in states],
+            group,
+        )
 
     def _rows_step(self, p: Tensor, group: dict[str, Any]) -> None:
         if not p.grad.is_sparse:
@@ -119,8 +137,14 @@ class RowwiseAdamW(torch.optim.Optimizer):
         m_all, v_all = st["exp_avg"], st["exp_avg_sq"]
         if gv[0].numel() >= self.view_rows_from:  # big rows: in place, one view per row
             r = rows.tolist()
-            _adamw([p[i] for i in r], list(gv.unbind(0)), [m_all[i] for i in r], [v_all[i] for i in r],
-                   steps.tolist(), group)
+            _adamw(
+                [p[i] for i in r],
+                list(gv.unbind(0)),
+                [m_all[i] for i in r],
+                [v_all[i] for i in r],
+                steps.tolist(),
+                group,
+            )
             return
         (b1, b2), lr, wd, eps = group["betas"], group["lr"], group["weight_decay"], group["eps"]
         shape = (-1,) + (1,) * (p.dim() - 1)  # broadcast per-row scalars over the row
@@ -144,8 +168,9 @@ def param_groups(model: nn.Module, cfg: RunConfig, ndim: dict[str, int] | None =
     memory = getattr(model, "memory", None)
     sparse = {id(p) for p in memory.sparse_parameters()} if memory is not None else set()
     in_memory = {id(p) for p in memory.parameters()} if memory is not None else set()
-    buckets: dict[str, list[nn.Parameter]] = {k: [] for k in ("anchor", "anchor_nowd", "memory", "memory_nowd",
-                                                               "memory_rows")}
+    buckets: dict[str, list[nn.Parameter]] = {
+        k: [] for k in ("anchor", "anchor_nowd", "memory", "memory_nowd", "memory_rows")
+    }
     for name, p in model.named_parameters():  # deduplicated (tied embeddings appear once)
         if not p.requires_grad:
             continue
@@ -166,22 +191,33 @@ def param_groups(model: nn.Module, cfg: RunConfig, ndim: dict[str, int] | None =
         if not ps:
             continue
         mem = name.startswith("memory")
-        groups.append(dict(params=ps, name=name, sparse=name.startswith("memory_rows"),
-                           lr=o.memory_lr * mult.get(name, 1.0) if mem else o.lr,
-                           weight_decay=0.0 if name.endswith("nowd") else (o.memory_weight_decay if mem else o.weight_decay)))
+        groups.append(
+            dict(
+                params=ps,
+                name=name,
+                sparse=name.startswith("memory_rows"),
+                lr=o.memory_lr * mult.get(name, 1.0) if mem else o.lr,
+                weight_decay=0.0 if name.endswith("nowd") else (o.memory_weight_decay if mem else o.weight_decay),
+            )
+        )
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: RunConfig, total_steps: int,
-                    ndim: dict[str, int] | None = None) -> dict[str, Any]:
+def build_optimizer(
+    model: nn.Module, cfg: RunConfig, total_steps: int, ndim: dict[str, int] | None = None
+) -> dict[str, Any]:
     """The LightningModule's `configure_optimizers` return value: {"optimizer", "lr_scheduler" (per step)}."""
     o = cfg.optim
     groups = param_groups(model, cfg, ndim)
     if not groups:
         raise ValueError("nothing to train: every parameter has requires_grad=False")
     opt = RowwiseAdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
-    lambdas = [WarmupCosine(total_steps, o.warmup, o.memory_min_lr / o.memory_lr if g["name"].startswith("memory")
-                            else o.min_lr / o.lr) for g in groups]
+    lambdas = [
+        WarmupCosine(
+            total_steps, o.warmup, o.memory_min_lr / o.memory_lr if g["name"].startswith("memory") else o.min_lr / o.lr
+        )
+        for g in groups
+    ]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -212,8 +248,9 @@ def _clip(grads: list[Tensor], total: Tensor, max_norm: float) -> None:
             g.mul_(coef.to(g.device))
 
 
-def clip_gradients(model: nn.Module, cfg: RunConfig,
-                   reduce_sharded: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+def clip_gradients(
+    model: nn.Module, cfg: RunConfig, reduce_sharded: Callable[[Tensor], Tensor] | None = None
+) -> dict[str, Tensor]:
     """Clip the anchor's gradients at optim.grad_clip and the memory's (dense + sparse values) at
     optim.memory_grad_clip; with memory_grad_clip = 0 memory gradients join the anchor's global-norm clip.
     reduce_sharded (FSDP): sums a squared norm over ranks; dense gradients are then shards, while sparse ones

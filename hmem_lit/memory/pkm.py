@@ -35,7 +35,7 @@ from hmem_lit.memory.base import MemoryType
 
 
 def pkm_layers(spec: Any, n_layer: int) -> list[int]:
-    """"auto" -> 3 equally spaced layers (floor((2i+1) * n_layer / 6)); else the explicit indices."""
+    """ "auto" -> 3 equally spaced layers (floor((2i+1) * n_layer / 6)); else the explicit indices."""
     layers = sorted({(2 * i + 1) * n_layer // 6 for i in range(3)} if spec == "auto" else {int(i) for i in spec})
     if not layers or layers[0] < 0 or layers[-1] >= n_layer:
         raise ValueError(f"memory.pkm.layers={spec}: need indices in [0, {n_layer})")
@@ -96,8 +96,9 @@ class PKMMemory(MemoryType):
         from hmem_lit.config import ConfigError
 
         if mcfg.generic or mcfg.offload:
-            raise ConfigError("memory.generic: memory.generic / memory.offload apply to path-fetched memories, "
-                              "not to memory.type=pkm")
+            raise ConfigError(
+                "memory.generic: memory.generic / memory.offload apply to path-fetched memories, not to memory.type=pkm"
+            )
 
     def __init__(self, mcfg: MemoryConfig, acfg: AnchorConfig, branching: int):
         super().__init__()
@@ -150,8 +151,9 @@ class PKMMemory(MemoryType):
         # row per distinct index (U), not one per (token, head, k) selection, which would be far larger than U.
         uniq, inv = distinct(idx, self.values.shape[0])  # (U,), (N, H, k)
         rows = F.embedding(uniq, self.values, sparse=True)  # (U, v_dim)
-        y = F.embedding_bag(inv.flatten(1), rows, per_sample_weights=w.flatten(1).to(rows.dtype),
-                            mode="sum").to(x.dtype)  # (N, v_dim), summed over heads and top-k
+        y = F.embedding_bag(inv.flatten(1), rows, per_sample_weights=w.flatten(1).to(rows.dtype), mode="sum").to(
+            x.dtype
+        )  # (N, v_dim), summed over heads and top-k
         if self.gated:
             y = F.linear(y * F.silu(F.linear(xf, self.w1[s].to(x.dtype))), self.w2[s].to(x.dtype))
         return y.view(B, T, d)

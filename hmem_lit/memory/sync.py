@@ -70,8 +70,9 @@ def _local_rows(p: Tensor) -> tuple[Tensor, Tensor]:
     return g._indices()[0], g._values()
 
 
-def _gather(p: Tensor, i: Tensor, v: Tensor, n_max: int, world: int, dev: torch.device,
-            group: dist.ProcessGroup | None) -> Tensor:
+def _gather(
+    p: Tensor, i: Tensor, v: Tensor, n_max: int, world: int, dev: torch.device, group: dist.ProcessGroup | None
+) -> Tensor:
     """all_gather every rank's (padded) row ids and rows, then merge them: O(world * fetched rows)."""
     pad = n_max - i.numel()
     ids = torch.cat([i, i.new_full((pad,), -1)]).to(dev)
@@ -83,8 +84,9 @@ def _gather(p: Tensor, i: Tensor, v: Tensor, n_max: int, world: int, dev: torch.
     return merge_rows([x.to(p.device) for x in ids_all], [x.to(p.device) for x in vals_all], tuple(p.shape), world)
 
 
-def _dense_allreduce(p: Tensor, i: Tensor, v: Tensor, world: int, dev: torch.device,
-                     group: dist.ProcessGroup | None) -> Tensor:
+def _dense_allreduce(
+    p: Tensor, i: Tensor, v: Tensor, world: int, dev: torch.device, group: dist.ProcessGroup | None
+) -> Tensor:
     """All-reduce the gradient densely plus a row mask; the result stays sparse on the union of fetched rows."""
     dense = torch.zeros(p.shape, dtype=v.dtype, device=dev)
     dense.index_add_(0, i.to(dev), v.to(dev))
@@ -94,8 +96,9 @@ def _dense_allreduce(p: Tensor, i: Tensor, v: Tensor, world: int, dev: torch.dev
     dist.all_reduce(mask, op=dist.ReduceOp.MAX, group=group)
     rows = mask.nonzero().squeeze(1)  # sorted: a valid coalesced index
     vals = (dense.index_select(0, rows) / world).to(p.device)
-    return torch.sparse_coo_tensor(rows.to(p.device).unsqueeze(0), vals, tuple(p.shape), is_coalesced=True,
-                                   check_invariants=False)
+    return torch.sparse_coo_tensor(
+        rows.to(p.device).unsqueeze(0), vals, tuple(p.shape), is_coalesced=True, check_invariants=False
+    )
 
 
 @torch.no_grad()

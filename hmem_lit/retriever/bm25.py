@@ -13,8 +13,9 @@ training documents that share the prompt's rare words; their tree paths vote (LO
   best child of it among the voters, ...). Text with no indexed term falls back to the centroid descent.
 - `refine_leaves` (`retriever.refine=bm25`): label propagation on the training documents' k-nearest-neighbour
   graph: a document moves to the leaf its neighbours vote for, `iters` rounds (half of the documents, seeded, per
-  round), a leaf taking at most `cap` times the mean leaf size. Documents that share rare words (an entity's documents) end in one leaf, and the
-  tree still mirrors the clustering: a leaf's documents define its block and its centroid is re-estimated.
+  round), a leaf taking at most `cap` times the mean leaf size. Documents that share rare words (an entity's
+  documents) end in one leaf, and the tree still mirrors the clustering: a leaf's documents define its block and its
+  centroid is re-estimated.
 Cost: the graph is one sparse product per chunk of documents; its queries skip terms in more than
 `retriever.graph_max_postings` documents, which keeps it linear in the corpus.
 """
@@ -71,8 +72,13 @@ class BM25Index:
         from sklearn.feature_extraction.text import CountVectorizer
 
         if self._counter is None:
-            self._counter = CountVectorizer(lowercase=True, token_pattern=_TOKEN_PATTERN, stop_words="english",
-                                            vocabulary={w: i for i, w in enumerate(self.vocab)}, dtype=np.float32)
+            self._counter = CountVectorizer(
+                lowercase=True,
+                token_pattern=_TOKEN_PATTERN,
+                stop_words="english",
+                vocabulary={w: i for i, w in enumerate(self.vocab)},
+                dtype=np.float32,
+            )
         if not self.vocab:
             import scipy.sparse as sp
 
@@ -81,8 +87,14 @@ class BM25Index:
         q.data[:] = 1.0
         return q
 
-    def topk(self, texts: Sequence[str], k: int, exclude: np.ndarray | None = None, chunk: int = 1024,
-             terms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def topk(
+        self,
+        texts: Sequence[str],
+        k: int,
+        exclude: np.ndarray | None = None,
+        chunk: int = 1024,
+        terms: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Best k documents per text by BM25 (ties: lower doc id). `exclude` (n,) doc ids are skipped (a document
         querying the index it is in); `terms` (V,) bool, if given, keeps only those query terms."""
         n = len(texts)
@@ -112,10 +124,16 @@ class BM25Index:
         d = Path(d)
         d.mkdir(parents=True, exist_ok=True)
         W = self.W
-        atomic_write(d / "bm25.npz", lambda tmp: np.savez(open(tmp, "wb"), data=W.data, indices=W.indices,
-                                                        indptr=W.indptr, shape=np.array(W.shape, np.int64)))
-        atomic_write_text(d / "bm25.json", json.dumps({"k1": self.k1, "b": self.b, "max_df": self.max_df,
-                                                        "vocab": self.vocab}, ensure_ascii=False))
+        atomic_write(
+            d / "bm25.npz",
+            lambda tmp: np.savez(
+                open(tmp, "wb"), data=W.data, indices=W.indices, indptr=W.indptr, shape=np.array(W.shape, np.int64)
+            ),
+        )
+        atomic_write_text(
+            d / "bm25.json",
+            json.dumps({"k1": self.k1, "b": self.b, "max_df": self.max_df, "vocab": self.vocab}, ensure_ascii=False),
+        )
 
     @classmethod
     def load(cls, d: str | Path) -> BM25Index:
@@ -131,8 +149,14 @@ class BM25Index:
 # ------------------------------------------------------------------------------------------------ voting
 
 
-def vote_paths(ids: np.ndarray, scores: np.ndarray, doc_paths: np.ndarray, branching: int,
-               start: np.ndarray | None = None, start_level: int = -1) -> tuple[np.ndarray, np.ndarray]:
+def vote_paths(
+    ids: np.ndarray,
+    scores: np.ndarray,
+    doc_paths: np.ndarray,
+    branching: int,
+    start: np.ndarray | None = None,
+    start_level: int = -1,
+) -> tuple[np.ndarray, np.ndarray]:
     """Hierarchical vote. ids/scores (n, k) from `topk`, doc_paths (N, depth) -> (paths (n, depth), voted (n,) bool).
 
     At each level the voters' scores are summed per node among the children of the node chosen above; the best
@@ -177,7 +201,9 @@ def _argmax_group_sum(keys: np.ndarray, w: np.ndarray, mask: np.ndarray) -> np.n
 # ------------------------------------------------------------------------------------------------ refinement
 
 
-def knn_graph(index: BM25Index, texts: Sequence[str], k: int, max_postings: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def knn_graph(
+    index: BM25Index, texts: Sequence[str], k: int, max_postings: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
     """The training documents' k nearest other training documents (each document queries the index it is in).
 
     The queries use only terms in at most `max_postings` documents: a query term costs its posting list, so this
@@ -187,8 +213,15 @@ def knn_graph(index: BM25Index, texts: Sequence[str], k: int, max_postings: int 
     return index.topk(texts, k, exclude=np.arange(len(texts)), terms=(df <= max_postings).astype(np.float32))
 
 
-def refine_leaves(leaves: np.ndarray, nbr: np.ndarray, w: np.ndarray, iters: int = 3, cap: float = 3.0,
-                  stats: dict | None = None, seed: int = 0) -> np.ndarray:
+def refine_leaves(
+    leaves: np.ndarray,
+    nbr: np.ndarray,
+    w: np.ndarray,
+    iters: int = 3,
+    cap: float = 3.0,
+    stats: dict | None = None,
+    seed: int = 0,
+) -> np.ndarray:
     """Label propagation of leaf ids on the neighbour graph (nbr, w: (N, k), -1 / 0 where none).
 
     A round offers a move to a seeded random half of the documents (all of them moving at once makes two halves

@@ -46,18 +46,28 @@ def concentration(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
     per: dict[int, list[dict]] = collections.defaultdict(list)
     for v in table.values():
         per[v["bucket"]].append(v)
-    return {"keys": len(table), "mean_share": round(float(np.mean([v["share"] for v in table.values()])), 4),
-            "buckets": {str(b): {"keys": len(vs), "docs_min": min(v["docs"] for v in vs),
-                                 "docs_max": max(v["docs"] for v in vs),
-                                 "mean_share": round(float(np.mean([v["share"] for v in vs])), 4)}
-                        for b, vs in sorted(per.items())}}
+    return {
+        "keys": len(table),
+        "mean_share": round(float(np.mean([v["share"] for v in table.values()])), 4),
+        "buckets": {
+            str(b): {
+                "keys": len(vs),
+                "docs_min": min(v["docs"] for v in vs),
+                "docs_max": max(v["docs"] for v in vs),
+                "mean_share": round(float(np.mean([v["share"] for v in vs])), 4),
+            }
+            for b, vs in sorted(per.items())
+        },
+    }
 
 
 def hit_rates(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """records: {group, bucket, hit (bool, or None when the text was not routed), correct (float | None)} -> per
     group and bucket: prompts, hit rate (over routed prompts; None if none was routed), accuracy, and the
     accuracy when routed right and when routed wrong (None when there were none)."""
-    acc: dict[tuple[str, int], dict[Any, list[float]]] = collections.defaultdict(lambda: {True: [], False: [], None: []})
+    acc: dict[tuple[str, int], dict[Any, list[float]]] = collections.defaultdict(
+        lambda: {True: [], False: [], None: []}
+    )
     n: dict[tuple[str, int], dict[Any, int]] = collections.defaultdict(lambda: {True: 0, False: 0, None: 0})
     for r in records:
         key, hit = (str(r["group"]), int(r["bucket"])), (None if r.get("hit") is None else bool(r["hit"]))
@@ -70,15 +80,22 @@ def hit_rates(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         a = acc[(g, b)]
         routed = c[True] + c[False]
         out.setdefault(g, {})[str(b)] = {
-            "prompts": routed + c[None], "hit_rate": round(c[True] / routed, 4) if routed else None,
-            "acc": mean(a[True] + a[False] + a[None]), "acc_routed_right": mean(a[True]),
-            "acc_routed_wrong": mean(a[False])}
+            "prompts": routed + c[None],
+            "hit_rate": round(c[True] / routed, 4) if routed else None,
+            "acc": mean(a[True] + a[False] + a[None]),
+            "acc_routed_right": mean(a[True]),
+            "acc_routed_wrong": mean(a[False]),
+        }
     return out
 
 
 def format_concentration(c: dict[str, Any], field: str) -> str:
     if not c.get("keys"):
         return f"routing     no training document carries data.key_field={field!r}"
-    per = "  ".join(f"b{b}: {v['mean_share']:.0%} ({v['docs_min']}-{v['docs_max']} docs)" for b, v in c["buckets"].items())
-    return (f"routing     {c['keys']:,} keys ({field}); main leaf holds {c['mean_share']:.1%} of a key's training "
-            f"documents on average; by bucket {per}")
+    per = "  ".join(
+        f"b{b}: {v['mean_share']:.0%} ({v['docs_min']}-{v['docs_max']} docs)" for b, v in c["buckets"].items()
+    )
+    return (
+        f"routing     {c['keys']:,} keys ({field}); main leaf holds {c['mean_share']:.1%} of a key's training "
+        f"documents on average; by bucket {per}"
+    )

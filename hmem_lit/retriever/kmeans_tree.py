@@ -1,4 +1,5 @@
-"""The hierarchical k-means tree (../shared/PAPERS.md A4): built top-down on faiss, balanced, saved as arrays, routed greedily.
+"""The hierarchical k-means tree (../shared/PAPERS.md A4): built top-down on faiss, balanced, saved as arrays,
+routed greedily.
 
 Node ids: level l (0-based here; "level l+1" in the paper) has branching**(l+1) nodes; the children of node p at
 level l are p*branching + c at level l+1. A path is one node id per level.
@@ -128,8 +129,9 @@ def _kmeans(x: np.ndarray, k: int, niter: int, mppc: int, seed: int) -> np.ndarr
 def _kmeans_inner(x: np.ndarray, k: int, niter: int, mppc: int, seed: int) -> np.ndarray:
     import faiss
 
-    kw = dict(niter=niter, seed=seed, spherical=True, max_points_per_centroid=mppc, min_points_per_centroid=1,
-              verbose=False)
+    kw = dict(
+        niter=niter, seed=seed, spherical=True, max_points_per_centroid=mppc, min_points_per_centroid=1, verbose=False
+    )
     if hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS"):  # faiss >= 1.14
         kw["init_method"] = faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS
         km = faiss.Kmeans(x.shape[1], k, **kw)
@@ -160,7 +162,7 @@ def nearest(x: np.ndarray, c: np.ndarray, ok: np.ndarray | None = None) -> np.nd
 
 
 def balance_assignments(assign: np.ndarray, k: int, balance: float, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """The paper's rule: a child over `balance` of the parent's points is merged with the smallest and split at random."""
+    """The paper's rule: a child over `balance` of the parent's points is merged with the smallest, split at random."""
     assign = assign.copy()
     n = len(assign)
     cap = max(balance * n, math.ceil(n / k))
@@ -178,9 +180,17 @@ def balance_assignments(assign: np.ndarray, k: int, balance: float, rng: np.rand
     return assign, splits
 
 
-def build_tree(x: np.ndarray, branching: int = 16, depth: int = 2, balance: float = 0.094, niter: int = 20,
-               max_points_per_centroid: int = 256, seed: int = 0, recenter: bool = True,
-               progress: bool = False) -> tuple[KMeansTree, np.ndarray]:
+def build_tree(
+    x: np.ndarray,
+    branching: int = 16,
+    depth: int = 2,
+    balance: float = 0.094,
+    niter: int = 20,
+    max_points_per_centroid: int = 256,
+    seed: int = 0,
+    recenter: bool = True,
+    progress: bool = False,
+) -> tuple[KMeansTree, np.ndarray]:
     """x (N, d) L2-normalised -> (tree, assignments (N, depth) node ids of each training document)."""
     x = np.ascontiguousarray(x, np.float32)
     n, d = x.shape
@@ -257,9 +267,12 @@ def cluster_stats(paths: np.ndarray, branching: int, depth: int) -> dict:
         big = tot >= branching  # parents that were clustered (a node with fewer docs than children is exempt)
         share = parent.max(1)[big] / tot[big] if big.any() else np.zeros(1)
         out[f"level{lvl + 1}"] = {
-            "nodes": int(len(counts)), "non_empty": int(len(nz)),
-            "min": int(nz.min()) if len(nz) else 0, "median": float(np.median(nz)) if len(nz) else 0.0,
-            "max": int(nz.max()) if len(nz) else 0, "max_share_of_parent": float(share.max()),
+            "nodes": int(len(counts)),
+            "non_empty": int(len(nz)),
+            "min": int(nz.min()) if len(nz) else 0,
+            "median": float(np.median(nz)) if len(nz) else 0.0,
+            "max": int(nz.max()) if len(nz) else 0,
+            "max_share_of_parent": float(share.max()),
         }
     return out
 

@@ -169,8 +169,13 @@ class BM25Router(TreeRouter):
         super().__init__(tree, embedder, seed)
         self.index, self.doc_paths, self.k = index, np.asarray(doc_paths, np.int64), k
 
-    def _descend_votes(self, texts: Sequence[str], start: np.ndarray | None = None, start_level: int = -1,
-                       voters: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    def _descend_votes(
+        self,
+        texts: Sequence[str],
+        start: np.ndarray | None = None,
+        start_level: int = -1,
+        voters: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
         from hmem_lit.retriever.bm25 import vote_paths
 
         ids, sc = voters if voters is not None else self.index.topk(list(texts), self.k)
@@ -178,8 +183,11 @@ class BM25Router(TreeRouter):
         miss = np.nonzero(~voted)[0]
         if len(miss):  # no indexed term in common with any training document (under `start`): centroids decide
             x = self.embed([texts[i] for i in miss])
-            paths[miss] = (self.tree.descend(x) if start is None else
-                           self.tree.descend(x, np.asarray(start, np.int64)[miss], start_level))
+            paths[miss] = (
+                self.tree.descend(x)
+                if start is None
+                else self.tree.descend(x, np.asarray(start, np.int64)[miss], start_level)
+            )
         return paths
 
     def route(self, texts: Sequence[str]) -> np.ndarray:
@@ -227,8 +235,10 @@ def load_router(data_dir: str | Path, cfg: Any = None) -> Router:
             want.update(embedder=r.embedder, router=r.router)
         got = {k: meta.get(k, "centroid" if k == "router" else None) for k in want}
         if got != want:
-            raise ValueError(f"{d}: prepared with retriever {got}, but the config asks for {want}; "
-                             "re-run `hmem data prepare` with this config")
+            raise ValueError(
+                f"{d}: prepared with retriever {got}, but the config asks for {want}; "
+                "re-run `hmem data prepare` with this config"
+            )
     kind = meta["type"]
     if kind == "tree":
         from hmem_lit.retriever.embedders import load_embedder
@@ -239,8 +249,9 @@ def load_router(data_dir: str | Path, cfg: Any = None) -> Router:
             from hmem_lit.retriever.bm25 import BM25Index
 
             idx_paths = np.load(d / "tree" / "index_paths.npy", allow_pickle=False)
-            return BM25Router(tree, emb, BM25Index.load(d / "tree" / "bm25"), idx_paths, int(meta["knn_k"]),
-                              seed=meta.get("seed", 0))
+            return BM25Router(
+                tree, emb, BM25Index.load(d / "tree" / "bm25"), idx_paths, int(meta["knn_k"]), seed=meta.get("seed", 0)
+            )
         return TreeRouter(tree, emb, seed=meta.get("seed", 0))
     if kind == "oracle":
         return OracleRouter(meta["branching"], meta["depth"], meta.get("seed", 0), meta.get("oracle_field", "kind"))

@@ -20,6 +20,21 @@ from hmem_lit.sweeps.runner import (
 from hmem_lit.sweeps.spec import PAPER_PARAMS, SweepSpec, load_sweep, trial_name
 from hmem_lit.sweeps.translate import Infeasible, counts, solve_levels, translate, unit_params
 
-__all__ = ["PAPER_PARAMS", "Infeasible", "StepPruningCallback", "SweepSpec", "counts", "load_sweep",
-           "objective_value", "open_study", "plan", "run_sweep", "solve_levels", "status", "summary", "translate",
-           "trial_name", "unit_params"]
+__all__ = [
+    "PAPER_PARAMS",
+    "Infeasible",
+    "StepPruningCallback",
+    "SweepSpec",
+    "counts",
+    "load_sweep",
+    "objective_value",
+    "open_study",
+    "plan",
+    "run_sweep",
+    "solve_levels",
+    "status",
+    "summary",
+    "translate",
+    "trial_name",
+    "unit_params",
+]

@@ -46,7 +46,7 @@ def make_storage(spec: SweepSpec, create: bool = True) -> Any:
         raise ConfigError(f"{spec.name}: no study at {spec.storage_url} yet; run `hmem sweep {spec.path}` first")
     if spec.storage and "://" in spec.storage:
         if spec.storage.startswith("sqlite:///"):
-            Path(spec.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(spec.storage[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(_driver(spec.storage), engine_kwargs={"pool_pre_ping": True})
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -63,8 +63,10 @@ def _driver(url: str) -> str:
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix) and importlib.util.find_spec("psycopg") is None:
             if importlib.util.find_spec("psycopg2") is None:
-                raise ConfigError("storage: a PostgreSQL URL needs a driver: pip install 'psycopg[binary]' or psycopg2-binary")
-            return "postgresql+psycopg2://" + url[len(prefix):]
+                raise ConfigError(
+                    "storage: a PostgreSQL URL needs a driver: pip install 'psycopg[binary]' or psycopg2-binary"
+                )
+            return "postgresql+psycopg2://" + url[len(prefix) :]
     return url
 
 
@@ -81,9 +83,13 @@ def make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
-    cls = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
-           "percentile": optuna.pruners.PercentilePruner, "hyperband": optuna.pruners.HyperbandPruner,
-           "successive_halving": optuna.pruners.SuccessiveHalvingPruner}[spec.pruner]
+    cls = {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    }[spec.pruner]
     try:
         return cls(**spec.pruner_kwargs)
     except (TypeError, ValueError) as e:
@@ -94,15 +100,20 @@ def open_study(spec: SweepSpec, create: bool = False, seed_offset: int = 0) -> o
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(spec, create)
     if create:
-        study = optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
-                                    load_if_exists=True)
+        study = optuna.create_study(
+            storage=storage, study_name=spec.name, direction=spec.direction, load_if_exists=True
+        )
         if study.direction.name.lower() != spec.direction:
-            raise ConfigError(f"objective.direction: the stored study {spec.name!r} is "
-                              f"{study.direction.name.lower()}; use another name= or storage=")
+            raise ConfigError(
+                f"objective.direction: the stored study {spec.name!r} is "
+                f"{study.direction.name.lower()}; use another name= or storage="
+            )
     try:
         study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec))
     except KeyError:
-        raise ConfigError(f"{spec.name}: no study in {spec.storage_url} yet; run `hmem sweep {spec.path}` first") from None
+        raise ConfigError(
+            f"{spec.name}: no study in {spec.storage_url} yet; run `hmem sweep {spec.path}` first"
+        ) from None
     study.sampler = make_sampler(spec, spec.seed + 1009 * seed_offset + len(study.get_trials(deepcopy=False)))
     return study
 
@@ -138,8 +149,9 @@ def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
         elif dom["type"] == "categorical":
             out[k] = _dec(trial.suggest_categorical(k, [_enc(v) for v in dom["choices"]]))
         elif dom["type"] == "int":
-            out[k] = trial.suggest_int(k, int(dom["low"]), int(dom["high"]), step=int(dom.get("step") or 1),
-                                       log=bool(dom.get("log")))
+            out[k] = trial.suggest_int(
+                k, int(dom["low"]), int(dom["high"]), step=int(dom.get("step") or 1), log=bool(dom.get("log"))
+            )
         else:
             out[k] = trial.suggest_float(k, dom["low"], dom["high"], step=dom.get("step"), log=bool(dom.get("log")))
     return out
@@ -195,8 +207,14 @@ def evaluate_run(spec: SweepSpec, run_dir: Path, threads: int = 0) -> None:
         from hmem_lit.evaluation import evaluate
     except ImportError as e:
         raise ConfigError(f"evaluate: hmem_lit.evaluation is not available ({e})") from None
-    evaluate(run_dir, tasks=spec.eval_tasks, memory=spec.eval_memory or "fetched", limit=spec.eval_limit,
-             threads=threads, print_table=False)
+    evaluate(
+        run_dir,
+        tasks=spec.eval_tasks,
+        memory=spec.eval_memory or "fetched",
+        limit=spec.eval_limit,
+        threads=threads,
+        print_table=False,
+    )
 
 
 def objective_value(spec: SweepSpec, run_dir: str | Path) -> float:
@@ -207,14 +225,18 @@ def objective_value(spec: SweepSpec, run_dir: str | Path) -> float:
         _, mode, name = m.split(".", 2)
         got = final.get("eval", {}).get(mode, {})
         if name not in got:
-            raise KeyError(f"objective.metric {m!r}: not in final.json eval.{mode} (has: {', '.join(sorted(got)) or 'nothing'})")
+            raise KeyError(
+                f"objective.metric {m!r}: not in final.json eval.{mode} (has: {', '.join(sorted(got)) or 'nothing'})"
+            )
         return float(got[name])
     if m in final.get("metrics", {}):
         return float(final["metrics"][m])
     node: Any = final
     for part in m.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise KeyError(f"objective.metric {m!r}: not in final.json metrics (has: {', '.join(final.get('metrics', {}))})")
+            raise KeyError(
+                f"objective.metric {m!r}: not in final.json metrics (has: {', '.join(final.get('metrics', {}))})"
+            )
         node = node[part]
     return float(node)
 
@@ -266,12 +288,16 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, threads
         return _tell(study, trial, TrialState.FAIL, note=msg)
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None = None,
-          note: str = "") -> TrialState:
+def _tell(
+    study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None = None, note: str = ""
+) -> TrialState:
     study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     shown = f"value={value:.5g}" if value is not None else note
-    print(f"[sweep] {study.study_name} trial {trial.number} {state.name}: {shown} "
-          f"({trial.user_attrs.get('name', '') if hasattr(trial, 'user_attrs') else ''})", flush=True)
+    print(
+        f"[sweep] {study.study_name} trial {trial.number} {state.name}: {shown} "
+        f"({trial.user_attrs.get('name', '') if hasattr(trial, 'user_attrs') else ''})",
+        flush=True,
+    )
     return state
 
 
@@ -291,8 +317,10 @@ def mark_interrupted(study: optuna.Study, number: int, reason: str, keys: list[s
     requeue = keys is None or set(keys) <= set(ft.params)
     if requeue:
         study.enqueue_trial(ft.params, user_attrs={"retry_of": number})
-    print(f"[sweep] {study.study_name} trial {number} was interrupted ({reason})"
-          f"{'; re-queued' if requeue else ''}", flush=True)
+    print(
+        f"[sweep] {study.study_name} trial {number} was interrupted ({reason}){'; re-queued' if requeue else ''}",
+        flush=True,
+    )
 
 
 def _alive(pid: Any) -> bool:
@@ -319,8 +347,11 @@ def recover_interrupted(study: optuna.Study, spec: SweepSpec) -> list[int]:
 
 
 def enqueue_grid(study: optuna.Study, spec: SweepSpec) -> int:
-    taken = {json.dumps(params_of(t), sort_keys=True) for t in study.get_trials(deepcopy=False)
-             if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)}
+    taken = {
+        json.dumps(params_of(t), sort_keys=True)
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
+    }
     n = 0
     for point in spec.grid():
         enc = {k: _enc(v) for k, v in point.items()}
@@ -345,8 +376,14 @@ def baseline_configs(spec: SweepSpec, extra: list[str] | tuple[str, ...] = ()) -
 
     from hmem_lit.config import load_config
 
-    ov = [o for o in spec.overrides if not o.startswith("memory.") and not o.startswith("experiment=")
-          and not o.startswith("name=") and not o.startswith("optim.memory_lr_scale=")]
+    ov = [
+        o
+        for o in spec.overrides
+        if not o.startswith("memory.")
+        and not o.startswith("experiment=")
+        and not o.startswith("name=")
+        and not o.startswith("optim.memory_lr_scale=")
+    ]
     out = []
     for exp in spec.baselines:
         cfg = load_config(exp, ov)
@@ -356,8 +393,12 @@ def baseline_configs(spec: SweepSpec, extra: list[str] | tuple[str, ...] = ()) -
         d["train"].pop("threads", None)
         d["train"].pop("progress", None)
         h = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        out.append(load_config(exp, [*ov, f"out_dir={spec.runs_dir.parent}", "experiment=_baselines",
-                                     f"name={Path(exp).stem}-{h}", *extra]))
+        out.append(
+            load_config(
+                exp,
+                [*ov, f"out_dir={spec.runs_dir.parent}", "experiment=_baselines", f"name={Path(exp).stem}-{h}", *extra],
+            )
+        )
     return out
 
 
@@ -369,8 +410,10 @@ def ensure_baselines(spec: SweepSpec, study: optuna.Study, threads: int = 0) -> 
     dirs = []
     for cfg in baseline_configs(spec, [f"train.threads={threads}"] if threads else []):
         with file_lock(cfg.run_dir.parent / "locks" / f"{cfg.name}.lock"):
-            done = runs.is_complete(cfg.run_dir) and (not spec.needs_eval or bool(
-                runs.read_final(cfg.run_dir).get("eval", {}).get(spec.eval_memory or "fetched")))
+            done = runs.is_complete(cfg.run_dir) and (
+                not spec.needs_eval
+                or bool(runs.read_final(cfg.run_dir).get("eval", {}).get(spec.eval_memory or "fetched"))
+            )
             if not done:
                 print(f"[sweep] {spec.name}: baseline {cfg.run_dir}", flush=True)
                 run_dir = train(cfg)
@@ -448,8 +491,16 @@ def run_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), workers: 
     if workers > 1 and _base_threads(spec) == 0:
         threads = max(1, (os.cpu_count() or 1) // workers)
     spec.sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_json(spec.sweep_dir / "sweep.json", {"path": spec.path, "cli": list(cli), "storage": spec.storage_url,
-                                               "name": spec.name, "runs_dir": str(spec.runs_dir)})
+    write_json(
+        spec.sweep_dir / "sweep.json",
+        {
+            "path": spec.path,
+            "cli": list(cli),
+            "storage": spec.storage_url,
+            "name": spec.name,
+            "runs_dir": str(spec.runs_dir),
+        },
+    )
     with file_lock(spec.sweep_dir / "ask.lock"):
         study = open_study(spec, create=True)
         recover_interrupted(study, spec)
@@ -489,19 +540,22 @@ def plan(target: str | Path, cli: list[str] | tuple[str, ...] = ()) -> str:
     device: n_layer, levels, anchor / fetched / bank params, or why it is infeasible. Trains nothing."""
     spec = load_sweep(target, cli)
     points = spec.grid() if spec.mode == "grid" else [{}]
-    lines = [f"sweep {spec.name}: {spec.mode}, {len(points) if spec.mode == 'grid' else spec.n_trials} trials, "
-             f"base {spec.base}, runs in {spec.runs_dir}"]
+    lines = [
+        f"sweep {spec.name}: {spec.mode}, {len(points) if spec.mode == 'grid' else spec.n_trials} trials, "
+        f"base {spec.base}, runs in {spec.runs_dir}"
+    ]
     for p in points:
         label = ", ".join(f"{k}={_short(v)}" for k, v in p.items()) or "(fixed params)"
         try:
             _, info = translate(spec, p)
-            lines.append(f"  {label}: n_layer={info['n_layer']} levels={info['levels']} "
-                         f"anchor={info['realised_anchor']:,} fetched={info['realised_fetched']:,} "
-                         f"bank={info['realised_bank']:,}")
+            lines.append(
+                f"  {label}: n_layer={info['n_layer']} levels={info['levels']} "
+                f"anchor={info['realised_anchor']:,} fetched={info['realised_fetched']:,} "
+                f"bank={info['realised_bank']:,}"
+            )
         except Infeasible as e:
             lines.append(f"  {label}: INFEASIBLE: {e}")
     return "\n".join(lines)
-
 
 
 def _short(v: Any) -> str:
@@ -522,22 +576,42 @@ def summary(study: optuna.Study, spec: SweepSpec) -> str:
     rows = []
     for t in trials:
         ua = t.user_attrs
-        note = ua.get("infeasible") or ua.get("error") or ua.get("interrupted") or ua.get("pruned") or (
-            "surplus" if ua.get("surplus") else "") or (f"retry of #{ua['retry_of']}" if "retry_of" in ua else "")
-        rows.append([str(t.number), t.state.name, _short(t.value) if t.value is not None else "-",
-                     *[_short(_dec(t.params[k])) if k in t.params else "-" for k in keys],
-                     _short(ua.get("levels", "-")), ua.get("name", "-"), str(note)[:70]])
+        note = (
+            ua.get("infeasible")
+            or ua.get("error")
+            or ua.get("interrupted")
+            or ua.get("pruned")
+            or ("surplus" if ua.get("surplus") else "")
+            or (f"retry of #{ua['retry_of']}" if "retry_of" in ua else "")
+        )
+        rows.append(
+            [
+                str(t.number),
+                t.state.name,
+                _short(t.value) if t.value is not None else "-",
+                *[_short(_dec(t.params[k])) if k in t.params else "-" for k in keys],
+                _short(ua.get("levels", "-")),
+                ua.get("name", "-"),
+                str(note)[:70],
+            ]
+        )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
-    lines = [f"sweep {spec.name} ({spec.mode}, {spec.direction} {spec.metric}) storage={spec.storage_url}",
-             f"trials: {len(trials)} (" + ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) + ")",
-             fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)]
+    lines = [
+        f"sweep {spec.name} ({spec.mode}, {spec.direction} {spec.metric}) storage={spec.storage_url}",
+        f"trials: {len(trials)} (" + ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) + ")",
+        fmt(head),
+        fmt(["-" * w for w in widths]),
+        *map(fmt, rows),
+    ]
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if done:
         best = study.best_trial
         params = ", ".join(f"{k}={_short(_dec(v))}" for k, v in best.params.items())
-        lines.append(f"best: trial {best.number} {spec.metric}={best.value:.5g} ({params}) "
-                     f"run={best.user_attrs.get('run_dir', '-')}")
+        lines.append(
+            f"best: trial {best.number} {spec.metric}={best.value:.5g} ({params}) "
+            f"run={best.user_attrs.get('run_dir', '-')}"
+        )
     return "\n".join(lines)
 
 

@@ -50,15 +50,41 @@ PAPER_PARAMS = {
     "bank": "total bank parameters (e.g. 4.6e9 or '4.6B')",
     "fetch_ratio": "fetched / anchor parameters at the fixed runtime budget translate.budget",
 }
-_TOP = ("name", "base", "overrides", "fixed", "space", "mode", "objective", "evaluate", "n_trials", "sampler",
-        "pruner", "storage", "translate", "profiles", "profile", "heartbeat_s", "stale_after_s", "baselines")
+_TOP = (
+    "name",
+    "base",
+    "overrides",
+    "fixed",
+    "space",
+    "mode",
+    "objective",
+    "evaluate",
+    "n_trials",
+    "sampler",
+    "pruner",
+    "storage",
+    "translate",
+    "profiles",
+    "profile",
+    "heartbeat_s",
+    "stale_after_s",
+    "baselines",
+)
 SAMPLERS = ("tpe", "random", "qmc")
-PRUNERS = {"none": (), "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
-           "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
-           "hyperband": ("min_resource", "max_resource", "reduction_factor"),
-           "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate")}
-SKELETON = ("memory.type=none", "memory.levels=[]", "train.mode=anchor", "train.init_from=null",  # anchor only
-            "optim.memory_lr_scale=[]")
+PRUNERS = {
+    "none": (),
+    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
+    "percentile": ("percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
+    "hyperband": ("min_resource", "max_resource", "reduction_factor"),
+    "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate"),
+}
+SKELETON = (
+    "memory.type=none",
+    "memory.levels=[]",
+    "train.mode=anchor",
+    "train.init_from=null",  # anchor only
+    "optim.memory_lr_scale=[]",
+)
 _SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 
 
@@ -216,10 +242,13 @@ def _check_param(name: str, key: str, valid: set[str]) -> None:
             import difflib
 
             near = difflib.get_close_matches(name, sorted(valid), n=2, cutoff=0.6)
-            raise ConfigError(f"{key}.{name}: unknown config key" + (f"; did you mean {', '.join(near)}?" if near else ""))
+            raise ConfigError(
+                f"{key}.{name}: unknown config key" + (f"; did you mean {', '.join(near)}?" if near else "")
+            )
         return
-    raise ConfigError(f"{key}.{name}: unknown parameter; allowed: a config key like train.seed, or "
-                      f"{', '.join(PAPER_PARAMS)}")
+    raise ConfigError(
+        f"{key}.{name}: unknown parameter; allowed: a config key like train.seed, or {', '.join(PAPER_PARAMS)}"
+    )
 
 
 def _apply_cli(raw: dict, cli: list[str]) -> tuple[dict, list[str]]:
@@ -269,10 +298,17 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> Sweep
     unknown = [k for k in raw if k not in _TOP]
     _check(not unknown, unknown[0] if unknown else "", f"unknown sweep key; allowed: {', '.join(_TOP)}")
     _check("base" in raw, "base", "a sweep needs a base experiment (path or name in experiments/)")
-    _check(bool(raw.get("space")) and isinstance(raw["space"], dict), "space",
-           "a sweep needs a non-empty mapping of params to search")
-    spec = SweepSpec(name=str(raw.get("name") or p.stem), base=str(_find(raw["base"], EXPERIMENTS_DIR, "experiment")),
-                     path=str(p), profile=profile)
+    _check(
+        bool(raw.get("space")) and isinstance(raw["space"], dict),
+        "space",
+        "a sweep needs a non-empty mapping of params to search",
+    )
+    spec = SweepSpec(
+        name=str(raw.get("name") or p.stem),
+        base=str(_find(raw["base"], EXPERIMENTS_DIR, "experiment")),
+        path=str(p),
+        profile=profile,
+    )
     _check(bool(re.fullmatch(r"[\w.\-]+", spec.name)), "name", "use letters, digits, '._-' only")
     spec.overrides = _as_overrides(raw.get("overrides"), "overrides") + extra
     from hmem_lit.config import load_config
@@ -289,20 +325,33 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> Sweep
 
     obj = raw.get("objective") or {}
     obj = {"metric": obj} if isinstance(obj, str) else obj
-    _check(isinstance(obj, dict) and set(obj) <= {"metric", "direction"}, "objective",
-           "expected {metric: ..., direction: minimize|maximize}")
+    _check(
+        isinstance(obj, dict) and set(obj) <= {"metric", "direction"},
+        "objective",
+        "expected {metric: ..., direction: minimize|maximize}",
+    )
     spec.metric = str(obj.get("metric", "val/loss"))
     spec.direction = str(obj.get("direction", "minimize"))
-    _check(spec.direction in ("minimize", "maximize"), "objective.direction",
-           f"got {spec.direction!r}; allowed: minimize, maximize")
+    _check(
+        spec.direction in ("minimize", "maximize"),
+        "objective.direction",
+        f"got {spec.direction!r}; allowed: minimize, maximize",
+    )
     if spec.metric.startswith("eval."):
-        _check(len(spec.metric.split(".", 2)) == 3 and spec.eval_memory in ("fetched", "generic", "none", "blocked"),
-               "objective.metric", f"eval metrics are eval.<memory>.<name> with memory fetched|generic|none|blocked, "
-               f"e.g. eval.fetched.hmem_sk; got {spec.metric!r}")
+        _check(
+            len(spec.metric.split(".", 2)) == 3 and spec.eval_memory in ("fetched", "generic", "none", "blocked"),
+            "objective.metric",
+            f"eval metrics are eval.<memory>.<name> with memory fetched|generic|none|blocked, "
+            f"e.g. eval.fetched.hmem_sk; got {spec.metric!r}",
+        )
     ev = raw.get("evaluate", False)
     if isinstance(ev, dict):
         _check(set(ev) <= {"enabled", "tasks", "limit"}, "evaluate", "keys: enabled, tasks, limit")
-        spec.evaluate, spec.eval_tasks, spec.eval_limit = bool(ev.get("enabled", True)), ev.get("tasks"), ev.get("limit")
+        spec.evaluate, spec.eval_tasks, spec.eval_limit = (
+            bool(ev.get("enabled", True)),
+            ev.get("tasks"),
+            ev.get("limit"),
+        )
     else:
         _check(isinstance(ev, bool), "evaluate", "expected true/false or {enabled, tasks, limit}")
         spec.evaluate = ev
@@ -322,20 +371,29 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> Sweep
     spec.pruner = str(prn.pop("type", "none"))
     _check(spec.pruner in PRUNERS, "pruner.type", f"got {spec.pruner!r}; allowed: {', '.join(PRUNERS)}")
     bad = [k for k in prn if k not in PRUNERS[spec.pruner]]
-    _check(not bad, f"pruner.{bad[0] if bad else ''}", f"not an option of the {spec.pruner} pruner; allowed: "
-           f"{', '.join(PRUNERS[spec.pruner]) or '(none)'}")
+    _check(
+        not bad,
+        f"pruner.{bad[0] if bad else ''}",
+        f"not an option of the {spec.pruner} pruner; allowed: {', '.join(PRUNERS[spec.pruner]) or '(none)'}",
+    )
     spec.pruner_kwargs = prn
     if spec.pruner != "none":
-        _check(spec.metric == "val/loss" and spec.direction == "minimize", "pruner.type",
-               "pruning reports val/loss during training: it needs objective.metric=val/loss, direction=minimize; "
-               "use pruner: none for eval objectives")
+        _check(
+            spec.metric == "val/loss" and spec.direction == "minimize",
+            "pruner.type",
+            "pruning reports val/loss during training: it needs objective.metric=val/loss, direction=minimize; "
+            "use pruner: none for eval objectives",
+        )
         _check(spec.mode == "optuna", "pruner.type", "grid mode runs every point to the end: use pruner: none")
 
     spec.storage = raw.get("storage")
     if spec.storage is not None:
         s = str(spec.storage)
-        _check(re.match(r"^(sqlite|postgresql|postgres|mysql)(\+\w+)?://", s) is not None or "://" not in s,
-               "storage", f"expected a database URL (sqlite:///..., postgresql://...) or a journal file path, got {s!r}")
+        _check(
+            re.match(r"^(sqlite|postgresql|postgres|mysql)(\+\w+)?://", s) is not None or "://" not in s,
+            "storage",
+            f"expected a database URL (sqlite:///..., postgresql://...) or a journal file path, got {s!r}",
+        )
         spec.storage = s
     tr = raw.get("translate") or {}
     _check(isinstance(tr, dict), "translate", "expected a mapping")
@@ -353,8 +411,11 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> Sweep
         t.budget = parse_count(t.budget, "translate.budget")
     bl = raw.get("baselines") or []
     bl = [bl] if isinstance(bl, str) else bl
-    _check(isinstance(bl, list) and all(isinstance(b, str) for b in bl), "baselines",
-           "expected a list of experiments (names in experiments/ or paths), e.g. [101_qs_anchor]")
+    _check(
+        isinstance(bl, list) and all(isinstance(b, str) for b in bl),
+        "baselines",
+        "expected a list of experiments (names in experiments/ or paths), e.g. [101_qs_anchor]",
+    )
     spec.baselines = [str(_find(b, EXPERIMENTS_DIR, "baselines: experiment")) for b in bl]
     spec.heartbeat_s = float(raw.get("heartbeat_s", 30.0))
     spec.stale_after_s = float(raw.get("stale_after_s", 900.0))
@@ -386,8 +447,11 @@ def _domain(k: str, dom: Any, mode: str) -> Any:
     if isinstance(dom, list):
         _check(len(dom) > 0, key, "needs at least one choice")
         return {"type": "categorical", "choices": dom}
-    _check(isinstance(dom, dict) and dom.get("type") in ("int", "float", "categorical"), key,
-           "expected a list of choices or {type: int|float|categorical, ...}")
+    _check(
+        isinstance(dom, dict) and dom.get("type") in ("int", "float", "categorical"),
+        key,
+        "expected a list of choices or {type: int|float|categorical, ...}",
+    )
     if dom["type"] == "categorical":
         _check(isinstance(dom.get("choices"), list) and dom["choices"], key, "categorical needs choices: [...]")
         return dom

@@ -39,8 +39,9 @@ def _vocab(cfg: RunConfig) -> int:
 
 
 def _key(*parts: Any) -> str:
-    return json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True,
-                      default=str)
+    return json.dumps(
+        [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True, default=str
+    )
 
 
 @functools.lru_cache(maxsize=512)
@@ -80,8 +81,9 @@ def counts(cfg: RunConfig) -> dict[str, int]:
     anchor = _anchor_params(cfg, cfg.anchor.n_layer)
     if cfg.memory.type == "none":
         return {"anchor": anchor, "fetched": 0, "bank": 0, "runtime": anchor}
-    fetched, bank = _memory_at(_key(dataclasses.replace(cfg.anchor, vocab_size=_vocab(cfg)), cfg.memory,
-                                    cfg.retriever.branching))
+    fetched, bank = _memory_at(
+        _key(dataclasses.replace(cfg.anchor, vocab_size=_vocab(cfg)), cfg.memory, cfg.retriever.branching)
+    )
     return {"anchor": anchor, "fetched": fetched, "bank": bank, "runtime": anchor + fetched}
 
 
@@ -90,12 +92,16 @@ def unit_params(cfg: RunConfig, mem_type: str) -> int:
     mem = dataclasses.replace(cfg.memory, type=mem_type, levels=[1], generic=False)
     ret = dataclasses.replace(cfg.retriever, depth=max(1, cfg.retriever.depth))
     opt = dataclasses.replace(cfg.optim, memory_lr_scale=[])  # per-level LRs do not change the count
-    return counts(dataclasses.replace(cfg, memory=mem, retriever=ret, optim=opt,
-                                      train=dataclasses.replace(cfg.train, mode="anchor")))["fetched"]
+    return counts(
+        dataclasses.replace(
+            cfg, memory=mem, retriever=ret, optim=opt, train=dataclasses.replace(cfg.train, mode="anchor")
+        )
+    )["fetched"]
 
 
 def _solve_q(ratio: float, b: int, depth: int) -> float:
     """q with sum_l q^(l-1) b^l / sum_l q^(l-1) = ratio (increasing in q): bisection on log q."""
+
     def g(lq: float) -> float:
         w = [math.exp(lq * i) for i in range(depth)]
         return sum(wi * b ** (i + 1) for i, wi in enumerate(w)) / sum(w)
@@ -145,8 +151,17 @@ def _both(f_units: float, b_units: float, b: int, depth: int) -> list[int]:
     return best  # type: ignore[return-value]
 
 
-def solve_levels(t: Translate, b: int, c0: int, *, depth: int | None = None, level: int | None = None,
-                 fetched: float | None = None, bank: float | None = None, units: float | None = None) -> list[int]:
+def solve_levels(
+    t: Translate,
+    b: int,
+    c0: int,
+    *,
+    depth: int | None = None,
+    level: int | None = None,
+    fetched: float | None = None,
+    bank: float | None = None,
+    units: float | None = None,
+) -> list[int]:
     """Per-level multipliers r_l realising the requested sizes (params or units), or raise Infeasible."""
     f_units = units if units is not None else (fetched / c0 if fetched is not None else None)
     b_units = bank / c0 if bank is not None else None
@@ -156,8 +171,10 @@ def solve_levels(t: Translate, b: int, c0: int, *, depth: int | None = None, lev
             raise Infeasible("level: needs fetched, fetched_units or bank to size the level")
         real_r = f_units if f_units is not None else b_units / b**level  # type: ignore[operator]
         if f_units is not None and b_units is not None and abs(f_units * b**level - b_units) > t.tolerance * b_units:
-            raise Infeasible(f"level={level}: bank = b^{level} x fetched = {b**level * f_units * c0:,.0f} "
-                             f"at this level, not the requested {bank:,.0f}")
+            raise Infeasible(
+                f"level={level}: bank = b^{level} x fetched = {b**level * f_units * c0:,.0f} "
+                f"at this level, not the requested {bank:,.0f}"
+            )
         r = [0] * (level - 1) + _round([real_r], 1, None, None)
     else:
         assert depth is not None
@@ -165,8 +182,10 @@ def solve_levels(t: Translate, b: int, c0: int, *, depth: int | None = None, lev
             ratio = b_units / f_units if f_units > 0 else math.inf
             lo, hi = b, b**depth
             if not (lo * (1 - t.tolerance) <= ratio <= hi * (1 + t.tolerance)):
-                raise Infeasible(f"bank/fetched = {ratio:,.1f} is outside [{lo}, {hi}] reachable with {depth} levels "
-                                 f"of a {b}-way tree (all at level 1 .. all at level {depth})")
+                raise Infeasible(
+                    f"bank/fetched = {ratio:,.1f} is outside [{lo}, {hi}] reachable with {depth} levels "
+                    f"of a {b}-way tree (all at level 1 .. all at level {depth})"
+                )
             ratio = min(max(ratio, lo * (1 + 1e-9)), hi * (1 - 1e-9)) if depth > 1 else ratio
             q = _solve_q(ratio, b, depth) if depth > 1 else 1.0
             w = [q**i for i in range(depth)]
@@ -189,7 +208,9 @@ def solve_levels(t: Translate, b: int, c0: int, *, depth: int | None = None, lev
     return r
 
 
-def translate(spec: SweepSpec, params: dict[str, Any], extra: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, dict[str, Any]]:
+def translate(
+    spec: SweepSpec, params: dict[str, Any], extra: list[str] | tuple[str, ...] = ()
+) -> tuple[RunConfig, dict[str, Any]]:
     """Trial params (raw keys + paper-language params; spec.fixed applies under them) -> (validated RunConfig,
     realised accounting). `extra` overrides (name=, train.threads=) apply last."""
     t = spec.translate
@@ -209,8 +230,14 @@ def translate(spec: SweepSpec, params: dict[str, Any], extra: list[str] | tuple[
             raise Infeasible(str(e)) from None
     info: dict[str, Any] = {}
     if paper:
-        gen = _paper_overrides(spec, cfg, paper, info, _requested(spec, base_ov, "memory.type"),
-                               _requested(spec, base_ov, "optim.memory_lr_scale") or [])
+        gen = _paper_overrides(
+            spec,
+            cfg,
+            paper,
+            info,
+            _requested(spec, base_ov, "memory.type"),
+            _requested(spec, base_ov, "optim.memory_lr_scale") or [],
+        )
         try:
             cfg = load_config(spec.base, base_ov + gen + run_ov)
         except ConfigError as e:
@@ -233,8 +260,14 @@ def _requested(spec: SweepSpec, overrides: list[str], key: str) -> Any:
     return OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
 
 
-def _paper_overrides(spec: SweepSpec, cfg: RunConfig, paper: dict[str, Any], info: dict[str, Any],
-                     mem_type: str | None = None, lr_scale: list[float] | None = None) -> list[str]:
+def _paper_overrides(
+    spec: SweepSpec,
+    cfg: RunConfig,
+    paper: dict[str, Any],
+    info: dict[str, Any],
+    mem_type: str | None = None,
+    lr_scale: list[float] | None = None,
+) -> list[str]:
     t = spec.translate
     if "level" in paper and "bank_depth" in paper:
         raise Infeasible("level and bank_depth: give one (level puts all memory at one level)")
@@ -245,8 +278,9 @@ def _paper_overrides(spec: SweepSpec, cfg: RunConfig, paper: dict[str, Any], inf
     from hmem_lit.memory.base import is_routed, routed_types
 
     if not is_routed(mem_type):
-        raise Infeasible(f"memory.type={mem_type}: paper-language sizes need a bank memory type "
-                         f"({', '.join(routed_types())})")
+        raise Infeasible(
+            f"memory.type={mem_type}: paper-language sizes need a bank memory type ({', '.join(routed_types())})"
+        )
     gen: list[str] = []
     fetched = parse_count(paper["fetched"], "fetched") if "fetched" in paper else None
     bank = parse_count(paper["bank"], "bank") if "bank" in paper else None
@@ -258,7 +292,9 @@ def _paper_overrides(spec: SweepSpec, cfg: RunConfig, paper: dict[str, Any], inf
         L = min((abs(_anchor_params(cfg, n) - budget / (1 + rho)), n) for n in range(1, max_l + 1))[1]
         anchor = _anchor_params(cfg, L)
         if anchor > budget * (1 + t.tolerance):
-            raise Infeasible(f"fetch_ratio={rho}: even a {L}-layer anchor ({anchor:,}) exceeds the budget {budget:,.0f}")
+            raise Infeasible(
+                f"fetch_ratio={rho}: even a {L}-layer anchor ({anchor:,}) exceeds the budget {budget:,.0f}"
+            )
         if fetched is not None or units is not None:
             raise Infeasible("fetch_ratio sets the fetched size itself: drop fetched / fetched_units")
         fetched = 0.0 if rho == 0 else budget - anchor
@@ -267,10 +303,15 @@ def _paper_overrides(spec: SweepSpec, cfg: RunConfig, paper: dict[str, Any], inf
         cfg = dataclasses.replace(cfg, anchor=dataclasses.replace(cfg.anchor, n_layer=L))
         if fetched <= 0:
             if rho > 0:
-                raise Infeasible(f"fetch_ratio={rho}: the nearest anchor ({L} layers, {anchor:,}) leaves no room for memory")
+                raise Infeasible(
+                    f"fetch_ratio={rho}: the nearest anchor ({L} layers, {anchor:,}) leaves no room for memory"
+                )
             mode = "anchor" if cfg.train.mode in ("anchor", "scratch") else cfg.train.mode
-            return gen + ["memory.type=none", "memory.levels=[]", f"train.mode={mode}"] + (
-                ["optim.memory_lr_scale=[]"] if lr_scale else [])
+            return (
+                gen
+                + ["memory.type=none", "memory.levels=[]", f"train.mode={mode}"]
+                + (["optim.memory_lr_scale=[]"] if lr_scale else [])
+            )
     c0 = unit_params(cfg, mem_type)
     b = cfg.retriever.branching
     level = paper.get("level")
@@ -278,12 +319,15 @@ def _paper_overrides(spec: SweepSpec, cfg: RunConfig, paper: dict[str, Any], inf
     if fetched is None and units is None and bank is None and cfg.memory.type != "none":
         units = float(sum(cfg.memory.levels))  # bank_depth alone: keep the base's fetched size
     r = solve_levels(t, b, c0, depth=depth, level=level, fetched=fetched, bank=bank, units=units)
-    info.update(c0=c0, requested_fetched=fetched if fetched is not None else (units * c0 if units else None),
-                requested_bank=bank)
+    info.update(
+        c0=c0,
+        requested_fetched=fetched if fetched is not None else (units * c0 if units else None),
+        requested_bank=bank,
+    )
     gen += [f"memory.type={mem_type}", f"memory.levels={_fmt(r)}"]
     scale = [float(x) for x in (lr_scale or [])]
     if scale and len(scale) != len(r):  # the base's LR multipliers are per tree level: keep level l's for level l
-        gen.append(f"optim.memory_lr_scale={_fmt((scale + [scale[-1]] * len(r))[:len(r)])}")
+        gen.append(f"optim.memory_lr_scale={_fmt((scale + [scale[-1]] * len(r))[: len(r)])}")
     if len(r) > cfg.retriever.depth:
         gen.append(f"retriever.depth={len(r)}")
     if cfg.memory.type == "none" and cfg.train.mode == "anchor":
@@ -301,5 +345,7 @@ def _check_tolerance(t: Translate, c: dict[str, int], paper: dict[str, Any], inf
             err = abs(got - want) / want
             info[f"{what}_error"] = err
             if err > t.tolerance:
-                raise Infeasible(f"{what}: realised {got:,} is {100 * err:.1f}% from the requested {want:,.0f} "
-                                 f"(translate.tolerance={t.tolerance})")
+                raise Infeasible(
+                    f"{what}: realised {got:,} is {100 * err:.1f}% from the requested {want:,.0f} "
+                    f"(translate.tolerance={t.tolerance})"
+                )
