@@ -54,7 +54,7 @@ def family_config(acfg: AnchorConfig, **overrides: Any):
     """The transformers config of a random-weight `acfg.hf_family` model sized by the anchor keys."""
     import transformers
 
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=acfg.vocab_size,
         hidden_size=acfg.d_model,
         intermediate_size=acfg.d_ff,
@@ -69,6 +69,7 @@ def family_config(acfg: AnchorConfig, **overrides: Any):
     )
     rope = {"rope_type": "default", "rope_theta": acfg.rope_base}
     fam = acfg.hf_family
+    cfg: transformers.PreTrainedConfig
     if fam == "llama":
         cfg = transformers.LlamaConfig(**common, rope_parameters=rope)
     elif fam == "qwen2":
@@ -117,15 +118,17 @@ def doc_positions(doc_ids: Tensor) -> Tensor:
 class HFAnchor(nn.Module):
     def __init__(self, acfg: AnchorConfig, hf_config: Any = None):
         super().__init__()
-        self.hf = load_hf_model(acfg, hf_config)
-        c = self.hf.config
+        # a transformers *ForCausalLM: its config and submodules are read by attribute name (typed Any)
+        hf: Any = load_hf_model(acfg, hf_config)
+        self.hf: Any = hf
+        c = hf.config
         for name, path in LINEARS.items():
             if not isinstance(self.layers[0].get_submodule(path), nn.Linear):
                 raise ConfigError(
                     f"anchor.hf_path: {type(self.hf).__name__} has no nn.Linear {path} in its layers "
                     f"(for {name}); supported: the Llama / Qwen2 / Gemma3 decoder layout"
                 )
-        vocab = int(self.hf.get_input_embeddings().weight.shape[0])
+        vocab = int(hf.get_input_embeddings().weight.shape[0])
         if acfg.vocab_size is not None and acfg.vocab_size > vocab:
             raise ConfigError(
                 f"anchor.hf_path: the model's vocabulary ({vocab}) is smaller than the tokenizer's "
@@ -175,6 +178,7 @@ class HFAnchor(nn.Module):
 
     def _attach(self, hooks: MemoryHooks) -> list[Any]:
         handles = []
+        layer: Any  # an HF decoder layer (self_attn, mlp)
         for i, layer in enumerate(self.layers):
             if hooks.has_delta:
                 for name, path in LINEARS.items():
