@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import optuna
 from lightning.pytorch.callbacks import Callback
@@ -101,7 +101,10 @@ def open_study(spec: SweepSpec, create: bool = False, seed_offset: int = 0) -> o
     storage = make_storage(spec, create)
     if create:
         study = optuna.create_study(
-            storage=storage, study_name=spec.name, direction=spec.direction, load_if_exists=True
+            storage=storage,
+            study_name=spec.name,
+            direction=cast(Literal["minimize", "maximize"], spec.direction),  # load_sweep checks it is one of them
+            load_if_exists=True,
         )
         if study.direction.name.lower() != spec.direction:
             raise ConfigError(
@@ -388,6 +391,7 @@ def baseline_configs(spec: SweepSpec, extra: list[str] | tuple[str, ...] = ()) -
     for exp in spec.baselines:
         cfg = load_config(exp, ov)
         d = OmegaConf.to_container(OmegaConf.structured(cfg))
+        assert isinstance(d, dict)  # a structured RunConfig converts to a dict
         for k in ("name", "experiment", "out_dir"):
             d.pop(k, None)
         d["train"].pop("threads", None)
