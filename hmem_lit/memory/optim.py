@@ -111,15 +111,18 @@ class RowwiseAdamW(torch.optim.Optimizer):
         return st
 
     def _dense_step(self, params: list[Tensor], group: dict[str, Any]) -> None:
-        states = []
+        states, grads = [], []
         for p in params:
-            if p.grad.is_sparse:
+            grad = p.grad
+            assert grad is not None  # step() passes only parameters with a gradient
+            if grad.is_sparse:
                 raise RuntimeError("a sparse gradient reached a dense group: list its tensor in sparse_parameters()")
+            grads.append(grad)
             states.append(self._state(p, ()))
             states[-1]["step"] += 1
         _adamw(
             params,
-            [p.grad for p in params],
+            grads,
             [st["exp_avg"] for st in states],
             [st["exp_avg_sq"] for st in states],
             [float(st["step"]) for st in states],
@@ -127,9 +130,11 @@ class RowwiseAdamW(torch.optim.Optimizer):
         )
 
     def _rows_step(self, p: Tensor, group: dict[str, Any]) -> None:
-        if not p.grad.is_sparse:
+        grad = p.grad
+        assert grad is not None  # step() passes only parameters with a gradient
+        if not grad.is_sparse:
             raise RuntimeError(f"row-wise group {group.get('name')!r} got a dense gradient: gather with sparse=True")
-        g = p.grad.coalesce()  # duplicate rows (a block fetched by several sequences) summed
+        g = grad.coalesce()  # duplicate rows (a block fetched by several sequences) summed
         rows, gv = g._indices()[0], g._values()  # (n,), (n, *row_shape)
         st = self._state(p, (p.shape[0],))  # per-row update counts
         steps = st["step"].index_select(0, rows) + 1
@@ -182,6 +187,7 @@ def param_groups(model: nn.Module, cfg: RunConfig, ndim: dict[str, int] | None =
             buckets[base if dim >= 2 else base + "_nowd"].append(p)
     mult: dict[str, float] = {}  # group name -> multiplier on the memory LR
     if o.memory_lr_scale and getattr(memory, "routed", False):  # one sparse group per bank level: memory_rows_l1, ...
+        assert memory is not None  # only a memory is routed
         rows = buckets.pop("memory_rows")
         for (lvl, _, t), m in zip(memory.bank.tables(), o.memory_lr_scale):
             buckets[f"memory_rows_l{lvl}"], mult[f"memory_rows_l{lvl}"] = [p for p in rows if p is t], float(m)
@@ -212,7 +218,7 @@ def build_optimizer(
     if not groups:
         raise ValueError("nothing to train: every parameter has requires_grad=False")
     opt = RowwiseAdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
-    lambdas = [
+    lambdas: list[Callable[[int], float]] = [
         WarmupCosine(
             total_steps, o.warmup, o.memory_min_lr / o.memory_lr if g["name"].startswith("memory") else o.min_lr / o.lr
         )
@@ -258,7 +264,9 @@ def clip_gradients(
     -> {"grad_norm": anchor norm, "memory_grad_norm": memory norm}, both before clipping (0-d tensors)."""
     o = cfg.optim
     memory = getattr(model, "memory", None)
-    anchor_g = _grads(list(model.anchor.parameters()))
+    anchor = model.anchor
+    assert isinstance(anchor, nn.Module)
+    anchor_g = _grads(list(anchor.parameters()))
     memory_g = _grads(list(memory.parameters())) if memory is not None else []
     if reduce_sharded is None:
         a, m = _norm(anchor_g), _norm(memory_g)
