@@ -17,7 +17,7 @@ DDP no longer broadcasts them) and applies the same sparse update. DeepSpeed is 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -54,6 +54,13 @@ class _BankSync:
     """Mixin: gradient sync of the sparse tables (the strategy's `model` may be wrapped)."""
 
     bank_sync_stats: SyncStats | None = None
+    if TYPE_CHECKING:  # provided by the Lightning strategy it is mixed into
+
+        @property
+        def lightning_module(self) -> Any: ...
+
+        @property
+        def root_device(self) -> torch.device: ...
 
     def _tables(self) -> list[nn.Parameter]:
         return [p for _, p in sparse_tables(self.lightning_module)]
@@ -115,6 +122,7 @@ class BankFSDPStrategy(_BankSync, FSDPStrategy):
         (seen on gloo): gather it on every rank without offloading instead (everything is on the CPU anyway)."""
         from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
 
+        assert self.model is not None  # called after set-up
         return FSDP.state_dict_type(
             self.model,
             StateDictType.FULL_STATE_DICT,
@@ -125,6 +133,7 @@ class BankFSDPStrategy(_BankSync, FSDPStrategy):
     def lightning_module_state_dict(self) -> dict[str, Any]:
         if self.root_device.type != "cpu" or self._state_dict_type != "full":
             return super().lightning_module_state_dict()
+        assert self.model is not None
         with self._cpu_full_state():
             return self.model.state_dict()
 
@@ -135,6 +144,7 @@ class BankFSDPStrategy(_BankSync, FSDPStrategy):
         from torch.distributed.fsdp import OptimStateKeyType
 
         optimizer = optimizer._optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
+        assert self.model is not None
         with self._cpu_full_state():
             state = FSDP.optim_state_dict(self.model, optimizer)
             return FSDP.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, self.model)

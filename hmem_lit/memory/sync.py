@@ -21,6 +21,7 @@ the exchanged tensors travel through the current CUDA device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -102,7 +103,7 @@ def _dense_allreduce(
 
 
 @torch.no_grad()
-def sync_sparse_grads(params: list[Tensor], group: dist.ProcessGroup | None = None) -> SyncStats:
+def sync_sparse_grads(params: Sequence[Tensor], group: dist.ProcessGroup | None = None) -> SyncStats:
     """Replace each param's (sparse) gradient by the mean over ranks of all ranks' gradients, on every rank.
 
     Collective: every rank must call it with the same params in the same order. A param with no gradient on any
