@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -136,6 +136,7 @@ def _resolve_hf(a: AnchorConfig) -> None:
     else:
         import json
 
+        assert a.hf_path is not None  # exactly one of hf_path / hf_family (checked above)
         cfile = Path(a.hf_path).expanduser() / "config.json"
         _check(cfile.is_file(), "anchor.hf_path", f"{cfile} not found (a local directory saved with save_pretrained)")
         try:
@@ -536,7 +537,8 @@ def _read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     base = cfg.pop("base", None)  # an experiment may extend another: `base: 001_other.yaml`
     if base:
         try:
-            cfg = OmegaConf.merge(_read_yaml(p.parent / base, (*chain, p.resolve())), cfg)
+            # merging onto a DictConfig gives a DictConfig
+            cfg = cast(DictConfig, OmegaConf.merge(_read_yaml(p.parent / base, (*chain, p.resolve())), cfg))
         except TypeError as e:  # a list where the base has a mapping, or the reverse
             raise ConfigError(f"{p}: cannot extend its base {base} ({e}); a section must stay a mapping") from None
     return cfg
@@ -550,7 +552,7 @@ def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
             raise ConfigError(f"{ov}: overrides are key=value (e.g. train.max_tokens=100000)")
         key, value = ov.split("=", 1)
         try:
-            out = OmegaConf.merge(out, OmegaConf.from_dotlist([ov]))
+            out = cast(DictConfig, OmegaConf.merge(out, OmegaConf.from_dotlist([ov])))
         except OmegaConfBaseException:
             raise
         except Exception as e:  # yaml's ScannerError / ParserError: a malformed value such as `[1,`
@@ -601,7 +603,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _check_shapes(OmegaConf.to_container(explicit), shape)
         cli = _parse_overrides(overrides)
         _check_shapes(OmegaConf.to_container(cli), shape)  # before merging: a list onto a section is a TypeError
-        explicit = OmegaConf.merge(explicit, cli)
+        explicit = cast(DictConfig, OmegaConf.merge(explicit, cli))
         if path and "experiment" not in explicit:
             explicit.experiment = Path(path).stem
         # validate keys and types against the schema before expanding the preset
@@ -611,7 +613,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"anchor.preset: got {preset!r}; allowed: {', '.join([*PRESETS, HF_PRESET])}")
         merged = OmegaConf.merge(schema, {"anchor": PRESETS.get(preset, {})}, explicit)
         _check_shapes(OmegaConf.to_container(merged), None)  # typed now: "inf" became a float
-        return OmegaConf.to_object(merged)  # runs every __post_init__
+        return cast(RunConfig, OmegaConf.to_object(merged))  # runs every __post_init__
     except OmegaConfBaseException as e:
         cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else None
         raise (cause or _friendly(e)) from None
