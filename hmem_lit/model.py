@@ -10,12 +10,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from hmem_lit.anchor import Anchor, count_params
 from hmem_lit.config import RunConfig
+
+if TYPE_CHECKING:
+    from hmem_lit.memory.base import MemoryType
 
 
 class MemoryLM(nn.Module):
@@ -32,7 +36,7 @@ class MemoryLM(nn.Module):
         else:
             self.anchor = Anchor(acfg)
         self.cfg = dataclasses.replace(cfg, anchor=acfg)
-        self.memory: nn.Module | None = None
+        self.memory: MemoryType | None = None
         self.subtree: int | None = None  # set by prepare_model_for_mode for split (per-subtree) memory jobs
         if cfg.memory.type != "none":
             from hmem_lit.memory import MEMORY, import_all
@@ -58,8 +62,10 @@ class MemoryLM(nn.Module):
         if self.memory is not None and memory_mode != "none":
             if memory_mode == "generic":
                 generic = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-            elif self.subtree is not None and self.training and bool((paths[:, 0] != self.subtree).any()):
-                raise ValueError(f"train.subtree={self.subtree}: a batch holds paths from other level-1 subtrees")
+            elif self.subtree is not None and self.training:
+                assert paths is not None  # a subtree job trains a routed memory: fetched mode reads paths
+                if bool((paths[:, 0] != self.subtree).any()):
+                    raise ValueError(f"train.subtree={self.subtree}: a batch holds paths from other level-1 subtrees")
             hooks = self.memory.fetch(paths, generic=generic)
         return self.anchor(input_ids, doc_ids=doc_ids, hooks=hooks)
 
@@ -96,6 +102,7 @@ def prepare_model_for_mode(
     mode = cfg.train.mode
     # an hf anchor holds its trained weights already; train.init_from, if given, replaces them with a run's
     if mode in ("frozen", "cotrain") and (cfg.train.init_from or cfg.anchor.preset != "hf"):
+        assert cfg.train.init_from is not None  # RunConfig requires it for frozen / cotrain with a built-in anchor
         state = load_anchor_state(cfg.train.init_from)
         anchor_state = {k[len("anchor.") :]: v for k, v in state.items() if k.startswith("anchor.")}
         if not anchor_state:
@@ -143,11 +150,12 @@ def info(cfg: RunConfig) -> str:
             f"fetched {_fmt(c['fetched'])}  = {100 * c['fetched'] / c['anchor']:.1f}% of the anchor",
             f"bank    {_fmt(c['bank'])}",
         ]
-        bank = getattr(model.memory, "bank", None)
+        memory: Any = model.memory  # a bank-backed type has .bank and .layers (the anchor layers it serves)
+        bank = getattr(memory, "bank", None)
         if bank is not None:
             lines.append(
                 f"levels  {list(bank.levels)} over a {bank.branching}-way tree, "
-                f"{len(model.memory.layers)} memory layers, c0 = {bank.c_unit:,} per unit"
+                f"{len(memory.layers)} memory layers, c0 = {bank.c_unit:,} per unit"
             )
             for lvl, r, _ in bank.tables():
                 lines.append(
