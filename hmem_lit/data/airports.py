@@ -91,7 +91,7 @@ def airport_entities(
     )
     rng = np.random.default_rng([seed, 21])
     pick = [pool[i] for i in np.sort(rng.choice(len(pool), min(n, len(pool)), replace=False))]
-    out = [
+    out: list[dict[str, Any]] = [
         {
             "kind": "airport",
             "name": r["name"],
@@ -111,8 +111,8 @@ def airport_entities(
     cities = [{"name": e["attrs"]["city"], "aliases": []} for e in out]
     city_counts = mentions.MentionCounter(cities).add_all(wiki_texts)
     reps = facts.repeats_by_rank(city_counts, [e["name"] for e in out], max_repeats, a, min_repeats)
-    for e, r, c in zip(out, reps, city_counts):
-        e["repeats"], e["wiki_mentions"] = r, c
+    for e, rep, c in zip(out, reps, city_counts):
+        e["repeats"], e["wiki_mentions"] = rep, c
     return out
 
 

@@ -332,7 +332,7 @@ def _word(rng: np.random.Generator, syll: int) -> str:
 
 
 def _unique_words(rng: np.random.Generator, n: int, syll: tuple[int, int], taken: set[str]) -> list[str]:
-    out = []
+    out: list[str] = []
     while len(out) < n:
         w = _word(rng, int(rng.integers(syll[0], syll[1] + 1)))
         if w.lower() not in taken and len(w) > 3:
@@ -363,7 +363,7 @@ def synthetic_entities(
     lasts = _unique_words(rng, max(80, int(n**0.5) * 4), (2, 3), taken)
     names: set[str] = set()
     pmf = zipf_pmf(max_repeats, a, min_repeats)
-    out = []
+    out: list[dict[str, Any]] = []
     while len(out) < n:
         name = f"{_pick(firsts, rng)} {_pick(lasts, rng)}"
         if name in names:

@@ -67,7 +67,8 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    # numpy's stub types savez's **kwds as if they could bind allow_pickle: bool; these are array names
+    atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))  # type: ignore[arg-type]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

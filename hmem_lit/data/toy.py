@@ -57,10 +57,10 @@ def toy_packed(n_docs: int, seq_len: int, seed: int, branching: int, depth: int)
         groups.setdefault(tuple(path), []).extend(tok.encode(text) + [tok.eot_id])
     rows, paths = [], []
     width = seq_len + 1
-    for path, stream in sorted(groups.items()):
+    for key, stream in sorted(groups.items()):
         for i in range(0, len(stream), width):
             chunk = stream[i : i + width]
             chunk = chunk + [tok.pad_id] * (width - len(chunk))
             rows.append(chunk)
-            paths.append(path)
+            paths.append(key)
     return np.asarray(rows, dtype=np.int32), np.asarray(paths, dtype=np.int64), tok

@@ -101,7 +101,8 @@ class KMeansTree:
         arrays = {f"centroids_{i}": c for i, c in enumerate(self.centroids)}
         arrays.update({f"valid_{i}": v for i, v in enumerate(self.valid)})
         arrays["shape"] = np.array([self.branching, self.depth], np.int64)
-        atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+        # numpy's stub types savez's **kwds as if they could bind allow_pickle: bool; these are array names
+        atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: str | Path) -> KMeansTree:
