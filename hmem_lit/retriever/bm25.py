@@ -40,7 +40,7 @@ class BM25Index:
     def __init__(self, vocab: list[str], weights: Any, k1: float = 1.2, b: float = 0.75, max_df: float = 0.1):
         self.vocab, self.W, self.k1, self.b, self.max_df = vocab, weights.tocsr(), k1, b, max_df  # W (N, V)
         self._WT = None
-        self._counter = None
+        self._counter: Any = None  # sklearn CountVectorizer over self.vocab, built on first use
 
     @property
     def n_docs(self) -> int:
@@ -171,7 +171,7 @@ def vote_paths(
         alive &= doc_paths[np.maximum(ids, 0), start_level] == start[:, None]
         for lvl in range(start_level, -1, -1):  # ancestors of the forced node
             out[:, lvl] = start // branching ** (start_level - lvl)
-    voted = alive.any(1)
+    voted = np.asarray(alive.any(1))  # (n,) bool (asarray: the stub's any() may be a scalar)
     for lvl in range(start_level + 1, depth):
         node = np.where(alive, doc_paths[np.maximum(ids, 0), lvl], -1)  # (n, k)
         best = _argmax_group_sum(node, np.where(alive, scores, 0.0), alive)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,8 +73,9 @@ class TfidfEmbedder(Embedder):
         self.dim, self.seed, self.projection, self.max_features = dim, seed, projection, max_features
         self.vocab: list[str] = []
         self.idf = np.zeros(0, np.float32)
-        self.components = np.zeros((0, 0), np.float32)  # (dim, V): SVD components, or the +-1 projection
-        self._counter = None
+        self.components: np.ndarray = np.zeros((0, 0), np.float32)  # (dim, V): SVD components, or the +-1 projection
+        self._counter: Any = None  # sklearn CountVectorizer over self.vocab, built on first use
+        self._pt: np.ndarray | None = None  # components.T, contiguous float32 (built on first use)
 
     def fit(self, texts: Sequence[str], progress: bool = False) -> TfidfEmbedder:
         from sklearn.decomposition import TruncatedSVD
@@ -139,9 +141,10 @@ class TfidfEmbedder(Embedder):
         return l2_normalise(out)
 
     def _proj_t(self) -> np.ndarray:
-        if getattr(self, "_pt", None) is None or self._pt.shape[1] != self.components.shape[0]:
-            self._pt = np.ascontiguousarray(self.components.T, dtype=np.float32)  # (V, dim)
-        return self._pt
+        pt = getattr(self, "_pt", None)
+        if pt is None or pt.shape[1] != self.components.shape[0]:
+            pt = self._pt = np.ascontiguousarray(self.components.T, dtype=np.float32)  # (V, dim)
+        return pt
 
     def save(self, d: str | Path) -> None:
         d = Path(d)

@@ -182,7 +182,7 @@ class BM25Router(TreeRouter):
         paths, voted = vote_paths(ids, sc, self.doc_paths, self.branching, start, start_level)
         miss = np.nonzero(~voted)[0]
         if len(miss):  # no indexed term in common with any training document (under `start`): centroids decide
-            x = self.embed([texts[i] for i in miss])
+            x = self.embed([texts[int(i)] for i in miss])
             paths[miss] = (
                 self.tree.descend(x)
                 if start is None
