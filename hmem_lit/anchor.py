@@ -99,6 +99,7 @@ class Attention(nn.Module):
             k = _plus(k, hooks.linear_delta(i, "k", x))
             v = _plus(v, hooks.linear_delta(i, "v", x))
         if self.q_norm is not None:
+            assert self.k_norm is not None  # built together with q_norm (anchor.qk_norm)
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
@@ -172,6 +173,9 @@ def doc_positions_and_mask(doc_ids: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Anchor(nn.Module):
+    rope_cos: Tensor  # buffers (register_buffer in __init__)
+    rope_sin: Tensor
+
     def __init__(self, cfg: AnchorConfig):
         super().__init__()
         assert cfg.vocab_size is not None, "anchor.vocab_size must be resolved (from the tokenizer) before building"

@@ -91,11 +91,14 @@ class Bank(nn.Module):
             raise ValueError("fetch needs paths (B, depth) or a generic mask")
         if generic is not None and not self.generic:
             raise ValueError("generic memory requested but the bank was built with memory.generic=false")
-        device = (paths if paths is not None else generic).device
+        ref = paths if paths is not None else generic
+        assert ref is not None  # one of them is given (checked above)
+        device = ref.device
         out = []
         for lvl, _, table in self.tables():
             gen_row = self.n_nodes(lvl)
             if paths is None:
+                assert generic is not None
                 ids = torch.full(generic.shape, gen_row, dtype=torch.long, device=device)
             else:
                 ids = paths[:, lvl - 1].long()

@@ -127,6 +127,7 @@ class PKMMemory(MemoryType):
             self.keys.uniform_(-1 / math.sqrt(self.k_dim), 1 / math.sqrt(self.k_dim))
             self.values.normal_(0.0, self.v_dim**-0.5)
             if self.gated:
+                assert self.w1 is not None and self.w2 is not None  # built when gated
                 self.w1.normal_(0.0, d**-0.5)
                 self.w2.normal_(0.0, d**-0.5)
             zero_out = None if self.replace else (self.w2 if self.gated else self.values)
@@ -155,6 +156,7 @@ class PKMMemory(MemoryType):
             x.dtype
         )  # (N, v_dim), summed over heads and top-k
         if self.gated:
+            assert self.w1 is not None and self.w2 is not None  # built when gated
             y = F.linear(y * F.silu(F.linear(xf, self.w1[s].to(x.dtype))), self.w2[s].to(x.dtype))
         return y.view(B, T, d)
 
