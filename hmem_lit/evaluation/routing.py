@@ -142,6 +142,7 @@ class Retrieval:
 
     def _route(self, texts: list[str]) -> np.ndarray:
         r = self.router
+        assert r is not None  # the modes that route are built with a router (checked in __init__)
         if self.mode == "fetched":
             return r.route(texts)
         ranked = r.route_ranked(texts, self.block_level)  # (N, K) level-L candidates, best first
@@ -151,6 +152,7 @@ class Retrieval:
         """-> (N, depth) int64 paths (None when the mode routes nothing)."""
         if not self.needs_paths:
             return None
+        assert self.router is not None  # the modes that route are built with a router (checked in __init__)
         new = sorted({t for t in texts if t not in self.cache})
         if new:
             t0 = time.perf_counter()

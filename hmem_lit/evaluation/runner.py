@@ -246,6 +246,7 @@ def _routing(cfg: Any, samples: dict, routing_log: dict) -> tuple[dict, dict]:
     path = Path(resolve_data_dir(cfg)) / "tree" / "keys.json" if field else None
     if path is None or not path.is_file():
         return {}, {}
+    assert field is not None  # path is only set for a corpus with a key field
     return routing_report(samples, routing_log, read_json(path), field)
 
 
