@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ def _owned(n_rows: int, level: int, branching: int, subtree: int) -> torch.Tenso
     return mask
 
 
-def merge_banks(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
+def merge_banks(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     """Build out_dir/model.safetensors (+ config.yaml, final.json) whose bank rows come from their subtree's job."""
     from hmem_lit.runs import load_run_config
 
@@ -68,7 +69,7 @@ def merge_banks(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
             merged[key] = tensors[0]
             continue
         level = int(m[1])
-        owned = [_owned(tensors[0].shape[0], level, b, k) for k in subtrees]
+        owned = [_owned(tensors[0].shape[0], level, b, k) for k in subtrees if k is not None]  # all set (above)
         for i in range(len(dirs)):  # rows owned by neither job i nor a reference job must agree (untouched)
             ref = 1 if i == 0 else 0
             shared = ~(owned[i] | owned[ref])

@@ -40,7 +40,9 @@ def _vocab(cfg: RunConfig) -> int:
 
 def _key(*parts: Any) -> str:
     return json.dumps(
-        [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True, default=str
+        [dataclasses.asdict(p) if dataclasses.is_dataclass(p) and not isinstance(p, type) else p for p in parts],
+        sort_keys=True,
+        default=str,
     )
 
 
@@ -169,7 +171,7 @@ def solve_levels(
         depth = level
         if f_units is None and b_units is None:
             raise Infeasible("level: needs fetched, fetched_units or bank to size the level")
-        real_r = f_units if f_units is not None else b_units / b**level  # type: ignore[operator]
+        real_r = f_units if f_units is not None else b_units / b**level
         if f_units is not None and b_units is not None and abs(f_units * b**level - b_units) > t.tolerance * b_units:
             raise Infeasible(
                 f"level={level}: bank = b^{level} x fetched = {b**level * f_units * c0:,.0f} "
