@@ -75,7 +75,7 @@ def git_state() -> dict[str, Any]:
 
 
 def manifest(cfg: RunConfig, device: str) -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for p in _PACKAGES:
         try:
             versions[p] = metadata.version(p)

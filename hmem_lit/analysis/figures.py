@@ -82,7 +82,7 @@ def aggregate(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     ).sort_values("x")
 
 
-def errorbar(ax, a: pd.DataFrame, sc: float, color: str, label: str, **kw: Any) -> None:
+def errorbar(ax, a: pd.DataFrame, sc: float, color: str | tuple[float, ...], label: str, **kw: Any) -> None:
     yerr = a["std"] * sc if (a["n"] > 1).any() else None  # error bars only where there are several seeds
     ax.errorbar(a["x"], a["y"] * sc, yerr=yerr, color=color, label=label, **{"marker": "o", **kw})
 
@@ -389,7 +389,7 @@ def plot_ratio(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
                 alone.append({"x": r.fetch_ratio, "y": base[y].mean(), "config_id": r.config_id})
                 used |= set(base.run)
         start = pd.DataFrame([{"x": 0.0, "y": top[y].mean(), "std": 0.0, "n": 1}]) if len(top) else None
-        sfx = f", runtime {fmt_count(np.mean(b))}" if len(groups) > 1 else ""
+        sfx = f", runtime {fmt_count(float(np.mean(b)))}" if len(groups) > 1 else ""
         errorbar(ax, pd.concat([start, aggregate(m, "fetch_ratio", y)]), 1.0, color, "anchor + memory" + sfx)
         if alone:
             al = pd.DataFrame(alone).groupby("config_id").agg(x=("x", "mean"), y=("y", "mean"))

@@ -15,6 +15,7 @@ import datetime as dt
 import html
 import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,10 @@ class Item:
     skipped: str | None = None
 
 
-def load_specs(paths: list[str | Path] | None = None) -> tuple[list[dict], list[dict]]:
+def load_specs(paths: Sequence[str | Path] | None = None) -> tuple[list[dict], list[dict]]:
     files = [Path(p) for p in paths] if paths else sorted(SPEC_DIR.glob("*.yaml"))
-    figs, tabs = [], []
+    figs: list[Any] = []  # the specs' YAML mappings
+    tabs: list[Any] = []
     for f in files:
         if not f.is_file():
             raise ConfigError(f"{f}: spec file not found")

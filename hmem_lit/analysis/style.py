@@ -25,7 +25,8 @@ KIND_COLORS = {"anchor": "#7f7f7f", "dense-2x": "#222222", "same-runtime dense":
 LEVEL_COLORS = {1: "#1b9e77", 2: "#d95f02", 3: "#7570b3", 4: "#e7298a", 5: "#66a61e"}
 KIND_ORDER = {"anchor": 0, "memory": 1, "same-runtime dense": 2, "dense-2x": 3}
 MARKERS, LINESTYLES = "os^Dv<>p", ("-", "--", ":", "-.")
-STYLE = {
+# rc parameters for plt.rc_context (Any keys: matplotlib's stub types them as a Literal of the rc names)
+STYLE: dict[Any, Any] = {
     "font.size": 8,
     "axes.titlesize": 8,
     "axes.labelsize": 8,

@@ -15,6 +15,7 @@ A study that cannot be opened gives a note in the report, never an error.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,25 +115,26 @@ def load_study(t: Target):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = t.storage
+    storage: str | optuna.storages.BaseStorage = url  # the URL, or a JournalStorage over a journal file
     if "://" not in url:
         path = Path(url)
         if not path.is_file():
             return None, [f"Optuna storage {url} not found: no sweep views"]
         if path.suffix in (".db", ".sqlite"):
-            url = f"sqlite:///{path}"
+            storage = f"sqlite:///{path}"
         else:
             from optuna.storages import JournalStorage
             from optuna.storages.journal import JournalFileBackend
 
-            url = JournalStorage(JournalFileBackend(str(path)))
+            storage = JournalStorage(JournalFileBackend(str(path)))
     try:
         name = t.study_name
         if name is None:
-            names = optuna.get_all_study_names(storage=url)
+            names = optuna.get_all_study_names(storage=storage)
             if len(names) != 1:
                 return None, [f"{t.storage} holds {len(names)} studies ({', '.join(names)}); name one in sweeps/*.yaml"]
             name = names[0]
-        return optuna.load_study(study_name=name, storage=url), []
+        return optuna.load_study(study_name=name, storage=storage), []
     except Exception as e:  # noqa: BLE001 - any storage failure is a note, not a crash
         return None, [f"could not open Optuna study {t.study_name!r} in {t.storage}: {type(e).__name__}: {e}"]
 
@@ -179,7 +181,7 @@ def optuna_views(study, metric: str | None = None) -> list[tuple[str, str, Any, 
         kw["target"] = lambda t: t.values[0]
     params = sorted({k for t in done for k in t.params})
     varying = [k for k in params if len({repr(t.params.get(k)) for t in done}) > 1]
-    views = [
+    views: list[tuple[str, str, Callable[..., Any], int, str | None, tuple[float, float]]] = [
         ("optuna_history", "optimisation history", ovm.plot_optimization_history, 1, None, (4.5, 2.6)),
         (
             "optuna_importance",
