@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,8 @@ class AtomicCheckpoint(Callback):
     def __init__(self, run_dir: Path, every: int):
         self.run_dir, self.path, self.every = run_dir, run_dir / runs.LAST_CKPT, every
         self.tmp = self.path.with_name(".last.ckpt.tmp")
-        self.before, self.t_start = 0.0, None  # seconds trained by earlier segments; this segment's start
+        self.before = 0.0  # seconds trained by earlier segments
+        self.t_start: float | None = None  # this segment's start
         self.pending = False
 
     def on_train_start(self, *args: Any) -> None:
@@ -308,6 +310,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     pkm_replace = cfg.memory.type != "none" and memory_class(cfg.memory.type).skips_anchor_params(cfg.memory)
     strategy = resolve_strategy(cfg.train.strategy, world, bool(sparse_tables(module)), pkm_replace)
     ckpt = AtomicCheckpoint(run_dir, cfg.train.ckpt_every)
+    logger = JsonlLogger(run_dir, tps)
     trainer = _make_trainer(
         cfg,
         max_steps=total_steps,
@@ -315,7 +318,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         strategy=strategy,
         precision=precision,
         accumulate_grad_batches=cfg.train.accumulate,
-        logger=JsonlLogger(run_dir, tps),
+        logger=logger,
         log_every_n_steps=cfg.train.log_every,
         callbacks=[
             ckpt,
@@ -360,7 +363,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         train_time = ckpt.train_time()  # all segments of a resumed run
         if trainer.interrupted:
             raise KeyboardInterrupt
-        trainer.logger.step_override = trainer.global_step
+        logger.step_override = trainer.global_step  # the trainer's logger
         val = trainer.validate(module, datamodule=dm, verbose=False)[0]
         bad = {k: v for k, v in val.items() if not math.isfinite(float(v))}
         if bad:
@@ -386,7 +389,7 @@ def _finish(
     cfg: RunConfig,
     module: Any,
     trainer: L.Trainer,
-    val: dict,
+    val: Mapping[str, float],
     train_time: float,
     total_steps: int,
     tps: int,
@@ -400,7 +403,7 @@ def _finish(
     save_file(state, str(tmp))
     os.replace(tmp, run_dir / runs.WEIGHTS)
     faults.point("weights_written")
-    final = {
+    final: dict[str, Any] = {
         "status": "complete",
         "experiment": cfg.experiment,
         "name": cfg.name,
