@@ -75,11 +75,11 @@ def cmd_list(a: argparse.Namespace) -> int:
         "hmem_wiki_ppl (generated from each run's prepared data); paper_ck, paper_sk (need hub datasets)"
     )
     print(f"experiments ({EXPERIMENTS_DIR}):")
-    for p in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
-        print(f"  {p.stem}")
+    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
+        print(f"  {path.stem}")
     print(f"sweeps ({SWEEPS_DIR}):")
-    for p in sorted(SWEEPS_DIR.glob("*.yaml")):
-        print(f"  {p.stem}")
+    for path in sorted(SWEEPS_DIR.glob("*.yaml")):
+        print(f"  {path.stem}")
     return 0
 
 

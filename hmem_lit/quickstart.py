@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,7 @@ class Plan:
     scale: float
     overrides: list[str]
 
-    def config(self, name: str, extra: list[str] = ()) -> RunConfig:
+    def config(self, name: str, extra: Sequence[str] = ()) -> RunConfig:
         ov = list(SMALL if self.small else []) + list(self.overrides) + list(extra)
         cfg = load_config(EXPERIMENTS / RUNS.get(name, RUNS["anchor"]), ov)
         if self.scale != 1.0:
@@ -232,8 +233,9 @@ def quickstart(
             if name == "anchor":
                 clock.tok_rate = runs.throughput(dirs[name])
                 anchor_params = runs.read_final(dirs[name])["params"]["runtime"]
-    rates = runs.throughput(dirs["anchor"]), runs.throughput(dirs["memory"])
-    measured = rates[0] / rates[1] if all(rates) else float("nan")  # memory/anchor steady-state step time
+    rate_anchor, rate_memory = runs.throughput(dirs["anchor"]), runs.throughput(dirs["memory"])
+    # memory/anchor steady-state step time
+    measured = rate_anchor / rate_memory if rate_anchor and rate_memory else float("nan")
     print(f"[quickstart] wall-clock anchor: x{ratio:.2f} the tokens; measured memory/anchor step time x{measured:.2f}")
     runs.update_final(dirs["anchor_wallclock"], wallclock={"ratio_configured": ratio, "ratio_measured": measured})
 
