@@ -7,6 +7,7 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip --disable-pip-version-check -q
 STAMP   := $(VENV)/.hmem-installed
 TORCH   := $(shell cat constraints.txt)
+LINT_PATHS := hmem_lit tests benchmarks analysis examples setup.py
 
 .PHONY: install quickstart smoke test test-slow check-install bench lint clean-runs
 
@@ -40,8 +41,10 @@ check-install: install  ## the wheel, installed non-editable, works outside the 
 bench: install
 	$(VENV)/bin/python -m benchmarks.run_all
 
-lint: install
-	$(VENV)/bin/ruff check hmem_lit tests benchmarks
+lint: install  ## ruff (lint + format check) and mypy on hmem_lit (their config: pyproject.toml)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 
 clean-runs:  ## delete this checkout's runs/ (every run directory; data/ and the venv stay)
 	rm -rf -- "$(CURDIR)/runs"
