@@ -210,7 +210,10 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hmem_lit import __version__
+
     p = argparse.ArgumentParser(prog="hmem", description="hmem_lit: memory-augmented pretraining experiments")
+    p.add_argument("--version", action="version", version=f"hmem_lit {__version__}")
     sub = p.add_subparsers(dest="verb", required=True)
     t = sub.add_parser("train", help="train one run (resumes an incomplete run; no-op on a complete one)")
     t.add_argument("experiment", help="experiment YAML (path or name in experiments/)")

@@ -367,6 +367,9 @@ class OptimConfig:
         )
 
 
+TRACKERS = ("jsonl", "csv", "tensorboard", "wandb", "mlflow")  # train.loggers (hmem_lit/trackers.py)
+
+
 @dataclass
 class TrainConfig:
     mode: str = "anchor"  # anchor (A1) | frozen (A3: memory on a frozen anchor) | cotrain (A2) | scratch (A4);
@@ -387,6 +390,8 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads (0 = torch default)
     progress: bool = True
     subtree: int | None = None  # train only sequences under this level-1 subtree (split memory jobs)
+    # experiment trackers (trackers.py): jsonl is always written; add csv | tensorboard | wandb | mlflow
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
 
     def __post_init__(self) -> None:
         _one_of(self.mode, ("anchor", "frozen", "cotrain", "scratch"), "train.mode")
@@ -396,6 +401,8 @@ class TrainConfig:
         for k in ("val_every", "ckpt_every", "val_batches", "threads"):
             _check(getattr(self, k) >= 0, f"train.{k}", "must be >= 0")
         _check(self.log_every > 0, "train.log_every", "must be > 0")
+        for n in self.loggers:
+            _one_of(n, TRACKERS, "train.loggers")
 
 
 @dataclass
@@ -761,7 +768,10 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
     "train.seed": ("run",),
     "train.init_from": ("run",),  # another seed / start: the same configuration
     **{f"train.{k}": ("run",) for k in ("accelerator", "devices", "strategy")},  # steps per token budget
-    **{f"train.{k}": () for k in ("val_every", "val_batches", "ckpt_every", "log_every", "threads", "progress")},
+    **{
+        f"train.{k}": ()
+        for k in ("val_every", "val_batches", "ckpt_every", "log_every", "threads", "progress", "loggers")
+    },
     **{
         f"eval.{k}": ()
         for k in (

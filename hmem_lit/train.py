@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from hmem_lit import faults, runs
 from hmem_lit.checks import preflight
 from hmem_lit.config import ConfigError, RunConfig, save_config, to_dict
-from hmem_lit.utils import dumps, seed_everything, set_threads, write_json
+from hmem_lit.utils import dumps, read_json, seed_everything, set_threads, write_json
 
 
 class JsonlLogger(Logger):
@@ -276,6 +276,9 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
             return run_dir
     preflight(cfg)
     _probe_trainer(cfg)  # Lightning's accelerator / devices / strategy errors, before data is prepared
+    from hmem_lit.trackers import check_available
+
+    check_available(cfg.train.loggers)  # a requested tracker's package, before data is prepared
     set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
 
@@ -308,6 +311,12 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     pkm_replace = cfg.memory.type != "none" and memory_class(cfg.memory.type).skips_anchor_params(cfg.memory)
     strategy = resolve_strategy(cfg.train.strategy, world, bool(sparse_tables(module)), pkm_replace)
     ckpt = AtomicCheckpoint(run_dir, cfg.train.ckpt_every)
+    from hmem_lit import trackers
+
+    jsonl = JsonlLogger(run_dir, tps)
+    extra_loggers = trackers.build(
+        [n for n in cfg.train.loggers if n != "jsonl"], run_dir, f"{cfg.experiment}/{cfg.name}"
+    )
     trainer = _make_trainer(
         cfg,
         max_steps=total_steps,
@@ -315,7 +324,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         strategy=strategy,
         precision=precision,
         accumulate_grad_batches=cfg.train.accumulate,
-        logger=JsonlLogger(run_dir, tps),
+        logger=[jsonl, *extra_loggers],  # jsonl first: the source of truth (analysis reads it)
         log_every_n_steps=cfg.train.log_every,
         callbacks=[
             ckpt,
@@ -360,7 +369,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         train_time = ckpt.train_time()  # all segments of a resumed run
         if trainer.interrupted:
             raise KeyboardInterrupt
-        trainer.logger.step_override = trainer.global_step
+        jsonl.step_override = trainer.global_step
         val = trainer.validate(module, datamodule=dm, verbose=False)[0]
         bad = {k: v for k, v in val.items() if not math.isfinite(float(v))}
         if bad:
@@ -378,6 +387,13 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         }
         if trainer.is_global_zero:
             _finish(run_dir, cfg, module, trainer, val, train_time, total_steps, tps, state, counts)
+            if extra_loggers:  # config went in at the start; final metrics, counts and the manifest now
+                trackers.finish(
+                    extra_loggers,
+                    runs.read_final(run_dir),
+                    read_json(run_dir / runs.MANIFEST),
+                    int(trainer.global_step),
+                )
     return run_dir
 
 
