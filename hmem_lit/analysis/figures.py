@@ -460,3 +460,43 @@ def plot_curves(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     if many:
         notes.append(f"{len(rows)} runs: the legend names memory types / run kinds (shades = configurations)")
     return Drawn(fig, sorted(used), notes)
+
+
+_TELEMETRY_COLORS = ("#1f77b4", "#d95f02", "#7570b3", "#2ca02c", "#e7298a", "#8c564b")
+
+
+@register("telemetry")
+def plot_telemetry(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
+    """Memory use during training (hmem_lit/telemetry.py): per memory run and bank level, the sorted fetch counts of
+    the level's blocks (share of the level's fetches; a collapsed bank is one tall bar, an unused one a short tail
+    of zeros) and the coverage curve (share of blocks fetched at least once) over training tokens."""
+    import json
+    from pathlib import Path
+
+    from hmem_lit.telemetry import FILE
+
+    rows, notes = apply_spec(df, spec, None)
+    rows = rows[rows.memory_type != "none"].drop_duplicates("run")
+    have = [r for _, r in rows.iterrows() if (Path(r.path) / FILE).is_file()][: int(spec.get("max_runs", 4))]
+    if not have:
+        raise Skip("no memory run has memory_telemetry.json (written by runs trained since the telemetry landed)")
+    fig, axes = new_fig(spec, 2)
+    for k, r in enumerate(have):
+        tel = json.loads((Path(r.path) / FILE).read_text())
+        recs = runs_mod.read_metrics(r.path)
+        for j, (lvl, info) in enumerate(sorted(tel["levels"].items())):
+            counts = np.sort(np.asarray(info["fetch_counts"], dtype=float))[::-1]
+            share = counts / max(counts.sum(), 1.0)
+            color = _TELEMETRY_COLORS[(k * 3 + j) % len(_TELEMETRY_COLORS)]
+            lab = f"{r.label}, level {lvl} ({info['n_blocks']} blocks, {100 * info['coverage']:.0f}% fetched)"
+            axes[0].plot(np.arange(1, len(share) + 1) / len(share), share, color=color, label=lab, lw=1)
+            pts = [(q["tokens"], q[f"mem/l{lvl}_coverage"]) for q in recs if f"mem/l{lvl}_coverage" in q]
+            if pts:
+                axes[1].plot(*zip(*pts), color=color, lw=1)
+    axes[0].set_xlabel("blocks, most fetched first (fraction of the level)")
+    axes[0].set_ylabel("share of the level's fetches")
+    axes[0].set_yscale("log")
+    axes[1].set_xlabel("training tokens")
+    axes[1].set_ylabel("blocks fetched at least once")
+    legend_below(fig, axes, ncol=1)
+    return Drawn(fig, [r.run for r in have], notes)
