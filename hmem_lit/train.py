@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from hmem_lit import faults, runs
 from hmem_lit.checks import preflight
 from hmem_lit.config import ConfigError, RunConfig, save_config, to_dict
+from hmem_lit.evaluation.inloop import InLoopProbes
 from hmem_lit.telemetry import MemoryTelemetry
 from hmem_lit.utils import dumps, read_json, seed_everything, set_threads, write_json
 
@@ -331,6 +332,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
             ckpt,
             FiniteLoss(cfg.train.log_every),
             *([MemoryTelemetry(run_dir, cfg.train.log_every)] if cfg.memory.type != "none" else []),
+            *([InLoopProbes(cfg, cfg.train.probe_every, cfg.train.probe_per_bucket)] if cfg.train.probe_every else []),
             *(extra_callbacks or []),
             *([ProgressBar(refresh_rate=max(1, cfg.train.log_every))] if cfg.train.progress else []),
         ],
