@@ -392,6 +392,7 @@ class TrainConfig:
     subtree: int | None = None  # train only sequences under this level-1 subtree (split memory jobs)
     # experiment trackers (trackers.py): jsonl is always written; add csv | tensorboard | wandb | mlflow
     loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    telemetry: bool = True  # memory runs: log the bank's use (telemetry.py)
     probe_every: int = 0  # in-loop fact probes every N steps (evaluation/inloop.py; 0 = off)
     probe_per_bucket: int = 8  # items per frequency bucket and probe in the in-loop subset
 
@@ -780,6 +781,7 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
             "threads",
             "progress",
             "loggers",
+            "telemetry",
             "probe_every",
             "probe_per_bucket",
         )

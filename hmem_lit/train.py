@@ -331,7 +331,11 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         callbacks=[
             ckpt,
             FiniteLoss(cfg.train.log_every),
-            *([MemoryTelemetry(run_dir, cfg.train.log_every)] if cfg.memory.type != "none" else []),
+            *(
+                [MemoryTelemetry(run_dir, cfg.train.log_every)]
+                if cfg.memory.type != "none" and cfg.train.telemetry
+                else []
+            ),
             *([InLoopProbes(cfg, cfg.train.probe_every, cfg.train.probe_per_bucket)] if cfg.train.probe_every else []),
             *(extra_callbacks or []),
             *([ProgressBar(refresh_rate=max(1, cfg.train.log_every))] if cfg.train.progress else []),
