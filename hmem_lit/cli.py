@@ -132,6 +132,13 @@ def cmd_report(a: argparse.Namespace) -> int:
     return report_main(a.target, a.out, a.spec)
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    from hmem_lit.hf_export import export
+
+    print(f"[hmem] export: {export(a.run_dir, a.out, a.format)} (load with hmem_lit.hf_export.load or transformers)")
+    return 0
+
+
 def cmd_ablations(a: argparse.Namespace) -> int:
     from hmem_lit.analysis.ablations import build
 
@@ -206,11 +213,15 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": cmd_report,
     "sweep": cmd_sweep,
     "ablations": cmd_ablations,
+    "export": cmd_export,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hmem_lit import __version__
+
     p = argparse.ArgumentParser(prog="hmem", description="hmem_lit: memory-augmented pretraining experiments")
+    p.add_argument("--version", action="version", version=f"hmem_lit {__version__}")
     sub = p.add_subparsers(dest="verb", required=True)
     t = sub.add_parser("train", help="train one run (resumes an incomplete run; no-op on a complete one)")
     t.add_argument("experiment", help="experiment YAML (path or name in experiments/)")
@@ -248,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--out", default=None, help="output directory (default analysis/generated/<name>)")
     r.add_argument("--spec", action="append", default=None, help="figure spec YAML (default analysis/*.yaml)")
+    ex = sub.add_parser("export", help="a trained run as a transformers directory (+ memory bank, router, tokenizer)")
+    ex.add_argument("run_dir")
+    ex.add_argument("--format", default="hf", help="hf (the only format)")
+    ex.add_argument("--out", required=True, help="a new directory")
     ab = sub.add_parser(
         "ablations",
         help="the ablation sweeps (both corpora) as one page: tables, figures and "

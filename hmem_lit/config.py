@@ -368,6 +368,9 @@ class OptimConfig:
         )
 
 
+TRACKERS = ("jsonl", "csv", "tensorboard", "wandb", "mlflow")  # train.loggers (hmem_lit/trackers.py)
+
+
 @dataclass
 class TrainConfig:
     mode: str = "anchor"  # anchor (A1) | frozen (A3: memory on a frozen anchor) | cotrain (A2) | scratch (A4);
@@ -388,15 +391,22 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads (0 = torch default)
     progress: bool = True
     subtree: int | None = None  # train only sequences under this level-1 subtree (split memory jobs)
+    # experiment trackers (trackers.py): jsonl is always written; add csv | tensorboard | wandb | mlflow
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    telemetry: bool = True  # memory runs: log the bank's use (telemetry.py)
+    probe_every: int = 0  # in-loop fact probes every N steps (evaluation/inloop.py; 0 = off)
+    probe_per_bucket: int = 8  # items per frequency bucket and probe in the in-loop subset
 
     def __post_init__(self) -> None:
         _one_of(self.mode, ("anchor", "frozen", "cotrain", "scratch"), "train.mode")
         _check(self.max_tokens > 0, "train.max_tokens", "must be > 0")
         _check(self.batch_size > 0 and self.accumulate > 0, "train.batch_size", "batch_size and accumulate must be > 0")
         _one_of(self.precision, ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"), "train.precision")
-        for k in ("val_every", "ckpt_every", "val_batches", "threads"):
+        for k in ("val_every", "ckpt_every", "val_batches", "threads", "probe_every"):
             _check(getattr(self, k) >= 0, f"train.{k}", "must be >= 0")
         _check(self.log_every > 0, "train.log_every", "must be > 0")
+        for n in self.loggers:
+            _one_of(n, TRACKERS, "train.loggers")
 
 
 @dataclass
@@ -763,7 +773,21 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
     "train.seed": ("run",),
     "train.init_from": ("run",),  # another seed / start: the same configuration
     **{f"train.{k}": ("run",) for k in ("accelerator", "devices", "strategy")},  # steps per token budget
-    **{f"train.{k}": () for k in ("val_every", "val_batches", "ckpt_every", "log_every", "threads", "progress")},
+    **{
+        f"train.{k}": ()
+        for k in (
+            "val_every",
+            "val_batches",
+            "ckpt_every",
+            "log_every",
+            "threads",
+            "progress",
+            "loggers",
+            "telemetry",
+            "probe_every",
+            "probe_per_bucket",
+        )
+    },
     **{
         f"eval.{k}": ()
         for k in (

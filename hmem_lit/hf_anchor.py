@@ -177,22 +177,28 @@ class HFAnchor(nn.Module):
         return out.logits
 
     def _attach(self, hooks: MemoryHooks) -> list[Any]:
-        handles = []
-        layer: Any  # an HF decoder layer (self_attn, mlp)
-        for i, layer in enumerate(self.layers):
-            if hooks.has_delta:
-                for name, path in LINEARS.items():
-                    handles.append(layer.get_submodule(path).register_forward_hook(_delta_hook(hooks, i, name)))
-            if hooks.has_kv and hooks.attn_kv(i) is not None:
-                attn = layer.self_attn
-                q_norm = getattr(attn, "q_norm", None)  # Gemma3 / Qwen3: per-head qk-norm before RoPE
-                q_site = attn.q_proj if q_norm is None else q_norm  # hooked after the LoRA hooks: sees q + delta
-                box: dict[str, Tensor] = {}
-                handles.append(q_site.register_forward_hook(_capture_q(box, self.cfg.n_head, self.cfg.head_dim)))
-                handles.append(attn.o_proj.register_forward_pre_hook(_kv_hook(hooks, i, box)))
-            if hooks.has_ffn:
-                handles.append(layer.mlp.register_forward_hook(_ffn_hook(hooks, i)))
-        return handles
+        return attach_hooks(self.layers, hooks, self.cfg.n_head, self.cfg.head_dim)
+
+
+def attach_hooks(layers: Any, hooks: MemoryHooks, n_head: int, head_dim: int) -> list[Any]:
+    """Register the memory's hook points on a transformers model's decoder layers (rules in the module
+    docstring); -> the handles (remove them to detach). Also used by the export loader (hf_export.py)."""
+    handles = []
+    layer: Any  # an HF decoder layer (self_attn, mlp)
+    for i, layer in enumerate(layers):
+        if hooks.has_delta:
+            for name, path in LINEARS.items():
+                handles.append(layer.get_submodule(path).register_forward_hook(_delta_hook(hooks, i, name)))
+        if hooks.has_kv and hooks.attn_kv(i) is not None:
+            attn = layer.self_attn
+            q_norm = getattr(attn, "q_norm", None)  # Gemma3 / Qwen3: per-head qk-norm before RoPE; OLMoE: full
+            q_site = attn.q_proj if q_norm is None else q_norm  # hooked after the LoRA hooks: sees q + delta
+            box: dict[str, Tensor] = {}
+            handles.append(q_site.register_forward_hook(_capture_q(box, n_head, head_dim)))
+            handles.append(attn.o_proj.register_forward_pre_hook(_kv_hook(hooks, i, box)))
+        if hooks.has_ffn:
+            handles.append(layer.mlp.register_forward_hook(_ffn_hook(hooks, i)))
+    return handles
 
 
 def _delta_hook(hooks: MemoryHooks, layer: int, name: str):
@@ -205,10 +211,10 @@ def _delta_hook(hooks: MemoryHooks, layer: int, name: str):
 
 def _capture_q(box: dict[str, Tensor], n_head: int, head_dim: int):
     def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
-        if isinstance(module, nn.Linear):  # q_proj output (B, T, H*hd) -> (B, H, T, hd)
+        if out.dim() == 3:  # q_proj or a full-width q_norm (OLMoE): (B, T, H*hd) -> (B, H, T, hd)
             B, T, _ = out.shape
             out = out.view(B, T, n_head, head_dim).transpose(1, 2)
-        box["q"] = out  # q_norm output is already (B, H, T, hd)
+        box["q"] = out  # a per-head q_norm (Gemma3) is already (B, H, T, hd)
 
     return hook
 

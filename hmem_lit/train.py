@@ -25,7 +25,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from hmem_lit import faults, runs
 from hmem_lit.checks import preflight
 from hmem_lit.config import ConfigError, RunConfig, save_config, to_dict
-from hmem_lit.utils import dumps, seed_everything, set_threads, write_json
+from hmem_lit.evaluation.inloop import InLoopProbes
+from hmem_lit.telemetry import MemoryTelemetry
+from hmem_lit.utils import dumps, read_json, seed_everything, set_threads, write_json
 
 
 class JsonlLogger(Logger):
@@ -278,6 +280,9 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
             return run_dir
     preflight(cfg)
     _probe_trainer(cfg)  # Lightning's accelerator / devices / strategy errors, before data is prepared
+    from hmem_lit.trackers import check_available
+
+    check_available(cfg.train.loggers)  # a requested tracker's package, before data is prepared
     set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
 
@@ -310,7 +315,12 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     pkm_replace = cfg.memory.type != "none" and memory_class(cfg.memory.type).skips_anchor_params(cfg.memory)
     strategy = resolve_strategy(cfg.train.strategy, world, bool(sparse_tables(module)), pkm_replace)
     ckpt = AtomicCheckpoint(run_dir, cfg.train.ckpt_every)
-    logger = JsonlLogger(run_dir, tps)
+    from hmem_lit import trackers
+
+    jsonl = JsonlLogger(run_dir, tps)
+    extra_loggers = trackers.build(
+        [n for n in cfg.train.loggers if n != "jsonl"], run_dir, f"{cfg.experiment}/{cfg.name}"
+    )
     trainer = _make_trainer(
         cfg,
         max_steps=total_steps,
@@ -318,11 +328,17 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         strategy=strategy,
         precision=precision,
         accumulate_grad_batches=cfg.train.accumulate,
-        logger=logger,
+        logger=[jsonl, *extra_loggers],  # jsonl first: the source of truth (analysis reads it)
         log_every_n_steps=cfg.train.log_every,
         callbacks=[
             ckpt,
             FiniteLoss(cfg.train.log_every),
+            *(
+                [MemoryTelemetry(run_dir, cfg.train.log_every)]
+                if cfg.memory.type != "none" and cfg.train.telemetry
+                else []
+            ),
+            *([InLoopProbes(cfg, cfg.train.probe_every, cfg.train.probe_per_bucket)] if cfg.train.probe_every else []),
             *(extra_callbacks or []),
             *([ProgressBar(refresh_rate=max(1, cfg.train.log_every))] if cfg.train.progress else []),
         ],
@@ -363,7 +379,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         train_time = ckpt.train_time()  # all segments of a resumed run
         if trainer.interrupted:
             raise KeyboardInterrupt
-        logger.step_override = trainer.global_step  # the trainer's logger
+        jsonl.step_override = trainer.global_step
         val = trainer.validate(module, datamodule=dm, verbose=False)[0]
         bad = {k: v for k, v in val.items() if not math.isfinite(float(v))}
         if bad:
@@ -381,6 +397,13 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         }
         if trainer.is_global_zero:
             _finish(run_dir, cfg, module, trainer, val, train_time, total_steps, tps, state, counts)
+            if extra_loggers:  # config went in at the start; final metrics, counts and the manifest now
+                trackers.finish(
+                    extra_loggers,
+                    runs.read_final(run_dir),
+                    read_json(run_dir / runs.MANIFEST),
+                    int(trainer.global_step),
+                )
     return run_dir
 
 

@@ -57,3 +57,24 @@ def test_shipped_figure_specs_load():
 
     figs, tabs = load_specs()
     assert figs and tabs and all(f["kind"] in FIGURES for f in figs)
+
+
+@pytest.mark.parametrize(
+    "body,msg",
+    [
+        ("figures:\n  - {id: a, kind: lines, slect: {}}\n", "unknown key 'slect' (did you mean 'select'?)"),
+        ("figures:\n  - {id: a, kind: lines, panels: [{x: a, y: b, sereis: c}]}\n", "panel: unknown key 'sereis'"),
+        ("figures:\n  - {id: a, kind: nope}\n", "kind 'nope' unknown"),
+        ("figures:\n  - {id: a, kind: grid, filter: bogus}\n", "filter 'bogus' unknown"),
+        ("tables:\n  - {id: t, kind: table, columns: [run, skk]}\n", "unknown column 'skk'"),
+        ("figure:\n  - {id: a, kind: lines}\n", "top level: unknown key 'figure'"),
+    ],
+)
+def test_figure_spec_errors_are_one_line(tmp_path, body, msg):
+    from hmem_lit.analysis.report import load_specs
+    from hmem_lit.config import ConfigError
+
+    f = tmp_path / "spec.yaml"
+    f.write_text(body)
+    with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        load_specs([f])

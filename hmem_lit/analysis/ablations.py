@@ -135,7 +135,11 @@ def with_gain(df: pd.DataFrame) -> pd.DataFrame:
 
 def aggregate(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Mean / std / n over seeds of each configuration (keys + setting: corpus and token budget)."""
-    cols = ["sk", "gain", "rare", "rare_gain", "wiki_ppl", "params_fetched", "params_bank", "fetch_ratio"]
+    cols = [
+        c
+        for c in ("sk", "gain", "rare", "rare_gain", "wiki_ppl", "params_fetched", "params_bank", "fetch_ratio")
+        if c not in keys
+    ]
     g = df.groupby(["setting", "corpus", *keys], dropna=False)
     out = g[cols].mean()
     out["sk_std"] = g["sk"].std(ddof=1).fillna(0.0)

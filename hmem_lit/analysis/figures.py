@@ -58,9 +58,19 @@ class Drawn:
     notes: list[str] = field(default_factory=list)
 
 
-def register(kind: str):
-    """`@register("lines")` on fn(table, spec) -> Drawn: a figure kind usable as `kind:` in analysis/*.yaml."""
-    return FIGURES.register(kind)
+COMMON_KEYS = ("id", "kind", "reproduces", "title", "width", "ncols", "panel_height", "select", "filter", "eval_mode")
+PANEL_KEYS = ("x", "y", "series", "gain", "baseline", "title")
+
+
+def register(kind: str, keys: tuple[str, ...] = ()):
+    """`@register("lines", keys=(...))` on fn(table, spec) -> Drawn: a figure kind usable as `kind:` in
+    analysis/*.yaml; `keys` are its own spec keys beyond COMMON_KEYS (load_specs refuses any other key)."""
+
+    def deco(fn):
+        fn.spec_keys = (*COMMON_KEYS, *keys)
+        return FIGURES.register(kind)(fn)
+
+    return deco
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -133,7 +143,7 @@ def _empty(ax, text: str) -> None:
 # ---------------------------------------------------------------------------------------------- kinds
 
 
-@register("lines")
+@register("lines", keys=("panels", "split"))
 def plot_lines(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     """Metric vs a size, one colour per `series` value; a line only joins configs that agree on the `split`
     columns (default: anchor size and memory type), so points of different anchors are never connected."""
@@ -204,7 +214,7 @@ def plot_lines(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     return Drawn(fig, sorted(used), notes)
 
 
-@register("buckets")
+@register("buckets", keys=("probes", "max_series"))
 def plot_buckets(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     """Accuracy per frequency bucket (rarest -> most frequent), grouped bars per configuration, one panel per fact
     probe (Fig. 1). At most `max_series` memory configs (largest bank, then fetch) and only their own baselines
@@ -276,7 +286,7 @@ def plot_buckets(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     return Drawn(fig, sorted(rows[rows.label.isin(labels.index)].run), notes)
 
 
-@register("routing")
+@register("routing", keys=("probes", "max_series"))
 def plot_routing(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     """Share of fact prompts routed to their entity's main leaf per frequency bucket (`route/<probe>/bucket<k>`,
     written by `hmem eval` for data with a key field), drawn like Fig. 1 for the memory runs."""
@@ -298,7 +308,7 @@ def plot_routing(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     return drawn
 
 
-@register("grid")
+@register("grid", keys=("x", "y", "metric"))
 def plot_grid(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     """A metric as colour over two sizes (Fig. 4a: Avg-SK over fetched x bank size), each config's value printed
     beside its marker (seed means); the anchor-only value is given in the panel title."""
@@ -356,7 +366,7 @@ def _budgets(values: list[float], tol: float = 0.05) -> list[list[float]]:
     return out
 
 
-@register("ratio")
+@register("ratio", keys=("y",))
 def plot_ratio(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     """Perplexity vs fetched:anchor ratio at a fixed runtime budget (Fig. 4b): anchor + memory (solid) and the same
     shrunken anchors alone (dashed) at the same ratio; the dense model of the whole budget is the star at 0."""
@@ -417,7 +427,7 @@ def plot_ratio(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     return Drawn(fig, sorted(used), notes)
 
 
-@register("curves")
+@register("curves", keys=("metrics", "max_legend"))
 def plot_curves(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     """Loss vs training tokens per run (training loss; validation loss with markers). Colour = memory type
     (shades of it per configuration); with more than `max_legend` runs the legend names the types only."""
@@ -460,3 +470,43 @@ def plot_curves(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     if many:
         notes.append(f"{len(rows)} runs: the legend names memory types / run kinds (shades = configurations)")
     return Drawn(fig, sorted(used), notes)
+
+
+_TELEMETRY_COLORS = ("#1f77b4", "#d95f02", "#7570b3", "#2ca02c", "#e7298a", "#8c564b")
+
+
+@register("telemetry", keys=("max_runs",))
+def plot_telemetry(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
+    """Memory use during training (hmem_lit/telemetry.py): per memory run and bank level, the sorted fetch counts of
+    the level's blocks (share of the level's fetches; a collapsed bank is one tall bar, an unused one a short tail
+    of zeros) and the coverage curve (share of blocks fetched at least once) over training tokens."""
+    import json
+    from pathlib import Path
+
+    from hmem_lit.telemetry import FILE
+
+    rows, notes = apply_spec(df, spec, None)
+    rows = rows[rows.memory_type != "none"].drop_duplicates("run")
+    have = [r for _, r in rows.iterrows() if (Path(r.path) / FILE).is_file()][: int(spec.get("max_runs", 4))]
+    if not have:
+        raise Skip("no memory run has memory_telemetry.json (written by runs trained since the telemetry landed)")
+    fig, axes = new_fig(spec, 2)
+    for k, r in enumerate(have):
+        tel = json.loads((Path(r.path) / FILE).read_text())
+        recs = runs_mod.read_metrics(r.path)
+        for j, (lvl, info) in enumerate(sorted(tel["levels"].items())):
+            counts = np.sort(np.asarray(info["fetch_counts"], dtype=float))[::-1]
+            share = counts / max(counts.sum(), 1.0)
+            color = _TELEMETRY_COLORS[(k * 3 + j) % len(_TELEMETRY_COLORS)]
+            lab = f"{r.label}, level {lvl} ({info['n_blocks']} blocks, {100 * info['coverage']:.0f}% fetched)"
+            axes[0].plot(np.arange(1, len(share) + 1) / len(share), share, color=color, label=lab, lw=1)
+            pts = [(q["tokens"], q[f"mem/l{lvl}_coverage"]) for q in recs if f"mem/l{lvl}_coverage" in q]
+            if pts:
+                axes[1].plot(*zip(*pts), color=color, lw=1)
+    axes[0].set_xlabel("blocks, most fetched first (fraction of the level)")
+    axes[0].set_ylabel("share of the level's fetches")
+    axes[0].set_yscale("log")
+    axes[1].set_xlabel("training tokens")
+    axes[1].set_ylabel("blocks fetched at least once")
+    legend_below(fig, axes, ncol=1)
+    return Drawn(fig, [r.run for r in have], notes)

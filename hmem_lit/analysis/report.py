@@ -51,10 +51,32 @@ class Item:
     skipped: str | None = None
 
 
+TABLE_KEYS = ("id", "kind", "reproduces", "title", "select", "filter", "eval_mode", "columns", "modes", "sort")
+
+
+def _check_keys(f: Path, what: str, spec: dict, allowed: tuple[str, ...]) -> None:
+    import difflib
+
+    for k in spec:
+        if k not in allowed:
+            near = difflib.get_close_matches(str(k), allowed, n=1)
+            raise ConfigError(
+                f"{f}: {what}: unknown key {k!r}"
+                + (f" (did you mean {near[0]!r}?)" if near else "")
+                + f"; allowed: {', '.join(allowed)}"
+            )
+
+
 def load_specs(paths: Sequence[str | Path] | None = None) -> tuple[list[dict], list[dict]]:
+    """Figure and table specs from analysis/*.yaml (or `paths`), validated: every key known to its kind (the kind's
+    own keys are declared where it is registered), filters and table columns known; one-line errors."""
+    from hmem_lit.analysis.collect import FILTERS
+    from hmem_lit.analysis.figures import PANEL_KEYS
+    from hmem_lit.analysis.tables import CONFIG_COLUMNS, METRIC_COLUMNS
+
     files = [Path(p) for p in paths] if paths else sorted(SPEC_DIR.glob("*.yaml"))
-    figs: list[Any] = []  # the specs' YAML mappings
-    tabs: list[Any] = []
+    figs: list[dict] = []
+    tabs: list[dict] = []
     for f in files:
         if not f.is_file():
             raise ConfigError(f"{f}: spec file not found")
@@ -62,15 +84,34 @@ def load_specs(paths: Sequence[str | Path] | None = None) -> tuple[list[dict], l
             d = yaml.safe_load(f.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{f}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{f}: the top level must be a mapping with figures: and tables:")
+        _check_keys(f, "top level", d, ("figures", "tables"))
         for s in d.get("figures") or []:
-            if s.get("kind") not in FIGURES:
+            if not isinstance(s, dict) or s.get("kind") not in FIGURES:
+                kind = s.get("kind") if isinstance(s, dict) else None
                 raise ConfigError(
-                    f"{f}: figure {s.get('id')!r}: kind {s.get('kind')!r} unknown; known: {', '.join(FIGURES.names())}"
+                    f"{f}: figure {s.get('id') if isinstance(s, dict) else s!r}: kind {kind!r} unknown; "
+                    f"known: {', '.join(FIGURES.names())}"
                 )
+            what = f"figure {s.get('id')!r} (kind {s['kind']})"
+            _check_keys(f, what, s, FIGURES.get(s["kind"]).spec_keys)
+            for p in s.get("panels") or []:
+                _check_keys(f, f"{what} panel", p, PANEL_KEYS)
+            if s.get("filter") is not None and s["filter"] not in FILTERS:
+                raise ConfigError(f"{f}: {what}: filter {s['filter']!r} unknown; known: {', '.join(FILTERS)}")
             figs.append(s)
-        tabs += d.get("tables") or []
+        for s in d.get("tables") or []:
+            what = f"table {s.get('id')!r}"
+            _check_keys(f, what, s, TABLE_KEYS)
+            bad = [c for c in s.get("columns") or [] if c not in CONFIG_COLUMNS and c not in METRIC_COLUMNS]
+            if bad:
+                raise ConfigError(
+                    f"{f}: {what}: unknown column {bad[0]!r}; known: {', '.join([*CONFIG_COLUMNS, *METRIC_COLUMNS])}"
+                )
+            tabs.append(s)
     ids = [s.get("id") for s in figs + tabs]
-    dup = sorted({i for i in ids if ids.count(i) > 1 or not i})
+    dup = sorted({str(i) for i in ids if ids.count(i) > 1 or not i})
     if dup:
         raise ConfigError(f"spec ids must be unique and present; problem ids: {dup}")
     return figs, tabs

@@ -1,0 +1,103 @@
+"""Memory telemetry during training: is the bank used, and is it collapsing?
+
+For a routed memory (a bank fetched by tree path), `MemoryTelemetry` counts, per bank level, how often each block
+has been fetched by a training sequence so far (generic-block sequences excluded), and logs every `log_every`
+steps into metrics.jsonl:
+  mem/l{l}_coverage     share of the level's blocks fetched at least once so far (an unused bank stays low)
+  mem/l{l}_top_share    the most fetched block's share of the level's fetches (a collapsed routing goes to 1)
+  mem/l{l}_update_rms   RMS change of the rows this step fetched, over the optimiser step (rows that learn)
+(under data parallelism: rank 0's sequences).
+At the end it writes `memory_telemetry.json` (atomically): per level the fetch count of every block, which
+`hmem report` draws as a histogram (figure kind `telemetry`). The counts are part of the checkpoint (callback
+state), so a resumed run's telemetry equals an uninterrupted one's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from hmem_lit.memory.generic import generic_mask
+from hmem_lit.utils import write_json
+
+FILE = "memory_telemetry.json"
+
+
+class MemoryTelemetry(Callback):
+    def __init__(self, run_dir: Path, log_every: int):
+        self.run_dir, self.log_every = Path(run_dir), int(log_every)
+        self.counts: dict[int, torch.Tensor] = {}
+        self._before: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._ids: dict[int, torch.Tensor] = {}
+
+    @staticmethod
+    def _bank(pl_module: Any) -> Any:
+        mem = pl_module.model.memory
+        return mem.bank if mem is not None and getattr(mem, "routed", False) else None
+
+    def _level_ids(self, pl_module: Any, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        cfg = pl_module.cfg
+        keep = torch.ones(batch["paths"].shape[0], dtype=torch.bool)
+        if cfg.memory.generic:
+            keep = ~generic_mask(batch["seq_idx"].cpu(), cfg.memory.generic_prob, cfg.train.seed)
+        paths = batch["paths"].cpu()[keep]
+        return {lvl: paths[:, lvl - 1].long() for lvl, _ in self._bank(pl_module).used}
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        bank = self._bank(pl_module)
+        if bank is None:
+            return
+        self._before = {}
+        for lvl, ids in self._level_ids(pl_module, batch).items():
+            n = bank.n_nodes(lvl)
+            c = self.counts.setdefault(lvl, torch.zeros(n, dtype=torch.long))
+            c += torch.bincount(ids, minlength=n)[:n]
+            if len(ids):  # the rows this step fetches, before its update (B rows: cheap)
+                table = getattr(bank, f"level{lvl}")
+                uniq = ids.unique()
+                self._before[lvl] = (uniq, table.detach()[uniq.to(table.device)].float().cpu())
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        bank = self._bank(pl_module)
+        if bank is None or not self.counts:
+            return
+        metrics: dict[str, float] = {}
+        for lvl, c in self.counts.items():
+            total = int(c.sum())
+            metrics[f"mem/l{lvl}_coverage"] = float((c > 0).float().mean())
+            metrics[f"mem/l{lvl}_top_share"] = float(c.max()) / total if total else 0.0
+            if lvl in self._before:
+                uniq, old = self._before[lvl]
+                table = getattr(bank, f"level{lvl}")
+                new = table.detach()[uniq.to(table.device)].float().cpu()
+                metrics[f"mem/l{lvl}_update_rms"] = float((new - old).pow(2).mean().sqrt())
+        # logged every step; Lightning writes them at log_every like train/loss
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        bank = self._bank(pl_module)
+        if bank is None or not trainer.is_global_zero:
+            return
+        write_json(
+            self.run_dir / FILE,
+            {
+                "levels": {
+                    str(lvl): {
+                        "n_blocks": int(c.numel()),
+                        "fetch_counts": c.tolist(),
+                        "coverage": float((c > 0).float().mean()),
+                    }
+                    for lvl, c in self.counts.items()
+                },
+                "steps": int(trainer.global_step),
+            },
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counts": {str(k): v.clone() for k, v in self.counts.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.counts = {int(k): v.clone() for k, v in state.get("counts", {}).items()}
