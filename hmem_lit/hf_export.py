@@ -190,9 +190,7 @@ class HFMemoryModel(nn.Module):
             return
         hf: Any = self.hf  # a transformers *ForCausalLM (its decoder layers are read by attribute name)
         mem: Any = self.memory  # a MemoryType
-        handles = attach_hooks(
-            hf.model.layers, self.memory.fetch(paths), self.cfg.anchor.n_head, self.cfg.anchor.head_dim
-        )
+        handles = attach_hooks(hf.model.layers, mem.fetch(paths), self.cfg.anchor.n_head, self.cfg.anchor.head_dim)
         try:
             yield self.hf
         finally:
