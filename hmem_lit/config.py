@@ -191,8 +191,16 @@ class PKMConfig:
     mode: str = "replace"  # replace the FFN at those layers, or add to it
     gated: bool = True  # Memory+ SiLU gating
     qk_norm: bool = True
+    # scores of RMS-normalised q and keys are multiplied by this (None = 1, unscaled: a sharp softmax, ~2.7 of the
+    # rows read carry the weight at the paper's sizes); 1/sqrt(k_dim/2) gives dot-product attention's scale
+    qk_norm_scale: float | None = None
 
     def __post_init__(self) -> None:
+        _check(
+            self.qk_norm_scale is None or self.qk_norm_scale > 0,
+            "memory.pkm.qk_norm_scale",
+            f"must be > 0 (or null for 1), got {self.qk_norm_scale}",
+        )
         for k in ("n_keys", "heads", "topk", "k_dim"):
             _check(getattr(self, k) > 0, f"memory.pkm.{k}", "must be > 0")
         _check(self.k_dim % 2 == 0, "memory.pkm.k_dim", "must be even (two product halves)")
@@ -352,8 +360,14 @@ class OptimConfig:
     # per bank level (level 1 first): multipliers on memory_lr and memory_min_lr for the FFN/LoRA/KV block tables.
     # Deep levels are fetched by few documents, so their rows see few updates; [] = 1 for every level.
     memory_lr_scale: list[float] = field(default_factory=list)
+    # token-level memories (pkm): the value table's own LR multiplier on memory_lr and gradient clip (0 = it joins
+    # the memory's clip); the reference PKM code trains the values at 10x the model's LR with their own clip
+    value_lr_scale: float = 1.0
+    value_grad_clip: float = 0.0
 
     def __post_init__(self) -> None:
+        _check(self.value_lr_scale > 0, "optim.value_lr_scale", f"must be > 0, got {self.value_lr_scale}")
+        _check(self.value_grad_clip >= 0, "optim.value_grad_clip", f"must be >= 0, got {self.value_grad_clip}")
         for k in ("lr", "memory_lr"):
             _check(getattr(self, k) > 0, f"optim.{k}", "must be > 0")
         _check(0 <= self.min_lr <= self.lr, "optim.min_lr", "must be in [0, optim.lr]")
@@ -453,6 +467,13 @@ class RunConfig:
         used = len(self.memory.levels)
         scale = self.optim.memory_lr_scale
         routed_types = _routed_types()
+        _check(
+            (self.optim.value_lr_scale == 1.0 and self.optim.value_grad_clip == 0.0)
+            or (self.memory.type != "none" and self.memory.type not in routed_types),
+            "optim.value_lr_scale",
+            "value_lr_scale / value_grad_clip apply to a token-level memory's value table (memory.type=pkm); "
+            "a bank's levels take optim.memory_lr_scale",
+        )
         _check(
             not scale or (len(scale) == used and self.memory.type in routed_types),
             "optim.memory_lr_scale",
@@ -699,8 +720,11 @@ _MEMORY = (
     "pkm.mode",
     "pkm.gated",
     "pkm.qk_norm",
+    "pkm.qk_norm_scale",
 )
 _OPTIM = (
+    "value_lr_scale",
+    "value_grad_clip",
     "lr",
     "min_lr",
     "warmup",

@@ -74,12 +74,14 @@ class MemoryLM(nn.Module):
         if self.memory is None:
             return {"anchor": anchor, "fetched": 0, "bank": 0, "runtime": anchor}
         fetched = int(self.memory.fetched_params())
-        return {
-            "anchor": anchor,
+        unused = int(self.memory.unused_anchor_params(self.anchor))  # pkm replace: the replaced FFNs
+        out = {
+            "anchor": anchor - unused,
             "fetched": fetched,
             "bank": int(self.memory.bank_params()),
-            "runtime": anchor + fetched,
+            "runtime": anchor - unused + fetched,
         }
+        return {**out, "anchor_unused": unused} if unused else out
 
 
 def load_run_state(run_dir: str | Path) -> dict[str, Tensor]:

@@ -84,3 +84,93 @@ def test_ungated_requires_model_width_values():
     m = make_model(make_cfg("pkm", "memory.pkm.gated=false"))
     x, _, paths = batch()
     assert torch.equal(m(x, paths=paths), m.anchor(x))  # add mode, ungated: zero values
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# issue 17: the reference code's value-table LR and clip, the qk-norm temperature, counts in replace mode
+
+
+def _pkm_cfg(*extra):
+    from hmem_lit.config import load_config
+
+    from .conftest import DEBUG_YAML
+
+    return load_config(
+        DEBUG_YAML,
+        [
+            "memory.type=pkm",
+            "memory.pkm.n_keys=8",
+            "memory.pkm.topk=4",
+            "memory.pkm.k_dim=16",
+            "anchor.vocab_size=300",
+            *extra,
+        ],
+    )
+
+
+def test_value_lr_multiplier_reaches_the_value_table_only():
+    from hmem_lit.memory.optim import param_groups
+    from hmem_lit.model import MemoryLM
+
+    base = {g["name"]: g for g in param_groups(MemoryLM(_pkm_cfg()), _pkm_cfg())}
+    cfg = _pkm_cfg("optim.value_lr_scale=10")
+    model = MemoryLM(cfg)
+    groups = {g["name"]: g for g in param_groups(model, cfg)}
+    values = [g for g in groups.values() if any(p is model.memory.values for p in g["params"])]
+    assert len(values) == 1 and values[0]["params"] == [model.memory.values]
+    assert values[0]["lr"] == pytest.approx(10 * cfg.optim.memory_lr)
+    for name, g in groups.items():
+        if g is not values[0]:
+            assert g["lr"] == base[name]["lr"], name
+
+
+def test_value_lr_scale_is_refused_for_banks():
+    from hmem_lit.config import ConfigError, load_config
+
+    from .conftest import DEBUG_YAML
+
+    with pytest.raises(ConfigError, match="optim.value_lr_scale"):
+        load_config(
+            DEBUG_YAML, ["memory.type=ffn", "memory.levels=[4]", "retriever.depth=1", "optim.value_lr_scale=10"]
+        )
+
+
+def test_value_grad_clip_clips_the_values_alone():
+    from hmem_lit.memory.optim import clip_gradients
+    from hmem_lit.model import MemoryLM
+
+    cfg = _pkm_cfg("optim.value_grad_clip=1e-3", "optim.grad_clip=0")
+    model = MemoryLM(cfg)
+    x = torch.randint(0, 300, (2, 16))
+    model(x).square().mean().backward()
+    other = [p.grad.clone() for p in model.memory.parameters() if p is not model.memory.values and p.grad is not None]
+    clip_gradients(model, cfg)
+    v = model.memory.values.grad.coalesce()._values()
+    assert v.norm() == pytest.approx(1e-3, rel=1e-3)  # clipped to its own threshold (clip: max / (norm + 1e-6))
+    after = [p.grad for p in model.memory.parameters() if p is not model.memory.values and p.grad is not None]
+    assert all(torch.equal(a, b) for a, b in zip(other, after))  # the rest: untouched (grad_clip=0)
+
+
+def test_qk_norm_scale_is_a_temperature():
+    from hmem_lit.model import MemoryLM
+
+    torch.manual_seed(0)
+    a = MemoryLM(_pkm_cfg())
+    b = MemoryLM(_pkm_cfg("memory.pkm.qk_norm_scale=0.25"))
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(5, a.memory.d)
+    (sa, ia), (sb, ib) = a.memory.lookup(0, x), b.memory.lookup(0, x)
+    assert torch.equal(ia, ib) and torch.allclose(sb, 0.25 * sa, atol=1e-6)  # same rows, softer weights
+
+
+def test_replace_mode_counts_leave_the_replaced_ffns_out():
+    from hmem_lit.anchor import count_params
+    from hmem_lit.model import MemoryLM
+
+    m = MemoryLM(_pkm_cfg("memory.pkm.mode=replace"))
+    c = m.param_counts()
+    ffn = sum(p.numel() for i in m.memory.layers for p in m.anchor.blocks[i].ffn.parameters())
+    assert c["anchor_unused"] == ffn > 0 and c["anchor"] == count_params(m.anchor) - ffn
+    assert c["runtime"] == c["anchor"] + c["fetched"]
+    add = MemoryLM(_pkm_cfg("memory.pkm.mode=add")).param_counts()
+    assert "anchor_unused" not in add and add["anchor"] == count_params(m.anchor)

@@ -9,7 +9,8 @@ one configuration are averaged (mean, std, n); the anchor a configuration is com
 same corpus, anchor depth and token count.
 
 Output (OUT, default docs/ablations/): ablations.md (tables, shape checks, run counts, wall time), one PNG per
-sweep, and rows.csv (one row per run: what the tables are computed from).
+sweep, and rows.csv (one row per run: what the tables are computed from). A hand-written OUT/notes.md (the
+reading of the numbers) is included at the top when it exists.
 """
 
 from __future__ import annotations
@@ -385,6 +386,9 @@ def build(root: str | Path = "runs/sweeps", out: str | Path = "docs/ablations") 
         "probes' rarest frequency bucket; gain = Avg-SK minus the anchor alone (same corpus, depth and tokens).",
         "",
     ]
+    notes = out / "notes.md"  # hand-written reading of the numbers, kept next to the page (never generated)
+    if notes.is_file():
+        lines += [notes.read_text().rstrip(), ""]
     lines += [
         "Regenerate (two chains side by side on 2 cores, one worker each; every command resumes where it "
         "stopped; `--workers 2` runs one sweep's trials two at a time instead):",

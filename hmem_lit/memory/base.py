@@ -46,6 +46,11 @@ class MemoryType(nn.Module):
         """True when the type replaces anchor sublayers, whose parameters then get no gradient (DDP must be told)."""
         return False
 
+    def unused_anchor_params(self, anchor: Any) -> int:
+        """Anchor parameters this memory makes unused (pkm in replace mode: the replaced FFNs), which the
+        accounting leaves out of the anchor's count."""
+        return 0
+
     def fetch(self, paths: Any, generic: Any = None) -> Any:  # pragma: no cover - the contract
         raise NotImplementedError
 

@@ -192,6 +192,8 @@ def param_groups(model: nn.Module, cfg: RunConfig, ndim: dict[str, int] | None =
         for (lvl, _, t), m in zip(memory.bank.tables(), o.memory_lr_scale):
             buckets[f"memory_rows_l{lvl}"], mult[f"memory_rows_l{lvl}"] = [p for p in rows if p is t], float(m)
         buckets["memory_rows"] = [p for p in rows if not any(p is t for _, _, t in memory.bank.tables())]
+    if memory is not None and not getattr(memory, "routed", False) and o.value_lr_scale != 1.0:
+        mult["memory_rows"] = float(o.value_lr_scale)  # the token-level value table (pkm) only
     groups = []
     for name, ps in buckets.items():
         if not ps:
@@ -276,6 +278,12 @@ def clip_gradients(
         sparse_m = _grads([p for p in memory.parameters() if id(p) in sparse]) if memory is not None else []
         a = reduce_sharded(_norm(anchor_g).square()).sqrt()
         m = (reduce_sharded(_norm(dense_m).square()) + _norm(sparse_m).square().to(a.device)).sqrt()
+    if o.value_grad_clip > 0 and memory is not None:  # the value table (pkm) has its own clip; the rest as below
+        sparse = {id(p) for p in memory.sparse_parameters()}
+        values_g = _grads([p for p in memory.parameters() if id(p) in sparse])  # replicated: counted once
+        memory_g = _grads([p for p in memory.parameters() if id(p) not in sparse])
+        _clip(values_g, _norm(values_g), o.value_grad_clip)
+        m = _norm(memory_g) if reduce_sharded is None else reduce_sharded(_norm(memory_g).square()).sqrt()
     if o.memory_grad_clip > 0:
         _clip(anchor_g, a, o.grad_clip)
         _clip(memory_g, m, o.memory_grad_clip)

@@ -112,6 +112,7 @@ class PKMMemory(MemoryType):
         self.slot = {layer: i for i, layer in enumerate(self.layers)}
         self.heads, self.topk, self.n_keys, self.k_dim = p.heads, p.topk, p.n_keys, p.k_dim
         self.gated, self.qk_norm, self.replace, self.d = p.gated, p.qk_norm, p.mode == "replace", d
+        self.qk_scale = p.qk_norm_scale
         n = len(self.layers)
         self.query = nn.Parameter(torch.empty(n, p.heads * p.k_dim, d))  # per-layer query projections
         self.keys = nn.Parameter(torch.empty(n, p.heads, 2, p.n_keys, p.k_dim // 2))  # per layer/head/half
@@ -141,6 +142,8 @@ class PKMMemory(MemoryType):
         if self.qk_norm:
             q, keys = F.rms_norm(q, (q.shape[-1],)), F.rms_norm(keys, (keys.shape[-1],))
         scores = torch.einsum("nhcd,hckd->nhck", q, keys)  # (N, H, 2, n_keys)
+        if self.qk_norm and self.qk_scale is not None:
+            scores = scores * self.qk_scale  # a softmax temperature (the top-k choice is unchanged)
         return product_topk(scores, self.topk)
 
     def layer_forward(self, s: int, x: Tensor) -> Tensor:
@@ -159,6 +162,15 @@ class PKMMemory(MemoryType):
             assert self.w1 is not None and self.w2 is not None  # built when gated
             y = F.linear(y * F.silu(F.linear(xf, self.w1[s].to(x.dtype))), self.w2[s].to(x.dtype))
         return y.view(B, T, d)
+
+    def unused_anchor_params(self, anchor: Any) -> int:
+        if not self.replace:
+            return 0
+        layers = getattr(anchor, "blocks", None)
+        ffns = (
+            [layers[i].ffn for i in self.layers] if layers is not None else [anchor.layers[i].mlp for i in self.layers]
+        )
+        return sum(p.numel() for f in ffns for p in f.parameters())
 
     def fetch(self, paths: Tensor | None = None, generic: Tensor | None = None) -> PKMHooks:
         return PKMHooks(self)  # token-level: paths and generic are not used
