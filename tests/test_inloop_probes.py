@@ -20,6 +20,7 @@ def _records(run_dir):
     return [json.loads(x) for x in (run_dir / runs.METRICS).read_text().splitlines()]
 
 
+@pytest.mark.slow  # trains and runs the lm-eval harness; off by default
 def test_probes_logged_every_n_steps_and_match_the_harness(tmp_path):
     steps = 12
     cfg = load_config(

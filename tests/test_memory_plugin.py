@@ -87,6 +87,7 @@ def test_plugin_type_validates_sizes_trains_and_differs(plugin, tmp_path):
     assert a.shape == b.shape and not torch.allclose(a, b)
 
 
+@pytest.mark.slow  # two subprocesses (list, train); the in-process test above covers the contract
 def test_plugin_from_env_in_a_fresh_process(plugin, tmp_path):
     """`HMEM_PLUGINS=module hmem ...`: the list shows it; training a toy run with it completes."""
     _, path = plugin

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from hmem_lit import runs
@@ -53,6 +54,7 @@ def test_anchor_runs_have_no_telemetry(tmp_path):
     assert not (run_dir / FILE).exists()
 
 
+@pytest.mark.slow  # a killed subprocess + two runs; test_faults covers kill-resume of the default path
 def test_kill_and_resume_keeps_the_counts(tmp_path):
     """SIGKILL after a checkpoint, resume: the counts (checkpointed callback state) equal an uninterrupted run's."""
     import sys
