@@ -510,3 +510,55 @@ def plot_telemetry(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     axes[1].set_ylabel("blocks fetched at least once")
     legend_below(fig, axes, ncol=1)
     return Drawn(fig, [r.run for r in have], notes)
+
+
+@register("leak", keys=("probes",))
+def plot_leak(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
+    """Knowledge separation: per frequency bucket (mean over the fact probes), the accuracy of the anchor trained
+    alone, of a memory run's anchor with its memory switched off (`--memory none`) and with its fetched memory.
+    Long-tail knowledge that sits in the memory shows as 'memory off' far below 'fetched' and near the anchor alone;
+    knowledge that leaked into the co-trained anchor shows as 'memory off' above the anchor alone."""
+    rows, notes = apply_spec(df, spec, None)
+    mem_runs = rows[rows.kind == "memory"].run.unique()
+    if not len(mem_runs):
+        raise Skip("no memory run")
+    off = pick_mode(df[df.run.isin(mem_runs)], "none")
+    on = pick_mode(df[df.run.isin(mem_runs)], "fetched")
+    anchors = pick_mode(df[df.kind == "anchor"], "fetched")
+    found = probes(on)
+    want = spec.get("probes") or list(found)
+    found = {p: found[p] for p in want if p in found}
+    if not found or off.empty:
+        raise Skip(
+            "memory runs need both `fetched` and `none` evaluations with per-bucket probes (hmem eval --memory none)"
+        )
+    ks = sorted({k for v in found.values() for k in v})
+
+    def curve(frame: pd.DataFrame) -> np.ndarray:
+        return (
+            np.array(
+                [np.nanmean([frame[f"{p}/bucket{k}"].mean() for p in found if f"{p}/bucket{k}" in frame]) for k in ks]
+            )
+            * 100
+        )
+
+    fig, axes = new_fig(spec, len(on))
+    used = []
+    for ax, (_, r) in zip(axes, on.iterrows()):
+        base = matching_anchor(anchors, r.params_anchor, r.seed)
+        series = [
+            ("anchor trained alone", base, KIND_COLORS["anchor"]),
+            ("memory run, memory off", off[off.run == r.run], "#9ecae1"),
+            ("memory run, fetched memory", on[on.run == r.run], PALETTE.get(r.memory_type, "#1f77b4")),
+        ]
+        width = 0.8 / len(series)
+        for j, (lab, frame, color) in enumerate(series):
+            if len(frame):
+                ax.bar(np.arange(len(ks)) + (j - 1) * width, curve(frame), width * 0.95, color=color, label=lab)
+        ax.set_xticks(range(len(ks)), [f"{k}\n(rarest)" if k == ks[0] else str(k) for k in ks])
+        ax.set_xlabel("entity frequency bucket")
+        ax.set_ylabel("fact accuracy, mean over probes (%)")
+        ax.set_title(r.label, fontsize=7)
+        used += [r.run, *base.run.tolist()]
+    legend_below(fig, axes)
+    return Drawn(fig, sorted(set(used)), notes)
