@@ -51,6 +51,7 @@ LABELS = {
     "val_loss": "validation loss (nats/token)",
     "train/loss": "training loss (nats/token)",
     "val/loss": "validation loss (nats/token)",
+    "probe/sk": "in-loop Avg-SK (fraction of items)",
     "params_fetched": "fetched parameters",
     "params_bank": "bank parameters",
     "params_anchor": "anchor parameters",
