@@ -562,3 +562,37 @@ def plot_leak(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
         used += [r.run, *base.run.tolist()]
     legend_below(fig, axes)
     return Drawn(fig, sorted(set(used)), notes)
+
+
+@register("blocking")
+def plot_blocking(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
+    """The blocking curve (the paper's Fig. 6b): Avg-SK of a memory run with its fetched memory, with the best
+    matching subtree blocked at level 1 (`hmem eval --memory blocked`), at level l (`--block-level l`, mode
+    `blocked-l<l>`), and with the memory off. Facts stored in the blocked subtree's blocks drop out."""
+    rows, notes = apply_spec(df, spec, None)
+    mem = rows[rows.kind == "memory"]
+    order = ["fetched", *sorted(m for m in df.eval_mode.unique() if str(m).startswith("blocked")), "none"]
+    have = [r for r in mem.run.unique() if df[(df.run == r) & df.eval_mode.str.startswith("blocked")].shape[0]]
+    if not have:
+        raise Skip("no memory run evaluated with --memory blocked (hmem eval RUN --memory blocked [--block-level l])")
+    fig, axes = new_fig(spec, 1)
+    ax = axes[0]
+    width = 0.8 / len(have)
+    for j, run in enumerate(have):
+        g = df[df.run == run]
+        vals = [float(g[g.eval_mode == m].hmem_sk.mean()) * 100 if (g.eval_mode == m).any() else np.nan for m in order]
+        ax.bar(
+            np.arange(len(order)) + (j - (len(have) - 1) / 2) * width,
+            vals,
+            width * 0.95,
+            label=str(g.label.iloc[0]),
+            color=PALETTE.get(str(g.memory_type.iloc[0]), "#1f77b4"),
+        )
+        for x, v in enumerate(vals):
+            if v == v:
+                ax.text(x + (j - (len(have) - 1) / 2) * width, v + 0.5, f"{v:.1f}", ha="center", fontsize=6)
+    labels = {"fetched": "fetched", "blocked": "blocked\nlevel 1", "none": "memory\noff"}
+    ax.set_xticks(range(len(order)), [labels.get(m, m.replace("blocked-l", "blocked\nlevel ")) for m in order])
+    ax.set_ylabel("Avg-SK accuracy (%)")
+    legend_below(fig, axes)
+    return Drawn(fig, have, notes)

@@ -290,7 +290,11 @@ def evaluate(
     )
     # a user's own tasks get their own directory, so they never replace the run's standard evaluation
     mine = [t for t in names if t in extra]
-    out_dir = run_dir / "eval" / (lm.mode if not mine else f"{lm.mode}-" + "+".join(mine)[:80])
+    mode_name = lm.mode
+    level = block_level if block_level is not None else cfg.eval.block_level
+    if lm.mode == "blocked" and level != 1:  # level 1 keeps the name `blocked`; deeper levels get their own
+        mode_name = f"blocked-l{level}"
+    out_dir = run_dir / "eval" / (mode_name if not mine else f"{mode_name}-" + "+".join(mine)[:80])
     settings = _settings(run_dir, names, lm, limit)
     if include_path:
         settings["include_path"] = sorted(str(Path(d).resolve()) for d in include_path)
