@@ -7,6 +7,9 @@ steps into metrics.jsonl:
   mem/l{l}_top_share    the most fetched block's share of the level's fetches (a collapsed routing goes to 1)
   mem/l{l}_update_rms   RMS change of the rows this step fetched, over the optimiser step (rows that learn)
 (under data parallelism: rank 0's sequences).
+For a token-level memory (pkm): `mem/pkm_rows_coverage` (value rows read at least once so far), `mem/pkm_rows_step`
+(share of the rows one step reads), `mem/pkm_top1_weight` / `mem/pkm_topk_weight` (mean softmax weight of the best
+row and of a top-k row: a collapsed lookup puts ~1 on the best; the counts go to level "0" of the file below).
 At the end it writes `memory_telemetry.json` (atomically): per level the fetch count of every block, which
 `hmem report` draws as a histogram (figure kind `telemetry`). The counts are part of the checkpoint (callback
 state), so a resumed run's telemetry equals an uninterrupted one's.
@@ -46,7 +49,19 @@ class MemoryTelemetry(Callback):
         paths = batch["paths"].cpu()[keep]
         return {lvl: paths[:, lvl - 1].long() for lvl, _ in self._bank(pl_module).used}
 
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        pkm = self._pkm(pl_module)
+        if pkm is not None:
+            pkm.collect_stats = True
+
+    def _pkm(self, pl_module: Any) -> Any:
+        mem = pl_module.model.memory
+        return mem if mem is not None and hasattr(mem, "step_stats") else None
+
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        pkm = self._pkm(pl_module)
+        if pkm is not None:
+            pkm.step_stats.clear()
         bank = self._bank(pl_module)
         if bank is None:
             return
@@ -61,6 +76,23 @@ class MemoryTelemetry(Callback):
                 self._before[lvl] = (uniq, table.detach()[uniq.to(table.device)].float().cpu())
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        pkm = self._pkm(pl_module)
+        if pkm is not None and pkm.step_stats:  # token-level memory: value rows read and the softmax's sharpness
+            n = int(pkm.values.shape[0])
+            hit = self.counts.setdefault(0, torch.zeros(n, dtype=torch.long))  # "level 0": the value table
+            for uniq, _, _ in pkm.step_stats:
+                hit[uniq.cpu()] += 1
+            pl_module.log_dict(
+                {
+                    "mem/pkm_rows_coverage": float((hit > 0).float().mean()),
+                    "mem/pkm_rows_step": float(sum(len(u) for u, _, _ in pkm.step_stats) / len(pkm.step_stats)) / n,
+                    "mem/pkm_top1_weight": float(torch.stack([t for _, t, _ in pkm.step_stats]).mean()),
+                    "mem/pkm_topk_weight": float(torch.stack([k for _, _, k in pkm.step_stats]).mean()),
+                },
+                on_step=True,
+                on_epoch=False,
+            )
+            return
         bank = self._bank(pl_module)
         if bank is None or not self.counts:
             return
@@ -79,7 +111,7 @@ class MemoryTelemetry(Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         bank = self._bank(pl_module)
-        if bank is None or not trainer.is_global_zero:
+        if (bank is None and self._pkm(pl_module) is None) or not trainer.is_global_zero:
             return
         write_json(
             self.run_dir / FILE,

@@ -83,3 +83,28 @@ def test_report_draws_the_telemetry(tmp_path):
     out = build_report(str(tmp_path / "000_debug"), tmp_path / "rep")
     assert (out / "figures" / "memory_telemetry.png").stat().st_size > 2000
     assert "memory_telemetry" in (out / "report.md").read_text()
+
+
+def test_pkm_rows_and_score_weights(tmp_path):
+    """A token-level memory logs the value rows read (coverage never decreases) and the softmax weights of the
+    best row and of a top-k row (best >= mean; the mean is exactly 1/k)."""
+    cfg = load_config(
+        DEBUG_YAML,
+        [
+            *tiny_overrides(tmp_path, name="p", **{"train.max_tokens": 8 * 64 * 8}),
+            "memory.type=pkm",
+            "memory.pkm.n_keys=8",
+            "memory.pkm.topk=4",
+            "memory.pkm.k_dim=16",
+        ],
+    )
+    run_dir = train(cfg)
+    rows = [json.loads(x) for x in (run_dir / runs.METRICS).read_text().splitlines()]
+    logged = [r for r in rows if "mem/pkm_rows_coverage" in r]
+    assert logged
+    cov = [r["mem/pkm_rows_coverage"] for r in logged]
+    assert cov == sorted(cov) and 0 < cov[-1] <= 1
+    assert all(r["mem/pkm_top1_weight"] >= r["mem/pkm_topk_weight"] for r in logged)
+    assert all(abs(r["mem/pkm_topk_weight"] - 1 / 4) < 1e-6 for r in logged)
+    tel = json.loads((run_dir / FILE).read_text())
+    assert len(tel["levels"]["0"]["fetch_counts"]) == 64

@@ -113,6 +113,8 @@ class PKMMemory(MemoryType):
         self.heads, self.topk, self.n_keys, self.k_dim = p.heads, p.topk, p.n_keys, p.k_dim
         self.gated, self.qk_norm, self.replace, self.d = p.gated, p.qk_norm, p.mode == "replace", d
         self.qk_scale = p.qk_norm_scale
+        self.step_stats: list[tuple[Tensor, Tensor, Tensor]] = []  # per memory layer of the last training step
+        self.collect_stats = False  # set by the telemetry callback
         n = len(self.layers)
         self.query = nn.Parameter(torch.empty(n, p.heads * p.k_dim, d))  # per-layer query projections
         self.keys = nn.Parameter(torch.empty(n, p.heads, 2, p.n_keys, p.k_dim // 2))  # per layer/head/half
@@ -154,6 +156,8 @@ class PKMMemory(MemoryType):
         # Gather each distinct row once, then bag over the gathered rows: the value table's sparse gradient gets one
         # row per distinct index (U), not one per (token, head, k) selection, which would be far larger than U.
         uniq, inv = distinct(idx, self.values.shape[0])  # (U,), (N, H, k)
+        if self.training and self.collect_stats:  # telemetry.py: rows this step read, top-1 / top-k weights
+            self.step_stats.append((uniq.detach(), w[..., 0].mean().detach(), w.mean().detach()))
         rows = F.embedding(uniq, self.values, sparse=True)  # (U, v_dim)
         y = F.embedding_bag(inv.flatten(1), rows, per_sample_weights=w.flatten(1).to(rows.dtype), mode="sum").to(
             x.dtype
