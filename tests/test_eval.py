@@ -322,6 +322,9 @@ def test_evaluate_end_to_end_writes_results_and_is_idempotent(trained):
     assert (run / "eval" / "fetched" / "results.json").stat().st_mtime_ns == mtime  # a no-op
     blocked = evaluate(run, tasks=["hmem_toy_colour"], limit=2, memory="blocked", threads=1, print_table=False)
     assert set(runs.read_final(run)["eval"]) == {"fetched", "blocked"} and "toy_colour" in blocked
+    evaluate(run, tasks=["hmem_toy_colour"], limit=2, memory="blocked", block_level=2, threads=1, print_table=False)
+    assert set(runs.read_final(run)["eval"]) == {"fetched", "blocked", "blocked-l2"}  # a level does not replace another
+    assert (run / "eval" / "blocked-l2" / "results.json").is_file()
 
 
 def test_clear_errors(trained, tmp_path):
