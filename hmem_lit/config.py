@@ -64,8 +64,25 @@ class AnchorConfig:
     n_kv_head: int | None = None  # key/value heads (grouped-query attention); None = n_head. Only preset=hf
     ffn_act: str = "silu"  # the gated FFN's activation (silu | gelu_tanh); set from the model for preset=hf
 
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> AnchorConfig:
+        """The preset's sizes with `overrides` on top (what load_config does for anchor.preset in a YAML)."""
+        _one_of(name, [*PRESETS, HF_PRESET], "anchor.preset")
+        return cls(**{**PRESETS.get(name, {}), "preset": name, **overrides})
+
     def __post_init__(self) -> None:
         _one_of(self.preset, [*PRESETS, HF_PRESET], "anchor.preset")
+        preset = PRESETS.get(self.preset, {}) if self.preset != "tiny" else {}  # tiny: the defaults' own preset
+        defaults = {f.name: f.default for f in fields(self)}
+        if (
+            preset
+            and all(getattr(self, k) == defaults[k] != v for k, v in preset.items() if v != defaults[k])
+            and any(v != defaults[k] for k, v in preset.items())
+        ):  # AnchorConfig(preset="small") built in Python: presets expand in load_config / from_preset only
+            raise ConfigError(
+                f"anchor.preset={self.preset}: AnchorConfig(preset=...) does not expand a preset (every size is still "
+                f"the default); use AnchorConfig.from_preset({self.preset!r}, ...) or load_config"
+            )
         if self.preset == HF_PRESET:
             _resolve_hf(self)
         else:

@@ -104,3 +104,14 @@ def test_table8_presets_shrink_with_layers():
         with torch.device("meta"):
             counts.append(count_params(Anchor(load_config(None, [f"anchor.preset=openlm-d1024-l{L}"]).anchor)))
     assert counts == sorted(counts) and counts[-1] == 411_665_408
+
+
+def test_anchor_preset_in_python_is_expanded_or_refused():
+    """AnchorConfig(preset="small") used to keep the tiny sizes silently; from_preset expands like load_config."""
+    from hmem_lit.config import PRESETS, AnchorConfig
+
+    with pytest.raises(ConfigError, match="does not expand a preset.*from_preset"):
+        AnchorConfig(preset="small")
+    a = AnchorConfig.from_preset("small", n_layer=8)
+    assert (a.n_layer, a.d_model, a.d_ff) == (8, PRESETS["small"]["d_model"], PRESETS["small"]["d_ff"])
+    assert AnchorConfig().preset == "tiny"  # the default construction stays valid
