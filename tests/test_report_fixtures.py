@@ -116,10 +116,26 @@ def fake(
 def build(out: Path) -> dict:
     """Fixture runs under out/fx/; returns what the tests expect to find."""
     a0 = _real(out, "anchor_s0")
-    m0 = _real(out, "ffn_real", "memory.type=ffn", "memory.levels=[4,2]", "train.mode=scratch", "memory.generic=true")
+    m0 = _real(
+        out,
+        "ffn_real",
+        "memory.type=ffn",
+        "memory.levels=[4,2]",
+        "train.mode=scratch",
+        "memory.generic=true",
+        "train.probe_every=2",  # in-loop probes (real), for the inloop_probes figure; telemetry is on by default
+    )
     pa = runs.read_final(a0)["params"]["anchor"]
     runs.update_final(a0, eval={"none": synth_eval(0.30)})
-    runs.update_final(m0, eval={"fetched": synth_eval(0.34, buckets_lift=0.1), "generic": synth_eval(0.31)})
+    runs.update_final(
+        m0,
+        eval={
+            "fetched": synth_eval(0.34, buckets_lift=0.1),
+            "generic": synth_eval(0.31),
+            "none": synth_eval(0.27),  # memory off: the leak figure
+            "blocked": synth_eval(0.29),  # blocking curve
+        },
+    )
     made = {
         "anchor_s1": fake(a0, "anchor_s1", seed=1, eval={"none": synth_eval(0.30, seed=1)}),
         "dense2x": fake(

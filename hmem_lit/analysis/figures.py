@@ -535,12 +535,11 @@ def plot_leak(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     ks = sorted({k for v in found.values() for k in v})
 
     def curve(frame: pd.DataFrame) -> np.ndarray:
-        return (
-            np.array(
-                [np.nanmean([frame[f"{p}/bucket{k}"].mean() for p in found if f"{p}/bucket{k}" in frame]) for k in ks]
-            )
-            * 100
-        )
+        def mean(k: int) -> float:
+            v = np.array([frame[f"{p}/bucket{k}"].mean() for p in found if f"{p}/bucket{k}" in frame], dtype=float)
+            return float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else float("nan")
+
+        return np.array([mean(k) for k in ks]) * 100
 
     fig, axes = new_fig(spec, len(on))
     used = []
