@@ -168,9 +168,14 @@ def _router(cfg: Any, out: Path) -> None:
         return  # toy paths are hashed from the document, not read from a tree
     from hmem_lit.evaluation.resources import resolve_data_dir
 
-    tree = resolve_data_dir(cfg) / "tree"
+    root = resolve_data_dir(cfg)
+    tree = root / "tree"
     if tree.is_dir():
         shutil.copytree(tree, out / "tree")
+        meta = json.loads((tree / "router.json").read_text()) if (tree / "router.json").is_file() else {}
+        emb = meta.get("embedder_dir")
+        if emb and (root / emb).is_dir():  # the embedder the centroids need (not the corpus' embedding matrix)
+            shutil.copytree(root / emb, out / emb, ignore=shutil.ignore_patterns("emb.npy"))
 
 
 class HFMemoryModel(nn.Module):
