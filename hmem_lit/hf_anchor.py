@@ -50,11 +50,9 @@ LINEARS = {
 }
 
 
-def family_config(acfg: AnchorConfig, **overrides: Any):
-    """The transformers config of a random-weight `acfg.hf_family` model sized by the anchor keys."""
-    import transformers
-
-    common: dict[str, Any] = dict(
+def size_kwargs(acfg: AnchorConfig) -> dict[str, Any]:
+    """The anchor's sizes as transformers config keyword arguments (shared by family_config and hf_export)."""
+    return dict(
         vocab_size=acfg.vocab_size,
         hidden_size=acfg.d_model,
         intermediate_size=acfg.d_ff,
@@ -67,6 +65,13 @@ def family_config(acfg: AnchorConfig, **overrides: Any):
         initializer_range=acfg.init_std,
         tie_word_embeddings=acfg.tie_embeddings,
     )
+
+
+def family_config(acfg: AnchorConfig, **overrides: Any):
+    """The transformers config of a random-weight `acfg.hf_family` model sized by the anchor keys."""
+    import transformers
+
+    common = size_kwargs(acfg)
     rope = {"rope_type": "default", "rope_theta": acfg.rope_base}
     fam = acfg.hf_family
     cfg: transformers.PreTrainedConfig

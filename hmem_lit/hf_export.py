@@ -43,22 +43,16 @@ def hf_config(acfg: Any) -> Any:
             f"anchor.norm={acfg.norm}: no standard transformers architecture has weight-only LayerNorm blocks; "
             "export supports rmsnorm anchors"
         )
-    common: dict[str, Any] = dict(
-        vocab_size=acfg.vocab_size,
-        hidden_size=acfg.d_model,
-        intermediate_size=acfg.d_ff,
-        num_hidden_layers=acfg.n_layer,
-        num_attention_heads=acfg.n_head,
-        num_key_value_heads=acfg.n_kv_head or acfg.n_head,
-        max_position_embeddings=acfg.max_seq_len,
-        rms_norm_eps=acfg.norm_eps,
-        tie_word_embeddings=acfg.tie_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": acfg.rope_base},
-        attention_bias=False,
-        hidden_act="silu",
-    )
+    from hmem_lit.hf_anchor import size_kwargs
+
+    common = {
+        **size_kwargs(acfg),
+        "rope_parameters": {"rope_type": "default", "rope_theta": acfg.rope_base},
+        "attention_bias": False,
+        "hidden_act": "silu",
+    }
     if not acfg.qk_norm:
-        return transformers.LlamaConfig(**common, head_dim=acfg.head_dim, mlp_bias=False)
+        return transformers.LlamaConfig(**common, mlp_bias=False)
     if acfg.n_head * acfg.head_dim != acfg.d_model:
         raise ConfigError(
             f"anchor.head_dim: OLMoE's full-width qk-norm needs n_head * head_dim == d_model "
