@@ -198,9 +198,9 @@ def _check_resume(run_dir: Path, cfg: RunConfig, config_only: bool = False) -> t
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Fields that differ and change what the run trains (declared "run" in config.FIELD_EFFECTS; a field the
+    """Fields that differ and change what the run trains (declared "run" in effects.FIELD_EFFECTS; a field the
     declaration does not know, e.g. from a newer config, counts)."""
-    from hmem_lit.config import FIELD_EFFECTS
+    from hmem_lit.effects import FIELD_EFFECTS
 
     keys = []
     for k in sorted(set(a) | set(b)):

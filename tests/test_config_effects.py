@@ -1,4 +1,4 @@
-"""config.FIELD_EFFECTS is the one declaration of what each config field affects, and it is complete and true:
+"""effects.FIELD_EFFECTS is the one declaration of what each config field affects, and it is complete and true:
 every field is declared; changing a field changes exactly the preparation stages it declares (and those
 downstream); the resume check and the run collector ignore exactly the fields declared without "run" / "id"."""
 
@@ -9,8 +9,9 @@ import dataclasses
 
 import pytest
 
-from hmem_lit.config import FIELD_EFFECTS, RunConfig, field_value, fields_with, leaf_fields, to_dict
+from hmem_lit.config import RunConfig, to_dict
 from hmem_lit.data import prepare
+from hmem_lit.effects import FIELD_EFFECTS, field_value, fields_with, leaf_fields
 
 STAGES = prepare.STAGES
 DOWNSTREAM = {
@@ -25,7 +26,7 @@ DOWNSTREAM = {
 
 def test_every_field_is_declared_and_nothing_else():
     assert sorted(FIELD_EFFECTS) == sorted(leaf_fields()), (
-        "declare the new field's effects in hmem_lit/config.py FIELD_EFFECTS"
+        "declare the new field's effects in hmem_lit/effects.py FIELD_EFFECTS"
     )
     tokens = {t for eff in FIELD_EFFECTS.values() for t in eff}
     assert tokens <= {*STAGES, "run", "id"}

@@ -31,12 +31,12 @@ import pandas as pd
 import yaml
 
 from hmem_lit import runs
-from hmem_lit.config import FIELD_EFFECTS
+from hmem_lit.effects import FIELD_EFFECTS
 
 TOL_SAME, TOL_RUNTIME, DENSE2X = 0.02, 0.05, (1.7, 2.3)
 KINDS = ("anchor", "memory", "dense-2x", "same-runtime dense")
 # config keys that are not part of a run's configuration identity (bookkeeping, evaluation settings, the seed):
-# ignored by config_id; declared once in config.FIELD_EFFECTS (fields without "id")
+# ignored by config_id; declared once in effects.FIELD_EFFECTS (fields without "id")
 _NOT_CONFIG = tuple(tuple(k.split(".")) for k, eff in FIELD_EFFECTS.items() if "id" not in eff)
 
 

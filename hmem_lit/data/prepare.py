@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from hmem_lit.config import ConfigError, field_value, fields_with
+from hmem_lit.config import ConfigError
 from hmem_lit.data import corpus as corpus_mod
+from hmem_lit.effects import field_value, fields_with
 from hmem_lit.retriever.diagnostics import concentration, format_concentration, key_table
 from hmem_lit.utils import atomic_write, atomic_write_text, read_json, write_json
 
@@ -94,7 +95,7 @@ def _stage_keys(cfg: Any, manifest: dict) -> dict[str, str]:
         "data.key_field": key_field(cfg),
     }
 
-    def fields_of(stage: str) -> list[tuple[str, Any]]:  # the declaration: config.FIELD_EFFECTS
+    def fields_of(stage: str) -> list[tuple[str, Any]]:  # the declaration: effects.FIELD_EFFECTS
         return [(k, derived[k] if k in derived else field_value(cfg, k)) for k in fields_with(stage)]
 
     keys = {"corpus": _h("corpus", _VERSION["corpus"], fields_of("corpus"))}
