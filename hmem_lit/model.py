@@ -172,7 +172,7 @@ def load_model(run_dir: str | Path, map_location: str = "cpu"):
     from safetensors.torch import load_file
 
     from hmem_lit.config import ConfigError, from_dict
-    from hmem_lit.runs import CONFIG, FINAL, WEIGHTS, load_run_config  # noqa: F401
+    from hmem_lit.runs import FINAL, WEIGHTS, load_run_config
     from hmem_lit.utils import read_json
 
     run_dir = Path(run_dir)
