@@ -122,6 +122,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
         block_level=a.block_level,
         threads=a.threads,
         include_path=a.include_path,
+        rag=a.rag,
+        rag_k=a.rag_k,
+        rag_join=a.rag_join,
     )
     return 0
 
@@ -244,6 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--block-level", type=int, default=None, help="blocked mode: tree level to block (1-based)")
     e.add_argument("--batch-size", type=int, default=None)
     e.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    e.add_argument(
+        "--rag",
+        default=None,
+        metavar="KIND",
+        help="RAG baseline: prepend training documents retrieved by cluster (the paper's vanilla RAG), bm25 or "
+        "dense to each prompt; results under <run_dir>/eval/<memory>-rag-<kind>-k<k>/",
+    )
+    e.add_argument("--rag-k", type=int, default=1, help="RAG: documents retrieved per prompt (default 1)")
+    e.add_argument(
+        "--rag-join",
+        default="causal",
+        metavar="JOIN",
+        help="RAG: causal (the prompt attends to the context; default) | separate (its own document: a control)",
+    )
     e.add_argument("--force", action="store_true", help="re-evaluate even if results with these settings exist")
     e.add_argument(
         "--include-path",

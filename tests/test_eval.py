@@ -146,10 +146,10 @@ def test_rolling_is_the_sum_over_windows_with_exact_accounting(trained):
     text = "The colour of river 3 is red. The age of river 3 is nine. The home of river 3 is north."
     tokens = lm.tok.encode(text)
     wins = lm.rolling_windows(text)
-    assert [t for _, cont, _ in wins for t in cont] == tokens  # every token scored exactly once
-    assert all(len(c) + len(x) <= 17 for c, x, _ in wins) and len(wins) > 3
+    assert [t for _, cont, _, _ in wins for t in cont] == tokens  # every token scored exactly once
+    assert all(len(c) + len(x) <= 17 for c, x, _, _ in wins) and len(wins) > 3
     path = torch.as_tensor(lm.retrieval.router.route([text]))  # the full document routes every window
-    want = sum(_hand_logprob(lm.model, c, x, lm.eot_id, paths=path)[0] for c, x, _ in wins)
+    want = sum(_hand_logprob(lm.model, c, x, lm.eot_id, paths=path)[0] for c, x, _, _ in wins)
     (got,) = lm.loglikelihood_rolling([_req("loglikelihood_rolling", (text,))])
     assert got == pytest.approx(want, abs=1e-3)
 

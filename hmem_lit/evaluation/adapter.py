@@ -15,6 +15,9 @@
   max_length // 2); every token is scored exactly once. The first token is predicted from an EOT prefix.
 - `generate_until`: greedy, batched with left padding, cut at the first stop string (`until`) or EOT, at most
   `max_gen_toks` (the request's, else eval.max_gen_tokens) new tokens.
+- `rag=cluster|bm25|dense`, `rag_k`, `rag_join` (evaluation/rag.py): training documents retrieved for each request's
+  route text are prepended to its context (`loglikelihood`, `generate_until`; perplexity is never given context);
+  each request's context tokens, tokens read and forward FLOPs go to the routing log (samples.jsonl).
 
 Conditioning and the EOT prefix: training packs documents with document-causal attention, so a document never
 sees the previous one and starts at position 0. Evaluation feeds text the same way (no BOS). An empty context
@@ -40,7 +43,8 @@ from hmem_lit.evaluation.resources import load_run_tokenizer
 from hmem_lit.evaluation.routing import MODES, Retrieval, load_run_router, route_texts
 from hmem_lit.model import load_model
 
-Item = tuple[list[int], list[int], bool]  # (context tokens, continuation tokens, EOT-prefixed)
+# (context tokens, continuation tokens, EOT-prefixed, leading context tokens in their own document (rag_join=separate))
+Item = tuple[list[int], list[int], bool, int]
 
 
 @register_model("hmem")
@@ -56,6 +60,9 @@ class HmemLM(LM):
         rolling_context: int | None = None,
         device: str | None = "cpu",
         threads: int = 0,
+        rag: str | None = None,
+        rag_k: int = 1,
+        rag_join: str = "causal",
         **_: Any,
     ):
         super().__init__()
@@ -89,6 +96,7 @@ class HmemLM(LM):
         self.router_load_seconds = time.perf_counter() - t0  # loading the tree and embedder (not per request)
         level = int(block_level or ev.block_level)
         self.retrieval = Retrieval(router, self.mode if router is not None else "none", level)  # pkm: no routing
+        self.rag, self.rag_join = self._load_rag(rag, int(rag_k), rag_join, router)
         self.model_seconds = 0.0
         self.routing_log: dict[tuple[Any, Any], dict[str, Any]] = {}  # (task, doc_id) -> route text and path
 
@@ -108,6 +116,43 @@ class HmemLM(LM):
             return "fetched", None
         return "fetched", load_run_router(self.cfg)
 
+    def _load_rag(self, kind: str | None, k: int, join: str, router: Any) -> tuple[Any, str]:
+        from hmem_lit.evaluation.rag import RagContext, check_rag, dense_params
+
+        kind = None if kind in (None, "", "none") else kind
+        check_rag(kind, k, join)
+        a = self.cfg.anchor
+        dims = (a.n_layer, a.d_model)
+        self._flops_dims = dims if all(isinstance(v, int) for v in dims) else None  # hf anchors: not counted
+        self._dense = dense_params(self.model, self.model_mode != "none")
+        return (RagContext.load(self.cfg, kind, k, router) if kind else None), join
+
+    def _contexts(self, requests: Sequence[Any], reserve: Sequence[int]) -> list[list[int]]:
+        """Per request: the RAG context tokens (evaluation/rag.py), at most max_length - reserve[i] of them."""
+        if self.rag is None:
+            return [[] for _ in requests]
+        from hmem_lit.evaluation.rag import context_tokens
+
+        texts = route_texts(requests)
+        out = []
+        for req, res, ids in zip(requests, reserve, self.rag.documents(texts)):
+            toks = context_tokens([self.tok.encode(self.rag.texts[i]) for i in ids], self.eot_id, self.max_length - res)
+            self._log(req, rag_docs=ids, rag_tokens=len(toks))
+            out.append(toks)
+        return out
+
+    def _log(self, req: Any, **fields: Any) -> None:
+        self.routing_log.setdefault((req.task_name, req.doc_id), {}).update(fields)
+
+    def _count(self, req: Any, n_fed: int) -> None:
+        """Tokens read and forward FLOPs of a request (evaluation/rag.py: query_flops), summed over its calls."""
+        from hmem_lit.evaluation.rag import query_flops
+
+        rec = self.routing_log.setdefault((req.task_name, req.doc_id), {})
+        rec["tokens_read"] = rec.get("tokens_read", 0) + n_fed
+        if self._flops_dims is not None:
+            rec["flops"] = rec.get("flops", 0.0) + query_flops(n_fed, self._dense, *self._flops_dims)
+
     # ------------------------------------------------------------------------------------------ plumbing
 
     @property
@@ -122,9 +167,9 @@ class HmemLM(LM):
         texts = route_texts(requests)
         paths = self.retrieval.paths(texts)
         for i, (req, text) in enumerate(zip(requests, texts)):
-            key = (req.task_name, req.doc_id)
-            if key not in self.routing_log:
-                self.routing_log[key] = {"route_text": text, "path": None if paths is None else paths[i].tolist()}
+            rec = self.routing_log.setdefault((req.task_name, req.doc_id), {})
+            if "route_text" not in rec:
+                rec.update(route_text=text, path=None if paths is None else paths[i].tolist())
         return paths
 
     @torch.inference_mode()
@@ -152,32 +197,36 @@ class HmemLM(LM):
     # ------------------------------------------------------------------------------------------ scoring
 
     def score_tokens(self, items: Sequence[Item], paths: np.ndarray | None) -> list[tuple[float, bool]]:
-        """(context, continuation, prefixed) token items -> (sum log p(continuation), is_greedy), batched by
-        length. The input is the last max_length tokens of [EOT if prefixed] + context + continuation[:-1]."""
+        """(context, continuation, prefixed, separate) token items -> (sum log p(continuation), is_greedy), batched
+        by length. The input is the last max_length tokens of [EOT if prefixed] + context + continuation[:-1]; its
+        first `separate` context tokens (kept ones) form their own document, the EOT prefix another."""
         out: list[tuple[float, bool]] = [(0.0, True)] * len(items)
         rows = []
-        for i, (ctx, cont, pre) in enumerate(items):
+        for i, (ctx, cont, pre, sep) in enumerate(items):
             if len(cont) > self.max_length:
                 raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length={self.max_length}")
             if cont:
                 full = ([self.eot_id] if pre else []) + list(ctx) + list(cont)
                 keep = full[-(self.max_length + 1) :]
-                rows.append((i, keep[:-1], len(cont), pre and len(keep) == len(full)))
+                cut = len(full) - len(keep)
+                n_pre = int(pre and cut == 0)
+                n_sep = max(0, sep - max(0, cut - int(pre)))  # separate tokens left after the cut
+                rows.append((i, keep[:-1], len(cont), n_pre, n_sep))
         rows.sort(key=lambda r: -len(r[1]))
         pad = int(self.tok.pad_id)
         for b in range(0, len(rows), self.batch_size):
             batch = rows[b : b + self.batch_size]
             T = len(batch[0][1])
             ids = torch.full((len(batch), T), pad, dtype=torch.long)
-            doc = torch.ones((len(batch), T), dtype=torch.long)
-            for r, (_, inp, _, pre) in enumerate(batch):
+            doc = torch.full((len(batch), T), 2, dtype=torch.long)
+            for r, (_, inp, _, n_pre, n_sep) in enumerate(batch):
                 ids[r, : len(inp)] = torch.tensor(inp)
-                if pre:
-                    doc[r, 0] = 0  # the EOT prefix is its own document
-            any_pre = any(r[3] for r in batch)
+                doc[r, :n_pre] = 0  # the EOT prefix is its own document
+                doc[r, n_pre : n_pre + n_sep] = 1  # so is a separate RAG context
+            needs_doc = any(r[3] or r[4] for r in batch)
             bpaths = None if paths is None else paths[[r[0] for r in batch]]
-            logits = self._forward(ids, doc if any_pre else None, bpaths)
-            for r, (i, inp, n, _) in enumerate(batch):
+            logits = self._forward(ids, doc if needs_doc else None, bpaths)
+            for r, (i, inp, n, _, _) in enumerate(batch):
                 L = len(inp)
                 logp = torch.log_softmax(logits[r, L - n : L].float(), dim=-1)  # (n, V) predicts the continuation
                 tgt = torch.tensor(items[i][1], device=logp.device)
@@ -186,10 +235,14 @@ class HmemLM(LM):
 
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         paths = self._paths(requests)
-        items = []
-        for req in requests:
-            ctx, cont = self._encode_pair(*req.args[:2])
-            items.append((ctx, cont, not ctx))  # an empty context is conditioned on the EOT prefix
+        pairs = [self._encode_pair(*req.args[:2]) for req in requests]
+        rag = self._contexts(requests, [len(c) + len(x) for c, x in pairs])
+        items: list[Item] = []
+        for req, (ctx, cont), extra in zip(requests, pairs, rag):
+            sep = len(extra) if self.rag_join == "separate" else 0
+            # an empty context is conditioned on the EOT prefix (a causal RAG context ends with EOT: it is the prefix)
+            items.append((extra + ctx, cont, not ctx and not (extra and not sep), sep))
+            self._count(req, min(len(items[-1][0]) + items[-1][2] + len(cont) - 1, self.max_length))
         return self.score_tokens(items, paths)
 
     def rolling_windows(self, text: str) -> list[Item]:
@@ -199,7 +252,7 @@ class HmemLM(LM):
             make_disjoint_window(w)
             for w in get_rolling_token_windows(tokens, self.eot_id, self.max_length, self.rolling_context)
         ]
-        return [([] if j == 0 else ctx, cont, j == 0) for j, (ctx, cont) in enumerate(wins)]
+        return [([] if j == 0 else ctx, cont, j == 0, 0) for j, (ctx, cont) in enumerate(wins)]
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         req_paths = self._paths(requests)
@@ -208,6 +261,7 @@ class HmemLM(LM):
             for it in self.rolling_windows(req.args[0]):
                 items.append(it)
                 owner.append(k)
+                self._count(req, min(len(it[0]) + it[2] + len(it[1]) - 1, self.max_length))
         paths = None if req_paths is None else req_paths[owner]
         scores = self.score_tokens(items, paths)
         totals = [0.0] * len(requests)
@@ -221,20 +275,37 @@ class HmemLM(LM):
         paths = self._paths(requests)
         prompts = [self.tok.encode(req.args[0]) for req in requests]
         kwargs = [dict(req.args[1]) if len(req.args) > 1 and req.args[1] else {} for req in requests]
+        new = [int(kw.get("max_gen_toks") or self.max_gen_tokens) for kw in kwargs]
+        rag = self._contexts(requests, [len(p) + n for p, n in zip(prompts, new)])
+        seps = [len(x) if self.rag_join == "separate" else 0 for x in rag]
+        prompts = [x + p for x, p in zip(rag, prompts)]
         order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
         out = [""] * len(requests)
         for b in range(0, len(order), self.batch_size):
             idx = order[b : b + self.batch_size]
-            texts = self.greedy(
-                [prompts[i] for i in idx], [kwargs[i] for i in idx], None if paths is None else paths[idx]
+            texts, gens = self.greedy(
+                [prompts[i] for i in idx],
+                [kwargs[i] for i in idx],
+                None if paths is None else paths[idx],
+                [seps[i] for i in idx],
             )
-            for i, t in zip(idx, texts):
+            for i, t, g in zip(idx, texts, gens):
                 out[i] = t
+                # a KV cache reads the prompt once and every generated token but the last
+                self._count(requests[i], min(int(not prompts[i]) + len(prompts[i]) + max(g - 1, 0), self.max_length))
         return out
 
-    def greedy(self, prompts: list[list[int]], kwargs: list[dict[str, Any]], paths: np.ndarray | None) -> list[str]:
-        """Greedy decoding of one batch; finished rows leave the batch. Rows are left-padded; doc_ids put pads,
-        an EOT prefix (empty prompt) and the text in separate documents so the text starts at position 0."""
+    def greedy(
+        self,
+        prompts: list[list[int]],
+        kwargs: list[dict[str, Any]],
+        paths: np.ndarray | None,
+        seps: Sequence[int] | None = None,
+    ) -> tuple[list[str], list[int]]:
+        """Greedy decoding of one batch; finished rows leave the batch -> (texts, tokens generated). Rows are
+        left-padded; doc_ids put pads, an EOT prefix (empty prompt), the first `seps[i]` prompt tokens (a separate
+        RAG context) and the text in separate documents so the text starts at position 0."""
+        seps = list(seps) if seps is not None else [0] * len(prompts)
         until = []
         for kw in kwargs:
             u = kw.get("until") or []
@@ -256,6 +327,8 @@ class HmemLM(LM):
                 doc[r, T - len(s) :] = 2
                 if not prompts[i] and len(s) == len(gen[i]) + 1:
                     doc[r, T - len(s)] = 1  # the EOT prefix
+                n_sep = max(0, seps[i] - (len(prompts[i]) + len(gen[i]) - len(s)))  # separate tokens kept
+                doc[r, T - len(s) : T - len(s) + n_sep] = 3
             needs_doc = bool((doc != 2).any())
             logits = self._forward(ids, doc if needs_doc else None, None if paths is None else paths[active])
             nxt = logits[:, -1].argmax(-1).tolist()
@@ -271,4 +344,4 @@ class HmemLM(LM):
                 elif len(gen[i]) < max_new[i]:
                     still.append(i)
             active = still
-        return texts
+        return texts, [len(g) for g in gen]

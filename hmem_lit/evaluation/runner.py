@@ -8,7 +8,9 @@ groups, timing, routing), each atomically: results.json is the "already evaluate
 leaves a state that a rerun completes. Headline keys: `hmem_sk`, `hmem_ck`, `wiki_ppl`, `wiki_bpb`, `<probe>`,
 `<probe>/bucket<k>`, CK tasks by name, `n_samples`, `eval_time_s`, `retrieval_time_s`, and (fetched / blocked
 modes, data with a key field) `route/<probe>/bucket<k>`: the share of prompts routed to their entity's main leaf
-(results.json["routing"] adds the accuracy when routed right vs wrong). A user's own tasks (--include-path) go to
+(results.json["routing"] adds the accuracy when routed right vs wrong); `tokens_per_query`, `flops_per_query` (and
+with RAG `rag_tokens`): the fact probes' mean cost per query (evaluation/rag.py). `--rag KIND --rag-k K` (a RAG
+baseline) writes `eval/<memory>-rag-<kind>-k<k>/` and that final.json section. A user's own tasks (--include-path) go to
 `eval/<memory>-<tasks>/` and `final.json["eval"]["<memory>-<tasks>"]`; their metrics, per-bucket accuracy
 `<task>/bucket<k>` and routing also join the standard section (`none` for a run without memory). Re-running with
 the same settings (tasks, limit, memory, block level, generation and context lengths, weights) is a no-op unless forced.
@@ -26,6 +28,7 @@ from typing import Any
 
 from hmem_lit import faults, runs
 from hmem_lit.config import ConfigError, from_dict
+from hmem_lit.evaluation.rag import check_rag, rag_name
 from hmem_lit.evaluation.taskgen import PAPER_DIR, TaskSet, build_tasks
 from hmem_lit.utils import atomic_write, dumps, read_json, write_json
 
@@ -235,6 +238,21 @@ def _write_samples(path: Path, samples: dict[str, list[dict]], routing: dict) ->
     atomic_write(path, write)
 
 
+def query_cost(samples: dict[str, list[dict]], log: dict, ts: TaskSet, mine: list[str]) -> dict[str, float]:
+    """Mean tokens read, FLOPs and RAG context tokens per query of the fact probes (the SK tasks'
+    `hmem_<probe>_bucket<k>` samples), or of a user's own tasks when no probe ran (evaluation/rag.py says how FLOPs
+    are counted)."""
+    sk = {f"hmem_{p}_bucket{k}" for p, bs in ts.sk.items() for k in bs}
+    sk = sk if sk & set(samples) else set(mine)
+    recs = [log.get((t, s.get("doc_id")), {}) for t, rows in samples.items() if t in sk for s in rows]
+    out = {}
+    for key, name in (("tokens_read", "tokens_per_query"), ("flops", "flops_per_query"), ("rag_tokens", "rag_tokens")):
+        vals = [float(r[key]) for r in recs if key in r]
+        if vals:
+            out[name] = sum(vals) / len(vals)
+    return out
+
+
 def _routing(cfg: Any, samples: dict, routing_log: dict) -> tuple[dict, dict]:
     """Routing diagnostics of this evaluation (evaluation/routing.py: routing_report) when the run's data has
     key statistics (tree/keys.json, written by `hmem data prepare` for corpora with a key field)."""
@@ -261,6 +279,9 @@ def evaluate(
     threads: int = 0,
     print_table: bool = True,
     include_path: list[str] | None = None,
+    rag: str | None = None,
+    rag_k: int = 1,
+    rag_join: str = "causal",
 ) -> dict[str, float]:
     """Evaluate a run in one memory mode; -> the headline numbers (also merged into final.json)."""
     import lm_eval
@@ -271,6 +292,7 @@ def evaluate(
 
     run_dir = Path(run_dir)
     _check_args(limit, batch_size, threads)
+    check_rag(rag, rag_k, rag_join)
     cfg = _run_config(run_dir)
     _check_mode(run_dir, cfg, memory, block_level)
     ts = prepare_tasks(run_dir, cfg)
@@ -286,7 +308,14 @@ def evaluate(
     names, paper = resolve_tasks(requested, ts, extra)
     limit = limit if limit is not None else cfg.eval.limit
     lm = HmemLM(
-        run_dir, memory=memory or cfg.eval.memory, batch_size=batch_size, block_level=block_level, threads=threads
+        run_dir,
+        memory=memory or cfg.eval.memory,
+        batch_size=batch_size,
+        block_level=block_level,
+        threads=threads,
+        rag=rag,
+        rag_k=rag_k,
+        rag_join=rag_join,
     )
     # a user's own tasks get their own directory, so they never replace the run's standard evaluation
     mine = [t for t in names if t in extra]
@@ -294,8 +323,12 @@ def evaluate(
     level = block_level if block_level is not None else cfg.eval.block_level
     if lm.mode == "blocked" and level != 1:  # level 1 keeps the name `blocked`; deeper levels get their own
         mode_name = f"blocked-l{level}"
+    if rag:  # a RAG baseline is its own section: <memory>-rag-<kind>-k<k>
+        mode_name = f"{mode_name}-{rag_name(rag, rag_k, rag_join)}"
     out_dir = run_dir / "eval" / (mode_name if not mine else f"{mode_name}-" + "+".join(mine)[:80])
     settings = _settings(run_dir, names, lm, limit)
+    if rag:
+        settings["rag"] = {"kind": rag, "k": rag_k, "join": rag_join}
     if include_path:
         settings["include_path"] = sorted(str(Path(d).resolve()) for d in include_path)
     key = out_dir.name  # final.json["eval"] section of this evaluation
@@ -338,6 +371,7 @@ def evaluate(
     }
     route_detail, route_head = _routing(cfg, res.get("samples", {}), lm.routing_log)
     head.update(route_head)
+    head.update(query_cost(res.get("samples", {}), lm.routing_log, ts, mine))
     for t in mine:  # a user's task: its accuracy per bucket too (shipped probes have bucket subtasks)
         head.update({f"{t}/bucket{b}": v["acc"] for b, v in route_detail.get(t, {}).items() if v["acc"] is not None})
     timing = {
