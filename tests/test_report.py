@@ -38,7 +38,7 @@ def test_collected_table_rows_and_values(fx, report):
     complete = [d for d in runs.list_runs(fx["root"]) if runs.is_complete(d)]
     # one row per run x eval memory mode; an unevaluated run keeps one row with an empty eval_mode
     expected = sum(max(1, len(runs.read_final(d).get("eval") or {})) for d in complete)
-    assert len(csv) == expected and csv.run.nunique() == len(complete) == 35
+    assert len(csv) == expected and csv.run.nunique() == len(complete) == 36
     assert "fx/crashed" not in set(csv.run)
     r = csv[(csv.run == "fx/ffn_r16_s1") & (csv.eval_mode == "generic")].iloc[0]
     ev = runs.read_final(fx["made"]["ffn_r16_s1"])["eval"]["generic"]
@@ -199,3 +199,21 @@ def test_synth_eval_is_marked_and_bounded():
     ev = synth_eval(0.4, buckets_lift=0.3)
     assert all(0 <= ev[f"atomic_number/bucket{k}"] <= 1 for k in range(5))
     assert ev["atomic_number/bucket0"] < ev["atomic_number/bucket4"]
+
+
+def test_rag_and_head_to_head_tables(fx, report):
+    rag = (report / "tables" / "rag_vs_memory.md").read_text()
+    rows = rag.splitlines()[2:]
+    assert len(rows) == 4, rag  # anchor, anchor + RAG, memory, memory + RAG; the separate-document control left out
+    # synthetic numbers of the fixture (Avg-SK has its -2 point seed offset): MFLOPs/query, Avg-SK per point
+    for cells in (
+        "| off | - | - | 0 | 0 | 40.0 | 5.00 | 28.0 |",
+        "| off | bm25 | 1 | 0 | 50.0 | 90.0 | 12.00 | 31.0 |",
+    ):
+        assert cells in rag, rag
+    assert (
+        "| on | - | - | 2.3K | 0 | 40.0 | 6.00 | 32.0 |" in rag
+        and "| on | bm25 | 1 | 2.3K | 50.0 | 90.0 | 13.00 | 35.0 |" in rag
+    )
+    h2h = (report / "tables" / "ffn_vs_pkm.md").read_text()
+    assert "| pkm |" in h2h and "| ffn |" in h2h and "| none |" in h2h

@@ -126,11 +126,15 @@ def build(out: Path) -> dict:
         "train.probe_every=2",  # in-loop probes (real), for the inloop_probes figure; telemetry is on by default
     )
     pa = runs.read_final(a0)["params"]["anchor"]
-    runs.update_final(a0, eval={"none": synth_eval(0.30)})
+    cost = {"flops_per_query": 5.0e6, "tokens_per_query": 40.0}  # synthetic: the rag figure's points
+    rag = {"flops_per_query": 1.2e7, "tokens_per_query": 90.0, "rag_tokens": 50.0}
+    runs.update_final(a0, eval={"none": {**synth_eval(0.30), **cost}, "none-rag-bm25-k1": {**synth_eval(0.33), **rag}})
     runs.update_final(
         m0,
         eval={
-            "fetched": synth_eval(0.34, buckets_lift=0.1),
+            "fetched": {**synth_eval(0.34, buckets_lift=0.1), **cost, "flops_per_query": 6.0e6},
+            "fetched-rag-bm25-k1": {**synth_eval(0.37, buckets_lift=0.1), **rag, "flops_per_query": 1.3e7},
+            "fetched-rag-bm25-k1-sep": {**synth_eval(0.34), **rag},  # the control: not a point
             "generic": synth_eval(0.31),
             "none": synth_eval(0.27),  # memory off: the leak figure
             "blocked": synth_eval(0.29),  # blocking curve
@@ -138,6 +142,9 @@ def build(out: Path) -> dict:
     )
     made = {
         "anchor_s1": fake(a0, "anchor_s1", seed=1, eval={"none": synth_eval(0.30, seed=1)}),
+        "pkm_h2h": fake(
+            a0, "pkm_h2h", mem_type="pkm", mode="scratch", fetched=6000, bank=100000, eval={"fetched": synth_eval(0.31)}
+        ),
         "dense2x": fake(
             a0, "dense2x", anchor=2 * pa, n_layer=4, eval={"none": {**synth_eval(0.36, buckets_lift=0.06)}}
         ),

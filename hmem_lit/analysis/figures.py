@@ -56,6 +56,7 @@ class Drawn:
     fig: Any
     runs: list[str]
     notes: list[str] = field(default_factory=list)
+    table: Any = None  # a tables.Table shown (and written to tables/<id>.md) with the figure
 
 
 COMMON_KEYS = ("id", "kind", "reproduces", "title", "width", "ncols", "panel_height", "select", "filter", "eval_mode")
@@ -595,3 +596,6 @@ def plot_blocking(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     ax.set_ylabel("Avg-SK accuracy (%)")
     legend_below(fig, axes)
     return Drawn(fig, have, notes)
+
+
+from hmem_lit.analysis import comparisons  # noqa: E402, F401 (registers the rag and head_to_head kinds)

@@ -173,6 +173,11 @@ def build_report(target: str, out: str | Path | None = None, specs: list[str] | 
             it.skipped = "no complete runs"
         if drawn:
             it.files, it.runs, it.notes = _save(drawn.fig, out, it.id), drawn.runs, drawn.notes
+            if drawn.table is not None:  # a figure with its own table (e.g. rag): shown below it, written beside it
+                (out / "tables").mkdir(exist_ok=True)
+                (out / "tables" / f"{it.id}.md").write_text(drawn.table.markdown() + "\n")
+                it.table = drawn.table
+                it.files.append(f"tables/{it.id}.md")
         items.append(it)
     for s in tabs:
         it = Item(s["id"], s.get("title", s["id"]), s.get("reproduces", ""))
