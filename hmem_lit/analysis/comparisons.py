@@ -7,7 +7,7 @@
 - `head_to_head`: memory types at one budget (e.g. hierarchical FFN memory vs PKM at equal parameters used per
   token, equal memory size, tokens and schedule): Avg-SK, Avg-CK, perplexity, training time and per-bucket accuracy.
 
-Registered into FIGURES when figures.py is imported (its last line imports this module).
+The FIGURES registry loads this module (which imports figures.py, where the other kinds are registered).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-import hmem_lit.analysis.tables as tables  # a module import: tables imports figures, which imports this
 from hmem_lit.analysis.collect import apply_spec, fmt_count, probes
 from hmem_lit.analysis.figures import Drawn, Skip, register
 from hmem_lit.analysis.style import KIND_COLORS, PALETTE, legend_below, new_fig
+from hmem_lit.analysis.tables import simple_table
 
 _RAG = re.compile(r"^(?P<mem>[a-z0-9-]+?)(?:-rag-(?P<kind>[a-z0-9]+)-k(?P<k>\d+)(?P<sep>-sep)?)?$")
 _MARKERS = {"": "o", "cluster": "s", "bm25": "^", "dense": "D"}
@@ -102,7 +102,7 @@ def plot_rag(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     ]
     ax.legend(handles=handles, fontsize=6, loc="best")
     header = ["run", "memory", "RAG", "k", "fetched", "context tok", "tokens/query", "MFLOPs/query", "Avg-SK", "rarest"]
-    return Drawn(fig, sorted(pts.run.unique()), notes, table=tables.simple_table(header, table))
+    return Drawn(fig, sorted(pts.run.unique()), notes, table=simple_table(header, table))
 
 
 @register("head_to_head", keys=("types",))
@@ -156,4 +156,4 @@ def plot_head_to_head(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     legend_below(fig, axes)
     header = ["run", "memory", "anchor", "fetched", "bank", "Avg-SK", "Avg-CK", "Wiki ppl", "train s"]
     header += [f"b{k}" for k in ks]
-    return Drawn(fig, sorted(rows.run.unique()), notes, table=tables.simple_table(header, table))
+    return Drawn(fig, sorted(rows.run.unique()), notes, table=simple_table(header, table))

@@ -596,6 +596,3 @@ def plot_blocking(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     ax.set_ylabel("Avg-SK accuracy (%)")
     legend_below(fig, axes)
     return Drawn(fig, have, notes)
-
-
-from hmem_lit.analysis import comparisons  # noqa: E402, F401 (registers the rag and head_to_head kinds)
