@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.hmem-installed
 TORCH   := $(shell cat constraints.txt)
 LINT_PATHS := hmem_lit tests benchmarks analysis examples setup.py
 
-.PHONY: install quickstart smoke test test-slow check-install bench lint clean-runs
+.PHONY: install quickstart smoke comparisons test test-slow check-install bench lint clean-runs
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,6 +28,9 @@ quickstart: install  ## the main job: the default experiment on built-in data
 
 smoke: install  ## the quickstart's pipeline at toy scale (~2-3 min): runs/quickstart_small/, data/quickstart_small/
 	$(VENV)/bin/hmem quickstart --small
+
+comparisons: install  ## issue 17's comparisons on the quickstart's runs (after `make quickstart`): PKM, RAG
+	HMEM=$(CURDIR)/$(VENV)/bin/hmem experiments/106_comparisons.sh
 
 test: install  ## the test suite (CPU, a few minutes; slow and GPU tests are deselected)
 	$(VENV)/bin/pytest

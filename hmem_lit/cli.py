@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--rag-join",
         default="causal",
         metavar="JOIN",
-        help="RAG: causal (the prompt attends to the context; default) | separate (its own document: a control)",
+        help="RAG: causal (context + EOT, the prompt attends to it; default) | inline (one document with the prompt) "
+        "| separate (its own document: a control)",
     )
     e.add_argument("--force", action="store_true", help="re-evaluate even if results with these settings exist")
     e.add_argument(

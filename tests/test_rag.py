@@ -208,3 +208,26 @@ def test_eval_with_rag_writes_its_own_section_with_costs(run):
         evaluate(run["run"], tasks=tasks, memory="none", rag="nope")
     with pytest.raises(ConfigError, match="--rag-k"):
         evaluate(run["run"], tasks=tasks, memory="none", rag="bm25", rag_k=0)
+
+
+def test_inline_context_is_one_document_with_the_prompt(run):
+    lm = _lm(run["run"], memory="none", rag="bm25", rag_k=3, rag_join="inline")
+    prompt = run["prompts"][1][1]
+    req = _req("loglikelihood", (prompt, " City1"))
+    ids = lm.rag.documents([prompt])[0]
+    texts = [lm.rag.texts[i] for i in ids]  # best last, right before the prompt
+    room = lm.max_length - sum(map(len, lm._encode_pair(prompt, " City1"))) - 2
+    while len(lm.tok.encode(" ".join(texts))) > room:  # the farthest documents give way to fit the row
+        texts.pop(0)
+    assert texts and len(texts) < len(ids)  # 64-token rows: the cut is exercised
+    text = " ".join(texts)
+    ctx, cont = lm._encode_pair(text + " " + prompt, " City1")
+    assert lm.eot_id not in ctx
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(torch.tensor([ctx + cont[:-1]]), memory_mode="none")[0].float(), -1)
+    want = float(logp[-len(cont) :].gather(1, torch.tensor(cont)[:, None]).sum())
+    ((got, _),) = lm.loglikelihood([req])
+    assert got == pytest.approx(want, abs=1e-4)
+    assert lm.routing_log[("t", 0)]["rag_tokens"] == len(lm.tok.encode(text))
+    (gen,) = lm.generate_until([_req("generate_until", (prompt, {"until": ["."], "max_gen_toks": 3}), doc_id=5)])
+    assert isinstance(gen, str) and lm.routing_log[("t", 5)]["rag_docs"] == ids

@@ -23,7 +23,7 @@ from hmem_lit.analysis.figures import Drawn, Skip, register
 from hmem_lit.analysis.style import KIND_COLORS, PALETTE, legend_below, new_fig
 from hmem_lit.analysis.tables import simple_table
 
-_RAG = re.compile(r"^(?P<mem>[a-z0-9-]+?)(?:-rag-(?P<kind>[a-z0-9]+)-k(?P<k>\d+)(?P<sep>-sep)?)?$")
+_RAG = re.compile(r"^(?P<mem>[a-z0-9-]+?)(?:-rag-(?P<kind>[a-z0-9]+)-k(?P<k>\d+)(?P<join>-sep|-inline)?)?$")
 _MARKERS = {"": "o", "cluster": "s", "bm25": "^", "dense": "D"}
 
 
@@ -43,10 +43,11 @@ def rag_points(df: pd.DataFrame) -> pd.DataFrame:
     rows["memory_mode"] = np.where(rows.memory_type == "none", "none", parsed["mem"].fillna(""))
     rows["rag_kind"] = parsed["kind"].fillna("")
     rows["rag_k"] = pd.to_numeric(parsed["k"], errors="coerce").fillna(0).astype(int)
-    rows = rows[parsed["sep"].isna() & parsed["mem"].notna()]  # the separate-document control is not a point
+    rows["rag_join"] = parsed["join"].fillna("").str.lstrip("-")
+    rows = rows[(rows.rag_join != "sep") & parsed["mem"].notna()]  # the separate-document control is not a point
     if "rag_tokens" not in rows:
         rows["rag_tokens"] = np.nan
-    return rows.drop_duplicates(["run", "memory_mode", "rag_kind", "rag_k"])
+    return rows.drop_duplicates(["run", "memory_mode", "rag_kind", "rag_k", "rag_join"])
 
 
 def _pct(r: pd.Series, c: str) -> str:
@@ -55,7 +56,8 @@ def _pct(r: pd.Series, c: str) -> str:
 
 def _label(r: pd.Series) -> str:
     mem = "anchor" if r.memory_mode in ("none", "") else f"memory ({r.memory_mode})"
-    return mem + ("" if not r.rag_kind else f" + RAG {r.rag_kind} k={r.rag_k}")
+    join = " inline" if r.rag_join == "inline" else ""
+    return mem + ("" if not r.rag_kind else f" + RAG {r.rag_kind}{join} k={r.rag_k}")
 
 
 @register("rag")
@@ -80,7 +82,7 @@ def plot_rag(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
             [
                 str(r.label),
                 "on" if mem else "off",
-                r.rag_kind or "-",
+                (r.rag_kind + (" inline" if r.rag_join == "inline" else "")) or "-",
                 str(r.rag_k) if r.rag_kind else "-",
                 fmt_count(r.params_fetched) if mem and r.params_fetched else "0",
                 f"{r.rag_tokens:.1f}" if r.rag_tokens == r.rag_tokens else "0",

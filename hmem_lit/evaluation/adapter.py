@@ -129,7 +129,7 @@ class HmemLM(LM):
 
     def _contexts(self, requests: Sequence[Any], reserve: Sequence[int]) -> list[list[int]]:
         """Per request: the RAG context tokens (evaluation/rag.py), at most max_length - reserve[i] of them."""
-        if self.rag is None:
+        if self.rag is None or self.rag_join == "inline":
             return [[] for _ in requests]
         from hmem_lit.evaluation.rag import context_tokens
 
@@ -139,6 +139,23 @@ class HmemLM(LM):
             toks = context_tokens([self.tok.encode(self.rag.texts[i]) for i in ids], self.eot_id, self.max_length - res)
             self._log(req, rag_docs=ids, rag_tokens=len(toks))
             out.append(toks)
+        return out
+
+    def _inline(self, requests: Sequence[Any], reserve: Sequence[int]) -> list[str]:
+        """rag_join=inline: per request the retrieved documents' text to put before its own (evaluation/rag.py)."""
+        from hmem_lit.evaluation.rag import inline_text
+
+        if self.rag is None or self.rag_join != "inline":
+            return ["" for _ in requests]
+        out = []
+        for req, res, ids in zip(requests, reserve, self.rag.documents(route_texts(requests))):
+            budget = self.max_length - res - 2  # slack: the joint tokenization of context + prompt may differ by one
+            text = inline_text([self.rag.texts[i] for i in ids], self.tok.encode, budget)
+            toks = self.tok.encode(text) if text else []
+            if len(toks) > budget:  # one document longer than the room: its last tokens
+                text = self.tok.decode(toks[-budget:]) if budget > 0 else ""
+            self._log(req, rag_docs=ids, rag_tokens=len(self.tok.encode(text)) if text else 0)
+            out.append(text + " " if text else "")
         return out
 
     def _log(self, req: Any, **fields: Any) -> None:
@@ -236,6 +253,9 @@ class HmemLM(LM):
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         paths = self._paths(requests)
         pairs = [self._encode_pair(*req.args[:2]) for req in requests]
+        if self.rag_join == "inline":  # the documents' text joins the context's text: re-encode the pairs
+            pre = self._inline(requests, [len(c) + len(x) for c, x in pairs])
+            pairs = [self._encode_pair(t + req.args[0], req.args[1]) for t, req in zip(pre, requests)]
         rag = self._contexts(requests, [len(c) + len(x) for c, x in pairs])
         items: list[Item] = []
         for req, (ctx, cont), extra in zip(requests, pairs, rag):
@@ -276,6 +296,9 @@ class HmemLM(LM):
         prompts = [self.tok.encode(req.args[0]) for req in requests]
         kwargs = [dict(req.args[1]) if len(req.args) > 1 and req.args[1] else {} for req in requests]
         new = [int(kw.get("max_gen_toks") or self.max_gen_tokens) for kw in kwargs]
+        if self.rag_join == "inline":
+            pre = self._inline(requests, [len(p) + n for p, n in zip(prompts, new)])
+            prompts = [self.tok.encode(t + req.args[0]) if t else p for t, req, p in zip(pre, requests, prompts)]
         rag = self._contexts(requests, [len(p) + n for p, n in zip(prompts, new)])
         seps = [len(x) if self.rag_join == "separate" else 0 for x in rag]
         prompts = [x + p for x, p in zip(rag, prompts)]

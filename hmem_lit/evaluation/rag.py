@@ -15,6 +15,8 @@ The context is the retrieved documents' tokens, each followed by EOT (the separa
 document last (next to the prompt), then the prompt. `join`:
 - `causal` (default): one attention span: the prompt attends to the context. Training is document-causal, so the
   model has never attended across an EOT; this is the only way it can read retrieved text at all.
+- `inline`: the documents' text joined by spaces and followed by the prompt's text, tokenized as ONE document (no
+  EOT between): what document-causal training shows the model (several facts about an entity in one document).
 - `separate`: the context in its own document (document-causal, positions from 0), as packed training rows hold
   documents: the prompt cannot attend to it, so every score equals the score without RAG (a control, tested) while
   the context's tokens are still paid for.
@@ -38,7 +40,7 @@ import numpy as np
 from hmem_lit.config import ConfigError
 
 KINDS = ("cluster", "bm25", "dense")
-JOINS = ("causal", "separate")
+JOINS = ("causal", "separate", "inline")
 
 
 def check_rag(kind: str | None, k: int, join: str) -> None:
@@ -52,8 +54,9 @@ def check_rag(kind: str | None, k: int, join: str) -> None:
 
 
 def rag_name(kind: str, k: int, join: str) -> str:
-    """The suffix of an evaluation directory / final.json section: `rag-bm25-k2` (`-sep` for join=separate)."""
-    return f"rag-{kind}-k{k}" + ("-sep" if join == "separate" else "")
+    """The suffix of an evaluation directory / final.json section: `rag-bm25-k2` (`-sep` / `-inline` for those
+    joins)."""
+    return f"rag-{kind}-k{k}" + {"causal": "", "separate": "-sep", "inline": "-inline"}[join]
 
 
 class RagContext:
@@ -158,6 +161,17 @@ def context_tokens(doc_tokens: list[list[int]], eot: int, budget: int) -> list[i
     """Documents (best last) -> tokens `doc EOT doc EOT ...`, cut from the far end to at most `budget` tokens."""
     flat = [t for toks in doc_tokens for t in (*toks, eot)]
     return flat[-budget:] if budget > 0 else []
+
+
+def inline_text(texts: list[str], encode: Any, budget: int) -> str:
+    """Documents' texts (best last) joined by spaces, the farthest dropped until the tokens fit `budget`; a single
+    document still too long keeps its last `budget` tokens (decoded)."""
+    texts = list(texts)
+    while len(texts) > 1 and len(encode(" ".join(texts))) > budget:
+        texts.pop(0)
+    if not texts or budget <= 0:
+        return ""
+    return " ".join(texts)
 
 
 def query_flops(n_fed: int, dense_params: int, n_layer: int, d_model: int) -> float:
