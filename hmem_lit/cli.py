@@ -204,7 +204,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_edit(a: argparse.Namespace) -> int:
     from hmem_lit.evaluation.editing import format_edit, run_edit
 
-    r = run_edit(a.run_dir, a.baseline, a.n, a.seed, a.steps, a.levels, threads=a.threads)
+    r = run_edit(a.run_dir, a.baseline, a.n, a.seed, a.steps, a.levels, threads=a.threads, replay=a.replay)
     print(format_edit(r))
     return 0
 
@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--seed", type=int, default=0)
     ed.add_argument("--steps", type=int, default=80, help="optimiser steps over the edited rows (default 80)")
     ed.add_argument("--levels", choices=["all", "leaf"], default="all", help="bank levels the edit trains")
+    ed.add_argument(
+        "--replay", type=float, default=0.0, help="share of each batch from the edited leaves' other rows (default 0)"
+    )
     ed.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     at = sub.add_parser(
         "attribute",

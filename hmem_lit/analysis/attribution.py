@@ -33,6 +33,7 @@ from hmem_lit.evaluation import direct
 from hmem_lit.utils import write_json
 
 CAUSES = ("routed_elsewhere", "not_stored")
+ENTITY_BINS = ((1, 3), (4, 7), (8, 15), (16, 10**9))  # entities whose fact documents share the routed leaf
 PURITY_BINS = ((0.0, 0.5), (0.5, 0.8), (0.8, 0.999), (0.999, 1.0))  # the last: pure leaves
 
 
@@ -194,6 +195,12 @@ def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, thr
         for lo, hi in PURITY_BINS
         for m in [on_main & (pur >= lo) & ((pur < hi) if hi < 1 else (pur <= hi))]
     ]
+    n_ent = np.array([purity.get(int(x), {"entities": 0})["entities"] for x in leaf_of])
+    errors["accuracy_by_leaf_entities"] = [  # routed to the main leaf: accuracy by how many entities share it
+        {"entities": [lo, hi], "items": int(m.sum()), "accuracy": float(right[m].mean()) if m.any() else None}
+        for lo, hi in ENTITY_BINS
+        for m in [on_main & (n_ent >= lo) & (n_ent <= hi)]
+    ]
     errors["leaf_purity_overall"] = {
         "leaves": len(purity),
         "mean_purity": float(np.mean([v["purity"] for v in purity.values()])),
@@ -265,6 +272,15 @@ def format_attribution(r: dict[str, Any]) -> str:
             + (f"{t['accuracy']:.3f}" if t["accuracy"] is not None else "-")
             + f" ({t['items']})"
             for t in e["accuracy_by_purity"]
+        )
+    )
+    lines.append(
+        "accuracy by entities sharing the leaf: "
+        + ", ".join(
+            f"{t['entities'][0]}-{t['entities'][1] if t['entities'][1] < 10**9 else 'more'} "
+            + (f"{t['accuracy']:.3f}" if t["accuracy"] is not None else "-")
+            + f" ({t['items']})"
+            for t in e["accuracy_by_leaf_entities"]
         )
     )
     for x in e["examples"]:

@@ -115,10 +115,14 @@ def edit_train(
     levels: str = "all",
     eot_id: int = 0,
     pad_id: int = 1,
+    replay: tuple[np.ndarray, np.ndarray] | None = None,
+    replay_frac: float = 0.0,
 ) -> list[float]:
     """Train `model` in place on `tokens` (R, seq_len + 1) for `steps` steps -> the losses. paths given: a memory
     edit (anchor frozen, bank rows only; levels=leaf: only the deepest level), the row-wise AdamW at a constant
-    memory LR `lr`; paths None: a dense fine-tune of every parameter at a constant LR `lr`."""
+    memory LR `lr`; paths None: a dense fine-tune of every parameter at a constant LR `lr`. replay (tokens,
+    paths): other rows that fill round(batch_size * replay_frac) of every batch (the edited leaves' unedited
+    training rows: the block keeps rehearsing what else it holds)."""
     from hmem_lit.anchor import lm_loss
     from hmem_lit.data.datamodule import make_collate
     from hmem_lit.memory.optim import build_optimizer, clip_gradients
@@ -141,15 +145,27 @@ def edit_train(
     optimizer, sched = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
     collate = make_collate(eot_id, pad_id)
     rng = np.random.default_rng([seed, 29])
+    n_rep = int(round(batch_size * replay_frac)) if replay is not None and len(replay[0]) else 0
     order: list[int] = []
+    rep_order: list[int] = []
     losses = []
     model.train()
     torch.manual_seed(seed)
     for _ in range(steps):
-        while len(order) < batch_size:
+        while len(order) < batch_size - n_rep:
             order += rng.permutation(len(tokens)).tolist()
-        take, order = order[:batch_size], order[batch_size:]
-        b = collate([(np.asarray(tokens[i], np.int64), paths[i] if memory else np.zeros(1), i) for i in take])
+        while len(rep_order) < n_rep:
+            rep_order += rng.permutation(len(replay[0])).tolist()  # type: ignore[index]  # n_rep > 0: replay set
+        take, order = order[: batch_size - n_rep], order[batch_size - n_rep :]
+        rows = [(np.asarray(tokens[i], np.int64), paths[i] if memory else np.zeros(1), i) for i in take]
+        if n_rep:
+            assert replay is not None
+            rows += [
+                (np.asarray(replay[0][i], np.int64), replay[1][i] if memory else np.zeros(1), i)
+                for i in rep_order[:n_rep]
+            ]
+            rep_order = rep_order[n_rep:]
+        b = collate(rows)
         logits = model(
             b["input_ids"], doc_ids=b["doc_ids"], paths=b["paths"] if memory else None,
             memory_mode="fetched" if memory else "none",
@@ -252,6 +268,7 @@ def run_edit(
     dense_lr: float | None = None,
     val_rows: int = 64,
     threads: int = 0,
+    replay: float = 0.0,
 ) -> dict[str, Any]:
     """The whole experiment (module docstring) -> the result dict (also written under <run_dir>/separation/)."""
     from hmem_lit.data.tokenizer import load_tokenizer
@@ -262,6 +279,10 @@ def run_edit(
 
     if steps < 1:
         raise ConfigError(f"--steps: must be >= 1, got {steps}")
+    if not 0 <= replay < 1:
+        raise ConfigError(
+            f"--replay: the share of each batch from the edited leaves' other rows, in [0, 1), got {replay}"
+        )
     if levels not in ("all", "leaf"):
         raise ConfigError(f"--levels: all | leaf, got {levels!r}")
     set_threads(threads)
@@ -290,6 +311,15 @@ def run_edit(
     val_tok = np.load(root / "packed" / "val_tokens.npy", mmap_mode="r")[:val_rows]
     val_paths = np.load(root / "packed" / "val_paths.npy")[:val_rows]
     bs = batch_size or cfg.train.batch_size
+    rep = None
+    if replay > 0:  # the edited leaves' training rows that hold no edited document
+        tr_paths = np.load(root / "packed" / "train_paths.npy")
+        d = np.load(root / "packed" / "train_docs.npz")
+        edited = np.zeros(len(docs), bool)
+        edited[idx] = True
+        holds = np.add.reduceat(edited[d["doc_ids"]].astype(int), d["doc_ptr"][:-1]) > 0
+        keep = np.nonzero(np.isin(tr_paths[:, -1], list(edited_leaves)) & ~holds)[0]
+        rep = (np.load(root / "packed" / "train_tokens.npy", mmap_mode="r")[keep], tr_paths[keep])
     buckets = np.array([it["bucket"] for it in items])
 
     def summarise(kind: str, m: Any, mpaths: np.ndarray | None, lr: float, src: Path, mcfg: Any) -> dict[str, Any]:
@@ -300,7 +330,7 @@ def run_edit(
         t0 = time.perf_counter()
         losses = edit_train(
             m, mcfg, packed.tokens, packed.paths if mpaths is not None else None, steps, bs, lr, seed, levels,
-            tok.eot_id, tok.pad_id,
+            tok.eot_id, tok.pad_id, rep, replay,
         )  # fmt: skip
         secs = time.perf_counter() - t0
         after = _measure(m, items, enc, enc_new, mpaths, groups)
@@ -339,6 +369,8 @@ def run_edit(
         "batch_size": bs,
         "edited_documents": len(idx),
         "edit_rows": int(len(packed.tokens)),
+        "replay": replay,
+        "replay_rows": 0 if rep is None else int(len(rep[0])),
         "edited_leaves": len(edited_leaves),
         "items": {k: int(v.sum()) for k, v in groups.items()},
         "examples": plan[:5],
@@ -349,7 +381,9 @@ def run_edit(
         if bcfg.memory.type != "none":
             raise ConfigError(f"--baseline {baseline}: must be an anchor-only run (memory.type=none)")
         out["dense"] = summarise("dense", bmodel, None, dense_lr or bcfg.optim.lr, Path(baseline), bcfg)
-    write_json(run_dir / "separation" / f"edit-n{n}-s{seed}-{levels}.json", out)
+    tag = f"edit-n{n}-s{seed}-{levels}" + (f"-replay{replay:g}" if replay else "") + f"-t{steps}"
+    out["tag"] = tag
+    write_json(run_dir / "separation" / f"{tag}.json", out)
     return out
 
 
