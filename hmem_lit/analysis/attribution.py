@@ -134,7 +134,7 @@ def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, thr
         ok["generic"], lp["generic"] = direct.score(model, enc, routed, memory_mode="generic")
     right = ok["fetched"]
     conditions = {k: _by(items, v.astype(float)) for k, v in ok.items()}
-    held = {}
+    held: dict[str, Any] = {}
     for k in ok:
         if k.startswith("minus_l"):
             lost = right & ~ok[k]

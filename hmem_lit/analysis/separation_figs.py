@@ -174,7 +174,7 @@ def plot_errors(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
         [100 * b["accuracy"] if b["accuracy"] is not None else np.nan for b in bins],
         color="#1f77b4",
     )
-    axes[1].set_xlabel("purity of the routed leaf (share of its most common kind)")
+    axes[1].set_xlabel("routed leaf: share of its top kind")
     axes[1].set_ylabel("accuracy (%)")
     axes[1].set_title("routed to the entity's main leaf", fontsize=7)
     ents = e.get("accuracy_by_leaf_entities", [])
@@ -183,7 +183,7 @@ def plot_errors(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
         [100 * b["accuracy"] if b["accuracy"] is not None else np.nan for b in ents],
         color="#9467bd",
     )
-    axes[2].set_xlabel("entities whose documents share the routed leaf")
+    axes[2].set_xlabel("entities sharing the routed leaf")
     axes[2].set_ylabel("accuracy (%)")
     axes[2].set_title("routed to the entity's main leaf", fontsize=7)
     lr, ln = e["leaves_right"], e["leaves_not_stored"]

@@ -101,7 +101,7 @@ def score(
     return right, gold
 
 
-def paired_diff(before: np.ndarray, after: np.ndarray, iters: int = 1000, seed: int = 0) -> dict[str, float]:
+def paired_diff(before: np.ndarray, after: np.ndarray, iters: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Accuracy after - before over the same items, with a bootstrap 95% interval (items resampled) and the flips."""
     before, after = np.asarray(before, float), np.asarray(after, float)
     n = len(before)

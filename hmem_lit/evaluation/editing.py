@@ -157,7 +157,7 @@ def edit_train(
         while len(rep_order) < n_rep:
             rep_order += rng.permutation(len(replay[0])).tolist()  # type: ignore[index]  # n_rep > 0: replay set
         take, order = order[: batch_size - n_rep], order[batch_size - n_rep :]
-        rows = [(np.asarray(tokens[i], np.int64), paths[i] if memory else np.zeros(1), i) for i in take]
+        rows = [(np.asarray(tokens[i], np.int64), paths[i] if paths is not None else np.zeros(1), i) for i in take]
         if n_rep:
             assert replay is not None
             rows += [
