@@ -204,7 +204,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_edit(a: argparse.Namespace) -> int:
     from hmem_lit.evaluation.editing import format_edit, run_edit
 
-    r = run_edit(a.run_dir, a.baseline, a.n, a.seed, a.steps, a.levels, threads=a.threads, replay=a.replay)
+    r = run_edit(
+        a.run_dir, a.baseline, a.n, a.seed, a.steps, a.levels, threads=a.threads, replay=a.replay,
+        memory_lr=a.memory_lr, dense_lr=a.dense_lr,
+    )  # fmt: skip
     print(format_edit(r))
     return 0
 
@@ -327,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument(
         "--replay", type=float, default=0.0, help="share of each batch from the edited leaves' other rows (default 0)"
     )
+    ed.add_argument("--memory-lr", type=float, default=None, help="the edit's memory LR (default: the run's)")
+    ed.add_argument("--dense-lr", type=float, default=None, help="the dense fine-tune's LR (default: the run's)")
     ed.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     at = sub.add_parser(
         "attribute",

@@ -187,3 +187,20 @@ def test_separation_figures_draw_from_the_run_folder(tmp_path):
     assert FIGURES.get("attribution")(df, {}).runs == ["m"]
     notes = FIGURES.get("errors")(df, {}).notes
     assert any("'Q' -> 'B', gold 'A'" in n for n in notes)
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["edit", "RUN", "--steps", "0"], "--steps: must be >= 1"),
+        (["edit", "RUN", "--replay", "1.5"], "--replay: the share"),
+        (["edit", "RUN", "--dense-lr", "0"], "--dense-lr: must be > 0"),
+        (["attribute", "RUN", "--per-bucket", "-1"], "--per-bucket: must be >= 0"),
+    ],
+)
+def test_bad_separation_arguments_exit_2_with_one_line(args, msg, capsys):
+    from hmem_lit.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1

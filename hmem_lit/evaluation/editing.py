@@ -279,6 +279,9 @@ def run_edit(
 
     if steps < 1:
         raise ConfigError(f"--steps: must be >= 1, got {steps}")
+    for name, v in (("--memory-lr", memory_lr), ("--dense-lr", dense_lr)):
+        if v is not None and not v > 0:
+            raise ConfigError(f"{name}: must be > 0, got {v} (omit it for the run's own LR)")
     if not 0 <= replay < 1:
         raise ConfigError(
             f"--replay: the share of each batch from the edited leaves' other rows, in [0, 1), got {replay}"
@@ -382,6 +385,7 @@ def run_edit(
             raise ConfigError(f"--baseline {baseline}: must be an anchor-only run (memory.type=none)")
         out["dense"] = summarise("dense", bmodel, None, dense_lr or bcfg.optim.lr, Path(baseline), bcfg)
     tag = f"edit-n{n}-s{seed}-{levels}" + (f"-replay{replay:g}" if replay else "") + f"-t{steps}"
+    tag += (f"-mlr{memory_lr:g}" if memory_lr else "") + (f"-dlr{dense_lr:g}" if dense_lr and baseline else "")
     out["tag"] = tag
     write_json(run_dir / "separation" / f"{tag}.json", out)
     return out
