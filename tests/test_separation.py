@@ -4,8 +4,6 @@ pieces of the attribution / error analysis."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -15,6 +13,7 @@ from hmem_lit.data import facts
 from hmem_lit.evaluation.direct import paired_diff
 from hmem_lit.evaluation.editing import edit_train, edited_documents, identity_report, plan_edits
 from tests.memory_util import VOCAB, make_cfg, make_model, random_paths
+from tests.test_report_fixtures import synth_separation
 
 
 def _rows(n: int = 6, t: int = 12, seed: int = 0) -> np.ndarray:
@@ -120,52 +119,6 @@ def test_leaf_purity_and_sampling_exact():
     assert sample_items(items, 0, 0) is items
 
 
-def _fake_results(run: Path) -> None:
-    from hmem_lit.utils import write_json
-
-    diff = {"n": 10, "before": 0.5, "after": 0.4, "diff": -0.1, "ci95": [-0.2, 0.0], "lost": 2, "gained": 1}
-    side = {
-        "edit_success": {"before": 0.0, "after": 0.9},
-        "old_answer": {**diff, "before": 0.3, "after": 0.0},
-        "locality": diff,
-        "val_loss": {"before": 4.0, "after": 4.1},
-    }
-    ident = {
-        "anchor_identical": True,
-        "all_untouched_identical": True,
-        "levels": {"1": {"changed": 3, "changed_off_paths": 0}},
-    }
-    write_json(
-        run / "separation" / "edit-n5-s0-leaf-t8.json",
-        {"tag": "edit-n5-s0-leaf-t8", "n": 5, "edited_documents": 20, "steps": 8,
-         "memory": {**side, "identity": ident}, "dense": side},
-    )  # fmt: skip
-    cond = {"fetched": {"p": 0.6, "p/bucket0": 0.5, "p/bucket1": 0.7, "sk": 0.6}}
-    cond["minus_l1"] = {"p": 0.5, "p/bucket0": 0.4, "p/bucket1": 0.6, "sk": 0.5}
-    cond["none"] = {"p": 0.2, "p/bucket0": 0.1, "p/bucket1": 0.3, "sk": 0.2}
-    bins = [{"purity_range": [0.5, 0.8], "items": 3, "accuracy": 0.5}]
-    ents = [{"entities": [1, 3], "items": 3, "accuracy": None}]
-    leaves = {"items": 3, "mean_purity": 0.9, "mean_entities": 4.0, "mean_docs": 9.0}
-    example = {"cause": "not_stored", "probe": "p", "bucket": 0, "prompt": "Q", "answer": "A", "output": "B",
-               "routed_leaf": 3, "main_leaf": 3, "leaf_kind": "synthetic", "leaf_purity": 1.0}  # fmt: skip
-    write_json(
-        run / "separation" / "attribution.json",
-        {
-            "items": 6,
-            "conditions": cond,
-            "held": {"minus_l1": {"lost_share_of_right": 0.25, "lost": 1}, "anchor_share_of_right": 0.1},
-            "errors": {
-                "by_kind": {"synthetic": {"right": 3, "routed_elsewhere": 1, "not_stored": 2}},
-                "accuracy_by_purity": bins,
-                "accuracy_by_leaf_entities": ents,
-                "leaves_right": leaves,
-                "leaves_not_stored": leaves,
-                "examples": [example],
-            },
-        },
-    )
-
-
 def test_separation_figures_draw_from_the_run_folder(tmp_path):
     import matplotlib
 
@@ -180,7 +133,7 @@ def test_separation_figures_draw_from_the_run_folder(tmp_path):
     for kind in ("editing", "attribution", "errors"):
         with pytest.raises(Skip):
             FIGURES.get(kind)(df, {})
-    _fake_results(tmp_path)
+    synth_separation(tmp_path)
     drawn = FIGURES.get("editing")(df, {})
     assert drawn.runs == ["m"]
     assert any("anchor bit-identical True, untouched rows bit-identical True" in n for n in drawn.notes)
