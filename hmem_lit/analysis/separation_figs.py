@@ -50,7 +50,8 @@ def plot_editing(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
                 edits.append((r, e))
     if not edits:
         raise Skip("no edit results (hmem edit RUN --baseline ANCHOR_RUN)")
-    fig, axes = new_fig({**spec, "ncols": 3}, 3)
+    # one row per edit (its tag: people, seed, levels, replay, steps, LRs), bars horizontal: long labels stay readable
+    fig, axes = new_fig({**spec, "ncols": 3}, 3, panel_h=max(2.3, 0.32 * len(edits) + 0.8))
     labels = [e.get("tag", "edit").removeprefix("edit-") for _, e in edits]
     x = np.arange(len(edits))
     colors = {"memory": PALETTE.get("ffn", "#1f77b4"), "dense": KIND_COLORS["anchor"]}
@@ -72,13 +73,16 @@ def plot_editing(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
             ]  # fmt: skip
         ).T
         lab = "memory edit (anchor frozen)" if k == "memory" else "dense fine-tune (anchor-only run)"
-        axes[0].bar(x + off, succ, 0.36, color=colors[k], label=lab)
-        axes[1].bar(x + off, old, 0.36, color=colors[k])
-        axes[2].bar(x + off, loc, 0.36, yerr=err, color=colors[k], capsize=2)
-    for ax, t in zip(axes, ("edit success: new answer (%)", "old answer still given (%)", "locality: change (pts)")):
-        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=6)
-        ax.set_ylabel(t)
-    axes[2].axhline(0, color="black", lw=0.6)
+        axes[0].barh(x - off, succ, 0.36, color=colors[k], label=lab)
+        axes[1].barh(x - off, old, 0.36, color=colors[k])
+        axes[2].barh(x - off, loc, 0.36, xerr=err, color=colors[k], capsize=2)
+    for i, (ax, t) in enumerate(
+        zip(axes, ("edit success: new answer (%)", "old answer still given (%)", "locality: change (pts)"))
+    ):
+        ax.set_yticks(x, labels if i == 0 else [""] * len(labels), fontsize=6)
+        ax.invert_yaxis()
+        ax.set_xlabel(t)
+    axes[2].axvline(0, color="black", lw=0.6)
     for r, e in edits:
         m = e["memory"]
         idr = m.get("identity", {})
