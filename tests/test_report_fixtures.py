@@ -147,6 +147,7 @@ def synth_separation(run: Path) -> None:
             "items": 6,
             "conditions": cond,
             "held": {"minus_l1": {"lost_share_of_right": 0.25, "lost": 1}, "anchor_share_of_right": 0.1},
+            "held_by": {"level1": 2, "anchor": 1},
             "errors": {
                 "by_kind": {"synthetic": {"right": 3, "routed_elsewhere": 1, "not_stored": 2}},
                 "accuracy_by_purity": bins,

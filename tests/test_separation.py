@@ -137,7 +137,8 @@ def test_separation_figures_draw_from_the_run_folder(tmp_path):
     drawn = FIGURES.get("editing")(df, {})
     assert drawn.runs == ["m"]
     assert any("anchor bit-identical True, untouched rows bit-identical True" in n for n in drawn.notes)
-    assert FIGURES.get("attribution")(df, {}).runs == ["m"]
+    att = FIGURES.get("attribution")(df, {})
+    assert att.runs == ["m"] and any("held by (facts right with memory): level1 2, anchor 1" in n for n in att.notes)
     notes = FIGURES.get("errors")(df, {}).notes
     assert any("'Q' -> 'B', gold 'A'" in n for n in notes)
 
@@ -157,3 +158,13 @@ def test_bad_separation_arguments_exit_2_with_one_line(args, msg, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert msg in err and len(err.splitlines()) == 1
+
+
+def test_holder_classes_exact():
+    from hmem_lit.analysis.attribution import holder
+
+    assert holder(False, {"minus_l1": True, "minus_l2": True}, False) is None
+    assert holder(True, {"minus_l1": False, "minus_l2": False}, True) == "anchor"
+    assert holder(True, {"minus_l1": True, "minus_l2": False}, False) == "level2"
+    assert holder(True, {"minus_l1": False, "minus_l2": False}, False) == "all of level1+level2"
+    assert holder(True, {"minus_l1": True, "minus_l2": True}, False) == "redundant"

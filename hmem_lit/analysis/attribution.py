@@ -1,6 +1,7 @@
 """Attribution and error analysis of a memory run (issue 17: which blocks hold which facts; why memory is wrong).
 
-    hmem attribute RUN [--per-bucket K] [--seed 0]     -> <RUN>/separation/attribution.json
+    hmem attribute RUN [--per-bucket K] [--seed 0]     -> <RUN>/separation/attribution.json (+ attribution_items.jsonl:
+                                                          every item's path, cause, holder, per-condition scores)
 
 Attribution: every bucketed probe item (or K per probe and bucket, seeded) is scored directly
 (evaluation/direct.py) with the fetched memory, then with one bank level ablated at a time, with the memory off
@@ -30,7 +31,7 @@ import torch
 
 from hmem_lit.config import ConfigError
 from hmem_lit.evaluation import direct
-from hmem_lit.utils import write_json
+from hmem_lit.utils import atomic_write_text, write_json
 
 CAUSES = ("routed_elsewhere", "not_stored")
 ENTITY_BINS = ((1, 3), (4, 7), (8, 15), (16, 10**9))  # entities whose fact documents share the routed leaf
@@ -80,6 +81,20 @@ def greedy(model: Any, tok: Any, prompt: str, path: np.ndarray | None, n: int = 
             break
         ids.append(nxt)
     return tok.decode(ids[len(tok.encode(prompt)) :]).strip()
+
+
+def holder(right: bool, ablated_right: dict[str, bool], right_off: bool) -> str | None:
+    """Which blocks hold a fact the memory gets right (None: it is wrong): "anchor" (right with the memory off
+    too), "level<l>" (only ablating level l's block loses it), "all of ..." (ablating any one loses it: several
+    levels needed), "redundant" (no single ablation loses it, the memory off does)."""
+    if not right:
+        return None
+    if right_off:
+        return "anchor"
+    lost = [k.replace("minus_l", "level") for k, v in ablated_right.items() if not v]
+    if not lost:
+        return "redundant"
+    return lost[0] if len(lost) == 1 else "all of " + "+".join(lost)
 
 
 def _by(items: list[dict[str, Any]], values: np.ndarray) -> dict[str, float]:
@@ -150,6 +165,7 @@ def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, thr
     only_both = right & np.all([ok[k] for k in both], axis=0) & ~ok["none"]  # survives each single ablation
     held["redundant_share_of_right"] = float(only_both.sum() / max(1, right.sum()))
     held["anchor_share_of_right"] = float((right & ok["none"]).sum() / max(1, right.sum()))
+    held_by = [holder(bool(r), {k: bool(ok[k][i]) for k in both}, bool(ok["none"][i])) for i, r in enumerate(right)]
 
     # error analysis
     docs = [json.loads(x) for x in open(root / "corpus" / "docs.jsonl", encoding="utf-8")]
@@ -235,9 +251,24 @@ def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, thr
         "seed": seed,
         "conditions": conditions,
         "held": held,
+        "held_by": dict(Counter(h for h in held_by if h is not None)),
         "errors": errors,
     }
-    write_json(run_dir / "separation" / "attribution.json", out)
+    rows = [
+        {
+            "entity": it["entity"],
+            "probe": it["probe"],
+            "bucket": int(it["bucket"]),
+            "path": [int(v) for v in p],
+            "cause": str(c),
+            "held_by": h,
+            **{f"right/{k}": bool(v[i]) for k, v in ok.items()},
+            **{f"loglik/{k}": round(float(v[i]), 4) for k, v in lp.items()},
+        }  # fmt: skip
+        for i, (it, p, c, h) in enumerate(zip(items, routed, cause, held_by))
+    ]
+    atomic_write_text(run_dir / "separation" / "attribution_items.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_json(run_dir / "separation" / "attribution.json", out)  # last: its presence means both are complete
     return out
 
 
@@ -257,6 +288,7 @@ def format_attribution(r: dict[str, Any]) -> str:
         f"  right with memory and with memory off (anchor knows): {r['held']['anchor_share_of_right']:.1%}; "
         f"survive every single-level ablation but not memory off: {r['held']['redundant_share_of_right']:.1%}"
     )
+    lines.append("  held by (facts right with memory): " + ", ".join(f"{k} {v}" for k, v in r["held_by"].items()))
     e = r["errors"]
     for k, v in e["by_kind"].items():
         lines.append(f"errors {k:<9} " + ", ".join(f"{c} {n}" for c, n in v.items()))

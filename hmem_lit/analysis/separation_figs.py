@@ -152,6 +152,10 @@ def plot_attribution(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
             f"{r.run}: {a['items']} items; of the facts right with memory, {lost}; {h['anchor_share_of_right']:.1%} "
             f"are right with the memory off too; Avg-SK " + ", ".join(f"{k} {v['sk']:.3f}" for k, v in conds.items())
         )
+        if a.get("held_by"):
+            notes.append(
+                f"{r.run}: held by (facts right with memory): " + ", ".join(f"{k} {v}" for k, v in a["held_by"].items())
+            )
     legend_below(fig, axes)
     return Drawn(fig, [r.run for r, _ in found], notes)
 
