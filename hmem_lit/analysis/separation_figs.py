@@ -178,7 +178,10 @@ def plot_errors(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     axes[0].set_title("fetched memory: right, or why wrong", fontsize=7)
     bins = e["accuracy_by_purity"]
     axes[1].bar(
-        [f"{b['purity_range'][0]:.2f}-{b['purity_range'][1]:.2f}\n({b['items']})" for b in bins],
+        [
+            ("pure" if b["purity_range"][0] >= 0.999 else "{:g}-{:g}".format(*b["purity_range"])) + f"\n({b['items']})"
+            for b in bins
+        ],  # fmt: skip
         [100 * b["accuracy"] if b["accuracy"] is not None else np.nan for b in bins],
         color="#1f77b4",
     )
