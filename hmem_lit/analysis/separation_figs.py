@@ -181,7 +181,7 @@ def plot_errors(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
         [
             ("pure" if b["purity_range"][0] >= 0.999 else "{:g}-{:g}".format(*b["purity_range"])) + f"\n({b['items']})"
             for b in bins
-        ],  # fmt: skip
+        ],
         [100 * b["accuracy"] if b["accuracy"] is not None else np.nan for b in bins],
         color="#1f77b4",
     )
