@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.hmem-installed
 TORCH   := $(shell cat constraints.txt)
 LINT_PATHS := hmem_lit tests benchmarks analysis examples setup.py
 
-.PHONY: install quickstart smoke comparisons test test-slow check-install bench lint clean-runs
+.PHONY: install quickstart separation comparisons smoke test test-slow check-install bench lint clean-runs
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -25,6 +25,11 @@ install: $(STAMP)
 
 quickstart: install  ## the main job: the default experiment on built-in data
 	$(VENV)/bin/hmem quickstart
+
+separation: install  ## editing, attribution, error analysis on the quickstart's runs (~8 min after make quickstart)
+	$(VENV)/bin/hmem edit runs/quickstart/memory --baseline runs/quickstart/anchor --levels leaf --replay 0.5 --steps 160
+	$(VENV)/bin/hmem attribute runs/quickstart/memory
+	$(VENV)/bin/hmem report runs/quickstart
 
 smoke: install  ## the quickstart's pipeline at toy scale (~2-3 min): runs/quickstart_small/, data/quickstart_small/
 	$(VENV)/bin/hmem quickstart --small

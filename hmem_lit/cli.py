@@ -204,7 +204,27 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return subprocess.run([sys.executable, "-m", "benchmarks.run_all", *args], cwd=root).returncode
 
 
+def cmd_edit(a: argparse.Namespace) -> int:
+    from hmem_lit.evaluation.editing import format_edit, run_edit
+
+    r = run_edit(
+        a.run_dir, a.baseline, a.n, a.seed, a.steps, a.levels, threads=a.threads, replay=a.replay,
+        memory_lr=a.memory_lr, dense_lr=a.dense_lr,
+    )  # fmt: skip
+    print(format_edit(r))
+    return 0
+
+
+def cmd_attribute(a: argparse.Namespace) -> int:
+    from hmem_lit.analysis.attribution import format_attribution, run_attribution
+
+    print(format_attribution(run_attribution(a.run_dir, a.per_bucket, a.seed, threads=a.threads)))
+    return 0
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "edit": cmd_edit,
+    "attribute": cmd_attribute,
     "merge": cmd_merge,
     "quickstart": cmd_quickstart,
     "bench": cmd_bench,
@@ -314,6 +334,32 @@ def build_parser() -> argparse.ArgumentParser:
         "1 = one after another, in this process, with per-run progress bars)",
     )
     q.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    ed = sub.add_parser(
+        "edit",
+        help="edit N people's birth city: retrain only their blocks (anchor frozen) vs a dense "
+        "fine-tune; -> <run_dir>/separation/edit-*.json",
+    )
+    ed.add_argument("run_dir", help="a trained memory run")
+    ed.add_argument("--baseline", default=None, help="an anchor-only run to edit by fine-tuning, for comparison")
+    ed.add_argument("--n", type=int, default=100, help="people to edit (default 100)")
+    ed.add_argument("--seed", type=int, default=0)
+    ed.add_argument("--steps", type=int, default=80, help="optimiser steps over the edited rows (default 80)")
+    ed.add_argument("--levels", choices=["all", "leaf"], default="all", help="bank levels the edit trains")
+    ed.add_argument(
+        "--replay", type=float, default=0.0, help="share of each batch from the edited leaves' other rows (default 0)"
+    )
+    ed.add_argument("--memory-lr", type=float, default=None, help="the edit's memory LR (default: the run's)")
+    ed.add_argument("--dense-lr", type=float, default=None, help="the dense fine-tune's LR (default: the run's)")
+    ed.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    at = sub.add_parser(
+        "attribute",
+        help="which blocks hold which facts (one level ablated at a time) and why memory "
+        "gets facts wrong; -> <run_dir>/separation/attribution.json",
+    )
+    at.add_argument("run_dir", help="a trained memory run")
+    at.add_argument("--per-bucket", type=int, default=0, help="items per probe and bucket (0 = every item)")
+    at.add_argument("--seed", type=int, default=0)
+    at.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     b = sub.add_parser("bench", help="run every benchmark and write benchmarks/results/all.json (source checkout only)")
     b.add_argument("--quick", action="store_true")
     b.add_argument("--only", nargs="*", default=None)

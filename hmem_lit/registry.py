@@ -95,4 +95,5 @@ MEMORY = Registry("memory type", "hmem_lit.memory:import_all")  # memory.type (m
 RETRIEVERS = Registry("retriever", "hmem_lit.retriever.routing")  # retriever.type
 TREE_ROUTERS = Registry("retriever.router", "hmem_lit.retriever.routing")  # retriever.router
 EMBEDDERS = Registry("embedder", "hmem_lit.retriever.embedders")  # retriever.embedder
-FIGURES = Registry("figure kind", "hmem_lit.analysis.comparisons")  # `kind:` in analysis/*.yaml (imports figures.py)
+# `kind:` of a figure in analysis/*.yaml; analysis/kinds.py imports every module that registers shipped kinds
+FIGURES = Registry("figure kind", "hmem_lit.analysis.kinds")

@@ -113,6 +113,53 @@ def fake(
     return dst
 
 
+def synth_separation(run: Path) -> None:
+    """Minimal `hmem edit` / `hmem attribute` results in a memory run's separation/ folder (the figure kinds
+    editing, attribution, errors read them)."""
+    diff = {"n": 10, "before": 0.5, "after": 0.4, "diff": -0.1, "ci95": [-0.2, 0.0], "lost": 2, "gained": 1}
+    side = {
+        "edit_success": {"before": 0.0, "after": 0.9},
+        "old_answer": {**diff, "before": 0.3, "after": 0.0},
+        "locality": diff,
+        "val_loss": {"before": 4.0, "after": 4.1},
+    }
+    ident = {
+        "anchor_identical": True,
+        "all_untouched_identical": True,
+        "levels": {"1": {"changed": 3, "changed_off_paths": 0}},
+    }
+    write_json(
+        run / "separation" / "edit-n5-s0-leaf-t8.json",
+        {"tag": "edit-n5-s0-leaf-t8", "n": 5, "edited_documents": 20, "steps": 8,
+         "memory": {**side, "identity": ident}, "dense": side},
+    )  # fmt: skip
+    cond = {"fetched": {"p": 0.6, "p/bucket0": 0.5, "p/bucket1": 0.7, "sk": 0.6}}
+    cond["minus_l1"] = {"p": 0.5, "p/bucket0": 0.4, "p/bucket1": 0.6, "sk": 0.5}
+    cond["none"] = {"p": 0.2, "p/bucket0": 0.1, "p/bucket1": 0.3, "sk": 0.2}
+    bins = [{"purity_range": [0.5, 0.8], "items": 3, "accuracy": 0.5}]
+    ents = [{"entities": [1, 3], "items": 3, "accuracy": None}]
+    leaves = {"items": 3, "mean_purity": 0.9, "mean_entities": 4.0, "mean_docs": 9.0}
+    example = {"cause": "not_stored", "probe": "p", "bucket": 0, "prompt": "Q", "answer": "A", "output": "B",
+               "routed_leaf": 3, "main_leaf": 3, "leaf_kind": "synthetic", "leaf_purity": 1.0}  # fmt: skip
+    write_json(
+        run / "separation" / "attribution.json",
+        {
+            "items": 6,
+            "conditions": cond,
+            "held": {"minus_l1": {"lost_share_of_right": 0.25, "lost": 1}, "anchor_share_of_right": 0.1},
+            "held_by": {"level1": 2, "anchor": 1},
+            "errors": {
+                "by_kind": {"synthetic": {"right": 3, "routed_elsewhere": 1, "not_stored": 2}},
+                "accuracy_by_purity": bins,
+                "accuracy_by_leaf_entities": ents,
+                "leaves_right": leaves,
+                "leaves_not_stored": leaves,
+                "examples": [example],
+            },
+        },
+    )
+
+
 def build(out: Path) -> dict:
     """Fixture runs under out/fx/; returns what the tests expect to find."""
     a0 = _real(out, "anchor_s0")
@@ -140,6 +187,7 @@ def build(out: Path) -> dict:
             "blocked": synth_eval(0.29),  # blocking curve
         },
     )
+    synth_separation(m0)  # editing, attribution, errors figures
     made = {
         "anchor_s1": fake(a0, "anchor_s1", seed=1, eval={"none": synth_eval(0.30, seed=1)}),
         "pkm_h2h": fake(

@@ -7,7 +7,7 @@
 - `head_to_head`: memory types at one budget (e.g. hierarchical FFN memory vs PKM at equal parameters used per
   token, equal memory size, tokens and schedule): Avg-SK, Avg-CK, perplexity, training time and per-bucket accuracy.
 
-The FIGURES registry loads this module (which imports figures.py, where the other kinds are registered).
+The FIGURES registry loads it through analysis/kinds.py.
 """
 
 from __future__ import annotations
