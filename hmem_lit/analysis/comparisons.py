@@ -70,17 +70,32 @@ def plot_rag(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     fig, axes = new_fig(spec, 1)
     ax = axes[0]
     table = []
-    for _, r in pts.sort_values(["memory_type", "flops_per_query"]).iterrows():
+    for i, (_, r) in enumerate(pts.sort_values(["memory_type", "flops_per_query"]).iterrows()):
         mem = r.memory_mode not in ("none", "")
         color = PALETTE.get(str(r.memory_type), "#1f77b4") if mem else KIND_COLORS["anchor"]
-        ax.scatter(r.flops_per_query, r.hmem_sk * 100, color=color, marker=_MARKERS.get(r.rag_kind, "o"), s=22)
+        inline = r.rag_join == "inline"  # hollow markers: the context inline, in the prompt's document
+        ax.scatter(
+            r.flops_per_query,
+            r.hmem_sk * 100,
+            marker=_MARKERS.get(r.rag_kind, "o"),
+            s=24,
+            facecolors="none" if inline else color,
+            edgecolors=color,
+        )
+        short = (
+            ("memory" if mem else "anchor") if not r.rag_kind else f"{r.rag_kind}{' inl' if inline else ''} k{r.rag_k}"
+        )
         ax.annotate(
-            _label(r), (r.flops_per_query, r.hmem_sk * 100), fontsize=5, xytext=(3, 2), textcoords="offset points"
+            short,
+            (r.flops_per_query, r.hmem_sk * 100),
+            fontsize=5,
+            xytext=(4, 3 - 8 * (i % 2)),
+            textcoords="offset points",
         )
         rare = _rarest(r, found)
         table.append(
             [
-                str(r.label),
+                str(r.run),
                 "on" if mem else "off",
                 (r.rag_kind + (" inline" if r.rag_join == "inline" else "")) or "-",
                 str(r.rag_k) if r.rag_kind else "-",
@@ -102,7 +117,8 @@ def plot_rag(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
         for k, m in _MARKERS.items()
         if (pts.rag_kind == k).any()
     ]
-    ax.legend(handles=handles, fontsize=6, loc="best")
+    handles.append(ax.scatter([], [], marker="o", facecolors="none", edgecolors="#555555", label="hollow: inline"))
+    ax.legend(handles=handles, fontsize=6, loc="best", title="blue: memory on; grey: anchor", title_fontsize=6)
     header = ["run", "memory", "RAG", "k", "fetched", "context tok", "tokens/query", "MFLOPs/query", "Avg-SK", "rarest"]
     return Drawn(fig, sorted(pts.run.unique()), notes, table=simple_table(header, table))
 
@@ -133,13 +149,14 @@ def plot_head_to_head(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
             np.arange(len(ks)) + (j - (len(rows) - 1) / 2) * width,
             vals,
             width * 0.95,
-            label=str(r.label),
+            label=f"{r.run}: {r.label}",
             color=color,
             alpha=0.6 + 0.4 * (j % 2),
         )
 
         table.append(
             [
+                str(r.run),
                 str(r.label),
                 str(r.memory_type),
                 fmt_count(r.params_anchor),
@@ -156,6 +173,6 @@ def plot_head_to_head(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     ax.set_xlabel("entity frequency bucket")
     ax.set_ylabel("fact accuracy, mean over probes (%)")
     legend_below(fig, axes)
-    header = ["run", "memory", "anchor", "fetched", "bank", "Avg-SK", "Avg-CK", "Wiki ppl", "train s"]
+    header = ["run", "config", "memory", "anchor", "fetched", "bank", "Avg-SK", "Avg-CK", "Wiki ppl", "train s"]
     header += [f"b{k}" for k in ks]
     return Drawn(fig, sorted(rows.run.unique()), notes, table=simple_table(header, table))
