@@ -16,14 +16,9 @@ from hmem_lit.config import ConfigError, load_config
 from tests.test_bm25_routing import _entity_corpus
 
 
-@pytest.fixture(scope="module")
-def byo(tmp_path_factory):
-    from hmem_lit.train import train
-
-    tmp = tmp_path_factory.mktemp("byo")
-    corpus = tmp / "corpus.jsonl"
-    prompts = _entity_corpus(corpus, n_entities=24)
-    cfg = load_config(
+def files_config(tmp: Path, corpus: Path, *extra: str):
+    """A tiny FFN-memory run config on a user's entity corpus (data.source=files, key field `entity`)."""
+    return load_config(
         None,
         [
             "data.source=files",
@@ -40,15 +35,25 @@ def byo(tmp_path_factory):
             "train.mode=scratch",
             f"out_dir={tmp / 'runs'}",
             "name=mem",
-            "train.max_tokens=12000",
             "train.batch_size=8",
             "train.progress=false",
             "train.val_every=0",
             "train.ckpt_every=0",
             "train.threads=1",
             "anchor.max_seq_len=64",
+            *extra,
         ],
     )
+
+
+@pytest.fixture(scope="module")
+def byo(tmp_path_factory):
+    from hmem_lit.train import train
+
+    tmp = tmp_path_factory.mktemp("byo")
+    corpus = tmp / "corpus.jsonl"
+    prompts = _entity_corpus(corpus, n_entities=24)
+    cfg = files_config(tmp, corpus, "train.max_tokens=12000")
     run = train(cfg)
     tasks = tmp / "my_tasks"
     tasks.mkdir()

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from hmem_lit.config import ConfigError, load_config
+from hmem_lit.config import ConfigError
 from hmem_lit.evaluation.rag import RagContext, context_tokens, query_flops
 from hmem_lit.retriever.bm25 import BM25Index
 from tests.test_bm25_routing import _entity_corpus
+from tests.test_byo_eval import files_config
 from tests.test_eval import _req
 
 DOCS = [
@@ -104,32 +105,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rag")
     corpus = tmp / "corpus.jsonl"
     prompts = _entity_corpus(corpus, n_entities=24)
-    cfg = load_config(
-        None,
-        [
-            "data.source=files",
-            f"data.files=[{corpus}]",
-            f"data.dir={tmp / 'data'}",
-            "data.vocab_size=400",
-            "data.seq_len=64",
-            "data.key_field=entity",
-            "retriever.branching=4",
-            "retriever.depth=2",
-            "retriever.embed_dim=64",
-            "memory.type=ffn",
-            "memory.levels=[4,4]",
-            "train.mode=scratch",
-            f"out_dir={tmp / 'runs'}",
-            "name=mem",
-            "train.max_tokens=6000",
-            "train.batch_size=8",
-            "train.progress=false",
-            "train.val_every=0",
-            "train.ckpt_every=0",
-            "train.threads=1",
-            "anchor.max_seq_len=64",
-        ],
-    )
+    cfg = files_config(tmp, corpus, "train.max_tokens=6000")
     return {"run": train(cfg), "prompts": prompts}
 
 
