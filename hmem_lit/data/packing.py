@@ -6,13 +6,20 @@ and their answer in the same row and little padding is wasted. A document longer
 (without EOT) and its remainder is packed like a short document; each such continuation row starts mid-document.
 Rows are padded with PAD at the end, carry their leaf's path, and are stored grouped by leaf (the sampler
 shuffles globally). `doc_ptr`/`doc_ids` (CSR) record which documents each row holds.
+
+The plan needs only the documents' lengths (`plan_leaf`: first fit found in O(log rows) by a max segment tree
+over the rows' free space, so a leaf costs O(n log n)); `pack_split` then copies the tokens from a flat token file
+into a memory-mapped output chunk by chunk, so packing a corpus never holds its tokens in memory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from hmem_lit.utils import atomic_write
 
 
 @dataclass
@@ -24,6 +31,107 @@ class Packed:
     n_tokens: int  # document tokens incl. EOT (not padding)
 
 
+def plan_leaf(lengths: np.ndarray, width: int, rng: np.random.Generator) -> list[list[tuple[int, int, int]]]:
+    """lengths (n,) of one leaf's documents (EOT included) -> rows in their final order, each a list of pieces
+    (document position in `lengths`, start offset, length) in their order in the row."""
+    doc, start, plen = [], [], []
+    for i, n in enumerate(np.asarray(lengths, np.int64).tolist()):
+        s = 0
+        while n - s > width:  # long document: whole rows first
+            doc.append(i), start.append(s), plen.append(width)
+            s += width
+        doc.append(i), start.append(s), plen.append(n - s)
+    lens = np.asarray(plen, np.int64)
+    order = np.lexsort((rng.random(len(lens)), -lens))  # longest first, ties in seeded random order
+    # first fit: the leftmost row with free >= L. Every piece may open a row, so len(lens) rows suffice; an unused
+    # row has free == width, so "the leftmost row with room" is an open row or else the next new one.
+    size = 1
+    while size < max(1, len(lens)):
+        size *= 2
+    tree = [width] * (2 * size)
+    content: list[list[int]] = []
+    for j in order.tolist():
+        L = plen[j]
+        node = 1
+        while node < size:
+            node = 2 * node if tree[2 * node] >= L else 2 * node + 1
+        r = node - size
+        if r == len(content):
+            content.append([])
+        content[r].append(j)
+        tree[node] -= L
+        node //= 2
+        while node:
+            m = max(tree[2 * node], tree[2 * node + 1])
+            if tree[node] == m:
+                break
+            tree[node] = m
+            node //= 2
+    rows = []
+    for r in rng.permutation(len(content)):  # row order within the leaf, and document order within a row
+        rows.append(
+            [(doc[content[r][k]], start[content[r][k]], plen[content[r][k]]) for k in rng.permutation(len(content[r]))]
+        )
+    return rows
+
+
+def plan(lengths: np.ndarray, paths: np.ndarray, width: int, seed: int) -> dict[str, np.ndarray]:
+    """Plan a split: lengths (n,) and paths (n, depth) of its documents -> the pieces in output order:
+    row, doc (position in the split), start, length, with row_paths (R, depth); leaves in ascending id order."""
+    rng = np.random.default_rng(seed)
+    paths = np.asarray(paths, np.int64)
+    leaves = paths[:, -1] if len(paths) else np.zeros(0, np.int64)
+    order = np.argsort(leaves, kind="stable")
+    bounds = np.flatnonzero(np.diff(leaves[order])) + 1 if len(order) else np.zeros(0, np.int64)
+    rows_p: list[np.ndarray] = []
+    cols: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
+    n_rows = 0
+    for members in np.split(order, bounds) if len(order) else []:
+        for row in plan_leaf(lengths[members], width, rng):
+            for d, s, n in row:
+                cols[0].append(n_rows), cols[1].append(int(members[d])), cols[2].append(s), cols[3].append(n)
+            n_rows += 1
+            rows_p.append(paths[members[0]])
+    depth = paths.shape[1] if paths.ndim == 2 else 1
+    out = {k: np.asarray(v, np.int64) for k, v in zip(("row", "doc", "start", "len"), cols)}
+    out["row_paths"] = np.stack(rows_p) if rows_p else np.zeros((0, depth), np.int64)
+    return out
+
+
+def _gather(flat: np.ndarray, src: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenation of flat[src[i] : src[i] + lens[i]] for all i (vectorised)."""
+    total = int(lens.sum())
+    ends = np.cumsum(lens)
+    idx = np.arange(total, dtype=np.int64) - np.repeat(ends - lens - src, lens)
+    return flat[idx]
+
+
+def fill(p: dict[str, np.ndarray], flat: np.ndarray, doc_start: np.ndarray, out: np.ndarray, pad_id: int) -> None:
+    """Write the planned rows into out (R, width): tokens of piece i are flat[doc_start[doc] + start : + len]."""
+    width = out.shape[1]
+    row, lens = p["row"], p["len"]
+    src = doc_start[p["doc"]] + p["start"]
+    first = np.ones(len(row), bool)
+    first[1:] = row[1:] != row[:-1]
+    csum = np.cumsum(lens) - lens  # offset of each piece in the concatenation
+    row_base = np.maximum.accumulate(np.where(first, csum, 0))
+    pos = csum - row_base  # offset of each piece within its row
+    step = max(1, (1 << 22) // width)  # rows per chunk: ~4M tokens
+    cuts = np.searchsorted(row, np.arange(0, len(out) + step, step))
+    for c in range(len(cuts) - 1):
+        a, b = int(cuts[c]), int(cuts[c + 1])
+        r0 = c * step
+        r1 = min(len(out), r0 + step)
+        if r1 <= r0:
+            break
+        block = np.full((r1 - r0, width), pad_id, np.int32)
+        if b > a:
+            vals = _gather(flat, src[a:b], lens[a:b])
+            dst = _gather(np.arange(block.size, dtype=np.int64), (row[a:b] - r0) * width + pos[a:b], lens[a:b])
+            block.reshape(-1)[dst] = vals
+        out[r0:r1] = block
+
+
 def pack(
     doc_tokens: list[np.ndarray],
     doc_index: np.ndarray,
@@ -33,61 +141,50 @@ def pack(
     pad_id: int,
     seed: int = 0,
 ) -> Packed:
-    """doc_tokens[i] (without EOT) belongs to corpus document doc_index[i] with path paths[i]."""
+    """doc_tokens[i] (without EOT) belongs to corpus document doc_index[i] with path paths[i] (in memory)."""
     width = seq_len + 1
-    rng = np.random.default_rng(seed)
-    paths = np.asarray(paths, np.int64)
-    leaves = paths[:, -1] if len(paths) else np.zeros(0, np.int64)
-    rows: list[np.ndarray] = []
-    row_paths: list[np.ndarray] = []
-    row_docs: list[list[int]] = []
-    n_tokens = 0
-    for leaf in np.unique(leaves):
-        members = np.nonzero(leaves == leaf)[0]
-        pieces: list[tuple[np.ndarray, int]] = []  # (tokens, doc) pieces of at most `width` tokens
-        for i in members:
-            t = np.concatenate([np.asarray(doc_tokens[i], np.int32), np.array([eot_id], np.int32)])
-            n_tokens += len(t)
-            while len(t) > width:  # long document: whole rows first
-                pieces.append((t[:width], int(doc_index[i])))
-                t = t[width:]
-            pieces.append((t, int(doc_index[i])))
-        lengths = np.array([len(p[0]) for p in pieces])
-        order = np.lexsort((rng.random(len(pieces)), -lengths))  # longest first, ties in seeded random order
-        fill: list[int] = []  # used length of each open row of this leaf
-        content: list[list[int]] = []
-        free = np.zeros(0, np.int64)
-        for j in order:
-            L = int(lengths[j])
-            fits = np.nonzero(free >= L)[0]
-            if len(fits):
-                r = int(fits[0])
-            else:
-                r = len(fill)
-                fill.append(0)
-                content.append([])
-                free = np.append(free, width)
-            content[r].append(int(j))
-            fill[r] += L
-            free[r] -= L
-        path = paths[members[0]]
-        for r in rng.permutation(len(content)):  # row order within the leaf, and document order within a row
-            items = [content[r][k] for k in rng.permutation(len(content[r]))]
-            row = np.full(width, pad_id, np.int32)
-            pos = 0
-            for j in items:
-                t = pieces[j][0]
-                row[pos : pos + len(t)] = t
-                pos += len(t)
-            rows.append(row)
-            row_paths.append(path)
-            row_docs.append(list(dict.fromkeys(pieces[j][1] for j in items)))
-    ptr = np.zeros(len(rows) + 1, np.int64)
-    ptr[1:] = np.cumsum([len(d) for d in row_docs])
-    return Packed(
-        tokens=np.stack(rows) if rows else np.zeros((0, width), np.int32),
-        paths=np.stack(row_paths) if rows else np.zeros((0, paths.shape[1] if paths.ndim == 2 else 1), np.int64),
-        doc_ptr=ptr,
-        doc_ids=np.array([d for ds in row_docs for d in ds], np.int64),
-        n_tokens=n_tokens,
-    )
+    parts = [np.concatenate([np.asarray(t, np.int32), np.array([eot_id], np.int32)]) for t in doc_tokens]
+    lengths = np.array([len(t) for t in parts], np.int64)
+    flat = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    p = plan(lengths, paths, width, seed)
+    tokens = np.zeros((len(p["row_paths"]), width), np.int32)
+    fill(p, flat, np.cumsum(lengths) - lengths, tokens, pad_id)
+    return Packed(tokens, p["row_paths"], _doc_ptr(p), np.asarray(doc_index, np.int64)[p["doc"]], int(lengths.sum()))
+
+
+def _doc_ptr(p: dict[str, np.ndarray]) -> np.ndarray:
+    # a row holds each document at most once (only a long document's whole-row pieces repeat it, one per row)
+    ptr = np.zeros(len(p["row_paths"]) + 1, np.int64)
+    ptr[1:] = np.cumsum(np.bincount(p["row"], minlength=len(p["row_paths"])))
+    return ptr
+
+
+def pack_split(
+    flat: np.ndarray,
+    doc_start: np.ndarray,
+    lengths: np.ndarray,
+    doc_index: np.ndarray,
+    paths: np.ndarray,
+    width: int,
+    pad_id: int,
+    seed: int,
+    out_dir: Path,
+    name: str,
+) -> dict:
+    """Pack the documents doc_index (global ids; lengths and paths per document of the split) whose tokens lie in
+    `flat` at doc_start -> out_dir/{name}_tokens.npy (memmap-written), _paths.npy, _docs.npz; returns a summary."""
+    p = plan(lengths, paths, width, seed)
+    n_rows = len(p["row_paths"])
+
+    def _w(tmp: str) -> None:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(n_rows, width))
+        fill(p, flat, doc_start[doc_index], out, pad_id)
+        out.flush()
+        del out
+
+    atomic_write(out_dir / f"{name}_tokens.npy", _w)
+    atomic_write(out_dir / f"{name}_paths.npy", lambda tmp: np.save(open(tmp, "wb"), p["row_paths"]))
+    ptr, ids = _doc_ptr(p), np.asarray(doc_index, np.int64)[p["doc"]]
+    atomic_write(out_dir / f"{name}_docs.npz", lambda tmp: np.savez(open(tmp, "wb"), doc_ptr=ptr, doc_ids=ids))
+    n_tok = int(np.asarray(lengths, np.int64).sum())
+    return {"rows": n_rows, "doc_tokens": n_tok, "padding": float(1 - n_tok / max(1, n_rows * width))}

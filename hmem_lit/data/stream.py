@@ -1,0 +1,144 @@
+"""Corpus-scale helpers for `hmem data prepare`: chunked reading of corpus/docs.jsonl, seeded bounded samples,
+chunked (optionally parallel) embedding into a memory-mapped .npy, and chunked tokenization into a flat file.
+
+Memory is bounded by `data.chunk_docs` and the sample sizes (`data.tokenizer_sample`, `retriever.fit_sample`),
+never by the corpus: nothing here holds every document. Outputs do not depend on the chunk size or on
+`data.workers` (chunks are processed independently, row by row, and written in corpus order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hmem_lit.utils import atomic_write
+
+
+def iter_doc_chunks(root: Path, chunk: int) -> Iterator[tuple[int, list[dict]]]:
+    """(index of the first document, documents) for consecutive chunks of corpus/docs.jsonl."""
+    path = Path(root) / "corpus" / "docs.jsonl"
+    start, buf = 0, []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                buf.append(json.loads(line))
+            except json.JSONDecodeError as e:  # a damaged shard must name itself
+                raise ValueError(f"{path}:{lineno}: unreadable document ({e.msg}); rerun with --force") from None
+            if len(buf) == chunk:
+                yield start, buf
+                start, buf = start + len(buf), []
+    if buf:
+        yield start, buf
+
+
+def iter_docs(root: Path, chunk: int) -> Iterator[dict]:
+    for _, docs in iter_doc_chunks(root, chunk):
+        yield from docs
+
+
+def sample_train(split: np.ndarray, n: int, seed: int, salt: int) -> np.ndarray:
+    """Sorted indices of at most n training documents (all of them, in order, when n is 0 or covers them all)."""
+    train = np.nonzero(split == 0)[0]
+    if n <= 0 or n >= len(train):
+        return train
+    rng = np.random.default_rng([seed, salt])
+    return np.sort(rng.choice(train, n, replace=False))
+
+
+def texts_at(root: Path, idx: np.ndarray, chunk: int) -> Iterator[str]:
+    """The texts of the documents at sorted indices idx, streamed."""
+    idx = np.asarray(idx, np.int64)
+    j = 0
+    for start, docs in iter_doc_chunks(root, chunk):
+        end = start + len(docs)
+        while j < len(idx) and idx[j] < end:
+            yield docs[int(idx[j]) - start]["text"]
+            j += 1
+        if j == len(idx):
+            return
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
+    """fn over items in order; with workers > 1 in that many spawned processes, at most 2 x workers in flight
+    (bounded memory). Spawned, not forked: the parent may hold OpenMP (faiss, torch) threads."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        pending: list[Any] = []
+        for it in items:
+            pending.append(pool.submit(fn, it))
+            if len(pending) >= 2 * workers:
+                yield pending.pop(0).result()
+        for fut in pending:
+            yield fut.result()
+
+
+_EMBEDDER: dict[str, Any] = {}
+
+
+def _embed_chunk(job: tuple[str, list[str]]) -> np.ndarray:
+    from hmem_lit.retriever.embedders import load_embedder
+
+    edir, texts = job
+    if edir not in _EMBEDDER:  # one load per process
+        _EMBEDDER.clear()
+        _EMBEDDER[edir] = load_embedder(edir)
+    return _EMBEDDER[edir].embed(texts)
+
+
+def embed_corpus(
+    edir: Path, root: Path, n_docs: int, dim: int, chunk: int, workers: int, dtype: str, embedder: Any = None
+) -> None:
+    """Embed every document of the corpus in chunks into edir/emb.npy (N, dim), written through a memmap and
+    renamed into place when complete. `embedder`: the fitted embedder (used in-process when workers == 1)."""
+    if embedder is not None:
+        _EMBEDDER.clear()
+        _EMBEDDER[str(edir)] = embedder
+
+    def _w(tmp: str) -> None:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n_docs, dim))
+        jobs = ((str(edir), [d["text"] for d in docs]) for _, docs in iter_doc_chunks(root, chunk))
+        pos = 0
+        for x in ordered_map(_embed_chunk, jobs, workers):
+            out[pos : pos + len(x)] = x
+            pos += len(x)
+        if pos != n_docs:
+            raise RuntimeError(f"embedded {pos} documents, the corpus has {n_docs}")
+        out.flush()
+        del out
+
+    atomic_write(edir / "emb.npy", _w)
+
+
+def load_rows(path: Path, idx: np.ndarray | None = None) -> np.ndarray:
+    """Rows of a (memory-mapped) embedding matrix as float32 (all rows when idx is None)."""
+    x = np.load(path, mmap_mode="r")
+    return np.ascontiguousarray(x if idx is None else x[idx], np.float32)
+
+
+def tokenize_corpus(tok: Any, root: Path, out: Path, chunk: int, n_docs: int) -> np.ndarray:
+    """Every document's tokens followed by EOT, concatenated as int32 into the flat file `out`
+    -> lengths (N,) int64 (EOT included); document i starts at the cumulative sum of the lengths before it."""
+    lengths = np.zeros(n_docs, np.int64)
+    eot = np.array([tok.eot_id], np.int32)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as f:
+        for start, docs in iter_doc_chunks(root, chunk):
+            ids = tok.encode_batch([d["text"] for d in docs])
+            parts = []
+            for j, t in enumerate(ids):
+                parts.append(np.asarray(t, np.int32))
+                parts.append(eot)
+                lengths[start + j] = len(t) + 1
+            f.write(np.concatenate(parts).tobytes())
+    os.replace(tmp, out)
+    return lengths
