@@ -327,6 +327,16 @@ class DataConfig:
     chunk_docs: int = 16_384
     tokenizer_sample: int = 100_000
     workers: int = 1
+    # where the embedding and routing chunks run (data/stream.py Engine): local (this machine, `workers`
+    # processes) | dask (dask.distributed: the scheduler at `engine_address`, or a LocalCluster of `workers`
+    # processes when empty). Outputs are byte-identical on every engine.
+    engine: str = "local"
+    engine_address: str = ""
+    # packing (data/packing.py): ffd = first-fit decreasing, a document that fits a row is never split (the
+    # paper's same-cluster packing; default); stream = a leaf's documents concatenated and cut into rows (a
+    # document may continue in the next row; documents of at most `pack_whole` tokens are never cut)
+    packing: str = "ffd"
+    pack_whole: int = 64
     # the documents' key field (an entity name, an id): routing diagnostics (concentration of each key's training
     # documents in one leaf, prompts routed to it; retriever/diagnostics.py). null = "entity" for the builtin
     # corpora, none for files. When set, every file document must carry it (null for background text).
@@ -362,6 +372,13 @@ class DataConfig:
             self.tokenizer_sample >= 0, "data.tokenizer_sample", f"must be >= 0 (0 = all), got {self.tokenizer_sample}"
         )
         _check(self.workers >= 1, "data.workers", f"must be >= 1 (processes), got {self.workers}")
+        _one_of(self.packing, ("ffd", "stream"), "data.packing")
+        _one_of(self.engine, ("local", "dask"), "data.engine")
+        _check(
+            self.pack_whole >= 0,
+            "data.pack_whole",
+            f"must be >= 0 (0 = any document may be cut), got {self.pack_whole}",
+        )
         _check(
             self.toy_docs >= 2,
             "data.toy_docs",

@@ -75,9 +75,39 @@ def plan_leaf(lengths: np.ndarray, width: int, rng: np.random.Generator) -> list
     return rows
 
 
-def plan(lengths: np.ndarray, paths: np.ndarray, width: int, seed: int) -> dict[str, np.ndarray]:
+def plan_leaf_stream(
+    lengths: np.ndarray, width: int, rng: np.random.Generator, whole: int = 0
+) -> list[list[tuple[int, int, int]]]:
+    """`data.packing=stream`: the leaf's documents in seeded random order, concatenated and cut into rows, so a
+    document may continue in the next row of its leaf (attention stays within a document: EOT-delimited masks).
+    A document of at most `whole` tokens is never cut: it starts a new row when it does not fit in the current
+    one (short fact documents keep subject and answer together). Only the leaf's last row, and the gaps left
+    before such documents, are padded."""
+    rows: list[list[tuple[int, int, int]]] = [[]]
+    used = 0
+    for i in rng.permutation(len(lengths)).tolist():
+        n = int(lengths[i])
+        if used and n <= whole and n > width - used:
+            rows.append([])
+            used = 0
+        s = 0
+        while s < n:
+            if used == width:
+                rows.append([])
+                used = 0
+            take = min(n - s, width - used)
+            rows[-1].append((i, s, take))
+            used += take
+            s += take
+    return [r for r in rows if r]
+
+
+def plan(
+    lengths: np.ndarray, paths: np.ndarray, width: int, seed: int, mode: str = "ffd", whole: int = 0
+) -> dict[str, np.ndarray]:
     """Plan a split: lengths (n,) and paths (n, depth) of its documents -> the pieces in output order:
-    row, doc (position in the split), start, length, with row_paths (R, depth); leaves in ascending id order."""
+    row, doc (position in the split), start, length, with row_paths (R, depth); leaves in ascending id order.
+    mode: ffd (documents that fit a row are never split) | stream (plan_leaf_stream)."""
     rng = np.random.default_rng(seed)
     paths = np.asarray(paths, np.int64)
     leaves = paths[:, -1] if len(paths) else np.zeros(0, np.int64)
@@ -87,7 +117,12 @@ def plan(lengths: np.ndarray, paths: np.ndarray, width: int, seed: int) -> dict[
     cols: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
     n_rows = 0
     for members in np.split(order, bounds) if len(order) else []:
-        for row in plan_leaf(lengths[members], width, rng):
+        rows = (
+            plan_leaf(lengths[members], width, rng)
+            if mode == "ffd"
+            else plan_leaf_stream(lengths[members], width, rng, whole)
+        )
+        for row in rows:
             for d, s, n in row:
                 cols[0].append(n_rows), cols[1].append(int(members[d])), cols[2].append(s), cols[3].append(n)
             n_rows += 1
@@ -140,20 +175,22 @@ def pack(
     eot_id: int,
     pad_id: int,
     seed: int = 0,
+    mode: str = "ffd",
+    whole: int = 0,
 ) -> Packed:
     """doc_tokens[i] (without EOT) belongs to corpus document doc_index[i] with path paths[i] (in memory)."""
     width = seq_len + 1
     parts = [np.concatenate([np.asarray(t, np.int32), np.array([eot_id], np.int32)]) for t in doc_tokens]
     lengths = np.array([len(t) for t in parts], np.int64)
     flat = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-    p = plan(lengths, paths, width, seed)
+    p = plan(lengths, paths, width, seed, mode, whole)
     tokens = np.zeros((len(p["row_paths"]), width), np.int32)
     fill(p, flat, np.cumsum(lengths) - lengths, tokens, pad_id)
     return Packed(tokens, p["row_paths"], _doc_ptr(p), np.asarray(doc_index, np.int64)[p["doc"]], int(lengths.sum()))
 
 
 def _doc_ptr(p: dict[str, np.ndarray]) -> np.ndarray:
-    # a row holds each document at most once (only a long document's whole-row pieces repeat it, one per row)
+    # a row holds each document at most once (a document cut across rows has one piece in each)
     ptr = np.zeros(len(p["row_paths"]) + 1, np.int64)
     ptr[1:] = np.cumsum(np.bincount(p["row"], minlength=len(p["row_paths"])))
     return ptr
@@ -170,10 +207,12 @@ def pack_split(
     seed: int,
     out_dir: Path,
     name: str,
+    mode: str = "ffd",
+    whole: int = 0,
 ) -> dict:
     """Pack the documents doc_index (global ids; lengths and paths per document of the split) whose tokens lie in
     `flat` at doc_start -> out_dir/{name}_tokens.npy (memmap-written), _paths.npy, _docs.npz; returns a summary."""
-    p = plan(lengths, paths, width, seed)
+    p = plan(lengths, paths, width, seed, mode, whole)
     n_rows = len(p["row_paths"])
 
     def _w(tmp: str) -> None:

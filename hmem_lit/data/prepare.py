@@ -235,7 +235,7 @@ def _stage_embeddings(cfg: Any, root: Path, ctx: dict) -> dict:
         emb = make_embedder(r.embedder, dim=r.embed_dim, seed=r.seed, projection=r.tfidf_projection)
         emb.fit(list(stream.texts_at(root, fit_sample(cfg, split), d.chunk_docs)), progress=ctx["progress"])
         emb.save(edir)
-        stream.embed_corpus(edir, root, len(split), emb.dim, d.chunk_docs, d.workers, r.embed_dtype, emb)
+        stream.embed_corpus(edir, root, len(split), emb.dim, d.chunk_docs, stream.Engine.of(cfg), r.embed_dtype, emb)
     return {"dir": rel, "out": ctx["keys"]["embeddings"]}
 
 
@@ -290,6 +290,8 @@ def _stage_packing(cfg: Any, root: Path, ctx: dict) -> dict:
                 cfg.data.seed + s,
                 pdir,
                 name,
+                cfg.data.packing,
+                cfg.data.pack_whole,
             )
             info[name]["pack_s"] = round(time.perf_counter() - t1, 3)
     finally:

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +65,28 @@ def texts_at(root: Path, idx: np.ndarray, chunk: int) -> Iterator[str]:
             return
 
 
-def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
-    """fn over items in order; with workers > 1 in that many spawned processes, at most 2 x workers in flight
-    (bounded memory). Spawned, not forked: the parent may hold OpenMP (faiss, torch) threads."""
+@dataclass(frozen=True)
+class Engine:
+    """Where chunks run: `local` (this process, or `workers` spawned processes) or `dask` (a dask.distributed
+    cluster at `address`, e.g. tcp://scheduler:8786; empty: a LocalCluster of `workers` processes)."""
+
+    workers: int = 1
+    kind: str = "local"
+    address: str = ""
+
+    @classmethod
+    def of(cls, cfg: Any) -> Engine:
+        return cls(cfg.data.workers, cfg.data.engine, cfg.data.engine_address)
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], engine: Engine) -> Iterator[Any]:
+    """fn over items, results in the items' order (so outputs never depend on the engine or the worker count),
+    with a bounded number of chunks in flight (bounded memory). Local workers are spawned, not forked: the parent
+    may hold OpenMP (faiss, torch) threads."""
+    if engine.kind == "dask":
+        yield from _dask_map(fn, items, engine)
+        return
+    workers = engine.workers
     if workers <= 1:
         yield from map(fn, items)
         return
@@ -80,6 +100,36 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) ->
                 yield pending.pop(0).result()
         for fut in pending:
             yield fut.result()
+
+
+def _dask_map(fn: Callable[[Any], Any], items: Iterable[Any], engine: Engine) -> Iterator[Any]:
+    from collections import deque
+
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise RuntimeError("data.engine=dask needs dask.distributed: pip install 'hmem_lit[dask]'") from None
+    cluster = None
+    if engine.address:
+        client = Client(engine.address)
+    else:
+        cluster = LocalCluster(
+            n_workers=engine.workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+        )
+        client = Client(cluster)
+    try:
+        slots = 2 * max(1, sum(client.nthreads().values()))
+        pending: deque[Any] = deque()
+        for it in items:
+            pending.append(client.submit(fn, it, pure=False))
+            if len(pending) >= slots:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 _EMBEDDER: dict[str, Any] = {}
@@ -96,11 +146,11 @@ def _embed_chunk(job: tuple[str, list[str]]) -> np.ndarray:
 
 
 def embed_corpus(
-    edir: Path, root: Path, n_docs: int, dim: int, chunk: int, workers: int, dtype: str, embedder: Any = None
+    edir: Path, root: Path, n_docs: int, dim: int, chunk: int, engine: Engine, dtype: str, embedder: Any = None
 ) -> None:
     """Embed every document of the corpus in chunks into edir/emb.npy (N, dim), written through a memmap and
     renamed into place when complete. `embedder`: the fitted embedder (used in-process when workers == 1)."""
-    if embedder is not None:
+    if embedder is not None and engine.kind == "local" and engine.workers <= 1:
         _EMBEDDER.clear()
         _EMBEDDER[str(edir)] = embedder
 
@@ -108,7 +158,7 @@ def embed_corpus(
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n_docs, dim))
         jobs = ((str(edir), [d["text"] for d in docs]) for _, docs in iter_doc_chunks(root, chunk))
         pos = 0
-        for x in ordered_map(_embed_chunk, jobs, workers):
+        for x in ordered_map(_embed_chunk, jobs, engine):
             out[pos : pos + len(x)] = x
             pos += len(x)
         if pos != n_docs:

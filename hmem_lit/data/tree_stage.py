@@ -95,10 +95,10 @@ def stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
         paths[fit] = fit_paths
         rest = np.ones(len(split), bool)
         rest[fit] = False
+        tree.save(tdir / "tree.npz")  # before routing: worker processes load the router from tree/
         t0 = time.perf_counter()
-        _route_rest(root, emb_path, rest, paths, tree, router, chunk)
+        _route_rest(root, emb_path, rest, paths, tree, router, chunk, stream.Engine.of(cfg), root / edir, r.knn_k)
         stats["route_rest_s"] = round(time.perf_counter() - t0, 3)
-        tree.save(tdir / "tree.npz")
         meta.update(embedder=r.embedder, embedder_dir=edir, router=r.router)
         if r.router == "bm25":
             meta["knn_k"] = r.knn_k
@@ -126,10 +126,41 @@ def stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
     return {"stats": stats, "out": ctx["file_hash"](tdir / "doc_paths.npy", tdir / "router.json")}
 
 
+_ROUTER: dict[str, Any] = {}
+
+
+def _route_chunk(job: tuple[str, str, int, list[str]]) -> np.ndarray:
+    """BM25-route texts with the router saved in tree/ (loaded once per worker process)."""
+    from hmem_lit.retriever.bm25 import BM25Index
+    from hmem_lit.retriever.embedders import load_embedder
+    from hmem_lit.retriever.kmeans_tree import KMeansTree
+    from hmem_lit.retriever.routing import BM25Router
+
+    tdir, edir, k, texts = job
+    if tdir not in _ROUTER:
+        _ROUTER.clear()
+        t = Path(tdir)
+        idx_paths = np.load(t / "index_paths.npy", allow_pickle=False)
+        _ROUTER[tdir] = BM25Router(
+            KMeansTree.load(t / "tree.npz"), load_embedder(edir), BM25Index.load(t / "bm25"), idx_paths, k
+        )
+    return _ROUTER[tdir].route(texts)
+
+
 def _route_rest(
-    root: Path, emb_path: Path, rest: np.ndarray, paths: np.ndarray, tree: Any, router: Any, chunk: int
+    root: Path,
+    emb_path: Path,
+    rest: np.ndarray,
+    paths: np.ndarray,
+    tree: Any,
+    router: Any,
+    chunk: int,
+    engine: stream.Engine,
+    edir: Path | None = None,
+    knn_k: int = 10,
 ) -> None:
-    """Route the documents flagged in `rest` chunk by chunk: by text (bm25 router) or by embedding (centroids)."""
+    """Route the documents flagged in `rest` chunk by chunk: by text (bm25 router; on the engine) or by
+    embedding (centroids)."""
     if not rest.any():
         return
     if router is None:
@@ -139,10 +170,27 @@ def _route_rest(
             if len(idx):
                 paths[idx] = tree.route(np.ascontiguousarray(emb[idx], np.float32))
         return
-    for start, docs in stream.iter_doc_chunks(root, chunk):
-        idx = np.nonzero(rest[start : start + len(docs)])[0]
-        if len(idx):
-            paths[idx + start] = router.route([docs[i]["text"] for i in idx])
+    tdir = str(root / "tree")
+    if engine.kind == "local" and engine.workers <= 1:  # in this process: the router in memory
+        _ROUTER.clear()
+        _ROUTER[tdir] = router
+
+    def jobs():
+        for start, docs in stream.iter_doc_chunks(root, chunk):
+            idx = np.nonzero(rest[start : start + len(docs)])[0]
+            if len(idx):
+                yield idx + start, (tdir, str(edir), knn_k, [docs[i]["text"] for i in idx])
+
+    pending: list[np.ndarray] = []
+
+    def texts_jobs():
+        for idx, job in jobs():
+            pending.append(idx)
+            yield job
+
+    for routed in stream.ordered_map(_route_chunk, texts_jobs(), engine):
+        paths[pending.pop(0)] = routed
+    _ROUTER.clear()
 
 
 def _bm25_fit(
