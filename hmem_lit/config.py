@@ -287,6 +287,9 @@ class RetrieverConfig:
     # `fit_sample` training documents (a seeded sample; 0 = all); every other document is then routed in chunks
     # like held-out text. `embed_dtype`: the stored document embeddings (float16 halves the disk of emb.npy).
     fit_sample: int = 100_000
+    # how training documents outside that sample are routed: centroid (greedy descent of their embedding, ~0.1 ms
+    # a document) | router (retriever.router, like held-out text: bm25 costs ~4 ms a document on 2 cores)
+    route_unsampled: str = "centroid"
     embed_dtype: str = "float32"  # float32 | float16
 
     def __post_init__(self) -> None:
@@ -308,6 +311,7 @@ class RetrieverConfig:
         )
         _check(self.fit_sample >= 0, "retriever.fit_sample", f"must be >= 0 (0 = all), got {self.fit_sample}")
         _one_of(self.embed_dtype, ("float32", "float16"), "retriever.embed_dtype")
+        _one_of(self.route_unsampled, ("centroid", "router"), "retriever.route_unsampled")
 
 
 @dataclass

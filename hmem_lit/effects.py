@@ -108,6 +108,7 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
     "retriever.seed": ("embeddings", "tree", *RUN_ID),
     "retriever.fit_sample": ("embeddings", "tree", *RUN_ID),
     "retriever.embed_dtype": ("embeddings", *RUN_ID),
+    "retriever.route_unsampled": ("tree", *RUN_ID),
     **{f"retriever.{k}": ("tree", *RUN_ID) for k in _TREE},
     **{
         f"data.{k}": ("corpus", *RUN_ID)

@@ -113,8 +113,8 @@ def plan(
     leaves = paths[:, -1] if len(paths) else np.zeros(0, np.int64)
     order = np.argsort(leaves, kind="stable")
     bounds = np.flatnonzero(np.diff(leaves[order])) + 1 if len(order) else np.zeros(0, np.int64)
-    rows_p: list[np.ndarray] = []
-    cols: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
+    firsts: list[int] = []  # per row: a member of its leaf (the row's path is that document's)
+    parts: list[np.ndarray] = []  # per leaf: (pieces, 4) row, doc, start, length (numpy: bounded memory)
     n_rows = 0
     for members in np.split(order, bounds) if len(order) else []:
         rows = (
@@ -122,14 +122,16 @@ def plan(
             if mode == "ffd"
             else plan_leaf_stream(lengths[members], width, rng, whole)
         )
-        for row in rows:
-            for d, s, n in row:
-                cols[0].append(n_rows), cols[1].append(int(members[d])), cols[2].append(s), cols[3].append(n)
-            n_rows += 1
-            rows_p.append(paths[members[0]])
+        flat_rows = [(n_rows + r, d, s, n) for r, row in enumerate(rows) for d, s, n in row]
+        a = np.asarray(flat_rows, np.int64).reshape(-1, 4)
+        a[:, 1] = members[a[:, 1]]
+        parts.append(a)
+        firsts.extend([int(members[0])] * len(rows))
+        n_rows += len(rows)
     depth = paths.shape[1] if paths.ndim == 2 else 1
-    out = {k: np.asarray(v, np.int64) for k, v in zip(("row", "doc", "start", "len"), cols)}
-    out["row_paths"] = np.stack(rows_p) if rows_p else np.zeros((0, depth), np.int64)
+    cols = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
+    out = {k: np.ascontiguousarray(cols[:, j]) for j, k in enumerate(("row", "doc", "start", "len"))}
+    out["row_paths"] = paths[np.asarray(firsts, np.int64)] if firsts else np.zeros((0, depth), np.int64)
     return out
 
 

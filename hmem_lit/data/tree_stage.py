@@ -3,8 +3,10 @@
 The k-means tree (and, with retriever.router/refine=bm25, the BM25 index and the neighbour refinement) is fitted on
 the training documents of a seeded sample of at most `retriever.fit_sample` (all of them when the corpus is
 smaller: then the result equals fitting on the whole corpus). Sampled training documents keep their (balanced,
-refined) cluster assignment as their path (`train_paths=assigned`, the paper); every other document (held out,
-or outside the sample) is routed like new text, chunk by chunk, by the configured router.
+refined) cluster assignment as their path (`train_paths=assigned`, the paper); held-out documents are routed like
+new text, chunk by chunk, by the configured router, and training documents outside the sample by their embedding's
+greedy descent (`retriever.route_unsampled=centroid`, the k-means assignment rule; ~40x cheaper than a BM25 vote)
+or by the router (`route_unsampled=router`).
 Writes tree/tree.npz, router.json, doc_paths.npy, stats.json (+ tree/bm25/, index_paths.npy; keys.json).
 """
 
@@ -93,12 +95,18 @@ def stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
         del x_fit
         paths = np.zeros((len(split), r.depth), np.int64)
         paths[fit] = fit_paths
-        rest = np.ones(len(split), bool)
+        rest = np.ones(len(split), bool)  # routed by the configured router: held-out (+ unsampled) documents
         rest[fit] = False
+        by_centroid = np.zeros(len(split), bool)
+        if router is not None and r.route_unsampled == "centroid":
+            by_centroid = rest & (split == 0)
+            rest &= ~by_centroid
         tree.save(tdir / "tree.npz")  # before routing: worker processes load the router from tree/
         t0 = time.perf_counter()
+        _route_rest(root, emb_path, by_centroid, paths, tree, None, chunk, stream.Engine.of(cfg))
         _route_rest(root, emb_path, rest, paths, tree, router, chunk, stream.Engine.of(cfg), root / edir, r.knn_k)
         stats["route_rest_s"] = round(time.perf_counter() - t0, 3)
+        stats["routed_docs"] = {"router": int(rest.sum()), "centroid": int(by_centroid.sum())}
         meta.update(embedder=r.embedder, embedder_dir=edir, router=r.router)
         if r.router == "bm25":
             meta["knn_k"] = r.knn_k
