@@ -209,3 +209,45 @@ def test_dask_engine_on_a_two_worker_local_cluster_equals_the_single_process_eng
     got = _outputs(tmp_path)
     assert got.keys() == reference.keys()
     assert [k for k in got if got[k] != reference[k]] == []
+
+
+def _prepare_cli(d: Path, corpus: Path, kill_at: str | None, *extra: str):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("HMEM_KILL_AT", None)
+    if kill_at:
+        env["HMEM_KILL_AT"] = kill_at
+    args = [
+        "data.source=files",
+        f"data.files=[{corpus}]",
+        f"data.dir={d}",
+        "data.vocab_size=400",
+        "data.seq_len=32",
+        "data.val_fraction=0.05",
+        "retriever.branching=4",
+        "retriever.depth=2",
+        "retriever.embed_dim=32",
+        *extra,
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "hmem_lit.cli", "data", "prepare", str(root / "experiments" / "000_debug.yaml"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("kill_at", ["prepare.embed_chunk@2", "prepare.pack_chunk@1"])
+def test_killed_prepare_reruns_to_byte_identical_outputs(corpus, reference, tmp_path, kill_at):
+    first = _prepare_cli(tmp_path, corpus, kill_at, "data.chunk_docs=100")
+    assert first.returncode == -9, first.stderr[-2000:]
+    again = _prepare_cli(tmp_path, corpus, None, "data.chunk_docs=100")
+    assert again.returncode == 0, again.stderr[-2000:]
+    got = _outputs(tmp_path)
+    assert got.keys() == reference.keys()
+    assert [k for k in got if got[k] != reference[k]] == []

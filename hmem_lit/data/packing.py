@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hmem_lit import faults
 from hmem_lit.utils import atomic_write
 
 
@@ -167,6 +168,7 @@ def fill(p: dict[str, np.ndarray], flat: np.ndarray, doc_start: np.ndarray, out:
             dst = _gather(np.arange(block.size, dtype=np.int64), (row[a:b] - r0) * width + pos[a:b], lens[a:b])
             block.reshape(-1)[dst] = vals
         out[r0:r1] = block
+        faults.point("prepare.pack_chunk")
 
 
 def pack(

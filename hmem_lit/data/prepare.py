@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from hmem_lit import faults
 from hmem_lit.config import ConfigError
 from hmem_lit.data import corpus as corpus_mod
 from hmem_lit.data.tree_stage import key_field  # noqa: F401 (re-exported: evaluation reads it from here)
@@ -381,6 +382,10 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
         raise ValueError("data.source=toy is generated in memory: nothing to prepare (use builtin or files)")
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
     with _lock(root):
+        from hmem_lit.data.stream import remove_stale_temporaries
+
+        for p in remove_stale_temporaries(root):  # left by a killed run: the stage that wrote it is redone
+            say(f"[prepare] removed {p.relative_to(root)} (an interrupted write)")
         manifest = _read_manifest(root)
         manifest.setdefault("stages", {})
         ctx: dict[str, Any] = {"progress": progress, "manifest": manifest}
@@ -401,6 +406,7 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
             out = info.pop("out")
             manifest["stages"][s] = {"key": keys[s], "out": out, "time_s": round(dt, 3), "info": info}
             write_json(root / "manifest.json", manifest)
+            faults.point("prepare.stage")
             say(f"[prepare] {s:<10} done in {dt:.1f}s")
         write_json(root / "manifest.json", manifest)
         stats = corpus_stats(root, manifest)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from hmem_lit import faults
 from hmem_lit.utils import atomic_write
 
 
@@ -161,12 +162,24 @@ def embed_corpus(
         for x in ordered_map(_embed_chunk, jobs, engine):
             out[pos : pos + len(x)] = x
             pos += len(x)
+            faults.point("prepare.embed_chunk")
         if pos != n_docs:
             raise RuntimeError(f"embedded {pos} documents, the corpus has {n_docs}")
         out.flush()
         del out
 
     atomic_write(edir / "emb.npy", _w)
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete the temporary files a killed preparation left (atomic_write's `.<name>.<rand>.tmp`, the token
+    file's `.tmp`); only called under the preparation lock, so no live writer owns them."""
+    gone = []
+    for p in Path(root).rglob("*.tmp"):
+        if p.is_file():
+            p.unlink()
+            gone.append(p)
+    return gone
 
 
 def load_rows(path: Path, idx: np.ndarray | None = None) -> np.ndarray:
@@ -190,5 +203,6 @@ def tokenize_corpus(tok: Any, root: Path, out: Path, chunk: int, n_docs: int) ->
                 parts.append(eot)
                 lengths[start + j] = len(t) + 1
             f.write(np.concatenate(parts).tobytes())
+            faults.point("prepare.tokenize_chunk")
     os.replace(tmp, out)
     return lengths
