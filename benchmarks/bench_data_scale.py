@@ -78,6 +78,9 @@ def run_prepare(corpus: Path, data_dir: Path, extra: list[str]) -> dict:
         "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),  # Linux: KiB
         "stage_s": stages,
         "stage_docs_per_s": {s: round(n / t, 1) for s, t in stages.items() if t > 0},
+        "stage_peak_rss_mb": {s: v.get("peak_rss_mb") for s, v in st.items()},
+        "tree": {k: v for k, v in st["tree"]["info"]["stats"].items() if not k.startswith("level")},
+        "tokenize_s": st["packing"]["info"].get("tokenize_s"),
         "padding": st["packing"]["info"]["train"]["padding"],
         "settings": SETTINGS + extra,
     }

@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -405,6 +406,8 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
             dt = time.perf_counter() - t0
             out = info.pop("out")
             manifest["stages"][s] = {"key": keys[s], "out": out, "time_s": round(dt, 3), "info": info}
+            # this process's peak RSS so far (Linux: KiB): which stage sets the memory high-water mark
+            manifest["stages"][s]["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             write_json(root / "manifest.json", manifest)
             faults.point("prepare.stage")
             say(f"[prepare] {s:<10} done in {dt:.1f}s")
