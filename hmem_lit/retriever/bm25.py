@@ -92,7 +92,7 @@ class BM25Index:
         texts: Sequence[str],
         k: int,
         exclude: np.ndarray | None = None,
-        chunk: int = 256,
+        chunk: int = 64,
         terms: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best k documents per text by BM25 (ties: lower doc id). `exclude` (n,) doc ids are skipped (a document
