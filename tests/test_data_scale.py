@@ -251,3 +251,23 @@ def test_killed_prepare_reruns_to_byte_identical_outputs(corpus, reference, tmp_
     got = _outputs(tmp_path)
     assert got.keys() == reference.keys()
     assert [k for k in got if got[k] != reference[k]] == []
+
+
+def test_a_changed_corpus_file_is_redone_and_a_damaged_document_names_itself(tmp_path):
+    import os
+
+    src = _corpus(tmp_path / "c.jsonl", n=120)
+    d = tmp_path / "data"
+    prepare(_cfg(d, src), progress=False, verbose=False)
+    assert stale_stages(_cfg(d, src)) == []
+    with open(src, "a", encoding="utf-8") as f:  # the file changes between runs: size and mtime
+        f.write(json.dumps({"text": "one more document about the river"}) + "\n")
+    os.utime(src, ns=(1, 1))
+    assert stale_stages(_cfg(d, src))[0] == "corpus"
+    prepare(_cfg(d, src), progress=False, verbose=False)
+    assert json.loads((d / "manifest.json").read_text())["stages"]["corpus"]["info"]["documents"] == 121
+    lines = (d / "corpus" / "docs.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[7] = '{"text": "trunc\n'
+    (d / "corpus" / "docs.jsonl").write_text("".join(lines), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"docs\.jsonl:8: unreadable document"):
+        prepare(_cfg(d, src, "data.seq_len=16"), progress=False, verbose=False)
