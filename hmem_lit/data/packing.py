@@ -14,6 +14,7 @@ into a memory-mapped output chunk by chunk, so packing a corpus never holds its 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,9 +145,13 @@ def _gather(flat: np.ndarray, src: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return flat[idx]
 
 
-def fill(p: dict[str, np.ndarray], flat: np.ndarray, doc_start: np.ndarray, out: np.ndarray, pad_id: int) -> None:
-    """Write the planned rows into out (R, width): tokens of piece i are flat[doc_start[doc] + start : + len]."""
-    width = out.shape[1]
+def fill(
+    p: dict[str, np.ndarray], flat: np.ndarray | Path, doc_start: np.ndarray, width: int, pad_id: int
+) -> Iterator[np.ndarray]:
+    """The planned rows, in blocks of ~4M tokens: tokens of piece i are flat[doc_start[doc] + start : + len].
+    `flat` may be the path of a raw int32 token file: it is then mapped afresh for each block, so the pages read
+    are not held in this process's memory across blocks."""
+    n_rows = len(p["row_paths"])
     row, lens = p["row"], p["len"]
     src = doc_start[p["doc"]] + p["start"]
     first = np.ones(len(row), bool)
@@ -154,20 +159,18 @@ def fill(p: dict[str, np.ndarray], flat: np.ndarray, doc_start: np.ndarray, out:
     csum = np.cumsum(lens) - lens  # offset of each piece in the concatenation
     row_base = np.maximum.accumulate(np.where(first, csum, 0))
     pos = csum - row_base  # offset of each piece within its row
-    step = max(1, (1 << 22) // width)  # rows per chunk: ~4M tokens
-    cuts = np.searchsorted(row, np.arange(0, len(out) + step, step))
-    for c in range(len(cuts) - 1):
-        a, b = int(cuts[c]), int(cuts[c + 1])
-        r0 = c * step
-        r1 = min(len(out), r0 + step)
-        if r1 <= r0:
-            break
+    step = max(1, (1 << 22) // width)  # rows per block: ~4M tokens
+    for r0 in range(0, n_rows, step):
+        r1 = min(n_rows, r0 + step)
+        a, b = np.searchsorted(row, [r0, r1])
         block = np.full((r1 - r0, width), pad_id, np.int32)
         if b > a:
-            vals = _gather(flat, src[a:b], lens[a:b])
+            tokens = np.memmap(flat, np.int32, "r") if isinstance(flat, Path) else flat
+            vals = _gather(tokens, src[a:b], lens[a:b])
+            del tokens
             dst = _gather(np.arange(block.size, dtype=np.int64), (row[a:b] - r0) * width + pos[a:b], lens[a:b])
             block.reshape(-1)[dst] = vals
-        out[r0:r1] = block
+        yield block
         faults.point("prepare.pack_chunk")
 
 
@@ -188,8 +191,8 @@ def pack(
     lengths = np.array([len(t) for t in parts], np.int64)
     flat = np.concatenate(parts) if parts else np.zeros(0, np.int32)
     p = plan(lengths, paths, width, seed, mode, whole)
-    tokens = np.zeros((len(p["row_paths"]), width), np.int32)
-    fill(p, flat, np.cumsum(lengths) - lengths, tokens, pad_id)
+    blocks = list(fill(p, flat, np.cumsum(lengths) - lengths, width, pad_id))
+    tokens = np.concatenate(blocks) if blocks else np.zeros((0, width), np.int32)
     return Packed(tokens, p["row_paths"], _doc_ptr(p), np.asarray(doc_index, np.int64)[p["doc"]], int(lengths.sum()))
 
 
@@ -201,7 +204,7 @@ def _doc_ptr(p: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def pack_split(
-    flat: np.ndarray,
+    flat: np.ndarray | Path,
     doc_start: np.ndarray,
     lengths: np.ndarray,
     doc_index: np.ndarray,
@@ -220,10 +223,12 @@ def pack_split(
     n_rows = len(p["row_paths"])
 
     def _w(tmp: str) -> None:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(n_rows, width))
-        fill(p, flat, doc_start[doc_index], out, pad_id)
-        out.flush()
-        del out
+        from hmem_lit.data.stream import write_npy_header
+
+        with open(tmp, "wb") as f:  # plain writes, block by block (a writable memmap would count in RSS)
+            write_npy_header(f, (n_rows, width), np.int32)
+            for block in fill(p, flat, doc_start[doc_index], width, pad_id):
+                f.write(block.tobytes())
 
     atomic_write(out_dir / f"{name}_tokens.npy", _w)
     atomic_write(out_dir / f"{name}_paths.npy", lambda tmp: np.save(open(tmp, "wb"), p["row_paths"]))

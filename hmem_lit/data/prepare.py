@@ -275,7 +275,7 @@ def _stage_packing(cfg: Any, root: Path, ctx: dict) -> dict:
     t0 = time.perf_counter()
     lengths = stream.tokenize_corpus(tok, root, flat_path, cfg.data.chunk_docs, len(split))
     info: dict[str, Any] = {"tokenize_s": round(time.perf_counter() - t0, 3)}
-    flat = np.memmap(flat_path, np.int32, "r") if lengths.sum() else np.zeros(0, np.int32)
+    flat: Any = flat_path if lengths.sum() else np.zeros(0, np.int32)  # mapped block by block while packing
     doc_start = np.cumsum(lengths) - lengths
     try:
         for name, s in (("train", 0), ("val", 1)):

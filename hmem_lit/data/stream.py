@@ -156,17 +156,16 @@ def embed_corpus(
         _EMBEDDER[str(edir)] = embedder
 
     def _w(tmp: str) -> None:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n_docs, dim))
         jobs = ((str(edir), [d["text"] for d in docs]) for _, docs in iter_doc_chunks(root, chunk))
-        pos = 0
-        for x in ordered_map(_embed_chunk, jobs, engine):
-            out[pos : pos + len(x)] = x
-            pos += len(x)
-            faults.point("prepare.embed_chunk")
+        with open(tmp, "wb") as f:
+            write_npy_header(f, (n_docs, dim), dtype)
+            pos = 0
+            for x in ordered_map(_embed_chunk, jobs, engine):
+                f.write(np.ascontiguousarray(x, np.dtype(dtype)).tobytes())
+                pos += len(x)
+                faults.point("prepare.embed_chunk")
         if pos != n_docs:
             raise RuntimeError(f"embedded {pos} documents, the corpus has {n_docs}")
-        out.flush()
-        del out
 
     atomic_write(edir / "emb.npy", _w)
 
@@ -182,10 +181,41 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
     return gone
 
 
-def load_rows(path: Path, idx: np.ndarray | None = None) -> np.ndarray:
-    """Rows of a (memory-mapped) embedding matrix as float32 (all rows when idx is None)."""
-    x = np.load(path, mmap_mode="r")
-    return np.ascontiguousarray(x if idx is None else x[idx], np.float32)
+def write_npy_header(f: Any, shape: tuple[int, ...], dtype: Any) -> None:
+    """The .npy header np.save would write for an array of this shape and dtype (rows are then appended with
+    f.write: plain writes, unlike a writable memmap, do not count the written pages in this process's RSS)."""
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    )
+
+
+def iter_npy_rows(path: Path, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows as float32) of a 2-D .npy in chunks, read with plain file reads (bounded RSS)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        if fortran or len(shape) != 2:
+            raise ValueError(f"{path}: expected a C-order 2-D array, got shape {shape}")
+        row_bytes = int(shape[1]) * dtype.itemsize
+        for start in range(0, int(shape[0]), chunk):
+            m = min(chunk, int(shape[0]) - start)
+            buf = f.read(m * row_bytes)
+            if len(buf) != m * row_bytes:
+                raise ValueError(f"{path}: truncated at row {start} (rerun `hmem data prepare --force`)")
+            yield start, np.frombuffer(buf, dtype).reshape(m, shape[1]).astype(np.float32)
+
+
+def load_rows(path: Path, idx: np.ndarray, chunk: int = 16_384) -> np.ndarray:
+    """Rows idx (sorted) of an embedding matrix as float32, read chunk by chunk."""
+    idx = np.asarray(idx, np.int64)
+    parts = []
+    for start, x in iter_npy_rows(path, chunk):
+        lo, hi = np.searchsorted(idx, [start, start + len(x)])
+        if hi > lo:
+            parts.append(x[idx[lo:hi] - start])
+    dim = np.load(path, mmap_mode="r").shape[1]
+    return np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros((0, dim), np.float32))
 
 
 def tokenize_corpus(tok: Any, root: Path, out: Path, chunk: int, n_docs: int) -> np.ndarray:

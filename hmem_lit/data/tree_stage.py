@@ -172,11 +172,10 @@ def _route_rest(
     if not rest.any():
         return
     if router is None:
-        emb = np.load(emb_path, mmap_mode="r")
-        for a in range(0, len(rest), chunk):
-            idx = np.nonzero(rest[a : a + chunk])[0] + a
+        for a, x in stream.iter_npy_rows(emb_path, chunk):
+            idx = np.nonzero(rest[a : a + len(x)])[0]
             if len(idx):
-                paths[idx] = tree.route(np.ascontiguousarray(emb[idx], np.float32))
+                paths[idx + a] = tree.route(np.ascontiguousarray(x[idx]))
         return
     tdir = str(root / "tree")
     if engine.kind == "local" and engine.workers <= 1:  # in this process: the router in memory
