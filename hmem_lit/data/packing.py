@@ -40,9 +40,13 @@ def plan_leaf(lengths: np.ndarray, width: int, rng: np.random.Generator) -> list
     for i, n in enumerate(np.asarray(lengths, np.int64).tolist()):
         s = 0
         while n - s > width:  # long document: whole rows first
-            doc.append(i), start.append(s), plen.append(width)
+            doc.append(i)
+            start.append(s)
+            plen.append(width)
             s += width
-        doc.append(i), start.append(s), plen.append(n - s)
+        doc.append(i)
+        start.append(s)
+        plen.append(n - s)
     lens = np.asarray(plen, np.int64)
     order = np.lexsort((rng.random(len(lens)), -lens))  # longest first, ties in seeded random order
     # first fit: the leftmost row with free >= L. Every piece may open a row, so len(lens) rows suffice; an unused
