@@ -340,7 +340,7 @@ class DataConfig:
     # paper's same-cluster packing; default); stream = a leaf's documents concatenated and cut into rows (a
     # document may continue in the next row; documents of at most `pack_whole` tokens are never cut)
     packing: str = "ffd"
-    pack_whole: int = 64
+    pack_whole: int = 32
     # the documents' key field (an entity name, an id): routing diagnostics (concentration of each key's training
     # documents in one leaf, prompts routed to it; retriever/diagnostics.py). null = "entity" for the builtin
     # corpora, none for files. When set, every file document must carry it (null for background text).
