@@ -4,7 +4,9 @@ Every stage writes its outputs atomically into `data.dir` and records in `manife
 config fields and upstream outputs it depends on) and a hash of what it produced. A re-run skips every stage
 whose key is unchanged and whose outputs exist, so a second `prepare` is a no-op and changing e.g.
 `data.seq_len` redoes only the packing. A lock file serialises concurrent preparations of one directory (e.g.
-several DDP ranks calling `load_prepared`).
+several DDP ranks calling `load_prepared`). Stages stream the corpus in chunks with memory bounded by the chunk
+and sample sizes (data/stream.py; the tree stage: data/tree_stage.py); a killed run leaves only temporaries,
+which the next run removes before redoing the unfinished stage.
 
 Layout of `data.dir`:
     manifest.json, stats.json, ATTRIBUTION.txt (built-in corpus)
