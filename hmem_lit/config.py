@@ -283,6 +283,14 @@ class RetrieverConfig:
     refine_iters: int = 6  # label-propagation rounds (each offers a move to half of the documents)
     refine_cap: float = 3.0  # a refined leaf holds at most this x the mean leaf size (<= 0: no limit)
     graph_max_postings: int = 2048  # refinement graph queries skip terms in more documents (cost linear in corpus)
+    # corpus scale: the embedder (tfidf), the k-means tree and the BM25 index/refinement are fitted on at most
+    # `fit_sample` training documents (a seeded sample; 0 = all); every other document is then routed in chunks
+    # like held-out text. `embed_dtype`: the stored document embeddings (float16 halves the disk of emb.npy).
+    fit_sample: int = 100_000
+    # how training documents outside that sample are routed: centroid (greedy descent of their embedding, ~0.1 ms
+    # a document) | router (retriever.router, like held-out text: bm25 costs ~4 ms a document on 2 cores)
+    route_unsampled: str = "centroid"
+    embed_dtype: str = "float32"  # float32 | float16
 
     def __post_init__(self) -> None:
         _one_of(self.type, RETRIEVERS.names(), "retriever.type")  # the registries are the source of truth
@@ -301,6 +309,9 @@ class RetrieverConfig:
         _check(
             self.graph_max_postings >= 1, "retriever.graph_max_postings", f"must be >= 1, got {self.graph_max_postings}"
         )
+        _check(self.fit_sample >= 0, "retriever.fit_sample", f"must be >= 0 (0 = all), got {self.fit_sample}")
+        _one_of(self.embed_dtype, ("float32", "float16"), "retriever.embed_dtype")
+        _one_of(self.route_unsampled, ("centroid", "router"), "retriever.route_unsampled")
 
 
 @dataclass
@@ -314,6 +325,22 @@ class DataConfig:
     val_fraction: float = 0.02  # share of documents held out for validation perplexity
     seed: int = 0
     num_workers: int = 0
+    # corpus scale (data/stream.py): preparation reads documents in chunks of `chunk_docs` and trains the BPE on
+    # at most `tokenizer_sample` training documents (a seeded sample; 0 = all), so its memory is bounded by these,
+    # not by the corpus. `workers` processes embed chunks in parallel; neither changes any output.
+    chunk_docs: int = 16_384
+    tokenizer_sample: int = 100_000
+    workers: int = 1
+    # where the embedding and routing chunks run (data/stream.py Engine): local (this machine, `workers`
+    # processes) | dask (dask.distributed: the scheduler at `engine_address`, or a LocalCluster of `workers`
+    # processes when empty). Outputs are byte-identical on every engine.
+    engine: str = "local"
+    engine_address: str = ""
+    # packing (data/packing.py): ffd = first-fit decreasing, a document that fits a row is never split (the
+    # paper's same-cluster packing; default); stream = a leaf's documents concatenated and cut into rows (a
+    # document may continue in the next row; documents of at most `pack_whole` tokens are never cut)
+    packing: str = "ffd"
+    pack_whole: int = 32
     # the documents' key field (an entity name, an id): routing diagnostics (concentration of each key's training
     # documents in one leaf, prompts routed to it; retriever/diagnostics.py). null = "entity" for the builtin
     # corpora, none for files. When set, every file document must carry it (null for background text).
@@ -343,6 +370,18 @@ class DataConfig:
             self.num_workers >= 0,
             "data.num_workers",
             f"must be >= 0 (0 = load in the main process), got {self.num_workers}",
+        )
+        _check(self.chunk_docs >= 1, "data.chunk_docs", f"must be >= 1, got {self.chunk_docs}")
+        _check(
+            self.tokenizer_sample >= 0, "data.tokenizer_sample", f"must be >= 0 (0 = all), got {self.tokenizer_sample}"
+        )
+        _check(self.workers >= 1, "data.workers", f"must be >= 1 (processes), got {self.workers}")
+        _one_of(self.packing, ("ffd", "stream"), "data.packing")
+        _one_of(self.engine, ("local", "dask"), "data.engine")
+        _check(
+            self.pack_whole >= 0,
+            "data.pack_whole",
+            f"must be >= 0 (0 = any document may be cut), got {self.pack_whole}",
         )
         _check(
             self.toy_docs >= 2,

@@ -106,6 +106,9 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
     "retriever.embed_dim": ("embeddings", *RUN_ID),
     "retriever.tfidf_projection": ("embeddings", *RUN_ID),
     "retriever.seed": ("embeddings", "tree", *RUN_ID),
+    "retriever.fit_sample": ("embeddings", "tree", *RUN_ID),
+    "retriever.embed_dtype": ("embeddings", *RUN_ID),
+    "retriever.route_unsampled": ("tree", *RUN_ID),
     **{f"retriever.{k}": ("tree", *RUN_ID) for k in _TREE},
     **{
         f"data.{k}": ("corpus", *RUN_ID)
@@ -126,10 +129,17 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
     "data.tokenizer": ("tokenizer", *RUN_ID),
     "data.vocab_size": ("tokenizer", *RUN_ID),
     "data.seq_len": ("packing", *RUN_ID),
+    "data.packing": ("packing", *RUN_ID),
+    "data.pack_whole": ("packing", *RUN_ID),
     "data.key_field": ("tree",),  # routing diagnostics only
     "data.toy_docs": RUN_ID,  # the toy corpus is generated in memory, never prepared
     "data.dir": (),
     "data.num_workers": (),
+    "data.chunk_docs": (),  # memory bound only: outputs are identical for any chunk size
+    "data.workers": (),  # parallelism only: outputs are identical for any number of workers
+    "data.engine": (),  # the same outputs on every engine
+    "data.engine_address": (),
+    "data.tokenizer_sample": ("tokenizer", *RUN_ID),
     **{f"train.{k}": RUN_ID for k in ("mode", "max_tokens", "batch_size", "accumulate", "precision", "subtree")},
     "train.seed": ("run",),
     "train.init_from": ("run",),  # another seed / start: the same configuration

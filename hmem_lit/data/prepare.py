@@ -4,7 +4,9 @@ Every stage writes its outputs atomically into `data.dir` and records in `manife
 config fields and upstream outputs it depends on) and a hash of what it produced. A re-run skips every stage
 whose key is unchanged and whose outputs exist, so a second `prepare` is a no-op and changing e.g.
 `data.seq_len` redoes only the packing. A lock file serialises concurrent preparations of one directory (e.g.
-several DDP ranks calling `load_prepared`).
+several DDP ranks calling `load_prepared`). Stages stream the corpus in chunks with memory bounded by the chunk
+and sample sizes (data/stream.py; the tree stage: data/tree_stage.py); a killed run leaves only temporaries,
+which the next run removes before redoing the unfinished stage.
 
 Layout of `data.dir`:
     manifest.json, stats.json, ATTRIBUTION.txt (built-in corpus)
@@ -24,6 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -32,10 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from hmem_lit import faults
 from hmem_lit.config import ConfigError
 from hmem_lit.data import corpus as corpus_mod
+from hmem_lit.data.tree_stage import key_field  # noqa: F401 (re-exported: evaluation reads it from here)
 from hmem_lit.effects import field_value, fields_with
-from hmem_lit.retriever.diagnostics import concentration, format_concentration, key_table
+from hmem_lit.retriever.diagnostics import format_concentration
 from hmem_lit.utils import atomic_write, atomic_write_text, read_json, write_json
 
 STAGES = ("corpus", "tokenizer", "embeddings", "tree", "packing", "questions")
@@ -65,11 +70,6 @@ def _file_hash(*paths: Path) -> str:
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), arr))
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    # numpy's stub types savez's **kwds as if they could bind allow_pickle: bool; these are array names
-    atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))  # type: ignore[arg-type]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -200,178 +200,54 @@ def _stage_corpus(cfg: Any, root: Path, ctx: dict) -> dict:
     return info
 
 
-def _docs(root: Path, ctx: dict) -> tuple[list[dict], np.ndarray]:
-    if "docs" not in ctx:
-        ctx["docs"] = corpus_mod.read_docs(root / "corpus")
-        ctx["split"] = np.load(root / "corpus" / "split.npy")
-    return ctx["docs"], ctx["split"]
+def _split(root: Path) -> np.ndarray:
+    return np.load(root / "corpus" / "split.npy")
 
 
 def _stage_tokenizer(cfg: Any, root: Path, ctx: dict) -> dict:
+    from hmem_lit.data import stream
     from hmem_lit.data.tokenizer import tokenizer_from_file, train_bpe
 
     if cfg.data.tokenizer:
         tok = tokenizer_from_file(cfg.data.tokenizer)
-    else:
-        docs, split = _docs(root, ctx)
-        texts = (d["text"] for d, s in zip(docs, split) if s == 0)
-        tok = train_bpe(texts, cfg.data.vocab_size, length=int((split == 0).sum()), progress=ctx["progress"])
+        sample = 0
+    else:  # a bounded seeded sample of the training documents (all of them in a corpus up to that size)
+        idx = stream.sample_train(_split(root), cfg.data.tokenizer_sample, cfg.data.seed, 47)
+        texts = stream.texts_at(root, idx, cfg.data.chunk_docs)
+        tok = train_bpe(texts, cfg.data.vocab_size, length=len(idx), progress=ctx["progress"])
+        sample = len(idx)
     tok.save(root / "tokenizer.json")
     return {
         "vocab_size": tok.vocab_size,
         "eot_id": tok.eot_id,
         "pad_id": tok.pad_id,
+        "trained_on_docs": sample,
         "out": _file_hash(root / "tokenizer.json"),
     }
 
 
 def _stage_embeddings(cfg: Any, root: Path, ctx: dict) -> dict:
+    from hmem_lit.data import stream
+    from hmem_lit.data.tree_stage import fit_sample
     from hmem_lit.retriever.embedders import make_embedder
 
-    r = cfg.retriever
+    r, d = cfg.retriever, cfg.data
     rel = f"embeddings/{r.embedder}-{ctx['keys']['embeddings'][:12]}"
     edir = root / rel
     if not (edir / "emb.npy").exists() or not (edir / "embedder.json").exists():  # cache across configs
-        docs, split = _docs(root, ctx)
+        split = _split(root)
         emb = make_embedder(r.embedder, dim=r.embed_dim, seed=r.seed, projection=r.tfidf_projection)
-        emb.fit([d["text"] for d, s in zip(docs, split) if s == 0], progress=ctx["progress"])
-        x = emb.embed([d["text"] for d in docs], progress=ctx["progress"])
+        emb.fit(list(stream.texts_at(root, fit_sample(cfg, split), d.chunk_docs)), progress=ctx["progress"])
         emb.save(edir)
-        _save_npy(edir / "emb.npy", x)
+        stream.embed_corpus(edir, root, len(split), emb.dim, d.chunk_docs, stream.Engine.of(cfg), r.embed_dtype, emb)
     return {"dir": rel, "out": ctx["keys"]["embeddings"]}
 
 
 def _stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
-    from hmem_lit.retriever.kmeans_tree import build_tree, cluster_stats
-    from hmem_lit.retriever.routing import RETRIEVERS, OracleRouter
+    from hmem_lit.data.tree_stage import stage_tree
 
-    r = cfg.retriever
-    docs, split = _docs(root, ctx)
-    tdir = root / "tree"
-    tdir.mkdir(parents=True, exist_ok=True)
-    meta = {"type": r.type, "branching": r.branching, "depth": r.depth, "seed": r.seed}
-    if r.type == "tree":
-        edir = ctx["manifest"]["stages"]["embeddings"]["info"]["dir"]
-        x = np.load(root / edir / "emb.npy")
-        train = np.nonzero(split == 0)[0]
-        tree, assign = build_tree(
-            x[train],
-            r.branching,
-            r.depth,
-            r.balance,
-            r.niter,
-            r.max_points_per_centroid,
-            r.seed,
-            r.recenter,
-            progress=ctx["progress"],
-        )
-        stats = dict(tree.stats)
-        if r.router == "bm25" or r.refine == "bm25":
-            paths = _bm25_tree(
-                cfg, tree, x, assign, [docs[i]["text"] for i in train], split, docs, tdir, root / edir, stats
-            )
-        else:
-            paths = tree.route(x)  # held-out documents: greedy routing, like any new text
-            if r.train_paths == "assigned":
-                paths[train] = assign  # training documents: their balanced cluster assignment (paper)
-        tree.save(tdir / "tree.npz")
-        meta.update(embedder=r.embedder, embedder_dir=edir, router=r.router)
-        if r.router == "bm25":
-            meta["knn_k"] = r.knn_k
-    else:
-        router = (
-            OracleRouter(r.branching, r.depth, r.seed, r.oracle_field)
-            if r.type == "oracle"
-            else RETRIEVERS.get(r.type)(r.branching, r.depth, r.seed)
-        )
-        paths = router.route_records(docs)
-        stats = cluster_stats(paths[split == 0], r.branching, r.depth)
-        if r.type == "oracle":
-            meta["oracle_field"] = r.oracle_field
-    field = key_field(cfg)
-    if field:
-        keys, train = _doc_keys(docs, field, cfg), np.nonzero(split == 0)[0]
-        table = key_table([keys[i] for i in train], paths[train])
-        write_json(tdir / "keys.json", table)
-        stats["routing"] = {"key_field": field, **concentration(table)}
-    _save_npy(tdir / "doc_paths.npy", paths.astype(np.int64))
-    write_json(tdir / "stats.json", stats)
-    write_json(tdir / "router.json", meta)
-    return {"stats": stats, "out": _file_hash(tdir / "doc_paths.npy", tdir / "router.json")}
-
-
-def key_field(cfg: Any) -> str | None:
-    """The documents' key field for routing diagnostics: data.key_field, else "entity" for builtin corpora."""
-    return cfg.data.key_field or ("entity" if cfg.data.source == "builtin" else None)
-
-
-def _doc_keys(docs: list[dict], field: str, cfg: Any) -> list[Any]:
-    """Every document's key (None: background text). With an explicit data.key_field, a document lacking the
-    field is an error naming it (a typo in the field name must not silently report nothing)."""
-    if cfg.data.key_field:
-        missing = [d.get("source", f"document {i + 1}") for i, d in enumerate(docs) if field not in d]
-        if missing:
-            raise ConfigError(
-                f"data.key_field={field!r}: {len(missing):,} of {len(docs):,} documents lack the field "
-                f"(first: {missing[0]}); give every document the field (null for background text) "
-                "or unset data.key_field"
-            )
-    return [d.get(field) if isinstance(d.get(field), (str, int)) else None for d in docs]
-
-
-def _bm25_tree(
-    cfg: Any,
-    tree: Any,
-    x: np.ndarray,
-    assign: np.ndarray,
-    train_texts: list[str],
-    split: np.ndarray,
-    docs: list[dict],
-    tdir: Path,
-    embedder_dir: Path,
-    stats: dict,
-) -> np.ndarray:
-    """The BM25 parts of the tree stage (retriever/bm25.py): index the training documents, refine the clusters on
-    their neighbour graph (refine=bm25), route the held-out documents (router=bm25: by vote) -> every document's
-    path. Writes tree/bm25/ and tree/index_paths.npy (the training documents' final paths, the voters)."""
-    from hmem_lit.retriever.bm25 import BM25Index, knn_graph, refine_leaves, vote_paths
-    from hmem_lit.retriever.embedders import load_embedder
-    from hmem_lit.retriever.kmeans_tree import cluster_stats, recenter_tree
-    from hmem_lit.retriever.routing import BM25Router, leaf_to_path
-
-    r = cfg.retriever
-    train = np.nonzero(split == 0)[0]
-    t0 = time.perf_counter()
-    index = BM25Index.fit(train_texts, max_df=r.bm25_max_df)
-    nbr, w = knn_graph(index, train_texts, r.knn_k, r.graph_max_postings)
-    stats["bm25"] = {"terms": len(index.vocab), "index_s": round(time.perf_counter() - t0, 3)}
-    if r.refine == "bm25" and r.refine_iters > 0:
-        leaves = refine_leaves(assign[:, -1], nbr, w, r.refine_iters, r.refine_cap, stats["bm25"])
-        assign = leaf_to_path(leaves, tree.branching, tree.depth)
-        recenter_tree(tree, x[train], assign)
-        stats.update(cluster_stats(assign, tree.branching, tree.depth))
-    # the path a prompt with each training document's text would take: bm25, the vote of its neighbours (itself
-    # excluded); centroid, greedy descent
-    if r.router == "bm25":
-        voted_paths, voted = vote_paths(nbr, w, assign, tree.branching)
-        routed = np.where(voted[:, None], voted_paths, assign)
-    else:
-        routed = tree.route(x[train])
-    stats["route_agreement"] = float((routed[:, -1] == assign[:, -1]).mean()) if len(train) else 1.0
-    if r.train_paths == "routed":
-        assign = routed
-    paths = np.zeros((len(split), tree.depth), np.int64)
-    paths[train] = assign
-    held = np.nonzero(split != 0)[0]
-    if r.router == "bm25":
-        router = BM25Router(tree, load_embedder(embedder_dir), index, assign, r.knn_k)
-        paths[held] = router.route([docs[i]["text"] for i in held]) if len(held) else paths[held]
-        index.save(tdir / "bm25")
-        _save_npy(tdir / "index_paths.npy", assign.astype(np.int64))
-    else:
-        paths[held] = tree.route(x[held])
-    stats["bm25"]["total_s"] = round(time.perf_counter() - t0, 3)
-    return paths
+    ctx["file_hash"] = _file_hash
+    return stage_tree(cfg, root, ctx)
 
 
 def entity_fact_paths(root: str | Path) -> dict[str, list[tuple[int, ...]]]:
@@ -388,40 +264,43 @@ def entity_fact_paths(root: str | Path) -> dict[str, list[tuple[int, ...]]]:
 
 
 def _stage_packing(cfg: Any, root: Path, ctx: dict) -> dict:
-    from hmem_lit.data.packing import pack
+    from hmem_lit.data import stream
+    from hmem_lit.data.packing import pack_split
     from hmem_lit.data.tokenizer import load_tokenizer
 
-    docs, split = _docs(root, ctx)
+    split = _split(root)
     tok = load_tokenizer(root)
-    paths = np.load(root / "tree" / "doc_paths.npy")
-    t0 = time.perf_counter()
-    ids: list[np.ndarray] = []
-    step = 2048
-    rng_it: Any = range(0, len(docs), step)
-    if ctx["progress"]:
-        from tqdm.auto import tqdm
-
-        rng_it = tqdm(rng_it, desc="tokenize", leave=False)
-    for i in rng_it:
-        ids.extend(np.asarray(t, np.int32) for t in tok.encode_batch([d["text"] for d in docs[i : i + step]]))
-    t_tok = time.perf_counter() - t0
-    info: dict[str, Any] = {"tokenize_s": round(t_tok, 3)}
+    paths = np.load(root / "tree" / "doc_paths.npy", mmap_mode="r")
     pdir = root / "packed"
-    for name, s in (("train", 0), ("val", 1)):
-        idx = np.nonzero(split == s)[0]
-        t1 = time.perf_counter()
-        p = pack(
-            [ids[i] for i in idx], idx, paths[idx], cfg.data.seq_len, tok.eot_id, tok.pad_id, seed=cfg.data.seed + s
-        )
-        _save_npy(pdir / f"{name}_tokens.npy", p.tokens)
-        _save_npy(pdir / f"{name}_paths.npy", p.paths)
-        _save_npz(pdir / f"{name}_docs.npz", doc_ptr=p.doc_ptr, doc_ids=p.doc_ids)
-        info[name] = {
-            "rows": int(len(p.tokens)),
-            "doc_tokens": p.n_tokens,
-            "padding": float(1 - p.n_tokens / max(1, p.tokens.size)),
-            "pack_s": round(time.perf_counter() - t1, 3),
-        }
+    pdir.mkdir(parents=True, exist_ok=True)
+    flat_path = pdir / ".doc_tokens.bin"  # every document's tokens + EOT, concatenated (deleted after packing)
+    t0 = time.perf_counter()
+    lengths = stream.tokenize_corpus(tok, root, flat_path, cfg.data.chunk_docs, len(split))
+    info: dict[str, Any] = {"tokenize_s": round(time.perf_counter() - t0, 3)}
+    flat: Any = flat_path if lengths.sum() else np.zeros(0, np.int32)  # mapped block by block while packing
+    doc_start = np.cumsum(lengths) - lengths
+    try:
+        for name, s in (("train", 0), ("val", 1)):
+            idx = np.nonzero(split == s)[0]
+            t1 = time.perf_counter()
+            info[name] = pack_split(
+                flat,
+                doc_start,
+                lengths[idx],
+                idx,
+                np.asarray(paths[idx]),
+                cfg.data.seq_len + 1,
+                tok.pad_id,
+                cfg.data.seed + s,
+                pdir,
+                name,
+                cfg.data.packing,
+                cfg.data.pack_whole,
+            )
+            info[name]["pack_s"] = round(time.perf_counter() - t1, 3)
+    finally:
+        del flat
+        flat_path.unlink(missing_ok=True)
     info["out"] = (
         _file_hash(*(pdir / f"{n}_paths.npy" for n in ("train", "val")), pdir / "train_docs.npz", pdir / "val_docs.npz")
         + f"-{info['train']['doc_tokens']}"
@@ -430,11 +309,20 @@ def _stage_packing(cfg: Any, root: Path, ctx: dict) -> dict:
 
 
 def _stage_questions(cfg: Any, root: Path, ctx: dict) -> dict:
-    from hmem_lit.data import mentions, questions
+    from hmem_lit.data import mentions, questions, stream
 
-    docs, split = _docs(root, ctx)
+    split = _split(root)
     entities = read_json(root / "corpus" / "entities.json")
-    counts = mentions.MentionCounter(entities).add_all(d["text"] for d, s in zip(docs, split) if s == 0)
+    val_docs: list[dict] = []  # the held-out documents (a small share of the corpus)
+
+    def train_texts():
+        for i, d in enumerate(stream.iter_docs(root, cfg.data.chunk_docs)):
+            if split[i] == 0:
+                yield d["text"]
+            elif split[i] == 1:
+                val_docs.append(d)
+
+    counts = mentions.MentionCounter(entities).add_all(train_texts())
     summary: dict[str, Any] = {}
     for kind in sorted({e["kind"] for e in entities}):
         idx = [i for i, e in enumerate(entities) if e["kind"] == kind]
@@ -464,7 +352,6 @@ def _stage_questions(cfg: Any, root: Path, ctx: dict) -> dict:
         },
     )
     qsets = questions.build_questions(entities, cfg.data.seed)
-    val_docs = [d for d, s in zip(docs, split) if s == 1]
     wiki_val = [{"title": d.get("title", ""), "text": d["text"]} for d in val_docs if d["kind"] == "wiki"]
     if wiki_val:
         qsets["wiki_cloze"] = questions.wiki_cloze(wiki_val)
@@ -498,6 +385,10 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
         raise ValueError("data.source=toy is generated in memory: nothing to prepare (use builtin or files)")
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
     with _lock(root):
+        from hmem_lit.data.stream import remove_stale_temporaries
+
+        for p in remove_stale_temporaries(root):  # left by a killed run: the stage that wrote it is redone
+            say(f"[prepare] removed {p.relative_to(root)} (an interrupted write)")
         manifest = _read_manifest(root)
         manifest.setdefault("stages", {})
         ctx: dict[str, Any] = {"progress": progress, "manifest": manifest}
@@ -517,7 +408,10 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
             dt = time.perf_counter() - t0
             out = info.pop("out")
             manifest["stages"][s] = {"key": keys[s], "out": out, "time_s": round(dt, 3), "info": info}
+            # this process's peak RSS so far (Linux: KiB): which stage sets the memory high-water mark
+            manifest["stages"][s]["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             write_json(root / "manifest.json", manifest)
+            faults.point("prepare.stage")
             say(f"[prepare] {s:<10} done in {dt:.1f}s")
         write_json(root / "manifest.json", manifest)
         stats = corpus_stats(root, manifest)

@@ -92,7 +92,7 @@ class BM25Index:
         texts: Sequence[str],
         k: int,
         exclude: np.ndarray | None = None,
-        chunk: int = 1024,
+        chunk: int = 64,
         terms: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best k documents per text by BM25 (ties: lower doc id). `exclude` (n,) doc ids are skipped (a document
@@ -116,6 +116,9 @@ class BM25Index:
                     cols, vals = cols[m], vals[m]
                 if len(cols) == 0:
                     continue
+                if len(cols) > 4 * k:  # keep the candidates scoring at least the k-th best (ties included)
+                    m = vals >= np.partition(vals, len(vals) - k)[len(vals) - k]
+                    cols, vals = cols[m], vals[m]
                 order = np.lexsort((cols, -vals))[:k]  # highest score first, then lowest id (deterministic)
                 ids[i + r, : len(order)], scores[i + r, : len(order)] = cols[order], vals[order]
         return ids, scores

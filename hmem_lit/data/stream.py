@@ -1,0 +1,238 @@
+"""Corpus-scale helpers for `hmem data prepare`: chunked reading of corpus/docs.jsonl, seeded bounded samples,
+chunked (optionally parallel) embedding into a memory-mapped .npy, and chunked tokenization into a flat file.
+
+Memory is bounded by `data.chunk_docs` and the sample sizes (`data.tokenizer_sample`, `retriever.fit_sample`),
+never by the corpus: nothing here holds every document. Outputs do not depend on the chunk size or on
+`data.workers` (chunks are processed independently, row by row, and written in corpus order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hmem_lit import faults
+from hmem_lit.utils import atomic_write
+
+
+def iter_doc_chunks(root: Path, chunk: int) -> Iterator[tuple[int, list[dict]]]:
+    """(index of the first document, documents) for consecutive chunks of corpus/docs.jsonl."""
+    path = Path(root) / "corpus" / "docs.jsonl"
+    start, buf = 0, []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                buf.append(json.loads(line))
+            except json.JSONDecodeError as e:  # a damaged shard must name itself
+                raise ValueError(f"{path}:{lineno}: unreadable document ({e.msg}); rerun with --force") from None
+            if len(buf) == chunk:
+                yield start, buf
+                start, buf = start + len(buf), []
+    if buf:
+        yield start, buf
+
+
+def iter_docs(root: Path, chunk: int) -> Iterator[dict]:
+    for _, docs in iter_doc_chunks(root, chunk):
+        yield from docs
+
+
+def sample_train(split: np.ndarray, n: int, seed: int, salt: int) -> np.ndarray:
+    """Sorted indices of at most n training documents (all of them, in order, when n is 0 or covers them all)."""
+    train = np.nonzero(split == 0)[0]
+    if n <= 0 or n >= len(train):
+        return train
+    rng = np.random.default_rng([seed, salt])
+    return np.sort(rng.choice(train, n, replace=False))
+
+
+def texts_at(root: Path, idx: np.ndarray, chunk: int) -> Iterator[str]:
+    """The texts of the documents at sorted indices idx, streamed."""
+    idx = np.asarray(idx, np.int64)
+    j = 0
+    for start, docs in iter_doc_chunks(root, chunk):
+        end = start + len(docs)
+        while j < len(idx) and idx[j] < end:
+            yield docs[int(idx[j]) - start]["text"]
+            j += 1
+        if j == len(idx):
+            return
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where chunks run: `local` (this process, or `workers` spawned processes) or `dask` (a dask.distributed
+    cluster at `address`, e.g. tcp://scheduler:8786; empty: a LocalCluster of `workers` processes)."""
+
+    workers: int = 1
+    kind: str = "local"
+    address: str = ""
+
+    @classmethod
+    def of(cls, cfg: Any) -> Engine:
+        return cls(cfg.data.workers, cfg.data.engine, cfg.data.engine_address)
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], engine: Engine) -> Iterator[Any]:
+    """fn over items, results in the items' order (so outputs never depend on the engine or the worker count),
+    with a bounded number of chunks in flight (bounded memory). Local workers are spawned, not forked: the parent
+    may hold OpenMP (faiss, torch) threads."""
+    if engine.kind == "dask":
+        yield from _dask_map(fn, items, engine)
+        return
+    workers = engine.workers
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        pending: list[Any] = []
+        for it in items:
+            pending.append(pool.submit(fn, it))
+            if len(pending) >= 2 * workers:
+                yield pending.pop(0).result()
+        for fut in pending:
+            yield fut.result()
+
+
+def _dask_map(fn: Callable[[Any], Any], items: Iterable[Any], engine: Engine) -> Iterator[Any]:
+    from collections import deque
+
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise RuntimeError("data.engine=dask needs dask.distributed: pip install 'hmem_lit[dask]'") from None
+    cluster = None
+    if engine.address:
+        client = Client(engine.address)
+    else:
+        cluster = LocalCluster(
+            n_workers=engine.workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+        )
+        client = Client(cluster)
+    try:
+        slots = 2 * max(1, sum(client.nthreads().values()))
+        pending: deque[Any] = deque()
+        for it in items:
+            pending.append(client.submit(fn, it, pure=False))
+            if len(pending) >= slots:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+_EMBEDDER: dict[str, Any] = {}
+
+
+def _embed_chunk(job: tuple[str, list[str]]) -> np.ndarray:
+    from hmem_lit.retriever.embedders import load_embedder
+
+    edir, texts = job
+    if edir not in _EMBEDDER:  # one load per process
+        _EMBEDDER.clear()
+        _EMBEDDER[edir] = load_embedder(edir)
+    return _EMBEDDER[edir].embed(texts)
+
+
+def embed_corpus(
+    edir: Path, root: Path, n_docs: int, dim: int, chunk: int, engine: Engine, dtype: str, embedder: Any = None
+) -> None:
+    """Embed every document of the corpus in chunks into edir/emb.npy (N, dim), written through a memmap and
+    renamed into place when complete. `embedder`: the fitted embedder (used in-process when workers == 1)."""
+    if embedder is not None and engine.kind == "local" and engine.workers <= 1:
+        _EMBEDDER.clear()
+        _EMBEDDER[str(edir)] = embedder
+
+    def _w(tmp: str) -> None:
+        jobs = ((str(edir), [d["text"] for d in docs]) for _, docs in iter_doc_chunks(root, chunk))
+        with open(tmp, "wb") as f:
+            write_npy_header(f, (n_docs, dim), dtype)
+            pos = 0
+            for x in ordered_map(_embed_chunk, jobs, engine):
+                f.write(np.ascontiguousarray(x, np.dtype(dtype)).tobytes())
+                pos += len(x)
+                faults.point("prepare.embed_chunk")
+        if pos != n_docs:
+            raise RuntimeError(f"embedded {pos} documents, the corpus has {n_docs}")
+
+    atomic_write(edir / "emb.npy", _w)
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete the temporary files a killed preparation left (atomic_write's `.<name>.<rand>.tmp`, the token
+    file's `.tmp`); only called under the preparation lock, so no live writer owns them."""
+    gone = []
+    for p in Path(root).rglob("*.tmp"):
+        if p.is_file():
+            p.unlink()
+            gone.append(p)
+    return gone
+
+
+def write_npy_header(f: Any, shape: tuple[int, ...], dtype: Any) -> None:
+    """The .npy header np.save would write for an array of this shape and dtype (rows are then appended with
+    f.write: plain writes, unlike a writable memmap, do not count the written pages in this process's RSS)."""
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    )
+
+
+def iter_npy_rows(path: Path, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows as float32) of a 2-D .npy in chunks, read with plain file reads (bounded RSS)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        if fortran or len(shape) != 2:
+            raise ValueError(f"{path}: expected a C-order 2-D array, got shape {shape}")
+        row_bytes = int(shape[1]) * dtype.itemsize
+        for start in range(0, int(shape[0]), chunk):
+            m = min(chunk, int(shape[0]) - start)
+            buf = f.read(m * row_bytes)
+            if len(buf) != m * row_bytes:
+                raise ValueError(f"{path}: truncated at row {start} (rerun `hmem data prepare --force`)")
+            yield start, np.frombuffer(buf, dtype).reshape(m, shape[1]).astype(np.float32)
+
+
+def load_rows(path: Path, idx: np.ndarray, chunk: int = 16_384) -> np.ndarray:
+    """Rows idx (sorted) of an embedding matrix as float32, read chunk by chunk."""
+    idx = np.asarray(idx, np.int64)
+    parts = []
+    for start, x in iter_npy_rows(path, chunk):
+        lo, hi = np.searchsorted(idx, [start, start + len(x)])
+        if hi > lo:
+            parts.append(x[idx[lo:hi] - start])
+    dim = np.load(path, mmap_mode="r").shape[1]
+    return np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros((0, dim), np.float32))
+
+
+def tokenize_corpus(tok: Any, root: Path, out: Path, chunk: int, n_docs: int) -> np.ndarray:
+    """Every document's tokens followed by EOT, concatenated as int32 into the flat file `out`
+    -> lengths (N,) int64 (EOT included); document i starts at the cumulative sum of the lengths before it."""
+    lengths = np.zeros(n_docs, np.int64)
+    eot = np.array([tok.eot_id], np.int32)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as f:
+        for start, docs in iter_doc_chunks(root, chunk):
+            ids = tok.encode_batch([d["text"] for d in docs])
+            parts = []
+            for j, t in enumerate(ids):
+                parts.append(np.asarray(t, np.int32))
+                parts.append(eot)
+                lengths[start + j] = len(t) + 1
+            f.write(np.concatenate(parts).tobytes())
+            faults.point("prepare.tokenize_chunk")
+    os.replace(tmp, out)
+    return lengths
