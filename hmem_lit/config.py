@@ -55,6 +55,9 @@ class AnchorConfig:
     rope_base: float = 100_000.0
     max_seq_len: int = 2048
     init_std: float = 0.02
+    # document-causal attention (anchor.py): sdpa (dense (B,1,T,T) mask, the reference) | flex (FlexAttention block
+    # mask; no backward on CPU) | auto (flex on CUDA, sdpa elsewhere). Built-in anchor only; preset=hf: auto
+    attention: str = "auto"
     # preset=hf: a Hugging Face causal LM as the anchor (hmem_lit.hf_anchor). Either hf_path, a local directory
     # (config.json + safetensors; read with local_files_only, never from the hub) whose sizes replace the keys
     # above, or hf_family, a random-weight model of that family built from the keys above (tests, tiny runs)
@@ -98,6 +101,12 @@ class AnchorConfig:
                 "anchor.ffn_act",
                 f"the built-in anchor's FFN is SwiGLU (silu), got {self.ffn_act!r}",
             )
+        _one_of(self.attention, ("auto", "sdpa", "flex"), "anchor.attention")
+        _check(
+            self.attention == "auto" or self.preset != HF_PRESET,
+            "anchor.attention",
+            f"applies to the built-in anchor only; preset={HF_PRESET} uses anchor.hf_attn",
+        )
         for k in ("n_layer", "d_model", "n_head", "head_dim", "d_ff", "max_seq_len"):
             _check(getattr(self, k) > 0, f"anchor.{k}", f"must be > 0, got {getattr(self, k)}")
         _check(self.vocab_size is None or self.vocab_size > 1, "anchor.vocab_size", "must be > 1")
