@@ -436,6 +436,8 @@ class TrainConfig:
     telemetry: bool = True  # memory runs: log the bank's use (telemetry.py)
     probe_every: int = 0  # in-loop fact probes every N steps (evaluation/inloop.py; 0 = off)
     probe_per_bucket: int = 8  # items per frequency bucket and probe in the in-loop subset
+    # peak FLOP/s per device in TFLOP/s for train/mfu (throughput.py); None = the device table (CUDA), no MFU on CPU
+    peak_tflops: float | None = None
 
     def __post_init__(self) -> None:
         _one_of(self.mode, ("anchor", "frozen", "cotrain", "scratch"), "train.mode")
@@ -445,6 +447,11 @@ class TrainConfig:
         for k in ("val_every", "ckpt_every", "val_batches", "threads", "probe_every"):
             _check(getattr(self, k) >= 0, f"train.{k}", "must be >= 0")
         _check(self.log_every > 0, "train.log_every", "must be > 0")
+        _check(
+            self.peak_tflops is None or (math.isfinite(self.peak_tflops) and self.peak_tflops > 0),
+            "train.peak_tflops",
+            f"must be a positive number of TFLOP/s (or null: the device table), got {self.peak_tflops}",
+        )
         for n in self.loggers:
             _one_of(n, TRACKERS, "train.loggers")
 

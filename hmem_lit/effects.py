@@ -148,6 +148,7 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
             "telemetry",
             "probe_every",
             "probe_per_bucket",
+            "peak_tflops",
         )
     },
     **{
