@@ -436,6 +436,7 @@ class TrainConfig:
     telemetry: bool = True  # memory runs: log the bank's use (telemetry.py)
     probe_every: int = 0  # in-loop fact probes every N steps (evaluation/inloop.py; 0 = off)
     probe_per_bucket: int = 8  # items per frequency bucket and probe in the in-loop subset
+    compile: bool = False  # torch.compile the anchor (memory hooks included; the bank's gather stays eager)
     # peak FLOP/s per device in TFLOP/s for train/mfu (throughput.py); None = the device table (CUDA), no MFU on CPU
     peak_tflops: float | None = None
 

@@ -149,6 +149,7 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
             "probe_every",
             "probe_per_bucket",
             "peak_tflops",
+            "compile",  # the same arithmetic, fused (equal within float tolerance; tests/test_compile.py)
         )
     },
     **{

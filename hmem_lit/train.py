@@ -305,6 +305,9 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         except (FileNotFoundError, ValueError) as e:  # an init_from run of another shape, a subtree out of range
             raise ConfigError(f"train.init_from: {e}" if "subtree" not in str(e) else str(e)) from None
 
+    if cfg.train.compile:
+        # in place (nn.Module.compile): parameter names and checkpoints stay those of the eager module
+        module.model.anchor.compile(dynamic=False)
     precision = _precision(cfg)
     from hmem_lit.distributed import resolve_strategy, sparse_tables
 
