@@ -110,3 +110,19 @@ def test_train_compile_run_equals_eager_run(tiny_cfg):
     a, b = losses(eager), losses(compiled)
     assert len(a) == len(b) > 5
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_flex_on_cuda_equals_eager_sdpa():
+    """The GPU hot path (compiled anchor, flex attention, ffn hooks) against the eager dense-mask reference, fp32."""
+    cfg = make_cfg("ffn", "anchor.attention=sdpa")
+    ref_m, m = make_model(cfg).cuda(), make_model(make_cfg("ffn", "anchor.attention=flex")).cuda()
+    idx, doc, paths = (t.cuda() for t in _inputs(cfg))
+    ref_logits, ref = _grads(ref_m, cfg, idx, doc, paths)
+    torch._dynamo.reset()
+    m.anchor.compile(dynamic=False)
+    logits, got = _grads(m, cfg, idx, doc, paths)
+    assert torch.allclose(logits, ref_logits, atol=1e-4, rtol=1e-4)
+    for n in ref:
+        assert torch.allclose(got[n], ref[n], atol=1e-5, rtol=1e-3), n
