@@ -5,6 +5,12 @@ over the full attention width, tied or separate embeddings, attention through `s
 document-causal masking for packed sequences (tokens attend only within their own document; RoPE positions
 restart at each document).
 
+Document-causal attention has two implementations (`anchor.attention`): `sdpa`, the reference, builds a dense
+(B, 1, T, T) boolean mask for `scaled_dot_product_attention` (O(T^2) memory, and a masked SDPA cannot use the
+flash kernels); `flex` builds a FlexAttention `BlockMask` from the document ids (O(T^2 / 128^2) blocks; fully
+masked blocks are skipped) and runs `flex_attention`, compiled on CUDA. `auto` picks flex on CUDA and sdpa
+elsewhere, so CPU numbers stay the reference's. Without doc_ids both use causal SDPA (flash-eligible).
+
 Memory plugs in through explicit hook points, never by subclassing or patching this file (which imports nothing
 from memory/). A `MemoryHooks` object, built per batch from the fetched memory blocks, may provide:
   - `linear_delta(layer, name, x)`: a low-rank delta added to the output of linear `name` in q, k, v, o, gate,
@@ -19,12 +25,26 @@ With `hooks=None` none of this runs: the bare anchor pays one `is None` test per
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from hmem_lit.config import AnchorConfig
+
+_COMPILED: dict[str, Any] = {}  # compiled flex_attention / create_block_mask, built on first CUDA use
+
+
+def _flex_fns(device: torch.device) -> tuple[Any, Any]:
+    """(flex_attention, create_block_mask): compiled on CUDA (eager flex is an unfused O(T^2) reference), eager else."""
+    if device.type != "cuda":
+        return flex_attention, create_block_mask
+    if not _COMPILED:
+        _COMPILED["attn"] = torch.compile(flex_attention, dynamic=False)
+        _COMPILED["mask"] = torch.compile(create_block_mask)
+    return _COMPILED["attn"], _COMPILED["mask"]
 
 
 class MemoryHooks:
@@ -90,7 +110,9 @@ class Attention(nn.Module):
         self.q_norm = Norm(width, cfg.norm, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = Norm(width, cfg.norm, cfg.norm_eps) if cfg.qk_norm else None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, hooks: MemoryHooks | None) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | BlockMask | None, hooks: MemoryHooks | None
+    ) -> Tensor:
         B, T, _ = x.shape
         i = self.layer
         q, k, v = self.wq(x), self.wk(x), self.wv(x)  # (B, T, width)
@@ -104,9 +126,11 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        y = F.scaled_dot_product_attention(
-            apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, attn_mask=mask, is_causal=mask is None
-        )  # (B, H, T, hd)
+        qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if isinstance(mask, BlockMask):
+            y = _flex_fns(x.device)[0](qr, kr, v, block_mask=mask)  # (B, H, T, hd)
+        else:
+            y = F.scaled_dot_product_attention(qr, kr, v, attn_mask=mask, is_causal=mask is None)  # (B, H, T, hd)
         if hooks is not None and hooks.has_kv:
             kv = hooks.attn_kv(i)
             if kv is not None:  # memory keys/values: no causal mask, no positions
@@ -154,19 +178,37 @@ class Block(nn.Module):
         self.ffn_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
         self.ffn = SwiGLU(cfg, layer)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, hooks: MemoryHooks | None) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | BlockMask | None, hooks: MemoryHooks | None
+    ) -> Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, hooks)
         return x + self.ffn(self.ffn_norm(x), hooks)
 
 
-def doc_positions_and_mask(doc_ids: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-document RoPE positions (B, T) and the document-causal boolean mask (B, 1, T, T)."""
-    B, T = doc_ids.shape
+def doc_positions(doc_ids: Tensor) -> Tensor:
+    """Per-document RoPE positions (B, T): 0 at each document's first token."""
+    T = doc_ids.shape[1]
     ar = torch.arange(T, device=doc_ids.device)
     start = torch.ones_like(doc_ids, dtype=torch.bool)
     start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
     first = torch.where(start, ar, torch.zeros_like(ar)).cummax(dim=1).values  # index where each token's doc starts
-    pos = ar - first
+    return ar - first
+
+
+def doc_block_mask(doc_ids: Tensor) -> BlockMask:
+    """The document-causal mask as a FlexAttention BlockMask (shared by all heads and layers of one batch)."""
+    B, T = doc_ids.shape
+
+    def doc_causal(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        return (doc_ids[b, q] == doc_ids[b, kv]) & (q >= kv)
+
+    return _flex_fns(doc_ids.device)[1](doc_causal, B, None, T, T, device=doc_ids.device)
+
+
+def doc_positions_and_mask(doc_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-document RoPE positions (B, T) and the document-causal boolean mask (B, 1, T, T) (the sdpa reference)."""
+    T = doc_ids.shape[1]
+    pos = doc_positions(doc_ids)
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
     mask = (doc_ids[:, :, None] == doc_ids[:, None, :]) & causal  # (B, T, T)
     return pos, mask[:, None]
@@ -197,15 +239,24 @@ class Anchor(nn.Module):
             s = std / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("wo.weight", "w_down.weight")) else std
             nn.init.normal_(p, 0.0, s)
 
+    def attention(self, device: torch.device) -> str:
+        """The document-causal attention used on `device`: anchor.attention, with auto = flex on CUDA, else sdpa."""
+        choice = self.cfg.attention
+        return ("flex" if device.type == "cuda" else "sdpa") if choice == "auto" else choice
+
     def forward(self, idx: Tensor, doc_ids: Tensor | None = None, hooks: MemoryHooks | None = None) -> Tensor:
         """idx: (B, T) token ids -> logits (B, T, vocab). doc_ids (B, T) enables document-causal attention."""
         B, T = idx.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds anchor.max_seq_len={self.cfg.max_seq_len}")
+        mask: Tensor | BlockMask | None = None
         if doc_ids is None:
-            cos, sin, mask = self.rope_cos[:T], self.rope_sin[:T], None
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         else:
-            pos, mask = doc_positions_and_mask(doc_ids)
+            if self.attention(idx.device) == "flex":
+                pos, mask = doc_positions(doc_ids), doc_block_mask(doc_ids)
+            else:
+                pos, mask = doc_positions_and_mask(doc_ids)
             cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, hd/2)
         x = self.tok_emb(idx)
         for block in self.blocks:

@@ -55,6 +55,9 @@ class AnchorConfig:
     rope_base: float = 100_000.0
     max_seq_len: int = 2048
     init_std: float = 0.02
+    # document-causal attention (anchor.py): sdpa (dense (B,1,T,T) mask, the reference) | flex (FlexAttention block
+    # mask; no backward on CPU) | auto (flex on CUDA, sdpa elsewhere). Built-in anchor only; preset=hf: auto
+    attention: str = "auto"
     # preset=hf: a Hugging Face causal LM as the anchor (hmem_lit.hf_anchor). Either hf_path, a local directory
     # (config.json + safetensors; read with local_files_only, never from the hub) whose sizes replace the keys
     # above, or hf_family, a random-weight model of that family built from the keys above (tests, tiny runs)
@@ -98,6 +101,12 @@ class AnchorConfig:
                 "anchor.ffn_act",
                 f"the built-in anchor's FFN is SwiGLU (silu), got {self.ffn_act!r}",
             )
+        _one_of(self.attention, ("auto", "sdpa", "flex"), "anchor.attention")
+        _check(
+            self.attention == "auto" or self.preset != HF_PRESET,
+            "anchor.attention",
+            f"applies to the built-in anchor only; preset={HF_PRESET} uses anchor.hf_attn",
+        )
         for k in ("n_layer", "d_model", "n_head", "head_dim", "d_ff", "max_seq_len"):
             _check(getattr(self, k) > 0, f"anchor.{k}", f"must be > 0, got {getattr(self, k)}")
         _check(self.vocab_size is None or self.vocab_size > 1, "anchor.vocab_size", "must be > 1")
@@ -466,6 +475,9 @@ class TrainConfig:
     telemetry: bool = True  # memory runs: log the bank's use (telemetry.py)
     probe_every: int = 0  # in-loop fact probes every N steps (evaluation/inloop.py; 0 = off)
     probe_per_bucket: int = 8  # items per frequency bucket and probe in the in-loop subset
+    compile: bool = False  # torch.compile the anchor (memory hooks included; the bank's gather stays eager)
+    # peak FLOP/s per device in TFLOP/s for train/mfu (throughput.py); None = the device table (CUDA), no MFU on CPU
+    peak_tflops: float | None = None
 
     def __post_init__(self) -> None:
         _one_of(self.mode, ("anchor", "frozen", "cotrain", "scratch"), "train.mode")
@@ -475,6 +487,11 @@ class TrainConfig:
         for k in ("val_every", "ckpt_every", "val_batches", "threads", "probe_every"):
             _check(getattr(self, k) >= 0, f"train.{k}", "must be >= 0")
         _check(self.log_every > 0, "train.log_every", "must be > 0")
+        _check(
+            self.peak_tflops is None or (math.isfinite(self.peak_tflops) and self.peak_tflops > 0),
+            "train.peak_tflops",
+            f"must be a positive number of TFLOP/s (or null: the device table), got {self.peak_tflops}",
+        )
         for n in self.loggers:
             _one_of(n, TRACKERS, "train.loggers")
 

@@ -100,6 +100,7 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
     "name": (),
     "out_dir": (),
     **{f"anchor.{k}": RUN_ID for k in _ANCHOR},
+    "anchor.attention": (),  # an implementation of the same attention (equal within float tolerance)
     **{f"memory.{k}": RUN_ID for k in _MEMORY},
     **{f"optim.{k}": RUN_ID for k in _OPTIM},
     "retriever.embedder": ("embeddings", *RUN_ID),
@@ -157,6 +158,8 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
             "telemetry",
             "probe_every",
             "probe_per_bucket",
+            "peak_tflops",
+            "compile",  # the same arithmetic, fused (equal within float tolerance; tests/test_compile.py)
         )
     },
     **{

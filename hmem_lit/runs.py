@@ -25,6 +25,9 @@ from hmem_lit.utils import read_json, write_json
 
 log = logging.getLogger(__name__)
 
+# metrics.jsonl keys / final.json entries that are timings: they differ between a resumed and an uninterrupted run
+TIMING_KEYS = ("time", "train/tokens_per_s", "train/mfu")
+FINAL_TIMINGS = ("train_time_s", "throughput")
 CONFIG, MANIFEST, METRICS, FINAL, WEIGHTS = (
     "config.yaml",
     "manifest.json",

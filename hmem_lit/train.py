@@ -305,6 +305,9 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         except (FileNotFoundError, ValueError) as e:  # an init_from run of another shape, a subtree out of range
             raise ConfigError(f"train.init_from: {e}" if "subtree" not in str(e) else str(e)) from None
 
+    if cfg.train.compile:
+        # in place (nn.Module.compile): parameter names and checkpoints stay those of the eager module
+        module.model.anchor.compile(dynamic=False)
     precision = _precision(cfg)
     from hmem_lit.distributed import resolve_strategy, sparse_tables
 
@@ -316,7 +319,11 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     strategy = resolve_strategy(cfg.train.strategy, world, bool(sparse_tables(module)), pkm_replace)
     ckpt = AtomicCheckpoint(run_dir, cfg.train.ckpt_every)
     from hmem_lit import trackers
+    from hmem_lit.throughput import Throughput, model_flops_per_token
 
+    speed = Throughput(
+        cfg.train.log_every, tps, model_flops_per_token(module.model, cfg.data.seq_len), world, cfg.train.peak_tflops
+    )
     jsonl = JsonlLogger(run_dir, tps)
     extra_loggers = trackers.build(
         [n for n in cfg.train.loggers if n != "jsonl"], run_dir, f"{cfg.experiment}/{cfg.name}"
@@ -333,6 +340,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         callbacks=[
             ckpt,
             FiniteLoss(cfg.train.log_every),
+            speed,
             *(
                 [MemoryTelemetry(run_dir, cfg.train.log_every)]
                 if cfg.memory.type != "none" and cfg.train.telemetry
@@ -396,7 +404,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
             if k.startswith("model.")
         }
         if trainer.is_global_zero:
-            _finish(run_dir, cfg, module, trainer, val, train_time, total_steps, tps, state, counts)
+            _finish(run_dir, cfg, module, trainer, val, train_time, total_steps, tps, state, counts, speed.summary())
             if extra_loggers:  # config went in at the start; final metrics, counts and the manifest now
                 trackers.finish(
                     extra_loggers,
@@ -418,6 +426,7 @@ def _finish(
     tps: int,
     state: dict[str, torch.Tensor],
     counts: dict[str, int],
+    throughput: dict[str, Any],
 ) -> None:
     from safetensors.torch import save_file
 
@@ -433,6 +442,7 @@ def _finish(
         "steps": int(trainer.global_step),
         "tokens": int(trainer.global_step) * tps,
         "train_time_s": round(train_time, 2),
+        "throughput": throughput,  # this segment's median window rate, MFU, FLOPs per token (throughput.py)
         "params": counts,
         "metrics": {k: float(v) for k, v in val.items()},
         "config": to_dict(module.model.cfg),

@@ -53,7 +53,7 @@ def train_args(out: Path, name: str) -> list[str]:
 
 
 def records(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "time"} for r in runs.read_metrics(run_dir)]
+    return [{k: v for k, v in r.items() if k not in runs.TIMING_KEYS} for r in runs.read_metrics(run_dir)]
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -63,7 +63,8 @@ def same_weights(a: Path, b: Path) -> bool:
 
 def final_without_times(run_dir: Path) -> dict:
     f = runs.read_final(run_dir)
-    f.pop("train_time_s")
+    for k in runs.FINAL_TIMINGS:
+        f.pop(k)
     f.pop("name")
     for k in ("name", "out_dir"):
         f["config"].pop(k)

@@ -118,6 +118,8 @@ def _base_row(run_dir: Path, root: Path, final: dict[str, Any]) -> dict[str, Any
         "steps": final.get("steps"),
         "tokens": final.get("tokens"),
         "train_time_s": final.get("train_time_s"),
+        "tokens_per_s": _num((final.get("throughput") or {}).get("tokens_per_s")),  # throughput.py
+        "mfu": _num((final.get("throughput") or {}).get("mfu")),
         "val_loss": _num(metrics.get("val/loss")),
         "val_ppl": _num(metrics.get("val/ppl")),
         "config_id": _config_id(cfg, params),

@@ -44,8 +44,10 @@ METRIC_COLUMNS = {
     "bpb": ("Wiki bpb", "wiki_bpb", 1, 3),
     "val_ppl": ("val ppl", "val_ppl", 1, 2),
     "val_loss": ("val loss", "val_loss", 1, 3),
+    "tok_s": ("tokens/s", "tokens_per_s", 1, 0),
+    "mfu": ("MFU %", "mfu", 100, 1),
 }
-TRAINING = ("val_ppl", "val_loss")  # training-time metrics: one column, not one per evaluation mode
+TRAINING = ("val_ppl", "val_loss", "tok_s", "mfu")  # training-time metrics: one column, not one per evaluation mode
 
 
 @dataclass
@@ -138,7 +140,8 @@ def make_table(df: pd.DataFrame, spec: dict[str, Any]) -> Table:
 
 def runs_overview(df: pd.DataFrame) -> Table:
     """One row per complete run: what the collection holds and how each run was classified."""
-    header = ["run", "kind", "label", "memory", "config", "seed", "anchor", "fetched", "bank", "eval modes"]
+    header = ["run", "kind", "label", "memory", "config", "seed", "anchor", "fetched", "bank", "tokens/s", "MFU"]
+    header.append("eval modes")
     rows = []
     for run, g in df.groupby("run", sort=True):
         r = g.iloc[0]
@@ -154,6 +157,8 @@ def runs_overview(df: pd.DataFrame) -> Table:
                 fmt_count(r.params_anchor),
                 fmt_count(r.params_fetched) if r.params_fetched else "0",
                 fmt_count(r.params_bank) if r.params_bank else "0",
+                _cell(g.tokens_per_s.iloc[:1], 1, 0) if "tokens_per_s" in g else "-",
+                _cell(g.mfu.iloc[:1], 100, 1) + "%" if "mfu" in g and g.mfu.notna().any() else "-",
                 modes,
             ]
         )

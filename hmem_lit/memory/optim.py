@@ -102,12 +102,16 @@ class RowwiseAdamW(torch.optim.Optimizer):
         return loss
 
     def _state(self, p: Tensor, step_shape: tuple[int, ...]) -> dict[str, Tensor]:
+        # a dense parameter's step count lives on the CPU (its value is read on the host every step: on CUDA a
+        # device copy would cost one synchronisation per parameter, as torch.optim.AdamW avoids); per-row counts
+        # of a sparse table live with the table (index ops)
+        device = p.device if step_shape else torch.device("cpu")
         st = self.state[p]
         if not st:
-            st["step"] = torch.zeros(step_shape, dtype=torch.long, device=p.device)
+            st["step"] = torch.zeros(step_shape, dtype=torch.long, device=device)
             st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
-        if st["step"].device != p.device:  # torch.load leaves "step" where it was saved
-            st["step"] = st["step"].to(p.device)
+        if st["step"].device != device:  # torch.load leaves "step" where it was saved
+            st["step"] = st["step"].to(device)
         return st
 
     def _dense_step(self, params: list[Tensor], group: dict[str, Any]) -> None:

@@ -1,0 +1,36 @@
+"""benchmarks/bench_gpu.py --smoke: every variant's code path runs on CPU and its numbers are self-consistent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import bench_gpu
+from hmem_lit.config import load_config
+from hmem_lit.model import MemoryLM
+from hmem_lit.throughput import model_flops_per_token
+
+
+def test_smoke_writes_consistent_json(tmp_path):
+    out = tmp_path / "gpu_smoke.json"
+    names = "anchor-160m,memory-160m,memory-160m-offload"
+    assert bench_gpu.main(["--smoke", "--variants", names, "--out", str(out), "--peak-tflops", "1"]) == 0
+    res = json.loads(out.read_text())
+    assert res["device"] == "cpu" and res["peak_flops"] == 1e12 and set(res["variants"]) == set(names.split(","))
+    for v in res["variants"].values():
+        b, t = v["batch"]
+        assert (b, t) == (4, 64) and v["attention"] == "sdpa" and not v["compiled"]
+        assert v["tokens_per_s"] == pytest.approx(b * t / (v["step_ms"] / 1e3), rel=1e-3)
+        assert v["mfu"] == pytest.approx(v["tokens_per_s"] * v["flops_per_token"] / 1e12, rel=1e-3, abs=1e-4)
+    mem, off = res["variants"]["memory-160m"], res["variants"]["memory-160m-offload"]
+    assert off["offload"] and not mem["offload"] and off["params"] == mem["params"]
+    assert mem["params"]["fetched"] > 0 and res["variants"]["anchor-160m"]["params"]["fetched"] == 0
+    cfg = load_config(None, [*bench_gpu.MEMORY, "anchor.preset=tiny", "retriever.branching=4"])
+    assert mem["flops_per_token"] == model_flops_per_token(MemoryLM(cfg, 97), 64)
+    assert set(res["ratios"]) == {"memory_over_anchor_160m", "offload_over_device_160m"}
+
+
+def test_unknown_variant_exits_2(tmp_path, capsys):
+    assert bench_gpu.main(["--smoke", "--variants", "nope", "--out", str(tmp_path / "x.json")]) == 2
+    assert "unknown variant 'nope'" in capsys.readouterr().err
