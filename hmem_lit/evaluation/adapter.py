@@ -122,9 +122,13 @@ class HmemLM(LM):
         kind = None if kind in (None, "", "none") else kind
         check_rag(kind, k, join)
         a = self.cfg.anchor
-        dims = (a.n_layer, a.d_model)
-        self._flops_dims = dims if all(isinstance(v, int) for v in dims) else None  # hf anchors: not counted
-        self._dense = dense_params(self.model, self.model_mode != "none")
+        dims = (
+            (a.n_layer, a.n_head * a.head_dim)
+            if all(isinstance(v, int) for v in (a.n_layer, a.n_head, a.head_dim))
+            else None
+        )
+        self._flops_dims = dims if dims is not None and isinstance(a.vocab_size, int) else None  # hf: not counted
+        self._dense = dense_params(self.model, self.model_mode != "none") if self._flops_dims else 0
         return (RagContext.load(self.cfg, kind, k, router) if kind else None), join
 
     def _contexts(self, requests: Sequence[Any], reserve: Sequence[int]) -> list[list[int]]:

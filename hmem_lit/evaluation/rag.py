@@ -24,9 +24,10 @@ The context is cut from its far end (the weakest documents first) so the row fit
 and, for generation, `max_gen_tokens` new tokens.
 
 FLOPs per query (`query_flops`): the forward pass over every token the model reads once (context, prompt, and the
-generated tokens but the last, as with a KV cache): per token 2 x (dense parameters used: the anchor without its
-input embedding lookup, the output layer included, plus the fetched memory) + 4 x n_layer x d_model x (tokens it
-attends to). Retrieval itself (BM25 or embedding lookups) is not counted, nor is memory's routing.
+generated tokens but the last, as with a KV cache): per token 2 x (matmul weights used: the anchor's, as
+hmem_lit/throughput.py counts them for MFU, plus the fetched memory) + 4 x n_layer x width x (tokens it attends
+to). Multiple-choice queries pay every choice's pass. Retrieval itself (BM25 or embedding lookups) is not counted,
+nor is memory's routing.
 """
 
 from __future__ import annotations
@@ -174,16 +175,18 @@ def inline_text(texts: list[str], encode: Any, budget: int) -> str:
     return " ".join(texts)
 
 
-def query_flops(n_fed: int, dense_params: int, n_layer: int, d_model: int) -> float:
+def query_flops(n_fed: int, dense_params: int, n_layer: int, width: int) -> float:
     """Forward FLOPs of reading `n_fed` tokens in one causal span (module docstring): token t attends to t + 1."""
     attended = n_fed * (n_fed + 1) / 2
-    return float(2 * dense_params * n_fed + 4 * n_layer * d_model * attended)
+    return float(2 * dense_params * n_fed + 4 * n_layer * width * attended)
 
 
 def dense_params(model: Any, memory_used: bool) -> int:
-    """Parameters each token's forward multiplies by: the anchor less its input embedding (a tied table is the
-    output layer and counts once), plus the fetched memory when the mode uses it."""
+    """Weights each token's forward multiplies by: the anchor's matmul weights (throughput.anchor_matmul_params:
+    embedding lookup and norms excluded, the output layer included) less those a memory replaces, plus the fetched
+    memory when the mode uses it."""
+    from hmem_lit.throughput import anchor_matmul_params
+
     counts = model.param_counts()
-    a = model.anchor
-    emb = 0 if getattr(a, "lm_head", None) is None else int(a.tok_emb.weight.numel())  # untied: lookup is free
-    return int(counts["anchor"]) - emb + (int(counts["fetched"]) if memory_used else 0)
+    used = int(counts["fetched"]) - int(counts.get("anchor_unused", 0)) if memory_used else 0
+    return anchor_matmul_params(model.cfg.anchor) + used
