@@ -4,6 +4,10 @@ ConfigError: bad input (a config key, a file, a flag): one line naming it and th
 RunError: a run that cannot go on (diverged, held by another process): one line, exit status 1.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class ConfigError(ValueError):
     """A bad configuration value: the message is one line naming the key and what is allowed."""
@@ -11,3 +15,13 @@ class ConfigError(ValueError):
 
 class RunError(RuntimeError):
     """A run that cannot go on (diverged, held by another process): one line, exit status 1, no traceback."""
+
+
+def check(cond: bool, key: str, msg: str) -> None:
+    """Raise ConfigError("<key>: <msg>") unless `cond` (the config sections' validation)."""
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def one_of(value: Any, allowed: list[str] | tuple[str, ...], key: str) -> None:
+    check(value in allowed, key, f"got {value!r}; allowed: {', '.join(map(str, allowed))}")

@@ -11,8 +11,9 @@ PKG = Path(__file__).resolve().parent.parent / "hmem_lit"
 BOTTOM = {
     "hmem_lit.errors": set(),
     "hmem_lit.registry": {"hmem_lit.errors"},
+    "hmem_lit.anchor_config": {"hmem_lit.errors"},
     "hmem_lit.utils": {"hmem_lit.errors", "hmem_lit.config"},
-    "hmem_lit.config": {"hmem_lit.errors", "hmem_lit.registry", "hmem_lit.utils"},
+    "hmem_lit.config": {"hmem_lit.errors", "hmem_lit.registry", "hmem_lit.utils", "hmem_lit.anchor_config"},
 }
 
 
