@@ -5,7 +5,8 @@ ratio at a fixed runtime budget) and any raw config key. Each trial is an ordina
     hmem sweep status <name> [key=value ...]
     hmem sweep plan <name> [key=value ...]      # translate every grid point on the meta device, train nothing
 
-Schema: `hmem_lit.sweeps.spec`; translation: `hmem_lit.sweeps.translate`; running: `hmem_lit.sweeps.runner`.
+Schema: `hmem_lit.sweeps.spec`; translation: `hmem_lit.sweeps.translate`; running: `hmem_lit.sweeps.runner`;
+plan and status tables: `hmem_lit.sweeps.views`.
 """
 
 from hmem_lit.sweeps.runner import (

@@ -32,6 +32,7 @@ from hmem_lit import runs
 from hmem_lit.config import ConfigError
 from hmem_lit.sweeps.spec import SweepSpec, load_sweep, trial_name
 from hmem_lit.sweeps.translate import Infeasible, translate
+from hmem_lit.sweeps.views import decode_param, encode_param, plan, summary  # noqa: F401 (plan: re-exported)
 from hmem_lit.utils import write_json
 
 HOST = socket.gethostname()
@@ -136,21 +137,13 @@ def file_lock(path: Path):
 # params
 
 
-def _enc(v: Any) -> Any:
-    return json.dumps(v) if isinstance(v, (list, dict)) else v
-
-
-def _dec(v: Any) -> Any:
-    return json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v
-
-
 def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
     out = {}
     for k, dom in spec.space.items():
         if spec.mode == "grid":
-            out[k] = _dec(trial.suggest_categorical(k, [_enc(v) for v in dom]))
+            out[k] = decode_param(trial.suggest_categorical(k, [encode_param(v) for v in dom]))
         elif dom["type"] == "categorical":
-            out[k] = _dec(trial.suggest_categorical(k, [_enc(v) for v in dom["choices"]]))
+            out[k] = decode_param(trial.suggest_categorical(k, [encode_param(v) for v in dom["choices"]]))
         elif dom["type"] == "int":
             out[k] = trial.suggest_int(
                 k, int(dom["low"]), int(dom["high"]), step=int(dom.get("step") or 1), log=bool(dom.get("log"))
@@ -357,7 +350,7 @@ def enqueue_grid(study: optuna.Study, spec: SweepSpec) -> int:
     }
     n = 0
     for point in spec.grid():
-        enc = {k: _enc(v) for k, v in point.items()}
+        enc = {k: encode_param(v) for k, v in point.items()}
         if json.dumps(enc, sort_keys=True) not in taken:
             study.enqueue_trial(enc)
             n += 1
@@ -536,87 +529,7 @@ def run_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), workers: 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# status, plan
-
-
-def plan(target: str | Path, cli: list[str] | tuple[str, ...] = ()) -> str:
-    """`hmem sweep plan <sweep>`: every grid point (or the fixed part of an optuna space) translated on the meta
-    device: n_layer, levels, anchor / fetched / bank params, or why it is infeasible. Trains nothing."""
-    spec = load_sweep(target, cli)
-    points = spec.grid() if spec.mode == "grid" else [{}]
-    lines = [
-        f"sweep {spec.name}: {spec.mode}, {len(points) if spec.mode == 'grid' else spec.n_trials} trials, "
-        f"base {spec.base}, runs in {spec.runs_dir}"
-    ]
-    for p in points:
-        label = ", ".join(f"{k}={_short(v)}" for k, v in p.items()) or "(fixed params)"
-        try:
-            _, info = translate(spec, p)
-            lines.append(
-                f"  {label}: n_layer={info['n_layer']} levels={info['levels']} "
-                f"anchor={info['realised_anchor']:,} fetched={info['realised_fetched']:,} "
-                f"bank={info['realised_bank']:,}"
-            )
-        except Infeasible as e:
-            lines.append(f"  {label}: INFEASIBLE: {e}")
-    return "\n".join(lines)
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, list):
-        return ",".join(map(str, v))
-    return str(v)
-
-
-def summary(study: optuna.Study, spec: SweepSpec) -> str:
-    trials = study.get_trials(deepcopy=False)
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    keys = list(spec.space)
-    head = ["#", "state", spec.metric, *keys, "levels", "run", "note"]
-    rows = []
-    for t in trials:
-        ua = t.user_attrs
-        note = (
-            ua.get("infeasible")
-            or ua.get("error")
-            or ua.get("interrupted")
-            or ua.get("pruned")
-            or ("surplus" if ua.get("surplus") else "")
-            or (f"retry of #{ua['retry_of']}" if "retry_of" in ua else "")
-        )
-        rows.append(
-            [
-                str(t.number),
-                t.state.name,
-                _short(t.value) if t.value is not None else "-",
-                *[_short(_dec(t.params[k])) if k in t.params else "-" for k in keys],
-                _short(ua.get("levels", "-")),
-                ua.get("name", "-"),
-                str(note)[:70],
-            ]
-        )
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
-    lines = [
-        f"sweep {spec.name} ({spec.mode}, {spec.direction} {spec.metric}) storage={spec.storage_url}",
-        f"trials: {len(trials)} (" + ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) + ")",
-        fmt(head),
-        fmt(["-" * w for w in widths]),
-        *map(fmt, rows),
-    ]
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    if done:
-        best = study.best_trial
-        params = ", ".join(f"{k}={_short(_dec(v))}" for k, v in best.params.items())
-        lines.append(
-            f"best: trial {best.number} {spec.metric}={best.value:.5g} ({params}) "
-            f"run={best.user_attrs.get('run_dir', '-')}"
-        )
-    return "\n".join(lines)
+# status (the views: sweeps/views.py)
 
 
 def status(target: str, cli: list[str] | tuple[str, ...] = ()) -> str:
