@@ -141,6 +141,10 @@ def plan(
     return out
 
 
+def block_rows(width: int) -> int:
+    return max(1, (1 << 22) // width)  # rows per block: ~4M tokens
+
+
 def _gather(flat: np.ndarray, src: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """Concatenation of flat[src[i] : src[i] + lens[i]] for all i (vectorised)."""
     total = int(lens.sum())
@@ -150,11 +154,16 @@ def _gather(flat: np.ndarray, src: np.ndarray, lens: np.ndarray) -> np.ndarray:
 
 
 def fill(
-    p: dict[str, np.ndarray], flat: np.ndarray | Path, doc_start: np.ndarray, width: int, pad_id: int
+    p: dict[str, np.ndarray],
+    flat: np.ndarray | Path,
+    doc_start: np.ndarray,
+    width: int,
+    pad_id: int,
+    skip: int = 0,
 ) -> Iterator[np.ndarray]:
-    """The planned rows, in blocks of ~4M tokens: tokens of piece i are flat[doc_start[doc] + start : + len].
-    `flat` may be the path of a raw int32 token file: it is then mapped afresh for each block, so the pages read
-    are not held in this process's memory across blocks."""
+    """The planned rows, in blocks of ~4M tokens (after the first `skip` blocks): tokens of piece i are
+    flat[doc_start[doc] + start : + len]. `flat` may be the path of a raw int32 token file: it is then mapped
+    afresh for each block, so the pages read are not held in this process's memory across blocks."""
     n_rows = len(p["row_paths"])
     row, lens = p["row"], p["len"]
     src = doc_start[p["doc"]] + p["start"]
@@ -163,8 +172,8 @@ def fill(
     csum = np.cumsum(lens) - lens  # offset of each piece in the concatenation
     row_base = np.maximum.accumulate(np.where(first, csum, 0))
     pos = csum - row_base  # offset of each piece within its row
-    step = max(1, (1 << 22) // width)  # rows per block: ~4M tokens
-    for r0 in range(0, n_rows, step):
+    step = block_rows(width)
+    for r0 in range(skip * step, n_rows, step):
         r1 = min(n_rows, r0 + step)
         a, b = np.searchsorted(row, [r0, r1])
         block = np.full((r1 - r0, width), pad_id, np.int32)
@@ -175,7 +184,6 @@ def fill(
             dst = _gather(np.arange(block.size, dtype=np.int64), (row[a:b] - r0) * width + pos[a:b], lens[a:b])
             block.reshape(-1)[dst] = vals
         yield block
-        faults.point("prepare.pack_chunk")
 
 
 def pack(
@@ -220,23 +228,35 @@ def pack_split(
     name: str,
     mode: str = "ffd",
     whole: int = 0,
+    key: str = "",
 ) -> dict:
     """Pack the documents doc_index (global ids; lengths and paths per document of the split) whose tokens lie in
     `flat` at doc_start -> out_dir/{name}_tokens.npy (memmap-written), _paths.npy, _docs.npz; returns a summary."""
+    from hmem_lit.data.resume import ChunkLog
+    from hmem_lit.data.stream import npy_header
+
     p = plan(lengths, paths, width, seed, mode, whole)
     n_rows = len(p["row_paths"])
-
-    def _w(tmp: str) -> None:
-        from hmem_lit.data.stream import write_npy_header
-
-        with open(tmp, "wb") as f:  # plain writes, block by block (a writable memmap would count in RSS)
-            write_npy_header(f, (n_rows, width), np.int32)
-            for block in fill(p, flat, doc_start[doc_index], width, pad_id):
-                f.write(block.tobytes())
-
-    atomic_write(out_dir / f"{name}_tokens.npy", _w)
+    # block by block with plain writes (a writable memmap would count in RSS), resumable per block
+    log = ChunkLog([out_dir / f"{name}_tokens.npy"], f"{key}-{name}", [npy_header((n_rows, width), np.int32)])
+    reused = log.open()
+    done = 0
+    try:
+        for block in fill(p, flat, doc_start[doc_index], width, pad_id, skip=reused):
+            log.append(block.tobytes())
+            done += 1
+            faults.point("prepare.pack_chunk")
+        log.commit()
+    finally:
+        log.close()
     atomic_write(out_dir / f"{name}_paths.npy", lambda tmp: np.save(open(tmp, "wb"), p["row_paths"]))
     ptr, ids = _doc_ptr(p), np.asarray(doc_index, np.int64)[p["doc"]]
     atomic_write(out_dir / f"{name}_docs.npz", lambda tmp: np.savez(open(tmp, "wb"), doc_ptr=ptr, doc_ids=ids))
     n_tok = int(np.asarray(lengths, np.int64).sum())
-    return {"rows": n_rows, "doc_tokens": n_tok, "padding": float(1 - n_tok / max(1, n_rows * width))}
+    return {
+        "rows": n_rows,
+        "doc_tokens": n_tok,
+        "padding": float(1 - n_tok / max(1, n_rows * width)),
+        "blocks": done,
+        "blocks_reused": reused,
+    }

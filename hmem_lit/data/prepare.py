@@ -165,6 +165,17 @@ def _lock(root: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _pools_closed():
+    """The stages share one pool of worker processes (data.workers > 1); it ends with the preparation."""
+    from hmem_lit.data.stream import close_pools
+
+    try:
+        yield
+    finally:
+        close_pools()
+
+
 # ------------------------------------------------------------------------------------------------ stages
 
 
@@ -239,7 +250,10 @@ def _stage_embeddings(cfg: Any, root: Path, ctx: dict) -> dict:
         emb = make_embedder(r.embedder, dim=r.embed_dim, seed=r.seed, projection=r.tfidf_projection)
         emb.fit(list(stream.texts_at(root, fit_sample(cfg, split), d.chunk_docs)), progress=ctx["progress"])
         emb.save(edir)
-        stream.embed_corpus(edir, root, len(split), emb.dim, d.chunk_docs, stream.Engine.of(cfg), r.embed_dtype, emb)
+        engine = stream.Engine.of(cfg)
+        key = ctx["keys"]["embeddings"]
+        chunks = stream.embed_corpus(edir, root, len(split), emb.dim, d.chunk_docs, engine, r.embed_dtype, emb, key)
+        return {"dir": rel, "out": ctx["keys"]["embeddings"], **chunks}
     return {"dir": rel, "out": ctx["keys"]["embeddings"]}
 
 
@@ -273,34 +287,37 @@ def _stage_packing(cfg: Any, root: Path, ctx: dict) -> dict:
     paths = np.load(root / "tree" / "doc_paths.npy", mmap_mode="r")
     pdir = root / "packed"
     pdir.mkdir(parents=True, exist_ok=True)
-    flat_path = pdir / ".doc_tokens.bin"  # every document's tokens + EOT, concatenated (deleted after packing)
+    flat_path = pdir / "doc_tokens.bin"  # every document's tokens + EOT, concatenated (deleted after packing)
     t0 = time.perf_counter()
-    lengths = stream.tokenize_corpus(tok, root, flat_path, cfg.data.chunk_docs, len(split))
-    info: dict[str, Any] = {"tokenize_s": round(time.perf_counter() - t0, 3)}
-    flat: Any = flat_path if lengths.sum() else np.zeros(0, np.int32)  # mapped block by block while packing
+    key = ctx["keys"]["packing"]
+    lengths, chunks = stream.tokenize_corpus(
+        root / "tokenizer.json", root, flat_path, cfg.data.chunk_docs, len(split), stream.Engine.of(cfg), key
+    )
+    info: dict[str, Any] = {"tokenize_s": round(time.perf_counter() - t0, 3), "tokenize_chunks": chunks}
+    # mapped block by block while packing
+    flat: Any = stream.tokens_file(flat_path) if lengths.sum() else np.zeros(0, np.int32)
     doc_start = np.cumsum(lengths) - lengths
-    try:
-        for name, s in (("train", 0), ("val", 1)):
-            idx = np.nonzero(split == s)[0]
-            t1 = time.perf_counter()
-            info[name] = pack_split(
-                flat,
-                doc_start,
-                lengths[idx],
-                idx,
-                np.asarray(paths[idx]),
-                cfg.data.seq_len + 1,
-                tok.pad_id,
-                cfg.data.seed + s,
-                pdir,
-                name,
-                cfg.data.packing,
-                cfg.data.pack_whole,
-            )
-            info[name]["pack_s"] = round(time.perf_counter() - t1, 3)
-    finally:
-        del flat
-        flat_path.unlink(missing_ok=True)
+    for name, s in (("train", 0), ("val", 1)):
+        idx = np.nonzero(split == s)[0]
+        t1 = time.perf_counter()
+        info[name] = pack_split(
+            flat,
+            doc_start,
+            lengths[idx],
+            idx,
+            np.asarray(paths[idx]),
+            cfg.data.seq_len + 1,
+            tok.pad_id,
+            cfg.data.seed + s,
+            pdir,
+            name,
+            cfg.data.packing,
+            cfg.data.pack_whole,
+            key=key,
+        )
+        info[name]["pack_s"] = round(time.perf_counter() - t1, 3)
+    del flat
+    stream.discard_tokens(flat_path)  # only once packed: a killed or failed packing reuses the token chunks
     info["out"] = (
         _file_hash(*(pdir / f"{n}_paths.npy" for n in ("train", "val")), pdir / "train_docs.npz", pdir / "val_docs.npz")
         + f"-{info['train']['doc_tokens']}"
@@ -384,7 +401,7 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
     if cfg.data.source == "toy":
         raise ValueError("data.source=toy is generated in memory: nothing to prepare (use builtin or files)")
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
-    with _lock(root):
+    with _lock(root), _pools_closed():
         from hmem_lit.data.stream import remove_stale_temporaries
 
         for p in remove_stale_temporaries(root):  # left by a killed run: the stage that wrote it is redone

@@ -9,7 +9,6 @@ never by the corpus: nothing here holds every document. Outputs do not depend on
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -19,15 +18,19 @@ from typing import Any
 import numpy as np
 
 from hmem_lit import faults
-from hmem_lit.utils import atomic_write
 
 
-def iter_doc_chunks(root: Path, chunk: int) -> Iterator[tuple[int, list[dict]]]:
-    """(index of the first document, documents) for consecutive chunks of corpus/docs.jsonl."""
+def iter_doc_chunks(root: Path, chunk: int, skip: int = 0) -> Iterator[tuple[int, list[dict]]]:
+    """(index of the first document, documents) for consecutive chunks of corpus/docs.jsonl, after the first
+    `skip` chunks (passed over unparsed: chunks a resumed stage already wrote)."""
     path = Path(root) / "corpus" / "docs.jsonl"
     start, buf = 0, []
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+        for _ in range(skip * chunk):
+            if not f.readline():
+                return
+            start += 1
+        for lineno, line in enumerate(f, start + 1):
             try:
                 buf.append(json.loads(line))
             except json.JSONDecodeError as e:  # a damaged shard must name itself
@@ -91,16 +94,37 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], engine: Engine) 
     if workers <= 1:
         yield from map(fn, items)
         return
-    import multiprocessing as mp
-
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        pending: list[Any] = []
+    pool = _pool(workers)
+    pending: list[Any] = []
+    try:
         for it in items:
             pending.append(pool.submit(fn, it))
             if len(pending) >= 2 * workers:
                 yield pending.pop(0).result()
-        for fut in pending:
-            yield fut.result()
+        while pending:
+            yield pending.pop(0).result()
+    finally:
+        for fut in pending:  # the consumer stopped early (an error): drop what has not started
+            fut.cancel()
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """One pool of spawned workers per preparation, shared by its stages (spawning costs the imports, ~2 s a
+    worker here); `close_pools` ends it."""
+    if workers not in _POOLS:
+        import multiprocessing as mp
+
+        close_pools()
+        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    return _POOLS[workers]
+
+
+def close_pools() -> None:
+    while _POOLS:
+        _POOLS.popitem()[1].shutdown(cancel_futures=True)
 
 
 def _dask_map(fn: Callable[[Any], Any], items: Iterable[Any], engine: Engine) -> Iterator[Any]:
@@ -147,27 +171,41 @@ def _embed_chunk(job: tuple[str, list[str]]) -> np.ndarray:
 
 
 def embed_corpus(
-    edir: Path, root: Path, n_docs: int, dim: int, chunk: int, engine: Engine, dtype: str, embedder: Any = None
-) -> None:
-    """Embed every document of the corpus in chunks into edir/emb.npy (N, dim), written through a memmap and
-    renamed into place when complete. `embedder`: the fitted embedder (used in-process when workers == 1)."""
+    edir: Path,
+    root: Path,
+    n_docs: int,
+    dim: int,
+    chunk: int,
+    engine: Engine,
+    dtype: str,
+    embedder: Any = None,
+    key: str = "",
+) -> dict:
+    """Embed every document of the corpus in chunks into edir/emb.npy (N, dim), appended chunk by chunk and
+    renamed into place when complete; a killed run's complete chunks are reused (data/resume.py, `key`: what
+    the chunks depend on besides the chunk size). `embedder`: the fitted embedder (used in-process when
+    workers == 1). -> {"chunks": computed, "reused": chunks taken from an interrupted run}."""
+    from hmem_lit.data.resume import ChunkLog
+
     if embedder is not None and engine.kind == "local" and engine.workers <= 1:
         _EMBEDDER.clear()
         _EMBEDDER[str(edir)] = embedder
-
-    def _w(tmp: str) -> None:
-        jobs = ((str(edir), [d["text"] for d in docs]) for _, docs in iter_doc_chunks(root, chunk))
-        with open(tmp, "wb") as f:
-            write_npy_header(f, (n_docs, dim), dtype)
-            pos = 0
-            for x in ordered_map(_embed_chunk, jobs, engine):
-                f.write(np.ascontiguousarray(x, np.dtype(dtype)).tobytes())
-                pos += len(x)
-                faults.point("prepare.embed_chunk")
+    log = ChunkLog([edir / "emb.npy"], f"{key}-{chunk}-{dtype}-{n_docs}x{dim}", [npy_header((n_docs, dim), dtype)])
+    reused = log.open()
+    pos, done = min(n_docs, reused * chunk), 0
+    try:
+        jobs = ((str(edir), [d["text"] for d in docs]) for _, docs in iter_doc_chunks(root, chunk, skip=reused))
+        for x in ordered_map(_embed_chunk, jobs, engine):
+            log.append(np.ascontiguousarray(x, np.dtype(dtype)).tobytes())
+            pos += len(x)
+            done += 1
+            faults.point("prepare.embed_chunk")
         if pos != n_docs:
             raise RuntimeError(f"embedded {pos} documents, the corpus has {n_docs}")
-
-    atomic_write(edir / "emb.npy", _w)
+        log.commit()
+    finally:
+        log.close()
+    return {"chunks": done, "reused": reused}
 
 
 def remove_stale_temporaries(root: Path) -> list[Path]:
@@ -184,9 +222,17 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
 def write_npy_header(f: Any, shape: tuple[int, ...], dtype: Any) -> None:
     """The .npy header np.save would write for an array of this shape and dtype (rows are then appended with
     f.write: plain writes, unlike a writable memmap, do not count the written pages in this process's RSS)."""
+    f.write(npy_header(shape, dtype))
+
+
+def npy_header(shape: tuple[int, ...], dtype: Any) -> bytes:
+    import io
+
+    b = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+        b, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
     )
+    return b.getvalue()
 
 
 def iter_npy_rows(path: Path, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -218,21 +264,61 @@ def load_rows(path: Path, idx: np.ndarray, chunk: int = 16_384) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros((0, dim), np.float32))
 
 
-def tokenize_corpus(tok: Any, root: Path, out: Path, chunk: int, n_docs: int) -> np.ndarray:
-    """Every document's tokens followed by EOT, concatenated as int32 into the flat file `out`
-    -> lengths (N,) int64 (EOT included); document i starts at the cumulative sum of the lengths before it."""
-    lengths = np.zeros(n_docs, np.int64)
+_TOKENIZER: dict[str, Any] = {}
+
+
+def _tokenize_chunk(job: tuple[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """-> (the texts' tokens, each followed by EOT, as one int32 array; their lengths, EOT included)."""
+    from hmem_lit.data.tokenizer import tokenizer_from_file
+
+    path, texts = job
+    if path not in _TOKENIZER:  # one load per process
+        _TOKENIZER.clear()
+        _TOKENIZER[path] = tokenizer_from_file(path)
+    tok = _TOKENIZER[path]
+    ids = tok.encode_batch(texts)
     eot = np.array([tok.eot_id], np.int32)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as f:
-        for start, docs in iter_doc_chunks(root, chunk):
-            ids = tok.encode_batch([d["text"] for d in docs])
-            parts = []
-            for j, t in enumerate(ids):
-                parts.append(np.asarray(t, np.int32))
-                parts.append(eot)
-                lengths[start + j] = len(t) + 1
-            f.write(np.concatenate(parts).tobytes())
+    parts = [a for t in ids for a in (np.asarray(t, np.int32), eot)]
+    flat = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    return flat, np.fromiter((len(t) + 1 for t in ids), np.int64, len(ids))
+
+
+def tokenize_corpus(
+    tok_path: Path, root: Path, out: Path, chunk: int, n_docs: int, engine: Engine, key: str = ""
+) -> tuple[np.ndarray, dict]:
+    """Every document's tokens followed by EOT, concatenated as int32 into the flat file `out` (chunks on the
+    engine, written in corpus order; a killed run's complete chunks are reused) -> (lengths (N,) int64, EOT
+    included, {"chunks": computed, "reused": reused}); document i starts at the cumulative sum of the lengths
+    before it. The file stays a resumable log (`.out.partial`) until `discard_tokens(out)`."""
+    from hmem_lit.data.resume import ChunkLog
+
+    log = ChunkLog([out, out.with_name(out.name + ".lengths")], f"{key}-{chunk}-{n_docs}")
+    reused = log.open()
+    done = 0
+    try:
+        jobs = ((str(tok_path), [d["text"] for d in docs]) for _, docs in iter_doc_chunks(root, chunk, skip=reused))
+        for flat, lengths in ordered_map(_tokenize_chunk, jobs, engine):
+            log.append(flat.tobytes(), lengths.tobytes())
+            done += 1
             faults.point("prepare.tokenize_chunk")
-    os.replace(tmp, out)
-    return lengths
+        log.commit(rename=False)
+    finally:
+        log.close()
+        _TOKENIZER.clear()
+    lengths = np.fromfile(log.partials[1], np.int64)
+    if len(lengths) != n_docs:
+        raise RuntimeError(f"tokenized {len(lengths)} documents, the corpus has {n_docs}")
+    return lengths, {"chunks": done, "reused": reused}
+
+
+def tokens_file(out: Path) -> Path:
+    """Where tokenize_corpus's flat token file lies (read it as raw int32)."""
+    from hmem_lit.data.resume import _partial
+
+    return _partial(out)
+
+
+def discard_tokens(out: Path) -> None:
+    from hmem_lit.data.resume import ChunkLog
+
+    ChunkLog([out, out.with_name(out.name + ".lengths")], "").discard()

@@ -135,6 +135,35 @@ def stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
 
 
 _ROUTER: dict[str, Any] = {}
+_GRAPH: dict[str, Any] = {}
+
+
+def _knn_chunk(job: tuple[str, int, list[str], int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The neighbours of the fitted documents start.. (texts) in the index saved at gdir (one load per process)."""
+    from hmem_lit.retriever.bm25 import BM25Index
+
+    gdir, start, texts, k, max_postings = job
+    if gdir not in _GRAPH:
+        _GRAPH.clear()
+        index = BM25Index.load(gdir)
+        df = np.bincount(index.W.indices, minlength=index.W.shape[1])
+        _GRAPH[gdir] = index, (df <= max_postings).astype(np.float32)
+    index, terms = _GRAPH[gdir]
+    return index.topk(texts, k, exclude=np.arange(start, start + len(texts)), terms=terms)
+
+
+def _knn_graph_on(
+    engine: stream.Engine, index: Any, texts: list[str], gdir: Path, k: int, max_postings: int, chunk: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """bm25.knn_graph in chunks of rows on the engine (the index saved to gdir for the workers). Every row's
+    neighbours depend on that row and the index only, so the result equals knn_graph's exactly."""
+    index.save(gdir)
+    step = max(64, min(chunk, 4096) // 64 * 64)  # whole 64-query blocks, as topk batches them
+    jobs = ((str(gdir), a, texts[a : a + step], k, max_postings) for a in range(0, len(texts), step))
+    parts = list(stream.ordered_map(_knn_chunk, jobs, engine))
+    if not parts:
+        return np.full((0, k), -1, np.int64), np.zeros((0, k), np.float32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _route_chunk(job: tuple[str, str, int, list[str]]) -> np.ndarray:
@@ -221,7 +250,15 @@ def _bm25_fit(
     r = cfg.retriever
     t0 = time.perf_counter()
     index = BM25Index.fit(texts, max_df=r.bm25_max_df)
-    nbr, w = knn_graph(index, texts, r.knn_k, r.graph_max_postings)
+    engine = stream.Engine.of(cfg)
+    if engine.kind == "local" and engine.workers <= 1:
+        nbr, w = knn_graph(index, texts, r.knn_k, r.graph_max_postings)
+    else:
+        nbr, w = _knn_graph_on(engine, index, texts, tdir / "bm25", r.knn_k, r.graph_max_postings, cfg.data.chunk_docs)
+        if r.router != "bm25":
+            import shutil
+
+            shutil.rmtree(tdir / "bm25")  # saved for the workers only: an output with router=bm25
     stats["bm25"] = {"terms": len(index.vocab), "index_s": round(time.perf_counter() - t0, 3)}
     if r.refine == "bm25" and r.refine_iters > 0:
         leaves = refine_leaves(assign[:, -1], nbr, w, r.refine_iters, r.refine_cap, stats["bm25"])
