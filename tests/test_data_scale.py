@@ -131,9 +131,21 @@ def test_chunk_size_never_changes_the_outputs(corpus, reference, tmp_path):
 
 
 def test_workers_never_change_the_outputs(corpus, reference, tmp_path):
+    # on the workers: embedding, tokenization, BM25 kNN graph and held-out routing chunks
     prepare(_cfg(tmp_path, corpus, "data.chunk_docs=100", "data.workers=2"), progress=False, verbose=False)
     got = _outputs(tmp_path)
     assert [k for k in got if got.get(k) != reference.get(k)] == [] and got.keys() == reference.keys()
+    assert _chunk_counts(tmp_path)["tokenize"] == (6, 0)
+
+
+def test_workers_never_change_the_refinement_graph_without_the_bm25_router(corpus, tmp_path):
+    # router=centroid: the index is saved for the graph's workers only, and removed again
+    one, two = tmp_path / "one", tmp_path / "two"
+    prepare(_cfg(one, corpus, "retriever.router=centroid"), progress=False, verbose=False)
+    prepare(_cfg(two, corpus, "retriever.router=centroid", "data.workers=2"), progress=False, verbose=False)
+    a, b = _outputs(one), _outputs(two)
+    assert a.keys() == b.keys() and not any(k.startswith("tree/bm25") for k in a)
+    assert [k for k in a if a[k] != b[k]] == []
 
 
 def test_bounded_samples_fit_the_tokenizer_and_the_tree(corpus, tmp_path):
@@ -242,15 +254,70 @@ def _prepare_cli(d: Path, corpus: Path, kill_at: str | None, *extra: str):
     )
 
 
-@pytest.mark.parametrize("kill_at", ["prepare.embed_chunk@2", "prepare.pack_chunk@1"])
-def test_killed_prepare_reruns_to_byte_identical_outputs(corpus, reference, tmp_path, kill_at):
+def _chunk_counts(d: Path) -> dict[str, tuple[int, int]]:
+    """(computed, reused) chunks of the chunked stages, as the last run recorded them in the manifest."""
+    st = json.loads((d / "manifest.json").read_text())["stages"]
+    e, p = st["embeddings"]["info"], st["packing"]["info"]
+    return {
+        "embed": (e.get("chunks", 0), e.get("reused", 0)),
+        "tokenize": (p["tokenize_chunks"]["chunks"], p["tokenize_chunks"]["reused"]),
+        "pack_train": (p["train"]["blocks"], p["train"]["blocks_reused"]),
+    }
+
+
+# 600 documents in chunks of 100: 6 embedding and 6 tokenization chunks; each split packs in 1 block. The rerun
+# recomputes only the chunks the killed run had not recorded as complete.
+@pytest.mark.parametrize(
+    "kill_at, counts",
+    [
+        ("prepare.embed_chunk@2", {"embed": (4, 2)}),
+        ("prepare.chunk_unrecorded@4", {"embed": (3, 3)}),  # chunk 4 written, not recorded: cut and redone
+        ("prepare.tokenize_chunk@5", {"embed": (6, 0), "tokenize": (1, 5)}),
+        ("prepare.pack_chunk@1", {"tokenize": (0, 6), "pack_train": (0, 1)}),
+    ],
+)
+def test_killed_prepare_reruns_to_byte_identical_outputs_reusing_complete_chunks(
+    corpus, reference, tmp_path, kill_at, counts
+):
     first = _prepare_cli(tmp_path, corpus, kill_at, "data.chunk_docs=100")
     assert first.returncode == -9, first.stderr[-2000:]
     again = _prepare_cli(tmp_path, corpus, None, "data.chunk_docs=100")
     assert again.returncode == 0, again.stderr[-2000:]
     got = _outputs(tmp_path)
-    assert got.keys() == reference.keys()
+    assert got.keys() == reference.keys()  # no partial file or progress record is left
     assert [k for k in got if got[k] != reference[k]] == []
+    done = _chunk_counts(tmp_path)
+    assert {k: done[k] for k in counts} == counts
+
+
+def test_chunk_log_never_reuses_a_short_or_foreign_partial_file(tmp_path):
+    from hmem_lit.data.resume import ChunkLog
+
+    out = tmp_path / "x.bin"
+    log = ChunkLog([out], "k1", [b"HEAD"])
+    assert log.open() == 0
+    log.append(b"aaaa")
+    log.append(b"bbbb")
+    log.close()
+    with open(log.partials[0], "ab") as f:  # a third chunk was being written when the process died
+        f.write(b"cc")
+    log = ChunkLog([out], "k1", [b"HEAD"])
+    assert log.open() == 2  # the unrecorded bytes are cut
+    log.append(b"dddd")
+    log.commit()
+    assert out.read_bytes() == b"HEADaaaabbbbdddd" and not log.partials[0].exists() and not log.record.exists()
+    log = ChunkLog([out], "k1", [b"HEAD"])
+    log.open()
+    log.append(b"eeee")
+    log.close()
+    assert ChunkLog([out], "k2", [b"HEAD"]).open() == 0  # another key (config): afresh
+    log = ChunkLog([out], "k1", [b"HEAD"])
+    log.open()
+    log.append(b"ffff")
+    log.close()
+    with open(log.partials[0], "r+b") as f:  # shorter than recorded (lost writes): afresh
+        f.truncate(6)
+    assert ChunkLog([out], "k1", [b"HEAD"]).open() == 0
 
 
 def test_a_changed_corpus_file_is_redone_and_a_damaged_document_names_itself(tmp_path):

@@ -38,6 +38,7 @@ import numpy as np
 from hmem_lit import faults
 from hmem_lit.config import ConfigError
 from hmem_lit.data import corpus as corpus_mod
+from hmem_lit.data.branch import TokenizerBranch, can_branch
 from hmem_lit.data.tree_stage import key_field  # noqa: F401 (re-exported: evaluation reads it from here)
 from hmem_lit.effects import field_value, fields_with
 from hmem_lit.retriever.diagnostics import format_concentration
@@ -215,17 +216,26 @@ def _split(root: Path) -> np.ndarray:
     return np.load(root / "corpus" / "split.npy")
 
 
-def _stage_tokenizer(cfg: Any, root: Path, ctx: dict) -> dict:
+def _stage_tokenizer(cfg: Any, root: Path, ctx: dict, engine: Any = None) -> dict:
+    """engine: train in a worker of it (the tokenizer branch, data/branch.py) instead of in this process."""
     from hmem_lit.data import stream
-    from hmem_lit.data.tokenizer import tokenizer_from_file, train_bpe
+    from hmem_lit.data.tokenizer import BPETokenizer, tokenizer_from_file, train_bpe
 
     if cfg.data.tokenizer:
         tok = tokenizer_from_file(cfg.data.tokenizer)
         sample = 0
     else:  # a bounded seeded sample of the training documents (all of them in a corpus up to that size)
         idx = stream.sample_train(_split(root), cfg.data.tokenizer_sample, cfg.data.seed, 47)
-        texts = stream.texts_at(root, idx, cfg.data.chunk_docs)
-        tok = train_bpe(texts, cfg.data.vocab_size, length=len(idx), progress=ctx["progress"])
+        if engine is not None:
+            from tokenizers import Tokenizer
+
+            from hmem_lit.data.branch import train_job
+
+            job = (str(root), idx, cfg.data.chunk_docs, cfg.data.vocab_size)
+            tok = BPETokenizer(Tokenizer.from_str(next(stream.ordered_map(train_job, [job], engine))))
+        else:
+            texts = stream.texts_at(root, idx, cfg.data.chunk_docs)
+            tok = train_bpe(texts, cfg.data.vocab_size, length=len(idx), progress=ctx["progress"])
         sample = len(idx)
     tok.save(root / "tokenizer.json")
     return {
@@ -289,11 +299,21 @@ def _stage_packing(cfg: Any, root: Path, ctx: dict) -> dict:
     pdir.mkdir(parents=True, exist_ok=True)
     flat_path = pdir / "doc_tokens.bin"  # every document's tokens + EOT, concatenated (deleted after packing)
     t0 = time.perf_counter()
-    key = ctx["keys"]["packing"]
+    from hmem_lit.data.branch import tokens_key
+
     lengths, chunks = stream.tokenize_corpus(
-        root / "tokenizer.json", root, flat_path, cfg.data.chunk_docs, len(split), stream.Engine.of(cfg), key
+        root / "tokenizer.json",
+        root,
+        flat_path,
+        cfg.data.chunk_docs,
+        len(split),
+        stream.Engine.of(cfg),
+        tokens_key(ctx["manifest"], cfg.data.chunk_docs),
     )
     info: dict[str, Any] = {"tokenize_s": round(time.perf_counter() - t0, 3), "tokenize_chunks": chunks}
+    if "tokenized" in ctx:  # by the tokenizer branch, beside the tree stage
+        info["tokenize_chunks"], info["tokenize_s"] = ctx.pop("tokenized")
+    key = ctx["keys"]["packing"]
     # mapped block by block while packing
     flat: Any = stream.tokens_file(flat_path) if lengths.sum() else np.zeros(0, np.int32)
     doc_start = np.cumsum(lengths) - lengths
@@ -409,8 +429,28 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
         manifest = _read_manifest(root)
         manifest.setdefault("stages", {})
         ctx: dict[str, Any] = {"progress": progress, "manifest": manifest}
+        if force:  # nothing of an interrupted run is reused either
+            for p in [*root.rglob(".*.partial"), *root.rglob(".*.progress.json")]:
+                p.unlink()
         dirty = force
+        branch: Any = None  # the tokenizer branch (data/branch.py), running beside embeddings and tree
+        branch_key = ""
+
+        def record(s: str, key: str, info: dict, dt: float) -> None:
+            out = info.pop("out")
+            manifest["stages"][s] = {"key": key, "out": out, "time_s": round(dt, 3), "info": info}
+            # this process's peak RSS so far (Linux: KiB): which stage sets the memory high-water mark
+            manifest["stages"][s]["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+            write_json(root / "manifest.json", manifest)
+            faults.point("prepare.stage")
+            say(f"[prepare] {s:<10} done in {dt:.1f}s")
+
         for s in STAGES:
+            if branch is not None and "tokenizer" in DEPS[s]:
+                info, dt, chunks, tok_s = branch.result()
+                branch = None
+                record("tokenizer", branch_key, info, dt)
+                ctx["tokenized"] = chunks, round(tok_s, 3)
             keys = _stage_keys(cfg, manifest)
             rec = manifest["stages"].get(s, {})
             if not dirty and rec.get("key") == keys[s] and all(p.exists() for p in _outputs(cfg, s, manifest)):
@@ -419,17 +459,15 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
             if s == "embeddings" and keys[s] == "none":
                 manifest["stages"][s] = {"key": "none", "out": "none", "info": {}, "time_s": 0.0}
                 continue
-            t0 = time.perf_counter()
             ctx["keys"] = keys
+            if s == "tokenizer" and can_branch(cfg):
+                branch, branch_key = TokenizerBranch(_stage_tokenizer, cfg, root, ctx), keys[s]
+                say("[prepare] tokenizer  started beside the embedding and tree stages")
+                continue
+            t0 = time.perf_counter()
             info = _RUN[s](cfg, root, ctx)
-            dt = time.perf_counter() - t0
-            out = info.pop("out")
-            manifest["stages"][s] = {"key": keys[s], "out": out, "time_s": round(dt, 3), "info": info}
-            # this process's peak RSS so far (Linux: KiB): which stage sets the memory high-water mark
-            manifest["stages"][s]["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-            write_json(root / "manifest.json", manifest)
-            faults.point("prepare.stage")
-            say(f"[prepare] {s:<10} done in {dt:.1f}s")
+            record(s, keys[s], info, time.perf_counter() - t0)
+        ctx.pop("tokenized", None)
         write_json(root / "manifest.json", manifest)
         stats = corpus_stats(root, manifest)
         write_json(root / "stats.json", stats)

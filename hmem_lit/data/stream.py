@@ -9,6 +9,7 @@ never by the corpus: nothing here holds every document. Outputs do not depend on
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -109,22 +110,26 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], engine: Engine) 
 
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()  # the tokenizer branch (data/branch.py) submits from a second thread
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
     """One pool of spawned workers per preparation, shared by its stages (spawning costs the imports, ~2 s a
     worker here); `close_pools` ends it."""
-    if workers not in _POOLS:
-        import multiprocessing as mp
+    with _POOL_LOCK:
+        if workers not in _POOLS:
+            import multiprocessing as mp
 
-        close_pools()
-        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
-    return _POOLS[workers]
+            while _POOLS:
+                _POOLS.popitem()[1].shutdown(cancel_futures=True)
+            _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        return _POOLS[workers]
 
 
 def close_pools() -> None:
-    while _POOLS:
-        _POOLS.popitem()[1].shutdown(cancel_futures=True)
+    with _POOL_LOCK:
+        while _POOLS:
+            _POOLS.popitem()[1].shutdown(cancel_futures=True)
 
 
 def _dask_map(fn: Callable[[Any], Any], items: Iterable[Any], engine: Engine) -> Iterator[Any]:
