@@ -72,6 +72,7 @@ def stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
         emb_path = root / edir / "emb.npy"
         fit = fit_sample(cfg, split)
         x_fit = stream.load_rows(emb_path, fit)
+        bm25 = r.router == "bm25" or r.refine == "bm25"
         tree, assign = build_tree(
             x_fit,
             r.branching,
@@ -82,11 +83,12 @@ def stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
             r.seed,
             r.recenter,
             progress=ctx["progress"],
+            agreement=not bm25,  # _bm25_fit sets it for the refined assignment
         )
         stats = dict(tree.stats)
         stats["fit_docs"] = int(len(fit))
         router = None
-        if r.router == "bm25" or r.refine == "bm25":
+        if bm25:
             fit_paths, router = _bm25_fit(
                 cfg, tree, x_fit, assign, list(stream.texts_at(root, fit, chunk)), root / edir, tdir, stats
             )
@@ -138,18 +140,20 @@ _ROUTER: dict[str, Any] = {}
 _GRAPH: dict[str, Any] = {}
 
 
-def _knn_chunk(job: tuple[str, int, list[str], int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The neighbours of the fitted documents start.. (texts) in the index saved at gdir (one load per process)."""
+def _knn_chunk(job: tuple[str, int, Any, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The neighbours of the fitted documents start.. (their query rows) in the index saved at gdir (one load per
+    process)."""
     from hmem_lit.retriever.bm25 import BM25Index
 
-    gdir, start, texts, k, max_postings = job
+    gdir, start, queries, k, max_postings = job
     if gdir not in _GRAPH:
         _GRAPH.clear()
         index = BM25Index.load(gdir)
         df = np.bincount(index.W.indices, minlength=index.W.shape[1])
         _GRAPH[gdir] = index, (df <= max_postings).astype(np.float32)
     index, terms = _GRAPH[gdir]
-    return index.topk(texts, k, exclude=np.arange(start, start + len(texts)), terms=terms)
+    n = queries.shape[0]
+    return index.topk([], k, exclude=np.arange(start, start + n), terms=terms, queries=queries)
 
 
 def _knn_graph_on(
@@ -159,7 +163,8 @@ def _knn_graph_on(
     neighbours depend on that row and the index only, so the result equals knn_graph's exactly."""
     index.save(gdir)
     step = max(64, min(chunk, 4096) // 64 * 64)  # whole 64-query blocks, as topk batches them
-    jobs = ((str(gdir), a, texts[a : a + step], k, max_postings) for a in range(0, len(texts), step))
+    Q = index.fit_queries if index.fit_queries is not None else index.query_matrix(texts)
+    jobs = ((str(gdir), a, Q[a : a + step], k, max_postings) for a in range(0, len(texts), step))
     parts = list(stream.ordered_map(_knn_chunk, jobs, engine))
     if not parts:
         return np.full((0, k), -1, np.int64), np.zeros((0, k), np.float32)

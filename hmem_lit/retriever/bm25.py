@@ -41,6 +41,7 @@ class BM25Index:
         self.vocab, self.W, self.k1, self.b, self.max_df = vocab, weights.tocsr(), k1, b, max_df  # W (N, V)
         self._WT = None
         self._counter: Any = None  # sklearn CountVectorizer over self.vocab, built on first use
+        self.fit_queries: Any = None  # set by fit: query_matrix of the fitted documents (not saved)
 
     @property
     def n_docs(self) -> int:
@@ -65,7 +66,12 @@ class BM25Index:
         idf = np.log1p((n - df[keep] + 0.5) / (df[keep] + 0.5)).astype(np.float32)
         sat = C.data * (k1 + 1) / (C.data + k1 * (1 - b + b * dl[C.row] / max(dl.mean(), 1e-9)))
         W = sp.csr_matrix(((sat * idf[C.col]).astype(np.float32), (C.row, C.col)), shape=(n, len(keep)))
-        return cls([vocab[i] for i in keep], W, k1, b, max_df)
+        out = cls([vocab[i] for i in keep], W, k1, b, max_df)
+        # the fitted documents' query matrix (what query_matrix(texts) gives: the same terms, present = 1), so
+        # knn_graph need not tokenize them again
+        Q = sp.csr_matrix((np.ones(len(C.data), np.float32), (C.row, C.col)), shape=(n, len(keep)))
+        out.fit_queries = Q
+        return out
 
     def query_matrix(self, texts: Sequence[str]) -> Any:
         """Binary (n, V) term-presence matrix of texts over the index vocabulary."""
@@ -94,16 +100,18 @@ class BM25Index:
         exclude: np.ndarray | None = None,
         chunk: int = 64,
         terms: np.ndarray | None = None,
+        queries: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best k documents per text by BM25 (ties: lower doc id). `exclude` (n,) doc ids are skipped (a document
-        querying the index it is in); `terms` (V,) bool, if given, keeps only those query terms."""
-        n = len(texts)
+        querying the index it is in); `terms` (V,) bool, if given, keeps only those query terms; `queries`: the
+        texts' query_matrix, if already known (then texts is not read)."""
+        n = len(texts) if queries is None else queries.shape[0]
         ids = np.full((n, k), -1, np.int64)
         scores = np.zeros((n, k), np.float32)
         if self._WT is None:
             self._WT = self.W.T.tocsr()  # (V, N)
         for i in range(0, n, chunk):
-            q = self.query_matrix(texts[i : i + chunk])
+            q = self.query_matrix(texts[i : i + chunk]) if queries is None else queries[i : i + chunk]
             if terms is not None:
                 q.data *= terms[q.indices]
                 q.eliminate_zeros()
@@ -192,7 +200,11 @@ def _argmax_group_sum(keys: np.ndarray, w: np.ndarray, mask: np.ndarray) -> np.n
     out = np.full(n, -1, np.int64)
     if len(rows) == 0:
         return out
-    uniq, inv = np.unique(np.stack([rows, kk], 1), axis=0, return_inverse=True)  # (g, 2) sorted (row, key)
+    # (row, key) pairs as one int64 code: 1-D unique sorts them in the same (row, key) order as unique(axis=0)
+    # over the stacked pairs, several times faster
+    span = int(kk.max()) + 1
+    codes, inv = np.unique(rows * span + kk, return_inverse=True)
+    uniq = np.stack([codes // span, codes % span], 1)  # (g, 2) sorted (row, key)
     sums = np.bincount(inv.ravel(), weights=ww, minlength=len(uniq))
     order = np.lexsort((uniq[:, 1], -sums, uniq[:, 0]))  # per row: largest sum, then smallest key
     first = np.ones(len(order), bool)
@@ -213,7 +225,8 @@ def knn_graph(
     bounds the graph at max_postings x the index's size, linear in the corpus (all terms take part while
     max_df x documents <= max_postings; in the built-in corpora, ~18-20k documents at max_df 0.1, they all do)."""
     df = np.bincount(index.W.indices, minlength=index.W.shape[1])
-    return index.topk(texts, k, exclude=np.arange(len(texts)), terms=(df <= max_postings).astype(np.float32))
+    q = index.fit_queries if index.fit_queries is not None and index.fit_queries.shape[0] == len(texts) else None
+    return index.topk(texts, k, exclude=np.arange(len(texts)), terms=(df <= max_postings).astype(np.float32), queries=q)
 
 
 def refine_leaves(

@@ -191,8 +191,11 @@ def build_tree(
     seed: int = 0,
     recenter: bool = True,
     progress: bool = False,
+    agreement: bool = True,
 ) -> tuple[KMeansTree, np.ndarray]:
-    """x (N, d) L2-normalised -> (tree, assignments (N, depth) node ids of each training document)."""
+    """x (N, d) L2-normalised -> (tree, assignments (N, depth) node ids of each training document).
+    agreement=False skips stats["route_agreement"] (a greedy descent of every point: callers that refine the
+    assignment compute it afresh)."""
     x = np.ascontiguousarray(x, np.float32)
     n, d = x.shape
     k = branching
@@ -249,7 +252,8 @@ def build_tree(
     tree = KMeansTree(k, depth, centroids, valid)
     tree.stats = cluster_stats(assign, k, depth)
     tree.stats["balance_splits"] = total_splits
-    tree.stats["route_agreement"] = float((tree.route(x)[:, -1] == assign[:, -1]).mean()) if n else 1.0
+    if agreement:
+        tree.stats["route_agreement"] = float((tree.route(x)[:, -1] == assign[:, -1]).mean()) if n else 1.0
     return tree, assign
 
 
