@@ -136,6 +136,9 @@ class RetrieverConfig:
     # a document) | router (retriever.router, like held-out text: bm25 costs ~4 ms a document on 2 cores)
     route_unsampled: str = "centroid"
     embed_dtype: str = "float32"  # float32 | float16
+    # where the embedding chunks of `hmem data prepare` run: cpu | cuda (embedders that declare gpu support:
+    # minilm; on the local engine CUDA must be visible to the preparing process, on dask to the workers)
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         _one_of(self.type, RETRIEVERS.names(), "retriever.type")  # the registries are the source of truth
@@ -157,6 +160,13 @@ class RetrieverConfig:
         _check(self.fit_sample >= 0, "retriever.fit_sample", f"must be >= 0 (0 = all), got {self.fit_sample}")
         _one_of(self.embed_dtype, ("float32", "float16"), "retriever.embed_dtype")
         _one_of(self.route_unsampled, ("centroid", "router"), "retriever.route_unsampled")
+        _one_of(self.device, ("cpu", "cuda"), "retriever.device")
+        _check(
+            self.device == "cpu" or EMBEDDERS.get(self.embedder).gpu,
+            "retriever.device",
+            f"retriever.embedder={self.embedder} embeds on the CPU; set retriever.device=cpu or "
+            f"retriever.embedder to one of {[n for n in EMBEDDERS.names() if EMBEDDERS.get(n).gpu]}",
+        )
 
 
 @dataclass

@@ -109,6 +109,7 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
     "retriever.seed": ("embeddings", "tree", *RUN_ID),
     "retriever.fit_sample": ("embeddings", "tree", *RUN_ID),
     "retriever.embed_dtype": ("embeddings", *RUN_ID),
+    "retriever.device": ("embeddings", *RUN_ID),  # a GPU's embeddings differ from the CPU's in float rounding
     "retriever.route_unsampled": ("tree", *RUN_ID),
     **{f"retriever.{k}": ("tree", *RUN_ID) for k in _TREE},
     **{

@@ -80,6 +80,11 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 # ------------------------------------------------------------------------------------------------ stage keys
 
 
+# fields added after directories were prepared, at the value that reproduces what those directories hold: left
+# out of the stage keys at that value, so adding them did not invalidate existing preparations
+_KEY_SINCE: dict[str, Any] = {"retriever.device": "cpu"}
+
+
 def _stage_keys(cfg: Any, manifest: dict) -> dict[str, str]:
     """Keys of every stage from the config and the recorded upstream output hashes (cheap: reads no data)."""
     d, r = cfg.data, cfg.retriever
@@ -97,7 +102,8 @@ def _stage_keys(cfg: Any, manifest: dict) -> dict[str, str]:
     }
 
     def fields_of(stage: str) -> list[tuple[str, Any]]:  # the declaration: effects.FIELD_EFFECTS
-        return [(k, derived[k] if k in derived else field_value(cfg, k)) for k in fields_with(stage)]
+        kv = [(k, derived[k] if k in derived else field_value(cfg, k)) for k in fields_with(stage)]
+        return [(k, v) for k, v in kv if _KEY_SINCE.get(k, object()) != v]
 
     keys = {"corpus": _h("corpus", _VERSION["corpus"], fields_of("corpus"))}
     keys["tokenizer"] = _h("tokenizer", _VERSION["tokenizer"], out("corpus"), fields_of("tokenizer"))
@@ -255,6 +261,10 @@ def _stage_embeddings(cfg: Any, root: Path, ctx: dict) -> dict:
     r, d = cfg.retriever, cfg.data
     rel = f"embeddings/{r.embedder}-{ctx['keys']['embeddings'][:12]}"
     edir = root / rel
+    if r.device == "cuda" and d.engine == "local":  # fail before any work (dask: the workers check)
+        from hmem_lit.retriever.embedders import require_cuda
+
+        require_cuda()
     if not (edir / "emb.npy").exists() or not (edir / "embedder.json").exists():  # cache across configs
         split = _split(root)
         emb = make_embedder(r.embedder, dim=r.embed_dim, seed=r.seed, projection=r.tfidf_projection)
@@ -262,7 +272,9 @@ def _stage_embeddings(cfg: Any, root: Path, ctx: dict) -> dict:
         emb.save(edir)
         engine = stream.Engine.of(cfg)
         key = ctx["keys"]["embeddings"]
-        chunks = stream.embed_corpus(edir, root, len(split), emb.dim, d.chunk_docs, engine, r.embed_dtype, emb, key)
+        chunks = stream.embed_corpus(
+            edir, root, len(split), emb.dim, d.chunk_docs, engine, r.embed_dtype, emb, key, r.device
+        )
         return {"dir": rel, "out": ctx["keys"]["embeddings"], **chunks}
     return {"dir": rel, "out": ctx["keys"]["embeddings"]}
 

@@ -165,13 +165,13 @@ def _dask_map(fn: Callable[[Any], Any], items: Iterable[Any], engine: Engine) ->
 _EMBEDDER: dict[str, Any] = {}
 
 
-def _embed_chunk(job: tuple[str, list[str]]) -> np.ndarray:
+def _embed_chunk(job: tuple[str, str, list[str]]) -> np.ndarray:
     from hmem_lit.retriever.embedders import load_embedder
 
-    edir, texts = job
+    edir, device, texts = job
     if edir not in _EMBEDDER:  # one load per process
         _EMBEDDER.clear()
-        _EMBEDDER[edir] = load_embedder(edir)
+        _EMBEDDER[edir] = load_embedder(edir, device)
     return _EMBEDDER[edir].embed(texts)
 
 
@@ -185,21 +185,24 @@ def embed_corpus(
     dtype: str,
     embedder: Any = None,
     key: str = "",
+    device: str = "cpu",
 ) -> dict:
     """Embed every document of the corpus in chunks into edir/emb.npy (N, dim), appended chunk by chunk and
     renamed into place when complete; a killed run's complete chunks are reused (data/resume.py, `key`: what
     the chunks depend on besides the chunk size). `embedder`: the fitted embedder (used in-process when
-    workers == 1). -> {"chunks": computed, "reused": chunks taken from an interrupted run}."""
+    workers == 1); device: where the chunks embed (retriever.device). -> {"chunks": computed, "reused": chunks
+    taken from an interrupted run}."""
     from hmem_lit.data.resume import ChunkLog
+    from hmem_lit.retriever.embedders import on_device
 
     if embedder is not None and engine.kind == "local" and engine.workers <= 1:
         _EMBEDDER.clear()
-        _EMBEDDER[str(edir)] = embedder
+        _EMBEDDER[str(edir)] = on_device(embedder, device)
     log = ChunkLog([edir / "emb.npy"], f"{key}-{chunk}-{dtype}-{n_docs}x{dim}", [npy_header((n_docs, dim), dtype)])
     reused = log.open()
     pos, done = min(n_docs, reused * chunk), 0
     try:
-        jobs = ((str(edir), [d["text"] for d in docs]) for _, docs in iter_doc_chunks(root, chunk, skip=reused))
+        jobs = ((str(edir), device, [d["text"] for d in docs]) for _, docs in iter_doc_chunks(root, chunk, skip=reused))
         for x in ordered_map(_embed_chunk, jobs, engine):
             log.append(np.ascontiguousarray(x, np.dtype(dtype)).tobytes())
             pos += len(x)

@@ -46,6 +46,7 @@ class Embedder:
 
     name = "base"
     dim = 0
+    gpu = False  # capability: can embed on CUDA (retriever.device=cuda)
 
     def fit(self, texts: Sequence[str], progress: bool = False) -> Embedder:
         return self
@@ -180,6 +181,7 @@ class MiniLMEmbedder(Embedder):
 
     name = "minilm"
     dim = 384
+    gpu = True
 
     def __init__(self, dim: int = 384, seed: int = 0, batch_size: int = 64, device: str = "cpu"):
         self.batch_size, self.device = batch_size, device
@@ -225,9 +227,33 @@ def make_embedder(name: str, dim: int = 256, seed: int = 0, projection: str = "r
     return cls(dim=dim, seed=seed, projection=projection)
 
 
-def load_embedder(d: str | Path) -> Embedder:
+def load_embedder(d: str | Path, device: str = "cpu") -> Embedder:
+    """The embedder saved in d; device: where it embeds (cuda only for embedders that declare `gpu`)."""
     meta = json.loads((Path(d) / "embedder.json").read_text())
-    return EMBEDDERS.get(meta["name"]).load(d)
+    e = EMBEDDERS.get(meta["name"]).load(d)
+    return on_device(e, device)
+
+
+def on_device(e: Embedder, device: str) -> Embedder:
+    """e set to embed on `device` (checked: CUDA visible to this process)."""
+    if device != "cpu":
+        require_cuda()
+        if not e.gpu:
+            raise ValueError(f"the {e.name} embedder embeds on the CPU only (retriever.device={device})")
+        e.device = device  # type: ignore[attr-defined]
+    return e
+
+
+def require_cuda() -> None:
+    import torch
+
+    from hmem_lit.errors import ConfigError
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "retriever.device=cuda: CUDA is not available to this process (torch.cuda.is_available() is False); "
+            "set retriever.device=cpu"
+        )
 
 
 def _progress(it, on: bool, desc: str, unit_scale: int = 1):
