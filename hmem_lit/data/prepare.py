@@ -38,7 +38,7 @@ import numpy as np
 from hmem_lit import faults
 from hmem_lit.config import ConfigError
 from hmem_lit.data import corpus as corpus_mod
-from hmem_lit.data.branch import TokenizerBranch, can_branch
+from hmem_lit.data.branch import TokenizerBranch, can_branch, start_bm25_fit
 from hmem_lit.data.tree_stage import key_field  # noqa: F401 (re-exported: evaluation reads it from here)
 from hmem_lit.effects import field_value, fields_with
 from hmem_lit.retriever.diagnostics import format_concentration
@@ -135,6 +135,11 @@ def _outputs(cfg: Any, stage: str, manifest: dict) -> list[Path]:
         ],
         "questions": [root / "entity_counts.json", root / "heldout" / "val.jsonl"],
     }[stage]
+
+
+def _stale(cfg: Any, s: str, keys: dict, manifest: dict) -> bool:
+    rec = manifest.get("stages", {}).get(s, {})
+    return rec.get("key") != keys[s] or not all(p.exists() for p in _outputs(cfg, s, manifest))
 
 
 def stale_stages(cfg: Any) -> list[str]:
@@ -464,8 +469,9 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
                 record("tokenizer", branch_key, info, dt)
                 ctx["tokenized"] = chunks, round(tok_s, 3)
             keys = _stage_keys(cfg, manifest)
-            rec = manifest["stages"].get(s, {})
-            if not dirty and rec.get("key") == keys[s] and all(p.exists() for p in _outputs(cfg, s, manifest)):
+            if s == "embeddings" and (dirty or _stale(cfg, "tree", keys, manifest)):
+                ctx["bm25_index"] = start_bm25_fit(cfg, root)  # beside the embedding stage (workers > 1)
+            if not dirty and not _stale(cfg, s, keys, manifest):
                 say(f"[prepare] {s:<10} cached")
                 continue
             if s == "embeddings" and keys[s] == "none":
@@ -480,6 +486,7 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
             info = _RUN[s](cfg, root, ctx)
             record(s, keys[s], info, time.perf_counter() - t0)
         ctx.pop("tokenized", None)
+        ctx.pop("bm25_index", None)
         write_json(root / "manifest.json", manifest)
         stats = corpus_stats(root, manifest)
         write_json(root / "stats.json", stats)

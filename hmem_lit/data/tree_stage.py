@@ -90,7 +90,7 @@ def stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
         router = None
         if bm25:
             fit_paths, router = _bm25_fit(
-                cfg, tree, x_fit, assign, list(stream.texts_at(root, fit, chunk)), root / edir, tdir, stats
+                cfg, tree, x_fit, assign, list(stream.texts_at(root, fit, chunk)), root / edir, tdir, stats, ctx
             )
         else:
             fit_paths = assign if r.train_paths == "assigned" else tree.route(x_fit)
@@ -243,6 +243,7 @@ def _bm25_fit(
     embedder_dir: Path,
     tdir: Path,
     stats: dict,
+    ctx: dict,
 ) -> tuple[np.ndarray, Any]:
     """The BM25 parts of the tree stage (retriever/bm25.py) on the fitted sample: index its documents, refine the
     clusters on their neighbour graph (refine=bm25) -> (the sample's final paths, the BM25 router for the other
@@ -254,7 +255,8 @@ def _bm25_fit(
 
     r = cfg.retriever
     t0 = time.perf_counter()
-    index = BM25Index.fit(texts, max_df=r.bm25_max_df)
+    fitting = ctx.pop("bm25_index", None)  # fitted in a worker beside the embedding stage (data/branch.py)
+    index = fitting.result() if fitting is not None else BM25Index.fit(texts, max_df=r.bm25_max_df)
     engine = stream.Engine.of(cfg)
     if engine.kind == "local" and engine.workers <= 1:
         nbr, w = knn_graph(index, texts, r.knn_k, r.graph_max_postings)
