@@ -98,3 +98,26 @@ def start_bm25_fit(cfg: Any, root: Path) -> Any:
 
     fit = fit_sample(cfg, np.load(root / "corpus" / "split.npy"))
     return stream._pool(cfg.data.workers).submit(bm25_fit_job, (str(root), fit, cfg.data.chunk_docs, r.bm25_max_df))
+
+
+def _warm(_: int) -> int:
+    """A first job for each worker: the imports the stages' chunks need, while the driver reads the corpus."""
+    import scipy.sparse  # noqa: F401
+    import sklearn.feature_extraction.text  # noqa: F401
+    import tokenizers  # noqa: F401
+
+    import hmem_lit.data.stream  # noqa: F401
+    import hmem_lit.retriever.bm25  # noqa: F401
+    import hmem_lit.retriever.embedders  # noqa: F401
+
+    return 0
+
+
+def warm_pool(cfg: Any) -> None:
+    """Spawn the local workers now (data.workers > 1) so their start-up overlaps the corpus stage."""
+    if cfg.data.engine == "local" and cfg.data.workers > 1:
+        from hmem_lit.data import stream
+
+        pool = stream._pool(cfg.data.workers)
+        for i in range(cfg.data.workers):
+            pool.submit(_warm, i)

@@ -38,7 +38,7 @@ import numpy as np
 from hmem_lit import faults
 from hmem_lit.config import ConfigError
 from hmem_lit.data import corpus as corpus_mod
-from hmem_lit.data.branch import TokenizerBranch, can_branch, start_bm25_fit
+from hmem_lit.data.branch import TokenizerBranch, can_branch, start_bm25_fit, warm_pool
 from hmem_lit.data.tree_stage import key_field  # noqa: F401 (re-exported: evaluation reads it from here)
 from hmem_lit.effects import field_value, fields_with
 from hmem_lit.retriever.diagnostics import format_concentration
@@ -450,6 +450,8 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
             for p in [*root.rglob(".*.partial"), *root.rglob(".*.progress.json")]:
                 p.unlink()
         dirty = force
+        if force or stale_stages(cfg):
+            warm_pool(cfg)
         branch: Any = None  # the tokenizer branch (data/branch.py), running beside embeddings and tree
         branch_key = ""
 
