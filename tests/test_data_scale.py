@@ -290,6 +290,19 @@ def test_killed_prepare_reruns_to_byte_identical_outputs_reusing_complete_chunks
     assert {k: done[k] for k in counts} == counts
 
 
+def test_killed_two_worker_prepare_reruns_to_byte_identical_outputs(corpus, reference, tmp_path):
+    # killed inside the tokenizer branch (a driver thread) while the main thread embeds: the workers only compute,
+    # so nothing is left writing; the rerun reuses the recorded token chunks
+    first = _prepare_cli(tmp_path, corpus, "prepare.tokenize_chunk@3", "data.chunk_docs=100", "data.workers=2")
+    assert first.returncode == -9, first.stderr[-2000:]
+    again = _prepare_cli(tmp_path, corpus, None, "data.chunk_docs=100", "data.workers=2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    got = _outputs(tmp_path)
+    assert got.keys() == reference.keys()
+    assert [k for k in got if got[k] != reference[k]] == []
+    assert _chunk_counts(tmp_path)["tokenize"] == (3, 3)
+
+
 def test_chunk_log_never_reuses_a_short_or_foreign_partial_file(tmp_path):
     from hmem_lit.data.resume import ChunkLog
 

@@ -9,7 +9,9 @@ never by the corpus: nothing here holds every document. Outputs do not depend on
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -122,8 +124,22 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
             while _POOLS:
                 _POOLS.popitem()[1].shutdown(cancel_futures=True)
-            _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+            _POOLS[workers] = ProcessPoolExecutor(
+                workers, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent, initargs=(os.getpid(),)
+            )
         return _POOLS[workers]
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In each worker: exit when the preparing process is gone (killed: a worker blocked on its job queue would
+    otherwise wait forever, holding the parent's stdout and stderr open)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="hmem-parent-watch").start()
 
 
 def close_pools() -> None:
