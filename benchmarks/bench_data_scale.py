@@ -106,9 +106,10 @@ def main() -> None:
         gen_s = time.perf_counter() - t0
         data_dir = work / f"data_{a.label}_{n}"
         subprocess.run(["rm", "-rf", str(data_dir)], check=True)
+        load_before = [round(v, 2) for v in os.getloadavg()]  # 1, 5, 15 min (the machine is shared)
         r = run_prepare(corpus, data_dir, list(a.set))
-        r.update(generate_s=round(gen_s, 1), load_before=os.getloadavg()[0])
-        r["load_after"] = os.getloadavg()[0]
+        r.update(generate_s=round(gen_s, 1), load_before=load_before)
+        r["load_after"] = [round(v, 2) for v in os.getloadavg()]
         runs[f"{a.label}/{n}"] = r
         print(json.dumps({f"{a.label}/{n}": r}), flush=True)
         results.update(machine=platform.platform(), cpus=os.cpu_count())

@@ -5,8 +5,10 @@ config fields and upstream outputs it depends on) and a hash of what it produced
 whose key is unchanged and whose outputs exist, so a second `prepare` is a no-op and changing e.g.
 `data.seq_len` redoes only the packing. A lock file serialises concurrent preparations of one directory (e.g.
 several DDP ranks calling `load_prepared`). Stages stream the corpus in chunks with memory bounded by the chunk
-and sample sizes (data/stream.py; the tree stage: data/tree_stage.py); a killed run leaves only temporaries,
-which the next run removes before redoing the unfinished stage.
+and sample sizes (data/stream.py; the tree stage: data/tree_stage.py); a killed run leaves temporaries, which
+the next run removes before redoing the unfinished stage, and chunk logs (data/resume.py: the embedding and
+token chunks, the packing blocks), whose complete chunks it reuses. With data.workers > 1 the tokenizer branch
+and the BM25 fit run beside the embedding and tree stages (data/branch.py).
 
 Layout of `data.dir`:
     manifest.json, stats.json, ATTRIBUTION.txt (built-in corpus)

@@ -1,5 +1,6 @@
 """Corpus-scale helpers for `hmem data prepare`: chunked reading of corpus/docs.jsonl, seeded bounded samples,
-chunked (optionally parallel) embedding into a memory-mapped .npy, and chunked tokenization into a flat file.
+the engine (`ordered_map`: chunks in this process, a pool of spawned workers or dask), chunked embedding into a
+.npy and chunked tokenization into a flat file, both resumable chunk by chunk (data/resume.py).
 
 Memory is bounded by `data.chunk_docs` and the sample sizes (`data.tokenizer_sample`, `retriever.fit_sample`),
 never by the corpus: nothing here holds every document. Outputs do not depend on the chunk size or on
