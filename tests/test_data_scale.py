@@ -138,6 +138,7 @@ def test_workers_never_change_the_outputs(corpus, reference, tmp_path):
     assert _chunk_counts(tmp_path)["tokenize"] == (6, 0)
 
 
+@pytest.mark.slow  # ~8 s; the default test above covers the graph on the workers with router=bm25
 def test_workers_never_change_the_refinement_graph_without_the_bm25_router(corpus, tmp_path):
     # router=centroid: the index is saved for the graph's workers only, and removed again
     one, two = tmp_path / "one", tmp_path / "two"
@@ -290,6 +291,7 @@ def test_killed_prepare_reruns_to_byte_identical_outputs_reusing_complete_chunks
     assert {k: done[k] for k in counts} == counts
 
 
+@pytest.mark.slow  # ~30 s: two prepares spawning workers
 def test_killed_two_worker_prepare_reruns_to_byte_identical_outputs(corpus, reference, tmp_path):
     # killed inside the tokenizer branch (a driver thread) while the main thread embeds: the workers only compute,
     # so nothing is left writing; the rerun reuses the recorded token chunks
