@@ -63,6 +63,7 @@ def run_prepare(corpus: Path, data_dir: Path, extra: list[str]) -> dict:
     cmd += [f"data.files=[{corpus}]", f"data.dir={data_dir}", *SETTINGS, *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak_sum = _sample_tree_rss(proc.pid)
     out = proc.stdout.read() if proc.stdout else ""
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -75,7 +76,9 @@ def run_prepare(corpus: Path, data_dir: Path, extra: list[str]) -> dict:
         "documents": n,
         "wall_s": round(wall, 2),
         "docs_per_s": round(n / wall, 1),
-        "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),  # Linux: KiB
+        "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),  # Linux: KiB; the largest single process (driver or worker)
+        # the prepare and its workers together, sampled every 0.25 s (psutil; None without it)
+        "peak_rss_all_processes_mb": round(peak_sum[0] / 2**20, 1) if peak_sum else None,
         "stage_s": stages,
         "stage_docs_per_s": {s: round(n / t, 1) for s, t in stages.items() if t > 0},
         "stage_peak_rss_mb": {s: v.get("peak_rss_mb") for s, v in st.items()},
@@ -84,6 +87,36 @@ def run_prepare(corpus: Path, data_dir: Path, extra: list[str]) -> dict:
         "padding": st["packing"]["info"]["train"]["padding"],
         "settings": SETTINGS + extra,
     }
+
+
+def _sample_tree_rss(pid: int) -> list[int]:
+    """[max over time of the summed RSS of pid and its descendants], filled by a daemon thread until pid exits."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    import threading
+
+    peak = [0]
+
+    def run() -> None:
+        try:
+            root = psutil.Process(pid)
+            while root.status() != psutil.STATUS_ZOMBIE:
+                total = 0
+                for p in [root, *root.children(recursive=True)]:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                peak[0] = max(peak[0], total)
+                time.sleep(0.25)
+        except psutil.Error:
+            pass
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return peak
 
 
 def main() -> None:
