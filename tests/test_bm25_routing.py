@@ -72,6 +72,40 @@ def test_max_df_drops_template_words_and_exclude_skips_self():
     np.testing.assert_array_equal(knn_graph(idx, DOCS, 2, max_postings=2)[0], nbr)  # every indexed term: df <= 2
 
 
+def test_the_fits_query_matrix_is_the_texts_query_matrix_and_gives_the_same_graph():
+    # knn_graph reuses the fit's term matrix instead of tokenizing the documents again: it must be the same matrix
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(60)] + ["the", "and", "Zorblax", "moon"]
+    docs = [" ".join(rng.choice(words, int(rng.integers(1, 12)))) for _ in range(300)] + ["", "the and"]
+    idx = BM25Index.fit(docs, max_df=0.2)
+    q, ref = idx.fit_queries, idx.query_matrix(docs)
+    for a in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(q, a), getattr(ref, a))
+    assert q.dtype == ref.dtype and q.shape == ref.shape
+    nbr, w = knn_graph(idx, [], 5, max_postings=40)  # texts not needed: the fit's queries
+    idx.fit_queries = None
+    nbr2, w2 = knn_graph(idx, docs, 5, max_postings=40)
+    np.testing.assert_array_equal(nbr, nbr2)
+    np.testing.assert_array_equal(w, w2)
+
+
+def test_group_argmax_by_codes_equals_the_pairwise_unique():
+    rng = np.random.default_rng(1)
+    keys = rng.integers(0, 9, (200, 7))
+    w = rng.random((200, 7)).round(1)  # ties on purpose
+    mask = rng.random((200, 7)) < 0.7
+    rows = np.repeat(np.arange(200), 7)[mask.ravel()]
+    kk, ww = keys.ravel()[mask.ravel()], w.ravel()[mask.ravel()]
+    uniq, inv = np.unique(np.stack([rows, kk], 1), axis=0, return_inverse=True)  # the former implementation
+    sums = np.bincount(inv.ravel(), weights=ww, minlength=len(uniq))
+    order = np.lexsort((uniq[:, 1], -sums, uniq[:, 0]))
+    first = np.ones(len(order), bool)
+    first[1:] = uniq[order[1:], 0] != uniq[order[:-1], 0]
+    want = np.full(200, -1, np.int64)
+    want[uniq[order[first], 0]] = uniq[order[first], 1]
+    np.testing.assert_array_equal(_argmax_group_sum(keys, w, mask), want)
+
+
 def test_group_argmax_and_hierarchical_vote_by_hand():
     keys = np.array([[3, 1, 3, -1], [2, 2, 5, 5]])
     w = np.array([[1.0, 1.5, 1.0, 9.0], [1.0, 1.0, 1.0, 1.0]])

@@ -13,6 +13,7 @@ Writes tree/tree.npz, router.json, doc_paths.npy, stats.json (+ tree/bm25/, inde
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def stage_tree(cfg: Any, root: Path, ctx: dict) -> dict:
         router = None
         if bm25:
             fit_paths, router = _bm25_fit(
-                cfg, tree, x_fit, assign, list(stream.texts_at(root, fit, chunk)), root / edir, tdir, stats, ctx
+                cfg, tree, x_fit, assign, lambda: list(stream.texts_at(root, fit, chunk)), root / edir, tdir, stats, ctx
             )
         else:
             fit_paths = assign if r.train_paths == "assigned" else tree.route(x_fit)
@@ -157,14 +158,14 @@ def _knn_chunk(job: tuple[str, int, Any, int, int]) -> tuple[np.ndarray, np.ndar
 
 
 def _knn_graph_on(
-    engine: stream.Engine, index: Any, texts: list[str], gdir: Path, k: int, max_postings: int, chunk: int
+    engine: stream.Engine, index: Any, texts: Callable[[], list[str]], gdir: Path, k: int, max_postings: int, chunk: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """bm25.knn_graph in chunks of rows on the engine (the index saved to gdir for the workers). Every row's
     neighbours depend on that row and the index only, so the result equals knn_graph's exactly."""
     index.save(gdir)
     step = max(64, min(chunk, 4096) // 64 * 64)  # whole 64-query blocks, as topk batches them
-    Q = index.fit_queries if index.fit_queries is not None else index.query_matrix(texts)
-    jobs = ((str(gdir), a, Q[a : a + step], k, max_postings) for a in range(0, len(texts), step))
+    Q = index.fit_queries if index.fit_queries is not None else index.query_matrix(texts())
+    jobs = ((str(gdir), a, Q[a : a + step], k, max_postings) for a in range(0, Q.shape[0], step))
     parts = list(stream.ordered_map(_knn_chunk, jobs, engine))
     if not parts:
         return np.full((0, k), -1, np.int64), np.zeros((0, k), np.float32)
@@ -239,7 +240,7 @@ def _bm25_fit(
     tree: Any,
     x: np.ndarray,
     assign: np.ndarray,
-    texts: list[str],
+    texts: Callable[[], list[str]],
     embedder_dir: Path,
     tdir: Path,
     stats: dict,
@@ -256,10 +257,11 @@ def _bm25_fit(
     r = cfg.retriever
     t0 = time.perf_counter()
     fitting = ctx.pop("bm25_index", None)  # fitted in a worker beside the embedding stage (data/branch.py)
-    index = fitting.result() if fitting is not None else BM25Index.fit(texts, max_df=r.bm25_max_df)
+    # texts(): the sample's texts, read only when needed (not when the index was fitted in a worker)
+    index = fitting.result() if fitting is not None else BM25Index.fit(texts(), max_df=r.bm25_max_df)
     engine = stream.Engine.of(cfg)
     if engine.kind == "local" and engine.workers <= 1:
-        nbr, w = knn_graph(index, texts, r.knn_k, r.graph_max_postings)
+        nbr, w = knn_graph(index, [] if index.fit_queries is not None else texts(), r.knn_k, r.graph_max_postings)
     else:
         nbr, w = _knn_graph_on(engine, index, texts, tdir / "bm25", r.knn_k, r.graph_max_postings, cfg.data.chunk_docs)
         if r.router != "bm25":

@@ -219,14 +219,16 @@ def _argmax_group_sum(keys: np.ndarray, w: np.ndarray, mask: np.ndarray) -> np.n
 def knn_graph(
     index: BM25Index, texts: Sequence[str], k: int, max_postings: int = 2048
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The training documents' k nearest other training documents (each document queries the index it is in).
+    """The training documents' k nearest other training documents (each document queries the index it is in;
+    `texts` are the index's documents, in order; not read when the index kept its fit's query matrix).
 
     The queries use only terms in at most `max_postings` documents: a query term costs its posting list, so this
     bounds the graph at max_postings x the index's size, linear in the corpus (all terms take part while
     max_df x documents <= max_postings; in the built-in corpora, ~18-20k documents at max_df 0.1, they all do)."""
     df = np.bincount(index.W.indices, minlength=index.W.shape[1])
-    q = index.fit_queries if index.fit_queries is not None and index.fit_queries.shape[0] == len(texts) else None
-    return index.topk(texts, k, exclude=np.arange(len(texts)), terms=(df <= max_postings).astype(np.float32), queries=q)
+    q = index.fit_queries  # (texts may then be empty: they are the index's own documents)
+    n = q.shape[0] if q is not None else len(texts)
+    return index.topk(texts, k, exclude=np.arange(n), terms=(df <= max_postings).astype(np.float32), queries=q)
 
 
 def refine_leaves(
