@@ -181,6 +181,18 @@ def load_model(run_dir: str | Path, map_location: str = "cpu"):
         raise ConfigError(f"{run_dir}: no {WEIGHTS}; train it to completion first (hmem train ...)")
     final = read_json(run_dir / FINAL) if (run_dir / FINAL).is_file() else {}
     cfg = from_dict(final["config"]) if "config" in final else load_run_config(run_dir)
+    if cfg.memory.storage == "disk":  # a bank maybe larger than RAM: mapped scratch files, filled in row blocks
+        from safetensors import safe_open
+
+        from hmem_lit.memory import storage
+
+        with safe_open(str(weights), framework="pt") as f:
+            names = [k for k in ("anchor.tok_emb.weight", "anchor.hf.model.embed_tokens.weight") if k in f.keys()]
+            vocab = f.get_slice(names[0]).get_shape()[0] if names else cfg.anchor.vocab_size
+        with storage.scratch_dir(run_dir.parent):
+            model = MemoryLM(cfg, vocab)
+        storage.load_safetensors_into(model, weights)
+        return model.eval(), model.cfg
     state = load_file(str(weights), device=map_location)
     emb = state.get("anchor.tok_emb.weight", state.get("anchor.hf.model.embed_tokens.weight"))  # built-in | hf
     vocab = emb.shape[0] if emb is not None else cfg.anchor.vocab_size

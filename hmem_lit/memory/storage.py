@@ -1,0 +1,166 @@
+"""Where a bank's tables and their Adam moments live: RAM (memory.storage=ram, the default) or memory-mapped scratch
+files on local disk (memory.storage=disk), for banks larger than host RAM (issue 21; the paper's 4.6B bank with
+its moments is ~55 GB, its 21B bank ~250 GB).
+
+A disk tensor is a float32 array in an unnamed temporary file (`tempfile.TemporaryFile`: unlinked at creation, so
+the space returns to the filesystem when the process ends, kill -9 included) mapped shared into the process; torch
+reads and writes it like any CPU tensor, so every operation, the row-wise optimiser's included, gives bit for bit
+the numbers it gives in RAM. The kernel's page cache holds the rows a run touches (the fetched rows) and writes
+dirty pages back under memory pressure: a process whose memory is capped (a cgroup limit) trains a bank many
+times its cap (benchmarks/bench_disk_bank.py).
+
+The files are scratch, never state: everything a run keeps goes through its checkpoints (written from the
+mappings, read back memory-mapped: train.StreamingCheckpointIO) and its final weights (written in row chunks:
+write_safetensors). A table knows its store (`store_of`), so the optimiser allocates its moments there too
+(`zeros_like`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+_ATTR = "_hmem_store"  # set on a disk-backed parameter: the DiskStore its moments are allocated in
+CHUNK_BYTES = 64 << 20  # streaming copies and writes move at most this much at a time
+
+
+class DiskStore:
+    """Allocates zero-filled float32 tensors backed by unnamed, memory-mapped files under `root`."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def zeros(self, shape: tuple[int, ...] | torch.Size) -> Tensor:
+        self.root.mkdir(parents=True, exist_ok=True)
+        shape = tuple(int(s) for s in shape)
+        n = math.prod(shape)
+        with tempfile.TemporaryFile(dir=self.root, prefix=".hmem-bank-") as f:
+            f.truncate(max(4 * n, 1))  # sparse: zero pages cost no disk until written
+            arr = np.memmap(f, dtype=np.float32, mode="r+", shape=(n,))  # the mapping keeps its own descriptor
+        return torch.from_numpy(arr).view(shape)  # the tensor holds the memmap, the memmap the mapping
+
+    def __repr__(self) -> str:
+        return f"DiskStore({str(self.root)!r})"
+
+
+def attach(t: Tensor, store: DiskStore) -> Tensor:
+    setattr(t, _ATTR, store)
+    return t
+
+
+def store_of(t: Tensor) -> DiskStore | None:
+    return getattr(t, _ATTR, None)
+
+
+def zeros_like(p: Tensor) -> Tensor:
+    """torch.zeros_like, in p's disk store when p has one (the optimiser's moments of a disk-backed table)."""
+    store = store_of(p)
+    return store.zeros(p.shape) if store is not None else torch.zeros_like(p)
+
+
+def chunk_rows(t: Tensor) -> int:
+    row = max(1, t[0].numel() * t.element_size()) if t.dim() > 1 and t.shape[0] else max(1, t.element_size())
+    return max(1, CHUNK_BYTES // row)
+
+
+@torch.no_grad()
+def copy_rows(dst: Tensor, src: Tensor) -> None:
+    """dst.copy_(src) a block of rows at a time (both may be larger than RAM: pages are touched in bounded runs)."""
+    if dst.dim() == 0 or dst.shape[0] == 0:
+        dst.copy_(src)
+        return
+    step = chunk_rows(dst)
+    for i in range(0, dst.shape[0], step):
+        dst[i : i + step].copy_(src[i : i + step])
+
+
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32"}
+_DTYPES.update({torch.float64: "F64", torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16"})
+
+
+def write_safetensors(
+    tensors: Mapping[str, Tensor], path: str | Path, metadata: Mapping[str, str] | None = None
+) -> None:
+    """A safetensors file written tensor by tensor, in row chunks (safetensors.torch.save_file first copies every
+    tensor into one in-RAM buffer). Readable by safetensors' own loaders; tensors in name order."""
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    names = sorted(tensors)
+    offset = 0
+    for k in names:
+        t = tensors[k]
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{k}: dtype {t.dtype} is not supported by write_safetensors")
+        n = t.numel() * t.element_size()
+        header[k] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for k in names:
+            t = tensors[k].detach().cpu()
+            flat = t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
+            u8 = flat.view(torch.uint8) if flat.numel() else flat.to(torch.uint8)
+            for i in range(0, u8.numel(), CHUNK_BYTES):
+                f.write(u8[i : i + CHUNK_BYTES].numpy().data)  # a view of the rows: no copy
+        f.flush()
+        os.fsync(f.fileno())
+
+
+_dirs: list[Path] = []  # scratch directories set by the caller (train: the run's experiment directory)
+
+
+@contextmanager
+def scratch_dir(path: str | Path) -> Iterator[None]:
+    """Disk-backed banks built inside this block put their files under `path` (unless memory.storage_dir says)."""
+    _dirs.append(Path(path))
+    try:
+        yield
+    finally:
+        _dirs.pop()
+
+
+def store_for(mcfg: Any) -> DiskStore | None:
+    """The DiskStore a bank of memory config `mcfg` uses, or None (RAM; also on the meta device, where only
+    shapes are built)."""
+    if getattr(mcfg, "storage", "ram") != "disk" or torch.empty(0).device.type == "meta":
+        return None
+    root = mcfg.storage_dir or (_dirs[-1] if _dirs else tempfile.gettempdir())
+    return DiskStore(root)
+
+
+@torch.no_grad()
+def load_safetensors_into(module: torch.nn.Module, path: str | Path) -> None:
+    """module.load_state_dict(strict) from a safetensors file, tensor by tensor and a block of rows at a time (a
+    disk-backed bank is never read into RAM whole). The keys must match exactly."""
+    from safetensors import safe_open
+
+    target = module.state_dict()
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        missing, unexpected = sorted(set(target) - keys), sorted(keys - set(target))
+        if missing or unexpected:
+            raise RuntimeError(
+                f"{path}: keys differ from the model's (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        for k, dst in target.items():
+            sl = f.get_slice(k)
+            if tuple(sl.get_shape()) != tuple(dst.shape):
+                raise RuntimeError(f"{path}: {k} has shape {sl.get_shape()}, the model {list(dst.shape)}")
+            if dst.dim() == 0 or dst.shape[0] == 0:
+                dst.copy_(f.get_tensor(k))
+                continue
+            step = chunk_rows(dst)
+            for i in range(0, dst.shape[0], step):
+                dst[i : i + step].copy_(sl[i : i + step])
