@@ -152,6 +152,11 @@ def info(cfg: RunConfig) -> str:
             f"fetched {_fmt(c['fetched'])}  = {100 * c['fetched'] / c['anchor']:.1f}% of the anchor",
             f"bank    {_fmt(c['bank'])}",
         ]
+        if c["bank"] >= 10**8:  # where a big bank's training state fits is the next question
+            lines.append(
+                f"        training state {12 * c['bank'] / 2**30:,.1f} GiB (fp32 table + 2 Adam moments; "
+                "memory.storage=disk keeps it in memory-mapped files)"
+            )
         memory: Any = model.memory  # a bank-backed type has .bank and .layers (the anchor layers it serves)
         bank = getattr(memory, "bank", None)
         if bank is not None:
