@@ -21,8 +21,9 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,32 +89,55 @@ _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", t
 _DTYPES.update({torch.float64: "F64", torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16"})
 
 
+@dataclass
+class RowBlocks:
+    """A tensor written by write_safetensors without existing whole: its shape, dtype, and a function yielding its
+    rows in order as contiguous blocks (e.g. hmem merge assembling a bank a block at a time)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    blocks: Callable[[], Iterable[Tensor]]
+
+
+def _pieces(t: Tensor) -> Iterator[memoryview]:
+    t = t.detach().cpu()
+    flat = t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
+    u8 = flat.view(torch.uint8) if flat.numel() else flat.to(torch.uint8)
+    for i in range(0, u8.numel(), CHUNK_BYTES):
+        yield u8[i : i + CHUNK_BYTES].numpy().data  # a view of the rows: no copy
+
+
 def write_safetensors(
-    tensors: Mapping[str, Tensor], path: str | Path, metadata: Mapping[str, str] | None = None
+    tensors: Mapping[str, Tensor | RowBlocks], path: str | Path, metadata: Mapping[str, str] | None = None
 ) -> None:
-    """A safetensors file written tensor by tensor, in row chunks (safetensors.torch.save_file first copies every
-    tensor into one in-RAM buffer). Readable by safetensors' own loaders; tensors in name order."""
+    """A safetensors file written tensor by tensor, in pieces of at most CHUNK_BYTES (safetensors.torch.save_file
+    first copies every tensor into one in-RAM buffer). Readable by safetensors' own loaders; tensors in name order.
+    A RowBlocks value is written block by block as it is produced; its blocks must add up to its shape."""
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
     names = sorted(tensors)
-    offset = 0
+    offset, sizes = 0, {}
     for k in names:
         t = tensors[k]
         if t.dtype not in _DTYPES:
             raise TypeError(f"{k}: dtype {t.dtype} is not supported by write_safetensors")
-        n = t.numel() * t.element_size()
-        header[k] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-        offset += n
+        sizes[k] = math.prod(t.shape) * torch.empty((), dtype=t.dtype).element_size()
+        header[k] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + sizes[k]]}
+        offset += sizes[k]
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
     with open(path, "wb") as f:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
         for k in names:
-            t = tensors[k].detach().cpu()
-            flat = t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
-            u8 = flat.view(torch.uint8) if flat.numel() else flat.to(torch.uint8)
-            for i in range(0, u8.numel(), CHUNK_BYTES):
-                f.write(u8[i : i + CHUNK_BYTES].numpy().data)  # a view of the rows: no copy
+            t = tensors[k]
+            written = 0
+            for block in t.blocks() if isinstance(t, RowBlocks) else [t]:
+                if block.dtype != t.dtype:
+                    raise TypeError(f"{k}: a block of dtype {block.dtype}, the tensor is {t.dtype}")
+                for piece in _pieces(block):
+                    written += f.write(piece)
+            if written != sizes[k]:
+                raise ValueError(f"{k}: {written} bytes written, its shape {list(t.shape)} needs {sizes[k]}")
         f.flush()
         os.fsync(f.fileno())
 
