@@ -194,9 +194,15 @@ def load_model(run_dir: str | Path, map_location: str = "cpu"):
         with safe_open(str(weights), framework="pt") as f:
             names = [k for k in ("anchor.tok_emb.weight", "anchor.hf.model.embed_tokens.weight") if k in f.keys()]
             vocab = f.get_slice(names[0]).get_shape()[0] if names else cfg.anchor.vocab_size
-        with storage.scratch_dir(run_dir.parent):
+            bank_keys = [k for k in f.keys() if k.startswith("memory.bank.level")]
+        # the bank's tables are mapped from the weights file itself (no copy, no init); the rest is copied in
+        mapped = storage.map_safetensors(weights, bank_keys)
+        with (
+            storage.scratch_dir(run_dir.parent),
+            storage.mapped_tables({k.rsplit(".", 1)[1]: t for k, t in mapped.items()}),
+        ):
             model = MemoryLM(cfg, vocab)
-        storage.load_safetensors_into(model, weights)
+        storage.load_safetensors_into(model, weights, skip=mapped)
         return model.eval(), model.cfg
     state = load_file(str(weights), device=map_location)
     emb = state.get("anchor.tok_emb.weight", state.get("anchor.hf.model.embed_tokens.weight"))  # built-in | hf

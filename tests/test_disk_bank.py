@@ -47,6 +47,10 @@ def test_write_safetensors_reads_back_with_safetensors(tmp_path, monkeypatch):
     assert got.keys() == tensors.keys()
     for k, v in tensors.items():
         assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+    # every tensor starts aligned to its element size, so the mappable ones map in place (bool/bf16 are copied)
+    mapped = storage.map_safetensors(tmp_path / "ours.safetensors", tensors)
+    assert set(mapped) == {"b.weight", "c.ids", "d.scalar", "g.strided"}  # e.empty: nothing to map
+    assert all(torch.equal(mapped[k], tensors[k]) for k in mapped)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / "ref.safetensors"))
     ref = load_file(str(tmp_path / "ref.safetensors"))
     assert all(torch.equal(ref[k], got[k]) for k in ref)

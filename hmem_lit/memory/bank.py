@@ -81,7 +81,7 @@ class Bank(nn.Module):
             if store is None:
                 table = nn.Parameter(torch.empty(rows, self.c_unit * r))
             else:
-                table = storage.attach(nn.Parameter(store.zeros((rows, self.c_unit * r))), store)
+                table = storage.attach(nn.Parameter(store.table(f"level{lvl}", (rows, self.c_unit * r))), store)
             self.register_parameter(f"level{lvl}", table)
 
     def tables(self) -> list[tuple[int, int, nn.Parameter]]:
@@ -149,7 +149,9 @@ class BankMemory(MemoryType):
         rows of at most storage.CHUNK_BYTES (a table up to that size is one block): initialisers' temporaries stay
         bounded for a table of any size (a disk-backed one larger than RAM), and RAM and disk tables, built with
         the same blocks, get the same numbers."""
-        out = []
+        out: list[Tensor] = []
+        if self.bank.store is not None and self.bank.store.preloaded:
+            return out  # tables mapped with their trained values (evaluating a disk-backed run): nothing to init
         for _, r, t in self.bank.tables():
             step = storage.chunk_rows(t)
             for i in range(0, t.shape[0], step):

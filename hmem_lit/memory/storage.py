@@ -50,8 +50,34 @@ class DiskStore:
             arr = np.memmap(f, dtype=np.float32, mode="r+", shape=(n,))  # the mapping keeps its own descriptor
         return torch.from_numpy(arr).view(shape)  # the tensor holds the memmap, the memmap the mapping
 
+    def table(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """A bank table `name` (level1, ...): a fresh zero-filled one (the memory type initialises it)."""
+        return self.zeros(shape)
+
+    preloaded = False  # tables come with their values (no initialisation)
+
     def __repr__(self) -> str:
         return f"DiskStore({str(self.root)!r})"
+
+
+class MappedStore(DiskStore):
+    """Serves bank tables mapped copy-on-write straight from a safetensors file (evaluating a disk-backed run: no
+    copy of the bank is made, pages are read as rows are fetched; writes, if any, stay private to the process).
+    Anything else it allocates (optimiser moments) is a scratch file under `root`, as DiskStore's."""
+
+    preloaded = True
+
+    def __init__(self, root: str | Path, tables: Mapping[str, Tensor]):
+        super().__init__(root)
+        self.tables = dict(tables)
+
+    def table(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        t = self.tables.get(name)
+        if t is None:  # not mappable in place (see map_safetensors): a scratch table the caller fills
+            return self.zeros(shape)
+        if tuple(t.shape) != tuple(shape):
+            raise RuntimeError(f"bank table {name}: the weights hold {list(t.shape)}, the model needs {list(shape)}")
+        return t
 
 
 def attach(t: Tensor, store: DiskStore) -> Tensor:
@@ -111,10 +137,12 @@ def write_safetensors(
     tensors: Mapping[str, Tensor | RowBlocks], path: str | Path, metadata: Mapping[str, str] | None = None
 ) -> None:
     """A safetensors file written tensor by tensor, in pieces of at most CHUNK_BYTES (safetensors.torch.save_file
-    first copies every tensor into one in-RAM buffer). Readable by safetensors' own loaders; tensors in name order.
-    A RowBlocks value is written block by block as it is produced; its blocks must add up to its shape."""
+    first copies every tensor into one in-RAM buffer). Readable by safetensors' own loaders; each tensor starts
+    aligned to its element size. A RowBlocks value is written block by block as it is produced; its blocks must
+    add up to its shape."""
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
-    names = sorted(tensors)
+    # wider dtypes first, then by name: every tensor starts aligned to its element size (mappable in place)
+    names = sorted(tensors, key=lambda k: (-torch.empty((), dtype=tensors[k].dtype).element_size(), k))
     offset, sizes = 0, {}
     for k in names:
         t = tensors[k]
@@ -155,21 +183,60 @@ def scratch_dir(path: str | Path) -> Iterator[None]:
         _dirs.pop()
 
 
+_mapped: list[dict[str, Tensor]] = []  # bank tables to serve mapped (load_model of a disk-backed run)
+
+
+@contextmanager
+def mapped_tables(tables: Mapping[str, Tensor]) -> Iterator[None]:
+    """Disk-backed banks built inside this block take their tables (level1, ...) from `tables` and skip init."""
+    _mapped.append(dict(tables))
+    try:
+        yield
+    finally:
+        _mapped.pop()
+
+
 def store_for(mcfg: Any) -> DiskStore | None:
     """The DiskStore a bank of memory config `mcfg` uses, or None (RAM; also on the meta device, where only
     shapes are built)."""
     if getattr(mcfg, "storage", "ram") != "disk" or torch.empty(0).device.type == "meta":
         return None
     root = mcfg.storage_dir or (_dirs[-1] if _dirs else tempfile.gettempdir())
-    return DiskStore(root)
+    return MappedStore(root, _mapped[-1]) if _mapped else DiskStore(root)
+
+
+_NP = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32}
+
+
+def map_safetensors(path: str | Path, names: Iterable[str]) -> dict[str, Tensor]:
+    """Tensors `names` of a safetensors file, memory-mapped copy-on-write (no read until a page is touched). Only
+    dtypes numpy maps (F32, F16, F64, I64, I32) at offsets aligned to their element size; the rest are left out
+    (the caller copies those)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    out = {}
+    for k in names:
+        meta = header.get(k)
+        if meta is None or meta["dtype"] not in _NP:
+            continue
+        start = 8 + n + meta["data_offsets"][0]
+        dtype = np.dtype(_NP[meta["dtype"]])
+        if start % dtype.itemsize or not math.prod(meta["shape"]):
+            continue
+        arr = np.memmap(path, dtype=dtype, mode="c", offset=start, shape=tuple(meta["shape"]))
+        out[k] = torch.from_numpy(arr)
+    return out
 
 
 @torch.no_grad()
-def load_safetensors_into(module: torch.nn.Module, path: str | Path) -> None:
+def load_safetensors_into(module: torch.nn.Module, path: str | Path, skip: Iterable[str] = ()) -> None:
     """module.load_state_dict(strict) from a safetensors file, tensor by tensor and a block of rows at a time (a
-    disk-backed bank is never read into RAM whole). The keys must match exactly."""
+    disk-backed bank is never read into RAM whole). The keys must match exactly; `skip`: keys already in place
+    (tables mapped from this file)."""
     from safetensors import safe_open
 
+    skipped = set(skip)
     target = module.state_dict()
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
@@ -179,6 +246,8 @@ def load_safetensors_into(module: torch.nn.Module, path: str | Path) -> None:
                 f"{path}: keys differ from the model's (missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
         for k, dst in target.items():
+            if k in skipped:
+                continue
             sl = f.get_slice(k)
             if tuple(sl.get_shape()) != tuple(dst.shape):
                 raise RuntimeError(f"{path}: {k} has shape {sl.get_shape()}, the model {list(dst.shape)}")
