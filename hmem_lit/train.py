@@ -313,11 +313,6 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     from hmem_lit.memory import storage
 
     disk = cfg.memory.storage == "disk"
-    if disk and world > 1:
-        raise ConfigError(
-            f"memory.storage=disk: runs in one process (train.devices gives {world}); use memory.offload=true "
-            "for a bank in host RAM across ranks"
-        )
     tps = cfg.train.batch_size * cfg.train.accumulate * world * cfg.data.seq_len
     total_steps = max(1, math.ceil(cfg.train.max_tokens / tps))
     dm = HmemDataModule(cfg, total_steps)

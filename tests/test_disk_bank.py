@@ -133,22 +133,6 @@ def test_bad_storage_config_is_one_line(extra, key):
         load_config(DEBUG_YAML, extra)
 
 
-def test_disk_storage_refuses_several_processes_before_writing(tmp_path):
-    import subprocess
-
-    out = tmp_path / "runs"
-    args = tiny_overrides(out, **MEM, **{"memory.storage": "disk", "train.devices": 2, "train.accelerator": "cpu"})
-    r = subprocess.run(
-        [sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 2 and "memory.storage=disk" in r.stderr and "Traceback" not in r.stderr
-    assert not (out / "000_debug" / "debug").exists()
-
-
 def test_disk_bank_run_killed_and_resumed_equals_ram_run(tmp_path):
     """hmem train with memory.storage=disk, SIGKILLed after a checkpoint and rerun, ends with weights and
     metrics bit-identical to an uninterrupted in-RAM run; eval's loader reads the disk run's weights equal."""
