@@ -81,6 +81,11 @@ class MemoryConfig:
     generic: bool = False  # also train one context-independent "generic" block of the fetch size
     generic_prob: float = 1.0 / 17.0  # probability a training sequence uses the generic block
     offload: bool = False  # keep the bank on the CPU; only fetched blocks move to the accelerator
+    # where the bank's tables and Adam moments live: ram | disk (memory-mapped scratch files, for a bank larger
+    # than host RAM; the numbers are bit for bit the same: memory/storage.py). storage_dir: the directory of the
+    # scratch files (empty: the run's experiment directory, e.g. runs/<experiment>/)
+    storage: str = "ram"
+    storage_dir: str = ""
     pkm: PKMConfig = field(default_factory=PKMConfig)
 
     def __post_init__(self) -> None:
@@ -96,6 +101,7 @@ class MemoryConfig:
                 all(isinstance(i, int) and i >= 0 for i in self.layers), "memory.layers", "must be layer indices >= 0"
             )
         _one_of(self.lora_target, ("qk", "vo", "ffn"), "memory.lora_target")
+        _one_of(self.storage, ("ram", "disk"), "memory.storage")
         _check(0.0 <= self.generic_prob < 1.0, "memory.generic_prob", "must be in [0, 1)")
 
 

@@ -102,6 +102,8 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
     **{f"anchor.{k}": RUN_ID for k in _ANCHOR},
     "anchor.attention": (),  # an implementation of the same attention (equal within float tolerance)
     **{f"memory.{k}": RUN_ID for k in _MEMORY},
+    "memory.storage": (),  # where the bank lives (RAM or memory-mapped disk): the same numbers bit for bit
+    "memory.storage_dir": (),
     **{f"optim.{k}": RUN_ID for k in _OPTIM},
     "retriever.embedder": ("embeddings", *RUN_ID),
     "retriever.embed_dim": ("embeddings", *RUN_ID),

@@ -5,21 +5,26 @@ moves bank rows under subtree k (the row-wise optimiser never touches unfetched 
 every path starts at k), so the merged bank takes, at every level, the rows [k * b**(l-1), (k+1) * b**(l-1)) from
 the job that owned subtree k, and every other row from any job. Everything else (the frozen anchor, level
 tables' unowned rows) must be bit-identical across jobs, else the merge stops with the offending key and jobs.
-Files are read lazily (safetensors slices), one tensor at a time.
+Files are read lazily (safetensors slices): one tensor at a time, bank tables a block of rows at a time (written as
+they are assembled), so banks larger than RAM merge.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from hmem_lit.config import RunConfig, save_config, to_dict
+from hmem_lit.memory import storage
+from hmem_lit.memory.storage import RowBlocks, write_safetensors
 from hmem_lit.utils import atomic_write, write_json
 
 _BANK_KEY = re.compile(r"^memory\.bank\.level(\d+)$")
@@ -32,6 +37,35 @@ def _owned(n_rows: int, level: int, branching: int, subtree: int) -> torch.Tenso
     mask = torch.zeros(n_rows, dtype=torch.bool)
     mask[subtree * span : (subtree + 1) * span] = True
     return mask
+
+
+def _merged_rows(
+    files: list[Any], dirs: list[Path], key: str, level: int, branching: int, subtrees: list[int]
+) -> Iterator[torch.Tensor]:
+    """The merged table `key`, a block of rows at a time: each job's owned rows, the rest from any job (which must
+    agree there). Reads only one block of every job's table at once (safetensors slices): the bank need not fit
+    in RAM."""
+    slices = [f.get_slice(key) for f in files]
+    shape = slices[0].get_shape()
+    n_rows = shape[0]
+    owned_all = [_owned(n_rows, level, branching, k) for k in subtrees]
+    row_bytes = max(1, math.prod(shape[1:]) * slices[0][0:1].element_size())
+    step = max(1, storage.CHUNK_BYTES // row_bytes)
+    for start in range(0, n_rows, step):
+        tensors = [sl[start : start + step] for sl in slices]
+        owned = [o[start : start + step] for o in owned_all]
+        for i in range(len(dirs)):  # rows owned by neither job i nor a reference job must agree (untouched)
+            ref = 1 if i == 0 else 0
+            shared = ~(owned[i] | owned[ref])
+            if not torch.equal(tensors[i][shared], tensors[ref][shared]):
+                raise ValueError(
+                    f"{key}: {dirs[i]} changed rows outside its subtree {subtrees[i]} "
+                    f"(or its initialisation differs from {dirs[ref]})"
+                )
+        out = tensors[0].clone()
+        for t, mask in zip(tensors, owned):
+            out[mask] = t[mask]
+        yield out
 
 
 def merge_banks(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
@@ -55,11 +89,11 @@ def merge_banks(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
         if set(f.keys()) != keys:
             raise ValueError(f"{d}: its weights hold different tensors from {dirs[0]}")
 
-    merged: dict[str, torch.Tensor] = {}
+    merged: dict[str, torch.Tensor | RowBlocks] = {}
     for key in sorted(keys):
-        tensors = [f.get_tensor(key) for f in files]
         m = _BANK_KEY.match(key)
         if m is None:  # level-agnostic: must be identical everywhere
+            tensors = [f.get_tensor(key) for f in files]
             for t, d in zip(tensors[1:], dirs[1:]):
                 if not torch.equal(t, tensors[0]):
                     raise ValueError(
@@ -68,23 +102,21 @@ def merge_banks(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
                     )
             merged[key] = tensors[0]
             continue
-        level = int(m[1])
-        owned = [_owned(tensors[0].shape[0], level, b, k) for k in subtrees if k is not None]  # all set (above)
-        for i in range(len(dirs)):  # rows owned by neither job i nor a reference job must agree (untouched)
-            ref = 1 if i == 0 else 0
-            shared = ~(owned[i] | owned[ref])
-            if not torch.equal(tensors[i][shared], tensors[ref][shared]):
-                raise ValueError(
-                    f"{key}: {dirs[i]} changed rows outside its subtree {subtrees[i]} "
-                    f"(or its initialisation differs from {dirs[ref]})"
-                )
-        out = tensors[0].clone()
-        for t, mask in zip(tensors, owned):
-            out[mask] = t[mask]
-        merged[key] = out
+        shape = tuple(files[0].get_slice(key).get_shape())
+        dtype = files[0].get_slice(key)[0:1].dtype
+        rows = functools.partial(
+            _merged_rows, files, dirs, key, int(m[1]), b, [int(k) for k in subtrees if k is not None]
+        )
+        merged[key] = RowBlocks(shape, dtype, rows)  # assembled and checked a block of rows at a time, as written
 
     out = Path(out_dir)
-    atomic_write(out / WEIGHTS, lambda tmp: save_file(merged, tmp))
+    existed = out.exists()
+    try:
+        atomic_write(out / WEIGHTS, lambda tmp: write_safetensors(merged, tmp))
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a refused merge leaves nothing behind
+        raise
     cfg = dataclasses.replace(cfgs[0], name=out.name, train=dataclasses.replace(cfgs[0].train, subtree=None))
     save_config(cfg, out / "config.yaml")
     write_json(

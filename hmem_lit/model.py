@@ -152,6 +152,11 @@ def info(cfg: RunConfig) -> str:
             f"fetched {_fmt(c['fetched'])}  = {100 * c['fetched'] / c['anchor']:.1f}% of the anchor",
             f"bank    {_fmt(c['bank'])}",
         ]
+        if c["bank"] >= 10**8:  # where a big bank's training state fits is the next question
+            lines.append(
+                f"        training state {12 * c['bank'] / 2**30:,.1f} GiB (fp32 table + 2 Adam moments; "
+                "memory.storage=disk keeps it in memory-mapped files)"
+            )
         memory: Any = model.memory  # a bank-backed type has .bank and .layers (the anchor layers it serves)
         bank = getattr(memory, "bank", None)
         if bank is not None:
@@ -181,6 +186,24 @@ def load_model(run_dir: str | Path, map_location: str = "cpu"):
         raise ConfigError(f"{run_dir}: no {WEIGHTS}; train it to completion first (hmem train ...)")
     final = read_json(run_dir / FINAL) if (run_dir / FINAL).is_file() else {}
     cfg = from_dict(final["config"]) if "config" in final else load_run_config(run_dir)
+    if cfg.memory.storage == "disk":  # a bank maybe larger than RAM: mapped scratch files, filled in row blocks
+        from safetensors import safe_open
+
+        from hmem_lit.memory import storage
+
+        with safe_open(str(weights), framework="pt") as f:
+            names = [k for k in ("anchor.tok_emb.weight", "anchor.hf.model.embed_tokens.weight") if k in f.keys()]
+            vocab = f.get_slice(names[0]).get_shape()[0] if names else cfg.anchor.vocab_size
+            bank_keys = [k for k in f.keys() if k.startswith("memory.bank.level")]
+        # the bank's tables are mapped from the weights file itself (no copy, no init); the rest is copied in
+        mapped = storage.map_safetensors(weights, bank_keys)
+        with (
+            storage.scratch_dir(run_dir.parent),
+            storage.mapped_tables({k.rsplit(".", 1)[1]: t for k, t in mapped.items()}),
+        ):
+            model = MemoryLM(cfg, vocab)
+        storage.load_safetensors_into(model, weights, skip=mapped)
+        return model.eval(), model.cfg
     state = load_file(str(weights), device=map_location)
     emb = state.get("anchor.tok_emb.weight", state.get("anchor.hf.model.embed_tokens.weight"))  # built-in | hf
     vocab = emb.shape[0] if emb is not None else cfg.anchor.vocab_size

@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from hmem_lit import faults, runs
@@ -71,6 +72,28 @@ class ProgressBar(TQDMProgressBar):
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
         return items
+
+
+class StreamingCheckpointIO(TorchCheckpointIO):
+    """Checkpoint IO that never holds a checkpoint in RAM: saving streams torch.save into the file (Lightning's
+    serialises into a BytesIO first, then copies it: twice the checkpoint in RAM); with `mmap` (memory.storage=disk)
+    loading is memory-mapped too (weights_only), so tensors are read from the file as they are copied into the
+    model and the optimiser. AtomicCheckpoint makes the write atomic (temp file + rename)."""
+
+    def __init__(self, mmap: bool = False):
+        self.mmap = mmap
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = True) -> dict:
+        if not self.mmap:
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 class AtomicCheckpoint(Callback):
@@ -287,6 +310,9 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     seed_everything(cfg.train.seed)
 
     world = _world_size(cfg)
+    from hmem_lit.memory import storage
+
+    disk = cfg.memory.storage == "disk"
     tps = cfg.train.batch_size * cfg.train.accumulate * world * cfg.data.seq_len
     total_steps = max(1, math.ceil(cfg.train.max_tokens / tps))
     dm = HmemDataModule(cfg, total_steps)
@@ -296,7 +322,8 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
             f"anchor.vocab_size: {cfg.anchor.vocab_size} does not match the tokenizer's {dm.vocab_size}; "
             "leave it unset (null) to take it from the data"
         )
-    module = HmemLitModule(cfg, dm.vocab_size, total_steps, tps)
+    with storage.scratch_dir(run_dir.parent):  # a disk-backed bank's scratch files (memory.storage_dir overrides)
+        module = HmemLitModule(cfg, dm.vocab_size, total_steps, tps)
     if cfg.train.mode in ("frozen", "cotrain") or cfg.train.subtree is not None:
         from hmem_lit.model import prepare_model_for_mode
 
@@ -360,6 +387,8 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
         default_root_dir=str(run_dir),
+        # checkpoints written without a copy in RAM; a disk-backed bank also resumes from a memory-mapped one
+        plugins=[StreamingCheckpointIO(mmap=disk)],
     )
     with runs.run_lock(run_dir):
         if force and run_dir.exists():
@@ -430,9 +459,14 @@ def _finish(
 ) -> None:
     from safetensors.torch import save_file
 
-    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    from hmem_lit.memory.storage import write_safetensors
+
+    state = {k: v.detach().cpu() for k, v in state.items()}
     tmp = run_dir / ".model.safetensors.tmp"
-    save_file(state, str(tmp))
+    if cfg.memory.storage == "disk":
+        write_safetensors(state, tmp)  # row chunks from the mapped tables (save_file copies all into RAM first)
+    else:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     os.replace(tmp, run_dir / runs.WEIGHTS)
     faults.point("weights_written")
     final: dict[str, Any] = {

@@ -232,6 +232,19 @@ def test_two_processes_equal_one_process_same_global_batch(tmp_path, one_process
         torch.testing.assert_close(got[k], ref[k], rtol=1e-3, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_with_disk_banks_equal_one_process(tmp_path, one_process_runs, strategy):
+    """memory.storage=disk under DDP / FSDP (each rank maps its own scratch tables; the sparse sync keeps them
+    equal) gives the one-process RAM run's weights."""
+    ref = one_process_runs("ffn")
+    ov = [*MEMORY_OV["ffn"], "memory.storage=disk", f"train.strategy={strategy}", "train.devices=2"]
+    got = _weights(_run(tmp_path, "dp_disk", *ov, batch_size=4))
+    assert got.keys() == ref.keys()
+    for k in got:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-3, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+
+
 def _init_and_fetched(cfg_args, world, batch_size):
     """The weights `hmem train` starts from, and per bank table the rows the global batches fetch."""
     from hmem_lit.config import load_config
@@ -286,15 +299,17 @@ def test_unfetched_bank_rows_bit_identical_across_ranks(tmp_path, strategy):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("storage", ["ram", "disk"])
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_kill_and_resume_exact_with_two_processes(tmp_path, strategy):
-    """Both ranks SIGKILLed mid-run, relaunched: same weights and losses as an uninterrupted 2-process run."""
+def test_kill_and_resume_exact_with_two_processes(tmp_path, strategy, storage):
+    """Both ranks SIGKILLed mid-run, relaunched: same weights and losses as an uninterrupted 2-process run (with
+    memory.storage=disk for the killed run: also equal to the RAM bank's)."""
     from hmem_lit import runs
 
     extra = [*MEMORY_OV["ffn"], f"train.strategy={strategy}", "train.devices=2"]
     ov = {"train.max_tokens": 24_576, "train.ckpt_every": 8}  # 48 steps
     ref = _run(tmp_path, "ref", *extra, batch_size=4, **ov)
-    cmd = _run(tmp_path, "killed", *extra, batch_size=4, check=False, **ov)
+    cmd = _run(tmp_path, "killed", *extra, f"memory.storage={storage}", batch_size=4, check=False, **ov)
     run_dir = tmp_path / "000_debug" / "killed"
     step = kill_after_checkpoint(cmd, run_dir, min_step=20, timeout=300)
     assert 0 < step < 48

@@ -74,3 +74,22 @@ def test_subtree_job_refuses_foreign_paths_and_needs_frozen_mode():
     with pytest.raises(ValueError, match="frozen"):
         bad = make_cfg("ffn", "train.subtree=1")
         prepare_model_for_mode(make_model(bad), bad)
+
+
+def test_merge_in_row_blocks_equals_the_whole_table_merge(tmp_path, monkeypatch):
+    """hmem merge assembles and checks bank tables a few rows at a time (banks larger than RAM): the result equals
+    the one-block merge exactly, and a refused merge leaves no output directory behind."""
+    from hmem_lit.memory import storage
+
+    anchor = _anchor_state()
+    jobs = [_job(tmp_path, k, anchor)[0] for k in (0, 2)]
+    whole = load_file(str(merge_banks(jobs, tmp_path / "whole") / "model.safetensors"))
+    monkeypatch.setattr(storage, "CHUNK_BYTES", 700)  # a handful of rows per block
+    blocks = load_file(str(merge_banks(jobs, tmp_path / "blocks") / "model.safetensors"))
+    assert whole.keys() == blocks.keys() and all(torch.equal(whole[k], blocks[k]) for k in whole)
+    state = load_file(str(jobs[1] / "model.safetensors"))
+    state["memory.bank.level2"][B * 1] += 1.0  # job 2 touched a row of subtree 1, which it does not own
+    save_file(state, str(jobs[1] / "model.safetensors"))
+    with pytest.raises(ValueError, match="changed rows outside its subtree"):
+        merge_banks(jobs, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()

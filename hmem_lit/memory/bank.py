@@ -13,6 +13,8 @@ row-wise optimiser (memory/optim.py) turns into an O(fetch) update.
 
 With `offload=True` the tables stay on the CPU whatever `.to()`/`.cuda()` the model gets; fetched rows are
 gathered there and copied to the compute device (the device of `paths`), and autograd carries gradients back.
+With a `store` (memory.storage=disk, memory/storage.py) the tables are memory-mapped scratch files on disk, on the
+host like offloaded ones, and their optimiser moments are allocated in the same store.
 
 `BankMemory` is the shared base of the bank-backed types (ffn, lora, kv). A block is laid out unit-major:
 (layers, r_l, c_layer) where c_layer is the numbers one unit adds to one layer (FFN: a gate row, an up row and a
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hmem_lit.memory import storage
 from hmem_lit.memory.base import MemoryType
 
 
@@ -57,17 +60,29 @@ class Bank(nn.Module):
     """Per-level block tables. `fetch` returns one (B, s_l) row tensor per used level, on the compute device."""
 
     def __init__(
-        self, levels: Sequence[int], c_unit: int, branching: int, generic: bool = False, offload: bool = False
+        self,
+        levels: Sequence[int],
+        c_unit: int,
+        branching: int,
+        generic: bool = False,
+        offload: bool = False,
+        store: storage.DiskStore | None = None,
     ):
         super().__init__()
         if branching < 2:
             raise ValueError(f"branching must be >= 2, got {branching}")
         self.levels = [int(r) for r in levels]
-        self.c_unit, self.branching, self.generic, self.offload = int(c_unit), int(branching), generic, offload
+        self.c_unit, self.branching, self.generic = int(c_unit), int(branching), generic
+        self.offload = offload or store is not None  # a disk-backed table lives on the host
+        self.store = store
         self.used = [(lvl, r) for lvl, r in enumerate(self.levels, start=1) if r > 0]  # (level, r_l)
         for lvl, r in self.used:
             rows = branching**lvl + int(generic)
-            self.register_parameter(f"level{lvl}", nn.Parameter(torch.empty(rows, self.c_unit * r)))
+            if store is None:
+                table = nn.Parameter(torch.empty(rows, self.c_unit * r))
+            else:
+                table = storage.attach(nn.Parameter(store.table(f"level{lvl}", (rows, self.c_unit * r))), store)
+            self.register_parameter(f"level{lvl}", table)
 
     def tables(self) -> list[tuple[int, int, nn.Parameter]]:
         """[(level, r_l, table)] for the used levels."""
@@ -125,11 +140,24 @@ class BankMemory(MemoryType):
         self.layers = resolve_layers(mcfg.layers, n_layer)
         self.slot = {layer: i for i, layer in enumerate(self.layers)}  # anchor layer -> position in the block
         self.c_layer = c_layer
-        self.bank = Bank(mcfg.levels, c_layer * len(self.layers), branching, mcfg.generic, mcfg.offload)
+        self.bank = Bank(
+            mcfg.levels, c_layer * len(self.layers), branching, mcfg.generic, mcfg.offload, storage.store_for(mcfg)
+        )
 
     def unit_views(self) -> list[Tensor]:
-        """Each level's table viewed as (rows, layers, r_l, c_layer), for in-place initialisation."""
-        return [t.view(t.shape[0], len(self.layers), r, self.c_layer) for _, r, t in self.bank.tables()]
+        """Each level's table viewed as (rows, layers, r_l, c_layer), for in-place initialisation, in blocks of
+        rows of at most storage.CHUNK_BYTES (a table up to that size is one block): initialisers' temporaries stay
+        bounded for a table of any size (a disk-backed one larger than RAM), and RAM and disk tables, built with
+        the same blocks, get the same numbers."""
+        out: list[Tensor] = []
+        if self.bank.store is not None and self.bank.store.preloaded:
+            return out  # tables mapped with their trained values (evaluating a disk-backed run): nothing to init
+        for _, r, t in self.bank.tables():
+            step = storage.chunk_rows(t)
+            for i in range(0, t.shape[0], step):
+                block = t[i : i + step]
+                out.append(block.view(block.shape[0], len(self.layers), r, self.c_layer))
+        return out
 
     def gather(self, paths: Tensor | None, generic: Tensor | None) -> Tensor:
         """-> (B, layers, R, c_layer): the fetched blocks of every used level, concatenated along units."""

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from hmem_lit.config import RunConfig
+from hmem_lit.memory import storage
 
 
 class WarmupCosine:
@@ -101,6 +102,20 @@ class RowwiseAdamW(torch.optim.Optimizer):
                 self._dense_step(params, group)
         return loss
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load, then the moments of disk-backed tables copied into their store (the loaded ones may be
+        views of a memory-mapped checkpoint file), a block of rows at a time."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                st, store = self.state.get(p), storage.store_of(p)
+                if store is None or not st:
+                    continue
+                for k in ("exp_avg", "exp_avg_sq"):
+                    t = store.zeros(p.shape)
+                    storage.copy_rows(t, st[k])
+                    st[k] = t
+
     def _state(self, p: Tensor, step_shape: tuple[int, ...]) -> dict[str, Tensor]:
         # a dense parameter's step count lives on the CPU (its value is read on the host every step: on CUDA a
         # device copy would cost one synchronisation per parameter, as torch.optim.AdamW avoids); per-row counts
@@ -109,7 +124,8 @@ class RowwiseAdamW(torch.optim.Optimizer):
         st = self.state[p]
         if not st:
             st["step"] = torch.zeros(step_shape, dtype=torch.long, device=device)
-            st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+            # a disk-backed table (memory.storage=disk) gets its moments in its own store
+            st["exp_avg"], st["exp_avg_sq"] = storage.zeros_like(p), storage.zeros_like(p)
         if st["step"].device != device:  # torch.load leaves "step" where it was saved
             st["step"] = st["step"].to(device)
         return st

@@ -99,6 +99,8 @@ class PKMMemory(MemoryType):
             raise ConfigError(
                 "memory.generic: memory.generic / memory.offload apply to path-fetched memories, not to memory.type=pkm"
             )
+        if mcfg.storage != "ram":
+            raise ConfigError("memory.storage: disk storage holds a bank's tables (ffn, lora, kv), not pkm's values")
 
     def __init__(self, mcfg: MemoryConfig, acfg: AnchorConfig, branching: int):
         super().__init__()
