@@ -109,10 +109,16 @@ def test_packed_paths_match_document_routes(prepared):
         # every document of the split appears, whole documents are findable in their row
         split = np.load(d / "corpus" / "split.npy")
         assert set(ids.tolist()) == set(np.nonzero(split == (name == "val"))[0].tolist())
+        # short documents are never split across rows: under ffd every one that fits a row (here: < 60 tokens),
+        # under stream those of at most data.pack_whole tokens (EOT included)
+        limit = cfg.data.pack_whole if cfg.data.packing == "stream" else 60
         for r in range(0, len(paths), max(1, len(paths) // 25)):
             text = tok.decode(tokens[r])
-            short = [docs[i]["text"] for i in ids[ptr[r] : ptr[r + 1]] if len(tok.encode(docs[i]["text"])) < 60]
-            assert all(t in text for t in short)  # short documents are never split across rows
+            short = [docs[i]["text"] for i in ids[ptr[r] : ptr[r + 1]] if len(tok.encode(docs[i]["text"])) < limit]
+            assert all(t in text for t in short)
+        rows_of = np.bincount(ids, minlength=len(docs))  # a document in several rows was cut
+        cut = np.nonzero(rows_of > 1)[0]
+        assert all(len(tok.encode(docs[i]["text"])) >= limit for i in cut)
     # training documents keep their balanced cluster assignment; held-out ones are routed like new text
     from hmem_lit.retriever.routing import load_router
 

@@ -81,7 +81,8 @@ class Bank(nn.Module):
             if store is None:
                 table = nn.Parameter(torch.empty(rows, self.c_unit * r))
             else:
-                table = storage.attach(nn.Parameter(store.table(f"level{lvl}", (rows, self.c_unit * r))), store)
+                table = nn.Parameter(store.table(f"level{lvl}", (rows, self.c_unit * r)))
+                storage.attach(table, store)
             self.register_parameter(f"level{lvl}", table)
 
     def tables(self) -> list[tuple[int, int, nn.Parameter]]:
