@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -49,8 +48,7 @@ def _merged_rows(
     shape = slices[0].get_shape()
     n_rows = shape[0]
     owned_all = [_owned(n_rows, level, branching, k) for k in subtrees]
-    row_bytes = max(1, math.prod(shape[1:]) * slices[0][0:1].element_size())
-    step = max(1, storage.CHUNK_BYTES // row_bytes)
+    step = storage.rows_per_block(tuple(shape), slices[0][0:1].element_size())
     for start in range(0, n_rows, step):
         tensors = [sl[start : start + step] for sl in slices]
         owned = [o[start : start + step] for o in owned_all]

@@ -310,9 +310,6 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     seed_everything(cfg.train.seed)
 
     world = _world_size(cfg)
-    from hmem_lit.memory import storage
-
-    disk = cfg.memory.storage == "disk"
     tps = cfg.train.batch_size * cfg.train.accumulate * world * cfg.data.seq_len
     total_steps = max(1, math.ceil(cfg.train.max_tokens / tps))
     dm = HmemDataModule(cfg, total_steps)
@@ -322,6 +319,9 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
             f"anchor.vocab_size: {cfg.anchor.vocab_size} does not match the tokenizer's {dm.vocab_size}; "
             "leave it unset (null) to take it from the data"
         )
+    from hmem_lit.memory import storage
+
+    disk = cfg.memory.storage == "disk"
     with storage.scratch_dir(run_dir.parent):  # a disk-backed bank's scratch files (memory.storage_dir overrides)
         module = HmemLitModule(cfg, dm.vocab_size, total_steps, tps)
     if cfg.train.mode in ("frozen", "cotrain") or cfg.train.subtree is not None:

@@ -96,8 +96,13 @@ def zeros_like(p: Tensor) -> Tensor:
 
 
 def chunk_rows(t: Tensor) -> int:
-    row = max(1, t[0].numel() * t.element_size()) if t.dim() > 1 and t.shape[0] else max(1, t.element_size())
-    return max(1, CHUNK_BYTES // row)
+    """Rows of `t` per block of at most CHUNK_BYTES (at least one)."""
+    return rows_per_block(tuple(t.shape), t.element_size())
+
+
+def rows_per_block(shape: tuple[int, ...], itemsize: int) -> int:
+    """Rows of a tensor of `shape` per block of at most CHUNK_BYTES (at least one)."""
+    return max(1, CHUNK_BYTES // max(1, math.prod(shape[1:]) * itemsize))
 
 
 @torch.no_grad()
