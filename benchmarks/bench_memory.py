@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -70,8 +71,8 @@ def overrides(mtype: str, scale: int) -> list[str]:
 class Job:
     """One model + optimiser + a stream of random batches; `step()` returns its wall time."""
 
-    def __init__(self, mtype: str, scale: int, batch: int, seq: int, seed: int = 0):
-        self.cfg = load_config(None, overrides(mtype, scale))
+    def __init__(self, mtype: str, scale: int, batch: int, seq: int, seed: int = 0, extra: Sequence[str] = ()):
+        self.cfg = load_config(None, [*overrides(mtype, scale), *extra])
         torch.manual_seed(seed)
         self.model = MemoryLM(self.cfg, VOCAB).train()
         self.opt = build_optimizer(self.model, self.cfg, total_steps=10_000)["optimizer"]

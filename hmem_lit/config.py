@@ -86,6 +86,12 @@ class MemoryConfig:
     # scratch files (empty: the run's experiment directory, e.g. runs/<experiment>/)
     storage: str = "ram"
     storage_dir: str = ""
+    # the number type of the bank's tables and their Adam moments: float32 | bfloat16 (half the bytes: 6 per
+    # parameter instead of 12). bfloat16 rows are updated in float32 and rounded back: the moments to nearest, the
+    # tables by `rounding` (stochastic: unbiased, so updates smaller than bf16's spacing still add up, with a
+    # per-step seed, so a resumed run is exact; nearest: plain rounding, for comparison). memory/lowp.py
+    dtype: str = "float32"
+    rounding: str = "stochastic"
     pkm: PKMConfig = field(default_factory=PKMConfig)
 
     def __post_init__(self) -> None:
@@ -102,6 +108,8 @@ class MemoryConfig:
             )
         _one_of(self.lora_target, ("qk", "vo", "ffn"), "memory.lora_target")
         _one_of(self.storage, ("ram", "disk"), "memory.storage")
+        _one_of(self.dtype, ("float32", "bfloat16"), "memory.dtype")
+        _one_of(self.rounding, ("stochastic", "nearest"), "memory.rounding")
         _check(0.0 <= self.generic_prob < 1.0, "memory.generic_prob", "must be in [0, 1)")
 
 

@@ -104,6 +104,8 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
     **{f"memory.{k}": RUN_ID for k in _MEMORY},
     "memory.storage": (),  # where the bank lives (RAM or memory-mapped disk): the same numbers bit for bit
     "memory.storage_dir": (),
+    "memory.dtype": RUN_ID,  # bfloat16 tables train to different numbers
+    "memory.rounding": RUN_ID,
     **{f"optim.{k}": RUN_ID for k in _OPTIM},
     "retriever.embedder": ("embeddings", *RUN_ID),
     "retriever.embed_dim": ("embeddings", *RUN_ID),

@@ -153,9 +153,10 @@ def info(cfg: RunConfig) -> str:
             f"bank    {_fmt(c['bank'])}",
         ]
         if c["bank"] >= 10**8:  # where a big bank's training state fits is the next question
+            width = 2 if cfg.memory.dtype == "bfloat16" else 4
             lines.append(
-                f"        training state {12 * c['bank'] / 2**30:,.1f} GiB (fp32 table + 2 Adam moments; "
-                "memory.storage=disk keeps it in memory-mapped files)"
+                f"        training state {3 * width * c['bank'] / 2**30:,.1f} GiB ({cfg.memory.dtype} table + 2 Adam "
+                "moments; memory.storage=disk keeps it in memory-mapped files, memory.dtype=bfloat16 halves it)"
             )
         memory: Any = model.memory  # a bank-backed type has .bank and .layers (the anchor layers it serves)
         bank = getattr(memory, "bank", None)

@@ -47,9 +47,10 @@ def test_write_safetensors_reads_back_with_safetensors(tmp_path, monkeypatch):
     assert got.keys() == tensors.keys()
     for k, v in tensors.items():
         assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
-    # every tensor starts aligned to its element size, so the mappable ones map in place (bool/bf16 are copied)
+    # every tensor starts aligned to its element size, so the mappable ones map in place (bool is copied)
     mapped = storage.map_safetensors(tmp_path / "ours.safetensors", tensors)
-    assert set(mapped) == {"b.weight", "c.ids", "d.scalar", "g.strided"}  # e.empty: nothing to map
+    assert set(mapped) == {"a.half", "b.weight", "c.ids", "d.scalar", "g.strided"}  # e.empty: nothing to map
+    assert mapped["a.half"].dtype == torch.bfloat16
     assert all(torch.equal(mapped[k], tensors[k]) for k in mapped)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / "ref.safetensors"))
     ref = load_file(str(tmp_path / "ref.safetensors"))
@@ -64,7 +65,12 @@ def test_disk_bank_model_equals_ram_bank_through_optimizer_steps(tmp_path, monke
 
     made: list[tuple[int, ...]] = []
     zeros = storage.DiskStore.zeros
-    monkeypatch.setattr(storage.DiskStore, "zeros", lambda self, shape: made.append(tuple(shape)) or zeros(self, shape))
+
+    def counting(self, shape, dtype=torch.float32):
+        made.append(tuple(shape))
+        return zeros(self, shape, dtype)
+
+    monkeypatch.setattr(storage.DiskStore, "zeros", counting)
     runs_out = []
     for kind in ("ram", "disk"):
         cfg = make_cfg("ffn", f"memory.storage={kind}", f"memory.storage_dir={tmp_path / 'scratch'}")
@@ -133,12 +139,14 @@ def test_bad_storage_config_is_one_line(extra, key):
         load_config(DEBUG_YAML, extra)
 
 
-def test_disk_bank_run_killed_and_resumed_equals_ram_run(tmp_path):
+@pytest.mark.parametrize("dtype", ["bfloat16", pytest.param("float32", marks=pytest.mark.slow)])
+def test_disk_bank_run_killed_and_resumed_equals_ram_run(tmp_path, dtype):
     """hmem train with memory.storage=disk, SIGKILLed after a checkpoint and rerun, ends with weights and
-    metrics bit-identical to an uninterrupted in-RAM run; eval's loader reads the disk run's weights equal."""
+    metrics bit-identical to an uninterrupted in-RAM run; eval's loader reads the disk run's weights equal.
+    bfloat16 (the default-suite case) also checks that the stochastic rounding's seeds resume."""
     from hmem_lit.model import load_model
 
-    extra = {**MEM, "train.max_tokens": 40_960, "train.ckpt_every": 5, "train.val_every": 10}
+    extra = {**MEM, "memory.dtype": dtype, "train.max_tokens": 40_960, "train.ckpt_every": 5, "train.val_every": 10}
     ram_out, disk_out = tmp_path / "ram", tmp_path / "disk"
     train = [sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML)]
     import subprocess
@@ -157,6 +165,7 @@ def test_disk_bank_run_killed_and_resumed_equals_ram_run(tmp_path):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     strip = [{k: v for k, v in m.items() if k not in runs.TIMING_KEYS} for m in runs.read_metrics(ram_dir)]
     assert strip == [{k: v for k, v in m.items() if k not in runs.TIMING_KEYS} for m in runs.read_metrics(run_dir)]
+    assert all(wb[k].dtype == getattr(torch, dtype) for k in wb if k.startswith("memory.bank."))
     model, cfg = load_model(run_dir)
     assert cfg.memory.storage == "disk"
     assert all(storage.store_of(t) is not None for _, _, t in model.memory.bank.tables())

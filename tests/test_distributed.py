@@ -245,6 +245,23 @@ def test_two_processes_with_disk_banks_equal_one_process(tmp_path, one_process_r
         torch.testing.assert_close(got[k], ref[k], rtol=1e-3, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_with_bf16_banks_equal_one_process(tmp_path, strategy):
+    """memory.dtype=bfloat16 under DDP / FSDP: the bfloat16 sparse gradients travel through the row sync (gloo)
+    and both ranks round with the same seeded bits, so 2 ranks x 4 sequences give the 1 x 8 run's bank to within
+    one bfloat16 step (the float32 sums differ in their last bits, which can flip a stochastic rounding)."""
+    ov = [*MEMORY_OV["ffn"], "memory.dtype=bfloat16"]
+    ref = _weights(_run(tmp_path, "one_bf16", *ov, batch_size=8))
+    got = _weights(_run(tmp_path, "dp_bf16", *ov, f"train.strategy={strategy}", "train.devices=2", batch_size=4))
+    assert got.keys() == ref.keys()
+    bank = [k for k in got if k.startswith("memory.bank.")]
+    assert bank and all(got[k].dtype == ref[k].dtype == torch.bfloat16 for k in bank)
+    for k in got:
+        tol = dict(rtol=2**-7, atol=1e-4) if k in bank else dict(rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(got[k].float(), ref[k].float(), **tol, msg=lambda m, k=k: f"{k}: {m}")
+
+
 def _init_and_fetched(cfg_args, world, batch_size):
     """The weights `hmem train` starts from, and per bank table the rows the global batches fetch."""
     from hmem_lit.config import load_config

@@ -20,9 +20,9 @@ def _anchor_state():
     return {f"anchor.{k}": v.clone() for k, v in make_model(make_cfg("ffn"), seed=7).anchor.state_dict().items()}
 
 
-def _job(tmp: Path, subtree: int | None, anchor_state, steps: int = 3) -> tuple[Path, dict]:
+def _job(tmp: Path, subtree: int | None, anchor_state, steps: int = 3, dtype: str = "float32") -> tuple[Path, dict]:
     """One split job: frozen anchor, batches from its subtree only; writes a run directory like train.py does."""
-    extra = ["train.mode=frozen", "train.init_from=runs/a1", "optim.memory_weight_decay=0.1"]
+    extra = ["train.mode=frozen", "train.init_from=runs/a1", "optim.memory_weight_decay=0.1", f"memory.dtype={dtype}"]
     cfg = make_cfg("ffn", *extra, *([f"train.subtree={subtree}"] if subtree is not None else []), f"name=job{subtree}")
     model = prepare_model_for_mode(make_model(cfg, seed=0), cfg, lambda run_dir: anchor_state)
     train(model, cfg, [batch(n=3, seed=10 * (subtree or 0) + s, level1=[subtree or 0]) for s in range(steps)])
@@ -34,10 +34,11 @@ def _job(tmp: Path, subtree: int | None, anchor_state, steps: int = 3) -> tuple[
     return run, state
 
 
-def test_subtree_jobs_merge_to_the_bank_each_trained(tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_subtree_jobs_merge_to_the_bank_each_trained(tmp_path, dtype):
     anchor = _anchor_state()
-    init = {k: v.clone() for k, v in make_model(make_cfg("ffn"), seed=0).state_dict().items()}
-    jobs = {k: _job(tmp_path, k, anchor) for k in (0, 2, 3)}
+    init = {k: v.clone() for k, v in make_model(make_cfg("ffn", f"memory.dtype={dtype}"), seed=0).state_dict().items()}
+    jobs = {k: _job(tmp_path, k, anchor, dtype=dtype) for k in (0, 2, 3)}
     out = merge_banks([jobs[k][0] for k in (0, 2, 3)], tmp_path / "merged")
     merged = load_file(str(out / "model.safetensors"))
     for lvl in (1, 2):
@@ -49,6 +50,7 @@ def test_subtree_jobs_merge_to_the_bank_each_trained(tmp_path):
         rows = slice(1 * span, 2 * span)  # subtree 1: no job owned it
         assert torch.equal(merged[key][rows], init[key][rows])
     assert all(torch.equal(merged[k], v) for k, v in anchor.items())
+    assert all(merged[k].dtype == getattr(torch, dtype) for k in merged if k.startswith("memory.bank."))
     assert (out / "config.yaml").is_file() and (out / "final.json").is_file()
 
 

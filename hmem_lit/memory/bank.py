@@ -11,8 +11,10 @@ the level's share of the generic block (memory.generic). A fetch is `F.embedding
 gather per level for the whole batch, and a sparse COO gradient that touches only the fetched rows, which the
 row-wise optimiser (memory/optim.py) turns into an O(fetch) update.
 
-With `offload=True` the tables stay on the CPU whatever `.to()`/`.cuda()` the model gets; fetched rows are
-gathered there and copied to the compute device (the device of `paths`), and autograd carries gradients back.
+A bank of `dtype` bfloat16 (memory.dtype, memory/lowp.py) keeps it under casts (`.to(torch.float32)`, a
+precision plugin's conversion) and follows device moves. With `offload=True` the tables stay on the CPU whatever
+`.to()`/`.cuda()` the model gets; fetched rows are gathered there and copied to the compute device (the device of
+`paths`), and autograd carries gradients back.
 With a `store` (memory.storage=disk, memory/storage.py) the tables are memory-mapped scratch files on disk, on the
 host like offloaded ones, and their optimiser moments are allocated in the same store.
 
@@ -27,14 +29,14 @@ ranked candidate paths that avoids the blocked nodes, and that path is what `fet
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmem_lit.memory import storage
+from hmem_lit.memory import lowp, storage
 from hmem_lit.memory.base import MemoryType
 
 
@@ -67,6 +69,7 @@ class Bank(nn.Module):
         generic: bool = False,
         offload: bool = False,
         store: storage.DiskStore | None = None,
+        dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
         if branching < 2:
@@ -74,14 +77,14 @@ class Bank(nn.Module):
         self.levels = [int(r) for r in levels]
         self.c_unit, self.branching, self.generic = int(c_unit), int(branching), generic
         self.offload = offload or store is not None  # a disk-backed table lives on the host
-        self.store = store
+        self.store, self.dtype = store, dtype
         self.used = [(lvl, r) for lvl, r in enumerate(self.levels, start=1) if r > 0]  # (level, r_l)
         for lvl, r in self.used:
             rows = branching**lvl + int(generic)
             if store is None:
-                table = nn.Parameter(torch.empty(rows, self.c_unit * r))
+                table = nn.Parameter(torch.empty(rows, self.c_unit * r, dtype=dtype))
             else:
-                table = nn.Parameter(store.table(f"level{lvl}", (rows, self.c_unit * r)))
+                table = nn.Parameter(store.table(f"level{lvl}", (rows, self.c_unit * r), dtype))
                 storage.attach(table, store)
             self.register_parameter(f"level{lvl}", table)
 
@@ -121,6 +124,8 @@ class Bank(nn.Module):
                 if generic is not None:
                     ids = torch.where(generic.to(device), torch.full_like(ids, gen_row), ids)
             rows = F.embedding(ids.to(table.device), table, sparse=True)  # (B, s_l)
+            # rows travel in the table's dtype; the hooks compute in the activations' dtype (a bfloat16 table's
+            # gradient arrives as bfloat16, the optimiser's update is float32: memory/lowp.py)
             out.append(rows.to(device, non_blocking=True))
         return out
 
@@ -128,6 +133,8 @@ class Bank(nn.Module):
         # offload: the tables never leave the CPU (nor change dtype); everything else follows .to()/.cuda()
         if self.offload:
             return self
+        if self.dtype != torch.float32:  # memory.dtype=bfloat16 is how the bank is stored: moves, never casts
+            return super()._apply(lambda t: t.to(fn(t.new_empty(0)).device), recurse)
         return super()._apply(fn, recurse)
 
 
@@ -142,23 +149,33 @@ class BankMemory(MemoryType):
         self.slot = {layer: i for i, layer in enumerate(self.layers)}  # anchor layer -> position in the block
         self.c_layer = c_layer
         self.bank = Bank(
-            mcfg.levels, c_layer * len(self.layers), branching, mcfg.generic, mcfg.offload, storage.store_for(mcfg)
+            mcfg.levels,
+            c_layer * len(self.layers),
+            branching,
+            mcfg.generic,
+            mcfg.offload,
+            storage.store_for(mcfg),
+            lowp.dtype_of(mcfg.dtype),
         )
 
-    def unit_views(self) -> list[Tensor]:
+    def unit_views(self) -> Iterator[Tensor]:
         """Each level's table viewed as (rows, layers, r_l, c_layer), for in-place initialisation, in blocks of
-        rows of at most storage.CHUNK_BYTES (a table up to that size is one block): initialisers' temporaries stay
-        bounded for a table of any size (a disk-backed one larger than RAM), and RAM and disk tables, built with
-        the same blocks, get the same numbers."""
-        out: list[Tensor] = []
+        rows of at most storage.CHUNK_BYTES of float32 (a table up to that size is one block): initialisers'
+        temporaries stay bounded for a table of any size (a disk-backed one larger than RAM), and RAM and disk
+        tables, built with the same blocks, get the same numbers. A bfloat16 table's block is a float32 copy,
+        rounded to nearest into the table when the caller asks for the next block: the same numbers as a float32
+        table's init, rounded."""
         if self.bank.store is not None and self.bank.store.preloaded:
-            return out  # tables mapped with their trained values (evaluating a disk-backed run): nothing to init
+            return  # tables mapped with their trained values (evaluating a disk-backed run): nothing to init
         for _, r, t in self.bank.tables():
-            step = storage.chunk_rows(t)
+            step = storage.rows_per_block(tuple(t.shape), 4)  # float32 blocks, whatever the table's dtype
             for i in range(0, t.shape[0], step):
                 block = t[i : i + step]
-                out.append(block.view(block.shape[0], len(self.layers), r, self.c_layer))
-        return out
+                work = block if block.dtype == torch.float32 else torch.zeros(block.shape)
+                yield work.view(block.shape[0], len(self.layers), r, self.c_layer)
+                if work is not block:
+                    with torch.no_grad():
+                        block.copy_(work)
 
     def gather(self, paths: Tensor | None, generic: Tensor | None) -> Tensor:
         """-> (B, layers, R, c_layer): the fetched blocks of every used level, concatenated along units."""

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from hmem_lit.config import RunConfig
-from hmem_lit.memory import storage
+from hmem_lit.memory import lowp, storage
 
 
 class WarmupCosine:
@@ -96,6 +96,8 @@ class RowwiseAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if group["sparse"]:
+                rounding_step = group.get("rounding_step", 0) + 1  # seeds stochastic rounding (memory/lowp.py)
+                group["rounding_step"] = rounding_step
                 for p in params:
                     self._rows_step(p, group)
             elif params:
@@ -112,7 +114,7 @@ class RowwiseAdamW(torch.optim.Optimizer):
                 if store is None or not st:
                     continue
                 for k in ("exp_avg", "exp_avg_sq"):
-                    t = store.zeros(p.shape)
+                    t = store.zeros(p.shape, st[k].dtype)
                     storage.copy_rows(t, st[k])
                     st[k] = t
 
@@ -160,6 +162,23 @@ class RowwiseAdamW(torch.optim.Optimizer):
         steps = st["step"].index_select(0, rows) + 1
         st["step"].index_copy_(0, rows, steps)
         m_all, v_all = st["exp_avg"], st["exp_avg_sq"]
+        if p.dtype != torch.float32:  # a low-precision table: updated in float32, rounded back (memory/lowp.py)
+            index = next(i for i, q in enumerate(group["params"]) if q is p)
+            gen = None
+            if group.get("rounding", "stochastic") == "stochastic":
+                gen = lowp.generator(p.device, group.get("seed", 0), group["rounding_step"], index)
+            x, m, v = _rows_adamw(
+                p.index_select(0, rows).float(),
+                m_all.index_select(0, rows).float(),
+                v_all.index_select(0, rows).float(),
+                gv.float(),
+                steps,
+                group,
+            )
+            p.index_copy_(0, rows, lowp.round_to(x, p.dtype, group.get("rounding", "stochastic"), gen))
+            m_all.index_copy_(0, rows, m.to(m_all.dtype))
+            v_all.index_copy_(0, rows, v.to(v_all.dtype))
+            return
         if gv[0].numel() >= self.view_rows_from:  # big rows: in place, one view per row
             r = rows.tolist()
             _adamw(
@@ -171,17 +190,27 @@ class RowwiseAdamW(torch.optim.Optimizer):
                 group,
             )
             return
-        (b1, b2), lr, wd, eps = group["betas"], group["lr"], group["weight_decay"], group["eps"]
-        shape = (-1,) + (1,) * (p.dim() - 1)  # broadcast per-row scalars over the row
-        bc1 = (1 - b1 ** steps.double()).to(p.dtype).view(shape)
-        bc2 = (1 - b2 ** steps.double()).sqrt().to(p.dtype).view(shape)
-        m = m_all.index_select(0, rows).lerp_(gv, 1 - b1)
-        v = v_all.index_select(0, rows).mul_(b2).addcmul_(gv, gv, value=1 - b2)
-        x = p.index_select(0, rows).mul_(1 - lr * wd)
-        x.addcdiv_(m / bc1, v.sqrt().div_(bc2).add_(eps), value=-lr)
+        x, m, v = _rows_adamw(
+            p.index_select(0, rows), m_all.index_select(0, rows), v_all.index_select(0, rows), gv, steps, group
+        )
         p.index_copy_(0, rows, x)
         m_all.index_copy_(0, rows, m)
         v_all.index_copy_(0, rows, v)
+
+
+def _rows_adamw(
+    x: Tensor, m: Tensor, v: Tensor, g: Tensor, steps: Tensor, group: dict[str, Any]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """AdamW on gathered rows (updated in place and returned): x, m, v, g (n, *row); steps (n,) per-row counts."""
+    (b1, b2), lr, wd, eps = group["betas"], group["lr"], group["weight_decay"], group["eps"]
+    shape = (-1,) + (1,) * (x.dim() - 1)  # broadcast per-row scalars over the row
+    bc1 = (1 - b1 ** steps.double()).to(x.dtype).view(shape)
+    bc2 = (1 - b2 ** steps.double()).sqrt().to(x.dtype).view(shape)
+    m.lerp_(g, 1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    x.mul_(1 - lr * wd)
+    x.addcdiv_(m / bc1, v.sqrt().div_(bc2).add_(eps), value=-lr)
+    return x, m, v
 
 
 def param_groups(model: nn.Module, cfg: RunConfig, ndim: dict[str, int] | None = None) -> list[dict[str, Any]]:
@@ -226,6 +255,7 @@ def param_groups(model: nn.Module, cfg: RunConfig, ndim: dict[str, int] | None =
                 sparse=name.startswith("memory_rows"),
                 lr=o.memory_lr * mult.get(name, 1.0) if mem else o.lr,
                 weight_decay=0.0 if name.endswith("nowd") else (o.memory_weight_decay if mem else o.weight_decay),
+                **(dict(rounding=cfg.memory.rounding, seed=cfg.train.seed) if name.startswith("memory_rows") else {}),
             )
         )
     return groups

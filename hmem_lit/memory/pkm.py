@@ -101,6 +101,8 @@ class PKMMemory(MemoryType):
             )
         if mcfg.storage != "ram":
             raise ConfigError("memory.storage: disk storage holds a bank's tables (ffn, lora, kv), not pkm's values")
+        if mcfg.dtype != "float32":
+            raise ConfigError("memory.dtype: bfloat16 storage holds a bank's tables (ffn, lora, kv), not pkm's values")
 
     def __init__(self, mcfg: MemoryConfig, acfg: AnchorConfig, branching: int):
         super().__init__()

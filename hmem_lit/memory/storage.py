@@ -2,8 +2,9 @@
 files on local disk (memory.storage=disk), for banks larger than host RAM (issue 21; the paper's 4.6B bank with
 its moments is ~55 GB, its 21B bank ~250 GB).
 
-A disk tensor is a float32 array in an unnamed temporary file (`tempfile.TemporaryFile`: unlinked at creation, so
-the space returns to the filesystem when the process ends, kill -9 included) mapped shared into the process; torch
+A disk tensor is a float32 (or bfloat16: memory.dtype) array in an unnamed temporary file
+(`tempfile.TemporaryFile`: unlinked at creation, so the space returns to the filesystem when the process ends,
+kill -9 included) mapped shared into the process; torch
 reads and writes it like any CPU tensor, so every operation, the row-wise optimiser's included, gives bit for bit
 the numbers it gives in RAM. The kernel's page cache holds the rows a run touches (the fetched rows) and writes
 dirty pages back under memory pressure: a process whose memory is capped (a cgroup limit) trains a bank many
@@ -35,24 +36,31 @@ _ATTR = "_hmem_store"  # set on a disk-backed parameter: the DiskStore its momen
 CHUNK_BYTES = 64 << 20  # streaming copies and writes move at most this much at a time
 
 
+# torch dtype -> the numpy dtype of the same width it is mapped as (numpy has no bfloat16: its bits as uint16)
+_MAP_AS = {torch.float32: np.float32, torch.bfloat16: np.uint16}
+
+
 class DiskStore:
-    """Allocates zero-filled float32 tensors backed by unnamed, memory-mapped files under `root`."""
+    """Allocates zero-filled float32 (or bfloat16) tensors backed by unnamed, memory-mapped files under `root`."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    def zeros(self, shape: tuple[int, ...] | torch.Size) -> Tensor:
+    def zeros(self, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32) -> Tensor:
+        if dtype not in _MAP_AS:
+            raise TypeError(f"a disk-backed tensor is float32 or bfloat16, not {dtype}")
         self.root.mkdir(parents=True, exist_ok=True)
         shape = tuple(int(s) for s in shape)
         n = math.prod(shape)
+        np_dtype = np.dtype(_MAP_AS[dtype])
         with tempfile.TemporaryFile(dir=self.root, prefix=".hmem-bank-") as f:
-            f.truncate(max(4 * n, 1))  # sparse: zero pages cost no disk until written
-            arr = np.memmap(f, dtype=np.float32, mode="r+", shape=(n,))  # the mapping keeps its own descriptor
-        return torch.from_numpy(arr).view(shape)  # the tensor holds the memmap, the memmap the mapping
+            f.truncate(max(np_dtype.itemsize * n, 1))  # sparse: zero pages cost no disk until written
+            arr = np.memmap(f, dtype=np_dtype, mode="r+", shape=(n,))  # the mapping keeps its own descriptor
+        return torch.from_numpy(arr).view(dtype).view(shape)  # the tensor holds the memmap, the memmap the mapping
 
-    def table(self, name: str, shape: tuple[int, ...]) -> Tensor:
+    def table(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
         """A bank table `name` (level1, ...): a fresh zero-filled one (the memory type initialises it)."""
-        return self.zeros(shape)
+        return self.zeros(shape, dtype)
 
     preloaded = False  # tables come with their values (no initialisation)
 
@@ -71,12 +79,14 @@ class MappedStore(DiskStore):
         super().__init__(root)
         self.tables = dict(tables)
 
-    def table(self, name: str, shape: tuple[int, ...]) -> Tensor:
+    def table(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
         t = self.tables.get(name)
         if t is None:  # not mappable in place (see map_safetensors): a scratch table the caller fills
-            return self.zeros(shape)
-        if tuple(t.shape) != tuple(shape):
-            raise RuntimeError(f"bank table {name}: the weights hold {list(t.shape)}, the model needs {list(shape)}")
+            return self.zeros(shape, dtype)
+        if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+            raise RuntimeError(
+                f"bank table {name}: the weights hold {list(t.shape)} {t.dtype}, the model needs {list(shape)} {dtype}"
+            )
         return t
 
 
@@ -92,7 +102,7 @@ def store_of(t: Tensor) -> DiskStore | None:
 def zeros_like(p: Tensor) -> Tensor:
     """torch.zeros_like, in p's disk store when p has one (the optimiser's moments of a disk-backed table)."""
     store = store_of(p)
-    return store.zeros(p.shape) if store is not None else torch.zeros_like(p)
+    return store.zeros(p.shape, p.dtype) if store is not None else torch.zeros_like(p)
 
 
 def chunk_rows(t: Tensor) -> int:
@@ -210,13 +220,13 @@ def store_for(mcfg: Any) -> DiskStore | None:
     return MappedStore(root, _mapped[-1]) if _mapped else DiskStore(root)
 
 
-_NP = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32}
+_NP = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32, "BF16": np.uint16}
 
 
 def map_safetensors(path: str | Path, names: Iterable[str]) -> dict[str, Tensor]:
     """Tensors `names` of a safetensors file, memory-mapped copy-on-write (no read until a page is touched). Only
-    dtypes numpy maps (F32, F16, F64, I64, I32) at offsets aligned to their element size; the rest are left out
-    (the caller copies those)."""
+    dtypes numpy maps (F32, F16, F64, I64, I32, and BF16 as its bits) at offsets aligned to their element size;
+    the rest are left out (the caller copies those)."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
@@ -230,7 +240,7 @@ def map_safetensors(path: str | Path, names: Iterable[str]) -> dict[str, Tensor]
         if start % dtype.itemsize or not math.prod(meta["shape"]):
             continue
         arr = np.memmap(path, dtype=dtype, mode="c", offset=start, shape=tuple(meta["shape"]))
-        out[k] = torch.from_numpy(arr)
+        out[k] = torch.from_numpy(arr).view(torch.bfloat16) if meta["dtype"] == "BF16" else torch.from_numpy(arr)
     return out
 
 
