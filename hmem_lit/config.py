@@ -92,6 +92,10 @@ class MemoryConfig:
     # per-step seed, so a resumed run is exact; nearest: plain rounding, for comparison). memory/lowp.py
     dtype: str = "float32"
     rounding: str = "stochastic"
+    # with the bank on the host (memory.offload=true or memory.storage=disk): after each optimiser step, stage the
+    # next batch's rows on the compute device (pinned memory, a side CUDA stream) so its fetch does not wait for
+    # the gather and copy; the numbers are bit for bit the same (memory/prefetch.py)
+    prefetch: bool = False
     pkm: PKMConfig = field(default_factory=PKMConfig)
 
     def __post_init__(self) -> None:
@@ -110,6 +114,11 @@ class MemoryConfig:
         _one_of(self.storage, ("ram", "disk"), "memory.storage")
         _one_of(self.dtype, ("float32", "bfloat16"), "memory.dtype")
         _one_of(self.rounding, ("stochastic", "nearest"), "memory.rounding")
+        _check(
+            not self.prefetch or self.offload or self.storage == "disk",
+            "memory.prefetch",
+            "stages rows of a bank on the host: set memory.offload=true (or memory.storage=disk), or prefetch=false",
+        )
         _check(0.0 <= self.generic_prob < 1.0, "memory.generic_prob", "must be in [0, 1)")
 
 

@@ -52,9 +52,32 @@ class HmemLitModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._stage_next_batch()
         if self.trainer.global_step % self.cfg.train.log_every == 0:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
             self.log("tokens", float(self.trainer.global_step * self.tokens_per_step), on_step=True, on_epoch=False)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._window = getattr(self, "_window", 0) + 1  # micro-batches in the current accumulation window
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        self._window = 0  # this window's optimiser step: the next batch starts a new one
+
+    def _stage_next_batch(self) -> None:
+        """memory.prefetch: after the optimiser step the bank rows are final, so stage the next batch's rows on
+        the device now (memory/prefetch.py). The sampler is deterministic: the next micro-batch is number
+        global_step * accumulate + (micro-batches since that step); its paths come from the datamodule."""
+        bank = getattr(self.model.memory, "bank", None)
+        dm: Any = getattr(self.trainer, "datamodule", None)
+        if bank is None or bank.prefetch is None or dm is None or not hasattr(dm, "train_batch_ids"):
+            return
+        nxt = dm.train_batch_ids(self.trainer.global_step * self.cfg.train.accumulate + getattr(self, "_window", 0))
+        if nxt is None:
+            return
+        generic = None
+        if self.cfg.memory.generic:
+            generic = generic_mask(nxt["seq_idx"], self.cfg.memory.generic_prob, self.cfg.train.seed)
+        bank.stage(nxt["paths"], generic, self.device)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch)

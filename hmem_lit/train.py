@@ -469,6 +469,9 @@ def _finish(
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     os.replace(tmp, run_dir / runs.WEIGHTS)
     faults.point("weights_written")
+    pf = getattr(getattr(module.model.memory, "bank", None), "prefetch", None)
+    if pf is not None:  # memory.prefetch: fetches served from staged rows / fallen back to the gather (this segment)
+        throughput = {**throughput, "prefetch_hits": pf.hits, "prefetch_misses": pf.misses}
     final: dict[str, Any] = {
         "status": "complete",
         "experiment": cfg.experiment,

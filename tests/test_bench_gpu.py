@@ -14,8 +14,9 @@ from hmem_lit.throughput import model_flops_per_token
 
 def test_smoke_writes_consistent_json(tmp_path):
     out = tmp_path / "gpu_smoke.json"
-    names = "anchor-160m,memory-160m,memory-160m-offload"
-    assert bench_gpu.main(["--smoke", "--variants", names, "--out", str(out), "--peak-tflops", "1"]) == 0
+    names = "anchor-160m,memory-160m,memory-160m-offload,memory-160m-offload-prefetch,memory-160m-disk"
+    args = ["--smoke", "--variants", names, "--out", str(out), "--peak-tflops", "1", "--storage-dir", str(tmp_path)]
+    assert bench_gpu.main(args) == 0
     res = json.loads(out.read_text())
     assert res["device"] == "cpu" and res["peak_flops"] == 1e12 and set(res["variants"]) == set(names.split(","))
     for v in res["variants"].values():
@@ -28,7 +29,15 @@ def test_smoke_writes_consistent_json(tmp_path):
     assert mem["params"]["fetched"] > 0 and res["variants"]["anchor-160m"]["params"]["fetched"] == 0
     cfg = load_config(None, [*bench_gpu.MEMORY, "anchor.preset=tiny", "retriever.branching=4"])
     assert mem["flops_per_token"] == model_flops_per_token(MemoryLM(cfg, 97), 64)
-    assert set(res["ratios"]) == {"memory_over_anchor_160m", "offload_over_device_160m"}
+    for k in ("memory-160m-offload-prefetch", "memory-160m-disk"):  # warmup 1 + 2 steps: all but the first staged
+        assert res["variants"][k]["prefetch"] == {"hits": 2 * 3, "misses": 0}  # 3 bank levels
+    assert res["variants"]["memory-160m-disk"]["storage"] == "disk" and mem["prefetch"] is None
+    assert set(res["ratios"]) == {
+        "memory_over_anchor_160m",
+        "offload_over_device_160m",
+        "offload_prefetch_over_device_160m",
+        "disk_over_device_160m",
+    }
 
 
 def test_unknown_variant_exits_2(tmp_path, capsys):

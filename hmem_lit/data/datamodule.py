@@ -137,6 +137,16 @@ class HmemDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return int(trainer.global_step) if trainer is not None else 0
 
+    def train_batch_ids(self, micro: int) -> dict[str, torch.Tensor] | None:
+        """The paths and sample indices of training micro-batch `micro` (this rank's), without loading its tokens:
+        the sampler is deterministic, so a later batch is known in advance (memory.prefetch). None past the end."""
+        sampler = getattr(self, "train_sampler", None)
+        if sampler is None or micro >= sampler.total * sampler.acc:
+            return None
+        idx = sampler.batch_at(micro)
+        paths = np.stack([np.asarray(self.train_split.paths[i]) for i in idx])
+        return {"paths": torch.from_numpy(paths).long(), "seq_idx": torch.tensor(idx, dtype=torch.long)}
+
     def train_dataloader(self) -> DataLoader:
         t = self.cfg.train
         rank = self.trainer.global_rank if self.trainer is not None else 0
@@ -146,7 +156,7 @@ class HmemDataModule(L.LightningDataModule):
             keep = np.nonzero(np.asarray(self.train_split.paths[:, 0]) == t.subtree)[0]
             if len(keep) == 0:
                 raise ValueError(f"train.subtree={t.subtree}: no training sequences under that level-1 node")
-        sampler = StepBatchSampler(
+        self.train_sampler = sampler = StepBatchSampler(
             len(self.train_split),
             t.batch_size,
             t.accumulate,

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmem_lit.memory import lowp, storage
+from hmem_lit.memory import lowp, prefetch, storage
 from hmem_lit.memory.base import MemoryType
 
 
@@ -70,6 +70,7 @@ class Bank(nn.Module):
         offload: bool = False,
         store: storage.DiskStore | None = None,
         dtype: torch.dtype = torch.float32,
+        prefetch_rows: bool = False,
     ):
         super().__init__()
         if branching < 2:
@@ -78,6 +79,8 @@ class Bank(nn.Module):
         self.c_unit, self.branching, self.generic = int(c_unit), int(branching), generic
         self.offload = offload or store is not None  # a disk-backed table lives on the host
         self.store, self.dtype = store, dtype
+        # memory.prefetch: the next batch's rows staged on the compute device ahead of its fetch (memory/prefetch.py)
+        self.prefetch = prefetch.RowPrefetch() if prefetch_rows and self.offload else None
         self.used = [(lvl, r) for lvl, r in enumerate(self.levels, start=1) if r > 0]  # (level, r_l)
         for lvl, r in self.used:
             rows = branching**lvl + int(generic)
@@ -110,11 +113,34 @@ class Bank(nn.Module):
             raise ValueError("fetch needs paths (B, depth) or a generic mask")
         if generic is not None and not self.generic:
             raise ValueError("generic memory requested but the bank was built with memory.generic=false")
+        out = []
+        for (lvl, _, table), ids in zip(self.tables(), self._level_ids(paths, generic)):
+            rows = self.prefetch.take(lvl, table, ids) if self.prefetch is not None else None
+            if rows is None:
+                rows = F.embedding(ids.to(table.device), table, sparse=True)  # (B, s_l)
+                # rows travel in the table's dtype; the hooks compute in the activations' dtype (a bfloat16
+                # table's gradient arrives as bfloat16, the optimiser's update is float32: memory/lowp.py)
+                rows = rows.to(ids.device, non_blocking=True)
+            out.append(rows)
+        return out
+
+    def stage(self, paths: Tensor | None, generic: Tensor | None, device: torch.device) -> None:
+        """memory.prefetch: gather the rows a later `fetch(paths, generic)` on `device` will read and start their
+        copy there (call it after the optimiser step that precedes that fetch). Without prefetch: nothing."""
+        if self.prefetch is None:
+            return
+        for (lvl, _, table), ids in zip(self.tables(), self._level_ids(paths, generic)):
+            self.prefetch.stage(lvl, table, ids, device)
+
+    def _level_ids(self, paths: Tensor | None, generic: Tensor | None) -> list[Tensor]:
+        """The row each sequence reads at each used level: its path's node, or the generic row."""
+        if paths is None and generic is None:
+            raise ValueError("fetch needs paths (B, depth) or a generic mask")
         ref = paths if paths is not None else generic
         assert ref is not None  # one of them is given (checked above)
         device = ref.device
         out = []
-        for lvl, _, table in self.tables():
+        for lvl, _, _ in self.tables():
             gen_row = self.n_nodes(lvl)
             if paths is None:
                 assert generic is not None
@@ -123,10 +149,7 @@ class Bank(nn.Module):
                 ids = paths[:, lvl - 1].long()
                 if generic is not None:
                     ids = torch.where(generic.to(device), torch.full_like(ids, gen_row), ids)
-            rows = F.embedding(ids.to(table.device), table, sparse=True)  # (B, s_l)
-            # rows travel in the table's dtype; the hooks compute in the activations' dtype (a bfloat16 table's
-            # gradient arrives as bfloat16, the optimiser's update is float32: memory/lowp.py)
-            out.append(rows.to(device, non_blocking=True))
+            out.append(ids)
         return out
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
@@ -156,6 +179,7 @@ class BankMemory(MemoryType):
             mcfg.offload,
             storage.store_for(mcfg),
             lowp.dtype_of(mcfg.dtype),
+            mcfg.prefetch,
         )
 
     def unit_views(self) -> Iterator[Tensor]:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from hmem_lit.config import RunConfig
-from hmem_lit.memory import lowp, storage
+from hmem_lit.memory import lowp, prefetch, storage
 
 
 class WarmupCosine:
@@ -161,6 +161,7 @@ class RowwiseAdamW(torch.optim.Optimizer):
         st = self._state(p, (p.shape[0],))  # per-row update counts
         steps = st["step"].index_select(0, rows) + 1
         st["step"].index_copy_(0, rows, steps)
+        prefetch.bump(p)  # rows staged before this update (memory.prefetch) are stale now
         m_all, v_all = st["exp_avg"], st["exp_avg_sq"]
         if p.dtype != torch.float32:  # a low-precision table: updated in float32, rounded back (memory/lowp.py)
             index = next(i for i, q in enumerate(group["params"]) if q is p)

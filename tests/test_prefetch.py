@@ -1,0 +1,150 @@
+"""memory.prefetch (hmem_lit/memory/prefetch.py): staged rows of an offloaded bank stand for the plain gather exactly
+(values, sparse gradient), are used only for the same ids at the same table version, and a prefetching run
+trains bit for bit like one without, with a hit for every micro-batch after the first."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hmem_lit import runs
+from hmem_lit.config import ConfigError, load_config
+from hmem_lit.memory.optim import build_optimizer
+
+from .conftest import DEBUG_YAML, ROOT, tiny_overrides
+from .memory_util import VOCAB, make_cfg, make_model, random_paths
+
+PF = ["memory.offload=true", "memory.prefetch=true", "memory.generic=true"]
+
+
+def _step(model, cfg, x, paths, generic, opt=None):
+    from hmem_lit.anchor import lm_loss
+
+    loss = lm_loss(model(x[:, :-1], paths=paths, generic=generic), x[:, 1:])
+    loss.backward()
+    grads = {n: p.grad.coalesce() for n, p in model.named_parameters() if ".bank." in n}
+    if opt is not None:
+        opt.step()
+        opt.zero_grad()
+    return float(loss.detach()), grads
+
+
+def test_staged_rows_equal_the_gather_in_values_and_sparse_gradient():
+    cfg_pf, cfg_plain = make_cfg("ffn", *PF), make_cfg("ffn", "memory.offload=true", "memory.generic=true")
+    a, b = make_model(cfg_pf), make_model(cfg_plain)
+    bank = a.memory.bank
+    assert bank.prefetch is not None and b.memory.bank.prefetch is None
+    g = torch.Generator().manual_seed(0)
+    x, paths = torch.randint(0, VOCAB, (5, 13), generator=g), random_paths(5, 4, gen=g)
+    generic = torch.tensor([False, True, False, False, True])
+    bank.stage(paths, generic, torch.device("cpu"))
+    assert set(bank.prefetch.staged) == {1, 2}
+    la, ga = _step(a, cfg_pf, x, paths, generic)
+    lb, gb = _step(b, cfg_plain, x, paths, generic)
+    assert bank.prefetch.hits == 2 and bank.prefetch.misses == 0 and not bank.prefetch.staged
+    assert la == lb
+    for k in ga:  # the same coalesced sparse gradient of the host table
+        assert torch.equal(ga[k].indices(), gb[k].indices()) and torch.equal(ga[k].values(), gb[k].values())
+
+
+def test_staged_rows_are_used_only_for_the_same_ids_at_the_same_version():
+    cfg = make_cfg("ffn", *PF)
+    model = make_model(cfg)
+    bank, opt = model.memory.bank, build_optimizer(model, cfg, total_steps=4)["optimizer"]
+    pf = bank.prefetch
+    g = torch.Generator().manual_seed(1)
+    x, paths = torch.randint(0, VOCAB, (4, 11), generator=g), random_paths(4, 4, level1=[0, 1], gen=g)
+    other = random_paths(4, 4, level1=[2, 3], gen=g)
+    bank.stage(paths, None, torch.device("cpu"))
+    _step(model, cfg, x, other, None)  # other ids: the plain gather; the staged rows are kept
+    assert (pf.hits, pf.misses, set(pf.staged)) == (0, 2, {1, 2})
+    model.zero_grad()
+    _step(model, cfg, x, paths, None)  # the same ids, no update since staging: used
+    assert (pf.hits, pf.misses, set(pf.staged)) == (2, 2, set())
+    model.zero_grad()
+    bank.stage(paths, None, torch.device("cpu"))
+    _step(model, cfg, x, other, None, opt)  # an optimiser step updates the tables: the staged copies are stale
+    _step(model, cfg, x, paths, None)
+    # the `other` fetch missed (2), then the stale copies: dropped, plain gather (2)
+    assert (pf.hits, pf.misses, set(pf.staged)) == (2, 6, set())
+
+
+def test_prefetch_needs_a_bank_on_the_host():
+    with pytest.raises(ConfigError, match="memory.prefetch"):
+        load_config(DEBUG_YAML, ["memory.type=ffn", "memory.levels=[4]", "memory.prefetch=true"])
+    load_config(DEBUG_YAML, ["memory.type=ffn", "memory.levels=[4]", "memory.prefetch=true", "memory.storage=disk"])
+
+
+def test_prefetching_run_equals_the_plain_run(tmp_path):
+    """hmem train with memory.offload + prefetch (gradient accumulation 2, generic block on) gives the plain
+    offloaded run's weights and metrics bit for bit; every micro-batch after the first read staged rows."""
+    extra = {
+        "memory.type": "ffn",
+        "memory.levels": "[4,2]",
+        "memory.generic": "true",
+        "memory.offload": "true",
+        "retriever.depth": 2,
+        "retriever.branching": 4,
+        "train.accumulate": 2,
+        "train.max_tokens": 16_384,
+    }
+    train = [sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML)]
+    dirs = {}
+    for pf in ("false", "true"):
+        out = tmp_path / pf
+        r = subprocess.run(
+            [*train, *tiny_overrides(out, **extra, **{"memory.prefetch": pf})], cwd=ROOT, capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        dirs[pf] = out / "000_debug" / "debug"
+    wa, wb = load_file(str(dirs["false"] / runs.WEIGHTS)), load_file(str(dirs["true"] / runs.WEIGHTS))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    strip = [{k: v for k, v in m.items() if k not in runs.TIMING_KEYS} for m in runs.read_metrics(dirs["false"])]
+    assert strip == [{k: v for k, v in m.items() if k not in runs.TIMING_KEYS} for m in runs.read_metrics(dirs["true"])]
+    final = runs.read_final(dirs["true"])
+    micro = final["steps"] * 2
+    assert final["throughput"]["prefetch_hits"] == (micro - 1) * 2  # 2 bank levels, all but the first micro-batch
+    assert "prefetch_hits" not in runs.read_final(dirs["false"])["throughput"]
+
+
+def _cuda_run(prefetch: bool, dtype: str) -> tuple[list[float], list[torch.Tensor], int]:
+    from hmem_lit.anchor import lm_loss
+    from hmem_lit.memory.optim import clip_gradients
+
+    cfg = make_cfg("ffn", "memory.offload=true", f"memory.prefetch={str(prefetch).lower()}", f"memory.dtype={dtype}")
+    model = make_model(cfg).cuda().train()
+    opt = build_optimizer(model, cfg, total_steps=8)["optimizer"]
+    bank, dev = model.memory.bank, torch.device("cuda")
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randint(0, VOCAB, (6, 33), generator=g), random_paths(6, 4, gen=g)) for _ in range(6)]
+    losses = []
+    for i, (x, paths) in enumerate(data):
+        x, paths = x.to(dev), paths.to(dev)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = lm_loss(model(x[:, :-1], paths=paths), x[:, 1:])
+        loss.backward()
+        clip_gradients(model, cfg)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if i + 1 < len(data):
+            bank.stage(data[i + 1][1].to(dev), None, dev)  # a no-op without prefetch
+    assert all(t.device.type == "cpu" for _, _, t in bank.tables())
+    hits = bank.prefetch.hits if bank.prefetch is not None else 0
+    return losses, [t.detach().clone() for _, _, t in bank.tables()], hits
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_side_stream_prefetch_equals_the_plain_offload(dtype):
+    """On CUDA the staged rows go through pinned memory and a side stream: losses and host tables after 6 steps are
+    bit for bit those of the plain offloaded bank, and steps 2-6 read staged rows (5 steps x 2 levels)."""
+    plain, pf = _cuda_run(False, dtype), _cuda_run(True, dtype)
+    assert plain[0] == pf[0]
+    assert all(torch.equal(a, b) for a, b in zip(plain[1], pf[1]))
+    assert pf[2] == 10
