@@ -6,7 +6,8 @@ blocks), three ways, with `hmem train` in child processes:
   disk  memory.storage=disk inside a memory cgroup capped at --cap-mib (all of the process's RAM, page cache
         included), SIGKILLed after its 2nd checkpoint (HMEM_KILL_AT=ckpt_committed@1) and rerun under the same
         cap to completion.
-The bank's trained state (tables + two Adam moments, 12 bytes a parameter) is sized at --ratio x the cap. The JSON
+The bank's trained state (tables + two Adam moments, 12 bytes a parameter; 6 with --dtype bfloat16, which writes
+disk_bank_bf16.json) is sized at --ratio x the cap. The JSON
 records each process's peak RSS and the cgroup's peak usage, wall and training seconds, and whether the disk run's
 final weights equal the RAM run's bit for bit (compared tensor by tensor, in row blocks).
 
@@ -15,7 +16,7 @@ the disk side uncapped and records only peak RSS. Disk: about 2 x the bank state
 files, freed at the end.
 
 Usage: python benchmarks/bench_disk_bank.py [--cap-mib 768] [--ratio 10] [--steps 40] [--work DIR] [--no-cgroup]
-       [--quick]
+       [--quick] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ class Cgroup:
             pass
 
 
-def overrides(out: Path, name: str, r: int, steps: int, storage: str) -> list[str]:
+def overrides(out: Path, name: str, r: int, steps: int, storage: str, dtype: str = "float32") -> list[str]:
     return [
+        f"memory.dtype={dtype}",
         f"out_dir={out}",
         f"name={name}",
         "memory.type=ffn",
@@ -161,26 +163,31 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--work", type=Path, default=Path("/tmp/hmem_disk_bank"))
     ap.add_argument("--no-cgroup", action="store_true", help="run the disk side uncapped (peak RSS only)")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=None, help="default results/disk_bank.json (bf16: disk_bank_bf16)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="memory.dtype of both runs")
     ap.add_argument("--quick", action="store_true", help="a bank of 2x the cap, 12 steps (make bench --quick)")
     a = ap.parse_args()
     if a.quick:
         a.ratio, a.steps = 2.0, 12
+    if a.out is None:
+        a.out = OUT if a.dtype == "float32" else OUT.with_name("disk_bank_bf16.json")
     cap = a.cap_mib * 2**20
-    r = max(1, round(a.ratio * cap / (12 * C_UNIT * BRANCHING**DEPTH)))  # 12 bytes: fp32 table + 2 fp32 moments
+    width = 3 * (4 if a.dtype == "float32" else 2)  # bytes a parameter: the table + 2 moments
+    r = max(1, round(a.ratio * cap / (width * C_UNIT * BRANCHING**DEPTH)))
     bank = C_UNIT * BRANCHING**DEPTH * r
     shutil.rmtree(a.work, ignore_errors=True)
     a.work.mkdir(parents=True)
     res: dict = {
         "machine": f"{platform.node()} {os.cpu_count()} CPUs",
         "bank_params": bank,
-        "bank_state_gib": round(12 * bank / 2**30, 2),
+        "bank_dtype": a.dtype,
+        "bank_state_gib": round(width * bank / 2**30, 2),
         "cap_mib": None if a.no_cgroup else a.cap_mib,
         "levels": [0, 0, r],
         "steps": a.steps,
     }
     print(f"bank {bank:,} parameters ({res['bank_state_gib']} GiB with moments), cap {a.cap_mib} MiB", flush=True)
-    ram = run(overrides(a.work, "ram", r, a.steps, "ram"))
+    ram = run(overrides(a.work, "ram", r, a.steps, "ram", a.dtype))
     res["ram"] = {**ram, "train_time_s": read_json(a.work / "000_debug" / "ram" / "final.json")["train_time_s"]}
     shutil.rmtree(a.work / "000_debug" / "ram" / "checkpoints")  # keep the weights only
     print("ram", json.dumps(res["ram"]), flush=True)
@@ -192,7 +199,7 @@ def main() -> None:
             res["cap_mib"], res["cgroup_error"] = None, f"{type(e).__name__}: {e}"
             print(f"no memory cgroup ({e}); running uncapped", flush=True)
     try:
-        args = overrides(a.work, "disk", r, a.steps, "disk")
+        args = overrides(a.work, "disk", r, a.steps, "disk", a.dtype)
         killed = run(args, kill_at="ckpt_committed@1", cgroup=cg)
         resumed = run(args, cgroup=cg)
     finally:
