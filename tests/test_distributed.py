@@ -262,6 +262,21 @@ def test_two_processes_with_bf16_banks_equal_one_process(tmp_path, strategy):
         torch.testing.assert_close(got[k].float(), ref[k].float(), **tol, msg=lambda m, k=k: f"{k}: {m}")
 
 
+@pytest.mark.slow
+def test_two_processes_with_prefetch_equal_without(tmp_path):
+    """memory.prefetch under DDP: each rank stages its own next micro-batch (the sampler's rank slice); the
+    weights are bit-identical to the same 2-process run without prefetch, and every step after the first hit."""
+    from hmem_lit import runs
+
+    ov = [*MEMORY_OV["ffn"], "memory.offload=true", "train.strategy=ddp", "train.devices=2"]
+    plain = _weights(_run(tmp_path, "dp_plain", *ov, batch_size=4))
+    run_dir = _run(tmp_path, "dp_prefetch", *ov, "memory.prefetch=true", batch_size=4)
+    got = _weights(run_dir)
+    assert got.keys() == plain.keys() and all(torch.equal(got[k], plain[k]) for k in got)
+    final = runs.read_final(run_dir)
+    assert final["throughput"]["prefetch_hits"] == (final["steps"] - 1) * 2  # rank 0's count, 2 bank levels
+
+
 def _init_and_fetched(cfg_args, world, batch_size):
     """The weights `hmem train` starts from, and per bank table the rows the global batches fetch."""
     from hmem_lit.config import load_config
