@@ -12,21 +12,17 @@ variant at the largest scale builds the model and takes 3 steps. Writes benchmar
 
 from __future__ import annotations
 
-import argparse
 import json
-import random
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_memory import SCALES, Job  # noqa: E402
+from benchmarks.bench_memory import SCALES, Job, header, parse_args, peak_rss_mb, time_interleaved  # noqa: E402
 
 VARIANTS = {
     "float32": [],
@@ -48,33 +44,17 @@ def rss_child(variant: str, scale: int, batch: int, seq: int) -> None:
     job = Job("ffn", scale, batch, seq, extra=VARIANTS[variant])
     for _ in range(3):
         job.step()
-    hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-    print(json.dumps({"peak_rss_mb": hwm_kb / 1024, "state_bytes": state_bytes(job), **job.model.param_counts()}))
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "state_bytes": state_bytes(job), **job.model.param_counts()}))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer timed rounds (for a shared 2-core machine)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lowp.json"))
-    ap.add_argument("--rss-child", nargs=2, metavar=("VARIANT", "SCALE"), help=argparse.SUPPRESS)
-    a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    a = parse_args(__doc__.splitlines()[0], "lowp.json", ("VARIANT", "SCALE"))
     if a.rss_child:
         return rss_child(a.rss_child[0], int(a.rss_child[1]), a.batch, a.seq)
 
-    rounds, warmup = (8, 2) if a.quick else (25, 3)
     jobs = {(v, s): Job("ffn", s, a.batch, a.seq, extra=ov) for v, ov in VARIANTS.items() for s in SCALES}
-    for job in jobs.values():
-        for _ in range(warmup):
-            job.step(record=False)
-    order, rng, t_start = list(jobs), random.Random(0), time.time()
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for key in order:
-            jobs[key].step()
+    t_start = time.time()
+    rounds = time_interleaved(jobs, a.quick)
     med = {k: statistics.median(j.times) for k, j in jobs.items()}
     med_opt = {k: statistics.median(j.opt_times) for k, j in jobs.items()}
     rows = []
@@ -106,12 +86,7 @@ def main() -> None:
             }
         )
     results = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "torch": torch.__version__,
-        "threads": a.threads,
-        "batch": [a.batch, a.seq],
-        "rounds": rounds,
-        "timing_wall_s": round(time.time() - t_start, 1),
+        **header(a, rounds, t_start),
         "steps": rows,
         "peak_rss": rss,
     }

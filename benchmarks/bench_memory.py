@@ -106,26 +106,62 @@ def rss_child(mtype: str, scale: int, batch: int, seq: int) -> None:
     job = Job(mtype, scale, batch, seq)
     for _ in range(3):
         job.step()
-    counts = job.model.param_counts()
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
-    hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-    print(json.dumps({"peak_rss_mb": hwm_kb / 1024, **counts}))
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(), **job.model.param_counts()}))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork +
+    exec)."""
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
+
+
+def parse_args(description: str, out: str, child: tuple[str, str]) -> argparse.Namespace:
+    """The options bench_memory and its siblings share (bench_lowp), with the threads set."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help="fewer timed rounds (for a shared 2-core machine)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memory.json"))
-    ap.add_argument("--rss-child", nargs=2, metavar=("TYPE", "SCALE"), help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / out))
+    ap.add_argument("--rss-child", nargs=2, metavar=child, help=argparse.SUPPRESS)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    return a
+
+
+def time_interleaved(jobs: dict, quick: bool) -> int:
+    """Warm every job up, then time them round by round in a shuffled order (machine noise hits all alike);
+    -> the number of timed rounds."""
+    rounds, warmup = (8, 2) if quick else (25, 3)
+    for job in jobs.values():
+        for _ in range(warmup):
+            job.step(record=False)
+    order = list(jobs)
+    rng = random.Random(0)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for key in order:
+            jobs[key].step()
+    return rounds
+
+
+def header(a: argparse.Namespace, rounds: int, t_start: float) -> dict:
+    """The leading entries of a results JSON: the command, versions and timing settings."""
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__,
+        "threads": a.threads,
+        "batch": [a.batch, a.seq],
+        "rounds": rounds,
+        "timing_wall_s": round(time.time() - t_start, 1),
+    }
+
+
+def main() -> None:
+    a = parse_args(__doc__.splitlines()[0], "memory.json", ("TYPE", "SCALE"))
     if a.rss_child:
         return rss_child(a.rss_child[0], int(a.rss_child[1]), a.batch, a.seq)
 
-    rounds, warmup = (8, 2) if a.quick else (25, 3)
     types = ["ffn", "lora", "kv", "pkm"]
     jobs = {("none", 1): Job("none", 1, a.batch, a.seq)}
     for t in types:
@@ -136,28 +172,15 @@ def main() -> None:
     long_b, long_t = max(1, a.batch // 4), a.seq * 4
     jobs[("none", "long")] = Job("none", 1, long_b, long_t)
     jobs[("ffn", "long")] = Job("ffn", 1, long_b, long_t)
-    for job in jobs.values():
-        for _ in range(warmup):
-            job.step(record=False)
-    order = list(jobs)
-    rng = random.Random(0)
     t_start = time.time()
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for key in order:
-            jobs[key].step()
+    rounds = time_interleaved(jobs, a.quick)
     med = {k: statistics.median(j.times) for k, j in jobs.items()}
     med_opt = {k: statistics.median(j.opt_times) for k, j in jobs.items()}
     med_wall = {k: statistics.median(j.wall) for k, j in jobs.items()}
     anchor = jobs[("none", 1)].model.param_counts()["anchor"]
 
     results: dict = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "torch": torch.__version__,
-        "threads": a.threads,
-        "batch": [a.batch, a.seq],
-        "rounds": rounds,
-        "timing_wall_s": round(time.time() - t_start, 1),
+        **header(a, rounds, t_start),
         "anchor_params": anchor,
         "anchor_step_ms": round(1e3 * med[("none", 1)], 2),
         "anchor_wall_ms": round(1e3 * med_wall[("none", 1)], 2),

@@ -65,3 +65,24 @@ def train(model: MemoryLM, cfg: RunConfig, batches: list, opt_sched=None):
         sched.step()
         opt.zero_grad(set_to_none=True)
     return opt, sched
+
+
+def train_random(cfg: RunConfig, steps: int, seed: int = 1, model=None, opt=None, start: int = 0):
+    """Optimiser steps on seeded random batches (6 x 16 tokens; level-1 nodes 2 and 3 never fetched) -> (model,
+    optimiser, losses). start: batches a resumed run has already seen (drawn, not trained on)."""
+    model = make_model(cfg) if model is None else model
+    opt = build_optimizer(model, cfg, total_steps=8)["optimizer"] if opt is None else opt
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for i in range(start + steps):
+        idx = torch.randint(0, VOCAB, (6, 17), generator=g)
+        paths = random_paths(6, 4, level1=[0, 1], gen=g)
+        if i < start:
+            continue
+        loss = lm_loss(model(idx[:, :-1], paths=paths), idx[:, 1:])
+        loss.backward()
+        clip_gradients(model, cfg)
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+    return model, opt, losses

@@ -15,7 +15,7 @@ from hmem_lit.config import ConfigError
 from hmem_lit.memory import storage
 
 from .conftest import DEBUG_YAML, ROOT, kill_after_checkpoint, tiny_overrides
-from .memory_util import VOCAB, make_cfg, make_model, random_paths
+from .memory_util import make_cfg, make_model, train_random
 
 MEM = {"memory.type": "ffn", "memory.levels": "[4,2]", "retriever.depth": 2, "retriever.branching": 4}
 
@@ -60,9 +60,6 @@ def test_write_safetensors_reads_back_with_safetensors(tmp_path, monkeypatch):
 def test_disk_bank_model_equals_ram_bank_through_optimizer_steps(tmp_path, monkeypatch):
     """Same seed, same batches: tables, moments and losses of a disk-backed bank equal the RAM bank's exactly, and
     the tables and both moments are allocated in the store (3 tensors per level), nothing else."""
-    from hmem_lit.anchor import lm_loss
-    from hmem_lit.memory.optim import build_optimizer, clip_gradients
-
     made: list[tuple[int, ...]] = []
     zeros = storage.DiskStore.zeros
 
@@ -74,19 +71,7 @@ def test_disk_bank_model_equals_ram_bank_through_optimizer_steps(tmp_path, monke
     runs_out = []
     for kind in ("ram", "disk"):
         cfg = make_cfg("ffn", f"memory.storage={kind}", f"memory.storage_dir={tmp_path / 'scratch'}")
-        model = make_model(cfg)
-        opt = build_optimizer(model, cfg, total_steps=4)["optimizer"]
-        g = torch.Generator().manual_seed(1)
-        losses = []
-        for _ in range(4):
-            idx = torch.randint(0, VOCAB, (6, 17), generator=g)
-            paths = random_paths(6, 4, level1=[0, 1], gen=g)  # level-1 nodes 2 and 3 are never fetched
-            loss = lm_loss(model(idx[:, :-1], paths=paths), idx[:, 1:])
-            loss.backward()
-            clip_gradients(model, cfg)
-            opt.step()
-            opt.zero_grad()
-            losses.append(float(loss.detach()))
+        model, opt, losses = train_random(cfg, 4)  # level-1 nodes 2 and 3 are never fetched
         tables = {n: p.detach().clone() for n, p in model.named_parameters() if "bank" in n}
         moments = [
             {k: v.clone() for k, v in opt.state[p].items()} for _, _, p in model.memory.bank.tables() if p in opt.state

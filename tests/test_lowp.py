@@ -10,13 +10,12 @@ import io
 import pytest
 import torch
 
-from hmem_lit.anchor import lm_loss
 from hmem_lit.config import ConfigError, load_config
 from hmem_lit.memory import lowp, storage
-from hmem_lit.memory.optim import RowwiseAdamW, build_optimizer, clip_gradients
+from hmem_lit.memory.optim import RowwiseAdamW, build_optimizer
 
 from .conftest import DEBUG_YAML
-from .memory_util import VOCAB, make_cfg, make_model, random_paths
+from .memory_util import VOCAB, make_cfg, make_model, random_paths, train_random
 
 BF16 = "memory.dtype=bfloat16"
 
@@ -63,26 +62,6 @@ def test_bf16_bank_init_is_the_float32_init_rounded(mtype, tmp_path):
         assert all(torch.equal(sa[k], sb[k]) for k in sa if ".bank." not in k)
 
 
-def _run(cfg, steps: int, seed: int = 1, model=None, opt=None, start: int = 0):
-    """A few optimiser steps on random batches (level-1 nodes 2 and 3 never fetched) -> (model, opt, losses)."""
-    model = make_model(cfg) if model is None else model
-    opt = build_optimizer(model, cfg, total_steps=8)["optimizer"] if opt is None else opt
-    g = torch.Generator().manual_seed(seed)
-    losses = []
-    for i in range(start + steps):
-        idx = torch.randint(0, VOCAB, (6, 17), generator=g)
-        paths = random_paths(6, 4, level1=[0, 1], gen=g)
-        if i < start:
-            continue  # the batches a resumed run has already seen
-        loss = lm_loss(model(idx[:, :-1], paths=paths), idx[:, 1:])
-        loss.backward()
-        clip_gradients(model, cfg)
-        opt.step()
-        opt.zero_grad()
-        losses.append(float(loss.detach()))
-    return model, opt, losses
-
-
 def _bank_state(model, opt) -> list[torch.Tensor]:
     out = []
     for _, _, t in model.memory.bank.tables():
@@ -93,7 +72,7 @@ def _bank_state(model, opt) -> list[torch.Tensor]:
 @pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
 def test_bf16_bank_trains_rowwise_equal_on_disk_and_resumes_exactly(rounding, tmp_path):
     cfg = make_cfg("ffn", BF16, f"memory.rounding={rounding}")
-    model, opt, losses = _run(cfg, 4)
+    model, opt, losses = train_random(cfg, 4)
     fresh = make_model(cfg)
     for (lvl, _, t), (_, _, t0) in zip(model.memory.bank.tables(), fresh.memory.bank.tables()):
         st = opt.state[t]
@@ -105,11 +84,11 @@ def test_bf16_bank_trains_rowwise_equal_on_disk_and_resumes_exactly(rounding, tm
     # the same run with the bank on disk: bit for bit equal
     disk_cfg = make_cfg("ffn", BF16, f"memory.rounding={rounding}", "memory.storage=disk")
     with storage.scratch_dir(tmp_path):
-        disk, dopt, dlosses = _run(disk_cfg, 4)
+        disk, dopt, dlosses = train_random(disk_cfg, 4)
     assert dlosses == losses and all(storage.store_of(t) is not None for _, _, t in disk.memory.bank.tables())
     assert all(torch.equal(a, b) for a, b in zip(_bank_state(model, opt), _bank_state(disk, dopt)))
     # resume: 2 steps, checkpoint through torch.save / torch.load(weights_only=True), 2 more == 4 straight
-    half, hopt, first = _run(cfg, 2)
+    half, hopt, first = train_random(cfg, 2)
     buf = io.BytesIO()
     torch.save({"model": half.state_dict(), "opt": hopt.state_dict()}, buf)
     buf.seek(0)
@@ -118,7 +97,7 @@ def test_bf16_bank_trains_rowwise_equal_on_disk_and_resumes_exactly(rounding, tm
     resumed.load_state_dict(ckpt["model"])
     ropt = build_optimizer(resumed, cfg, total_steps=8)["optimizer"]
     ropt.load_state_dict(ckpt["opt"])
-    resumed, ropt, second = _run(cfg, 2, model=resumed, opt=ropt, start=2)
+    resumed, ropt, second = train_random(cfg, 2, model=resumed, opt=ropt, start=2)
     assert first + second == losses
     assert all(torch.equal(a, b) for a, b in zip(_bank_state(model, opt), _bank_state(resumed, ropt)))
 
@@ -126,8 +105,8 @@ def test_bf16_bank_trains_rowwise_equal_on_disk_and_resumes_exactly(rounding, tm
 def test_bf16_bank_tracks_the_float32_bank():
     """20 steps on the same batches: the bfloat16 bank's losses stay within 0.1% of the float32 bank's and its
     tables' training updates (trained - init) within 5% of the float32 ones (measured: ~2%)."""
-    m32, _, l32 = _run(make_cfg("ffn"), 20)
-    m16, _, l16 = _run(make_cfg("ffn", BF16), 20)
+    m32, _, l32 = train_random(make_cfg("ffn"), 20)
+    m16, _, l16 = train_random(make_cfg("ffn", BF16), 20)
     init = make_model(make_cfg("ffn"))
     assert max(abs(a - b) / a for a, b in zip(l32, l16)) < 1e-3
     for (_, _, a), (_, _, b), (_, _, z) in zip(
