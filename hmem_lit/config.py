@@ -9,9 +9,10 @@ validates its section; every failure is a `ConfigError` whose message is one lin
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -114,6 +115,14 @@ class MemoryConfig:
         _one_of(self.storage, ("ram", "disk"), "memory.storage")
         _one_of(self.dtype, ("float32", "bfloat16"), "memory.dtype")
         _one_of(self.rounding, ("stochastic", "nearest"), "memory.rounding")
+        if self.type == "none":  # no bank: its storage settings mean nothing, so an anchor run derived from a
+            # memory config (a sweep's baseline: memory.type=none over a bf16 base) is the same run, same config id
+            self.dtype, self.rounding, self.prefetch = "float32", "stochastic", False
+        _check(
+            self.rounding == "stochastic" or self.dtype == "bfloat16",
+            "memory.rounding",
+            "rounds bfloat16 tables only: set memory.dtype=bfloat16, or drop memory.rounding",
+        )
         _check(
             not self.prefetch or self.offload or self.storage == "disk",
             "memory.prefetch",
@@ -518,15 +527,36 @@ def _read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     return cfg
 
 
+@functools.cache
+def _str_keys(cls: Any = None, prefix: str = "") -> frozenset[str]:
+    """Dotted keys of the config fields declared `str` (not Any, not optional)."""
+    out: set[str] = set()
+    for f in fields(cls or RunConfig):
+        sub = f.default_factory if f.default_factory is not MISSING else None
+        if sub is not None and is_dataclass(sub):
+            out |= _str_keys(sub, f"{prefix}{f.name}.")
+        elif f.type in ("str", str):
+            out.add(prefix + f.name)
+    return frozenset(out)
+
+
 def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
-    """`key=value` strings -> one DictConfig; a value YAML cannot parse is an error naming its key."""
+    """`key=value` strings -> one DictConfig; a value YAML cannot parse is an error naming its key. A field declared
+    `str` keeps the literal text where YAML reads a bool, number or null (`name=off` is the name "off", not false;
+    `memory.dtype=` is the empty string, which the field's own check then names); a list or mapping stays an
+    error."""
     out = OmegaConf.create({})
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"{ov}: overrides are key=value (e.g. train.max_tokens=100000)")
         key, value = ov.split("=", 1)
         try:
-            out = cast(DictConfig, OmegaConf.merge(out, OmegaConf.from_dotlist([ov])))
+            parsed = OmegaConf.from_dotlist([ov])
+            got = OmegaConf.select(parsed, key)
+            if key in _str_keys() and (got is None or isinstance(got, (bool, int, float))):  # a scalar YAML re-typed
+                parsed = OmegaConf.create({})
+                OmegaConf.update(parsed, key, value)
+            out = cast(DictConfig, OmegaConf.merge(out, parsed))
         except OmegaConfBaseException:
             raise
         except Exception as e:  # yaml's ScannerError / ParserError: a malformed value such as `[1,`

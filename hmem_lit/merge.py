@@ -66,6 +66,14 @@ def _merged_rows(
         yield out
 
 
+def _job_params(run_dir: Path) -> dict[str, int]:
+    from hmem_lit.runs import FINAL
+    from hmem_lit.utils import read_json
+
+    final = run_dir / FINAL
+    return dict(read_json(final).get("params") or {}) if final.is_file() else {}
+
+
 def merge_banks(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     """Build out_dir/model.safetensors (+ config.yaml, final.json) whose bank rows come from their subtree's job."""
     from hmem_lit.runs import load_run_config
@@ -125,6 +133,8 @@ def merge_banks(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
             "name": cfg.name,
             "merged_from": [str(d) for d in dirs],
             "subtrees": subtrees,
+            # the jobs share one model shape: their parameter counts are the merged run's (hmem report labels)
+            "params": _job_params(dirs[0]),
             "metrics": {},
             "config": to_dict(cfg),
         },

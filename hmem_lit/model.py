@@ -153,10 +153,11 @@ def info(cfg: RunConfig) -> str:
             f"bank    {_fmt(c['bank'])}",
         ]
         if c["bank"] >= 10**8:  # where a big bank's training state fits is the next question
-            width = 2 if cfg.memory.dtype == "bfloat16" else 4
+            bf16 = cfg.memory.dtype == "bfloat16"
+            hint = "" if bf16 else ", memory.dtype=bfloat16 halves it"
             lines.append(
-                f"        training state {3 * width * c['bank'] / 2**30:,.1f} GiB ({cfg.memory.dtype} table + 2 Adam "
-                "moments; memory.storage=disk keeps it in memory-mapped files, memory.dtype=bfloat16 halves it)"
+                f"        training state {3 * (2 if bf16 else 4) * c['bank'] / 2**30:,.1f} GiB ({cfg.memory.dtype} "
+                f"table + 2 Adam moments; memory.storage=disk keeps it in memory-mapped files{hint})"
             )
         memory: Any = model.memory  # a bank-backed type has .bank and .layers (the anchor layers it serves)
         bank = getattr(memory, "bank", None)

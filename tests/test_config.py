@@ -115,3 +115,11 @@ def test_anchor_preset_in_python_is_expanded_or_refused():
     a = AnchorConfig.from_preset("small", n_layer=8)
     assert (a.n_layer, a.d_model, a.d_ff) == (8, PRESETS["small"]["d_model"], PRESETS["small"]["d_ff"])
     assert AnchorConfig().preset == "tiny"  # the default construction stays valid
+
+
+def test_a_str_field_keeps_the_literal_text_yaml_would_retype():
+    """`name=off` is the name "off" (YAML 1.1 reads false), `name=123` the name "123"; a list stays an error."""
+    cfg = load_config(DEBUG_YAML, ["name=off", "experiment=123", "memory.storage=ram"])
+    assert (cfg.name, cfg.experiment) == ("off", "123")
+    with pytest.raises(ConfigError, match="out_dir"):
+        load_config(DEBUG_YAML, ["out_dir=[1, 2]"])

@@ -161,6 +161,9 @@ def test_info_counts_the_bf16_training_state_at_half():
     "extra,key",
     [
         (["memory.dtype=float16"], "memory.dtype"),
+        (["memory.type=ffn", "memory.levels=[4]", "memory.dtype="], "memory.dtype: got ''; allowed"),
+        (["memory.type=ffn", "memory.levels=[4]", "memory.rounding=nearest"], "memory.rounding: rounds bfloat16"),
+        (["memory.type=pkm", "memory.prefetch=true"], "memory.prefetch: .*set memory.prefetch=false"),
         (["memory.rounding=up"], "memory.rounding"),
         (["memory.type=pkm", "memory.dtype=bfloat16"], "memory.dtype"),
     ],
@@ -168,3 +171,25 @@ def test_info_counts_the_bf16_training_state_at_half():
 def test_bad_dtype_config_is_one_line(extra, key):
     with pytest.raises(ConfigError, match=key):
         load_config(DEBUG_YAML, extra)
+
+
+def test_report_rows_name_the_bank_dtype(tmp_path):
+    """hmem report's runs table: memory_dtype / rounding columns and a label that tells a bf16 bank apart."""
+    from hmem_lit.analysis.collect import _base_row, classify
+    from hmem_lit.config import to_dict
+
+    rows = []
+    for extra in ([], [BF16], [BF16, "memory.rounding=nearest"]):
+        cfg = to_dict(make_cfg("ffn", *extra))
+        final = {"config": cfg, "params": {"anchor": 1000, "fetched": 100, "bank": 10_000}}
+        rows.append(_base_row(tmp_path, tmp_path, final))
+    classify(rows)
+    assert [(r["memory_dtype"], r["rounding"]) for r in rows] == [
+        ("float32", "-"),
+        ("bfloat16", "stochastic"),
+        ("bfloat16", "nearest"),
+    ]
+    labels = [r["label"] for r in rows]
+    assert "bf16" not in labels[0] and " bf16 " in labels[1] and " bf16-nearest " in labels[2]
+    assert len({r["config_id"] for r in rows}) == 3
+    assert (make_cfg("none", BF16).memory.dtype, make_cfg("none", BF16).memory.prefetch) == ("float32", False)

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from hmem_lit.config import save_config
 from hmem_lit.merge import merge, merge_banks
 from hmem_lit.model import prepare_model_for_mode
+from hmem_lit.utils import read_json, write_json
 from tests.memory_util import batch, make_cfg, make_model, train
 
 B = 4  # branching of the tiny tree
@@ -31,6 +32,7 @@ def _job(tmp: Path, subtree: int | None, anchor_state, steps: int = 3, dtype: st
     save_config(cfg, run / "config.yaml")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(run / "model.safetensors"))
+    write_json(run / "final.json", {"status": "complete", "params": model.param_counts()})
     return run, state
 
 
@@ -52,6 +54,7 @@ def test_subtree_jobs_merge_to_the_bank_each_trained(tmp_path, dtype):
     assert all(torch.equal(merged[k], v) for k, v in anchor.items())
     assert all(merged[k].dtype == getattr(torch, dtype) for k in merged if k.startswith("memory.bank."))
     assert (out / "config.yaml").is_file() and (out / "final.json").is_file()
+    assert read_json(out / "final.json")["params"] == read_json(jobs[0][0] / "final.json")["params"]
 
 
 def test_merge_rejects_differing_anchors_and_duplicate_subtrees(tmp_path):

@@ -105,6 +105,9 @@ def _base_row(run_dir: Path, root: Path, final: dict[str, Any]) -> dict[str, Any
         "n_levels": len(used),
         "level": float(used[0]) if len(used) == 1 else np.nan,  # the memory level of single-level runs
         "generic": bool(mem.get("generic", False)),
+        # the bank's number type and, for bfloat16, its rounding (runs before these fields were float32)
+        "memory_dtype": mem.get("dtype", "float32") if mem.get("type", "none") != "none" else "-",
+        "rounding": mem.get("rounding", "stochastic") if mem.get("dtype") == "bfloat16" else "-",
         "seed": tr.get("seed"),
         "layers": _layers(mem.get("layers", "all")),
         "anchor_preset": an.get("preset"),
@@ -148,9 +151,12 @@ def classify(rows: list[dict[str, Any]]) -> None:
             r["kind"] = "anchor"
         if r["kind"] == "memory":
             mode = "" if r["train_mode"] == "frozen" else f" [{r['train_mode']}]"
+            dtype = {"bfloat16": " bf16", "-": ""}.get(r.get("memory_dtype", "-"), "")
+            if dtype and r.get("rounding") == "nearest":
+                dtype += "-nearest"
             r["label"] = (
                 f"{fmt_count(p)} + {r['memory_type']} {fmt_count(r['params_fetched'])} of "
-                f"{fmt_count(r['params_bank'])}{mode}"
+                f"{fmt_count(r['params_bank'])}{dtype}{mode}"
             )
         else:
             r["label"] = {

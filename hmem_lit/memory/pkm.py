@@ -96,13 +96,25 @@ class PKMMemory(MemoryType):
         from hmem_lit.config import ConfigError
 
         if mcfg.generic or mcfg.offload:
+            key = "memory.generic" if mcfg.generic else "memory.offload"
             raise ConfigError(
-                "memory.generic: memory.generic / memory.offload apply to path-fetched memories, not to memory.type=pkm"
+                f"{key}: memory.generic / memory.offload apply to path-fetched memories, not to memory.type=pkm; "
+                f"set {key}=false"
             )
         if mcfg.storage != "ram":
-            raise ConfigError("memory.storage: disk storage holds a bank's tables (ffn, lora, kv), not pkm's values")
+            raise ConfigError(
+                "memory.storage: disk storage holds a bank's tables (ffn, lora, kv), not pkm's values; "
+                "set memory.storage=ram"
+            )
+        if mcfg.prefetch:
+            raise ConfigError(
+                "memory.prefetch: stages a bank's rows (ffn, lora, kv), not pkm's values; set memory.prefetch=false"
+            )
         if mcfg.dtype != "float32":
-            raise ConfigError("memory.dtype: bfloat16 storage holds a bank's tables (ffn, lora, kv), not pkm's values")
+            raise ConfigError(
+                "memory.dtype: bfloat16 storage holds a bank's tables (ffn, lora, kv), not pkm's values; "
+                "set memory.dtype=float32"
+            )
 
     def __init__(self, mcfg: MemoryConfig, acfg: AnchorConfig, branching: int):
         super().__init__()
