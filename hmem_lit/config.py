@@ -552,7 +552,9 @@ def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
         key, value = ov.split("=", 1)
         try:
             parsed = OmegaConf.from_dotlist([ov])
-            got = OmegaConf.select(parsed, key)
+            got: Any = OmegaConf.to_container(parsed, resolve=False)  # unresolved: `${...}` is resolved later
+            for part in key.split("."):
+                got = got.get(part) if isinstance(got, dict) else None
             if key in _str_keys() and (got is None or isinstance(got, (bool, int, float))):  # a scalar YAML re-typed
                 parsed = OmegaConf.create({})
                 OmegaConf.update(parsed, key, value)

@@ -121,5 +121,7 @@ def test_a_str_field_keeps_the_literal_text_yaml_would_retype():
     """`name=off` is the name "off" (YAML 1.1 reads false), `name=123` the name "123"; a list stays an error."""
     cfg = load_config(DEBUG_YAML, ["name=off", "experiment=123", "memory.storage=ram"])
     assert (cfg.name, cfg.experiment) == ("off", "123")
+    cfg = load_config(DEBUG_YAML, ["data.dir=data/x_${retriever.router}"])  # interpolations still resolve
+    assert cfg.data.dir == f"data/x_{cfg.retriever.router}"
     with pytest.raises(ConfigError, match="out_dir"):
         load_config(DEBUG_YAML, ["out_dir=[1, 2]"])
