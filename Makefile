@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.hmem-installed
 TORCH   := $(shell cat constraints.txt)
 LINT_PATHS := hmem_lit tests benchmarks analysis examples setup.py
 
-.PHONY: install quickstart separation comparisons smoke test test-slow check-install bench lint clean-runs
+.PHONY: install quickstart separation comparisons smoke test test-slow check-install bench gpu-wheels lint clean-runs
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -48,6 +48,9 @@ check-install: install  ## the wheel, installed non-editable, works outside the 
 
 bench: install
 	$(VENV)/bin/python -m benchmarks.run_all
+
+gpu-wheels: install  ## .gpu_wheels/: what a GPU machine without a registry needs beyond its image (benchmarks/gpu_session.sh)
+	$(VENV)/bin/pip download -q --no-deps --only-binary=:all: -d .gpu_wheels "omegaconf==$$($(VENV)/bin/python -c 'import omegaconf; print(omegaconf.__version__)')"
 
 lint: install  ## ruff (lint + format check) and mypy on hmem_lit (their config: pyproject.toml)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
