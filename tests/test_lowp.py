@@ -193,3 +193,13 @@ def test_report_rows_name_the_bank_dtype(tmp_path):
     assert "bf16" not in labels[0] and " bf16 " in labels[1] and " bf16-nearest " in labels[2]
     assert len({r["config_id"] for r in rows}) == 3
     assert (make_cfg("none", BF16).memory.dtype, make_cfg("none", BF16).memory.prefetch) == ("float32", False)
+
+
+def test_only_bfloat16_tables_take_the_rounding_path():
+    """A float32 bank cast to float64 (it follows casts) still trains in its own dtype, as before bfloat16."""
+    cfg = make_cfg("ffn")
+    model = make_model(cfg).to(torch.float64)
+    before = [t.detach().clone() for _, _, t in model.memory.bank.tables()]
+    model, _, losses = train_random(cfg, 2, model=model)
+    after = [t.detach() for _, _, t in model.memory.bank.tables()]
+    assert all(t.dtype == torch.float64 for t in after) and all(not torch.equal(a, b) for a, b in zip(before, after))

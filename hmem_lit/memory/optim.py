@@ -96,8 +96,7 @@ class RowwiseAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if group["sparse"]:
-                rounding_step = group.get("rounding_step", 0) + 1  # seeds stochastic rounding (memory/lowp.py)
-                group["rounding_step"] = rounding_step
+                group["rounding_step"] = group.get("rounding_step", 0) + 1  # seeds stochastic rounding (lowp.py)
                 for p in params:
                     self._rows_step(p, group)
             elif params:
@@ -163,7 +162,7 @@ class RowwiseAdamW(torch.optim.Optimizer):
         st["step"].index_copy_(0, rows, steps)
         prefetch.bump(p)  # rows staged before this update (memory.prefetch) are stale now
         m_all, v_all = st["exp_avg"], st["exp_avg_sq"]
-        if p.dtype != torch.float32:  # a low-precision table: updated in float32, rounded back (memory/lowp.py)
+        if p.dtype == torch.bfloat16:  # memory.dtype=bfloat16: updated in float32, rounded back (memory/lowp.py)
             index = next(i for i, q in enumerate(group["params"]) if q is p)
             gen = None
             if group.get("rounding", "stochastic") == "stochastic":
