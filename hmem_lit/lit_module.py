@@ -30,6 +30,7 @@ class HmemLitModule(L.LightningModule):
         # FSDP (use_orig_params) shows parameters as 1-D shards by the time optimisers are built: keep the shapes
         self._param_ndim = {n: p.dim() for n, p in self.model.named_parameters()}
         self.val_loss = torchmetrics.MeanMetric()  # token-weighted mean NLL; val/ppl = exp of it (no second pass)
+        self._window = 0  # micro-batches since the last optimiser step (memory.prefetch: which batch is next)
 
     def forward(self, batch: dict[str, torch.Tensor], memory_mode: str = "fetched") -> torch.Tensor:
         generic = None
@@ -58,7 +59,7 @@ class HmemLitModule(L.LightningModule):
             self.log("tokens", float(self.trainer.global_step * self.tokens_per_step), on_step=True, on_epoch=False)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._window = getattr(self, "_window", 0) + 1  # micro-batches in the current accumulation window
+        self._window += 1
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         self._window = 0  # this window's optimiser step: the next batch starts a new one
@@ -71,7 +72,7 @@ class HmemLitModule(L.LightningModule):
         dm: Any = getattr(self.trainer, "datamodule", None)
         if bank is None or bank.prefetch is None or dm is None or not hasattr(dm, "train_batch_ids"):
             return
-        nxt = dm.train_batch_ids(self.trainer.global_step * self.cfg.train.accumulate + getattr(self, "_window", 0))
+        nxt = dm.train_batch_ids(self.trainer.global_step * self.cfg.train.accumulate + self._window)
         if nxt is None:
             return
         generic = None

@@ -13,7 +13,14 @@ BOTTOM = {
     "hmem_lit.registry": {"hmem_lit.errors"},
     "hmem_lit.anchor_config": {"hmem_lit.errors"},
     "hmem_lit.utils": {"hmem_lit.errors", "hmem_lit.config"},
-    "hmem_lit.config": {"hmem_lit.errors", "hmem_lit.registry", "hmem_lit.utils", "hmem_lit.anchor_config"},
+    "hmem_lit.config_text": {"hmem_lit.errors"},
+    "hmem_lit.config": {
+        "hmem_lit.errors",
+        "hmem_lit.registry",
+        "hmem_lit.utils",
+        "hmem_lit.anchor_config",
+        "hmem_lit.config_text",
+    },
 }
 
 

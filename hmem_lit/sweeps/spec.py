@@ -37,7 +37,8 @@ from typing import Any
 
 import yaml
 
-from hmem_lit.config import ConfigError, RunConfig, _valid_keys
+from hmem_lit.config import ConfigError, RunConfig
+from hmem_lit.config_text import valid_keys
 from hmem_lit.resources import shipped_dir
 
 EXPERIMENTS_DIR, SWEEPS_DIR = shipped_dir("experiments"), shipped_dir("sweeps")  # checkout or installed copy
@@ -420,7 +421,7 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> Sweep
     spec.heartbeat_s = float(raw.get("heartbeat_s", 30.0))
     spec.stale_after_s = float(raw.get("stale_after_s", 900.0))
 
-    valid = set(_valid_keys(RunConfig()))
+    valid = set(valid_keys(RunConfig()))
     fixed = raw.get("fixed") or {}
     _check(isinstance(fixed, dict), "fixed", "expected a mapping of params")
     for k in fixed:

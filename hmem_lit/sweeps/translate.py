@@ -255,9 +255,9 @@ def _requested(spec: SweepSpec, overrides: list[str], key: str) -> Any:
     the config valid (the accounting may have used the anchor-only skeleton)."""
     from omegaconf import OmegaConf
 
-    from hmem_lit.config import _read_yaml
+    from hmem_lit.config_text import read_yaml
 
-    merged = OmegaConf.merge(_read_yaml(spec.base), OmegaConf.from_dotlist(list(overrides)))
+    merged = OmegaConf.merge(read_yaml(spec.base), OmegaConf.from_dotlist(list(overrides)))
     got = OmegaConf.select(merged, key, default=None)
     return OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
 

@@ -1,0 +1,139 @@
+"""Reading a config from text, before the dataclasses exist: experiment YAML files (with `base:` chains) and
+`key=value` overrides, each turned into an OmegaConf tree, and the checks that must see the raw values (a scalar
+where a section goes, a number out of range, a YAML-retyped string). `hmem_lit.config.load_config` composes them;
+nothing here knows the schema's classes beyond what it is handed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+from dataclasses import MISSING, fields, is_dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from hmem_lit.errors import ConfigError
+from hmem_lit.errors import check as _check
+
+
+def valid_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a config dataclass instance (sections and their fields)."""
+    out = []
+    for f in fields(node):
+        key = f"{prefix}{f.name}"
+        out.append(key)
+        val = getattr(node, f.name)
+        if is_dataclass(val):
+            out.extend(valid_keys(val, key + "."))
+    return out
+
+
+def friendly(err: OmegaConfBaseException, valid: list[str]) -> ConfigError:
+    """Turn OmegaConf's multi-line error into one line naming the key and the nearest of the `valid` keys."""
+    full_key = getattr(err, "full_key", None) or ""
+    msg = str(err).splitlines()[0]
+    if "not in" in msg or "Key '" in msg and "struct" in msg.lower() or type(err).__name__ == "ConfigKeyError":
+        near = difflib.get_close_matches(full_key, valid, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        return ConfigError(f"{full_key}: unknown config key{hint}")
+    return ConfigError(f"{full_key or 'config'}: {msg}")
+
+
+def read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> DictConfig:
+    """An experiment file, merged onto its `base:` chain (each path relative to the file naming it)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: experiment file not found" + (f" (the base: of {chain[-1]})" if chain else ""))
+    if p.resolve() in chain:
+        cycle = " -> ".join(c.name for c in (*chain, p.resolve()))
+        raise ConfigError(f"{chain[-1]}: base: makes a cycle ({cycle}); remove one of these base: lines")
+    try:
+        cfg = OmegaConf.load(p)
+    except Exception as e:  # yaml.YAMLError and friends: report line
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{p}: the top level must be a mapping of config sections")
+    base = cfg.pop("base", None)  # an experiment may extend another: `base: 001_other.yaml`
+    if base:
+        try:
+            # merging onto a DictConfig gives a DictConfig
+            cfg = cast(DictConfig, OmegaConf.merge(read_yaml(p.parent / base, (*chain, p.resolve())), cfg))
+        except TypeError as e:  # a list where the base has a mapping, or the reverse
+            raise ConfigError(f"{p}: cannot extend its base {base} ({e}); a section must stay a mapping") from None
+    return cfg
+
+
+@functools.cache
+def str_keys(cls: Any, prefix: str = "") -> frozenset[str]:
+    """Dotted keys of the fields of config dataclass `cls` declared `str` (not Any, not optional)."""
+    out: set[str] = set()
+    for f in fields(cls):
+        sub = f.default_factory if f.default_factory is not MISSING else None
+        if sub is not None and is_dataclass(sub):
+            out |= str_keys(sub, f"{prefix}{f.name}.")
+        elif f.type in ("str", str):
+            out.add(prefix + f.name)
+    return frozenset(out)
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...], text_keys: frozenset[str] = frozenset()) -> DictConfig:
+    """`key=value` strings -> one DictConfig; a value YAML cannot parse is an error naming its key. A key in
+    `text_keys` (fields declared `str`) keeps the literal text where YAML reads a bool, number or null
+    (`name=off` is the name "off", not false; `memory.dtype=` is the empty string, which the field's own check
+    then names); a list or mapping stays an error."""
+    out = OmegaConf.create({})
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"{ov}: overrides are key=value (e.g. train.max_tokens=100000)")
+        key, value = ov.split("=", 1)
+        try:
+            parsed = OmegaConf.from_dotlist([ov])
+            got: Any = OmegaConf.to_container(parsed, resolve=False)  # unresolved: `${...}` is resolved later
+            for part in key.split("."):
+                got = got.get(part) if isinstance(got, dict) else None
+            if key in text_keys and (got is None or isinstance(got, (bool, int, float))):  # a scalar YAML re-typed
+                parsed = OmegaConf.create({})
+                OmegaConf.update(parsed, key, value)
+            out = cast(DictConfig, OmegaConf.merge(out, parsed))
+        except OmegaConfBaseException:
+            raise
+        except Exception as e:  # yaml's ScannerError / ParserError: a malformed value such as `[1,`
+            raise ConfigError(
+                f"{key}: cannot parse {value!r} ({str(e).splitlines()[0]}); write a list as "
+                "[1, 2] and quote a string that holds brackets or colons"
+            ) from None
+    return out
+
+
+_INT64 = 2**63
+
+
+def check_shapes(explicit: Any, schema: Any, prefix: str = "") -> None:
+    """A scalar where a section goes (`train=5`) names the section; huge integers and non-finite floats name
+    their key (each would otherwise fail deep inside torch, or train to NaN). schema: the defaults as a container."""
+    if isinstance(explicit, dict):
+        for k, v in explicit.items():
+            key = f"{prefix}{k}"
+            sub = schema.get(k) if isinstance(schema, dict) else None
+            if isinstance(sub, dict) and not isinstance(v, dict):
+                raise ConfigError(f"{key}: is a config section, got {v!r}; set its keys instead ({key}.<key>=value)")
+            if isinstance(sub, list) and not isinstance(v, list):
+                raise ConfigError(f"{key}: must be a list such as [1, 2], got {v!r}")
+            if isinstance(schema, dict) and k in schema and not isinstance(sub, dict) and isinstance(v, dict):
+                raise ConfigError(f"{key}: must be a single value, got a mapping {v!r}")
+            if isinstance(sub, bool) and not isinstance(v, bool):  # OmegaConf would read 2 or "2" as true
+                raise ConfigError(f"{key}: must be true or false, got {v!r}")
+            check_shapes(v, sub, key + ".")
+    elif isinstance(explicit, list):
+        for i, v in enumerate(explicit):
+            check_shapes(v, None, f"{prefix[:-1]}[{i}].")
+    elif isinstance(explicit, bool):
+        return
+    elif isinstance(explicit, int):
+        _check(abs(explicit) < _INT64, prefix[:-1], f"{explicit} is out of range (at most {_INT64 - 1})")
+    elif isinstance(explicit, float):
+        _check(math.isfinite(explicit), prefix[:-1], f"must be a finite number, got {explicit}")
