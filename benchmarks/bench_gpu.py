@@ -12,6 +12,8 @@ anchor unless --no-compile, random tokens and random tree paths; no data prepara
   memory-160m-offload  the same with memory.offload=true (bank tables and their Adam moments in host RAM)
   memory-160m-offload-prefetch  offloaded, with memory.prefetch=true (the next batch's rows copied on a side
                        stream after each optimiser step)
+  memory-160m-offload-async  offloaded and prefetched, with memory.async_update=true (the host's row-wise
+                       update on a worker thread, the next batch's rows written first)
   memory-160m-disk     memory.storage=disk (tables and moments in memory-mapped files; --storage-dir), prefetched
   memory-160m-bf16     (optional) the device-resident bank stored in bfloat16 (memory.dtype)
   anchor-410m          the openlm-410m anchor (--batch-410m sequences)
@@ -55,12 +57,29 @@ VARIANTS: dict[str, list[str]] = {
         "memory.offload=true",
         "memory.prefetch=true",
     ],
+    "memory-160m-offload-async": [
+        "anchor.preset=openlm-160m",
+        *MEMORY,
+        "memory.offload=true",
+        "memory.prefetch=true",
+        "memory.async_update=true",
+    ],
     "memory-160m-disk": ["anchor.preset=openlm-160m", *MEMORY, "memory.storage=disk", "memory.prefetch=true"],
     "memory-160m-bf16": ["anchor.preset=openlm-160m", *MEMORY, "memory.dtype=bfloat16"],
     "anchor-410m": ["anchor.preset=openlm-410m"],
     "anchor-160m-sdpa": ["anchor.preset=openlm-160m", "anchor.attention=sdpa"],
 }
-DEFAULT = "anchor-160m,memory-160m,memory-160m-offload,memory-160m-offload-prefetch,memory-160m-disk,anchor-410m"
+DEFAULT = ",".join(
+    [
+        "anchor-160m",
+        "memory-160m",
+        "memory-160m-offload",
+        "memory-160m-offload-prefetch",
+        "memory-160m-offload-async",
+        "memory-160m-disk",
+        "anchor-410m",
+    ]
+)
 
 
 def batches(cfg: Any, b: int, t: int, vocab: int, device: torch.device, seed: int = 0):
@@ -114,13 +133,17 @@ def run_variant(name: str, ov: list[str], a: argparse.Namespace, device: torch.d
             logits = model(x, doc_ids=doc, paths=paths if model.memory is not None else None)
         lm_loss(logits, y).backward()
         clip_gradients(model, cfg)
+        batch[0] = next(data)
+        if bank is not None:
+            bank.expect(batch[0][3], None)  # memory.async_update: the next rows are written first (else a no-op)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        batch[0] = next(data)
         if bank is not None:
             bank.stage(batch[0][3], None, device)  # memory.prefetch: the next rows, now final (else a no-op)
 
     def sync() -> None:
+        if bank is not None:
+            bank.wait()  # memory.async_update: a timed block ends with its row updates written
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
@@ -146,6 +169,7 @@ def run_variant(name: str, ov: list[str], a: argparse.Namespace, device: torch.d
         "offload": bool(cfg.memory.offload),
         "storage": cfg.memory.storage,
         "bank_dtype": cfg.memory.dtype,
+        "async_update": bool(cfg.memory.async_update),
         "prefetch": {"hits": bank.prefetch.hits, "misses": bank.prefetch.misses}
         if bank is not None and bank.prefetch is not None
         else None,
@@ -234,7 +258,7 @@ def _ratios(res: dict[str, Any]) -> None:
         r["memory_over_anchor_160m"] = round(ms("memory-160m") / ms("anchor-160m"), 3)  # target <= 1.15
     if ms("memory-160m-offload") and ms("memory-160m"):
         r["offload_over_device_160m"] = round(ms("memory-160m-offload") / ms("memory-160m"), 3)  # target <= 1.05
-    for k in ("memory-160m-offload-prefetch", "memory-160m-disk", "memory-160m-bf16"):
+    for k in ("memory-160m-offload-prefetch", "memory-160m-offload-async", "memory-160m-disk", "memory-160m-bf16"):
         if ms(k) and ms("memory-160m"):
             r[k.replace("memory-160m-", "").replace("-", "_") + "_over_device_160m"] = round(
                 ms(k) / ms("memory-160m"), 3

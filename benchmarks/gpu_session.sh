@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one prepared device run of issue 21, for a session that is lent a GPU machine (a few minutes in all):
-# the CUDA tests (`pytest -m gpu`: FlexAttention vs sdpa, compiled vs eager, side-stream prefetch), then
+# the CUDA tests (`pytest -m gpu`: FlexAttention vs sdpa, compiled vs eager, side-stream prefetch, async row updates), then
 # benchmarks/bench_gpu.py (MFU of 160M / 410M, memory/anchor, offload with and without prefetch, disk, bf16).
 #
 # The device machine has its own python3 with torch, lightning, pytest and safetensors, and no registry: the one
@@ -22,7 +22,7 @@ export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$out/env.txt" 2>/dev/null
 # the CUDA tests (skipped without CUDA); the repository's addopts deselect them, so reset addopts
 timeout 240 "$py" -m pytest -m gpu -p no:cacheprovider -o addopts="" -q --timeout=200 \
-  tests/test_attention.py tests/test_compile.py tests/test_prefetch.py > "$out/gpu_tests.log" 2>&1
+  tests/test_attention.py tests/test_compile.py tests/test_prefetch.py tests/test_writeback.py > "$out/gpu_tests.log" 2>&1
 echo "gpu tests rc=$?" | tee -a "$out/env.txt"
 tail -3 "$out/gpu_tests.log"
 if [ "${SMOKE:-0}" = 1 ]; then

@@ -96,6 +96,10 @@ class MemoryConfig:
     # next batch's rows on the compute device (pinned memory, a side CUDA stream) so its fetch does not wait for
     # the gather and copy; the numbers are bit for bit the same (memory/prefetch.py)
     prefetch: bool = False
+    # with the bank on the host (offload, disk, or a run on the CPU): the row-wise optimiser step runs on a worker
+    # thread while training goes on; a read waits only for the rows it needs. Bit for bit the same numbers
+    # (memory/writeback.py)
+    async_update: bool = False
     pkm: PKMConfig = field(default_factory=PKMConfig)
 
     def __post_init__(self) -> None:
@@ -116,7 +120,7 @@ class MemoryConfig:
         _one_of(self.rounding, ("stochastic", "nearest"), "memory.rounding")
         if self.type == "none":  # no bank: its storage settings mean nothing, so an anchor run derived from a
             # memory config (a sweep's baseline: memory.type=none over a bf16 base) is the same run, same config id
-            self.dtype, self.rounding, self.prefetch = "float32", "stochastic", False
+            self.dtype, self.rounding, self.prefetch, self.async_update = "float32", "stochastic", False, False
         _check(
             self.rounding == "stochastic" or self.dtype == "bfloat16",
             "memory.rounding",

@@ -107,6 +107,7 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
     "memory.dtype": RUN_ID,  # bfloat16 tables train to different numbers
     "memory.rounding": RUN_ID,
     "memory.prefetch": (),  # when the rows are copied, not which: the same numbers bit for bit
+    "memory.async_update": (),  # when the rows are written, not what: the same numbers bit for bit
     **{f"optim.{k}": RUN_ID for k in _OPTIM},
     "retriever.embedder": ("embeddings", *RUN_ID),
     "retriever.embed_dim": ("embeddings", *RUN_ID),

@@ -63,22 +63,42 @@ class HmemLitModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         self._window = 0  # this window's optimiser step: the next batch starts a new one
+        bank = getattr(self.model.memory, "bank", None)
+        if bank is not None and bank.writeback is not None:  # memory.async_update: write the next batch's rows first
+            nxt = self._batch_paths(self.trainer.global_step + 1)
+            if nxt is not None:
+                bank.expect(*nxt)
+
+    def on_train_end(self) -> None:
+        bank = getattr(self.model.memory, "bank", None)
+        if bank is not None:
+            bank.wait()  # memory.async_update: the final tables are written before anyone reads them
 
     def _stage_next_batch(self) -> None:
         """memory.prefetch: after the optimiser step the bank rows are final, so stage the next batch's rows on
-        the device now (memory/prefetch.py). The sampler is deterministic: the next micro-batch is number
-        global_step * accumulate + (micro-batches since that step); its paths come from the datamodule."""
+        the device now (memory/prefetch.py)."""
         bank = getattr(self.model.memory, "bank", None)
+        if bank is None or bank.prefetch is None:
+            return
+        nxt = self._batch_paths(self.trainer.global_step)
+        if nxt is not None:
+            bank.stage(*nxt, self.device)
+
+    def _batch_paths(self, global_step: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(paths, generic mask) of the micro-batch after `global_step` optimiser steps and the micro-batches since
+        the last one, or None (no such batch, or no deterministic sampler to ask). The sampler is deterministic:
+        that micro-batch is number global_step * accumulate + (micro-batches since the step); its paths come from
+        the datamodule without loading its tokens."""
         dm: Any = getattr(self.trainer, "datamodule", None)
-        if bank is None or bank.prefetch is None or dm is None or not hasattr(dm, "train_batch_ids"):
-            return
-        nxt = dm.train_batch_ids(self.trainer.global_step * self.cfg.train.accumulate + self._window)
+        if dm is None or not hasattr(dm, "train_batch_ids"):
+            return None
+        nxt = dm.train_batch_ids(global_step * self.cfg.train.accumulate + self._window)
         if nxt is None:
-            return
+            return None
         generic = None
         if self.cfg.memory.generic:
             generic = generic_mask(nxt["seq_idx"], self.cfg.memory.generic_prob, self.cfg.train.seed)
-        bank.stage(nxt["paths"], generic, self.device)
+        return nxt["paths"], generic
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch)

@@ -70,10 +70,19 @@ class MemoryTelemetry(Callback):
             n = bank.n_nodes(lvl)
             c = self.counts.setdefault(lvl, torch.zeros(n, dtype=torch.long))
             c += torch.bincount(ids, minlength=n)[:n]
-            if len(ids):  # the rows this step fetches, before its update (B rows: cheap)
-                table = getattr(bank, f"level{lvl}")
+            if len(ids) and self._measure(trainer, bank):  # the rows this step fetches, before its update
                 uniq = ids.unique()
-                self._before[lvl] = (uniq, table.detach()[uniq.to(table.device)].float().cpu())
+                self._before[lvl] = (uniq, bank.read_rows(lvl, uniq))
+
+    @staticmethod
+    def _measure(trainer: Any, bank: Any) -> bool:
+        """Whether to read the rows for mem/l*_update_rms at this step: always (B rows are cheap), except with
+        memory.async_update, where reading the rows just updated waits for the whole update: then only on the
+        steps whose record Lightning writes (the logger connector's own test), so the other steps keep the
+        update in the background."""
+        if bank.writeback is None:
+            return True
+        return bool(getattr(getattr(trainer, "_logger_connector", None), "should_update_logs", True))
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         pkm = self._pkm(pl_module)
@@ -103,9 +112,7 @@ class MemoryTelemetry(Callback):
             metrics[f"mem/l{lvl}_top_share"] = float(c.max()) / total if total else 0.0
             if lvl in self._before:
                 uniq, old = self._before[lvl]
-                table = getattr(bank, f"level{lvl}")
-                new = table.detach()[uniq.to(table.device)].float().cpu()
-                metrics[f"mem/l{lvl}_update_rms"] = float((new - old).pow(2).mean().sqrt())
+                metrics[f"mem/l{lvl}_update_rms"] = float((bank.read_rows(lvl, uniq) - old).pow(2).mean().sqrt())
         # logged every step; Lightning writes them at log_every like train/loss
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 

@@ -469,9 +469,14 @@ def _finish(
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     os.replace(tmp, run_dir / runs.WEIGHTS)
     faults.point("weights_written")
-    pf = getattr(getattr(module.model.memory, "bank", None), "prefetch", None)
+    bank = getattr(module.model.memory, "bank", None)
+    pf = getattr(bank, "prefetch", None)
     if pf is not None:  # memory.prefetch: fetches served from staged rows / fallen back to the gather (this segment)
         throughput = {**throughput, "prefetch_hits": pf.hits, "prefetch_misses": pf.misses}
+    wb = getattr(bank, "writeback", None)
+    if wb is not None:  # memory.async_update: table updates run on the worker / reads that waited for one
+        throughput = {**throughput, "async_updates": wb.updates, "async_waits": wb.waits}
+        throughput["async_wait_s"] = round(wb.wait_s, 3)
     final: dict[str, Any] = {
         "status": "complete",
         "experiment": cfg.experiment,

@@ -128,7 +128,8 @@ def test_bad_storage_config_is_one_line(extra, key):
 def test_disk_bank_run_killed_and_resumed_equals_ram_run(tmp_path, dtype):
     """hmem train with memory.storage=disk, SIGKILLed after a checkpoint and rerun, ends with weights and
     metrics bit-identical to an uninterrupted in-RAM run; eval's loader reads the disk run's weights equal.
-    bfloat16 (the default-suite case) also checks that the stochastic rounding's seeds resume."""
+    bfloat16 (the default-suite case) also checks that the stochastic rounding's seeds resume, and its disk run
+    writes the row updates on the worker thread (memory.async_update): checkpoints hold finished updates."""
     from hmem_lit.model import load_model
 
     extra = {**MEM, "memory.dtype": dtype, "train.max_tokens": 40_960, "train.ckpt_every": 5, "train.val_every": 10}
@@ -138,7 +139,8 @@ def test_disk_bank_run_killed_and_resumed_equals_ram_run(tmp_path, dtype):
 
     r = subprocess.run([*train, *tiny_overrides(ram_out, **extra)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    disk_args = tiny_overrides(disk_out, **extra, **{"memory.storage": "disk"})
+    disk = {"memory.storage": "disk", "memory.async_update": str(dtype == "bfloat16").lower()}
+    disk_args = tiny_overrides(disk_out, **extra, **disk)
     run_dir = disk_out / "000_debug" / "debug"
     step = kill_after_checkpoint([*train, *disk_args], run_dir, min_step=12, timeout=300)
     assert 0 < step < 80

@@ -177,6 +177,8 @@ def edit_train(
         sched.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
+    if memory:
+        model.memory.bank.wait()  # memory.async_update: the edit's last row updates are written
     model.eval()
     return losses
 

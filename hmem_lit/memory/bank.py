@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmem_lit.memory import lowp, prefetch, storage
+from hmem_lit.memory import lowp, prefetch, storage, writeback
 from hmem_lit.memory.base import MemoryType
 
 
@@ -71,6 +71,7 @@ class Bank(nn.Module):
         store: storage.DiskStore | None = None,
         dtype: torch.dtype = torch.float32,
         prefetch_rows: bool = False,
+        async_update: bool = False,
     ):
         super().__init__()
         if branching < 2:
@@ -81,6 +82,8 @@ class Bank(nn.Module):
         self.store, self.dtype = store, dtype
         # memory.prefetch: the next batch's rows staged on the compute device ahead of its fetch (memory/prefetch.py)
         self.prefetch = prefetch.RowPrefetch() if prefetch_rows and self.offload else None
+        # memory.async_update: row-wise updates of host tables written by a worker thread (memory/writeback.py)
+        self.writeback = writeback.WriteBack() if async_update else None
         self.used = [(lvl, r) for lvl, r in enumerate(self.levels, start=1) if r > 0]  # (level, r_l)
         for lvl, r in self.used:
             rows = branching**lvl + int(generic)
@@ -89,6 +92,8 @@ class Bank(nn.Module):
             else:
                 table = nn.Parameter(store.table(f"level{lvl}", (rows, self.c_unit * r), dtype))
                 storage.attach(table, store)
+            if self.writeback is not None:
+                writeback.attach(table, self.writeback)
             self.register_parameter(f"level{lvl}", table)
 
     def tables(self) -> list[tuple[int, int, nn.Parameter]]:
@@ -115,6 +120,8 @@ class Bank(nn.Module):
             raise ValueError("generic memory requested but the bank was built with memory.generic=false")
         out = []
         for (lvl, _, table), ids in zip(self.tables(), self._level_ids(paths, generic)):
+            if self.writeback is not None:
+                self.writeback.wait_rows(table, ids)  # the last step's update of these rows is written
             rows = self.prefetch.take(lvl, table, ids) if self.prefetch is not None else None
             if rows is None:
                 rows = F.embedding(ids.to(table.device), table, sparse=True)  # (B, s_l)
@@ -130,7 +137,45 @@ class Bank(nn.Module):
         if self.prefetch is None:
             return
         for (lvl, _, table), ids in zip(self.tables(), self._level_ids(paths, generic)):
+            if self.writeback is not None:
+                self.writeback.wait_rows(table, ids)
             self.prefetch.stage(lvl, table, ids, device)
+
+    def expect(self, paths: Tensor | None, generic: Tensor | None) -> None:
+        """memory.async_update: the next batch reads these rows, so the coming update writes them first (call it
+        before the optimiser step). Without async_update: nothing."""
+        if self.writeback is None:
+            return
+        for (_, _, table), ids in zip(self.tables(), self._level_ids(paths, generic)):
+            self.writeback.expect(table, ids)
+
+    def read_rows(self, level: int, ids: Tensor) -> Tensor:
+        """A float32 CPU copy of level `level`'s rows `ids` as they are now (with memory.async_update: once the
+        pending updates of those rows are written), for statistics."""
+        table = getattr(self, f"level{level}")
+        if self.writeback is not None:
+            self.writeback.wait_rows(table, ids)
+        return table.detach()[ids.to(table.device)].float().cpu()
+
+    def wait(self) -> None:
+        """memory.async_update: return once every pending row update is written."""
+        if self.writeback is not None:
+            self.writeback.wait()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a copied or unpickled bank (its WriteBack is a fresh one): copied parameters lose their attributes
+        super().__setstate__(state)
+        if self.writeback is not None:
+            for _, _, table in self.tables():
+                writeback.attach(table, self.writeback)
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        self.wait()  # a checkpoint holds the tables after the last step's update
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self.wait()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _level_ids(self, paths: Tensor | None, generic: Tensor | None) -> list[Tensor]:
         """The row each sequence reads at each used level: its path's node, or the generic row."""
@@ -180,6 +225,7 @@ class BankMemory(MemoryType):
             storage.store_for(mcfg),
             lowp.dtype_of(mcfg.dtype),
             mcfg.prefetch,
+            mcfg.async_update,
         )
 
     def unit_views(self) -> Iterator[Tensor]:

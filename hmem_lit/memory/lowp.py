@@ -19,6 +19,8 @@ in the optimiser's checkpointed state), so a killed and resumed run is bit for b
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -37,30 +39,44 @@ def generator(device: torch.device, seed: int, step: int, index: int) -> torch.G
     return g
 
 
-def stochastic_round_bf16(x: Tensor, gen: torch.Generator) -> Tensor:
+def random_bits(shape: tuple[int, ...] | torch.Size, gen: torch.Generator, device: torch.device) -> Tensor:
+    """16 random bits per element of a tensor of `shape` (int32 in [0, 2**16)): the draw stochastic rounding adds.
+
+    Drawn as 64-bit words (the cheapest random fill), two elements a word, in row-major order: rounding rows
+    [0, n) in two parts with this draw's rows (memory.async_update, memory/writeback.py) gives the same bits as
+    rounding them at once."""
+    n = math.prod(shape)
+    noise = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(generator=gen)
+    return noise.view(torch.int32)[:n].bitwise_and_(0xFFFF).view(shape)
+
+
+def stochastic_round_bf16(x: Tensor, gen: torch.Generator | None = None, bits: Tensor | None = None) -> Tensor:
     """float32 x -> bfloat16, rounding each element to one of its two bfloat16 neighbours with probability
     proportional to closeness (exactly representable values, infinities and torch's NaN are unchanged).
 
     bfloat16 is float32's upper 16 bits. Adding uniform random bits in [0, 2**16) to the lower 16 bits of the
     (sign-magnitude) bit pattern and truncating carries into the upper half with probability remainder / 2**16:
     away from zero for either sign. (A NaN whose payload sits only in the lower 16 bits, which torch never makes,
-    could come out infinite; a value beyond bfloat16's largest finite one may round to infinity, as it should.)"""
+    could come out infinite; a value beyond bfloat16's largest finite one may round to infinity, as it should.)
+    The bits come from `gen` (random_bits), or are given (`bits`, x's shape)."""
     if x.dtype != torch.float32:
         raise TypeError(f"stochastic_round_bf16 takes float32, got {x.dtype}")
-    n = x.numel()
-    # 16 random bits per element, drawn as 64-bit words (the cheapest random fill), two elements a word
-    noise = torch.empty((n + 1) // 2, dtype=torch.int64, device=x.device).random_(generator=gen)
-    noise = noise.view(torch.int32)[:n].bitwise_and_(0xFFFF).view(x.shape)
-    bits = x.contiguous().view(torch.int32).add(noise).bitwise_right_shift_(16)
-    return bits.to(torch.int16).view(torch.bfloat16)
+    if bits is None:
+        if gen is None:
+            raise ValueError("stochastic_round_bf16 needs a generator or the random bits")
+        bits = random_bits(x.shape, gen, x.device)
+    out = x.contiguous().view(torch.int32).add(bits).bitwise_right_shift_(16)
+    return out.to(torch.int16).view(torch.bfloat16)
 
 
-def round_to(x: Tensor, dtype: torch.dtype, mode: str, gen: torch.Generator | None) -> Tensor:
-    """float32 x -> dtype: to nearest (torch's cast), or stochastically (bfloat16 only; needs `gen`)."""
+def round_to(
+    x: Tensor, dtype: torch.dtype, mode: str, gen: torch.Generator | None, bits: Tensor | None = None
+) -> Tensor:
+    """float32 x -> dtype: to nearest (torch's cast), or stochastically (bfloat16 only; needs `gen` or `bits`)."""
     if dtype == torch.float32:
         return x
     if mode == "stochastic":
-        if dtype != torch.bfloat16 or gen is None:
+        if dtype != torch.bfloat16 or (gen is None and bits is None):
             raise ValueError(f"stochastic rounding needs bfloat16 and a generator, got {dtype}")
-        return stochastic_round_bf16(x, gen)
+        return stochastic_round_bf16(x, gen, bits)
     return x.to(dtype)

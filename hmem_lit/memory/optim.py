@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from hmem_lit.config import RunConfig
-from hmem_lit.memory import lowp, prefetch, storage
+from hmem_lit.memory import lowp, prefetch, storage, writeback
 
 
 class WarmupCosine:
@@ -93,6 +93,9 @@ class RowwiseAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # memory.async_update: the previous step's row updates are written before this step's (at most one step
+        # in flight; by now they are long done: the forward and backward ran in between)
+        writeback.wait_all(p for group in self.param_groups if group["sparse"] for p in group["params"])
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if group["sparse"]:
@@ -103,9 +106,14 @@ class RowwiseAdamW(torch.optim.Optimizer):
                 self._dense_step(params, group)
         return loss
 
+    def state_dict(self) -> dict[str, Any]:
+        writeback.wait_all(p for group in self.param_groups for p in group["params"])  # moments and counts final
+        return super().state_dict()
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load, then the moments of disk-backed tables copied into their store (the loaded ones may be
         views of a memory-mapped checkpoint file), a block of rows at a time."""
+        writeback.wait_all(p for group in self.param_groups for p in group["params"])
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             for p in group["params"]:
@@ -158,15 +166,60 @@ class RowwiseAdamW(torch.optim.Optimizer):
         g = grad.coalesce()  # duplicate rows (a block fetched by several sequences) summed
         rows, gv = g._indices()[0], g._values()  # (n,), (n, *row_shape)
         st = self._state(p, (p.shape[0],))  # per-row update counts
+        prefetch.bump(p)  # rows staged before this update (memory.prefetch) are stale now
+        gen = None
+        if p.dtype == torch.bfloat16 and group.get("rounding", "stochastic") == "stochastic":
+            index = next(i for i, q in enumerate(group["params"]) if q is p)
+            gen = lowp.generator(p.device, group.get("seed", 0), group["rounding_step"], index)
+        hyper = {k: v for k, v in group.items() if k != "params"}  # the scheduler changes lr after this step
+        wb = writeback.of(p)
+        if wb is None or p.device.type != "cpu":
+            self._rows_update(p, st, rows, gv, hyper, gen, None)
+            return
+        # memory.async_update: the worker writes the rows (those the next batch reads first: writeback.py)
+        wb.submit(p, rows, lambda hot, signal: self._rows_update(p, st, rows, gv, hyper, gen, hot, signal))
+
+    def _rows_update(
+        self,
+        p: Tensor,
+        st: dict[str, Tensor],
+        rows: Tensor,
+        gv: Tensor,
+        group: dict[str, Any],
+        gen: torch.Generator | None,
+        hot: Tensor | None,
+        signal: Callable[[], None] | None = None,
+    ) -> None:
+        """AdamW on p's rows `rows` with gradient values gv: the rows where `hot` (a bool mask over rows) is set
+        first, then `signal()`, then the others. Rows are independent and the rounding bits are drawn for all
+        rows at once, so the split gives the numbers of one pass."""
         steps = st["step"].index_select(0, rows) + 1
         st["step"].index_copy_(0, rows, steps)
-        prefetch.bump(p)  # rows staged before this update (memory.prefetch) are stale now
+        bits = None
+        if gen is not None:  # bfloat16, stochastic rounding: the bits of every updated number, in row order
+            bits = lowp.random_bits((len(rows), *p.shape[1:]), gen, p.device)
+        parts: list[Tensor | None] = [None] if hot is None else [hot, ~hot]
+        for i, sel in enumerate(parts):
+            if sel is None:
+                self._rows_part(p, st, rows, gv, steps, group, bits)
+            elif bool(sel.any()):
+                self._rows_part(p, st, rows[sel], gv[sel], steps[sel], group, None if bits is None else bits[sel])
+            if i == 0 and signal is not None:
+                signal()
+
+    def _rows_part(
+        self,
+        p: Tensor,
+        st: dict[str, Tensor],
+        rows: Tensor,
+        gv: Tensor,
+        steps: Tensor,
+        group: dict[str, Any],
+        bits: Tensor | None,
+    ) -> None:
         m_all, v_all = st["exp_avg"], st["exp_avg_sq"]
         if p.dtype == torch.bfloat16:  # memory.dtype=bfloat16: updated in float32, rounded back (memory/lowp.py)
-            index = next(i for i, q in enumerate(group["params"]) if q is p)
-            gen = None
-            if group.get("rounding", "stochastic") == "stochastic":
-                gen = lowp.generator(p.device, group.get("seed", 0), group["rounding_step"], index)
+            mode = group.get("rounding", "stochastic")
             x, m, v = _rows_adamw(
                 p.index_select(0, rows).float(),
                 m_all.index_select(0, rows).float(),
@@ -175,7 +228,7 @@ class RowwiseAdamW(torch.optim.Optimizer):
                 steps,
                 group,
             )
-            p.index_copy_(0, rows, lowp.round_to(x, p.dtype, group.get("rounding", "stochastic"), gen))
+            p.index_copy_(0, rows, lowp.round_to(x, p.dtype, mode, None, bits))
             m_all.index_copy_(0, rows, m.to(m_all.dtype))
             v_all.index_copy_(0, rows, v.to(v_all.dtype))
             return

@@ -110,6 +110,11 @@ class PKMMemory(MemoryType):
             raise ConfigError(
                 "memory.prefetch: stages a bank's rows (ffn, lora, kv), not pkm's values; set memory.prefetch=false"
             )
+        if mcfg.async_update:
+            raise ConfigError(
+                "memory.async_update: writes a bank's rows (ffn, lora, kv), not pkm's values; "
+                "set memory.async_update=false"
+            )
         if mcfg.dtype != "float32":
             raise ConfigError(
                 "memory.dtype: bfloat16 storage holds a bank's tables (ffn, lora, kv), not pkm's values; "

@@ -1,0 +1,162 @@
+"""Asynchronous row-wise updates of a bank on the host (memory.async_update=true).
+
+With the bank in host memory (memory.offload=true, memory.storage=disk, or a run on the CPU) the row-wise
+optimiser step (memory/optim.py) is host work: read the fetched rows, their moments and gradients, write them back.
+Done inline, it stalls the training loop: on an accelerator the next step's forward cannot be launched until the
+host has finished, and the update is host memory traffic of about 7 passes over the step's fetched rows (far more
+time than the accelerator needs for a 10% fetch of a small anchor). With `async_update` the optimiser hands each
+table's update to one worker thread and returns; the loop goes on with the next batch while the rows are written.
+
+Exactness. Reads of a table wait for the pending updates that touch the rows they read, and for nothing else:
+- `Bank.fetch(ids)` and `Bank.stage(ids)` (memory.prefetch) wait for updates whose rows meet `ids`;
+- the next optimiser step, `state_dict()` of the bank or the optimiser (checkpoints, final weights, merges) and
+  the end of training wait for every pending update.
+Rows are independent in AdamW (each has its own moments and step count), and a stochastically rounded bfloat16 row
+takes the same random bits whichever order the rows are written in (lowp.random_bits), so a run with
+async_update is bit for bit the run without it.
+
+Order. Before the step the training loop tells the bank which rows the next batch reads (`Bank.expect`, from the
+deterministic sampler). The worker writes those rows of each table first and signals; the next fetch waits for
+that signal only, while the rest of the update (with many nodes per level, most of it: a batch of sequences
+meets few of the same deep nodes twice in a row) overlaps the next step's forward and backward.
+Without an expectation (no datamodule, an unknown next batch) a fetch waits for the whole update.
+
+A failure in the worker is raised in the training loop at the next wait, with its own traceback.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_ATTR = "_hmem_writeback"  # set on a bank table whose row-wise updates run on a WriteBack's worker
+
+
+def attach(t: Tensor, wb: WriteBack) -> Tensor:
+    setattr(t, _ATTR, wb)
+    return t
+
+
+def of(t: Tensor) -> WriteBack | None:
+    return getattr(t, _ATTR, None)
+
+
+@dataclass(eq=False)  # identity: pending updates are found by `is`, never by comparing tensors
+class _Update:
+    table: Tensor
+    rows: Tensor  # (n,) host row ids the update writes
+    future: Future[None]
+    first: threading.Event = field(default_factory=threading.Event)  # set when the `hot` rows are written
+    hot: Tensor | None = None  # (k,) the rows written first (those the next batch reads), or None
+
+
+class WriteBack:
+    """One worker thread applying row-wise table updates in submission order, and the waits that keep reads exact.
+
+    Only the training loop's thread calls its methods; the worker only runs the submitted updates."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[_Update] = []
+        self._expected: dict[int, Tensor] = {}  # id(table) -> host row ids the next batch reads
+        self.updates = 0  # submitted so far
+        self.waits = 0  # reads that had to wait for an update (its first part or all of it)
+        self.wait_s = 0.0  # seconds the training loop spent in those waits
+
+    def expect(self, table: Tensor, ids: Tensor) -> None:
+        """The next batch reads table[ids]: the next update of `table` writes those rows first."""
+        self._expected[id(table)] = ids.detach().to(table.device).unique()
+
+    def submit(self, table: Tensor, rows: Tensor, work: Callable[[Tensor | None, Callable[[], None]], None]) -> None:
+        """Run `work(hot, signal)` on the worker: it must write the rows of `rows` in `hot` (a bool mask over
+        `rows`, or None: no order) first, call `signal()`, then write the rest."""
+        expected = self._expected.pop(id(table), None)
+        hot_mask = torch.isin(rows, expected) if expected is not None else None
+        hot = rows[hot_mask] if hot_mask is not None else None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hmem-writeback")
+        first = threading.Event()
+
+        def run() -> None:
+            try:
+                with torch.no_grad():  # grad mode is per thread: the worker's in-place writes are not recorded
+                    work(hot_mask, first.set)
+            finally:
+                first.set()  # a waiter on the first part never hangs on a failed update (it then re-raises)
+
+        update = _Update(table, rows, self._pool.submit(run), first, hot)
+        self._pending.append(update)
+        self.updates += 1
+
+    def wait_rows(self, table: Tensor, ids: Tensor) -> None:
+        """Return once every pending update of `table` that writes a row of `ids` has written it."""
+        if not self._pending:
+            return
+        host_ids: Tensor | None = None
+        for u in list(self._pending):
+            if u.table is not table:
+                continue
+            if u.future.done():
+                self._finish(u)
+                continue
+            if host_ids is None:
+                host_ids = ids.detach().to(table.device)
+            touched = host_ids[torch.isin(host_ids, u.rows)]
+            if touched.numel() == 0:
+                continue
+            self.waits += 1
+            t0 = time.perf_counter()
+            if u.hot is not None and bool(torch.isin(touched, u.hot).all()):
+                u.first.wait()
+                if u.future.done():
+                    self._finish(u)  # raises a failure
+            else:
+                self._finish(u)
+            self.wait_s += time.perf_counter() - t0
+
+    def wait(self) -> None:
+        """Return once every pending update is written (raises the first failure)."""
+        while self._pending:
+            self._finish(self._pending[0])
+
+    def _finish(self, u: _Update) -> None:
+        try:
+            u.future.result()
+        finally:
+            if u in self._pending:
+                self._pending.remove(u)
+
+    def close(self) -> None:
+        self.wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    # a copied or pickled bank gets a fresh, idle WriteBack (threads and pending work belong to this process)
+    def __deepcopy__(self, memo: dict[int, Any]) -> WriteBack:
+        self.wait()
+        return WriteBack()
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.wait()
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
+def wait_all(params: Any) -> None:
+    """Wait for the pending updates of every WriteBack among `params`' tables."""
+    seen: set[int] = set()
+    for p in params:
+        wb = of(p)
+        if wb is not None and id(wb) not in seen:
+            seen.add(id(wb))
+            wb.wait()

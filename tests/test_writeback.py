@@ -1,0 +1,243 @@
+"""memory.async_update (hmem_lit/memory/writeback.py): row-wise updates written by a worker thread give the inline
+update's numbers bit for bit (float32 in-place and gathered rows, bfloat16 with either rounding, with and without
+the next batch's rows written first); a read waits exactly for the pending rows it needs; checkpoints and the next
+step see finished updates; a worker failure reaches the training loop; a training run equals the inline run."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hmem_lit import runs
+from hmem_lit.anchor import lm_loss
+from hmem_lit.config import ConfigError, load_config
+from hmem_lit.memory import writeback
+from hmem_lit.memory.optim import RowwiseAdamW, build_optimizer, clip_gradients
+
+from .conftest import DEBUG_YAML, ROOT, tiny_overrides
+from .memory_util import VOCAB, make_cfg, make_model, random_paths
+
+ASYNC = "memory.async_update=true"
+
+
+def _train(cfg, steps: int, expect: bool = True, model_first: bool = True):
+    """Hand loop on seeded batches; the bank is told the next batch's paths before each step (as the
+    LightningModule does). -> (losses, state_dict copy, optimiser state_dict, model); the two state dicts are
+    taken right after the last step, the model's first (or the optimiser's)."""
+    model = make_model(cfg)
+    o = build_optimizer(model, cfg, total_steps=20)
+    opt, sched = o["optimizer"], o["lr_scheduler"]["scheduler"]
+    g = torch.Generator().manual_seed(3)
+    data = [(torch.randint(0, VOCAB, (6, 17), generator=g), random_paths(6, 4, gen=g)) for _ in range(steps + 1)]
+    losses = []
+    for i in range(steps):
+        idx, paths = data[i]
+        loss = lm_loss(model(idx[:, :-1], paths=paths), idx[:, 1:])
+        loss.backward()
+        losses.append(float(loss.detach()))
+        clip_gradients(model, cfg)
+        if expect:
+            model.memory.bank.expect(data[i + 1][1], None)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    if model_first:
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        return losses, state, opt.state_dict(), model
+    opt_state = opt.state_dict()
+    return losses, {k: v.clone() for k, v in model.state_dict().items()}, opt_state, model
+
+
+def _opt_equal(a: dict, b: dict) -> bool:
+    sa, sb = a["state"], b["state"]
+    return sa.keys() == sb.keys() and all(
+        torch.equal(sa[k][n], sb[k][n]) for k in sa for n in sa[k] if isinstance(sa[k][n], torch.Tensor)
+    )
+
+
+@pytest.mark.parametrize(
+    "levels,extra",
+    [
+        ("[4,8]", []),  # small rows: gathered, updated, scattered
+        ("[16,32]", []),  # rows of >= 4096 numbers: updated in place through per-row views
+        ("[4,8]", ["memory.dtype=bfloat16"]),  # stochastic rounding: the same random bits for split rows
+        ("[4,8]", ["memory.dtype=bfloat16", "memory.rounding=nearest"]),
+        ("[4,8]", ["memory.type=lora"]),
+    ],
+)
+@pytest.mark.parametrize("expect", [True, False])
+def test_async_update_equals_the_inline_update_bit_for_bit(levels, extra, expect):
+    mtype = next((e.split("=")[1] for e in extra if e.startswith("memory.type=")), "ffn")
+    extra = [e for e in extra if not e.startswith("memory.type=")]
+    ref = _train(make_cfg(mtype, *extra, levels=levels), 6)
+    got = _train(make_cfg(mtype, *extra, ASYNC, levels=levels), 6, expect)
+    assert got[0] == ref[0]
+    assert ref[1].keys() == got[1].keys() and all(torch.equal(ref[1][k], got[1][k]) for k in ref[1])
+    assert _opt_equal(ref[2], got[2])
+    wb = got[3].memory.bank.writeback
+    assert wb is not None and wb.updates == 6 * 2 and ref[3].memory.bank.writeback is None
+
+
+class _Gate:
+    """Stands in for an update: writes `hot` rows (marks them), signals, then blocks until released."""
+
+    def __init__(self, t: torch.Tensor, rows: torch.Tensor):
+        self.t, self.rows, self.release, self.started = t, rows, threading.Event(), threading.Event()
+
+    def __call__(self, hot, signal) -> None:
+        self.started.set()
+        if hot is not None:
+            self.t[self.rows[hot]] = 1.0
+        signal()
+        assert self.release.wait(10)
+        self.t[self.rows if hot is None else self.rows[~hot]] = 1.0
+
+
+def _waits_within(fn, seconds: float) -> bool:
+    """Whether fn() returns within `seconds` (run on a helper thread)."""
+    th = threading.Thread(target=fn, daemon=True)
+    th.start()
+    th.join(seconds)
+    return not th.is_alive()
+
+
+def test_a_read_waits_only_for_the_pending_rows_it_needs():
+    wb, t, other = writeback.WriteBack(), torch.zeros(8, 2), torch.zeros(8, 2)
+    wb.expect(t, torch.tensor([1, 1, 2]))
+    gate = _Gate(t, torch.tensor([1, 2, 5, 6]))
+    wb.submit(t, gate.rows, gate)
+    assert gate.started.wait(10)
+    assert _waits_within(lambda: wb.wait_rows(t, torch.tensor([2, 1])), 5)  # the rows written first
+    assert bool((t[[1, 2]] == 1).all()) and not bool(t[[5, 6]].any())  # the rest still pending
+    assert _waits_within(lambda: wb.wait_rows(t, torch.tensor([0, 3, 7])), 5)  # rows no update writes
+    assert _waits_within(lambda: wb.wait_rows(other, torch.tensor([5])), 5)  # another table
+    assert not _waits_within(lambda: wb.wait_rows(t, torch.tensor([1, 5])), 0.3)  # a row still being written
+    gate.release.set()
+    wb.wait()
+    assert bool((t[[1, 2, 5, 6]] == 1).all()) and wb.updates == 1
+
+
+@pytest.mark.parametrize("model_first", [True, False])
+def test_a_checkpoint_holds_the_update_still_running_when_it_was_asked_for(monkeypatch, model_first):
+    """The model's or the optimiser's state_dict, asked for while the last step's update is still running,
+    waits for it (what a checkpoint right after a step needs)."""
+    ref = _train(make_cfg("ffn"), 1, expect=False)
+    inner = RowwiseAdamW._rows_update
+    release = threading.Event()
+
+    def slow(self, *args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            assert release.wait(10)
+        return inner(self, *args, **kwargs)
+
+    monkeypatch.setattr(RowwiseAdamW, "_rows_update", slow)
+    threading.Timer(0.3, release.set).start()  # the update finishes only after state_dict has been asked for
+    losses, state, opt_state, _ = _train(make_cfg("ffn", ASYNC), 1, expect=False, model_first=model_first)
+    assert losses == ref[0] and all(torch.equal(ref[1][k], state[k]) for k in ref[1])
+    assert _opt_equal(ref[2], opt_state)
+
+
+def test_a_failed_update_is_raised_in_the_training_loop():
+    wb, t = writeback.WriteBack(), torch.zeros(4, 2)
+
+    def broken(hot, signal):
+        raise RuntimeError("disk full")
+
+    wb.expect(t, torch.tensor([1]))
+    wb.submit(t, torch.tensor([1, 2]), broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        wb.wait_rows(t, torch.tensor([1]))  # a waiter on the first part does not hang
+    wb.submit(t, torch.tensor([3]), broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        wb.wait()
+    wb.wait()  # reported once, then gone
+
+
+def test_copied_and_pickled_models_get_their_own_idle_writeback():
+    model = make_model(make_cfg("ffn", ASYNC))
+    wb = model.memory.bank.writeback
+    dup = copy.deepcopy(model)
+    new = dup.memory.bank.writeback
+    assert new is not None and new is not wb
+    assert all(writeback.of(t) is new for _, _, t in dup.memory.bank.tables())  # shared by the copy's tables
+    again = pickle.loads(pickle.dumps(wb))
+    assert isinstance(again, writeback.WriteBack) and again.updates == 0
+
+
+def test_async_update_config():
+    with pytest.raises(ConfigError, match="memory.async_update"):
+        load_config(DEBUG_YAML, ["memory.type=pkm", "memory.pkm.mode=add", ASYNC])
+    assert load_config(DEBUG_YAML, ["memory.type=none", ASYNC]).memory.async_update is False  # no bank: no-op
+
+
+def test_async_update_run_equals_the_inline_run(tmp_path):
+    """hmem train with offload + prefetch + async_update (gradient accumulation 2, generic block on) gives the
+    inline run's weights and metrics bit for bit; every table update of every step ran on the worker."""
+    extra = {
+        "memory.type": "ffn",
+        "memory.levels": "[4,2]",
+        "memory.generic": "true",
+        "memory.offload": "true",
+        "memory.prefetch": "true",
+        "retriever.depth": 2,
+        "retriever.branching": 4,
+        "train.accumulate": 2,
+        "train.max_tokens": 16_384,
+        "train.log_every": 2,  # mem/l*_update_rms: read on the written steps only with async_update, the same
+    }
+    train = [sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML)]
+    dirs = {}
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        args = tiny_overrides(out, **extra, **{"memory.async_update": flag})
+        r = subprocess.run([*train, *args], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        dirs[flag] = out / "000_debug" / "debug"
+    wa, wb = load_file(str(dirs["false"] / runs.WEIGHTS)), load_file(str(dirs["true"] / runs.WEIGHTS))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    strip = [{k: v for k, v in m.items() if k not in runs.TIMING_KEYS} for m in runs.read_metrics(dirs["false"])]
+    assert strip == [{k: v for k, v in m.items() if k not in runs.TIMING_KEYS} for m in runs.read_metrics(dirs["true"])]
+    assert any("mem/l2_update_rms" in m for m in runs.read_metrics(dirs["true"]))
+    final = runs.read_final(dirs["true"])
+    assert final["throughput"]["async_updates"] == final["steps"] * 2  # two bank levels a step
+    assert final["throughput"]["prefetch_hits"] == (final["steps"] * 2 - 1) * 2  # staging waited, then hit
+    assert "async_updates" not in runs.read_final(dirs["false"])["throughput"]
+
+
+def _cuda_run(*extra: str) -> tuple[list[float], list[torch.Tensor]]:
+    """6 steps of an offloaded, prefetched bank with the anchor on CUDA (bf16 autocast)."""
+    cfg = make_cfg("ffn", "memory.offload=true", "memory.prefetch=true", *extra)
+    model = make_model(cfg).cuda().train()
+    opt = build_optimizer(model, cfg, total_steps=8)["optimizer"]
+    bank, dev = model.memory.bank, torch.device("cuda")
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randint(0, VOCAB, (6, 33), generator=g), random_paths(6, 4, gen=g)) for _ in range(7)]
+    losses = []
+    for i in range(6):
+        x, paths = data[i][0].to(dev), data[i][1].to(dev)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = lm_loss(model(x[:, :-1], paths=paths), x[:, 1:])
+        loss.backward()
+        clip_gradients(model, cfg)
+        bank.expect(data[i + 1][1], None)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        bank.stage(data[i + 1][1].to(dev), None, dev)
+    bank.wait()
+    return losses, [t.detach().clone() for _, _, t in bank.tables()]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_offloaded_async_update_equals_the_inline_update(dtype):
+    inline, asyn = _cuda_run(f"memory.dtype={dtype}"), _cuda_run(f"memory.dtype={dtype}", ASYNC)
+    assert inline[0] == asyn[0] and all(torch.equal(a, b) for a, b in zip(inline[1], asyn[1]))
