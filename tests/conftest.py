@@ -65,3 +65,35 @@ def kill_after_checkpoint(cmd: list[str], run_dir: Path, min_step: int, timeout:
     proc.wait()
     assert not runs.is_complete(run_dir)
     return int(torch.load(run_dir / runs.LAST_CKPT, weights_only=True)["global_step"])
+
+
+def train_each(tmp_path: Path, key: str, values: list[str], **extra: object) -> dict[str, Path]:
+    """`hmem train experiments/000_debug.yaml` (tiny_overrides + extra) once per value of config `key`, each under
+    tmp_path/<value>; -> value -> run directory."""
+    import sys
+
+    train = [sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML)]
+    dirs = {}
+    for value in values:
+        out = tmp_path / value
+        args = tiny_overrides(out, **extra, **{key: value})
+        r = subprocess.run([*train, *args], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        dirs[value] = out / "000_debug" / "debug"
+    return dirs
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two run directories hold bit-identical final weights and the same metrics records (timings aside)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from hmem_lit import runs
+
+    wa, wb = load_file(str(a / runs.WEIGHTS)), load_file(str(b / runs.WEIGHTS))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    def strip(d: Path) -> list[dict]:
+        return [{k: v for k, v in m.items() if k not in runs.TIMING_KEYS} for m in runs.read_metrics(d)]
+
+    assert strip(a) == strip(b)

@@ -86,3 +86,31 @@ def train_random(cfg: RunConfig, steps: int, seed: int = 1, model=None, opt=None
         opt.zero_grad()
         losses.append(float(loss.detach()))
     return model, opt, losses
+
+
+def cuda_offload_run(*extra: str) -> tuple[list[float], list[torch.Tensor], int]:
+    """6 steps of an offloaded ffn bank with the anchor on CUDA (bf16 autocast), telling the bank the next batch
+    before each step and staging it after (no-ops without memory.async_update / memory.prefetch) -> (losses,
+    host tables, prefetch hits)."""
+    cfg = make_cfg("ffn", "memory.offload=true", *extra)
+    model = make_model(cfg).cuda().train()
+    opt = build_optimizer(model, cfg, total_steps=8)["optimizer"]
+    bank, dev = model.memory.bank, torch.device("cuda")
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randint(0, VOCAB, (6, 33), generator=g), random_paths(6, 4, gen=g)) for _ in range(7)]
+    losses = []
+    for i in range(6):
+        x, paths = data[i][0].to(dev), data[i][1].to(dev)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = lm_loss(model(x[:, :-1], paths=paths), x[:, 1:])
+        loss.backward()
+        clip_gradients(model, cfg)
+        bank.expect(data[i + 1][1], None)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        bank.stage(data[i + 1][1].to(dev), None, dev)
+    bank.wait()
+    assert all(t.device.type == "cpu" for _, _, t in bank.tables())
+    hits = bank.prefetch.hits if bank.prefetch is not None else 0
+    return losses, [t.detach().clone() for _, _, t in bank.tables()], hits

@@ -4,19 +4,15 @@ trains bit for bit like one without, with a hit for every micro-batch after the 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hmem_lit import runs
 from hmem_lit.config import ConfigError, load_config
 from hmem_lit.memory.optim import build_optimizer
 
-from .conftest import DEBUG_YAML, ROOT, tiny_overrides
-from .memory_util import VOCAB, make_cfg, make_model, random_paths
+from .conftest import DEBUG_YAML, assert_same_run, train_each
+from .memory_util import VOCAB, cuda_offload_run, make_cfg, make_model, random_paths
 
 PF = ["memory.offload=true", "memory.prefetch=true", "memory.generic=true"]
 
@@ -92,50 +88,12 @@ def test_prefetching_run_equals_the_plain_run(tmp_path):
         "train.accumulate": 2,
         "train.max_tokens": 16_384,
     }
-    train = [sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML)]
-    dirs = {}
-    for pf in ("false", "true"):
-        out = tmp_path / pf
-        r = subprocess.run(
-            [*train, *tiny_overrides(out, **extra, **{"memory.prefetch": pf})], cwd=ROOT, capture_output=True, text=True
-        )
-        assert r.returncode == 0, r.stderr[-2000:]
-        dirs[pf] = out / "000_debug" / "debug"
-    wa, wb = load_file(str(dirs["false"] / runs.WEIGHTS)), load_file(str(dirs["true"] / runs.WEIGHTS))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    strip = [{k: v for k, v in m.items() if k not in runs.TIMING_KEYS} for m in runs.read_metrics(dirs["false"])]
-    assert strip == [{k: v for k, v in m.items() if k not in runs.TIMING_KEYS} for m in runs.read_metrics(dirs["true"])]
+    dirs = train_each(tmp_path, "memory.prefetch", ["false", "true"], **extra)
+    assert_same_run(dirs["false"], dirs["true"])
     final = runs.read_final(dirs["true"])
     micro = final["steps"] * 2
     assert final["throughput"]["prefetch_hits"] == (micro - 1) * 2  # 2 bank levels, all but the first micro-batch
     assert "prefetch_hits" not in runs.read_final(dirs["false"])["throughput"]
-
-
-def _cuda_run(prefetch: bool, dtype: str) -> tuple[list[float], list[torch.Tensor], int]:
-    from hmem_lit.anchor import lm_loss
-    from hmem_lit.memory.optim import clip_gradients
-
-    cfg = make_cfg("ffn", "memory.offload=true", f"memory.prefetch={str(prefetch).lower()}", f"memory.dtype={dtype}")
-    model = make_model(cfg).cuda().train()
-    opt = build_optimizer(model, cfg, total_steps=8)["optimizer"]
-    bank, dev = model.memory.bank, torch.device("cuda")
-    g = torch.Generator().manual_seed(0)
-    data = [(torch.randint(0, VOCAB, (6, 33), generator=g), random_paths(6, 4, gen=g)) for _ in range(6)]
-    losses = []
-    for i, (x, paths) in enumerate(data):
-        x, paths = x.to(dev), paths.to(dev)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = lm_loss(model(x[:, :-1], paths=paths), x[:, 1:])
-        loss.backward()
-        clip_gradients(model, cfg)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        if i + 1 < len(data):
-            bank.stage(data[i + 1][1].to(dev), None, dev)  # a no-op without prefetch
-    assert all(t.device.type == "cpu" for _, _, t in bank.tables())
-    hits = bank.prefetch.hits if bank.prefetch is not None else 0
-    return losses, [t.detach().clone() for _, _, t in bank.tables()], hits
 
 
 @pytest.mark.gpu
@@ -144,7 +102,10 @@ def _cuda_run(prefetch: bool, dtype: str) -> tuple[list[float], list[torch.Tenso
 def test_cuda_side_stream_prefetch_equals_the_plain_offload(dtype):
     """On CUDA the staged rows go through pinned memory and a side stream: losses and host tables after 6 steps are
     bit for bit those of the plain offloaded bank, and steps 2-6 read staged rows (5 steps x 2 levels)."""
-    plain, pf = _cuda_run(False, dtype), _cuda_run(True, dtype)
+    plain, pf = (
+        cuda_offload_run(f"memory.dtype={dtype}"),
+        cuda_offload_run("memory.prefetch=true", f"memory.dtype={dtype}"),
+    )
     assert plain[0] == pf[0]
     assert all(torch.equal(a, b) for a, b in zip(plain[1], pf[1]))
     assert pf[2] == 10

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import copy
 import pickle
-import subprocess
-import sys
 import threading
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hmem_lit import runs
 from hmem_lit.anchor import lm_loss
@@ -21,8 +18,8 @@ from hmem_lit.config import ConfigError, load_config
 from hmem_lit.memory import writeback
 from hmem_lit.memory.optim import RowwiseAdamW, build_optimizer, clip_gradients
 
-from .conftest import DEBUG_YAML, ROOT, tiny_overrides
-from .memory_util import VOCAB, make_cfg, make_model, random_paths
+from .conftest import DEBUG_YAML, assert_same_run, train_each
+from .memory_util import VOCAB, cuda_offload_run, make_cfg, make_model, random_paths
 
 ASYNC = "memory.async_update=true"
 
@@ -86,16 +83,16 @@ def test_async_update_equals_the_inline_update_bit_for_bit(levels, extra, expect
 
 
 class _Gate:
-    """Stands in for an update: writes `hot` rows (marks them), signals, then blocks until released."""
+    """Stands in for an update: marks its `hot` rows, yields, then blocks until released and marks the rest."""
 
     def __init__(self, t: torch.Tensor, rows: torch.Tensor):
         self.t, self.rows, self.release, self.started = t, rows, threading.Event(), threading.Event()
 
-    def __call__(self, hot, signal) -> None:
+    def __call__(self, hot):
         self.started.set()
         if hot is not None:
             self.t[self.rows[hot]] = 1.0
-        signal()
+        yield
         assert self.release.wait(10)
         self.t[self.rows if hot is None else self.rows[~hot]] = 1.0
 
@@ -109,19 +106,26 @@ def _waits_within(fn, seconds: float) -> bool:
 
 
 def test_a_read_waits_only_for_the_pending_rows_it_needs():
-    wb, t, other = writeback.WriteBack(), torch.zeros(8, 2), torch.zeros(8, 2)
+    """Two tables updated in one job: both first phases (the expected rows) are written before either second
+    phase, so a read of expected rows of the second table returns while the first table's rest still runs."""
+    wb, t, u, other = writeback.WriteBack(), torch.zeros(8, 2), torch.zeros(8, 2), torch.zeros(8, 2)
     wb.expect(t, torch.tensor([1, 1, 2]))
-    gate = _Gate(t, torch.tensor([1, 2, 5, 6]))
-    wb.submit(t, gate.rows, gate)
-    assert gate.started.wait(10)
+    wb.expect(u, torch.tensor([3]))
+    gt, gu = _Gate(t, torch.tensor([1, 2, 5, 6])), _Gate(u, torch.tensor([3, 4]))
+    wb.submit(t, gt.rows, gt)
+    wb.submit(u, gu.rows, gu)
+    wb.launch()
+    assert gt.started.wait(10)
     assert _waits_within(lambda: wb.wait_rows(t, torch.tensor([2, 1])), 5)  # the rows written first
-    assert bool((t[[1, 2]] == 1).all()) and not bool(t[[5, 6]].any())  # the rest still pending
+    assert _waits_within(lambda: wb.wait_rows(u, torch.tensor([3])), 5)  # the other table's first phase too
+    assert bool((t[[1, 2]] == 1).all()) and not bool(t[[5, 6]].any()) and u[3, 0] == 1 and u[4, 0] == 0
     assert _waits_within(lambda: wb.wait_rows(t, torch.tensor([0, 3, 7])), 5)  # rows no update writes
-    assert _waits_within(lambda: wb.wait_rows(other, torch.tensor([5])), 5)  # another table
+    assert _waits_within(lambda: wb.wait_rows(other, torch.tensor([5])), 5)  # a table without an update
     assert not _waits_within(lambda: wb.wait_rows(t, torch.tensor([1, 5])), 0.3)  # a row still being written
-    gate.release.set()
+    gt.release.set()
+    gu.release.set()
     wb.wait()
-    assert bool((t[[1, 2, 5, 6]] == 1).all()) and wb.updates == 1
+    assert bool((t[[1, 2, 5, 6]] == 1).all()) and bool((u[[3, 4]] == 1).all()) and wb.updates == 2
 
 
 @pytest.mark.parametrize("model_first", [True, False])
@@ -147,13 +151,16 @@ def test_a_checkpoint_holds_the_update_still_running_when_it_was_asked_for(monke
 def test_a_failed_update_is_raised_in_the_training_loop():
     wb, t = writeback.WriteBack(), torch.zeros(4, 2)
 
-    def broken(hot, signal):
+    def broken(hot):
         raise RuntimeError("disk full")
+        yield
 
     wb.expect(t, torch.tensor([1]))
     wb.submit(t, torch.tensor([1, 2]), broken)
+    wb.submit(t, torch.tensor([3]), broken)
     with pytest.raises(RuntimeError, match="disk full"):
         wb.wait_rows(t, torch.tensor([1]))  # a waiter on the first part does not hang
+    wb.wait()  # the failed job is reported once, with all its updates
     wb.submit(t, torch.tensor([3]), broken)
     with pytest.raises(RuntimeError, match="disk full"):
         wb.wait()
@@ -192,18 +199,8 @@ def test_async_update_run_equals_the_inline_run(tmp_path):
         "train.max_tokens": 16_384,
         "train.log_every": 2,  # mem/l*_update_rms: read on the written steps only with async_update, the same
     }
-    train = [sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML)]
-    dirs = {}
-    for flag in ("false", "true"):
-        out = tmp_path / flag
-        args = tiny_overrides(out, **extra, **{"memory.async_update": flag})
-        r = subprocess.run([*train, *args], cwd=ROOT, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-2000:]
-        dirs[flag] = out / "000_debug" / "debug"
-    wa, wb = load_file(str(dirs["false"] / runs.WEIGHTS)), load_file(str(dirs["true"] / runs.WEIGHTS))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    strip = [{k: v for k, v in m.items() if k not in runs.TIMING_KEYS} for m in runs.read_metrics(dirs["false"])]
-    assert strip == [{k: v for k, v in m.items() if k not in runs.TIMING_KEYS} for m in runs.read_metrics(dirs["true"])]
+    dirs = train_each(tmp_path, "memory.async_update", ["false", "true"], **extra)
+    assert_same_run(dirs["false"], dirs["true"])
     assert any("mem/l2_update_rms" in m for m in runs.read_metrics(dirs["true"]))
     final = runs.read_final(dirs["true"])
     assert final["throughput"]["async_updates"] == final["steps"] * 2  # two bank levels a step
@@ -211,33 +208,10 @@ def test_async_update_run_equals_the_inline_run(tmp_path):
     assert "async_updates" not in runs.read_final(dirs["false"])["throughput"]
 
 
-def _cuda_run(*extra: str) -> tuple[list[float], list[torch.Tensor]]:
-    """6 steps of an offloaded, prefetched bank with the anchor on CUDA (bf16 autocast)."""
-    cfg = make_cfg("ffn", "memory.offload=true", "memory.prefetch=true", *extra)
-    model = make_model(cfg).cuda().train()
-    opt = build_optimizer(model, cfg, total_steps=8)["optimizer"]
-    bank, dev = model.memory.bank, torch.device("cuda")
-    g = torch.Generator().manual_seed(0)
-    data = [(torch.randint(0, VOCAB, (6, 33), generator=g), random_paths(6, 4, gen=g)) for _ in range(7)]
-    losses = []
-    for i in range(6):
-        x, paths = data[i][0].to(dev), data[i][1].to(dev)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = lm_loss(model(x[:, :-1], paths=paths), x[:, 1:])
-        loss.backward()
-        clip_gradients(model, cfg)
-        bank.expect(data[i + 1][1], None)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        bank.stage(data[i + 1][1].to(dev), None, dev)
-    bank.wait()
-    return losses, [t.detach().clone() for _, _, t in bank.tables()]
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cuda_offloaded_async_update_equals_the_inline_update(dtype):
-    inline, asyn = _cuda_run(f"memory.dtype={dtype}"), _cuda_run(f"memory.dtype={dtype}", ASYNC)
+    common = ["memory.prefetch=true", f"memory.dtype={dtype}"]
+    inline, asyn = cuda_offload_run(*common), cuda_offload_run(*common, ASYNC)
     assert inline[0] == asyn[0] and all(torch.equal(a, b) for a, b in zip(inline[1], asyn[1]))

@@ -24,7 +24,7 @@ entry, which torch never casts on load), so checkpoints load with torch.load(wei
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -95,14 +95,18 @@ class RowwiseAdamW(torch.optim.Optimizer):
                 loss = closure()
         # memory.async_update: the previous step's row updates are written before this step's (at most one step
         # in flight; by now they are long done: the forward and backward ran in between)
-        writeback.wait_all(p for group in self.param_groups if group["sparse"] for p in group["params"])
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+        sparse = [p for group in self.param_groups if group["sparse"] for p in group["params"]]
+        writeback.wait_all(sparse)
+        for group in self.param_groups:  # row-wise groups first: with async_update the worker starts on them
             if group["sparse"]:
                 group["rounding_step"] = group.get("rounding_step", 0) + 1  # seeds stochastic rounding (lowp.py)
-                for p in params:
-                    self._rows_step(p, group)
-            elif params:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._rows_step(p, group)
+        writeback.launch_all(sparse)  # this step's row updates, as one job, while the dense step runs here
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not group["sparse"] and params:
                 self._dense_step(params, group)
         return loss
 
@@ -174,10 +178,11 @@ class RowwiseAdamW(torch.optim.Optimizer):
         hyper = {k: v for k, v in group.items() if k != "params"}  # the scheduler changes lr after this step
         wb = writeback.of(p)
         if wb is None or p.device.type != "cpu":
-            self._rows_update(p, st, rows, gv, hyper, gen, None)
+            for _ in self._rows_update(p, st, rows, gv, hyper, gen, None):
+                pass
             return
         # memory.async_update: the worker writes the rows (those the next batch reads first: writeback.py)
-        wb.submit(p, rows, lambda hot, signal: self._rows_update(p, st, rows, gv, hyper, gen, hot, signal))
+        wb.submit(p, rows, lambda hot: self._rows_update(p, st, rows, gv, hyper, gen, hot))
 
     def _rows_update(
         self,
@@ -188,24 +193,25 @@ class RowwiseAdamW(torch.optim.Optimizer):
         group: dict[str, Any],
         gen: torch.Generator | None,
         hot: Tensor | None,
-        signal: Callable[[], None] | None = None,
-    ) -> None:
-        """AdamW on p's rows `rows` with gradient values gv: the rows where `hot` (a bool mask over rows) is set
-        first, then `signal()`, then the others. Rows are independent and the rounding bits are drawn for all
-        rows at once, so the split gives the numbers of one pass."""
+    ) -> Iterator[None]:
+        """AdamW on p's rows `rows` with gradient values gv, as a generator that yields once: the rows where `hot`
+        (a bool mask over rows) is set before the yield, the others after (hot None: all after). Rows are
+        independent and the rounding bits are drawn for all rows at once, so the split gives the numbers of one
+        pass."""
         steps = st["step"].index_select(0, rows) + 1
         st["step"].index_copy_(0, rows, steps)
         bits = None
         if gen is not None:  # bfloat16, stochastic rounding: the bits of every updated number, in row order
             bits = lowp.random_bits((len(rows), *p.shape[1:]), gen, p.device)
-        parts: list[Tensor | None] = [None] if hot is None else [hot, ~hot]
-        for i, sel in enumerate(parts):
-            if sel is None:
-                self._rows_part(p, st, rows, gv, steps, group, bits)
-            elif bool(sel.any()):
+        if hot is None:
+            yield
+            self._rows_part(p, st, rows, gv, steps, group, bits)
+            return
+        for i, sel in enumerate((hot, ~hot)):
+            if i == 1:
+                yield
+            if bool(sel.any()):
                 self._rows_part(p, st, rows[sel], gv[sel], steps[sel], group, None if bits is None else bits[sel])
-            if i == 0 and signal is not None:
-                signal()
 
     def _rows_part(
         self,

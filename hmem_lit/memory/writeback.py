@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,18 +52,22 @@ def of(t: Tensor) -> WriteBack | None:
 class _Update:
     table: Tensor
     rows: Tensor  # (n,) host row ids the update writes
-    future: Future[None]
+    hot: Tensor | None  # (k,) the rows written in the first phase (those the next batch reads), or None
+    work: Iterator[None] | None  # the update, as a generator that yields once between its two phases
     first: threading.Event = field(default_factory=threading.Event)  # set when the `hot` rows are written
-    hot: Tensor | None = None  # (k,) the rows written first (those the next batch reads), or None
+    future: Future[None] | None = None  # the job that runs it (shared by one optimiser step's updates)
 
 
 class WriteBack:
-    """One worker thread applying row-wise table updates in submission order, and the waits that keep reads exact.
+    """One worker thread applying row-wise table updates, and the waits that keep reads exact.
 
-    Only the training loop's thread calls its methods; the worker only runs the submitted updates."""
+    An optimiser step `submit`s one update per table, then `launch`es them as one job: the first phase of every
+    update (the rows the next batch reads), then the rest of every update, so the next fetch of any table waits
+    only for the first phases. Only the training loop's thread calls these methods."""
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
+        self._queued: list[_Update] = []
         self._pending: list[_Update] = []
         self._expected: dict[int, Tensor] = {}  # id(table) -> host row ids the next batch reads
         self.updates = 0  # submitted so far
@@ -74,35 +78,54 @@ class WriteBack:
         """The next batch reads table[ids]: the next update of `table` writes those rows first."""
         self._expected[id(table)] = ids.detach().to(table.device).unique()
 
-    def submit(self, table: Tensor, rows: Tensor, work: Callable[[Tensor | None, Callable[[], None]], None]) -> None:
-        """Run `work(hot, signal)` on the worker: it must write the rows of `rows` in `hot` (a bool mask over
-        `rows`, or None: no order) first, call `signal()`, then write the rest."""
+    def submit(self, table: Tensor, rows: Tensor, work: Callable[[Tensor | None], Iterator[None]]) -> None:
+        """Queue `work(hot)`, a generator function: it writes the rows of `rows` where `hot` (a bool mask over
+        `rows`) is set, yields once, then writes the rest; with hot None (no expected rows) it may write
+        anything in either phase. It runs on the worker at the next `launch`."""
         expected = self._expected.pop(id(table), None)
         hot_mask = torch.isin(rows, expected) if expected is not None else None
         hot = rows[hot_mask] if hot_mask is not None else None
+        self._queued.append(_Update(table, rows, hot, work(hot_mask)))
+        self.updates += 1
+
+    def launch(self) -> None:
+        """Start the queued updates as one job on the worker: every first phase, then every second phase."""
+        if not self._queued:
+            return
+        batch, self._queued = self._queued, []
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hmem-writeback")
-        first = threading.Event()
 
         def run() -> None:
             try:
                 with torch.no_grad():  # grad mode is per thread: the worker's in-place writes are not recorded
-                    work(hot_mask, first.set)
+                    for u in batch:
+                        assert u.work is not None
+                        next(u.work, None)
+                        u.first.set()
+                    for u in batch:
+                        assert u.work is not None
+                        next(u.work, None)
             finally:
-                first.set()  # a waiter on the first part never hangs on a failed update (it then re-raises)
+                for u in batch:
+                    u.work = None  # the generator holds the gradient and the rows: free them with the job
+                    u.first.set()  # a waiter on a first phase never hangs on a failed job (it then re-raises)
 
-        update = _Update(table, rows, self._pool.submit(run), first, hot)
-        self._pending.append(update)
-        self.updates += 1
+        future = self._pool.submit(run)
+        for u in batch:
+            u.future = future
+            self._pending.append(u)
 
     def wait_rows(self, table: Tensor, ids: Tensor) -> None:
         """Return once every pending update of `table` that writes a row of `ids` has written it."""
+        self.launch()
         if not self._pending:
             return
         host_ids: Tensor | None = None
         for u in list(self._pending):
             if u.table is not table:
                 continue
+            assert u.future is not None  # pending updates have been launched
             if u.future.done():
                 self._finish(u)
                 continue
@@ -123,21 +146,18 @@ class WriteBack:
 
     def wait(self) -> None:
         """Return once every pending update is written (raises the first failure)."""
+        self.launch()
         while self._pending:
             self._finish(self._pending[0])
 
     def _finish(self, u: _Update) -> None:
+        """Wait for u's job; it and the other updates of that job leave the pending list (a failure once)."""
+        job = u.future
+        assert job is not None
         try:
-            u.future.result()
+            job.result()
         finally:
-            if u in self._pending:
-                self._pending.remove(u)
-
-    def close(self) -> None:
-        self.wait()
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+            self._pending = [v for v in self._pending if v.future is not job]
 
     # a copied or pickled bank gets a fresh, idle WriteBack (threads and pending work belong to this process)
     def __deepcopy__(self, memo: dict[int, Any]) -> WriteBack:
@@ -152,11 +172,22 @@ class WriteBack:
         self.__init__()  # type: ignore[misc]
 
 
-def wait_all(params: Any) -> None:
-    """Wait for the pending updates of every WriteBack among `params`' tables."""
-    seen: set[int] = set()
+def _writebacks(params: Any) -> list[WriteBack]:
+    out: dict[int, WriteBack] = {}
     for p in params:
         wb = of(p)
-        if wb is not None and id(wb) not in seen:
-            seen.add(id(wb))
-            wb.wait()
+        if wb is not None:
+            out.setdefault(id(wb), wb)
+    return list(out.values())
+
+
+def wait_all(params: Any) -> None:
+    """Wait for the pending updates of every WriteBack among `params`' tables."""
+    for wb in _writebacks(params):
+        wb.wait()
+
+
+def launch_all(params: Any) -> None:
+    """Launch the queued updates of every WriteBack among `params`' tables."""
+    for wb in _writebacks(params):
+        wb.launch()
