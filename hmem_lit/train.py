@@ -183,10 +183,29 @@ def _world_size(cfg: RunConfig) -> int:
         return len(d)
     from lightning.pytorch.accelerators import CUDAAccelerator
 
-    acc = cfg.train.accelerator
-    if acc in ("gpu", "cuda") or (acc == "auto" and CUDAAccelerator.is_available()):
+    if _on_cuda(cfg):
         return max(1, int(CUDAAccelerator.auto_device_count()))
     return 1  # CPU: "auto" is one process (-1 is refused by Lightning with a one-line error)
+
+
+def _on_cuda(cfg: RunConfig) -> bool:
+    """Whether the run trains on CUDA devices (train.accelerator gpu / cuda, or auto on a machine with CUDA)."""
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    acc = cfg.train.accelerator
+    return acc in ("gpu", "cuda") or (acc == "auto" and CUDAAccelerator.is_available())
+
+
+def _check_async_update(cfg: RunConfig) -> None:
+    """memory.async_update moves host work off the loop; a bank on the GPU has none (its row updates are kernels,
+    already asynchronous), so the flag would do nothing there: refused, naming the settings that mean it."""
+    m = cfg.memory
+    if m.async_update and not (m.offload or m.storage == "disk") and _on_cuda(cfg):
+        raise ConfigError(
+            "memory.async_update: this run keeps the bank on the GPU, where its row updates already run "
+            "asynchronously; set memory.offload=true (or memory.storage=disk) to keep the bank on the host, "
+            "or memory.async_update=false"
+        )
 
 
 def _check_resume(run_dir: Path, cfg: RunConfig, config_only: bool = False) -> tuple[Path, int] | None:
@@ -303,6 +322,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
             return run_dir
     preflight(cfg)
     _probe_trainer(cfg)  # Lightning's accelerator / devices / strategy errors, before data is prepared
+    _check_async_update(cfg)
     from hmem_lit.trackers import check_available
 
     check_available(cfg.train.loggers)  # a requested tracker's package, before data is prepared

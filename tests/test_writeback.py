@@ -167,6 +167,37 @@ def test_a_failed_update_is_raised_in_the_training_loop():
     wb.wait()  # reported once, then gone
 
 
+def test_waits_count_only_the_times_the_loop_blocked():
+    wb, t = writeback.WriteBack(), torch.zeros(8, 2)
+    wb.expect(t, torch.tensor([1]))
+    gate = _Gate(t, torch.tensor([1, 5]))
+    wb.submit(t, gate.rows, gate)
+    wb.launch()
+    assert gate.started.wait(10)
+    for _ in range(1000):  # until the first phase is done (at most 10 s)
+        if bool(t[1, 0] == 1):
+            break
+        threading.Event().wait(0.01)
+    assert bool(t[1, 0] == 1)
+    wb.wait_rows(t, torch.tensor([1]))  # already written: returns at once, not a wait
+    assert wb.waits == 0
+    threading.Timer(0.2, gate.release.set).start()
+    wb.wait()  # blocks until the rest is written (the next step, a checkpoint)
+    assert wb.waits == 1 and wb.wait_s >= 0.1
+
+
+def test_async_update_with_the_bank_on_the_gpu_is_refused(monkeypatch):
+    from hmem_lit import train
+
+    monkeypatch.setattr(train, "_on_cuda", lambda cfg: True)
+    with pytest.raises(ConfigError, match="memory.async_update: .*memory.offload=true"):
+        train._check_async_update(make_cfg("ffn", ASYNC))
+    train._check_async_update(make_cfg("ffn", ASYNC, "memory.offload=true"))  # the bank on the host: fine
+    train._check_async_update(make_cfg("ffn", ASYNC, "memory.storage=disk"))
+    monkeypatch.setattr(train, "_on_cuda", lambda cfg: False)
+    train._check_async_update(make_cfg("ffn", ASYNC))  # a CPU run: the bank is on the host
+
+
 def test_copied_and_pickled_models_get_their_own_idle_writeback():
     model = make_model(make_cfg("ffn", ASYNC))
     wb = model.memory.bank.writeback

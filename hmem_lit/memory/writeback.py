@@ -3,9 +3,11 @@
 With the bank in host memory (memory.offload=true, memory.storage=disk, or a run on the CPU) the row-wise
 optimiser step (memory/optim.py) is host work: read the fetched rows, their moments and gradients, write them back.
 Done inline, it stalls the training loop: on an accelerator the next step's forward cannot be launched until the
-host has finished, and the update is host memory traffic of about 7 passes over the step's fetched rows (far more
-time than the accelerator needs for a 10% fetch of a small anchor). With `async_update` the optimiser hands each
-table's update to one worker thread and returns; the loop goes on with the next batch while the rows are written.
+host has finished, and the update is host memory traffic of several passes over the step's fetched rows, which at
+a 10% fetch of a small anchor may take as long as the accelerator's whole step (an estimate: unmeasured, no GPU
+has run it). With `async_update` the optimiser hands the step's table updates to one worker thread and returns;
+the loop goes on with the next batch while the rows are written. (A bank on the GPU has no such host work: its
+updates are kernels, already asynchronous; `hmem train` refuses async_update there.)
 
 Exactness. Reads of a table wait for the pending updates that touch the rows they read, and for nothing else:
 - `Bank.fetch(ids)` and `Bank.stage(ids)` (memory.prefetch) wait for updates whose rows meet `ids`;
@@ -16,11 +18,13 @@ takes the same random bits whichever order the rows are written in (lowp.random_
 async_update is bit for bit the run without it.
 
 Order. Before the step the training loop tells the bank which rows the next batch reads (`Bank.expect`, from the
-deterministic sampler). The worker writes those rows of each table first and signals; the next fetch waits for
-that signal only, while the rest of the update (with many nodes per level, most of it: a batch of sequences
-meets few of the same deep nodes twice in a row) overlaps the next step's forward and backward.
-Without an expectation (no datamodule, an unknown next batch) a fetch waits for the whole update.
+deterministic sampler). One job per optimiser step writes those rows of every table first (each table signals
+when its share is done), then the rest of every table; the next fetch waits for the signals only, while the rest
+(with many nodes per level, most of it: a batch of sequences meets few of the same deep nodes twice in a row)
+overlaps the next step's forward and backward. Without an expectation (no datamodule; the later micro-batches of
+a gradient-accumulation window, which come a whole micro-batch later) a read waits for the whole update.
 
+`waits` / `wait_s` count the times and seconds the loop blocked on the worker (reads, the next step, checkpoints).
 A failure in the worker is raised in the training loop at the next wait, with its own traceback.
 """
 
@@ -56,6 +60,7 @@ class _Update:
     work: Iterator[None] | None  # the update, as a generator that yields once between its two phases
     first: threading.Event = field(default_factory=threading.Event)  # set when the `hot` rows are written
     future: Future[None] | None = None  # the job that runs it (shared by one optimiser step's updates)
+    failed: bool = False  # set by the job, before `first`, when it raised
 
 
 class WriteBack:
@@ -71,8 +76,8 @@ class WriteBack:
         self._pending: list[_Update] = []
         self._expected: dict[int, Tensor] = {}  # id(table) -> host row ids the next batch reads
         self.updates = 0  # submitted so far
-        self.waits = 0  # reads that had to wait for an update (its first part or all of it)
-        self.wait_s = 0.0  # seconds the training loop spent in those waits
+        self.waits = 0  # times the loop blocked on the worker (a read of pending rows, a step, a checkpoint)
+        self.wait_s = 0.0  # seconds it spent blocked
 
     def expect(self, table: Tensor, ids: Tensor) -> None:
         """The next batch reads table[ids]: the next update of `table` writes those rows first."""
@@ -106,6 +111,10 @@ class WriteBack:
                     for u in batch:
                         assert u.work is not None
                         next(u.work, None)
+            except BaseException:
+                for u in batch:
+                    u.failed = True  # seen by a waiter on `first` before the future holds the exception
+                raise
             finally:
                 for u in batch:
                     u.work = None  # the generator holds the gradient and the rows: free them with the job
@@ -134,21 +143,29 @@ class WriteBack:
             touched = host_ids[torch.isin(host_ids, u.rows)]
             if touched.numel() == 0:
                 continue
-            self.waits += 1
             t0 = time.perf_counter()
             if u.hot is not None and bool(torch.isin(touched, u.hot).all()):
+                blocked = not u.first.is_set()
                 u.first.wait()
-                if u.future.done():
+                if u.failed or u.future.done():
                     self._finish(u)  # raises a failure
             else:
+                blocked = not u.future.done()
                 self._finish(u)
-            self.wait_s += time.perf_counter() - t0
+            self._blocked(blocked, t0)
 
     def wait(self) -> None:
         """Return once every pending update is written (raises the first failure)."""
         self.launch()
+        t0, blocked = time.perf_counter(), any(u.future is not None and not u.future.done() for u in self._pending)
         while self._pending:
             self._finish(self._pending[0])
+        self._blocked(blocked, t0)
+
+    def _blocked(self, blocked: bool, t0: float) -> None:
+        if blocked:  # the loop waited for the worker: counted, and the time since t0 added
+            self.waits += 1
+            self.wait_s += time.perf_counter() - t0
 
     def _finish(self, u: _Update) -> None:
         """Wait for u's job; it and the other updates of that job leave the pending list (a failure once)."""
