@@ -508,3 +508,15 @@ def test_a_half_finished_evaluation_from_before_the_fix_is_repaired(trained, tmp
     (run / runs.FINAL).write_text(json.dumps(final))
     assert evaluate(run, tasks=["hmem_toy_colour"], limit=2, memory="none", threads=1, print_table=False) == head
     assert runs.read_final(run)["eval"]["none"] == head
+
+
+def test_edit_of_a_run_without_synthetic_people_is_one_line(trained, capsys):
+    """hmem edit on a toy-corpus run (no corpus/entities.json): exit 2, one line naming the data source, and
+    nothing written (it was a FileNotFoundError traceback)."""
+    from hmem_lit.cli import main
+
+    before = sorted(p for p in trained["mem"].rglob("*"))
+    assert main(["edit", str(trained["mem"]), "--n", "2", "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "data.source=toy" in err and "data.source=builtin" in err, err
+    assert sorted(p for p in trained["mem"].rglob("*")) == before

@@ -296,6 +296,11 @@ def run_edit(
     if cfg.memory.type == "none" or not getattr(model.memory, "routed", False):
         raise ConfigError(f"{run_dir}: editing needs a bank-backed memory run (memory.type ffn | lora | kv)")
     root = resolve_data_dir(cfg)
+    if not (root / "corpus" / "entities.json").is_file():
+        raise ConfigError(
+            f"{run_dir}: editing rewrites synthetic people of the run's corpus, and {root / 'corpus'} has none "
+            f"(data.source={cfg.data.source}); edit a run trained on data.source=builtin"
+        )
     entities = read_json(root / "corpus" / "entities.json")
     docs = [json.loads(x) for x in open(root / "corpus" / "docs.jsonl", encoding="utf-8")]
     split = np.load(root / "corpus" / "split.npy")
