@@ -263,9 +263,10 @@ def test_two_processes_with_bf16_banks_equal_one_process(tmp_path, strategy):
 
 
 @pytest.mark.slow
-def test_two_processes_with_prefetch_equal_without(tmp_path):
+def test_two_processes_with_prefetch_and_async_update_equal_without(tmp_path):
     """memory.prefetch under DDP: each rank stages its own next micro-batch (the sampler's rank slice); the
-    weights are bit-identical to the same 2-process run without prefetch, and every step after the first hit."""
+    weights are bit-identical to the same 2-process run without prefetch, and every step after the first hit.
+    Adding memory.async_update (each rank's row updates on its own worker) keeps them bit-identical too."""
     from hmem_lit import runs
 
     ov = [*MEMORY_OV["ffn"], "memory.offload=true", "train.strategy=ddp", "train.devices=2"]
@@ -275,6 +276,10 @@ def test_two_processes_with_prefetch_equal_without(tmp_path):
     assert got.keys() == plain.keys() and all(torch.equal(got[k], plain[k]) for k in got)
     final = runs.read_final(run_dir)
     assert final["throughput"]["prefetch_hits"] == (final["steps"] - 1) * 2  # rank 0's count, 2 bank levels
+    run_dir = _run(tmp_path, "dp_async", *ov, "memory.prefetch=true", "memory.async_update=true", batch_size=4)
+    got = _weights(run_dir)
+    assert got.keys() == plain.keys() and all(torch.equal(got[k], plain[k]) for k in got)
+    assert runs.read_final(run_dir)["throughput"]["async_updates"] == runs.read_final(run_dir)["steps"] * 2
 
 
 def _init_and_fetched(cfg_args, world, batch_size):
