@@ -38,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="benchmark names, e.g. train memory")
     a = ap.parse_args(argv)
     scripts = sorted((ROOT / "benchmarks").glob("bench_*.py"))
-    if a.only:
+    if a.only is not None:
+        known = [s.stem.removeprefix("bench_") for s in scripts]
+        unknown = [n for n in a.only if n not in known]
+        if unknown or not a.only:
+            what = f"unknown benchmark {unknown[0]!r}" if unknown else "--only names no benchmark"
+            print(f"bench: {what}; known: {', '.join(known)}", file=sys.stderr)
+            return 2
         scripts = [s for s in scripts if s.stem.removeprefix("bench_") in a.only]
     merged: dict = {"machine": machine(), "quick": a.quick, "results": {}}
     for s in scripts:

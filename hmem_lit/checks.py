@@ -20,9 +20,21 @@ def preflight(cfg: RunConfig, training: bool = True) -> None:
             p = Path(f)
             _check_path(p.exists(), "data.files", f"{p} not found (fix the path or drop it from the list)")
             _check_path(p.is_file(), "data.files", f"{p} is a directory; list its files instead")
+    if training:
+        run_dir = cfg.run_dir
+        for parent in (Path(cfg.out_dir), run_dir.parent, run_dir):  # where the run directory goes
+            _check_path(
+                not parent.exists() or parent.is_dir(), "out_dir", f"{parent} is a file; point out_dir at a directory"
+            )
     if training and cfg.train.init_from:
         w = Path(cfg.train.init_from) / "model.safetensors"
         _check_path(w.is_file(), "train.init_from", f"{w} not found; point it at a finished run directory")
+        from hmem_lit.runs import check_weights
+
+        try:
+            check_weights(w)
+        except ConfigError as e:
+            raise ConfigError(f"train.init_from: {e}") from None
 
 
 def _check_path(ok: bool, key: str, msg: str) -> None:

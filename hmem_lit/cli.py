@@ -25,6 +25,8 @@ def _experiment_path(name: str | None) -> str | None:
     for cand in (EXPERIMENTS_DIR / name, EXPERIMENTS_DIR / f"{name}.yaml"):
         if cand.is_file():
             return str(cand)
+    if Path(name).is_dir():
+        return name  # read_yaml says what a directory is not
     raise ConfigError(f"{name}: experiment file not found (see `hmem list` for the shipped experiments)")
 
 
@@ -200,7 +202,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
             "hmem bench: the benchmarks live in the source checkout, not in the installed package; "
             "run `python -m benchmarks.run_all` (or `make bench`) in a checkout"
         )
-    args = (["--quick"] if a.quick else []) + (["--only", *a.only] if a.only else [])
+    args = (["--quick"] if a.quick else []) + (["--only", *a.only] if a.only is not None else [])
     return subprocess.run([sys.executable, "-m", "benchmarks.run_all", *args], cwd=root).returncode
 
 

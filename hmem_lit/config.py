@@ -415,10 +415,12 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        _check(
-            bool(re.fullmatch(r"[\w.\-]+", self.name)), "name", f"use letters, digits, '._-' only, got {self.name!r}"
-        )
-        _check(bool(re.fullmatch(r"[\w.\-]+", self.experiment)), "experiment", "use letters, digits, '._-' only")
+        for key, v in (("name", self.name), ("experiment", self.experiment)):  # one directory level each
+            _check(
+                bool(re.fullmatch(r"[\w.\-]+", v)) and v not in (".", ".."),
+                key,
+                f"use letters, digits, '._-' only (not . or ..), got {v!r}",
+            )
         used = len(self.memory.levels)
         scale = self.optim.memory_lr_scale
         routed_types = _routed_types()

@@ -46,6 +46,10 @@ def friendly(err: OmegaConfBaseException, valid: list[str]) -> ConfigError:
 def read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     """An experiment file, merged onto its `base:` chain (each path relative to the file naming it)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(
+            f"{p}: a directory, not an experiment file; give a YAML file (a run's own is {p / 'config.yaml'})"
+        )
     if not p.is_file():
         raise ConfigError(f"{p}: experiment file not found" + (f" (the base: of {chain[-1]})" if chain else ""))
     if p.resolve() in chain:
@@ -57,6 +61,8 @@ def read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> DictConfig:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{p}: the top level must be a mapping of config sections")
+    if len(cfg) == 0:  # an empty file (or only comments): almost surely a mistake, not "all defaults"
+        raise ConfigError(f"{p}: the experiment file has no settings; give at least one (see experiments/*.yaml)")
     base = cfg.pop("base", None)  # an experiment may extend another: `base: 001_other.yaml`
     if base:
         try:

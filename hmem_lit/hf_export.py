@@ -108,8 +108,7 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf") -> Path:
     run_dir, out = Path(run_dir), Path(out)
     if not runs.is_complete(run_dir):
         raise ConfigError(f"{run_dir}: not a complete run (no final.json); train it first")
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out {out}: exists and is not empty; choose a new directory")
+    runs.check_out_dir(out)
     final = runs.read_final(run_dir)
     cfg = from_dict(final["config"])
     if cfg.anchor.preset == "hf":
@@ -117,7 +116,7 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf") -> Path:
             f"{run_dir}: its anchor is already a Hugging Face model ({cfg.anchor.hf_path}); export "
             "the memory by copying the run, the anchor is the original directory"
         )
-    state = load_file(str(run_dir / runs.WEIGHTS))
+    state = load_file(str(runs.check_weights(run_dir / runs.WEIGHTS)))
     acfg = cfg.anchor
     hcfg = hf_config(acfg)
     tmp = out.with_name(out.name + ".tmp")

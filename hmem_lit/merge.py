@@ -67,20 +67,34 @@ def _merged_rows(
 
 
 def _job_params(run_dir: Path) -> dict[str, int]:
-    from hmem_lit.runs import FINAL
-    from hmem_lit.utils import read_json
+    from hmem_lit.runs import FINAL, read_final
 
-    final = run_dir / FINAL
-    return dict(read_json(final).get("params") or {}) if final.is_file() else {}
+    return dict(read_final(run_dir).get("params") or {}) if (run_dir / FINAL).is_file() else {}
+
+
+_MERGE_FILES = {"config.yaml", "final.json", WEIGHTS}
+
+
+def _check_merge_out(out: Path, check_out_dir: Any) -> None:
+    """--out: a new or empty directory, or an earlier merge's own output (a rerun replaces it); never a trained run
+    or a directory holding anything else."""
+    from hmem_lit.runs import FINAL, read_final
+
+    if out.is_dir() and any(out.iterdir()):
+        names = {p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))}
+        if names <= _MERGE_FILES and (not (out / FINAL).is_file() or "merged_from" in read_final(out)):
+            return  # an earlier (maybe interrupted) merge into this directory
+    check_out_dir(out)
 
 
 def merge_banks(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     """Build out_dir/model.safetensors (+ config.yaml, final.json) whose bank rows come from their subtree's job."""
-    from hmem_lit.runs import load_run_config
+    from hmem_lit.runs import check_out_dir, check_weights, load_run_config
 
     dirs = [Path(d) for d in run_dirs]
     if len(dirs) < 2:
         raise ValueError("merge needs at least two subtree runs")
+    _check_merge_out(Path(out_dir), check_out_dir)
     cfgs: list[RunConfig] = [load_run_config(d) for d in dirs]
     subtrees = [c.train.subtree for c in cfgs]
     if any(k is None for k in subtrees) or len(set(subtrees)) != len(subtrees):
@@ -89,7 +103,7 @@ def merge_banks(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
         if (c.memory, c.anchor, c.retriever.branching) != (cfgs[0].memory, cfgs[0].anchor, cfgs[0].retriever.branching):
             raise ValueError(f"{d}: memory / anchor / branching config differs from {dirs[0]}")
     b = cfgs[0].retriever.branching
-    files = [safe_open(str(d / WEIGHTS), framework="pt") for d in dirs]
+    files = [safe_open(str(check_weights(d / WEIGHTS)), framework="pt") for d in dirs]
     keys = set(files[0].keys())
     for f, d in zip(files[1:], dirs[1:]):
         if set(f.keys()) != keys:

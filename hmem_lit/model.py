@@ -88,10 +88,12 @@ def load_run_state(run_dir: str | Path) -> dict[str, Tensor]:
     """The final weights of a run directory (`model.safetensors`, keys as in `MemoryLM.state_dict()`)."""
     from safetensors.torch import load_file
 
+    from hmem_lit.runs import check_weights
+
     path = Path(run_dir) / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no final weights (is {run_dir} a finished run directory?)")
-    return load_file(str(path))
+    return load_file(str(check_weights(path)))
 
 
 def prepare_model_for_mode(
@@ -179,14 +181,16 @@ def load_model(run_dir: str | Path, map_location: str = "cpu"):
     from safetensors.torch import load_file
 
     from hmem_lit.config import ConfigError, from_dict
-    from hmem_lit.runs import FINAL, WEIGHTS, load_run_config
-    from hmem_lit.utils import read_json
+    from hmem_lit.runs import FINAL, WEIGHTS, check_weights, load_run_config, read_final
 
     run_dir = Path(run_dir)
     weights = run_dir / WEIGHTS
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory")
     if not weights.is_file():
         raise ConfigError(f"{run_dir}: no {WEIGHTS}; train it to completion first (hmem train ...)")
-    final = read_json(run_dir / FINAL) if (run_dir / FINAL).is_file() else {}
+    check_weights(weights)
+    final = read_final(run_dir) if (run_dir / FINAL).is_file() else {}
     cfg = from_dict(final["config"]) if "config" in final else load_run_config(run_dir)
     if cfg.memory.storage == "disk":  # a bank maybe larger than RAM: mapped scratch files, filled in row blocks
         from safetensors import safe_open

@@ -202,8 +202,8 @@ def quickstart(
     from hmem_lit.data.prepare import prepare
     from hmem_lit.evaluation.runner import evaluate
 
-    if scale <= 0:
-        raise ConfigError(f"--scale: must be > 0, got {scale}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ConfigError(f"--scale: must be a finite number > 0, got {scale}")
     if jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
     plan = Plan(small, scale, list(overrides))

@@ -101,7 +101,49 @@ def is_complete(run_dir: str | Path) -> bool:
 
 
 def read_final(run_dir: str | Path) -> dict[str, Any]:
-    return read_json(Path(run_dir) / FINAL)
+    """final.json of a run; a damaged one is a ConfigError naming the file (not a JSON traceback)."""
+    path = Path(run_dir) / FINAL
+    try:
+        final = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"{path}: corrupt (not valid JSON: {e}); retrain the run (hmem train <its experiment> --force) "
+            "or restore the file"
+        ) from None
+    if not isinstance(final, dict):
+        raise ConfigError(f"{path}: corrupt (not a JSON object); retrain the run or restore the file")
+    return final
+
+
+def check_out_dir(out: str | Path, flag: str = "--out", empty: bool = True) -> Path:
+    """An output directory a command will create: not an existing file, and (empty=True) not a directory with
+    anything in it (a trained run, say), which the command would overwrite. -> the path."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {out}: is a file, not a directory; choose a new directory")
+    if empty and out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"{flag} {out}: exists and is not empty; choose a new directory")
+    return out
+
+
+def check_weights(path: str | Path) -> Path:
+    """A run's safetensors file, checked readable (header and data extent) before anything uses it: a truncated
+    or damaged one is a ConfigError naming the file. -> the path."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            list(f.keys())
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # safetensors' SafetensorError, or an OSError of a damaged file
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(
+            f"{path}: corrupt or unreadable weights ({first}); retrain the run (hmem train <its experiment> "
+            "--force) or restore the file"
+        ) from None
+    return path
 
 
 def update_final(run_dir: str | Path, **sections: Any) -> None:

@@ -115,19 +115,20 @@ def _by(items: list[dict[str, Any]], values: np.ndarray) -> dict[str, float]:
 def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, threads: int = 0) -> dict[str, Any]:
     from hmem_lit.data.prepare import entity_fact_paths
     from hmem_lit.data.tokenizer import load_tokenizer
-    from hmem_lit.evaluation.resources import resolve_data_dir
+    from hmem_lit.evaluation.resources import check_threads, facts_data_dir
     from hmem_lit.evaluation.routing import load_run_router
     from hmem_lit.model import load_model
     from hmem_lit.utils import set_threads
 
     if per_bucket < 0:
         raise ConfigError(f"--per-bucket: must be >= 0 (0 = every item), got {per_bucket}")
+    check_threads(threads)
     set_threads(threads)
     run_dir = Path(run_dir)
     model, cfg = load_model(run_dir)
     if cfg.memory.type == "none" or not getattr(model.memory, "routed", False):
         raise ConfigError(f"{run_dir}: attribution needs a bank-backed memory run (memory.type ffn | lora | kv)")
-    root = resolve_data_dir(cfg)
+    root = facts_data_dir(run_dir, cfg, "attribution")
     tok = load_tokenizer(root)
     items = sample_items(direct.probe_items(root), per_bucket, seed)
     if not items:

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from hmem_lit import runs
 from hmem_lit.analysis import sweep as sweep_mod
 from hmem_lit.analysis.collect import collect
 from hmem_lit.analysis.figures import FIGURES, Skip
@@ -153,6 +154,7 @@ def _guard(item: Item, fn, *args) -> Any:
 def build_report(target: str, out: str | Path | None = None, specs: list[str] | None = None) -> Path:
     t = sweep_mod.resolve(target)
     out = Path(out) if out else work_root() / "analysis" / "generated" / t.name  # never inside an installed package
+    runs.check_out_dir(out, empty=False)  # its own earlier report is replaced; a file there is refused
     figs, tabs = load_specs(specs)
     study, study_notes = sweep_mod.load_study(t)
     extra = sweep_mod.trial_run_dirs(study) if study else []

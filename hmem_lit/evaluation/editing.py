@@ -274,7 +274,7 @@ def run_edit(
 ) -> dict[str, Any]:
     """The whole experiment (module docstring) -> the result dict (also written under <run_dir>/separation/)."""
     from hmem_lit.data.tokenizer import load_tokenizer
-    from hmem_lit.evaluation.resources import resolve_data_dir
+    from hmem_lit.evaluation.resources import check_threads, facts_data_dir, resolve_data_dir
     from hmem_lit.evaluation.routing import load_run_router
     from hmem_lit.model import load_model
     from hmem_lit.utils import read_json, set_threads
@@ -290,17 +290,23 @@ def run_edit(
         )
     if levels not in ("all", "leaf"):
         raise ConfigError(f"--levels: all | leaf, got {levels!r}")
+    check_threads(threads)
     set_threads(threads)
     run_dir = Path(run_dir)
     model, cfg = load_model(run_dir)
     if cfg.memory.type == "none" or not getattr(model.memory, "routed", False):
         raise ConfigError(f"{run_dir}: editing needs a bank-backed memory run (memory.type ffn | lora | kv)")
-    root = resolve_data_dir(cfg)
-    if not (root / "corpus" / "entities.json").is_file():
-        raise ConfigError(
-            f"{run_dir}: editing rewrites synthetic people of the run's corpus, and {root / 'corpus'} has none "
-            f"(data.source={cfg.data.source}); edit a run trained on data.source=builtin"
-        )
+    root = facts_data_dir(run_dir, cfg, "editing")
+    base = None
+    if baseline is not None:  # checked before any work: an anchor-only run of the same data
+        base = load_model(baseline)
+        if base[1].memory.type != "none":
+            raise ConfigError(f"--baseline {baseline}: must be an anchor-only run (memory.type=none)")
+        if resolve_data_dir(base[1]).resolve() != root.resolve() or base[1].data.source != cfg.data.source:
+            raise ConfigError(
+                f"--baseline {baseline}: trained on other data ({resolve_data_dir(base[1])}, data.source="
+                f"{base[1].data.source}) than {run_dir} ({root}); give an anchor run of the same data"
+            )
     entities = read_json(root / "corpus" / "entities.json")
     docs = [json.loads(x) for x in open(root / "corpus" / "docs.jsonl", encoding="utf-8")]
     split = np.load(root / "corpus" / "split.npy")
@@ -386,11 +392,9 @@ def run_edit(
         "examples": plan[:5],
     }
     out["memory"] = summarise("memory", model, routed, memory_lr or cfg.optim.memory_lr, run_dir, cfg)
-    if baseline is not None:
-        bmodel, bcfg = load_model(baseline)
-        if bcfg.memory.type != "none":
-            raise ConfigError(f"--baseline {baseline}: must be an anchor-only run (memory.type=none)")
-        out["dense"] = summarise("dense", bmodel, None, dense_lr or bcfg.optim.lr, Path(baseline), bcfg)
+    if base is not None:
+        bmodel, bcfg = base
+        out["dense"] = summarise("dense", bmodel, None, dense_lr or bcfg.optim.lr, Path(str(baseline)), bcfg)
     tag = f"edit-n{n}-s{seed}-{levels}" + (f"-replay{replay:g}" if replay else "") + f"-t{steps}"
     tag += (f"-mlr{memory_lr:g}" if memory_lr else "") + (f"-dlr{dense_lr:g}" if dense_lr and baseline else "")
     out["tag"] = tag

@@ -24,6 +24,22 @@ def resolve_data_dir(cfg: Any) -> Path:
     return alt if alt.exists() else d
 
 
+def facts_data_dir(run_dir: Path, cfg: Any, what: str) -> Path:
+    """The data directory of a run trained on the built-in facts corpus (synthetic people, bucketed probes), for
+    commands that need them (`what`: "editing", "attribution"); any other corpus is one ConfigError."""
+    if cfg.data.source != "builtin":
+        raise ConfigError(
+            f"{run_dir}: {what} needs a run trained on the built-in facts corpus, and this one used "
+            f"data.source={cfg.data.source}; train one with data.source=builtin"
+        )
+    return resolve_data_dir(cfg)
+
+
+def check_threads(threads: int) -> None:
+    if threads < 0:
+        raise ConfigError(f"--threads: must be >= 0 (0 = torch default), got {threads}")
+
+
 def load_run_tokenizer(cfg: Any):
     """The tokenizer the run was trained with (same interface as toy.ByteTokenizer)."""
     if cfg.data.source == "toy":

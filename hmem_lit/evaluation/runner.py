@@ -29,6 +29,7 @@ from typing import Any
 from hmem_lit import faults, runs
 from hmem_lit.config import ConfigError, from_dict
 from hmem_lit.evaluation.rag import check_rag, rag_name
+from hmem_lit.evaluation.resources import check_threads
 from hmem_lit.evaluation.taskgen import PAPER_DIR, TaskSet, build_tasks
 from hmem_lit.utils import atomic_write, dumps, read_json, write_json
 
@@ -62,10 +63,13 @@ class _QuietHarness(logging.Filter):
 
 
 def _run_config(run_dir: Path):
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory")
     if not (run_dir / runs.WEIGHTS).is_file():
         raise ConfigError(f"{run_dir}: no {runs.WEIGHTS}; train the run to completion first (hmem train ...)")
     if not (run_dir / runs.FINAL).is_file():
         raise ConfigError(f"{run_dir}: no {runs.FINAL}; the run is not complete")
+    runs.check_weights(run_dir / runs.WEIGHTS)
     final = runs.read_final(run_dir)
     return from_dict(final["config"]) if "config" in final else runs.load_run_config(run_dir)
 
@@ -75,13 +79,14 @@ def _check_args(limit: int | None, batch_size: int | None, threads: int) -> None
         raise ConfigError(f"--limit: must be >= 1 sample per task, got {limit} (omit it for every sample)")
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {batch_size} (omit it for eval.batch_size)")
-    if threads < 0:
-        raise ConfigError(f"--threads: must be >= 0 (0 = torch default), got {threads}")
+    check_threads(threads)
 
 
 def _check_mode(run_dir: Path, cfg: Any, memory: str | None, block_level: int | None) -> None:
     """Memory modes that need memory are refused on a run without it (they would record a copy of `none`)."""
     mode = memory or cfg.eval.memory
+    if block_level is not None and mode != "blocked":
+        raise ConfigError(f"--block-level: applies to --memory blocked only (this evaluation: {mode}); drop it")
     if memory in ("blocked", "generic") and cfg.memory.type == "none":
         raise ConfigError(f"--memory {memory}: {run_dir} has no memory (memory.type=none); use --memory none")
     if mode == "blocked":
@@ -283,7 +288,38 @@ def evaluate(
     rag_k: int = 1,
     rag_join: str = "causal",
 ) -> dict[str, float]:
-    """Evaluate a run in one memory mode; -> the headline numbers (also merged into final.json)."""
+    """Evaluate a run in one memory mode; -> the headline numbers (also merged into final.json). Bad input is a
+    ConfigError; an evaluation refused before it wrote anything of its own leaves no eval/ directory behind."""
+    eval_dir = Path(run_dir) / "eval"
+    existed = eval_dir.exists()
+    try:
+        return _evaluate(
+            run_dir, tasks, memory, limit, force, batch_size, block_level, threads, print_table, include_path, rag,
+            rag_k, rag_join,
+        )  # fmt: skip
+    except ConfigError:
+        if not existed and eval_dir.is_dir() and not any(eval_dir.glob("*/results.json")):
+            import shutil
+
+            shutil.rmtree(eval_dir, ignore_errors=True)  # the task files and toy data it generated first
+        raise
+
+
+def _evaluate(
+    run_dir: str | Path,
+    tasks: list[str] | None,
+    memory: str | None,
+    limit: int | None,
+    force: bool,
+    batch_size: int | None,
+    block_level: int | None,
+    threads: int,
+    print_table: bool,
+    include_path: list[str] | None,
+    rag: str | None,
+    rag_k: int,
+    rag_join: str,
+) -> dict[str, float]:
     import lm_eval
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import make_table
@@ -295,6 +331,9 @@ def evaluate(
     check_rag(rag, rag_k, rag_join)
     cfg = _run_config(run_dir)
     _check_mode(run_dir, cfg, memory, block_level)
+    extra = user_tasks(include_path)
+    if extra and not tasks:
+        raise ConfigError(f"--include-path: name the tasks to run with --tasks (found: {', '.join(extra)})")
     ts = prepare_tasks(run_dir, cfg)
     requested = list(tasks) if tasks else [t for t in cfg.eval.tasks if t in ts.names]
     if not requested:
@@ -302,9 +341,6 @@ def evaluate(
             f"{run_dir}: none of eval.tasks={cfg.eval.tasks} exist for this run's data; "
             f"valid: {', '.join(ts.names) or '(none: prepare the data first)'}"
         )
-    extra = user_tasks(include_path)
-    if extra and not tasks:
-        raise ConfigError(f"--include-path: name the tasks to run with --tasks (found: {', '.join(extra)})")
     names, paper = resolve_tasks(requested, ts, extra)
     limit = limit if limit is not None else cfg.eval.limit
     lm = HmemLM(
