@@ -75,10 +75,10 @@ def _job_params(run_dir: Path) -> dict[str, int]:
 _MERGE_FILES = {"config.yaml", "final.json", WEIGHTS}
 
 
-def _check_merge_out(out: Path, check_out_dir: Any) -> None:
+def _check_merge_out(out: Path) -> None:
     """--out: a new or empty directory, or an earlier merge's own output (a rerun replaces it); never a trained run
     or a directory holding anything else."""
-    from hmem_lit.runs import FINAL, read_final
+    from hmem_lit.runs import FINAL, check_out_dir, read_final
 
     if out.is_dir() and any(out.iterdir()):
         names = {p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))}
@@ -89,12 +89,12 @@ def _check_merge_out(out: Path, check_out_dir: Any) -> None:
 
 def merge_banks(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     """Build out_dir/model.safetensors (+ config.yaml, final.json) whose bank rows come from their subtree's job."""
-    from hmem_lit.runs import check_out_dir, check_weights, load_run_config
+    from hmem_lit.runs import check_weights, load_run_config
 
     dirs = [Path(d) for d in run_dirs]
     if len(dirs) < 2:
         raise ValueError("merge needs at least two subtree runs")
-    _check_merge_out(Path(out_dir), check_out_dir)
+    _check_merge_out(Path(out_dir))
     cfgs: list[RunConfig] = [load_run_config(d) for d in dirs]
     subtrees = [c.train.subtree for c in cfgs]
     if any(k is None for k in subtrees) or len(set(subtrees)) != len(subtrees):
