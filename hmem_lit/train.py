@@ -318,6 +318,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     if not force and run_dir.exists():  # a complete run is a no-op even where its inputs are gone
         _check_resume(run_dir, cfg, config_only=True)  # the checkpoint is read once, under the lock below
         if runs.is_complete(run_dir):
+            runs.read_final(run_dir)  # a damaged final.json is one line naming it, not "complete"
             print(f"[hmem] {run_dir} is complete (final.json exists); pass --force to retrain")
             return run_dir
     preflight(cfg)
@@ -415,6 +416,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
             shutil.rmtree(run_dir)
         resume = _check_resume(run_dir, cfg) if run_dir.exists() else None  # again: under the lock
         if runs.is_complete(run_dir):
+            runs.read_final(run_dir)  # a damaged final.json is one line naming it, not "complete"
             print(f"[hmem] {run_dir} is complete (final.json exists); pass --force to retrain")
             return run_dir
         if trainer.is_global_zero:

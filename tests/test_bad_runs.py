@@ -154,3 +154,13 @@ def test_bench_with_an_unknown_name_writes_nothing():
         )
         assert r.returncode == 2 and "known:" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (all_json.stat().st_mtime_ns if all_json.exists() else None) == before
+
+
+def test_relaunching_a_run_with_a_damaged_final_json_is_one_line(trained, capsys, tmp_path):
+    """It used to print "complete" and exit 0: a sweep or the quickstart then read the damaged file later."""
+    mem = trained["mem"]
+    d = tmp_path / mem.parent.name / mem.name
+    shutil.copytree(mem, d)
+    (d / runs.FINAL).write_bytes((mem / runs.FINAL).read_bytes()[:100])
+    argv = ["train", str(DEBUG_YAML), *tiny_overrides(tmp_path, name="mem", **MEM, **{"train.max_tokens": 8192})]
+    _unchanged(tmp_path, argv, capsys, runs.FINAL, "corrupt")
