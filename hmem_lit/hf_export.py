@@ -119,6 +119,7 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf") -> Path:
     state = load_file(str(runs.check_weights(run_dir / runs.WEIGHTS)))
     acfg = cfg.anchor
     hcfg = hf_config(acfg)
+    _special_ids(cfg, hcfg)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -142,6 +143,28 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf") -> Path:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # complete or absent: the directory appears in one step
     return out
+
+
+def _special_ids(cfg: Any, hcfg: Any) -> None:
+    """The run's own end-of-text and pad ids in the HF config (so `generate` stops at a document's end), not the
+    architecture's defaults (Llama's 1/2, OLMoE's NeoX 50279/1). Documents carry no BOS: bos_token_id is None."""
+    if cfg.data.source == "toy":
+        from hmem_lit.data.toy import ByteTokenizer
+
+        eot, pad = ByteTokenizer.eot_id, ByteTokenizer.pad_id
+    else:
+        from hmem_lit.data.tokenizer import load_tokenizer
+        from hmem_lit.evaluation.resources import resolve_data_dir
+
+        d = resolve_data_dir(cfg)
+        if not (d / "tokenizer.json").is_file():
+            raise ConfigError(
+                f"{d / 'tokenizer.json'} missing: the export ships the run's tokenizer; prepare the run's data "
+                "(hmem data prepare <its experiment>) first"
+            )
+        tok = load_tokenizer(d)
+        eot, pad = tok.eot_id, tok.pad_id
+    hcfg.bos_token_id, hcfg.eos_token_id, hcfg.pad_token_id = None, int(eot), int(pad)
 
 
 def _tokenizer(cfg: Any, out: Path) -> None:

@@ -43,6 +43,9 @@ def test_anchor_export_gives_equal_logits(tmp_path, qk_norm, arch):
 
     hf = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True, dtype=torch.float32).eval()
     assert type(hf).__name__ == arch
+    # the run's own special ids (toy bytes: EOT 256, PAD 257), not the architecture's defaults; no BOS
+    assert (hf.config.eos_token_id, hf.config.pad_token_id, hf.config.bos_token_id) == (256, 257, None)
+    assert hf.generation_config.eos_token_id == 256
     ours, _ = load_model(run_dir)
     x = torch.randint(0, ours.cfg.anchor.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
