@@ -68,6 +68,20 @@ def test_config_change_reruns_only_downstream_stages(prepared, tmp_path):
     assert stale_stages(small_cfg(d, "data.seed=3"))[0] == "corpus"
 
 
+def test_a_shared_directory_names_the_settings_a_config_would_change(prepared):
+    from hmem_lit.data.prepare import _read_manifest, _say_other_settings, other_settings
+
+    cfg, d = prepared
+    manifest = _read_manifest(d)
+    assert other_settings(cfg, manifest) == {}
+    other = small_cfg(d, "retriever.balance=0.5", "data.seq_len=32")
+    diff = other_settings(other, manifest)
+    assert diff == {"retriever.balance": (cfg.retriever.balance, 0.5), "data.seq_len": (64, 32)}
+    lines: list[str] = []
+    _say_other_settings(other, d, manifest, lines.append)
+    assert len(lines) == 1 and "data.seq_len 64 -> 32" in lines[0] and "own data.dir" in lines[0]
+
+
 def test_preparation_is_deterministic(prepared, tmp_path):
     cfg, d = prepared
     cfg2 = small_cfg(tmp_path / "again")

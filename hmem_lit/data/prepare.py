@@ -87,8 +87,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 _KEY_SINCE: dict[str, Any] = {"retriever.device": "cpu"}
 
 
-def _stage_keys(cfg: Any, manifest: dict) -> dict[str, str]:
-    """Keys of every stage from the config and the recorded upstream output hashes (cheap: reads no data)."""
+def _stage_keys(cfg: Any, manifest: dict, fields_out: dict | None = None) -> dict[str, str]:
+    """Keys of every stage from the config and the recorded upstream output hashes (cheap: reads no data).
+    `fields_out`, if given, receives each stage's config fields and values (JSON), as recorded in the manifest."""
     d, r = cfg.data, cfg.retriever
     out = lambda s: manifest.get("stages", {}).get(s, {}).get("out", "missing")  # noqa: E731
     derived: dict[str, Any] = {  # fields whose cache value is not the value itself
@@ -107,6 +108,8 @@ def _stage_keys(cfg: Any, manifest: dict) -> dict[str, str]:
         kv = [(k, derived[k] if k in derived else field_value(cfg, k)) for k in fields_with(stage)]
         return [(k, v) for k, v in kv if _KEY_SINCE.get(k, object()) != v]
 
+    if fields_out is not None:
+        fields_out.update({s: json.loads(json.dumps(dict(fields_of(s)), default=str)) for s in STAGES})
     keys = {"corpus": _h("corpus", _VERSION["corpus"], fields_of("corpus"))}
     keys["tokenizer"] = _h("tokenizer", _VERSION["tokenizer"], out("corpus"), fields_of("tokenizer"))
     keys["embeddings"] = (
@@ -158,6 +161,31 @@ def stale_stages(cfg: Any) -> list[str]:
         ):
             stale.append(s)
     return stale
+
+
+def other_settings(cfg: Any, manifest: dict) -> dict[str, tuple[Any, Any]]:
+    """Fields whose value differs from the one the directory's existing preparation recorded -> (recorded, now):
+    what re-preparing a shared data.dir for this config changes (and what the other config's runs will change
+    back when resumed or evaluated). Stages recorded before fields were kept (no "fields") contribute nothing."""
+    now: dict[str, dict] = {}
+    _stage_keys(cfg, manifest, now)
+    diff: dict[str, tuple[Any, Any]] = {}
+    for s, rec in manifest.get("stages", {}).items():
+        for k, v in rec.get("fields", {}).items():
+            if s in now and k in now[s] and now[s][k] != v:
+                diff[k] = (v, now[s][k])
+    return diff
+
+
+def _say_other_settings(cfg: Any, root: Path, manifest: dict, say: Callable[[str], None]) -> None:
+    diff = other_settings(cfg, manifest)
+    if diff:
+        what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(diff.items()))
+        say(
+            f"[prepare] {root} was prepared with other settings ({what}): redoing what they change. Runs trained "
+            "on the old settings redo it in turn when resumed or evaluated (same bytes, more time); to keep both, "
+            "give this config its own data.dir"
+        )
 
 
 def _read_manifest(root: Path) -> dict:
@@ -457,9 +485,14 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
         branch: Any = None  # the tokenizer branch (data/branch.py), running beside embeddings and tree
         branch_key = ""
 
+        _say_other_settings(cfg, root, manifest, say)
+        fields: dict[str, dict] = {}
+        _stage_keys(cfg, manifest, fields)
+
         def record(s: str, key: str, info: dict, dt: float) -> None:
             out = info.pop("out")
             manifest["stages"][s] = {"key": key, "out": out, "time_s": round(dt, 3), "info": info}
+            manifest["stages"][s]["fields"] = fields[s]  # what other_settings compares a later config with
             # this process's peak RSS so far (Linux: KiB): which stage sets the memory high-water mark
             manifest["stages"][s]["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             write_json(root / "manifest.json", manifest)
