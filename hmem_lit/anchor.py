@@ -8,8 +8,8 @@ restart at each document).
 Document-causal attention has two implementations (`anchor.attention`): `sdpa`, the reference, builds a dense
 (B, 1, T, T) boolean mask for `scaled_dot_product_attention` (O(T^2) memory, and a masked SDPA cannot use the
 flash kernels); `flex` builds a FlexAttention `BlockMask` from the document ids (O(T^2 / 128^2) blocks; fully
-masked blocks are skipped) and runs `flex_attention`, compiled on CUDA. `auto` picks flex on CUDA and sdpa
-elsewhere, so CPU numbers stay the reference's. Without doc_ids both use causal SDPA (flash-eligible).
+masked blocks are skipped) and runs `flex_attention`, compiled on CUDA. `auto` picks flex on CUDA (heads >= 16
+wide) and sdpa elsewhere, so CPU numbers stay the reference's. Without doc_ids both use causal SDPA (flash-eligible).
 
 Memory plugs in through explicit hook points, never by subclassing or patching this file (which imports nothing
 from memory/). A `MemoryHooks` object, built per batch from the fetched memory blocks, may provide:
@@ -34,12 +34,15 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 
 from hmem_lit.config import AnchorConfig
 
+FLEX_MIN_HEAD_DIM = 16  # torch inductor's flex_attention lowering refuses smaller head dims on CUDA
 _COMPILED: dict[str, Any] = {}  # compiled flex_attention / create_block_mask, built on first CUDA use
 
 
 def _flex_fns(device: torch.device) -> tuple[Any, Any]:
     """(flex_attention, create_block_mask): compiled on CUDA (eager flex is an unfused O(T^2) reference), eager else."""
-    if device.type != "cuda":
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        # inside a torch.compile trace (train.compile) dynamo compiles flex itself; filling _COMPILED there
+        # would also add a guard on it and recompile the whole anchor on the next step
         return flex_attention, create_block_mask
     if not _COMPILED:
         _COMPILED["attn"] = torch.compile(flex_attention, dynamic=False)
@@ -240,9 +243,17 @@ class Anchor(nn.Module):
             nn.init.normal_(p, 0.0, s)
 
     def attention(self, device: torch.device) -> str:
-        """The document-causal attention used on `device`: anchor.attention, with auto = flex on CUDA, else sdpa."""
-        choice = self.cfg.attention
-        return ("flex" if device.type == "cuda" else "sdpa") if choice == "auto" else choice
+        """The document-causal attention used on `device`: anchor.attention, with auto = flex on CUDA (head_dim
+        >= FLEX_MIN_HEAD_DIM, what its CUDA kernel supports), else sdpa."""
+        choice, cuda = self.cfg.attention, device.type == "cuda"
+        if choice == "auto":
+            return "flex" if cuda and self.cfg.head_dim >= FLEX_MIN_HEAD_DIM else "sdpa"
+        if choice == "flex" and cuda and self.cfg.head_dim < FLEX_MIN_HEAD_DIM:
+            raise ValueError(
+                f"anchor.attention=flex: FlexAttention's CUDA kernel needs anchor.head_dim >= {FLEX_MIN_HEAD_DIM} "
+                f"(got {self.cfg.head_dim}); set anchor.attention=auto or sdpa, or a larger head_dim"
+            )
+        return choice
 
     def forward(self, idx: Tensor, doc_ids: Tensor | None = None, hooks: MemoryHooks | None = None) -> Tensor:
         """idx: (B, T) token ids -> logits (B, T, vocab). doc_ids (B, T) enables document-causal attention."""

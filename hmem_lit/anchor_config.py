@@ -32,7 +32,8 @@ class AnchorConfig:
     max_seq_len: int = 2048
     init_std: float = 0.02
     # document-causal attention (anchor.py): sdpa (dense (B,1,T,T) mask, the reference) | flex (FlexAttention block
-    # mask; no backward on CPU) | auto (flex on CUDA, sdpa elsewhere). Built-in anchor only; preset=hf: auto
+    # mask; no backward on CPU) | auto (flex on CUDA if head_dim >= 16, sdpa elsewhere). Built-in anchor only;
+    # preset=hf: auto
     attention: str = "auto"
     # preset=hf: a Hugging Face causal LM as the anchor (hmem_lit.hf_anchor). Either hf_path, a local directory
     # (config.json + safetensors; read with local_files_only, never from the hub) whose sizes replace the keys

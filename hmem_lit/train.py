@@ -196,10 +196,18 @@ def _on_cuda(cfg: RunConfig) -> bool:
     return acc in ("gpu", "cuda") or (acc == "auto" and CUDAAccelerator.is_available())
 
 
-def _check_async_update(cfg: RunConfig) -> None:
-    """memory.async_update moves host work off the loop; a bank on the GPU has none (its row updates are kernels,
-    already asynchronous), so the flag would do nothing there: refused, naming the settings that mean it."""
-    m = cfg.memory
+def _check_cuda_settings(cfg: RunConfig) -> None:
+    """Settings that only fail on CUDA, refused before any work: memory.async_update moves host work off the loop,
+    and a bank on the GPU has none (its row updates are kernels, already asynchronous), so the flag would do
+    nothing; anchor.attention=flex with heads narrower than FlexAttention's CUDA kernel supports."""
+    from hmem_lit.anchor import FLEX_MIN_HEAD_DIM
+
+    m, a = cfg.memory, cfg.anchor
+    if a.attention == "flex" and a.preset != "hf" and a.head_dim < FLEX_MIN_HEAD_DIM and _on_cuda(cfg):
+        raise ConfigError(
+            f"anchor.attention=flex: FlexAttention's CUDA kernel needs anchor.head_dim >= {FLEX_MIN_HEAD_DIM} "
+            f"(got {a.head_dim}); set anchor.attention=auto (sdpa for such heads) or a larger anchor.head_dim"
+        )
     if m.async_update and not (m.offload or m.storage == "disk") and _on_cuda(cfg):
         raise ConfigError(
             "memory.async_update: this run keeps the bank on the GPU, where its row updates already run "
@@ -323,7 +331,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
             return run_dir
     preflight(cfg)
     _probe_trainer(cfg)  # Lightning's accelerator / devices / strategy errors, before data is prepared
-    _check_async_update(cfg)
+    _check_cuda_settings(cfg)
     from hmem_lit.trackers import check_available
 
     check_available(cfg.train.loggers)  # a requested tracker's package, before data is prepared

@@ -68,7 +68,14 @@ def test_auto_is_sdpa_on_cpu_and_flex_on_cuda():
     m = _pair()[0]
     m.cfg.attention = "auto"
     assert m.attention(torch.device("cpu")) == "sdpa"
-    assert m.attention(torch.device("cuda")) == "flex"
+    assert m.cfg.head_dim >= 16 and m.attention(torch.device("cuda")) == "flex"
+    # heads under 16 wide: inductor's CUDA flex kernel refuses them, so auto keeps sdpa and flex is one line
+    m.cfg.head_dim = 8
+    assert m.attention(torch.device("cuda")) == "sdpa" and m.attention(torch.device("cpu")) == "sdpa"
+    m.cfg.attention = "flex"
+    assert m.attention(torch.device("cpu")) == "flex"
+    with pytest.raises(ValueError, match=r"anchor.head_dim >= 16 \(got 8\); set anchor.attention=auto or sdpa"):
+        m.attention(torch.device("cuda"))
 
 
 def test_attention_key_validated():

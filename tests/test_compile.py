@@ -116,8 +116,10 @@ def test_train_compile_run_equals_eager_run(tiny_cfg):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compiled_flex_on_cuda_equals_eager_sdpa():
     """The GPU hot path (compiled anchor, flex attention, ffn hooks) against the eager dense-mask reference, fp32."""
-    cfg = make_cfg("ffn", "anchor.attention=sdpa")
-    ref_m, m = make_model(cfg).cuda(), make_model(make_cfg("ffn", "anchor.attention=flex")).cuda()
+    # head_dim 16: inductor's CUDA flex kernel refuses smaller heads (make_cfg's 8 is for CPU speed)
+    cfg = make_cfg("ffn", "anchor.attention=sdpa", "anchor.head_dim=16")
+    ref_m = make_model(cfg).cuda()
+    m = make_model(make_cfg("ffn", "anchor.attention=flex", "anchor.head_dim=16")).cuda()
     idx, doc, paths = (t.cuda() for t in _inputs(cfg))
     ref_logits, ref = _grads(ref_m, cfg, idx, doc, paths)
     torch._dynamo.reset()

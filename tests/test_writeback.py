@@ -191,11 +191,11 @@ def test_async_update_with_the_bank_on_the_gpu_is_refused(monkeypatch):
 
     monkeypatch.setattr(train, "_on_cuda", lambda cfg: True)
     with pytest.raises(ConfigError, match="memory.async_update: .*memory.offload=true"):
-        train._check_async_update(make_cfg("ffn", ASYNC))
-    train._check_async_update(make_cfg("ffn", ASYNC, "memory.offload=true"))  # the bank on the host: fine
-    train._check_async_update(make_cfg("ffn", ASYNC, "memory.storage=disk"))
+        train._check_cuda_settings(make_cfg("ffn", ASYNC))
+    train._check_cuda_settings(make_cfg("ffn", ASYNC, "memory.offload=true"))  # the bank on the host: fine
+    train._check_cuda_settings(make_cfg("ffn", ASYNC, "memory.storage=disk"))
     monkeypatch.setattr(train, "_on_cuda", lambda cfg: False)
-    train._check_async_update(make_cfg("ffn", ASYNC))  # a CPU run: the bank is on the host
+    train._check_cuda_settings(make_cfg("ffn", ASYNC))  # a CPU run: the bank is on the host
 
 
 def test_copied_and_pickled_models_get_their_own_idle_writeback():
@@ -246,3 +246,16 @@ def test_cuda_offloaded_async_update_equals_the_inline_update(dtype):
     common = ["memory.prefetch=true", f"memory.dtype={dtype}"]
     inline, asyn = cuda_offload_run(*common), cuda_offload_run(*common, ASYNC)
     assert inline[0] == asyn[0] and all(torch.equal(a, b) for a, b in zip(inline[1], asyn[1]))
+
+
+def test_flex_attention_with_narrow_heads_on_cuda_is_refused_before_work(monkeypatch):
+    """Inductor's CUDA flex kernel needs head_dim >= 16: a config that asks for it anyway is one line up front."""
+    from hmem_lit import train
+
+    monkeypatch.setattr(train, "_on_cuda", lambda cfg: True)
+    with pytest.raises(ConfigError, match=r"anchor.attention=flex: .*head_dim >= 16 \(got 8\)"):
+        train._check_cuda_settings(make_cfg("ffn", "anchor.attention=flex"))
+    train._check_cuda_settings(make_cfg("ffn", "anchor.attention=auto"))  # auto falls back to sdpa
+    train._check_cuda_settings(make_cfg("ffn", "anchor.attention=flex", "anchor.head_dim=16"))
+    monkeypatch.setattr(train, "_on_cuda", lambda cfg: False)
+    train._check_cuda_settings(make_cfg("ffn", "anchor.attention=flex"))  # CPU flex has no such limit
