@@ -31,6 +31,7 @@ class HmemLitModule(L.LightningModule):
         self._param_ndim = {n: p.dim() for n, p in self.model.named_parameters()}
         self.val_loss = torchmetrics.MeanMetric()  # token-weighted mean NLL; val/ppl = exp of it (no second pass)
         self._window = 0  # micro-batches since the last optimiser step (memory.prefetch: which batch is next)
+        self.host_batch: dict[str, torch.Tensor] = {}  # this training batch's paths / seq_idx before the transfer
 
     def forward(self, batch: dict[str, torch.Tensor], memory_mode: str = "fetched") -> torch.Tensor:
         generic = None
@@ -57,6 +58,12 @@ class HmemLitModule(L.LightningModule):
         if self.trainer.global_step % self.cfg.train.log_every == 0:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
             self.log("tokens", float(self.trainer.global_step * self.tokens_per_step), on_step=True, on_epoch=False)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # the host copies of the routing inputs, for host-side bookkeeping (telemetry) without a device sync
+        if isinstance(batch, dict) and self.trainer.training:
+            self.host_batch = {k: batch[k] for k in ("paths", "seq_idx") if k in batch}
+        return batch
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._window += 1

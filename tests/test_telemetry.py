@@ -108,3 +108,24 @@ def test_pkm_rows_and_score_weights(tmp_path):
     assert all(abs(r["mem/pkm_topk_weight"] - 1 / 4) < 1e-6 for r in logged)
     tel = json.loads((run_dir / FILE).read_text())
     assert len(tel["levels"]["0"]["fetch_counts"]) == 64
+
+
+def test_counts_read_the_host_copy_of_the_paths_not_the_device_one():
+    """On a GPU, batch["paths"].cpu() would be a host sync every step: the loader's copy is used instead (a
+    device copy on the meta device here: reading it would raise)."""
+    from types import SimpleNamespace
+
+    from hmem_lit.telemetry import MemoryTelemetry
+
+    cfg = load_config(DEBUG_YAML, MEM)
+    host = {"paths": torch.tensor([[1, 5], [2, 9], [1, 6]]), "seq_idx": torch.arange(3)}
+    device = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in host.items()}
+    bank = SimpleNamespace(used=[(1, None), (2, None)])
+    module = SimpleNamespace(
+        cfg=cfg, host_batch=host, model=SimpleNamespace(memory=SimpleNamespace(bank=bank, routed=True))
+    )
+    ids = MemoryTelemetry("unused", 1)._level_ids(module, device)
+    assert {k: v.tolist() for k, v in ids.items()} == {1: [1, 2, 1], 2: [5, 9, 6]}
+    module.host_batch = {k: v[:2] for k, v in host.items()}  # not this batch's (another size): the batch itself
+    with pytest.raises(NotImplementedError):
+        MemoryTelemetry("unused", 1)._level_ids(module, device)
