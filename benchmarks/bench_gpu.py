@@ -18,8 +18,9 @@ anchor unless --no-compile, random tokens and random tree paths; no data prepara
   memory-160m-bf16     (optional) the device-resident bank stored in bfloat16 (memory.dtype)
   anchor-410m          the openlm-410m anchor (--batch-410m sequences)
   anchor-160m-sdpa     (optional) the dense-mask sdpa reference attention, for the flex speed-up
-Each variant: --warmup steps (compilation),
-then --steps timed steps (forward, backward, clipping, optimiser step; CUDA synchronised around the timed block).
+Each variant: --warmup steps (compilation), then --steps timed steps (forward, backward, clipping, optimiser step;
+CUDA synchronised around the timed block); the offload and disk variants, whose steps are mostly host work,
+--host-warmup and --host-steps. A variant that fails (out of memory, a compile error) is recorded and the rest run.
 MFU uses hmem_lit/throughput.py (FLOPs per token of anchor + fetched memory, the device's dense bf16 peak).
 Results are written after every variant (atomically), so a run cut short keeps what it measured.
 """
@@ -69,21 +70,25 @@ VARIANTS: dict[str, list[str]] = {
     "anchor-410m": ["anchor.preset=openlm-410m"],
     "anchor-160m-sdpa": ["anchor.preset=openlm-160m", "anchor.attention=sdpa"],
 }
+# the issue's targets first (MFU 160M / 410M, memory/anchor, offload/device), so a run cut short keeps them
 DEFAULT = ",".join(
     [
         "anchor-160m",
         "memory-160m",
-        "memory-160m-offload",
-        "memory-160m-offload-prefetch",
-        "memory-160m-offload-async",
-        "memory-160m-disk",
         "anchor-410m",
+        "memory-160m-offload",
+        "memory-160m-offload-async",
+        "memory-160m-offload-prefetch",
+        "memory-160m-disk",
     ]
 )
+HOST_BANK = ("offload", "disk")  # variants whose bank lives on the host: each step is host work, fewer steps
 
 
 def batches(cfg: Any, b: int, t: int, vocab: int, device: torch.device, seed: int = 0):
-    """Endless random batches: tokens, targets, packed document ids (mean length 512), tree paths."""
+    """Endless random batches: tokens, targets, packed document ids (mean length 512), tree paths on the device,
+    and the host copy of the paths (what a loader gives the prefetch: staging needs no device-to-host copy). On
+    CUDA the copies start from pinned memory without blocking, as Lightning's loader with pin_memory does."""
     g = torch.Generator().manual_seed(seed)
     br, depth = cfg.retriever.branching, cfg.retriever.depth
     while True:
@@ -97,11 +102,17 @@ def batches(cfg: Any, b: int, t: int, vocab: int, device: torch.device, seed: in
         for _ in range(depth - 1):
             node = node * br + torch.randint(br, (b,), generator=g)
             paths.append(node)
-        yield x.to(device), y.to(device), doc.to(device), torch.stack(paths, 1).to(device)
+        host = torch.stack(paths, 1)
+        if device.type == "cuda":
+            x, y, doc, p = (v.pin_memory().to(device, non_blocking=True) for v in (x, y, doc, host))
+        else:
+            p = host
+        yield x, y, doc, p, host
 
 
 def run_variant(name: str, ov: list[str], a: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     b = a.batch_410m if "410m" in name else a.batch
+    steps, warmup = (a.host_steps, a.host_warmup) if any(h in name for h in HOST_BANK) else (a.steps, a.warmup)
     if a.smoke:  # the tiny anchor; sdpa (torch has no FlexAttention backward on CPU)
         ov = [o for o in ov if not o.startswith(("anchor.preset", "anchor.attention"))]
         ov += ["anchor.preset=tiny", "anchor.attention=sdpa"]
@@ -128,18 +139,18 @@ def run_variant(name: str, ov: list[str], a: argparse.Namespace, device: torch.d
     batch = [next(data)]  # the current batch; the next one is drawn after the step, to stage its rows
 
     def step() -> None:
-        x, y, doc, paths = batch[0]
+        x, y, doc, paths, _ = batch[0]
         with amp:
             logits = model(x, doc_ids=doc, paths=paths if model.memory is not None else None)
         lm_loss(logits, y).backward()
         clip_gradients(model, cfg)
         batch[0] = next(data)
         if bank is not None:
-            bank.expect(batch[0][3], None)  # memory.async_update: the next rows are written first (else a no-op)
+            bank.expect(batch[0][4], None)  # memory.async_update: the next rows are written first (else a no-op)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if bank is not None:
-            bank.stage(batch[0][3], None, device)  # memory.prefetch: the next rows, now final (else a no-op)
+            bank.stage(batch[0][4], None, device)  # memory.prefetch: the next rows, now final (else a no-op)
 
     def sync() -> None:
         if bank is not None:
@@ -148,25 +159,26 @@ def run_variant(name: str, ov: list[str], a: argparse.Namespace, device: torch.d
             torch.cuda.synchronize(device)
 
     t0 = time.perf_counter()
-    for _ in range(a.warmup):
+    for _ in range(warmup):
         step()
     sync()
     warm_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for _ in range(a.steps):
+    for _ in range(steps):
         step()
     sync()
-    step_s = (time.perf_counter() - t0) / a.steps
+    step_s = (time.perf_counter() - t0) / steps
     counts = model.param_counts()
     tok_s = b * a.seq / step_s
     fpt = model_flops_per_token(model, a.seq)
     peak = peak_flops(device, a.peak_tflops)
     out = {
         "batch": [b, a.seq],
+        "steps": steps,
         "attention": model.anchor.attention(device),
         "compiled": bool(a.compile),
         "params": counts,
-        "offload": bool(cfg.memory.offload),
+        "offload": bool(bank.offload) if bank is not None else False,  # a disk bank is on the host too
         "storage": cfg.memory.storage,
         "bank_dtype": cfg.memory.dtype,
         "async_update": bool(cfg.memory.async_update),
@@ -196,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--branching", type=int, default=8, help="tree branching: bank size (8: 771M bank at 160m)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--host-steps", type=int, default=5, help="timed steps of the offload / disk variants")
+    ap.add_argument("--host-warmup", type=int, default=2)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--storage-dir", default="", help="memory.storage_dir of the disk variant (default: $TMPDIR)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the device table (throughput.py)")
@@ -204,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.smoke:
         a.seq, a.batch, a.batch_410m, a.steps, a.warmup, a.branching = 64, 4, 2, 2, 1, 4
+        a.host_steps, a.host_warmup = 2, 1
         a.compile = False  # eager: seconds, not minutes (tests/test_compile.py checks compiled == eager)
         device = torch.device("cpu")
     elif not torch.cuda.is_available():
@@ -230,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             res["variants"][n] = run_variant(n, VARIANTS[n], a, device)
         except torch.OutOfMemoryError as e:  # the batch does not fit: say so and go on
-            res["variants"][n] = {"error": f"out of memory: {str(e).splitlines()[0]}"}
-            gc.collect()
-            torch.cuda.empty_cache()
-        gc.collect()
+            res["variants"][n] = {"error": f"out of memory: {_first_line(e)}"}
+        except Exception as e:  # a compile or device error in one variant: record it, measure the others
+            res["variants"][n] = {"error": f"{type(e).__name__}: {_first_line(e)}"}
+        gc.collect()  # after the except block: the exception (and the frames it holds) is gone
         if device.type == "cuda":
             torch.cuda.empty_cache()
         v = res["variants"][n]
@@ -245,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out_path, res)
     print(f"wrote {out_path}")
     return 0
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [""])[0][:300]
 
 
 def _ratios(res: dict[str, Any]) -> None:

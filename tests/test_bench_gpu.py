@@ -43,3 +43,20 @@ def test_smoke_writes_consistent_json(tmp_path):
 def test_unknown_variant_exits_2(tmp_path, capsys):
     assert bench_gpu.main(["--smoke", "--variants", "nope", "--out", str(tmp_path / "x.json")]) == 2
     assert "unknown variant 'nope'" in capsys.readouterr().err
+
+
+def test_a_failing_variant_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
+    """One device run in all: a compile or device error in one variant must not cost the rest."""
+    real = bench_gpu.run_variant
+
+    def flaky(name, *rest):
+        if name == "anchor-160m":
+            raise RuntimeError("inductor: NYI something\nlong traceback text")
+        return real(name, *rest)
+
+    monkeypatch.setattr(bench_gpu, "run_variant", flaky)
+    out = tmp_path / "g.json"
+    assert bench_gpu.main(["--smoke", "--variants", "anchor-160m,anchor-410m", "--out", str(out)]) == 0
+    v = json.loads(out.read_text())["variants"]
+    assert v["anchor-160m"] == {"error": "RuntimeError: inductor: NYI something"}
+    assert v["anchor-410m"]["step_ms"] > 0 and v["anchor-410m"]["steps"] == 2
