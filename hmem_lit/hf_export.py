@@ -34,7 +34,7 @@ from hmem_lit.config import ConfigError, from_dict
 MEMORY_WEIGHTS, META = "hmem_memory.safetensors", "hmem.json"
 
 
-def hf_config(acfg: Any) -> Any:
+def hf_config(acfg: Any, **extra: Any) -> Any:
     """The transformers config matching the built-in anchor `acfg` exactly (see the module docstring)."""
     import transformers
 
@@ -50,6 +50,7 @@ def hf_config(acfg: Any) -> Any:
         "rope_parameters": {"rope_type": "default", "rope_theta": acfg.rope_base},
         "attention_bias": False,
         "hidden_act": "silu",
+        **extra,
     }
     if not acfg.qk_norm:
         return transformers.LlamaConfig(**common, mlp_bias=False)
@@ -118,8 +119,7 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf") -> Path:
         )
     state = load_file(str(runs.check_weights(run_dir / runs.WEIGHTS)))
     acfg = cfg.anchor
-    hcfg = hf_config(acfg)
-    _special_ids(cfg, hcfg)
+    hcfg = hf_config(acfg, **_special_ids(cfg))
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -145,7 +145,7 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf") -> Path:
     return out
 
 
-def _special_ids(cfg: Any, hcfg: Any) -> None:
+def _special_ids(cfg: Any) -> dict[str, Any]:
     """The run's own end-of-text and pad ids in the HF config (so `generate` stops at a document's end), not the
     architecture's defaults (Llama's 1/2, OLMoE's NeoX 50279/1). Documents carry no BOS: bos_token_id is None."""
     if cfg.data.source == "toy":
@@ -164,7 +164,7 @@ def _special_ids(cfg: Any, hcfg: Any) -> None:
             )
         tok = load_tokenizer(d)
         eot, pad = tok.eot_id, tok.pad_id
-    hcfg.bos_token_id, hcfg.eos_token_id, hcfg.pad_token_id = None, int(eot), int(pad)
+    return {"bos_token_id": None, "eos_token_id": int(eot), "pad_token_id": int(pad)}
 
 
 def _tokenizer(cfg: Any, out: Path) -> None:
