@@ -41,9 +41,9 @@ from hmem_lit import faults
 from hmem_lit.config import ConfigError
 from hmem_lit.data import corpus as corpus_mod
 from hmem_lit.data.branch import TokenizerBranch, can_branch, start_bm25_fit, warm_pool
+from hmem_lit.data.stats import corpus_stats, format_stats
 from hmem_lit.data.tree_stage import key_field  # noqa: F401 (re-exported: evaluation reads it from here)
 from hmem_lit.effects import field_value, fields_with
-from hmem_lit.retriever.diagnostics import format_concentration
 from hmem_lit.utils import atomic_write, atomic_write_text, read_json, write_json
 
 STAGES = ("corpus", "tokenizer", "embeddings", "tree", "packing", "questions")
@@ -525,64 +525,11 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
         ctx.pop("tokenized", None)
         ctx.pop("bm25_index", None)
         write_json(root / "manifest.json", manifest)
-        stats = corpus_stats(root, manifest)
+        stats = corpus_stats(manifest, STAGES)
         write_json(root / "stats.json", stats)
     if verbose:
         print(format_stats(stats))
     return root
-
-
-def corpus_stats(root: Path, manifest: dict) -> dict:
-    st = manifest["stages"]
-    c, p, q = st["corpus"]["info"], st["packing"]["info"], st["questions"]["info"]
-    return {
-        "documents": c["documents"],
-        "train_docs": c["train_docs"],
-        "val_docs": c["val_docs"],
-        "skipped_lines": c["skipped"],
-        "skipped_by_reason": c["skipped_by_reason"],
-        "train_tokens": p["train"]["doc_tokens"],
-        "val_tokens": p["val"]["doc_tokens"],
-        "train_rows": p["train"]["rows"],
-        "val_rows": p["val"]["rows"],
-        "padding": p["train"]["padding"],
-        "vocab_size": st["tokenizer"]["info"]["vocab_size"],
-        "clusters": {k: v for k, v in st["tree"]["info"]["stats"].items() if k != "routing"},
-        "routing": st["tree"]["info"]["stats"].get("routing", {}),
-        "entities": c.get("entities", {}),
-        "buckets": q["buckets"],
-        "probes": q["probes"],
-        "stage_seconds": {s: st[s].get("time_s", 0.0) for s in STAGES},
-    }
-
-
-def format_stats(s: dict) -> str:
-    lines = [
-        f"documents   {s['documents']:,} ({s['train_docs']:,} train, {s['val_docs']:,} held out); "
-        f"skipped lines {s['skipped_lines']:,} {s['skipped_by_reason'] or ''}",
-        f"tokens      {s['train_tokens']:,} train, {s['val_tokens']:,} val; vocab {s['vocab_size']:,}; "
-        f"{s['train_rows']:,} train rows, {s['padding']:.1%} padding",
-    ]
-    for lvl, c in s["clusters"].items():
-        if lvl.startswith("level"):
-            lines.append(
-                f"clusters    {lvl}: {c['non_empty']}/{c['nodes']} non-empty, docs per node min {c['min']} "
-                f"median {c['median']:.0f} max {c['max']}, largest share of parent {c['max_share_of_parent']:.3f}"
-            )
-    if "route_agreement" in s["clusters"]:
-        lines.append(
-            f"clusters    balancing splits {s['clusters']['balance_splits']}, training docs whose greedy "
-            f"route equals their assignment {s['clusters']['route_agreement']:.1%}"
-        )
-    if s.get("routing"):
-        lines.append(format_concentration(s["routing"], s["routing"]["key_field"]))
-    for kind, bs in s["buckets"].items():
-        lines.append(
-            f"buckets     {kind:<9} " + "  ".join(f"b{i}: {lo}-{hi} mentions ({n})" for i, (lo, hi, n) in enumerate(bs))
-        )
-    lines.append("probes      " + ", ".join(f"{k} {v}" for k, v in s["probes"].items()))
-    lines.append("stage time  (when last run) " + ", ".join(f"{k} {v:.1f}s" for k, v in s["stage_seconds"].items()))
-    return "\n".join(lines)
 
 
 def load_prepared(cfg: Any) -> tuple[Any, Any, Any]:
