@@ -63,7 +63,7 @@ def test_second_prepare_is_a_noop(prepared):
 def test_config_change_reruns_only_downstream_stages(prepared, tmp_path):
     cfg, d = prepared
     assert stale_stages(small_cfg(d, "data.seq_len=32")) == ["packing"]
-    assert stale_stages(small_cfg(d, "retriever.balance=0.5")) == ["tree", "packing"]
+    assert stale_stages(small_cfg(d, "retriever.balance=0.5")) == ["tree", "packing", "questions"]  # leaf priors
     assert stale_stages(small_cfg(d, "data.vocab_size=600")) == ["tokenizer", "packing"]
     assert stale_stages(small_cfg(d, "data.seed=3"))[0] == "corpus"
 
@@ -183,7 +183,8 @@ def test_question_sets_format_and_buckets(prepared):
         for q in map(json.loads, open(qdir / f"{name}.jsonl")):
             assert {"entity", "prompt", "answer", "mention_count", "bucket", "route_text"} <= q.keys()
             if "choices" in q:
-                assert len(q["choices"]) == 4 and q["choices"][q["label"]] == q["answer"]
+                assert q["choices"][q["label"]] == q["answer"] and len(set(q["choices"])) == len(q["choices"])
+                assert len(q["choices"]) == 4 or name.endswith(".rank")
     # mention counts are measured on the finished training corpus
     docs = [json.loads(x) for x in open(d / "corpus" / "docs.jsonl", encoding="utf-8")]
     split = np.load(d / "corpus" / "split.npy")

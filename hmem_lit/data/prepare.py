@@ -53,9 +53,9 @@ DEPS = {
     "embeddings": ("corpus",),
     "tree": ("corpus", "embeddings"),
     "packing": ("tokenizer", "tree"),
-    "questions": ("corpus",),
+    "questions": ("corpus", "tree"),
 }  # an upstream re-run may change the output
-_VERSION = {"corpus": 1, "tokenizer": 1, "embeddings": 1, "tree": 2, "packing": 1, "questions": 1}
+_VERSION = {"corpus": 1, "tokenizer": 1, "embeddings": 1, "tree": 2, "packing": 1, "questions": 2}
 
 
 def _h(*parts: Any) -> str:
@@ -117,7 +117,7 @@ def _stage_keys(cfg: Any, manifest: dict, fields_out: dict | None = None) -> dic
     )
     keys["tree"] = _h("tree", _VERSION["tree"], out("corpus"), keys["embeddings"], fields_of("tree"))
     keys["packing"] = _h("packing", _VERSION["packing"], out("tokenizer"), out("tree"), fields_of("packing"))
-    keys["questions"] = _h("questions", _VERSION["questions"], out("corpus"), fields_of("questions"))
+    keys["questions"] = _h("questions", _VERSION["questions"], out("corpus"), out("tree"), fields_of("questions"))
     return keys
 
 
@@ -398,10 +398,12 @@ def _stage_questions(cfg: Any, root: Path, ctx: dict) -> dict:
     split = _split(root)
     entities = read_json(root / "corpus" / "entities.json")
     val_docs: list[dict] = []  # the held-out documents (a small share of the corpus)
+    seen: set[bytes] = set()  # digests of the training texts (a fresh validation document must not be one)
 
     def train_texts():
         for i, d in enumerate(stream.iter_docs(root, cfg.data.chunk_docs)):
             if split[i] == 0:
+                seen.add(hashlib.blake2b(d["text"].encode("utf-8"), digest_size=12).digest())
                 yield d["text"]
             elif split[i] == 1:
                 val_docs.append(d)
@@ -435,18 +437,54 @@ def _stage_questions(cfg: Any, root: Path, ctx: dict) -> dict:
             for e in entities
         },
     )
-    qsets = questions.build_questions(entities, cfg.data.seed)
+    leaves, route = _leaves(cfg, root, split)
+    qsets = questions.build_questions(entities, cfg.data.seed, route, leaves)
     wiki_val = [{"title": d.get("title", ""), "text": d["text"]} for d in val_docs if d["kind"] == "wiki"]
     if wiki_val:
         qsets["wiki_cloze"] = questions.wiki_cloze(wiki_val)
         _write_jsonl(root / "heldout" / "wiki_val.jsonl", wiki_val)
+    qdir = root / "questions"
+    for old in qdir.glob("*.jsonl") if qdir.is_dir() else []:  # variants a previous version wrote and this one not
+        if old.stem not in qsets:
+            old.unlink()
     for name, items in qsets.items():
-        _write_jsonl(root / "questions" / f"{name}.jsonl", items)
+        _write_jsonl(qdir / f"{name}.jsonl", items)
+    fresh = [  # built-in corpora: new draws of the fact documents, none equal to a training document
+        d
+        for d in questions.fresh_documents(entities, cfg.data.seed)
+        if hashlib.blake2b(d["text"].encode("utf-8"), digest_size=12).digest() not in seen
+    ]
     _write_jsonl(
         root / "heldout" / "val.jsonl",
-        [{"title": d.get("title", d.get("source", "")), "text": d["text"]} for d in val_docs],
+        [{"title": d.get("title", d.get("source", "")), "kind": d.get("kind", ""), "text": d["text"]} for d in val_docs]
+        + fresh,
     )
-    return {"probes": {k: len(v) for k, v in qsets.items()}, "buckets": summary, "out": _h(qsets)}
+    return {
+        "probes": {k: len(v) for k, v in qsets.items()},
+        "buckets": summary,
+        "val_docs": len(val_docs) + len(fresh),
+        "out": _h(qsets),
+    }
+
+
+def _leaves(cfg: Any, root: Path, split: np.ndarray) -> tuple[Any, Any]:
+    """-> (questions.Leaves of the training documents with a key, route(texts) -> leaf ids), or (None, None) when
+    the data has no key field or no saved router (the probes then fall back to pool distractors, no prior)."""
+    from hmem_lit.data import questions, stream
+    from hmem_lit.retriever import load_router
+
+    field = key_field(cfg)
+    paths_file = root / "tree" / "doc_paths.npy"
+    if field is None or not paths_file.is_file():
+        return None, None
+    router = load_router(root, cfg)
+    leaf = np.load(paths_file)[:, -1]
+    ents = [
+        (None if split[i] != 0 or d.get(field) is None else str(d[field]))
+        for i, d in enumerate(stream.iter_docs(root, cfg.data.chunk_docs))
+    ]
+    leaves = questions.Leaves(ents, leaf, router.branching, router.depth)
+    return leaves, lambda texts: np.asarray(router.route(texts))[:, -1]
 
 
 _RUN: dict[str, Callable[[Any, Path, dict], dict]] = {

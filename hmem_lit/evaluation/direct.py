@@ -13,7 +13,6 @@ measured per item and not only as an accuracy.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,11 @@ class Encoded:
 
 
 def probe_items(data_dir: str | Path) -> list[dict[str, Any]]:
-    """Every item of the bucketed probes under <data_dir>/questions (wiki_cloze has no buckets and is left out);
-    each item gets "probe" (the file's name)."""
-    out = []
-    for p in sorted((Path(data_dir) / "questions").glob("*.jsonl")):
-        rows = [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
-        if rows and rows[0].get("bucket") is not None:
-            out += [{**r, "probe": p.stem} for r in rows]
-    return out
+    """Every item of the bucketed probes in the training phrasing under <data_dir>/questions (wiki_cloze has no
+    buckets and is left out); each item gets "probe" (the file's name)."""
+    from hmem_lit.data.questions import read_probes
+
+    return [{**r, "probe": p} for p, rows in read_probes(Path(data_dir) / "questions").items() for r in rows]
 
 
 def encode_one(tok: Any, prompt: str, candidates: list[str], label: int = 0) -> Encoded:

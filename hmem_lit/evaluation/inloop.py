@@ -12,7 +12,6 @@ their fetched blocks. Logged: `probe/<probe>/bucket<k>`, `probe/<probe>`, and `p
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -26,17 +25,10 @@ def _items(cfg: Any, per_bucket: int) -> dict[str, list[dict[str, Any]]]:
 
         sets = toy_questions(cfg.data.toy_docs, cfg.data.seed)
     else:
+        from hmem_lit.data.questions import read_probes
         from hmem_lit.evaluation.resources import resolve_data_dir
 
-        qdir = resolve_data_dir(cfg) / "questions"
-        sets = (
-            {
-                p.stem: [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
-                for p in sorted(qdir.glob("*.jsonl"))
-            }
-            if qdir.is_dir()
-            else {}
-        )
+        sets = read_probes(resolve_data_dir(cfg) / "questions")  # the training phrasing
     rng = np.random.default_rng([cfg.train.seed, 17])
     out: dict[str, list[dict[str, Any]]] = {}
     for name, items in sets.items():

@@ -34,6 +34,7 @@ def bucket_of_rank(rank: int, n: int) -> int:
 
 
 def toy_questions(n_docs: int, seed: int) -> dict[str, list[dict[str, Any]]]:
+    from hmem_lit.data.questions import split_of
     from hmem_lit.data.toy import _ATTRS, _TOPICS, _VALUES, toy_documents
 
     counts = Counter((topic, ent) for _, topic, ent in toy_documents(n_docs, seed))
@@ -46,6 +47,7 @@ def toy_questions(n_docs: int, seed: int) -> dict[str, list[dict[str, Any]]]:
         base = {
             "entity": name,
             "kind": "toy",
+            "split": split_of(name),
             "mention_count": counts[(topic, ent)],
             "bucket": bucket_of_rank(rank, len(ents)),
         }
@@ -79,5 +81,6 @@ def write_toy_data(cfg: Any, out: str | Path) -> Path:
         for text, t, e in toy_documents(HELDOUT_DOCS, cfg.data.seed + 1_000_003)
     ]
     _write_jsonl(out / "heldout" / "wiki_val.jsonl", held)
+    _write_jsonl(out / "heldout" / "val.jsonl", held)  # the validation split (bits per byte) is the same text here
     _write_jsonl(out / "questions" / "wiki_cloze.jsonl", wiki_cloze(held))
     return out
