@@ -380,8 +380,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] = field(default_factory=lambda: ["hmem_sk", "hmem_ck", "hmem_wiki_ppl"])
-    memory: str = "fetched"  # fetched | generic | none | blocked
+    tasks: list[str] = field(default_factory=lambda: ["hmem_sk", "hmem_ck", "hmem_wiki_ppl", "hmem_val_bpb"])
+    memory: str = "fetched"  # fetched | generic | none | blocked | random (random paths: the routing control)
     block_level: int = 1  # blocked mode: the tree level whose best-matching subtree is blocked
     limit: int | None = None  # at most this many samples per task
     batch_size: int = 32
@@ -390,7 +390,7 @@ class EvalConfig:
     rolling_context: int | None = None  # perplexity: context tokens kept per rolling window (None = max_length // 2)
 
     def __post_init__(self) -> None:
-        _one_of(self.memory, ("fetched", "generic", "none", "blocked"), "eval.memory")
+        _one_of(self.memory, ("fetched", "generic", "none", "blocked", "random"), "eval.memory")
         _check(self.max_length is None or self.max_length > 1, "eval.max_length", "must be > 1")
         _check(self.rolling_context is None or self.rolling_context >= 1, "eval.rolling_context", "must be >= 1")
         _check(self.batch_size > 0, "eval.batch_size", "must be > 0")

@@ -270,18 +270,26 @@ def _fixture_data(root):
     return rows
 
 
-def test_bucket_subtasks_partition_the_entities(tmp_path):
+def test_sk_tasks_and_the_per_bucket_headline_partition_the_entities(tmp_path):
+    from hmem_lit.evaluation.scores import headline_from_items
+
     rows = _fixture_data(tmp_path / "data")
     ts = build_tasks(tmp_path / "data", tmp_path / "tasks")
-    assert ts.sk == {"atomic_number": [0, 1, 2, 3, 4], "element_symbol": [0, 1, 2, 3, 4]}
-    assert ts.ck == ["hmem_wiki_cloze", "hmem_wiki_cloze_mc"] and ts.ppl
-    assert {"hmem_atomic_number", "hmem_atomic_number_bucket0", "hmem_sk", "hmem_ck", "hmem_wiki_ppl"} <= set(ts.names)
-    seen = []
-    for k in range(5):
-        ents = load_items(str(tmp_path / "data" / "questions" / "atomic_number.jsonl"), bucket=k)["test"]["entity"]
-        assert ents  # every bucket is non-empty
-        seen += ents
-    assert sorted(seen) == sorted(r["entity"] for r in rows)  # disjoint and complete
+    assert ts.sk == {"hmem_atomic_number": ("atomic_number", "base"), "hmem_element_symbol": ("element_symbol", "base")}
+    assert ts.ck == ["hmem_wiki_cloze", "hmem_wiki_cloze_mc"] and ts.ppl == ["hmem_wiki_ppl"]
+    assert {"hmem_atomic_number", "hmem_sk", "hmem_sk_base", "hmem_ck", "hmem_wiki_ppl"} <= set(ts.names)
+    items = load_items(str(tmp_path / "data" / "questions" / "atomic_number.jsonl"))["test"]
+    assert sorted(items["entity"]) == sorted(r["entity"] for r in rows)
+    # per-bucket accuracies come from the item records: every entity in exactly one bucket
+    recs = [
+        {"task": "hmem_atomic_number", "probe": "atomic_number", "variant": "base", "split": "test",
+         "bucket": b, "acc": float(i % 2)}
+        for i, b in enumerate(items["bucket"])
+    ]  # fmt: skip
+    head = headline_from_items(recs)
+    per = [head[f"atomic_number/bucket{k}"] * sum(r["bucket"] == k for r in recs) for k in range(5)]
+    assert sum(r["bucket"] == k for r in recs for k in range(5)) == len(rows)
+    assert sum(per) / len(recs) == pytest.approx(head["atomic_number"]) == pytest.approx(head["hmem_sk"])
     twin = load_items(str(tmp_path / "tasks" / "data" / "wiki_cloze_mc.jsonl"))["test"]
     assert all(c[lab] == a and len(set(c)) == 4 for c, lab, a in zip(twin["choices"], twin["label"], twin["answer"]))
 
@@ -304,6 +312,7 @@ def test_evaluate_end_to_end_writes_results_and_is_idempotent(trained):
         "wiki_bpb",
         "toy_colour",
         "toy_friend/bucket0",
+        "dev/hmem_sk",
         "n_samples",
         "eval_time_s",
         "retrieval_time_s",
@@ -313,7 +322,11 @@ def test_evaluate_end_to_end_writes_results_and_is_idempotent(trained):
     final = runs.read_final(run)
     assert final["eval"]["fetched"] == head and final["status"] == "complete"
     res = json.loads((run / "eval" / "fetched" / "results.json").read_text())
-    assert res["settings"]["limit"] == 4 and "hmem_sk" in res["results"]
+    assert res["settings"]["limit"] == 4 and "hmem_toy_colour" in res["results"]
+    assert res["metric_version"] == 2 and "git_sha" in res["code"]
+    items = [json.loads(line) for line in (run / "eval" / "fetched" / "items.jsonl").open()]
+    assert {r["probe"] for r in items if "probe" in r} == {"toy_colour", "toy_friend"}
+    assert all("key" in r for r in items)
     samples = [json.loads(line) for line in (run / "eval" / "fetched" / "samples.jsonl").open()]
     probe = [s for s in samples if s["task"].startswith("hmem_toy_colour")]
     assert probe and all(s["route_text"] == s["doc"]["prompt"] and len(s["path"]) == 2 for s in probe)

@@ -6,7 +6,8 @@
 - Every request routes its own text to fetch memory (rules in `hmem_lit.evaluation.routing`), cached per text;
   each row of a batch carries its own path, so mixed tasks batch together. Memory modes: fetched (default),
   generic (the run's generic block; needs memory.generic=true), none (the bare anchor), blocked (the best-matching
-  subtree at `block_level` is replaced by the next-nearest one). Anchor-only runs ignore the mode.
+  subtree at `block_level` is replaced by the next-nearest one), random (the bank's blocks on a path hashed from the
+  text: the random-routing control). Anchor-only runs ignore the mode.
 - `loglikelihood`: requests sorted by length (longest first) and batched with right padding (causal attention
   makes padding invisible to real tokens); results come back in the original order. `is_greedy` = every
   continuation token is the argmax.
@@ -111,8 +112,8 @@ class HmemLM(LM):
                 raise ConfigError(f"{self.run_dir}: memory=generic needs a run trained with memory.generic=true")
             return "generic", None
         if not routed:
-            if self.mode == "blocked":
-                raise ConfigError(f"memory=blocked needs a bank-backed memory type, not memory.type={mcfg.type}")
+            if self.mode in ("blocked", "random"):
+                raise ConfigError(f"memory={self.mode} needs a bank-backed memory type, not memory.type={mcfg.type}")
             return "fetched", None
         return "fetched", load_run_router(self.cfg)
 

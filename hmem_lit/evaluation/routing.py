@@ -18,6 +18,8 @@ routing separately from the model:
 - fetched: the router's path (greedy descent, as in training);
 - blocked: per request, the best-matching node at `block_level` is blocked (with its whole subtree, i.e. 1/16 of
   the bank at level 1) and the path descends from the next-nearest node at that level instead;
+- random: a seeded hash of the text picks the path (the control for "does routing matter"; the same prompt always
+  gets the same blocks, a paraphrase other ones);
 - generic / none: no routing (the model uses the generic block, or no memory).
 `ToyRouter` routes the toy corpus exactly as `hmem_lit.data.toy.toy_packed` assigns training paths.
 """
@@ -34,7 +36,7 @@ import numpy as np
 
 from hmem_lit.retriever.routing import Router
 
-MODES = ("fetched", "generic", "none", "blocked")
+MODES = ("fetched", "generic", "none", "blocked", "random")
 
 
 # ------------------------------------------------------------------------------------------- route texts
@@ -127,7 +129,7 @@ class Retrieval:
     def __init__(self, router: Router | None, mode: str = "fetched", block_level: int = 1):
         if mode not in MODES:
             raise ValueError(f"memory mode {mode!r}: allowed {', '.join(MODES)}")
-        if mode in ("fetched", "blocked") and router is None:
+        if mode in ("fetched", "blocked", "random") and router is None:
             raise ValueError(f"memory mode {mode} needs a router")
         if mode == "blocked" and router is not None and not 1 <= block_level <= router.depth:
             raise ValueError(f"block_level={block_level}: must be in 1..{router.depth} (the tree's levels)")
@@ -138,13 +140,15 @@ class Retrieval:
 
     @property
     def needs_paths(self) -> bool:
-        return self.mode in ("fetched", "blocked")
+        return self.mode in ("fetched", "blocked", "random")
 
     def _route(self, texts: list[str]) -> np.ndarray:
         r = self.router
         assert r is not None  # the modes that route are built with a router (checked in __init__)
         if self.mode == "fetched":
             return r.route(texts)
+        if self.mode == "random":  # a control: a hash of the text picks the leaf (same text, same path)
+            return Router(r.branching, r.depth, r.seed + 1)._hash_paths(texts)
         ranked = r.route_ranked(texts, self.block_level)  # (N, K) level-L candidates, best first
         return r.route_from(texts, self.block_level, ranked[:, 1])  # descend from the next-nearest node
 
@@ -167,21 +171,29 @@ class Retrieval:
 
 
 def routing_report(
-    samples: dict[str, list[dict]], routing_log: dict, keys: dict[str, dict], field: str
+    samples: dict[str, list[dict]],
+    routing_log: dict,
+    keys: dict[str, dict],
+    field: str,
+    sk: dict[str, tuple[str, str]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Per probe and bucket: the share of prompts routed to their key's main leaf (`keys`: tree/keys.json), the
     accuracy, and the accuracy when routed right vs wrong -> (detail for results.json, flat
     `route/<probe>/bucket<k>` headline; modes that route nothing get accuracy only).
 
     A sample counts when its document's `field` (data.key_field, e.g. `entity`) names a key with training
-    documents. Shipped probe tasks `hmem_<probe>_bucket<k>` give probe and bucket; any other task (a user's own,
-    `hmem eval --include-path`) is its own group, bucketed by the document's `bucket` field if it has one, else by
-    the key's training-document bucket."""
+    documents. The shipped probe tasks (`sk`: task -> (probe, variant)) count in the training phrasing only (the
+    other variants' hits are in the item records); any other task (a user's own, `hmem eval --include-path`) is
+    its own group. Buckets come from the document's `bucket` field when it has one, else from the key's
+    training-document bucket."""
     from hmem_lit.retriever.diagnostics import hit_rates
 
+    sk = sk or {}
     recs = []
     for task, rows in samples.items():
-        m = re.fullmatch(r"hmem_(.+)_bucket(\d+)", task)
+        probe, variant = sk.get(task, (task, "base"))
+        if variant != "base":
+            continue
         for s in rows:
             doc = s.get("doc") or {}
             key = doc.get(field)
@@ -189,12 +201,13 @@ def routing_report(
             if key is None or str(key) not in keys:
                 continue
             k = keys[str(key)]
-            bucket = int(m.group(2)) if m else int(doc["bucket"]) if isinstance(doc.get("bucket"), int) else k["bucket"]
+            b = doc.get("bucket")
+            bucket = int(b) if isinstance(b, int) and b >= 0 else k["bucket"]
             correct = next((float(s[n]) for n in ("acc", "exact_match") if isinstance(s.get(n), (int, float))), None)
             path = info.get("path")  # None: this mode routes nothing (generic, none, a run without memory)
             recs.append(
                 {
-                    "group": m.group(1) if m else task,
+                    "group": probe,
                     "bucket": bucket,
                     "correct": correct,
                     "hit": None if path is None else list(path) == k["main_path"],

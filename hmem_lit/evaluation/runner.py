@@ -30,6 +30,7 @@ from hmem_lit import faults, runs
 from hmem_lit.config import ConfigError, from_dict
 from hmem_lit.evaluation.rag import check_rag, rag_name
 from hmem_lit.evaluation.resources import check_threads
+from hmem_lit.evaluation.scores import ITEMS, METRIC_VERSION, item_records, user_prior, write_items
 from hmem_lit.evaluation.taskgen import PAPER_DIR, TaskSet, build_tasks
 from hmem_lit.utils import atomic_write, dumps, read_json, write_json
 
@@ -87,7 +88,7 @@ def _check_mode(run_dir: Path, cfg: Any, memory: str | None, block_level: int | 
     mode = memory or cfg.eval.memory
     if block_level is not None and mode != "blocked":
         raise ConfigError(f"--block-level: applies to --memory blocked only (this evaluation: {mode}); drop it")
-    if memory in ("blocked", "generic") and cfg.memory.type == "none":
+    if memory in ("blocked", "generic", "random") and cfg.memory.type == "none":
         raise ConfigError(f"--memory {memory}: {run_dir} has no memory (memory.type=none); use --memory none")
     if mode == "blocked":
         level = block_level if block_level is not None else cfg.eval.block_level
@@ -109,12 +110,28 @@ def prepare_tasks(run_dir: str | Path, cfg: Any = None) -> TaskSet:
         data_dir = write_toy_data(cfg, run_dir / "eval" / "data")
     else:
         data_dir = resolve_data_dir(cfg)
+        _refresh_questions(cfg, data_dir)
         if not ((data_dir / "questions").is_dir() or (data_dir / "heldout").is_dir()):
             raise ConfigError(
                 f"{data_dir}: no evaluation data (questions/, heldout/); run `hmem data prepare` "
                 "with the run's config first"
             )
     return build_tasks(data_dir, run_dir / "eval" / "tasks")
+
+
+def _refresh_questions(cfg: Any, data_dir: Path) -> None:
+    """Question sets written by an older version of the questions stage are rewritten first (the stage is cheap and
+    nothing the run trained on changes); a data directory whose training stages differ is left as it is."""
+    import dataclasses
+
+    from hmem_lit.data.prepare import prepare, stale_stages
+
+    if not (data_dir / "manifest.json").is_file():
+        return
+    here = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=str(data_dir)))
+    if stale_stages(here) == ["questions"]:
+        print(f"[hmem] {data_dir}: question sets from an older version; rewriting them (nothing trained on changes)")
+        prepare(here, progress=False, verbose=False)
 
 
 def user_tasks(include_path: list[str] | None) -> list[str]:
@@ -181,8 +198,11 @@ def check_paper_datasets(tasks: list[str]) -> None:
         )
 
 
-def headline(res: dict[str, Any], ts: TaskSet) -> dict[str, float]:
-    """Flat headline numbers from harness results (keys in the module docstring)."""
+def headline(res: dict[str, Any], ts: TaskSet, items: list[dict[str, Any]] | None = None) -> dict[str, float]:
+    """Flat headline numbers: the SK probes' and the validation split's from the item records
+    (evaluation/scores.py), CK, wiki perplexity and the paper's tasks from the harness results."""
+    from hmem_lit.evaluation.scores import headline_from_items
+
     r = res.get("results", {})
 
     def get(task: str, metric: str = "acc") -> float | None:
@@ -190,15 +210,11 @@ def headline(res: dict[str, Any], ts: TaskSet) -> dict[str, float]:
         return None if v is None or v == "N/A" else float(v)
 
     out: dict[str, float | None] = {
-        "hmem_sk": get("hmem_sk"),
+        **headline_from_items(items or []),
         "hmem_ck": get("hmem_ck"),
         "wiki_ppl": get("hmem_wiki_ppl", "word_perplexity"),
         "wiki_bpb": get("hmem_wiki_ppl", "bits_per_byte"),
     }
-    for probe, buckets in ts.sk.items():
-        out[probe] = get(f"hmem_{probe}")
-        for k in buckets:
-            out[f"{probe}/bucket{k}"] = get(f"hmem_{probe}_bucket{k}")
     for t in ts.ck:
         out[t.removeprefix("hmem_")] = get(t)
     for g in PAPER_GROUPS:
@@ -229,7 +245,17 @@ def _settings(run_dir: Path, tasks: list[str], lm: Any, limit: int | None) -> di
         "max_length": lm.max_length,
         "rolling_context": lm.rolling_context,
         "weights": {"size": st.st_size, "mtime_ns": st.st_mtime_ns},
+        "metric_version": METRIC_VERSION,  # a new scoring of the items evaluates again
     }
+
+
+def _read_marker(marker: Path) -> dict[str, Any]:
+    """An earlier evaluation's results.json; a damaged one counts as absent (the evaluation runs again)."""
+    try:
+        got = read_json(marker)
+    except (OSError, ValueError):
+        return {}
+    return got if isinstance(got, dict) else {}
 
 
 def _write_samples(path: Path, samples: dict[str, list[dict]], routing: dict) -> None:
@@ -244,10 +270,9 @@ def _write_samples(path: Path, samples: dict[str, list[dict]], routing: dict) ->
 
 
 def query_cost(samples: dict[str, list[dict]], log: dict, ts: TaskSet, mine: list[str]) -> dict[str, float]:
-    """Mean tokens read, FLOPs and RAG context tokens per query of the fact probes (the SK tasks'
-    `hmem_<probe>_bucket<k>` samples), or of a user's own tasks when no probe ran (evaluation/rag.py says how FLOPs
-    are counted)."""
-    sk = {f"hmem_{p}_bucket{k}" for p, bs in ts.sk.items() for k in bs}
+    """Mean tokens read, FLOPs and RAG context tokens per query of the fact probes (the SK tasks in the training
+    phrasing), or of a user's own tasks when no probe ran (evaluation/rag.py says how FLOPs are counted)."""
+    sk = {t for t, (_, variant) in ts.sk.items() if variant == "base"}
     sk = sk if sk & set(samples) else set(mine)
     recs = [log.get((t, s.get("doc_id")), {}) for t, rows in samples.items() if t in sk for s in rows]
     out = {}
@@ -258,7 +283,7 @@ def query_cost(samples: dict[str, list[dict]], log: dict, ts: TaskSet, mine: lis
     return out
 
 
-def _routing(cfg: Any, samples: dict, routing_log: dict) -> tuple[dict, dict]:
+def _routing(cfg: Any, samples: dict, routing_log: dict, ts: TaskSet) -> tuple[dict, dict]:
     """Routing diagnostics of this evaluation (evaluation/routing.py: routing_report) when the run's data has
     key statistics (tree/keys.json, written by `hmem data prepare` for corpora with a key field)."""
     from hmem_lit.data.prepare import key_field
@@ -270,7 +295,7 @@ def _routing(cfg: Any, samples: dict, routing_log: dict) -> tuple[dict, dict]:
     if path is None or not path.is_file():
         return {}, {}
     assert field is not None  # path is only set for a corpus with a key field
-    return routing_report(samples, routing_log, read_json(path), field)
+    return routing_report(samples, routing_log, read_json(path), field, ts.sk)
 
 
 def evaluate(
@@ -369,8 +394,9 @@ def _evaluate(
         settings["include_path"] = sorted(str(Path(d).resolve()) for d in include_path)
     key = out_dir.name  # final.json["eval"] section of this evaluation
     marker = out_dir / "results.json"  # written last: its presence means samples and final.json are in place
-    if not force and marker.is_file():
-        old = read_json(marker)
+    old = _read_marker(marker) if marker.is_file() else {}
+    stale = set(old.get("headline") or {})  # the previous evaluation's keys: dropped unless measured again
+    if not force and old.get("headline") is not None:
         if old.get("settings") == settings and (out_dir / "samples.jsonl").is_file():
             final = runs.read_final(run_dir)
             if not all(k in final.get("eval", {}).get(key, {}) for k in old["headline"]):
@@ -398,16 +424,19 @@ def _evaluate(
     )
     elapsed = time.perf_counter() - t0
     n = sum(int(v.get("effective", 0)) for v in res.get("n-samples", {}).values())
+    items = item_records(res.get("samples", {}), lm.routing_log, ts)
     head = {
-        **headline(res, ts),
+        **headline(res, ts, items),
         **user_headline(res, mine),
         "n_samples": n,
         "eval_time_s": round(elapsed, 3),
         "retrieval_time_s": round(lm.retrieval_seconds, 3),
     }
-    route_detail, route_head = _routing(cfg, res.get("samples", {}), lm.routing_log)
+    own = {t: v for t, v in res.get("samples", {}).items() if t not in ts.ck and t not in ts.ppl}
+    route_detail, route_head = _routing(cfg, own, lm.routing_log, ts)
     head.update(route_head)
     head.update(query_cost(res.get("samples", {}), lm.routing_log, ts, mine))
+    head.update(user_prior(res.get("samples", {}), lm.routing_log, mine))
     for t in mine:  # a user's task: its accuracy per bucket too (shipped probes have bucket subtasks)
         head.update({f"{t}/bucket{b}": v["acc"] for b, v in route_detail.get(t, {}).items() if v["acc"] is not None})
     timing = {
@@ -418,12 +447,14 @@ def _evaluate(
         "routed_texts": len(lm.retrieval.cache),
     }
     _write_samples(out_dir / "samples.jsonl", res.get("samples", {}), lm.routing_log)
+    write_items(out_dir / ITEMS, items)
     faults.point("eval_samples")
     final = runs.read_final(run_dir)
-    sections = {key: {**final.get("eval", {}).get(key, {}), **head}}
+    kept = {k: v for k, v in final.get("eval", {}).get(key, {}).items() if k not in stale}
+    sections = {key: {**kept, **head}}
     if mine:  # the user's metrics also join the run's standard section, so reports draw them beside the rest
         std = lm.mode if cfg.memory.type != "none" else "none"  # a run without memory: every mode is "none"
-        own = {k: v for k, v in head.items() if any(k.startswith((f"{t}/", f"route/{t}/")) for t in mine)}
+        own = {k: v for k, v in head.items() if any(k.startswith((f"{t}/", f"route/{t}/", f"prior/{t}")) for t in mine)}
         sections[std] = {**final.get("eval", {}).get(std, {}), **own}
     runs.update_final(run_dir, eval=sections)
     faults.point("eval_final")
@@ -431,6 +462,9 @@ def _evaluate(
         marker,
         {
             "settings": settings,
+            "code": runs.git_state(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "metric_version": METRIC_VERSION,
             "headline": head,
             "timing": timing,
             "routing": route_detail,

@@ -5,15 +5,19 @@ writes thin YAMLs into `<run_dir>/eval/tasks/` that include a template by absolu
 (lm-eval resolves relative data paths against the working directory, so nothing here is relative). Which tasks
 exist follows the data (the data helper's probe set, or the toy set):
 
-- `questions/<probe>.jsonl` whose items have a frequency `bucket` -> SK probe: one task per bucket
-  `hmem_<probe>_bucket<k>` (k = 0 rarest .. 4) and the group `hmem_<probe>` (accuracy over all its entities).
-  Generation probes score `acc` by exact match (integer answers: the first integer generated); multiple-choice
-  probes score `acc` over their `choices`.
+- `questions/<probe>[.<variant>].jsonl` whose items have a frequency `bucket` -> SK task `hmem_<probe>` (the base
+  variant: the training phrasing) or `hmem_<probe>_<variant>` (para, qa, mc, rank; data/questions.py says what
+  each measures), over all items. Generation tasks score `acc` by exact match (integer answers: the first integer
+  generated); multiple-choice tasks `acc` over their `choices`; rank tasks also the gold answer's rank among all
+  candidate values and the distance of the top one (`rank`, `abs_err`). Per-bucket, per-split (dev / test) and
+  per-variant numbers are computed from the samples (evaluation/scores.py), not by lm-eval subtasks.
 - `questions/<name>.jsonl` without buckets (e.g. `wiki_cloze`, answerable from the held-out text in the prompt)
   -> CK task `hmem_<name>`; a generation CK task also gets a multiple-choice twin `hmem_<name>_mc` (the answer
   among 3 other items' answers absent from the prompt), which separates small models better than exact match.
-- `heldout/wiki_val.jsonl` -> `hmem_wiki_ppl` (word perplexity, bits per byte; rolling log-likelihood).
-- Groups `hmem_sk` (mean over SK probes) and `hmem_ck` (mean over CK tasks) report unweighted means of `acc`.
+- `heldout/wiki_val.jsonl` -> `hmem_wiki_ppl` (word perplexity, bits per byte; rolling log-likelihood);
+  `heldout/val.jsonl` (the validation split) -> `hmem_val_bpb` (bits per byte per document, for a CI over them).
+- Groups: `hmem_sk` (every SK task), `hmem_sk_base` (the training-phrasing tasks only, the quick subset) and
+  `hmem_ck` (mean `acc` over the CK tasks).
 """
 
 from __future__ import annotations
@@ -37,22 +41,17 @@ class TaskSet:
     """The local tasks generated for one data directory."""
 
     root: Path
-    sk: dict[str, list[int]] = field(default_factory=dict)  # probe -> buckets present
+    sk: dict[str, tuple[str, str]] = field(default_factory=dict)  # SK task -> (probe, variant)
     ck: list[str] = field(default_factory=list)  # CK task names
-    ppl: bool = False
+    ppl: list[str] = field(default_factory=list)  # perplexity tasks (hmem_wiki_ppl, hmem_val_bpb)
 
     @property
     def names(self) -> list[str]:
-        out = []
-        for probe, buckets in self.sk.items():
-            out += [f"hmem_{probe}"] + [f"hmem_{probe}_bucket{k}" for k in buckets]
-        out += self.ck
+        out = list(self.sk) + self.ck + self.ppl
         if self.sk:
-            out.append("hmem_sk")
+            out += ["hmem_sk", "hmem_sk_base"]
         if self.ck:
             out.append("hmem_ck")
-        if self.ppl:
-            out.append("hmem_wiki_ppl")
         return sorted(out)
 
 
@@ -66,16 +65,12 @@ def _task(root: Path, name: str, template: str, **dataset_kwargs) -> None:
     )
 
 
-def _group(root: Path, name: str, tasks: list[str], weight_by_size: bool) -> None:
-    _write_yaml(
-        root / f"{name}.yaml",
-        {
-            "group": name,
-            "task": tasks,
-            "aggregate_metric_list": [{"metric": "acc", "aggregation": "mean", "weight_by_size": weight_by_size}],
-            "metadata": {"version": 1.0},
-        },
-    )
+def _group(root: Path, name: str, tasks: list[str], weight_by_size: bool | None) -> None:
+    """A group of tasks; `weight_by_size` None: no lm-eval aggregate (the SK numbers come from the samples)."""
+    g: dict = {"group": name, "task": tasks}
+    if weight_by_size is not None:
+        g["aggregate_metric_list"] = [{"metric": "acc", "aggregation": "mean", "weight_by_size": weight_by_size}]
+    _write_yaml(root / f"{name}.yaml", {**g, "metadata": {"version": 1.0}})
 
 
 def mc_twin(items: list[dict], seed: int = 0) -> list[dict]:
@@ -101,34 +96,35 @@ def build_tasks(data_dir: str | Path, out_dir: str | Path) -> TaskSet:
     ts = TaskSet(root)
     qdir = data_dir / "questions"
     for path in sorted(qdir.glob("*.jsonl")) if qdir.is_dir() else []:
-        name, items = path.stem, read_jsonl(path)
+        stem, items = path.stem, read_jsonl(path)
         if not items:
             continue
+        probe, _, variant = stem.partition(".")
         mc = "choices" in items[0]
-        template = "_hmem_multiple_choice.yaml" if mc else "_hmem_generation.yaml"
-        buckets = sorted({int(it["bucket"]) for it in items if it.get("bucket") is not None})
-        if buckets:
-            for k in buckets:
-                _task(root, f"hmem_{name}_bucket{k}", template, path=str(path), bucket=k)
-            _group(root, f"hmem_{name}", [f"hmem_{name}_bucket{k}" for k in buckets], weight_by_size=True)
-            ts.sk[name] = buckets
+        if any(it.get("bucket") is not None for it in items):
+            name = f"hmem_{probe}" + (f"_{variant}" if variant else "")
+            template = "_hmem_rank.yaml" if variant == "rank" else "_hmem_multiple_choice.yaml" if mc else None
+            _task(root, name, template or "_hmem_generation.yaml", path=str(path))
+            ts.sk[name] = (probe, variant or "base")
             continue
-        _task(root, f"hmem_{name}", template, path=str(path))
-        ts.ck.append(f"hmem_{name}")
+        _task(root, f"hmem_{stem}", "_hmem_multiple_choice.yaml" if mc else "_hmem_generation.yaml", path=str(path))
+        ts.ck.append(f"hmem_{stem}")
         twin = [] if mc else mc_twin(items)
         if twin:
-            tpath = root / "data" / f"{name}_mc.jsonl"
+            tpath = root / "data" / f"{stem}_mc.jsonl"
             atomic_write_text(tpath, "".join(json.dumps(it) + "\n" for it in twin))
-            _task(root, f"hmem_{name}_mc", "_hmem_multiple_choice.yaml", path=str(tpath))
-            ts.ck.append(f"hmem_{name}_mc")
+            _task(root, f"hmem_{stem}_mc", "_hmem_multiple_choice.yaml", path=str(tpath))
+            ts.ck.append(f"hmem_{stem}_mc")
     if ts.sk:
-        _group(root, "hmem_sk", [f"hmem_{p}" for p in ts.sk], weight_by_size=False)
+        _group(root, "hmem_sk", list(ts.sk), weight_by_size=None)
+        _group(root, "hmem_sk_base", [t for t, (_, v) in ts.sk.items() if v == "base"], weight_by_size=None)
     if ts.ck:
         _group(root, "hmem_ck", list(ts.ck), weight_by_size=False)
-    heldout = data_dir / "heldout" / "wiki_val.jsonl"
-    if heldout.is_file():
-        _task(root, "hmem_wiki_ppl", "_hmem_perplexity.yaml", path=str(heldout))
-        ts.ppl = True
+    for task, file in (("hmem_wiki_ppl", "wiki_val.jsonl"), ("hmem_val_bpb", "val.jsonl")):
+        heldout = data_dir / "heldout" / file
+        if heldout.is_file():
+            _task(root, task, "_hmem_perplexity.yaml", path=str(heldout))
+            ts.ppl.append(task)
     # the data may have changed: drop stale tasks (after writing, so a concurrent evaluation of another memory
     # mode of the same run never sees a current task missing; every file is replaced atomically)
     for old in root.glob("*.yaml"):

@@ -35,6 +35,11 @@ def _clean(item: dict[str, Any]) -> dict[str, Any]:
     }
     if "choices" in item:
         out["choices"], out["label"] = [str(c) for c in item["choices"]], int(item["label"])
+    # the probe's bookkeeping (data/questions.py), for the per-item scores (evaluation/scores.py)
+    for k in ("probe", "variant", "split", "negatives", "prior"):
+        out[k] = "" if item.get(k) is None else str(item[k])
+    out["phrasing"] = int(item.get("phrasing") or 0)
+    out["prior_ok"] = -1 if item.get("prior_ok") is None else int(bool(item["prior_ok"]))
     return out
 
 
@@ -52,7 +57,11 @@ def load_documents(path: str, **_: Any):
     """Held-out documents ({"title", "text"} per line) -> DatasetDict({"test": ...}) for perplexity."""
     import datasets
 
-    docs = [{"title": str(d.get("title", "")), "text": d["text"]} for d in read_jsonl(path) if d.get("text")]
+    docs = [
+        {"title": str(d.get("title", "")), "kind": str(d.get("kind", "")), "text": d["text"]}
+        for d in read_jsonl(path)
+        if d.get("text")
+    ]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
@@ -74,3 +83,17 @@ def is_correct(generation: str, answer: str) -> bool:
 
 def score_generation(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     return {"acc": float(is_correct(results[0], doc["answer"]))}
+
+
+def score_rank(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, float]:
+    """Graded recall: every candidate value scored -> acc (top = gold), the gold's rank (1 = top; ties count
+    against it) and |top candidate - gold| for numeric values."""
+    lls = [float(r[0]) for r in results]
+    gold = int(doc["label"])
+    top = max(range(len(lls)), key=lambda i: lls[i])
+    rank = 1 + sum(1 for i, v in enumerate(lls) if i != gold and v >= lls[gold])
+    try:
+        err = abs(float(doc["choices"][top]) - float(doc["choices"][gold]))
+    except ValueError:  # not numbers: only the rank is graded
+        err = float(top != gold)
+    return {"acc": float(top == gold), "rank": float(rank), "abs_err": err}
