@@ -188,7 +188,7 @@ def cmd_merge(a: argparse.Namespace) -> int:
 def cmd_quickstart(a: argparse.Namespace) -> int:
     from hmem_lit.quickstart import quickstart
 
-    quickstart(small=a.small, scale=a.scale, overrides=a.overrides, jobs=a.jobs)
+    quickstart(small=a.small, scale=a.scale, overrides=a.overrides, jobs=a.jobs, seeds=a.seeds)
     return 0
 
 
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run through lm-eval; results under <run_dir>/eval/<memory>/")
     e.add_argument("run_dir")
     e.add_argument("--tasks", nargs="+", default=None, help="task or group names (default: eval.tasks)")
-    e.add_argument("--memory", choices=["fetched", "generic", "none", "blocked"], default=None)
+    e.add_argument("--memory", choices=["fetched", "generic", "none", "blocked", "random"], default=None)
     e.add_argument("--limit", type=int, default=None, help="at most N samples per task")
     e.add_argument("--block-level", type=int, default=None, help="blocked mode: tree level to block (1-based)")
     e.add_argument("--batch-size", type=int, default=None)
@@ -334,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="training runs at a time, one process each (default 2; "
         "1 = one after another, in this process, with per-run progress bars)",
+    )
+    q.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train every run with seeds 0..N-1 (train.seed; runs <name>_seed<k> for k >= 1) and pool them in the "
+        "report's confidence intervals (default 1: ~30 min; 3 for the README's numbers)",
     )
     q.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     ed = sub.add_parser(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ RUNS = {
     "dense_runtime": "103_qs_dense_runtime.yaml",
     "dense_2x": "104_qs_dense_2x.yaml",
 }
-MEMORY_MODES = ("fetched", "generic", "none")
+MEMORY_MODES = ("fetched", "generic", "none", "random")
 # The anchor given the memory run's wall-clock trains WALLCLOCK_RATIO x the tokens. A fixed number keeps the
 # command deterministic; it is the memory/anchor step-time ratio measured for these runs (experiments/LOG.md), and
 # the report prints the ratio measured in the run beside it.
@@ -63,8 +62,14 @@ class Plan:
     scale: float
     overrides: list[str]
 
-    def config(self, name: str, extra: Sequence[str] = ()) -> RunConfig:
-        ov = list(SMALL if self.small else []) + list(self.overrides) + list(extra)
+    def config(self, name: str, extra: Sequence[str] = (), seed: int = 0) -> RunConfig:
+        """The run `name` (a key of RUNS, or a derived run of 101) at training seed `seed`: seed 0 keeps the plain
+        name (so a one-seed quickstart's runs are the first seed of a --seeds N one), seed k the suffix _seed<k>."""
+        named = [f"name={name}" if name not in RUNS else "", *extra]
+        if seed:
+            run = next((x.split("=", 1)[1] for x in reversed(named) if x.startswith("name=")), name)
+            named += [f"train.seed={seed}", f"name={run}_seed{seed}"]
+        ov = list(SMALL if self.small else []) + list(self.overrides) + [x for x in named if x]
         cfg = load_config(EXPERIMENTS / RUNS.get(name, RUNS["anchor"]), ov)
         if self.scale != 1.0:
             cfg = load_config(
@@ -100,12 +105,12 @@ def _train(cfg: RunConfig, eval_modes: tuple[str, ...] = ()) -> Path:
 
     run_dir = train(cfg)
     for mode in eval_modes:
-        evaluate(run_dir, memory=mode, print_table=False, threads=cfg.train.threads)
+        evaluate(run_dir, tasks=list(cfg.eval.tasks), memory=mode, print_table=False, threads=cfg.train.threads)
     return run_dir
 
 
 def _eval_modes(name: str) -> tuple[str, ...]:
-    return MEMORY_MODES if name == "memory" else ("none",)
+    return MEMORY_MODES if name.split("_seed")[0] == "memory" else ("none",)
 
 
 def _steps(cfg: RunConfig) -> int:
@@ -196,7 +201,11 @@ def _eta(clock: Clock, cfg: RunConfig, anchor_params: int | None) -> float | Non
 
 
 def quickstart(
-    small: bool = False, scale: float = 1.0, overrides: list[str] | tuple[str, ...] = (), jobs: int = 2
+    small: bool = False,
+    scale: float = 1.0,
+    overrides: list[str] | tuple[str, ...] = (),
+    jobs: int = 2,
+    seeds: int = 1,
 ) -> Path:
     from hmem_lit.analysis.report import build_report
     from hmem_lit.data.prepare import prepare
@@ -206,28 +215,37 @@ def quickstart(
         raise ConfigError(f"--scale: must be a finite number > 0, got {scale}")
     if jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
+    if seeds < 1:
+        raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
     plan = Plan(small, scale, list(overrides))
-    cfgs = {name: plan.config(name) for name in RUNS}
+    base = {name: plan.config(name) for name in RUNS}
     # the anchor at the memory run's wall-clock: more tokens by the configured step-time ratio (a fixed number,
     # so the command stays deterministic; the report shows the measured ratio beside it)
     ratio = WALLCLOCK_RATIO
-    tokens = int(math.ceil(cfgs["anchor"].train.max_tokens * ratio))
-    wall_cfg = plan.config("anchor", ["name=anchor_wallclock", f"train.max_tokens={tokens}"])
-    clock = Clock(3 + (len(RUNS) + 1 if jobs == 1 else 1))
+    tokens = int(math.ceil(base["anchor"].train.max_tokens * ratio))
+    wall = ["name=anchor_wallclock", f"train.max_tokens={tokens}"]
+    cfgs: dict[str, RunConfig] = {}
+    for seed in range(seeds):
+        for name in RUNS:
+            c = plan.config(name, seed=seed)
+            cfgs[c.name] = c
+    wall_cfgs = {(c := plan.config("anchor", wall, seed=seed)).name: c for seed in range(seeds)}
+    clock = Clock(3 + (len(cfgs) + len(wall_cfgs) if jobs == 1 else 1))
 
-    clock.stage(f"preparing the built-in corpus in {cfgs['anchor'].data.dir}")
-    prepare(cfgs["anchor"])
+    clock.stage(f"preparing the built-in corpus in {base['anchor'].data.dir}")
+    prepare(base["anchor"])
 
+    everything = {**cfgs, **wall_cfgs}
     if jobs > 1:
         clock.stage(
-            f"training {len(cfgs) + 1} runs ({', '.join([*cfgs, 'anchor_wallclock'])}), {jobs} at a time; "
+            f"training {len(everything)} runs ({', '.join(everything)}), {jobs} at a time; "
             f"the wall-clock anchor gets x{ratio:.2f} the tokens"
         )
-        dirs = train_parallel({**cfgs, "anchor_wallclock": wall_cfg}, jobs)
+        dirs = train_parallel(everything, jobs)
     else:
         dirs = {}
         anchor_params = None
-        for name, cfg in {**cfgs, "anchor_wallclock": wall_cfg}.items():
+        for name, cfg in everything.items():
             clock.stage(f"training {name}: {cfg.train.max_tokens:,} tokens", _eta(clock, cfg, anchor_params))
             dirs[name] = _train(cfg)
             if name == "anchor":
@@ -237,7 +255,8 @@ def quickstart(
     # memory/anchor steady-state step time
     measured = rate_anchor / rate_memory if rate_anchor and rate_memory else float("nan")
     print(f"[quickstart] wall-clock anchor: x{ratio:.2f} the tokens; measured memory/anchor step time x{measured:.2f}")
-    runs.update_final(dirs["anchor_wallclock"], wallclock={"ratio_configured": ratio, "ratio_measured": measured})
+    for name in wall_cfgs:
+        runs.update_final(dirs[name], wallclock={"ratio_configured": ratio, "ratio_measured": measured})
 
     clock.stage(
         "evaluating every run through the lm-eval `hmem` model" + (" (done beside training)" if jobs > 1 else "")
@@ -245,50 +264,26 @@ def quickstart(
     for name, d in dirs.items():
         for mode in _eval_modes(name):
             print(f"[quickstart] eval {name} memory={mode}", flush=True)
-            evaluate(d, memory=mode, print_table=False)
+            evaluate(d, tasks=list(everything[name].eval.tasks), memory=mode, print_table=False)
 
     clock.stage("writing the report")
     root = dirs["anchor"].parent
     out = build_report(str(root), out=root / "report")
-    print(summary(dirs))
+    print(summary(root))
     print(f"\n[quickstart] done in {(time.time() - clock.t0) / 60:.1f} min; report: {out}")
     return out
 
 
-def summary(dirs: dict[str, Path]) -> str:
-    """The headline table: fact accuracy on the two rarest buckets and overall, CK, perplexity, wall time."""
-    rows = []
-    for name, d in dirs.items():
-        fin = runs.read_final(d)
-        for mode, ev in sorted(fin.get("eval", {}).items()):
-            if name != "memory" and mode != "none":
-                continue
-            label = name if name != "memory" else f"memory ({mode})"
-            rare = [ev.get(f"{p}/bucket{b}") for p in ("atomic_number", "capital", "synthetic_city") for b in (0, 1)]
-            rare = [x for x in rare if x is not None] or [  # another corpus: every probe's two rarest buckets
-                v for k, v in ev.items() if re.fullmatch(r"[^/]+/bucket[01]", k)
-            ]
-            rows.append(
-                (
-                    label,
-                    fin["params"]["runtime"],
-                    fin["train_time_s"],
-                    ev.get("hmem_sk"),
-                    sum(rare) / len(rare) if rare else None,
-                    ev.get("hmem_ck"),
-                    ev.get("wiki_ppl"),
-                )
-            )
+def summary(root: Path) -> str:
+    """The headline in the terminal: each arm's Avg-SK (training phrasing, paraphrase, QA, rarest buckets), hard
+    MC and bits per byte with 95% CIs, and fetched memory minus each baseline with the verdict (the report has
+    every metric; analysis/compare.py)."""
+    from hmem_lit.analysis import compare as cmp
 
-    def f(x: float | None, p: str = ".3f") -> str:
-        return "-" if x is None else format(x, p)
-
-    lines = [
-        f"{'run':22s} {'runtime params':>14s} {'train s':>8s} {'Avg-SK':>7s} {'rare SK':>8s} {'Avg-CK':>7s} "
-        f"{'wiki ppl':>9s}"
-    ]
-    for r in rows:
-        lines.append(
-            f"{r[0]:22s} {r[1]:>14,} {r[2]:8.0f} {f(r[3]):>7s} {f(r[4]):>8s} {f(r[5]):>7s} {f(r[6], '.1f'):>9s}"
-        )
-    return "\n".join(lines)
+    c = cmp.compare(root)
+    if c is None:
+        return "[quickstart] no item records to compare (evaluations missing)"
+    keep = ("Avg-SK", "Avg-SK rare", "paraphrase", "QA", "MC hard", "val bpb")
+    arms, diffs, notes = cmp.tables(c, keep)
+    diffs.rows = [r for r in diffs.rows if r[0].split(" − ")[1] in ("anchor", "dense_2x", cmp.PRIOR)]
+    return "\n".join(["", arms.markdown(), "", diffs.markdown(), "", *notes])

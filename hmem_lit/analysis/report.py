@@ -167,7 +167,7 @@ def build_report(target: str, out: str | Path | None = None, specs: list[str] | 
     out.mkdir(parents=True, exist_ok=True)
     df = col.table
     df.drop(columns=[c for c in CSV_DROP if c in df.columns]).to_csv(out / "runs.csv", index=False)
-    items: list[Item] = []
+    items: list[Item] = _comparison_items(col, out) if len(df) else []
     for s in figs:
         it = Item(s["id"], s.get("title", s["id"]), s.get("reproduces", ""))
         drawn = _guard(it, FIGURES[s["kind"]], df, s) if len(df) else None
@@ -210,6 +210,32 @@ def build_report(target: str, out: str | Path | None = None, specs: list[str] | 
     (out / "report.md").write_text(page.markdown())
     (out / "report.html").write_text(page.html(out))
     return out
+
+
+def _comparison_items(col: Any, out: Path) -> list[Item]:
+    """The arms with their CIs and every fetched-memory difference with its verdict (analysis/compare.py), from the
+    runs' item records; their machine-readable record is comparisons.csv."""
+    import pandas as pd
+
+    from hmem_lit.analysis import compare as cmp
+
+    c = cmp.compare(col.root, col=col)
+    if c is None:
+        return []
+    pd.DataFrame(c.records()).to_csv(out / "comparisons.csv", index=False)
+    arms_t, diffs_t, notes = cmp.tables(c)
+    (out / "tables").mkdir(exist_ok=True)
+    (out / "tables" / "comparisons.md").write_text("\n\n".join([arms_t.markdown(), diffs_t.markdown(), *notes]) + "\n")
+    head = "Arms (test entities; mean [95% CI])"
+    items = [
+        Item("arms", head, "Table 1", ["tables/comparisons.md", "comparisons.csv"], arms_t, arms_t.runs),
+        Item("differences", "Fetched memory minus every other arm, with the verdict", table=diffs_t, notes=notes),
+    ]
+    fig1 = Item("fig1_recall", "Fact recall by entity frequency: training phrasing, paraphrase, hard MC", "Fig. 1")
+    drawn = _guard(fig1, cmp.figure, c)
+    if drawn:
+        fig1.files, fig1.runs = _save(drawn[0], out, fig1.id), drawn[1]
+    return [items[0], fig1, items[1]]
 
 
 @dataclass
