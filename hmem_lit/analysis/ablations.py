@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hmem_lit.analysis import stats
 from hmem_lit.analysis.collect import fmt_count
 from hmem_lit.config import ConfigError
 from hmem_lit.utils import atomic_write_text
@@ -89,11 +90,21 @@ def run_row(run_dir: Path, sweep: str) -> dict[str, Any] | None:
         "sk": 100 * float(ev["hmem_sk"]),
         "ck": 100 * float(ev.get("hmem_ck", math.nan)),
         "wiki_ppl": float(ev.get("wiki_ppl", math.nan)),
+        "val_bpb": float(ev.get("val_bpb", math.nan)),
         "rare": 100 * rare,
         "frequent": 100 * frequent,
         "train_time_s": float(final.get("train_time_s") or 0.0),
+        "metric_version": _metric_version(run_dir),
         "eval_time_s": float(ev.get("eval_time_s") or 0.0),
     }
+
+
+def _metric_version(run_dir: Path) -> int:
+    res = run_dir / "eval" / "fetched" / "results.json"
+    try:
+        return int(json.loads(res.read_text()).get("metric_version", 1))
+    except (OSError, ValueError, AttributeError):
+        return 1
 
 
 def _setting(r: pd.Series) -> str:
@@ -138,14 +149,61 @@ def aggregate(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Mean / std / n over seeds of each configuration (keys + setting: corpus and token budget)."""
     cols = [
         c
-        for c in ("sk", "gain", "rare", "rare_gain", "wiki_ppl", "params_fetched", "params_bank", "fetch_ratio")
+        for c in (
+            "sk",
+            "gain",
+            "rare",
+            "rare_gain",
+            "wiki_ppl",
+            "val_bpb",
+            "params_fetched",
+            "params_bank",
+            "fetch_ratio",
+        )
         if c not in keys
     ]
     g = df.groupby(["setting", "corpus", *keys], dropna=False)
     out = g[cols].mean()
     out["sk_std"] = g["sk"].std(ddof=1).fillna(0.0)
     out["n"] = g.size()
+    for c in ("sk", "wiki_ppl", "val_bpb"):  # per-seed values, for the intervals of the checks
+        out[f"{c}_vals"] = g[c].apply(list)
+    out["paths"] = g["path"].apply(list) if "path" in df.columns else [[] for _ in range(len(out))]
     return out.reset_index()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# differences with their noise (analysis/stats.py)
+
+_ITEM_METRIC = {"sk": "Avg-SK", "val_bpb": "val bpb"}  # a row column -> the item-level metric measuring it
+
+
+def step(a: pd.Series, b: pd.Series, col: str = "sk", better: int = 1) -> tuple[stats.Interval, str]:
+    """a - b on `col` with its 95% CI and verdict: a paired bootstrap over the items and seeds when both
+    configurations' run directories hold item records, else a Welch interval over their seeds (per-run numbers)."""
+    from hmem_lit.analysis.compare import diff_runs
+
+    iv = None
+    if a.get("paths") and b.get("paths") and col in _ITEM_METRIC:
+        iv = diff_runs([Path(p) for p in a.paths], [Path(p) for p in b.paths], _ITEM_METRIC[col])
+    if iv is None:
+        iv = stats.seed_interval(list(a[f"{col}_vals"]), list(b[f"{col}_vals"]))
+    return iv, stats.verdict(iv, better)
+
+
+def _says(label: str, iv: stats.Interval, v: str, dec: int = 1) -> str:
+    ci = "" if math.isnan(iv.lo) else f" [{iv.lo:+.{dec}f}, {iv.hi:+.{dec}f}]"
+    return f"{label} {iv.estimate:+.{dec}f}{ci} {v}"
+
+
+def combine(verdicts: list[str]) -> str:
+    """A shape made of steps: holds when every step holds, does not hold when any step does not, otherwise within
+    noise (or not resolved when a step has no CI)."""
+    if any(v == "does not hold" for v in verdicts):
+        return "**does not hold**"
+    if verdicts and all(v == "holds" for v in verdicts):
+        return "**holds**"
+    return "**not resolved (one seed)**" if any(v.startswith("no CI") for v in verdicts) else "**within noise**"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,21 +225,25 @@ def _pm(r: pd.Series) -> str:
     return f"{r.sk:.1f}" + (f" ± {r.sk_std:.1f}" if r.n > 1 else "")
 
 
-def _holds(ok: bool) -> str:
-    return "**holds**" if ok else "**does not hold**"
-
-
 def _type_label(r: pd.Series) -> str:
     return str(r.memory_type).upper() + (f"-{r.lora_target}" if r.memory_type == "lora" else "")
 
 
+def _chain(g: pd.DataFrame, label: Callable[[Any], str], col: str = "sk", better: int = 1) -> tuple[str, list[str]]:
+    """Consecutive rows of g: each step (next - previous) with its CI -> (combined verdict, step texts)."""
+    rows = [r for _, r in g.iterrows()]
+    got = [step(b, a, col, better) for a, b in zip(rows, rows[1:])]
+    texts = [_says(f"{label(a)} -> {label(b)}", iv, v) for (a, b), (iv, v) in zip(zip(rows, rows[1:]), got)]
+    return combine([v for _, v in got]), texts
+
+
 def _check_types(a: pd.DataFrame) -> list[str]:
-    main = a[(a.memory_type != "lora") | (a.lora_target == "qk")].set_index("memory_type")
+    main = a[(a.memory_type != "lora") | (a.lora_target == "qk")].set_index("memory_type", drop=False)
     if not {"ffn", "lora", "kv"} <= set(main.index):
         return ["incomplete: needs ffn, lora and kv"]
-    f, lo, kv = (main.loc[t, "sk"] for t in ("ffn", "lora", "kv"))
-    order = " > ".join(main.sort_values("sk", ascending=False).index.str.upper())
-    return [f"FFN > LoRA > KV: {_holds(f > lo > kv)} (Avg-SK {f:.1f} / {lo:.1f} / {kv:.1f}; measured order {order})"]
+    order = [main.loc[t] for t in ("kv", "lora", "ffn")]
+    verdict, texts = _chain(pd.DataFrame(order), _type_label)
+    return [f"FFN > LoRA > KV: {verdict} (Avg-SK steps: {'; '.join(texts)})"]
 
 
 def _check_level_fetched(a: pd.DataFrame) -> list[str]:
@@ -189,11 +251,8 @@ def _check_level_fetched(a: pd.DataFrame) -> list[str]:
     for fetched, g in a.groupby("params_fetched"):
         g = g.sort_values("level")
         if len(g) >= 2:
-            gains = " / ".join(f"L{int(r.level)} {r.gain:+.1f}" for r in g.itertuples())
-            ok = bool(np.all(np.diff(g.gain.to_numpy()) > 0))
-            out.append(
-                f"fetched {fmt_count(fetched)}: deeper level helps more: {_holds(ok)} (gain over the anchor {gains})"
-            )
+            verdict, texts = _chain(g, lambda r: f"L{int(r.level)}")
+            out.append(f"fetched {fmt_count(fetched)}: deeper level helps more: {verdict} ({'; '.join(texts)})")
     return out or ["incomplete"]
 
 
@@ -202,9 +261,8 @@ def _check_level_bank(a: pd.DataFrame) -> list[str]:
     for level, g in a.groupby("level"):
         g = g.sort_values("params_bank")
         if len(g) >= 2:
-            vals = " -> ".join(f"{r.sk:.1f} ({fmt_count(r.params_bank)})" for r in g.itertuples())
-            ok = bool(np.all(np.diff(g.sk.to_numpy()) > 0))
-            out.append(f"level {int(level)}: accuracy rises with bank size: {_holds(ok)} ({vals})")
+            verdict, texts = _chain(g, lambda r: fmt_count(r.params_bank))
+            out.append(f"level {int(level)}: accuracy rises with bank size: {verdict} ({'; '.join(texts)})")
     return out or ["incomplete"]
 
 
@@ -213,43 +271,51 @@ def _check_fetched_bank(a: pd.DataFrame) -> list[str]:
     big = a.params_bank.max()
     g = a[np.isclose(a.params_bank, big, rtol=0.02)].sort_values("params_fetched")
     if len(g) >= 2:
-        vals = " -> ".join(f"{r.sk:.1f} ({fmt_count(r.params_fetched)})" for r in g.itertuples())
-        out.append(
-            f"bank {fmt_count(big)}: SK rises with the fetched size: "
-            f"{_holds(bool(np.all(np.diff(g.sk.to_numpy()) > 0)))} ({vals})"
-        )
+        verdict, texts = _chain(g, lambda r: fmt_count(r.params_fetched))
+        out.append(f"bank {fmt_count(big)}: SK rises with the fetched size: {verdict} ({'; '.join(texts)})")
     for fetched, h in a.groupby(a.params_fetched.round(-2)):
         h = h.sort_values("params_bank")
         if len(h) >= 2:
-            vals = " -> ".join(f"{r.sk:.1f} ({fmt_count(r.params_bank)})" for r in h.itertuples())
-            out.append(
-                f"fetched {fmt_count(fetched)}: a larger bank helps: "
-                f"{_holds(bool(np.all(np.diff(h.sk.to_numpy()) > 0)))} ({vals})"
-            )
+            verdict, texts = _chain(h, lambda r: fmt_count(r.params_bank))
+            out.append(f"fetched {fmt_count(fetched)}: a larger bank helps: {verdict} ({'; '.join(texts)})")
     return out or ["incomplete"]
 
 
 def _check_ratio(a: pd.DataFrame) -> list[str]:
+    """The paper's optimum is on perplexity (Table 8): the best ratio must be interior and beat both ends beyond
+    the noise; the same read on Avg-SK beside it."""
     g = a.sort_values("fetch_ratio").reset_index(drop=True)
     if len(g) < 3:
         return ["incomplete: needs at least 3 ratios"]
-    best = int(g.sk.idxmax())
-    vals = " / ".join(f"{r.fetch_ratio:.2f}: {r.sk:.1f}" for r in g.itertuples())
-    interior = 0 < best < len(g) - 1
-    return [
-        f"interior optimum of the fetched-to-anchor ratio: {_holds(interior)} (best at "
-        f"{g.fetch_ratio[best]:.2f}; ratio: Avg-SK {vals})"
-    ]
+    out = []
+    ppl = "val_bpb" if "val_bpb" in g and g.val_bpb.notna().all() else "wiki_ppl"  # bits per byte when measured
+    for col, better, name in ((ppl, -1, "perplexity" if ppl == "wiki_ppl" else "bits per byte"), ("sk", 1, "Avg-SK")):
+        vals = g[col].to_numpy(float)
+        inner = vals[1:-1] * better  # the best interior ratio (lowest perplexity, highest Avg-SK)
+        best = 1 + int(np.nanargmax(inner))
+        dec = 3 if col == "val_bpb" else 1
+        listing = " / ".join(f"{r.fetch_ratio:.2f}: {getattr(r, col):,.{dec}f}" for r in g.itertuples())
+        ends = [step(g.loc[best], g.loc[e], col, better) for e in (0, len(g) - 1)]
+        texts = [
+            _says(f"ratio {g.fetch_ratio[best]:.2f} - ratio {g.fetch_ratio[e]:.2f}", iv, v, dec)
+            for e, (iv, v) in zip((0, len(g) - 1), ends)
+        ]
+        out.append(
+            f"interior optimum on {name}: {combine([v for _, v in ends])} (the best interior ratio against both "
+            f"ends: {'; '.join(texts)}; {listing})"
+        )
+    return out
 
 
 def _check_placement(a: pd.DataFrame) -> list[str]:
-    s = a.set_index("layers").sk
+    s = a.set_index("layers", drop=False)
     if not {"late", "all"} <= set(s.index):
         return ["incomplete: needs late and all"]
-    order = " > ".join(s.sort_values(ascending=False).index)
+    iv, v = step(s.loc["late"], s.loc["all"])
+    order = " > ".join(s.sort_values("sk", ascending=False).layers)
     return [
-        f"late at least as good as all layers: {_holds(bool(s['late'] >= s['all']))} "
-        f"(late {s['late']:.1f}, all {s['all']:.1f}; measured order {order})"
+        f"late at least as good as all layers (late - all > 0): {combine([v])} "
+        f"({_says('late - all', iv, v)}; measured order {order})"
     ]
 
 
@@ -369,21 +435,55 @@ def _wall(df: pd.DataFrame) -> str:
     return f"{t / 3600:.1f} h of run time" if t >= 3600 else f"{t / 60:.0f} min of run time"
 
 
-def build(root: str | Path = "runs/sweeps", out: str | Path = "docs/ablations") -> Path:
-    """Write OUT/ablations.md, OUT/<sweep>.png and OUT/rows.csv from the runs below root. -> the page's path."""
-    df = collect_rows(root)
+def read_rows(path: str | Path) -> pd.DataFrame:
+    """A committed rows.csv (the record of an earlier build): the page regenerates from it without the runs."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--rows {p}: no such file (a rows.csv written by `hmem ablations`)")
+    df = pd.read_csv(p, keep_default_na=False, na_values=[""])
+    for c, default in (("val_bpb", math.nan), ("metric_version", 1)):  # rows written before these columns
+        if c not in df.columns:
+            df[c] = default
+    df["lora_target"] = df["lora_target"].fillna("")
+    return df
+
+
+def build(
+    root: str | Path = "runs/sweeps", out: str | Path = "docs/ablations", rows_csv: str | Path | None = None
+) -> Path:
+    """Write OUT/ablations.md, OUT/<sweep>.png and OUT/rows.csv from the runs below root (or from a committed
+    rows.csv, which is then left as it is). -> the page's path."""
+    if rows_csv is not None:
+        df, source = read_rows(rows_csv), f"--rows {rows_csv}"
+    else:
+        df, source = collect_rows(root), f"--root {root}"
     if df.empty:
         raise ConfigError(f"{root}: no complete, evaluated sweep runs (final.json with eval.fetched) below it")
-    df = with_gain(df)
+    if rows_csv is None:
+        df = with_gain(df)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "rows.csv", df.drop(columns=["path"]).to_csv(index=False))
+    if rows_csv is None:
+        atomic_write_text(out / "rows.csv", df.drop(columns=["path"]).to_csv(index=False))
+    versions = sorted({int(v) for v in df.metric_version.dropna()})
     lines = [
         "# The paper's ablations at the quickstart's scale",
         "",
-        f"Generated by `hmem ablations --root {root} --out {out}` from {len(df)} run directories "
+        f"Generated by `hmem ablations {source} --out {out}` from {len(df)} run directories "
         f"({_wall(df)}). Avg-SK = mean fact accuracy over the corpus's probes, fetched memory; 'rare' = the "
-        "probes' rarest frequency bucket; gain = Avg-SK minus the anchor alone (same corpus, depth and tokens).",
+        "probes' rarest frequency bucket; gain = Avg-SK minus the anchor alone (same corpus, depth and tokens). "
+        f"Metric version {', '.join(map(str, versions))}"
+        + (
+            " (version 1: Avg-SK mixes generation and multiple choice with random distractors, over all entities; "
+            "the quickstart's numbers are version 2, see docs/results.md)"
+            if 1 in versions
+            else ""
+        )
+        + ".",
+        "",
+        f"Every check prints each step's difference with its 95% CI and a verdict. Rule: {stats.RULE}; "
+        "without item records (a rebuild from rows.csv) the interval is a Welch t interval over seeds, which "
+        "needs two seeds per configuration: a step with one seed is *not resolved*, whatever its size.",
         "",
     ]
     notes = out / "notes.md"  # hand-written reading of the numbers, kept next to the page (never generated)
@@ -455,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hmem ablations", description=__doc__.splitlines()[0])
     p.add_argument("--root", default="runs/sweeps")
     p.add_argument("--out", default="docs/ablations")
+    p.add_argument("--rows", default=None, help="rebuild the page from a committed rows.csv instead of the runs")
     a = p.parse_args(argv)
-    print(build(a.root, a.out))
+    print(build(a.root, a.out, a.rows))
     return 0
