@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ class Arm:
     items: list[dict[str, dict[str, Any]]]  # per seed: key -> record
     info: dict[str, Any] = field(default_factory=dict)  # provenance
     order: tuple = ()  # memory arms first (by mode), then baselines by size and tokens, the leaf prior last
+    keys: dict[str, list[set[str]]] = field(default_factory=dict)  # metric -> per seed, the items it counts
 
 
 @dataclass
@@ -212,7 +214,8 @@ def _matrix(arm: Arm, spec: MetricSpec, keys: list[str]) -> stats.Metric:
         num = np.array([[-s[k]["ll"] / LN2 for k in keys] for s in arm.items])
         den = np.array([[float(s[k]["bytes"]) for k in keys] for s in arm.items])
         return stats.Metric(num, den, strata)
-    w = np.array([1.0 / (len(uniq) * strata_names.count(s)) for s in strata_names])
+    size = Counter(strata_names)
+    w = np.array([1.0 / (len(uniq) * size[s]) for s in strata_names])
     vals = np.array([[float(s[k][spec.value]) for k in keys] for s in arm.items])
     return stats.Metric(vals * w, None, strata)
 
@@ -222,9 +225,12 @@ def _keys(arms: list[Arm], spec: MetricSpec) -> list[str]:
     field_ = "ll" if spec.value == "bits" else spec.value
     common: set[str] | None = None
     for arm in arms:
-        for s in arm.items:
-            ks = {k for k, r in s.items() if r and spec.pick(r) and r.get(field_) is not None}
-            common = ks if common is None else common & ks
+        if spec.name not in arm.keys:  # per arm and metric, once
+            arm.keys[spec.name] = [
+                {k for k, r in s.items() if r and r.get(field_) is not None and spec.pick(r)} for s in arm.items
+            ]
+        for ks in arm.keys[spec.name]:
+            common = set(ks) if common is None else common & ks
     return sorted(common or ())
 
 
@@ -252,8 +258,8 @@ def compare(
                 table[(arm.name, spec.name)] = stats.bootstrap(_matrix(arm, spec, keys), n_boot, seed=1)
         for a in focus:
             for b in present:
-                if b is a:
-                    continue
+                if b is a or (" [" in b.name and b.mode != "prior" and b.runs != a.runs):
+                    continue  # another memory configuration: its own arms, not a baseline of this one
                 keys = _keys([a, b], spec)
                 if not keys:
                     continue

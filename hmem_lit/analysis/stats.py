@@ -63,29 +63,43 @@ class Interval:
         return f"{self.estimate * scale:.{dec}f} [{self.lo * scale:.{dec}f}, {self.hi * scale:.{dec}f}]"
 
 
+def _counts(strata: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, N) float32 resample counts: each replicate draws every stratum's items with replacement, as many as
+    it holds. The same counts serve every arm of a comparison (paired) and every metric on the same items."""
+    key = (strata.tobytes(), len(strata), n_boot, seed)
+    got = _COUNTS.get(key)
+    if got is not None:
+        return got
+    rng = np.random.default_rng([seed, 7])
+    n = len(strata)
+    w = np.zeros(n_boot * n, np.float32)
+    for s in np.unique(strata):
+        g = np.nonzero(strata == s)[0]
+        idx = g[rng.integers(0, len(g), size=(n_boot, len(g)))]  # (B, |g|) items drawn in this stratum
+        w += np.bincount((np.arange(n_boot)[:, None] * n + idx).ravel(), minlength=n_boot * n).astype(np.float32)
+    got = w.reshape(n_boot, n)
+    if len(_COUNTS) > 8:
+        _COUNTS.clear()
+    _COUNTS[key] = got
+    return got
+
+
+_COUNTS: dict[tuple, np.ndarray] = {}
+
+
 def _replicates(metrics: list[Metric], n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, len(metrics)) bootstrap replicates of each metric's estimate with shared item draws."""
-    rng = np.random.default_rng(seed)
     strata = metrics[0].strata
     n = len(strata)
     for m in metrics:
         if m.num.shape[1] != n or (m.den is not None and m.den.shape != m.num.shape):
             raise ValueError("metrics compared must hold the same items")
-    groups = [np.nonzero(strata == s)[0] for s in np.unique(strata)]
-    sums_num = [np.zeros((m.num.shape[0], n_boot)) for m in metrics]
-    sums_den = [None if m.den is None else np.zeros((m.num.shape[0], n_boot)) for m in metrics]
-    chunk = max(1, 4_000_000 // max(1, max(len(g) for g in groups)))
-    for g in groups:
-        for b0 in range(0, n_boot, chunk):
-            b1 = min(n_boot, b0 + chunk)
-            idx = g[rng.integers(0, len(g), size=(b1 - b0, len(g)))]  # (b, |g|) items drawn in this stratum
-            for k, m in enumerate(metrics):
-                sums_num[k][:, b0:b1] += m.num[:, idx].sum(2)
-                if m.den is not None:
-                    sums_den[k][:, b0:b1] += m.den[:, idx].sum(2)  # type: ignore[index]
+    w = _counts(np.asarray(strata), n_boot, seed).T  # (N, B)
+    rng = np.random.default_rng([seed, 11])
     out = np.empty((n_boot, len(metrics)))
-    for k in range(len(metrics)):
-        per_seed = Metric._ratio(sums_num[k], sums_den[k])  # (S, n_boot)
+    for k, m in enumerate(metrics):
+        num = m.num.astype(np.float32) @ w  # (S, B) each seed's metric on each replicate's items
+        per_seed = Metric._ratio(num, None if m.den is None else m.den.astype(np.float32) @ w).astype(np.float64)
         S = per_seed.shape[0]
         if S > 1:  # resample this arm's seeds too
             pick = rng.integers(0, S, size=(n_boot, S))
