@@ -19,18 +19,18 @@ from hmem_lit.errors import one_of as _one_of
 class AnchorConfig:
     preset: str = "tiny"  # named preset (see PRESETS); its values apply before explicit keys
     vocab_size: int | None = None  # None = taken from the data's tokenizer at train time
-    n_layer: int = 2
-    d_model: int = 64
-    n_head: int = 4
+    n_layer: int = 2  # transformer blocks
+    d_model: int = 64  # residual width
+    n_head: int = 4  # attention heads
     head_dim: int = 16  # attention width = n_head * head_dim (may differ from d_model, as in openlm-160m)
     d_ff: int = 192  # SwiGLU inner width
     norm: str = "rmsnorm"  # rmsnorm | layernorm (both weight-only)
-    norm_eps: float = 1e-5
+    norm_eps: float = 1e-5  # epsilon of the norms
     qk_norm: bool = True  # weight-only norm over the full attention width of q and k
-    tie_embeddings: bool = True
-    rope_base: float = 100_000.0
-    max_seq_len: int = 2048
-    init_std: float = 0.02
+    tie_embeddings: bool = True  # the output head shares the token embedding
+    rope_base: float = 100_000.0  # RoPE base (OpenLM: 100,000)
+    max_seq_len: int = 2048  # longest sequence the RoPE tables cover
+    init_std: float = 0.02  # std of the normal weight init
     # document-causal attention (anchor.py): sdpa (dense (B,1,T,T) mask, the reference) | flex (FlexAttention block
     # mask; no backward on CPU) | auto (flex on CUDA if head_dim >= 16, sdpa elsewhere). Built-in anchor only;
     # preset=hf: auto

@@ -45,14 +45,14 @@ class PKMConfig:
     """Product-key memory layer (Memory Layers at Scale)."""
 
     n_keys: int = 32  # sqrt(N): half-keys per product half; N = n_keys**2 value rows
-    heads: int = 4
-    topk: int = 8
+    heads: int = 4  # query heads (all read one shared value table)
+    topk: int = 8  # rows read per head and token
     k_dim: int = 64  # full query/key dim; each half-key has k_dim // 2
     v_dim: int | None = None  # None = d_model
     layers: Any = "auto"  # auto (3 equally spaced) | list of layer indices
     mode: str = "replace"  # replace the FFN at those layers, or add to it
     gated: bool = True  # Memory+ SiLU gating
-    qk_norm: bool = True
+    qk_norm: bool = True  # RMS-normalise queries and keys (the paper adds it for stability)
     # scores of RMS-normalised q and keys are multiplied by this (None = 1, unscaled: a sharp softmax, ~2.7 of the
     # rows read carry the weight at the paper's sizes); 1/sqrt(k_dim/2) gives dot-product attention's scale
     qk_norm_scale: float | None = None
@@ -77,7 +77,7 @@ class MemoryConfig:
     layers: Any = "all"  # all | early | middle | late | list of layer indices
     init_std: float = 0.02  # truncated-normal std of the non-zero parts (FFN gate/up, KV keys)
     lora_target: str = "qk"  # qk | vo | ffn
-    lora_alpha: float = 2.0
+    lora_alpha: float = 2.0  # LoRA patches are scaled by lora_alpha / rank (the paper: alpha = 2)
     generic: bool = False  # also train one context-independent "generic" block of the fetch size
     generic_prob: float = 1.0 / 17.0  # probability a training sequence uses the generic block
     offload: bool = False  # keep the bank on the CPU; only fetched blocks move to the accelerator
@@ -213,8 +213,8 @@ class DataConfig:
     vocab_size: int = 4096  # BPE vocabulary trained on the corpus
     seq_len: int = 128  # packed sequence length (tokens)
     val_fraction: float = 0.02  # share of documents held out for validation perplexity
-    seed: int = 0
-    num_workers: int = 0
+    seed: int = 0  # corpus, synthetic world, split and packing seed (train.seed drives init and order)
+    num_workers: int = 0  # DataLoader workers (0 = load in the main process)
     # corpus scale (data/stream.py): preparation reads documents in chunks of `chunk_docs` and trains the BPE on
     # at most `tokenizer_sample` training documents (a seeded sample; 0 = all), so its memory is bounded by these,
     # not by the corpus. `workers` processes embed chunks in parallel; neither changes any output.
@@ -295,14 +295,14 @@ class OptimConfig:
     lr: float = 3e-3  # anchor peak LR
     min_lr: float = 3e-4  # cosine floor
     warmup: float = 0.05  # fraction of total steps if < 1, else a number of steps
-    weight_decay: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    weight_decay: float = 0.05  # anchor AdamW weight decay
+    beta1: float = 0.9  # AdamW betas (anchor and memory)
+    beta2: float = 0.95  # AdamW beta2 (anchor and memory)
+    eps: float = 1e-8  # AdamW epsilon (anchor and memory)
     grad_clip: float = 1.0  # anchor (dense) gradient-norm clip; 0 = off
     memory_lr: float = 3e-3  # memory blocks' own peak LR (paper at scale: 1e-4)
-    memory_min_lr: float = 3e-4
-    memory_weight_decay: float = 1e-3
+    memory_min_lr: float = 3e-4  # memory LR at the end of its cosine
+    memory_weight_decay: float = 1e-3  # the paper: 1e-3 helped memorisation
     memory_grad_clip: float = 0.0  # separate clip for memory gradients; 0 = they join the global clip (grad_clip)
     # per bank level (level 1 first): multipliers on memory_lr and memory_min_lr for the FFN/LoRA/KV block tables.
     # Deep levels are fetched by few documents, so their rows see few updates; [] = 1 for every level.
@@ -378,14 +378,17 @@ class TrainConfig:
             _one_of(n, TRACKERS, "train.loggers")
 
 
+EVAL_TASKS = ("hmem_sk", "hmem_ck", "hmem_wiki_ppl", "hmem_val_bpb")
+
+
 @dataclass
 class EvalConfig:
-    tasks: list[str] = field(default_factory=lambda: ["hmem_sk", "hmem_ck", "hmem_wiki_ppl", "hmem_val_bpb"])
+    tasks: list[str] = field(default_factory=lambda: list(EVAL_TASKS))  # lm-eval tasks and groups (generated per run)
     memory: str = "fetched"  # fetched | generic | none | blocked | random (random paths: the routing control)
     block_level: int = 1  # blocked mode: the tree level whose best-matching subtree is blocked
     limit: int | None = None  # at most this many samples per task
-    batch_size: int = 32
-    max_gen_tokens: int = 16
+    batch_size: int = 32  # requests per forward
+    max_gen_tokens: int = 16  # generation length cap for probes without their own
     max_length: int | None = None  # evaluation context window in tokens (None = data.seq_len, the trained one)
     rolling_context: int | None = None  # perplexity: context tokens kept per rolling window (None = max_length // 2)
 
@@ -404,8 +407,8 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     experiment: str = "default"  # runs/<experiment>/<name>/
-    name: str = "run"
-    out_dir: str = "runs"
+    name: str = "run"  # the run directory's name
+    out_dir: str = "runs"  # where run directories go
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
