@@ -401,3 +401,49 @@ def figure(c: Comparison, arms: tuple[str, ...] = FIG1_ARMS):
         fig.suptitle(f"{c.corpus}: fact recall by entity frequency (mean over probes; bands: 95% CI)", fontsize=8)
         fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig, sorted({p.name for a in pick for p in a.runs})
+
+
+# ------------------------------------------------------------------------------------------------ routing
+
+
+def _keys_json(run: Path) -> dict[str, Any] | None:
+    """The run's data directory's tree/keys.json (each key's main leaf), or None."""
+    from types import SimpleNamespace
+
+    from hmem_lit.evaluation.resources import resolve_data_dir
+
+    cfg = read_json(run / "final.json").get("config") or {}
+    d = resolve_data_dir(SimpleNamespace(data=SimpleNamespace(dir=(cfg.get("data") or {}).get("dir", ""))))
+    p = Path(d) / "tree" / "keys.json"
+    return read_json(p) if p.is_file() else None
+
+
+def routing_table(c: Comparison) -> Any | None:
+    """Per routed arm and variant (test entities, seeds pooled): the share of prompts routed to their entity's main
+    leaf, and the accuracy when routed there vs elsewhere (with the item counts)."""
+    from hmem_lit.analysis.tables import Table
+
+    rows = []
+    for arm in c.arms:
+        if arm.mode not in ("fetched", "random"):
+            continue
+        keys = _keys_json(arm.runs[0])
+        if not keys:
+            continue
+        for variant in ("base", "para", "qa"):
+            hit, miss = [], []
+            for s in arm.items:
+                for r in s.values():
+                    if r.get("variant") != variant or (r.get("split") or "test") != "test" or "path" not in r:
+                        continue
+                    k = keys.get(r["entity"])
+                    if k is not None:
+                        (hit if list(r["path"]) == k["main_path"] else miss).append(float(r["acc"]))
+            if hit or miss:
+                pct = lambda xs: f"{100 * np.mean(xs):.1f} (n={len(xs)})" if xs else "-"  # noqa: E731
+                share = 100 * len(hit) / (len(hit) + len(miss))
+                rows.append([arm.name, variant, f"{share:.1f}", pct(hit), pct(miss)])
+    if not rows:
+        return None
+    head = ["arm", "variant", "routed to the entity's leaf (%)", "accuracy there (%, items)", "accuracy elsewhere (%, items)"]
+    return Table(head, rows, sorted({p.name for a in c.arms for p in a.runs}))

@@ -235,7 +235,11 @@ def _comparison_items(col: Any, out: Path) -> list[Item]:
     drawn = _guard(fig1, cmp.figure, c)
     if drawn:
         fig1.files, fig1.runs = _save(drawn[0], out, fig1.id), drawn[1]
-    return [items[0], fig1, items[1]]
+    routing = cmp.routing_table(c)
+    if routing is not None:
+        (out / "tables" / "routing.md").write_text(routing.markdown() + "\n")
+        items.append(Item("routing", "Routed to the entity's leaf, and accuracy there vs elsewhere", table=routing))
+    return [items[0], fig1, *items[1:]]
 
 
 @dataclass
