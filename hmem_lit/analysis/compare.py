@@ -445,5 +445,6 @@ def routing_table(c: Comparison) -> Any | None:
                 rows.append([arm.name, variant, f"{share:.1f}", pct(hit), pct(miss)])
     if not rows:
         return None
-    head = ["arm", "variant", "routed to the entity's leaf (%)", "accuracy there (%, items)", "accuracy elsewhere (%, items)"]
+    head = ["arm", "variant", "routed to the entity's leaf (%)", "accuracy there (%, items)"]
+    head.append("accuracy elsewhere (%, items)")
     return Table(head, rows, sorted({p.name for a in c.arms for p in a.runs}))
