@@ -160,8 +160,9 @@ def find_arms(col: Any, modes: tuple[str, ...] = ("fetched", "generic", "none", 
             if first.memory_type == "none":
                 break
     arms.sort(key=lambda a: a.order)
+    ids = dict(zip(df.path, df.config_id))
     for arm in arms:
-        arm.info = provenance(arm)
+        arm.info = {"config_hash": ids[str(arm.runs[0])], **provenance(arm)}
     base = next((a for a in arms if a.mode == "fetched" and " [" in a.name), arms[0] if arms else None)
     if base is not None:  # the leaf prior: the same items, each item's prior_ok (one "seed": it is deterministic)
         prior = Arm(PRIOR, "prior", base.runs[:1], [0], [{k: _as_prior(r) for k, r in base.items[0].items()}])
@@ -175,13 +176,10 @@ def _as_prior(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def provenance(arm: Arm) -> dict[str, Any]:
-    """Config hash, training and evaluation commits, date of the arm's runs (every seed's, joined when they differ)."""
-    cfg_hash, train_c, eval_c, dates = set(), set(), set(), set()
+    """Training and evaluation commits and the evaluation date of the arm's runs (every seed's, joined when they
+    differ)."""
+    train_c, eval_c, dates = set(), set(), set()
     for run in arm.runs:
-        fin = read_json(run / "final.json")
-        from hmem_lit.analysis.collect import _config_id
-
-        cfg_hash.add(_config_id(fin.get("config") or {}, fin.get("params") or {}))
         man = read_json(run / "manifest.json") if (run / "manifest.json").is_file() else {}
         train_c.add(_short(man))
         res = run / "eval" / arm.mode / "results.json"
@@ -189,7 +187,6 @@ def provenance(arm: Arm) -> dict[str, Any]:
         eval_c.add(_short(r.get("code") or {}))
         dates.add(str(r.get("date") or "")[:10])
     return {
-        "config_hash": " ".join(sorted(cfg_hash)),
         "train_commit": " ".join(sorted(train_c)),
         "eval_commit": " ".join(sorted(eval_c)),
         "date": " ".join(sorted(d for d in dates if d)) or dt.date.today().isoformat(),
