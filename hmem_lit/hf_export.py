@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -117,31 +118,37 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf") -> Path:
             f"{run_dir}: its anchor is already a Hugging Face model ({cfg.anchor.hf_path}); export "
             "the memory by copying the run, the anchor is the original directory"
         )
+    if cfg.memory.type == "lora" and cfg.anchor.qk_norm:
+        raise ConfigError(
+            "memory.type=lora: the OLMoE export has no per-projection FFN linears to add LoRA "
+            "deltas to; export FFN or KV memory runs (or a qk_norm=false anchor)"
+        )
     state = load_file(str(runs.check_weights(run_dir / runs.WEIGHTS)))
     acfg = cfg.anchor
     hcfg = hf_config(acfg, **_special_ids(cfg))
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    hcfg.save_pretrained(str(tmp))
-    save_file(
-        hf_state({k: v for k, v in state.items() if k.startswith("anchor.")}, acfg),
-        str(tmp / "model.safetensors"),
-        metadata={"format": "pt"},
-    )
-    _tokenizer(cfg, tmp)
-    meta: dict[str, Any] = {"hmem_lit_config": final["config"], "source_run": str(run_dir), "params": final["params"]}
-    if cfg.memory.type != "none":
-        if cfg.memory.type == "lora" and acfg.qk_norm:
-            raise ConfigError(
-                "memory.type=lora: the OLMoE export has no per-projection FFN linears to add LoRA "
-                "deltas to; export FFN or KV memory runs (or a qk_norm=false anchor)"
-            )
-        save_file({k: v.contiguous() for k, v in state.items() if k.startswith("memory.")}, str(tmp / MEMORY_WEIGHTS))
-        _router(cfg, tmp / "router")
-    (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)  # complete or absent: the directory appears in one step
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))  # new: never a user's
+    try:
+        hcfg.save_pretrained(str(tmp))
+        save_file(
+            hf_state({k: v for k, v in state.items() if k.startswith("anchor.")}, acfg),
+            str(tmp / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
+        _tokenizer(cfg, tmp)
+        meta: dict[str, Any] = {"hmem_lit_config": final["config"], "source_run": str(run_dir)}
+        meta["params"] = final["params"]
+        if cfg.memory.type != "none":
+            bank = {k: v.contiguous() for k, v in state.items() if k.startswith("memory.")}
+            save_file(bank, str(tmp / MEMORY_WEIGHTS))
+            _router(cfg, tmp / "router")
+        (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
+        if out.is_dir():
+            out.rmdir()  # check_out_dir left only an empty one
+        tmp.rename(out)  # complete or absent: the directory appears in one step
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary directory, never a user's
+        raise
     return out
 
 

@@ -72,7 +72,7 @@ def _job_params(run_dir: Path) -> dict[str, int]:
     return dict(read_final(run_dir).get("params") or {}) if (run_dir / FINAL).is_file() else {}
 
 
-_MERGE_FILES = {"config.yaml", "final.json", WEIGHTS}
+_MERGE_FILES = {"config.yaml", "final.json", WEIGHTS, ".hmem-run"}
 
 
 def _check_merge_out(out: Path) -> None:
@@ -137,6 +137,9 @@ def merge_banks(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
         if not existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a refused merge leaves nothing behind
         raise
+    from hmem_lit.runs import mark_run_dir
+
+    mark_run_dir(out)  # a run directory of ours (a later --force or merge may replace it)
     cfg = dataclasses.replace(cfgs[0], name=out.name, train=dataclasses.replace(cfgs[0].train, subtree=None))
     save_config(cfg, out / "config.yaml")
     write_json(

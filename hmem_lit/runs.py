@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hmem_lit.config import ConfigError, RunConfig, RunError, from_dict, load_config  # noqa: F401 (RunError: re-export)
-from hmem_lit.utils import read_json, write_json
+from hmem_lit.utils import atomic_write_text, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -147,15 +147,21 @@ def check_weights(path: str | Path) -> Path:
 
 
 def update_final(run_dir: str | Path, **sections: Any) -> None:
-    """Merge sections into final.json (atomically); used by evaluation to add headline numbers."""
+    """Merge sections into final.json (atomically, and under an exclusive lock for the read-modify-write, so two
+    evaluations of one run never drop each other's sections); used by evaluation to add headline numbers."""
     path = Path(run_dir) / FINAL
-    final = read_json(path)
-    for k, v in sections.items():
-        if isinstance(v, dict) and isinstance(final.get(k), dict):
-            final[k].update(v)
-        else:
-            final[k] = v
-    write_json(path, final)
+    with open(path.parent.parent / f".{path.parent.name}.final.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            final = read_final(path.parent)
+            for k, v in sections.items():
+                if isinstance(v, dict) and isinstance(final.get(k), dict):
+                    final[k].update(v)
+                else:
+                    final[k] = v
+            write_json(path, final)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -247,8 +253,10 @@ def verify_checkpoint(run_dir: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: str | Path):
-    """Hold an exclusive lock on a run directory while training it; a second process stops with one line.
+def run_lock(run_dir: str | Path, shared: bool = False):
+    """Hold a lock on a run directory: exclusive while training it (a second trainer, or a `--force` that would wipe
+    it, stops with one line), shared while reading it (`hmem eval`: several evaluations of one run may run at once,
+    none while it trains).
 
     The lock file sits beside the run directory (runs/<experiment>/.<name>.lock) so --force can delete the
     directory while holding it. Lightning's DDP rank processes (LOCAL_RANK > 0) run under their launcher's lock."""
@@ -260,24 +268,84 @@ def run_lock(run_dir: str | Path):
     lock = run_dir.parent / f".{run_dir.name}.lock"
     with open(lock, "a+") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "another process"
+            holder = f.read().strip() or "another process (an evaluation)"
             raise RunError(
-                f"{run_dir}: is being trained by {holder} (lock {lock}); wait for it to finish, "
-                "or choose another name=..."
+                f"{run_dir}: is in use by {holder} (lock {lock}); wait for it to finish"
+                + ("" if shared else ", or choose another name=...")
             ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        f.flush()
+        if not shared:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            f.flush()
         try:
             yield
         finally:
-            f.seek(0)
-            f.truncate()
+            if not shared:
+                f.seek(0)
+                f.truncate()
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------------------------------------ ownership
+
+MARKER = ".hmem-run"  # written first into every run directory the suite creates: --force deletes only those
+_LEGACY = (CONFIG, "manifest.json", FINAL)  # a run directory written before the marker existed holds these
+
+
+def owned(run_dir: str | Path) -> bool:
+    """Whether `run_dir` is a run directory this suite created (its marker, or an older run's own files)."""
+    d = Path(run_dir)
+    return (d / MARKER).is_file() or ((d / "manifest.json").is_file() and (d / CONFIG).is_file())
+
+
+def claim_run_dir(run_dir: str | Path) -> None:
+    """Refuse, in one line, a run directory the suite must not write into: a symbolic link (never followed), a
+    file, or an existing directory it did not create (a user's files there would be trained into or, with
+    --force, deleted)."""
+    d = Path(run_dir)
+    if d.is_symlink():  # the run directory itself (a runs/ folder linked to a big disk is fine)
+        raise ConfigError(
+            f"{d}: is a symbolic link; hmem never writes through one. Use the real path (out_dir=...) or another "
+            "name=..."
+        )
+    if d.exists() and not d.is_dir():
+        raise ConfigError(f"{d}: exists and is a file, not a run directory; choose another name=... or out_dir=...")
+    if d.is_dir() and any(d.iterdir()) and not owned(d):
+        raise ConfigError(
+            f"{d}: exists and was not created by hmem (no {MARKER} marker); hmem neither trains into nor deletes "
+            "it: choose another name=... or out_dir=..., or move the directory away"
+        )
+
+
+def claim_out_dir(out: str | Path, marker: str, legacy: tuple[str, ...], flag: str = "--out") -> Path:
+    """An output directory a command fills and may refill (a report): new, empty, or one it made before (its
+    `marker`, or the `legacy` files an older version wrote); never a file, a symbolic link or a directory holding
+    anything else. Creates it and writes the marker. -> the path."""
+    out = Path(out)
+    if out.is_symlink():
+        raise ConfigError(f"{flag} {out}: is a symbolic link; hmem never writes through one: give the real path")
+    check_out_dir(out, flag, empty=False)
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+        if not all((out / f).exists() for f in legacy):
+            raise ConfigError(
+                f"{flag} {out}: exists, is not empty and was not written by hmem (no {marker} marker); choose a "
+                "new directory"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / marker).is_file():
+        atomic_write_text(out / marker, "written by hmem_lit; its files are replaced when it is written again\n")
+    return out
+
+
+def mark_run_dir(run_dir: str | Path) -> None:
+    d = Path(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    if not (d / MARKER).is_file():
+        atomic_write_text(d / MARKER, "a run directory created by hmem_lit\n")
 
 
 def throughput(run_dir: str | Path) -> float | None:

@@ -323,6 +323,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     from hmem_lit.lit_module import HmemLitModule
 
     run_dir = cfg.run_dir
+    runs.claim_run_dir(run_dir)  # before any work: never a symlink, a file or a directory of the user's files
     if not force and run_dir.exists():  # a complete run is a no-op even where its inputs are gone
         _check_resume(run_dir, cfg, config_only=True)  # the checkpoint is read once, under the lock below
         if runs.is_complete(run_dir):
@@ -420,8 +421,10 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         plugins=[StreamingCheckpointIO(mmap=disk)],
     )
     with runs.run_lock(run_dir):
+        runs.claim_run_dir(run_dir)  # again, under the lock: a symlink, a file, or a directory hmem did not create
         if force and run_dir.exists():
-            shutil.rmtree(run_dir)
+            shutil.rmtree(run_dir)  # only a run directory of ours gets here
+        runs.mark_run_dir(run_dir)
         resume = _check_resume(run_dir, cfg) if run_dir.exists() else None  # again: under the lock
         if runs.is_complete(run_dir):
             runs.read_final(run_dir)  # a damaged final.json is one line naming it, not "complete"

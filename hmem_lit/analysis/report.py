@@ -154,9 +154,9 @@ def _guard(item: Item, fn, *args) -> Any:
 def build_report(target: str, out: str | Path | None = None, specs: list[str] | None = None) -> Path:
     t = sweep_mod.resolve(target)
     out = Path(out) if out else work_root() / "analysis" / "generated" / t.name  # never inside an installed package
-    runs.check_out_dir(out, empty=False)  # its own earlier report is replaced; a file there is refused
     figs, tabs = load_specs(specs)
     study, study_notes = sweep_mod.load_study(t)
+    runs.claim_out_dir(out, ".hmem-report", ("report.md", "runs.csv"))  # its own earlier report is replaced
     extra = sweep_mod.trial_run_dirs(study) if study else []
     if not t.runs_dir.is_dir():
         t.notes.append(
@@ -164,7 +164,6 @@ def build_report(target: str, out: str | Path | None = None, specs: list[str] | 
             + (f"; {len(extra)} trial run directories named by the study" if extra else "")
         )
     col = collect(t.runs_dir if t.runs_dir.is_dir() else None, extra)
-    out.mkdir(parents=True, exist_ok=True)
     df = col.table
     df.drop(columns=[c for c in CSV_DROP if c in df.columns]).to_csv(out / "runs.csv", index=False)
     items: list[Item] = _comparison_items(col, out) if len(df) else []

@@ -317,11 +317,14 @@ def evaluate(
     ConfigError; an evaluation refused before it wrote anything of its own leaves no eval/ directory behind."""
     eval_dir = Path(run_dir) / "eval"
     existed = eval_dir.exists()
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory")
     try:
-        return _evaluate(
-            run_dir, tasks, memory, limit, force, batch_size, block_level, threads, print_table, include_path, rag,
-            rag_k, rag_join,
-        )  # fmt: skip
+        with runs.run_lock(run_dir, shared=True):  # never while the run trains, or while --force wipes it
+            return _evaluate(
+                run_dir, tasks, memory, limit, force, batch_size, block_level, threads, print_table, include_path,
+                rag, rag_k, rag_join,
+            )  # fmt: skip
     except ConfigError:
         if not existed and eval_dir.is_dir() and not any(eval_dir.glob("*/results.json")):
             import shutil
