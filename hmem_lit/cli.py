@@ -127,6 +127,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         rag=a.rag,
         rag_k=a.rag_k,
         rag_join=a.rag_join,
+        trust_include=a.trust_include_path,
     )
     return 0
 
@@ -147,7 +148,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_ablations(a: argparse.Namespace) -> int:
     from hmem_lit.analysis.ablations import build
 
-    print(build(a.root, a.out))
+    print(build(a.root, a.out, a.rows))
     return 0
 
 
@@ -293,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="your own lm-eval task YAMLs (repeatable); name them with --tasks; results under "
         "<run_dir>/eval/<memory>-<tasks>/",
     )
+    e.add_argument(
+        "--trust-include-path",
+        action="store_true",
+        help="let the include path's YAMLs run Python (lm-eval's !function tags); refused without it",
+    )
     r = sub.add_parser("report", help="figures, tables and an HTML page from a runs directory or a sweep")
     r.add_argument(
         "target", help="runs directory, or sweep name (sweeps/<name>.yaml; its runs under runs/sweeps/<name>/)"
@@ -310,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ab.add_argument("--root", default="runs/sweeps", help="the sweeps' runs (default runs/sweeps)")
     ab.add_argument("--out", default="docs/ablations", help="output directory (default docs/ablations)")
+    ab.add_argument("--rows", default=None, help="rebuild the page from a committed rows.csv instead of the runs")
     w = sub.add_parser(
         "sweep",
         help="run a sweep (`hmem sweep sweeps/x.yaml [--workers N] [key=value]`), or "

@@ -43,6 +43,68 @@ def friendly(err: OmegaConfBaseException, valid: list[str]) -> ConfigError:
     return ConfigError(f"{full_key or 'config'}: {msg}")
 
 
+# Every YAML file the suite reads (experiments, sweeps, figure specs, run configs, the task YAMLs of an include
+# path) goes through `load_yaml`: the safe loader, plus a bound on what anchors and aliases expand to, so a
+# "billion laughs" file is one line instead of minutes and gigabytes (PyYAML shares aliased objects, but every
+# consumer that copies or walks the tree pays the expanded size).
+YAML_MAX_NODES = 200_000  # nodes after expanding every alias
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    import yaml
+
+    got = memo.get(id(node))
+    if got is not None:
+        return got
+    memo[id(node)] = 1  # a node that refers to itself counts once
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(c, memo) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = size
+    return size
+
+
+def load_yaml(text: str, where: str, tags: list[str] | None = None) -> Any:
+    """YAML text -> Python objects with the safe loader, refusing (one ConfigError naming `where`) a document whose
+    aliases expand past YAML_MAX_NODES nodes or that is not valid YAML. `tags`, if given, receives
+    "<tag> at line <n>" for every application-specific tag (e.g. lm-eval's `!function`), which the safe loader would
+    refuse: the caller decides whether to trust them, and the document itself is then not constructed (None)."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    found: list[str] = []
+
+    def _tagged(loader: Any, suffix: str, node: Any) -> None:
+        found.append(f"{node.tag} at line {node.start_mark.line + 1}")
+
+    if tags is not None:
+        _Loader.add_multi_constructor("!", _tagged)
+    try:
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None and _expanded_size(node, {}) > YAML_MAX_NODES:
+                raise ConfigError(
+                    f"{where}: its anchors and aliases expand to more than {YAML_MAX_NODES:,} nodes (a YAML bomb?); "
+                    "write the values out or use fewer aliases"
+                )
+            value = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to read; flatten it") from None
+    if tags is not None:
+        tags.extend(found)
+    return value
+
+
 def read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     """An experiment file, merged onto its `base:` chain (each path relative to the file naming it)."""
     p = Path(path)
@@ -55,6 +117,11 @@ def read_yaml(path: str | Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     if p.resolve() in chain:
         cycle = " -> ".join(c.name for c in (*chain, p.resolve()))
         raise ConfigError(f"{chain[-1]}: base: makes a cycle ({cycle}); remove one of these base: lines")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read it ({e})") from None
+    load_yaml(text, str(p))  # the bounded reader first: a YAML bomb is one line, not minutes of OmegaConf
     try:
         cfg = OmegaConf.load(p)
     except Exception as e:  # yaml.YAMLError and friends: report line

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from hmem_lit import runs
+from hmem_lit.config_text import load_yaml
 from hmem_lit.effects import FIELD_EFFECTS
 
 TOL_SAME, TOL_RUNTIME, DENSE2X = 0.02, 0.05, (1.7, 2.3)
@@ -183,9 +183,9 @@ def _incomplete_reason(run_dir: Path) -> str:
     recs = [r for r in runs.read_metrics(run_dir) if "step" in r]
     target = ""
     try:
-        cfg = yaml.safe_load((run_dir / runs.CONFIG).read_text()) or {}
+        cfg = load_yaml((run_dir / runs.CONFIG).read_text(), str(run_dir / runs.CONFIG)) or {}
         target = f" of {int(cfg['train']['max_tokens']):,} tokens"
-    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+    except (OSError, KeyError, TypeError, ValueError):
         pass
     if not recs:
         return "no final.json and nothing logged (failed at start, or still starting)"

@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hmem_lit import runs
 from hmem_lit.analysis import sweep as sweep_mod
 from hmem_lit.analysis.collect import collect
 from hmem_lit.analysis.figures import FIGURES, Skip
 from hmem_lit.analysis.tables import Table, make_table, runs_overview, simple_table
 from hmem_lit.config import ConfigError
+from hmem_lit.config_text import load_yaml
 from hmem_lit.resources import shipped_dir, work_root
 
 SPEC_DIR = shipped_dir("analysis")  # the figure specs analysis/*.yaml: the checkout's, else the installed copy
@@ -81,10 +80,7 @@ def load_specs(paths: Sequence[str | Path] | None = None) -> tuple[list[dict], l
     for f in files:
         if not f.is_file():
             raise ConfigError(f"{f}: spec file not found")
-        try:
-            d = yaml.safe_load(f.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{f}: not valid YAML ({str(e).splitlines()[0]})") from None
+        d = load_yaml(f.read_text(), str(f)) or {}
         if not isinstance(d, dict):
             raise ConfigError(f"{f}: the top level must be a mapping with figures: and tables:")
         _check_keys(f, "top level", d, ("figures", "tables"))

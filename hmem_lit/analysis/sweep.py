@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hmem_lit.config import ConfigError
+from hmem_lit.config_text import load_yaml
 from hmem_lit.resources import shipped_dir
 
 SWEEPS_DIR, RUNS = shipped_dir("sweeps"), Path("runs")
@@ -68,10 +67,7 @@ def _from_yaml(yml: Path) -> Target:
         return Target(spec.name, Path(runs_dir), str(spec.storage_url), spec.name, metric=getattr(spec, "metric", None))
     except Exception as e:  # noqa: BLE001 - fall back to reading the YAML ourselves
         note = f"sweeps loader unavailable for {yml} ({type(e).__name__}); read the YAML directly"
-    try:
-        raw = yaml.safe_load(yml.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{yml}: not valid YAML ({str(e).splitlines()[0]})") from None
+    raw = load_yaml(yml.read_text(), str(yml)) or {}
     name = str(_find(raw, ("name",)) or yml.stem)
     storage = _find(raw, ("storage",))
     runs_dir = next((d for d in (RUNS / "sweeps" / name, RUNS / f"sweep-{name}") if d.is_dir()), RUNS / "sweeps" / name)

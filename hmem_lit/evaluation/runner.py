@@ -134,22 +134,34 @@ def _refresh_questions(cfg: Any, data_dir: Path) -> None:
         prepare(here, progress=False, verbose=False)
 
 
-def user_tasks(include_path: list[str] | None) -> list[str]:
+def user_tasks(include_path: list[str] | None, trust: bool = False) -> list[str]:
     """Task and group names defined by the YAMLs under each --include-path directory (checked: it exists and
-    holds at least one *.yaml), as lm-eval's TaskManager indexes them."""
+    holds at least one *.yaml; every YAML reads within the suite's bounds; a `!function` tag, which makes lm-eval
+    import and run Python named by the file, needs `trust`), as lm-eval's TaskManager indexes them."""
     if not include_path:
         return []
     from lm_eval.tasks import TaskManager
+
+    from hmem_lit.config_text import load_yaml
 
     for d in include_path:
         p = Path(d)
         if not p.is_dir():
             raise ConfigError(f"--include-path {d}: not a directory (a folder of lm-eval task YAMLs)")
-        if not any(p.rglob("*.yaml")) and not any(p.rglob("*.yml")):
+        files = sorted([*p.rglob("*.yaml"), *p.rglob("*.yml")])
+        if not files:
             raise ConfigError(
-                f"--include-path {d}: no task YAML (*.yaml) in it; see the README's "
-                "'Your own corpus and probes' for the format"
+                f"--include-path {d}: no task YAML (*.yaml) in it; see docs/your_corpus.md for the format"
             )
+        for f in files:
+            tags: list[str] = []
+            load_yaml(f.read_text(encoding="utf-8", errors="replace"), str(f), tags)
+            code = [t for t in tags if t.startswith("!function")]
+            if code and not trust:
+                raise ConfigError(
+                    f"{f}: {code[0]} makes lm-eval import and run Python code named in a data file; pass "
+                    "--trust-include-path if you wrote these tasks (or remove the tag)"
+                )
     names = TaskManager(include_path=[str(Path(d).resolve()) for d in include_path], include_defaults=False).all_tasks
     if not names:
         raise ConfigError(f"--include-path {' '.join(include_path)}: lm-eval found no task in the YAMLs there")
@@ -312,6 +324,7 @@ def evaluate(
     rag: str | None = None,
     rag_k: int = 1,
     rag_join: str = "causal",
+    trust_include: bool = False,
 ) -> dict[str, float]:
     """Evaluate a run in one memory mode; -> the headline numbers (also merged into final.json). Bad input is a
     ConfigError; an evaluation refused before it wrote anything of its own leaves no eval/ directory behind."""
@@ -323,7 +336,7 @@ def evaluate(
         with runs.run_lock(run_dir, shared=True):  # never while the run trains, or while --force wipes it
             return _evaluate(
                 run_dir, tasks, memory, limit, force, batch_size, block_level, threads, print_table, include_path,
-                rag, rag_k, rag_join,
+                rag, rag_k, rag_join, trust_include,
             )  # fmt: skip
     except ConfigError:
         if not existed and eval_dir.is_dir() and not any(eval_dir.glob("*/results.json")):
@@ -347,6 +360,7 @@ def _evaluate(
     rag: str | None,
     rag_k: int,
     rag_join: str,
+    trust_include: bool,
 ) -> dict[str, float]:
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -359,7 +373,7 @@ def _evaluate(
     check_rag(rag, rag_k, rag_join)
     cfg = _run_config(run_dir)
     _check_mode(run_dir, cfg, memory, block_level)
-    extra = user_tasks(include_path)
+    extra = user_tasks(include_path, trust_include)
     if extra and not tasks:
         raise ConfigError(f"--include-path: name the tasks to run with --tasks (found: {', '.join(extra)})")
     ts = prepare_tasks(run_dir, cfg)

@@ -35,10 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hmem_lit.config import ConfigError, RunConfig
-from hmem_lit.config_text import valid_keys
+from hmem_lit.config_text import load_yaml, valid_keys
 from hmem_lit.resources import shipped_dir
 
 EXPERIMENTS_DIR, SWEEPS_DIR = shipped_dir("experiments"), shipped_dir("sweeps")  # checkout or installed copy
@@ -259,8 +257,8 @@ def _apply_cli(raw: dict, cli: list[str]) -> tuple[dict, list[str]]:
         _check("=" in item, item, "overrides are key=value (e.g. n_trials=4 or train.max_tokens=20000)")
         k, v = item.split("=", 1)
         try:
-            val = yaml.safe_load(v) if v != "" else None
-        except yaml.YAMLError:
+            val = load_yaml(v, k) if v != "" else None
+        except ConfigError:
             val = v
         parts = k.split(".")
         if parts[0] in ("space", "fixed"):
@@ -281,10 +279,7 @@ def _apply_cli(raw: dict, cli: list[str]) -> tuple[dict, list[str]]:
 def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> SweepSpec:
     """Read and validate a sweep YAML (path or a name in sweeps/), with command-line key=value applied."""
     p = _find(path, SWEEPS_DIR, "sweep")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    raw = load_yaml(p.read_text(), str(p)) or {}
     _check(isinstance(raw, dict), str(p), "the top level must be a mapping")
     cli = list(cli)
     profile = raw.pop("profile", None)
