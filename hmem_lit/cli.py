@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -382,6 +383,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_FIXES = {  # errno -> what the user can do (environment faults: one line naming the path, exit status 2)
+    errno.ENOSPC: "no space left on the device: free some (a rerun resumes where it stopped) or set out_dir=... / "
+    "data.dir=... on another disk",
+    errno.EDQUOT: "the disk quota is exceeded: free some, or set out_dir=... / data.dir=... elsewhere",
+    errno.EROFS: "the file system is read-only: set out_dir=... / data.dir=... / --out to a writable place",
+    errno.EACCES: "permission denied: make it writable, or set out_dir=... / data.dir=... / --out elsewhere",
+    errno.EPERM: "operation not permitted: make it writable, or set out_dir=... / data.dir=... / --out elsewhere",
+    errno.ENAMETOOLONG: "a file name is too long (255 bytes at most): choose a shorter name=..., experiment=... "
+    "or path",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: choose another out_dir=... / data.dir=... / --out",
+    errno.EIO: "the device failed to write: check the disk, then rerun (a rerun resumes where it stopped)",
+}
+
+
+def environment_error(e: OSError) -> str | None:
+    """An OSError the user fixes in their environment (space, permissions, names) -> one line naming the path and
+    the fix; None for anything else (a bug: its traceback is kept)."""
+    fix = _FIXES.get(e.errno or -1)
+    if fix is None:
+        return None
+    where = e.filename or "a file"
+    extra = f" ({e.strerror})" if e.strerror and e.errno == errno.EIO else ""
+    return f"{where}: {fix}{extra}"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
@@ -393,6 +419,12 @@ def main(argv: list[str] | None = None) -> int:
     except RunError as e:  # a run that cannot go on (diverged, locked by another process): not bad input
         print(f"hmem: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        line = environment_error(e)
+        if line is None:
+            raise
+        print(f"hmem: error: {line}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("hmem: interrupted; relaunch the same command to resume", file=sys.stderr)
         return 130

@@ -378,6 +378,7 @@ class TrainConfig:
             _one_of(n, TRACKERS, "train.loggers")
 
 
+NAME_MAX = 200  # bytes of a run's name or experiment (file names hold 255)
 EVAL_TASKS = ("hmem_sk", "hmem_ck", "hmem_wiki_ppl", "hmem_val_bpb")
 
 
@@ -423,6 +424,11 @@ class RunConfig:
                 bool(re.fullmatch(r"[\w.\-]+", v)) and v not in (".", ".."),
                 key,
                 f"use letters, digits, '._-' only (not . or ..), got {v!r}",
+            )
+            _check(  # a file name holds 255 bytes; the run's lock files add ".", ".final.lock" around it
+                len(v.encode("utf-8")) <= NAME_MAX,
+                key,
+                f"at most {NAME_MAX} bytes (it names a directory and its lock files), got {len(v.encode('utf-8'))}",
             )
         used = len(self.memory.levels)
         scale = self.optim.memory_lr_scale

@@ -96,6 +96,23 @@ class StreamingCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
+def _write_error(e: BaseException, path: Path) -> BaseException:
+    """torch's zip writer reports a full disk as "unexpected pos" / "file write failed" (a RuntimeError): say what
+    it is, as the OSError it was, so the command prints one line naming the path (cli.main)."""
+    import errno
+    import shutil as sh
+
+    if isinstance(e, OSError) or not isinstance(e, RuntimeError):
+        return e
+    msg = str(e)
+    if "unexpected pos" in msg or "write failed" in msg or "No space" in msg:
+        free = sh.disk_usage(path.parent).free if path.parent.exists() else 0
+        if free < 64 << 20 or "No space" in msg:
+            return OSError(errno.ENOSPC, "No space left on device", str(path))
+        return OSError(errno.EIO, f"writing failed ({msg.splitlines()[0]})", str(path))
+    return e
+
+
 class AtomicCheckpoint(Callback):
     """Saves checkpoints/last.ckpt every `every` optimiser steps, atomically (temp file + rename). Its state in the
     checkpoint is the training wall time so far, so a resumed run's train_time_s counts every segment (a killed
@@ -126,7 +143,11 @@ class AtomicCheckpoint(Callback):
         self.before = float(state.get("train_time_s", 0.0))
 
     def save(self, trainer: L.Trainer, commit: bool = True) -> None:
-        trainer.save_checkpoint(self.tmp, weights_only=False)  # full state: optimiser, schedule, loops
+        try:
+            trainer.save_checkpoint(self.tmp, weights_only=False)  # full state: optimiser, schedule, loops
+        except BaseException as e:
+            self.tmp.unlink(missing_ok=True)  # never a partial checkpoint left behind
+            raise _write_error(e, self.tmp) from None
         faults.point("ckpt_written")
         self.pending = True
         if commit:

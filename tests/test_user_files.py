@@ -113,3 +113,16 @@ def test_concurrent_final_json_updates_keep_every_section(tmp_path):
     for p in procs:
         p.join(60)
     assert len(runs.read_final(d)["eval"]) == 50
+
+
+@pytest.mark.parametrize("damage", [b"[1, 2]", b'{"settings": {"tasks": ["hmem_sk"'])
+def test_a_damaged_results_json_is_evaluated_again(run, capsys, damage):
+    """An earlier evaluation's marker that is not an object, or is cut off, counts as absent (class 8)."""
+    rc, _ = run_cli(["eval", str(run), "--limit", "1", "--tasks", "hmem_sk_base"], capsys)
+    marker = run / "eval" / "fetched" / "results.json"
+    if not marker.is_file():  # an anchor-only run files it under its mode
+        marker = next((run / "eval").glob("*/results.json"))
+    marker.write_bytes(damage)
+    rc, err = run_cli(["eval", str(run), "--limit", "1", "--tasks", "hmem_sk_base"], capsys)
+    assert rc == 0, err
+    assert runs.read_json(marker)["settings"]["limit"] == 1
