@@ -75,7 +75,7 @@ def rows(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str, s
     notes = _comments(cls)
     for f in fields(cls):
         key = f"{prefix}{f.name}"
-        default = f.default_factory() if f.default_factory is not MISSING else None  # type: ignore[misc]
+        default = f.default_factory() if f.default_factory is not MISSING else None
         if is_dataclass(default):
             out += rows(type(default), f"{key}.")
             continue

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import errno
 
-import pytest
-
 from hmem_lit import runs
 
 from .conftest import DEBUG_YAML, tiny_overrides

@@ -428,7 +428,8 @@ def routing_table(c: Comparison) -> Any | None:
         if not keys:
             continue
         for variant in ("base", "para", "qa"):
-            hit, miss = [], []
+            hit: list[float] = []
+            miss: list[float] = []
             for s in arm.items:
                 for r in s.values():
                     if r.get("variant") != variant or (r.get("split") or "test") != "test" or "path" not in r:
