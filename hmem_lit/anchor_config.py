@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from hmem_lit.config_text import check_ranges, ranged
 from hmem_lit.errors import ConfigError
 from hmem_lit.errors import check as _check
 from hmem_lit.errors import one_of as _one_of
@@ -18,19 +19,21 @@ from hmem_lit.errors import one_of as _one_of
 @dataclass
 class AnchorConfig:
     preset: str = "tiny"  # named preset (see PRESETS); its values apply before explicit keys
-    vocab_size: int | None = None  # None = taken from the data's tokenizer at train time
-    n_layer: int = 2  # transformer blocks
-    d_model: int = 64  # residual width
-    n_head: int = 4  # attention heads
-    head_dim: int = 16  # attention width = n_head * head_dim (may differ from d_model, as in openlm-160m)
-    d_ff: int = 192  # SwiGLU inner width
+    vocab_size: int | None = ranged(None, 2, 2**21)  # None = taken from the data's tokenizer at train time
+    n_layer: int = ranged(2, 1, 1024)  # transformer blocks
+    d_model: int = ranged(64, 1, 65536)  # residual width
+    n_head: int = ranged(4, 1, 4096)  # attention heads
+    head_dim: int = ranged(
+        16, 2, 4096
+    )  # attention width = n_head * head_dim (may differ from d_model, as in openlm-160m)
+    d_ff: int = ranged(192, 1, 2**20)  # SwiGLU inner width
     norm: str = "rmsnorm"  # rmsnorm | layernorm (both weight-only)
-    norm_eps: float = 1e-5  # epsilon of the norms
+    norm_eps: float = ranged(1e-5, 0, 1, lo_open=True)  # epsilon of the norms
     qk_norm: bool = True  # weight-only norm over the full attention width of q and k
     tie_embeddings: bool = True  # the output head shares the token embedding
-    rope_base: float = 100_000.0  # RoPE base (OpenLM: 100,000)
-    max_seq_len: int = 2048  # longest sequence the RoPE tables cover
-    init_std: float = 0.02  # std of the normal weight init
+    rope_base: float = ranged(100_000.0, 1, 1e12, lo_open=True)  # RoPE base (OpenLM: 100,000)
+    max_seq_len: int = ranged(2048, 1, 2**22)  # longest sequence the RoPE tables cover
+    init_std: float = ranged(0.02, 0, 10, lo_open=True)  # std of the normal weight init
     # document-causal attention (anchor.py): sdpa (dense (B,1,T,T) mask, the reference) | flex (FlexAttention block
     # mask; no backward on CPU) | auto (flex on CUDA if head_dim >= 16, sdpa elsewhere). Built-in anchor only;
     # preset=hf: auto
@@ -41,7 +44,9 @@ class AnchorConfig:
     hf_path: str | None = None
     hf_family: str | None = None  # llama | qwen2 | gemma3 (Gemma3ForCausalLM, text only)
     hf_attn: str = "sdpa"  # transformers attn_implementation: sdpa | eager
-    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None = n_head. Only preset=hf
+    n_kv_head: int | None = ranged(
+        None, 1, 4096
+    )  # key/value heads (grouped-query attention); None = n_head. Only preset=hf
     ffn_act: str = "silu"  # the gated FFN's activation (silu | gelu_tanh); set from the model for preset=hf
 
     @classmethod
@@ -84,12 +89,10 @@ class AnchorConfig:
             "anchor.attention",
             f"applies to the built-in anchor only; preset={HF_PRESET} uses anchor.hf_attn",
         )
-        for k in ("n_layer", "d_model", "n_head", "head_dim", "d_ff", "max_seq_len"):
-            _check(getattr(self, k) > 0, f"anchor.{k}", f"must be > 0, got {getattr(self, k)}")
-        _check(self.vocab_size is None or self.vocab_size > 1, "anchor.vocab_size", "must be > 1")
+        check_ranges(self, "anchor.")  # the ranges declared beside the fields (after an hf model's sizes)
         _check(self.head_dim % 2 == 0, "anchor.head_dim", f"must be even for RoPE, got {self.head_dim}")
         _one_of(self.norm, ("rmsnorm", "layernorm"), "anchor.norm")
-        _check(self.rope_base > 1, "anchor.rope_base", "must be > 1")
+        _check(self.rope_base > 1, "anchor.rope_base", "must be > 1")  # (1 itself would make RoPE constant)
 
 
 # Named anchors. The paper's three (../shared/PAPERS.md A2) count exactly 163,510,016 / 411,665,408 / 1,439,893,504.

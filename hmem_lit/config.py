@@ -8,7 +8,6 @@ validates its section; every failure is a `ConfigError` whose message is one lin
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,16 @@ from hmem_lit.anchor_config import (  # noqa: F401 (re-exported: hmem_lit.config
     PRESETS,
     AnchorConfig,
 )
-from hmem_lit.config_text import check_shapes, friendly, parse_overrides, read_yaml, str_keys, valid_keys
+from hmem_lit.config_text import (
+    check_ranges,
+    check_shapes,
+    friendly,
+    parse_overrides,
+    ranged,
+    read_yaml,
+    str_keys,
+    valid_keys,
+)
 from hmem_lit.errors import ConfigError, RunError  # noqa: E402,F401 (re-exported: hmem_lit.config.ConfigError)
 from hmem_lit.errors import check as _check
 from hmem_lit.errors import one_of as _one_of
@@ -44,27 +52,21 @@ def _routed_types() -> list[str]:
 class PKMConfig:
     """Product-key memory layer (Memory Layers at Scale)."""
 
-    n_keys: int = 32  # sqrt(N): half-keys per product half; N = n_keys**2 value rows
-    heads: int = 4  # query heads (all read one shared value table)
-    topk: int = 8  # rows read per head and token
-    k_dim: int = 64  # full query/key dim; each half-key has k_dim // 2
-    v_dim: int | None = None  # None = d_model
+    n_keys: int = ranged(32, 1, 2**16)  # sqrt(N): half-keys per product half; N = n_keys**2 value rows
+    heads: int = ranged(4, 1, 1024)  # query heads (all read one shared value table)
+    topk: int = ranged(8, 1, 2**16)  # rows read per head and token
+    k_dim: int = ranged(64, 2, 2**16)  # full query/key dim; each half-key has k_dim // 2
+    v_dim: int | None = ranged(None, 1, 2**16)  # None = d_model
     layers: Any = "auto"  # auto (3 equally spaced) | list of layer indices
     mode: str = "replace"  # replace the FFN at those layers, or add to it
     gated: bool = True  # Memory+ SiLU gating
     qk_norm: bool = True  # RMS-normalise queries and keys (the paper adds it for stability)
     # scores of RMS-normalised q and keys are multiplied by this (None = 1, unscaled: a sharp softmax, ~2.7 of the
     # rows read carry the weight at the paper's sizes); 1/sqrt(k_dim/2) gives dot-product attention's scale
-    qk_norm_scale: float | None = None
+    qk_norm_scale: float | None = ranged(None, 0, 1e6, lo_open=True)
 
     def __post_init__(self) -> None:
-        _check(
-            self.qk_norm_scale is None or self.qk_norm_scale > 0,
-            "memory.pkm.qk_norm_scale",
-            f"must be > 0 (or null for 1), got {self.qk_norm_scale}",
-        )
-        for k in ("n_keys", "heads", "topk", "k_dim"):
-            _check(getattr(self, k) > 0, f"memory.pkm.{k}", "must be > 0")
+        check_ranges(self, "memory.pkm.")  # the ranges declared beside the fields
         _check(self.k_dim % 2 == 0, "memory.pkm.k_dim", "must be even (two product halves)")
         _check(self.topk <= self.n_keys, "memory.pkm.topk", f"must be <= n_keys ({self.n_keys})")
         _one_of(self.mode, ("replace", "add"), "memory.pkm.mode")
@@ -73,13 +75,19 @@ class PKMConfig:
 @dataclass
 class MemoryConfig:
     type: str = "none"  # none | ffn | lora | kv | pkm (registry key)
-    levels: list[int] = field(default_factory=list)  # r_l per tree level (r1, r2, ...); 0 = level absent
+    levels: list[int] = ranged([], 0, 2**24, each=True)  # r_l per tree level (r1, r2, ...); 0 = level absent
     layers: Any = "all"  # all | early | middle | late | list of layer indices
-    init_std: float = 0.02  # truncated-normal std of the non-zero parts (FFN gate/up, KV keys)
+    init_std: float = ranged(
+        0.02, 0, 10, lo_open=True
+    )  # truncated-normal std of the non-zero parts (FFN gate/up, KV keys)
     lora_target: str = "qk"  # qk | vo | ffn
-    lora_alpha: float = 2.0  # LoRA patches are scaled by lora_alpha / rank (the paper: alpha = 2)
+    lora_alpha: float = ranged(
+        2.0, 0, 1e6, lo_open=True
+    )  # LoRA patches are scaled by lora_alpha / rank (the paper: alpha = 2)
     generic: bool = False  # also train one context-independent "generic" block of the fetch size
-    generic_prob: float = 1.0 / 17.0  # probability a training sequence uses the generic block
+    generic_prob: float = ranged(
+        1.0 / 17.0, 0, 1, hi_open=True
+    )  # probability a training sequence uses the generic block
     offload: bool = False  # keep the bank on the CPU; only fetched blocks move to the accelerator
     # where the bank's tables and Adam moments live: ram | disk (memory-mapped scratch files, for a bank larger
     # than host RAM; the numbers are bit for bit the same: memory/storage.py). storage_dir: the directory of the
@@ -103,8 +111,8 @@ class MemoryConfig:
     pkm: PKMConfig = field(default_factory=PKMConfig)
 
     def __post_init__(self) -> None:
+        check_ranges(self, "memory.")  # the ranges declared beside the fields
         _one_of(self.type, ("none", *MEMORY.names()), "memory.type")  # the registry is the source of truth
-        _check(all(int(r) >= 0 for r in self.levels), "memory.levels", f"sizes must be >= 0, got {self.levels}")
         _check(len(self.levels) <= 4, "memory.levels", f"at most 4 levels, got {len(self.levels)}")
         if self.type != "none":
             MEMORY.get(self.type).check_config(self)  # the type's own checks (memory/base.py)
@@ -131,7 +139,6 @@ class MemoryConfig:
             "memory.prefetch",
             "stages rows of a bank on the host: set memory.offload=true (or memory.storage=disk), or prefetch=false",
         )
-        _check(0.0 <= self.generic_prob < 1.0, "memory.generic_prob", "must be in [0, 1)")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -142,31 +149,41 @@ class MemoryConfig:
 class RetrieverConfig:
     type: str = "tree"  # tree (k-means tree routing) | random (seeded random paths) | oracle (metadata field)
     embedder: str = "tfidf"  # tfidf | minilm
-    embed_dim: int = 256  # tfidf: projected dimensions (minilm is always 384)
+    embed_dim: int = ranged(256, 1, 2**16)  # tfidf: projected dimensions (minilm is always 384)
     tfidf_projection: str = "random"  # random (+-1 JL projection: keeps rare names, routes facts better) | svd (LSA)
     # training documents' paths: assigned (balanced k-means clusters, paper) | routed (greedy descent = prompt routing)
     train_paths: str = "assigned"
-    branching: int = 16
-    depth: int = 2  # tree levels built (the bank may use fewer)
-    balance: float = 0.094  # a cluster holding more than this share of its parent's points is split (paper)
-    niter: int = 20  # k-means iterations per node
-    max_points_per_centroid: int = 256  # k-means training sample per node (faiss semantics)
-    seed: int = 0
+    branching: int = ranged(16, 2, 4096)
+    depth: int = ranged(2, 1, 4)  # tree levels built (the bank may use fewer)
+    balance: float = ranged(
+        0.094, 0, 1, lo_open=True
+    )  # a cluster holding more than this share of its parent's points is split (paper)
+    niter: int = ranged(20, 1, 10_000)  # k-means iterations per node
+    max_points_per_centroid: int = ranged(256, 1, 10**9)  # k-means training sample per node (faiss semantics)
+    seed: int = ranged(0, 0, 2**32 - 1)
     oracle_field: str = "kind"  # metadata field used by the oracle retriever
     recenter: bool = True  # after balancing, re-estimate each centroid from its documents (routing follows data)
     # How new text (prompts, held-out documents) finds its path in the tree, and how the clusters are refined
     # (retriever/bm25.py; LOG 2026-12-01 "retrieval"). Both change the tree stage of `hmem data prepare`.
     router: str = "bm25"  # bm25 (vote of the k BM25-nearest training documents' paths) | centroid (greedy descent)
     refine: str = "bm25"  # bm25 (label propagation on the training documents' BM25 neighbour graph) | none
-    knn_k: int = 10  # voters per routed text, and neighbours per training document in the refinement graph
-    bm25_max_df: float = 0.1  # index terms in at most this share of the training documents (template words out)
-    refine_iters: int = 6  # label-propagation rounds (each offers a move to half of the documents)
-    refine_cap: float = 3.0  # a refined leaf holds at most this x the mean leaf size (<= 0: no limit)
-    graph_max_postings: int = 2048  # refinement graph queries skip terms in more documents (cost linear in corpus)
+    knn_k: int = ranged(
+        10, 1, 10_000
+    )  # voters per routed text, and neighbours per training document in the refinement graph
+    bm25_max_df: float = ranged(
+        0.1, 0, 1, lo_open=True
+    )  # index terms in at most this share of the training documents (template words out)
+    refine_iters: int = ranged(6, 0, 1000)  # label-propagation rounds (each offers a move to half of the documents)
+    refine_cap: float = ranged(
+        3.0, None, 1e6
+    )  # a refined leaf holds at most this x the mean leaf size (<= 0: no limit)
+    graph_max_postings: int = ranged(
+        2048, 1, 10**9
+    )  # refinement graph queries skip terms in more documents (cost linear in corpus)
     # corpus scale: the embedder (tfidf), the k-means tree and the BM25 index/refinement are fitted on at most
     # `fit_sample` training documents (a seeded sample; 0 = all); every other document is then routed in chunks
     # like held-out text. `embed_dtype`: the stored document embeddings (float16 halves the disk of emb.npy).
-    fit_sample: int = 100_000
+    fit_sample: int = ranged(100_000, 0, 10**12)
     # how training documents outside that sample are routed: centroid (greedy descent of their embedding, ~0.1 ms
     # a document) | router (retriever.router, like held-out text: bm25 costs ~4 ms a document on 2 cores)
     route_unsampled: str = "centroid"
@@ -176,23 +193,13 @@ class RetrieverConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        check_ranges(self, "retriever.")  # the ranges declared beside the fields
         _one_of(self.type, RETRIEVERS.names(), "retriever.type")  # the registries are the source of truth
         _one_of(self.embedder, EMBEDDERS.names(), "retriever.embedder")
-        _check(self.branching >= 2, "retriever.branching", f"must be >= 2, got {self.branching}")
-        _check(1 <= self.depth <= 4, "retriever.depth", f"must be in 1..4, got {self.depth}")
-        _check(0.0 < self.balance <= 1.0, "retriever.balance", "must be in (0, 1]")
-        _check(self.embed_dim > 0, "retriever.embed_dim", "must be > 0")
         _one_of(self.tfidf_projection, ("random", "svd"), "retriever.tfidf_projection")
         _one_of(self.train_paths, ("assigned", "routed"), "retriever.train_paths")
         _one_of(self.router, TREE_ROUTERS.names(), "retriever.router")
         _one_of(self.refine, ("none", "bm25"), "retriever.refine")
-        _check(self.knn_k >= 1, "retriever.knn_k", f"must be >= 1, got {self.knn_k}")
-        _check(0.0 < self.bm25_max_df <= 1.0, "retriever.bm25_max_df", f"must be in (0, 1], got {self.bm25_max_df}")
-        _check(self.refine_iters >= 0, "retriever.refine_iters", f"must be >= 0, got {self.refine_iters}")
-        _check(
-            self.graph_max_postings >= 1, "retriever.graph_max_postings", f"must be >= 1, got {self.graph_max_postings}"
-        )
-        _check(self.fit_sample >= 0, "retriever.fit_sample", f"must be >= 0 (0 = all), got {self.fit_sample}")
         _one_of(self.embed_dtype, ("float32", "float16"), "retriever.embed_dtype")
         _one_of(self.route_unsampled, ("centroid", "router"), "retriever.route_unsampled")
         _one_of(self.device, ("cpu", "cuda"), "retriever.device")
@@ -210,17 +217,19 @@ class DataConfig:
     dir: str = "data/builtin"  # prepared data directory (tokenizer, tree, packed shards)
     files: list[str] = field(default_factory=list)  # source=files: JSONL ({"text": ...}) or .txt paths
     tokenizer: str | None = None  # an existing tokenizer JSON instead of training one
-    vocab_size: int = 4096  # BPE vocabulary trained on the corpus
-    seq_len: int = 128  # packed sequence length (tokens)
-    val_fraction: float = 0.02  # share of documents held out for validation perplexity
-    seed: int = 0  # corpus, synthetic world, split and packing seed (train.seed drives init and order)
-    num_workers: int = 0  # DataLoader workers (0 = load in the main process)
+    vocab_size: int = ranged(4096, 260, 2**21)  # BPE vocabulary trained on the corpus
+    seq_len: int = ranged(128, 8, 2**22)  # packed sequence length (tokens)
+    val_fraction: float = ranged(0.02, 0, 0.5, hi_open=True)  # share of documents held out for validation perplexity
+    seed: int = ranged(
+        0, 0, 2**32 - 1
+    )  # corpus, synthetic world, split and packing seed (train.seed drives init and order)
+    num_workers: int = ranged(0, 0, 1024)  # DataLoader workers (0 = load in the main process)
     # corpus scale (data/stream.py): preparation reads documents in chunks of `chunk_docs` and trains the BPE on
     # at most `tokenizer_sample` training documents (a seeded sample; 0 = all), so its memory is bounded by these,
     # not by the corpus. `workers` processes embed chunks in parallel; neither changes any output.
-    chunk_docs: int = 16_384
-    tokenizer_sample: int = 100_000
-    workers: int = 1
+    chunk_docs: int = ranged(16_384, 1, 10**9)
+    tokenizer_sample: int = ranged(100_000, 0, 10**12)
+    workers: int = ranged(1, 1, 4096)
     # where the embedding and routing chunks run (data/stream.py Engine): local (this machine, `workers`
     # processes) | dask (dask.distributed: the scheduler at `engine_address`, or a LocalCluster of `workers`
     # processes when empty). Outputs are byte-identical on every engine.
@@ -231,54 +240,30 @@ class DataConfig:
     # `pack_whole` tokens are never cut; the default since 2026-12-02: LOG "packing default"); ffd = first-fit
     # decreasing, a document that fits a row is never split (wastes 23% of tokens as padding on web-like text)
     packing: str = "stream"
-    pack_whole: int = 32
+    pack_whole: int = ranged(32, 0, 2**22)
     # the documents' key field (an entity name, an id): routing diagnostics (concentration of each key's training
     # documents in one leaf, prompts routed to it; retriever/diagnostics.py). null = "entity" for the builtin
     # corpora, none for files. When set, every file document must carry it (null for background text).
     key_field: str | None = None
     # builtin corpus knobs
     corpus: str = "facts"  # facts (elements, countries, synthetic people) | airports (airportsdata; data/airports.py)
-    airports: int = 1500  # corpus=airports: airports drawn
-    wiki_docs: int = 10_033  # Wikipedia summaries used (at most 10,033)
-    synthetic_entities: int = 2_000  # invented entities in the synthetic world (0 = none)
-    fact_repeats_max: int = 32  # most frequent entity's fact documents
-    fact_repeats_min: int = 1  # the tail's fact documents (the Zipf law runs from min to max)
-    zipf_a: float = 1.1
+    airports: int = ranged(1500, 1, 10**7)  # corpus=airports: airports drawn
+    wiki_docs: int = ranged(10_033, 0, 10**9)  # Wikipedia summaries used (at most 10,033)
+    synthetic_entities: int = ranged(2_000, 0, 10**9)  # invented entities in the synthetic world (0 = none)
+    fact_repeats_max: int = ranged(32, 1, 10**6)  # most frequent entity's fact documents
+    fact_repeats_min: int = ranged(1, 1, 10**6)  # the tail's fact documents (the Zipf law runs from min to max)
+    zipf_a: float = ranged(1.1, 0, 100, lo_open=True)
     # toy corpus knobs
-    toy_docs: int = 400
+    toy_docs: int = ranged(400, 2, 10**8)
 
     def __post_init__(self) -> None:
+        check_ranges(self, "data.")  # the ranges declared beside the fields
         _one_of(self.source, ("toy", "builtin", "files"), "data.source")
         _one_of(self.corpus, ("facts", "airports"), "data.corpus")
-        _check(self.airports > 0, "data.airports", f"must be > 0, got {self.airports}")
-        _check(self.seq_len >= 8, "data.seq_len", f"must be >= 8, got {self.seq_len}")
-        _check(self.vocab_size >= 260, "data.vocab_size", f"must be >= 260 (bytes + specials), got {self.vocab_size}")
-        _check(0.0 <= self.val_fraction < 0.5, "data.val_fraction", "must be in [0, 0.5)")
         if self.source == "files":
             _check(len(self.files) > 0, "data.files", "data.source=files needs at least one path")
-        _check(self.wiki_docs >= 0 and self.synthetic_entities >= 0, "data", "counts must be >= 0")
-        _check(
-            self.num_workers >= 0,
-            "data.num_workers",
-            f"must be >= 0 (0 = load in the main process), got {self.num_workers}",
-        )
-        _check(self.chunk_docs >= 1, "data.chunk_docs", f"must be >= 1, got {self.chunk_docs}")
-        _check(
-            self.tokenizer_sample >= 0, "data.tokenizer_sample", f"must be >= 0 (0 = all), got {self.tokenizer_sample}"
-        )
-        _check(self.workers >= 1, "data.workers", f"must be >= 1 (processes), got {self.workers}")
         _one_of(self.packing, ("ffd", "stream"), "data.packing")
         _one_of(self.engine, ("local", "dask"), "data.engine")
-        _check(
-            self.pack_whole >= 0,
-            "data.pack_whole",
-            f"must be >= 0 (0 = any document may be cut), got {self.pack_whole}",
-        )
-        _check(
-            self.toy_docs >= 2,
-            "data.toy_docs",
-            f"must be >= 2 (a training and a validation document), got {self.toy_docs}",
-        )
         _check(
             1 <= self.fact_repeats_min <= self.fact_repeats_max,
             "data.fact_repeats_min",
@@ -292,36 +277,32 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-3  # anchor peak LR
-    min_lr: float = 3e-4  # cosine floor
-    warmup: float = 0.05  # fraction of total steps if < 1, else a number of steps
-    weight_decay: float = 0.05  # anchor AdamW weight decay
-    beta1: float = 0.9  # AdamW betas (anchor and memory)
-    beta2: float = 0.95  # AdamW beta2 (anchor and memory)
-    eps: float = 1e-8  # AdamW epsilon (anchor and memory)
-    grad_clip: float = 1.0  # anchor (dense) gradient-norm clip; 0 = off
-    memory_lr: float = 3e-3  # memory blocks' own peak LR (paper at scale: 1e-4)
-    memory_min_lr: float = 3e-4  # memory LR at the end of its cosine
-    memory_weight_decay: float = 1e-3  # the paper: 1e-3 helped memorisation
-    memory_grad_clip: float = 0.0  # separate clip for memory gradients; 0 = they join the global clip (grad_clip)
+    lr: float = ranged(3e-3, 0, 100, lo_open=True)  # anchor peak LR
+    min_lr: float = ranged(3e-4, 0, 100)  # cosine floor
+    warmup: float = ranged(0.05, 0, 10**12)  # fraction of total steps if < 1, else a number of steps
+    weight_decay: float = ranged(0.05, 0, 100)  # anchor AdamW weight decay
+    beta1: float = ranged(0.9, 0, 1, hi_open=True)  # AdamW betas (anchor and memory)
+    beta2: float = ranged(0.95, 0, 1, hi_open=True)  # AdamW beta2 (anchor and memory)
+    eps: float = ranged(1e-8, 0, 1, lo_open=True)  # AdamW epsilon (anchor and memory)
+    grad_clip: float = ranged(1.0, 0, 1e9)  # anchor (dense) gradient-norm clip; 0 = off
+    memory_lr: float = ranged(3e-3, 0, 100, lo_open=True)  # memory blocks' own peak LR (paper at scale: 1e-4)
+    memory_min_lr: float = ranged(3e-4, 0, 100)  # memory LR at the end of its cosine
+    memory_weight_decay: float = ranged(1e-3, 0, 100)  # the paper: 1e-3 helped memorisation
+    memory_grad_clip: float = ranged(
+        0.0, 0, 1e9
+    )  # separate clip for memory gradients; 0 = they join the global clip (grad_clip)
     # per bank level (level 1 first): multipliers on memory_lr and memory_min_lr for the FFN/LoRA/KV block tables.
     # Deep levels are fetched by few documents, so their rows see few updates; [] = 1 for every level.
-    memory_lr_scale: list[float] = field(default_factory=list)
+    memory_lr_scale: list[float] = ranged([], 0, 1e6, lo_open=True, each=True)
     # token-level memories (pkm): the value table's own LR multiplier on memory_lr and gradient clip (0 = it joins
     # the memory's clip); the reference PKM code trains the values at 10x the model's LR with their own clip
-    value_lr_scale: float = 1.0
-    value_grad_clip: float = 0.0
+    value_lr_scale: float = ranged(1.0, 0, 1e6, lo_open=True)
+    value_grad_clip: float = ranged(0.0, 0, 1e9)
 
     def __post_init__(self) -> None:
-        _check(self.value_lr_scale > 0, "optim.value_lr_scale", f"must be > 0, got {self.value_lr_scale}")
-        _check(self.value_grad_clip >= 0, "optim.value_grad_clip", f"must be >= 0, got {self.value_grad_clip}")
-        for k in ("lr", "memory_lr"):
-            _check(getattr(self, k) > 0, f"optim.{k}", "must be > 0")
+        check_ranges(self, "optim.")  # the ranges declared beside the fields
         _check(0 <= self.min_lr <= self.lr, "optim.min_lr", "must be in [0, optim.lr]")
         _check(0 <= self.memory_min_lr <= self.memory_lr, "optim.memory_min_lr", "must be in [0, optim.memory_lr]")
-        _check(self.warmup >= 0, "optim.warmup", "must be >= 0")
-        _check(0 < self.beta1 < 1 and 0 < self.beta2 < 1, "optim.beta1/beta2", "must be in (0, 1)")
-        _check(self.grad_clip >= 0 and self.memory_grad_clip >= 0, "optim.grad_clip", "must be >= 0")
         _check(
             all(float(x) > 0 for x in self.memory_lr_scale),
             "optim.memory_lr_scale",
@@ -337,43 +318,34 @@ class TrainConfig:
     mode: str = "anchor"  # anchor (A1) | frozen (A3: memory on a frozen anchor) | cotrain (A2) | scratch (A4);
     # anchor and scratch are the same thing (fresh init) and are named after memory.type on load
     init_from: str | None = None  # run directory with a trained anchor (frozen, cotrain)
-    max_tokens: int = 200_000  # token budget (sequences x seq_len x steps, all devices)
-    batch_size: int = 16  # sequences per micro-batch per device
-    accumulate: int = 1  # gradient accumulation micro-batches
+    max_tokens: int = ranged(200_000, 1, 10**16)  # token budget (sequences x seq_len x steps, all devices)
+    batch_size: int = ranged(16, 1, 2**20)  # sequences per micro-batch per device
+    accumulate: int = ranged(1, 1, 2**20)  # gradient accumulation micro-batches
     precision: str = "auto"  # auto (bf16-mixed on CUDA, 32-true on CPU) | 32-true | bf16-mixed | 16-mixed
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"  # any Lightning strategy name: auto | ddp | ddp_spawn | fsdp ...
-    val_every: int = 50  # steps between validations (0 = only at the end)
-    val_batches: int = 8
-    ckpt_every: int = 50  # steps between checkpoints (0 = only at the end)
-    log_every: int = 5
-    seed: int = 0
-    threads: int = 0  # torch intra-op threads (0 = torch default)
+    val_every: int = ranged(50, 0, 10**12)  # steps between validations (0 = only at the end)
+    val_batches: int = ranged(8, 1, 10**9)
+    ckpt_every: int = ranged(50, 0, 10**12)  # steps between checkpoints (0 = only at the end)
+    log_every: int = ranged(5, 1, 10**12)
+    seed: int = ranged(0, 0, 2**32 - 1)
+    threads: int = ranged(0, 0, 4096)  # torch intra-op threads (0 = torch default)
     progress: bool = True
     subtree: int | None = None  # train only sequences under this level-1 subtree (split memory jobs)
     # experiment trackers (trackers.py): jsonl is always written; add csv | tensorboard | wandb | mlflow
     loggers: list[str] = field(default_factory=lambda: ["jsonl"])
     telemetry: bool = True  # memory runs: log the bank's use (telemetry.py)
-    probe_every: int = 0  # in-loop fact probes every N steps (evaluation/inloop.py; 0 = off)
-    probe_per_bucket: int = 8  # items per frequency bucket and probe in the in-loop subset
+    probe_every: int = ranged(0, 0, 10**12)  # in-loop fact probes every N steps (evaluation/inloop.py; 0 = off)
+    probe_per_bucket: int = ranged(8, 1, 10**7)  # items per frequency bucket and probe in the in-loop subset
     compile: bool = False  # torch.compile the anchor (memory hooks included; the bank's gather stays eager)
     # peak FLOP/s per device in TFLOP/s for train/mfu (throughput.py); None = the device table (CUDA), no MFU on CPU
-    peak_tflops: float | None = None
+    peak_tflops: float | None = ranged(None, 0, 1e7, lo_open=True)
 
     def __post_init__(self) -> None:
+        check_ranges(self, "train.")  # the ranges declared beside the fields
         _one_of(self.mode, ("anchor", "frozen", "cotrain", "scratch"), "train.mode")
-        _check(self.max_tokens > 0, "train.max_tokens", "must be > 0")
-        _check(self.batch_size > 0 and self.accumulate > 0, "train.batch_size", "batch_size and accumulate must be > 0")
         _one_of(self.precision, ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"), "train.precision")
-        for k in ("val_every", "ckpt_every", "val_batches", "threads", "probe_every"):
-            _check(getattr(self, k) >= 0, f"train.{k}", "must be >= 0")
-        _check(self.log_every > 0, "train.log_every", "must be > 0")
-        _check(
-            self.peak_tflops is None or (math.isfinite(self.peak_tflops) and self.peak_tflops > 0),
-            "train.peak_tflops",
-            f"must be a positive number of TFLOP/s (or null: the device table), got {self.peak_tflops}",
-        )
         for n in self.loggers:
             _one_of(n, TRACKERS, "train.loggers")
 
@@ -386,19 +358,20 @@ EVAL_TASKS = ("hmem_sk", "hmem_ck", "hmem_wiki_ppl", "hmem_val_bpb")
 class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: list(EVAL_TASKS))  # lm-eval tasks and groups (generated per run)
     memory: str = "fetched"  # fetched | generic | none | blocked | random (random paths: the routing control)
-    block_level: int = 1  # blocked mode: the tree level whose best-matching subtree is blocked
-    limit: int | None = None  # at most this many samples per task
-    batch_size: int = 32  # requests per forward
-    max_gen_tokens: int = 16  # generation length cap for probes without their own
-    max_length: int | None = None  # evaluation context window in tokens (None = data.seq_len, the trained one)
-    rolling_context: int | None = None  # perplexity: context tokens kept per rolling window (None = max_length // 2)
+    block_level: int = ranged(1, 1, 4)  # blocked mode: the tree level whose best-matching subtree is blocked
+    limit: int | None = ranged(None, 1, 10**12)  # at most this many samples per task
+    batch_size: int = ranged(32, 1, 2**20)  # requests per forward
+    max_gen_tokens: int = ranged(16, 1, 2**16)  # generation length cap for probes without their own
+    max_length: int | None = ranged(
+        None, 2, 2**22
+    )  # evaluation context window in tokens (None = data.seq_len, the trained one)
+    rolling_context: int | None = ranged(
+        None, 1, 2**22
+    )  # perplexity: context tokens kept per rolling window (None = max_length // 2)
 
     def __post_init__(self) -> None:
+        check_ranges(self, "eval.")  # the ranges declared beside the fields
         _one_of(self.memory, ("fetched", "generic", "none", "blocked", "random"), "eval.memory")
-        _check(self.max_length is None or self.max_length > 1, "eval.max_length", "must be > 1")
-        _check(self.rolling_context is None or self.rolling_context >= 1, "eval.rolling_context", "must be >= 1")
-        _check(self.batch_size > 0, "eval.batch_size", "must be > 0")
-        _check(self.limit is None or self.limit > 0, "eval.limit", "must be > 0")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -70,7 +70,8 @@ def _effects(key: str) -> str:
 
 
 def rows(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(key, default, what it is, what it affects) for every leaf field, sections in declaration order."""
+    """(key, default, what it is, what it affects) for every leaf field, sections in declaration order; a field's
+    declared range (config_text.ranged) opens its description."""
     out = []
     notes = _comments(cls)
     for f in fields(cls):
@@ -79,7 +80,11 @@ def rows(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str, s
         if is_dataclass(default):
             out += rows(type(default), f"{key}.")
             continue
-        out.append((key, _default(f), notes.get(f.name, ""), _effects(key)))
+        rng = f.metadata.get("range")
+        what = notes.get(f.name, "")
+        if rng is not None:
+            what = f"{'each in' if f.metadata.get('each') else 'in'} {rng.text()}; {what}".rstrip("; ")
+        out.append((key, _default(f), what, _effects(key)))
     return out
 
 

@@ -8,6 +8,7 @@ The keys and their types come from the config dataclasses, so a new field is cov
 from __future__ import annotations
 
 import tempfile
+import types
 import typing
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -87,3 +88,86 @@ def test_any_key_with_a_wrong_value_is_one_line_exit_2_nothing_created(capsys, c
 def test_every_declared_key_is_covered():
     kinds = dict(KEYS)
     assert len(kinds) >= 90 and {"train", "anchor.d_model", "optim.lr", "memory.levels", "data.files"} <= set(kinds)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ranges: every numeric key's accepted values are declared beside the field (config_text.ranged); a value just past
+# either bound, or absurdly large, is one line naming the key, exit 2, nothing created, and a value inside is never
+# refused for its range
+
+
+def _ranged(cls: type, prefix: str = "") -> list[tuple[str, object, bool, str]]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in fields(cls):
+        tp = hints[f.name]
+        if is_dataclass(tp):
+            out.extend(_ranged(tp, f"{prefix}{f.name}."))
+        elif f.metadata.get("range") is not None:
+            if isinstance(tp, types.UnionType):  # X | None
+                tp = next(a for a in typing.get_args(tp) if a is not type(None))
+            kind = _kind(tp)
+            item = "int" if kind == "list" and "int" in str(tp) else "float" if kind == "list" else kind
+            out.append((f"{prefix}{f.name}", f.metadata["range"], bool(f.metadata.get("each")), str(item)))
+    return out
+
+
+RANGED = _ranged(RunConfig)
+
+
+def _outside(rng, kind: str, side: str) -> float:
+    if side == "lo":
+        return rng.lo if rng.lo_open else (rng.lo - 1 if kind == "int" else rng.lo - 1e-3 * max(1.0, abs(rng.lo)))
+    if side == "hi":
+        return rng.hi if rng.hi_open else (rng.hi + 1 if kind == "int" else rng.hi * 1.001 + 1e-3)
+    return 2e15 if kind == "float" else 2 * 10**16  # a typo'd size: refused before any work, not a hang
+
+
+@st.composite
+def out_of_range(draw) -> tuple[str, str]:
+    key, rng, each, kind = draw(st.sampled_from(RANGED))
+    sides = [s for s, b in (("lo", rng.lo), ("hi", rng.hi)) if b is not None] + (["huge"] if rng.hi else [])
+    v = _outside(rng, kind, draw(st.sampled_from(sides)))
+    text = str(int(v)) if kind == "int" else repr(float(v))
+    return key, f"[{text}]" if each else text
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(out_of_range())
+def test_a_value_outside_a_declared_range_is_one_line_exit_2_nothing_created(capsys, case):
+    key, value = case
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        argv = ["train", str(DEBUG_YAML), *tiny_overrides(root / "runs"), f"data.dir={root / 'data'}", f"{key}={value}"]
+        rc = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "\n" not in err and "Traceback" not in err, (key, value, err)
+        assert err.startswith(f"hmem: error: {key}"), (key, value, err)  # its range, or a rule checked first
+        assert list(root.iterdir()) == [], (key, value)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_a_value_inside_a_declared_range_is_never_refused_for_its_range(data):
+    from hmem_lit.config import ConfigError, load_config
+
+    key, rng, each, kind = data.draw(st.sampled_from(RANGED))
+    lo = rng.lo if rng.lo is not None else -1e6
+    hi = rng.hi if rng.hi is not None else 1e6
+    if kind == "int":
+        v: float = data.draw(st.integers(int(lo) + int(rng.lo_open), int(hi) - int(rng.hi_open)))
+    else:
+        v = data.draw(st.floats(lo, hi, exclude_min=rng.lo_open, exclude_max=rng.hi_open, allow_nan=False))
+    text = str(v) if kind == "int" else repr(float(v))
+    try:
+        load_config(DEBUG_YAML, [f"{key}=[{text}]" if each else f"{key}={text}"])
+    except ConfigError as e:  # another rule may refuse it (e.g. min_lr <= lr), never its own range
+        assert not str(e).startswith(f"{key}: must be in {rng.text()}"), (key, v, str(e))
+
+
+def test_every_numeric_key_declares_a_range():
+    numeric = {k for k, t in KEYS if t in ("int", "float")} - {"memory.pkm.v_dim"}
+    declared = {k for k, *_ in RANGED}
+    # keys whose values are not sizes or rates: ids and switches
+    free = {"retriever.oracle_field", "train.subtree", "eval.block_level"}
+    assert numeric - declared - free == set(), sorted(numeric - declared - free)
