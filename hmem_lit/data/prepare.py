@@ -232,12 +232,20 @@ def _stage_corpus(cfg: Any, root: Path, ctx: dict) -> dict:
         n, split = corpus_mod.write_corpus(cdir, iter(zip(docs, split.tolist())))
         atomic_write_text(root / "ATTRIBUTION.txt", sources.ATTRIBUTION)
     elif cfg.data.source == "files":
-        n, split = corpus_mod.write_corpus(cdir, corpus_mod.file_documents(cfg.data, skipped))
+        docs_in = corpus_mod.file_documents(cfg.data, skipped)
+        if cfg.data.key_field:  # checked while the corpus streams: refused before anything downstream is written
+            docs_in = _with_key(docs_in, cfg.data.key_field)
+        n, split = corpus_mod.write_corpus(cdir, docs_in)
         entities, info = [], {}
     else:
         raise ValueError(f"data.source={cfg.data.source!r} is generated in memory and needs no preparation")
     if n == 0:
-        raise ValueError(f"no documents in data.files ({skipped.total} lines skipped: {skipped.counts})")
+        why = ", ".join(f"{k}: {v}" for k, v in skipped.counts.items()) or "the files hold no lines"
+        first = f"; first: {skipped.examples[0]}" if skipped.examples else ""
+        raise ConfigError(
+            f"data.files: no usable document ({skipped.total} line(s) skipped; {why}{first}); give JSONL lines "
+            'with a string "text" field, or plain-text lines'
+        )
     info.update(
         documents=n,
         train_docs=int((split == 0).sum()),
@@ -251,6 +259,23 @@ def _stage_corpus(cfg: Any, root: Path, ctx: dict) -> dict:
     write_json(cdir / "info.json", info)
     info["out"] = _file_hash(cdir / "docs.jsonl", cdir / "split.npy", cdir / "entities.json")
     return info
+
+
+def _with_key(docs: Any, field: str) -> Any:
+    """The documents, passed through; at the end, one ConfigError if any lacked the explicit data.key_field (a typo
+    in the field's name must not silently report nothing)."""
+    missing, first, n = 0, None, 0
+    for d, s in docs:
+        n += 1
+        if field not in d:
+            missing += 1
+            first = first or d.get("source", f"document {n}")
+        yield d, s
+    if missing:
+        raise ConfigError(
+            f"data.key_field={field!r}: {missing:,} of {n:,} documents lack the field (first: {first}); give every "
+            "document the field (null for background text) or unset data.key_field"
+        )
 
 
 def _split(root: Path) -> np.ndarray:
@@ -506,6 +531,18 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
     if cfg.data.source == "toy":
         raise ValueError("data.source=toy is generated in memory: nothing to prepare (use builtin or files)")
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
+    fresh = not root.exists()
+    try:
+        return _prepare(cfg, root, force, progress, verbose, say)
+    except ConfigError:
+        if fresh and root.is_dir():  # bad input found while preparing a new directory: leave nothing behind
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _prepare(cfg: Any, root: Path, force: bool, progress: bool, verbose: bool, say: Callable[[str], None]) -> Path:
     with _lock(root), _pools_closed():
         from hmem_lit.data.stream import remove_stale_temporaries
 
@@ -578,13 +615,38 @@ def load_prepared(cfg: Any) -> tuple[Any, Any, Any]:
     root = Path(cfg.data.dir)
     if stale_stages(cfg):
         prepare(cfg)
-    tok = load_tokenizer(root)
+    fix = "the prepared data is damaged; rerun `hmem data prepare <experiment> --force`"
+    try:
+        tok = load_tokenizer(root)
+    except Exception as e:  # noqa: BLE001 - a truncated or edited tokenizer.json: tokenizers' own parse error
+        raise ConfigError(f"{root / 'tokenizer.json'}: unreadable ({str(e).splitlines()[0][:80]}); {fix}") from None
     out = []
     for name in ("train", "val"):
-        tokens = np.load(root / "packed" / f"{name}_tokens.npy", mmap_mode="r")
-        paths = np.load(root / "packed" / f"{name}_paths.npy")
+        tpath, ppath = root / "packed" / f"{name}_tokens.npy", root / "packed" / f"{name}_paths.npy"
+        try:
+            tokens = np.load(tpath, mmap_mode="r")
+            paths = np.load(ppath)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{root / 'packed'}: a {name} shard is unreadable ({e}); {fix}") from None
+        _check_packed(tpath, ppath, tokens, paths, int(tok.vocab_size), cfg, fix)
         out.append(PackedSplit(tokens, paths, tok.eot_id, tok.pad_id))
     return out[0], out[1], tok
+
+
+def _check_packed(tpath: Path, ppath: Path, tokens: Any, paths: Any, vocab: int, cfg: Any, fix: str) -> None:
+    """What a damaged shard would turn into a traceback deep in training: the shape, token ids within the
+    vocabulary, and tree node ids within each level (one pass over the memory-mapped tokens)."""
+    b, depth = cfg.retriever.branching, cfg.retriever.depth
+    if tokens.ndim != 2 or tokens.shape[1] != cfg.data.seq_len + 1 or len(paths) != len(tokens):
+        raise ConfigError(f"{tpath}: shape {tokens.shape} does not fit data.seq_len={cfg.data.seq_len}; {fix}")
+    if len(tokens) and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+        raise ConfigError(f"{tpath}: token ids outside the vocabulary of {vocab}; {fix}")
+    if paths.ndim != 2 or paths.shape[1] != depth:
+        raise ConfigError(f"{ppath}: shape {paths.shape} does not fit retriever.depth={depth}; {fix}")
+    for lvl in range(depth):
+        col = paths[:, lvl]
+        if len(col) and (int(col.min()) < 0 or int(col.max()) >= b ** (lvl + 1)):
+            raise ConfigError(f"{ppath}: level-{lvl + 1} node ids outside the tree ({b ** (lvl + 1)} nodes); {fix}")
 
 
 def prepare_main(cfg: Any, force: bool = False) -> int:
