@@ -2,8 +2,9 @@
 
 Same interface as `toy.ByteTokenizer`: `encode(str) -> list[int]`, `decode(list[int]) -> str` (special tokens
 dropped), `eot_id`, `pad_id`, `vocab_size`. Special tokens: `<|endoftext|>` (ends every document) and `<|pad|>`.
-A user tokenizer JSON (`data.tokenizer`) is used as is if it has an end-of-text token (one of EOT_NAMES); a pad
-token is added when it has none. Loading needs no network.
+A user tokenizer JSON (`data.tokenizer`) is used as is if it has an end-of-text token (one of EOT_NAMES); without a
+pad token (PAD_NAMES) another special token of its own pads (SmolLM2: <|im_start|>), and only a tokenizer with
+no other special token gets `<|pad|>` added. Loading needs no network.
 """
 
 from __future__ import annotations
@@ -25,9 +26,14 @@ class BPETokenizer:
         if eot is None:
             raise ValueError(f"tokenizer has no end-of-text token (looked for {', '.join(EOT_NAMES)})")
         pad = next((t for t in PAD_NAMES if t in vocab), None)
-        if pad is None:
-            tok.add_special_tokens([PAD])
-            pad = PAD
+        if pad is None:  # another special token of its own (never produced by encoding text) keeps the model's
+            # vocabulary as it is (a pretrained model's embedding has no row for an added token); else add one
+            specials = sorted(
+                (i, t.content) for i, t in tok.get_added_tokens_decoder().items() if t.special and t.content != eot
+            )
+            pad = specials[0][1] if specials else PAD
+            if not specials:
+                tok.add_special_tokens([PAD])
         self.eot_id = int(tok.token_to_id(eot))
         self.pad_id = int(tok.token_to_id(pad))
         self.vocab_size = int(tok.get_vocab_size(with_added_tokens=True))
