@@ -335,14 +335,14 @@ ARM_COLORS = {  # one colour per arm across every figure (the report's other fig
     "fetched": "#1f77b4",
     "generic": "#9ecae1",
     "none": "#c6dbef",
-    "random": "#6baed6",
+    "random": "#9467bd",
     "anchor": "#7f7f7f",
     "anchor_wallclock": "#bcbd22",
     "dense_runtime": "#8c564b",
     "dense_2x": "#222222",
     PRIOR: "#d62728",
 }
-FIG1_ARMS = ("fetched", "random", "anchor", "anchor_wallclock", "dense_runtime", "dense_2x", PRIOR)
+FIG1_ARMS = ("fetched", "generic", "none", "random", "anchor", "anchor_wallclock", "dense_runtime", "dense_2x", PRIOR)
 
 
 def _color(arm: Arm, k: int) -> str:
