@@ -97,3 +97,34 @@ def assert_same_run(a: Path, b: Path) -> None:
         return [{k: v for k, v in m.items() if k not in runs.TIMING_KEYS} for m in runs.read_metrics(d)]
 
     assert strip(a) == strip(b)
+
+
+# the small built-in corpus (tfidf) shared by the data and probe tests; `prepared` prepares it once per module
+SMALL = [
+    "data.source=builtin",
+    "data.wiki_docs=300",
+    "data.synthetic_entities=100",
+    "data.vocab_size=1024",
+    "data.seq_len=64",
+    "data.val_fraction=0.05",
+    "retriever.branching=4",
+    "retriever.depth=2",
+    "retriever.embed_dim=64",
+    "anchor.max_seq_len=512",
+]
+
+
+def small_cfg(d: Path, *extra: str):
+    from hmem_lit.config import load_config
+
+    return load_config(None, SMALL + [f"data.dir={d}", *extra])
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from hmem_lit.data.prepare import prepare
+
+    d = tmp_path_factory.mktemp("builtin")
+    cfg = small_cfg(d)
+    prepare(cfg, progress=False, verbose=False)
+    return cfg, d

@@ -73,7 +73,11 @@ def bad_override(draw) -> tuple[str, str]:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bad_override())
 def test_any_key_with_a_wrong_value_is_one_line_exit_2_nothing_created(capsys, case):
-    key, value = case
+    _refused_in_one_line(capsys, *case)
+
+
+def _refused_in_one_line(capsys, key: str, value: str) -> None:
+    """`hmem train` with key=value: exit 2, one line starting with the key, nothing created."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         argv = ["train", str(DEBUG_YAML), *tiny_overrides(root / "runs"), f"data.dir={root / 'data'}", f"{key}={value}"]
@@ -81,7 +85,7 @@ def test_any_key_with_a_wrong_value_is_one_line_exit_2_nothing_created(capsys, c
         err = capsys.readouterr().err.strip()
         assert rc == 2, (key, value, err)
         assert "\n" not in err and "Traceback" not in err, (key, value, err)
-        assert err.startswith(f"hmem: error: {key}"), (key, value, err)
+        assert err.startswith(f"hmem: error: {key}"), (key, value, err)  # its own rule, or one checked first
         assert list(root.iterdir()) == [], (key, value)
 
 
@@ -135,15 +139,7 @@ def out_of_range(draw) -> tuple[str, str]:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(out_of_range())
 def test_a_value_outside_a_declared_range_is_one_line_exit_2_nothing_created(capsys, case):
-    key, value = case
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        argv = ["train", str(DEBUG_YAML), *tiny_overrides(root / "runs"), f"data.dir={root / 'data'}", f"{key}={value}"]
-        rc = main(argv)
-        err = capsys.readouterr().err.strip()
-        assert rc == 2 and "\n" not in err and "Traceback" not in err, (key, value, err)
-        assert err.startswith(f"hmem: error: {key}"), (key, value, err)  # its range, or a rule checked first
-        assert list(root.iterdir()) == [], (key, value)
+    _refused_in_one_line(capsys, *case)
 
 
 @settings(max_examples=150, deadline=None)

@@ -18,31 +18,7 @@ from hmem_lit.data.mentions import MentionCounter, buckets
 from hmem_lit.data.packing import pack
 from hmem_lit.data.prepare import load_prepared, prepare, stale_stages
 from hmem_lit.data.tokenizer import load_tokenizer
-
-SMALL = [
-    "data.source=builtin",
-    "data.wiki_docs=300",
-    "data.synthetic_entities=100",
-    "data.vocab_size=1024",
-    "data.seq_len=64",
-    "data.val_fraction=0.05",
-    "retriever.branching=4",
-    "retriever.depth=2",
-    "retriever.embed_dim=64",
-    "anchor.max_seq_len=512",
-]
-
-
-def small_cfg(d: Path, *extra: str):
-    return load_config(None, SMALL + [f"data.dir={d}", *extra])
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    d = tmp_path_factory.mktemp("builtin")
-    cfg = small_cfg(d)
-    prepare(cfg, progress=False, verbose=False)
-    return cfg, d
+from tests.conftest import SMALL, small_cfg  # noqa: F401 (SMALL: the small built-in corpus; the fixture `prepared`)
 
 
 def _outputs(d: Path) -> dict[str, bytes]:

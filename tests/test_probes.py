@@ -10,17 +10,7 @@ import numpy as np
 import pytest
 
 from hmem_lit.data import airports, facts, questions
-from hmem_lit.data.prepare import prepare
 from hmem_lit.retriever import load_router
-from tests.test_data import small_cfg
-
-
-@pytest.fixture(scope="module")
-def facts_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("probes")
-    cfg = small_cfg(d)
-    prepare(cfg, progress=False, verbose=False)
-    return cfg, d
 
 
 def _read(path):
@@ -33,8 +23,8 @@ def _training_texts(d):
     return [doc for doc, s in zip(docs, split) if s == 0]
 
 
-def test_held_out_prefixes_occur_in_no_training_document(facts_dir):
-    _, d = facts_dir
+def test_held_out_prefixes_occur_in_no_training_document(prepared):
+    _, d = prepared
     blob = "\n".join(doc["text"] for doc in _training_texts(d))
     checked = 0
     for f in sorted((d / "questions").glob("*.para.jsonl")) + sorted((d / "questions").glob("*.qa.jsonl")):
@@ -66,8 +56,8 @@ def test_paraphrase_frames_are_absent_from_every_training_template():
         assert any(spec.train.split("{name}")[-1].strip() in t for t in templates), name  # base = a training frame
 
 
-def test_hard_negatives_come_from_the_routed_leaf(facts_dir):
-    cfg, d = facts_dir
+def test_hard_negatives_come_from_the_routed_leaf(prepared):
+    cfg, d = prepared
     router = load_router(d, cfg)
     train = _training_texts(d)
     paths = np.load(d / "tree" / "doc_paths.npy")[np.load(d / "corpus" / "split.npy") == 0]
@@ -135,8 +125,8 @@ def test_hard_negatives_widen_from_leaf_to_parent_to_pool():
     assert sorted(neg) == ["w", "y", "z"] and used == "pool"
 
 
-def test_dev_test_split_is_fixed_by_name_and_covers_both(facts_dir):
-    _, d = facts_dir
+def test_dev_test_split_is_fixed_by_name_and_covers_both(prepared):
+    _, d = prepared
     items = _read(d / "questions" / "synthetic_city.jsonl")
     assert all(it["split"] == questions.split_of(it["entity"]) for it in items)
     share = Counter(it["split"] for it in items)["dev"] / len(items)
@@ -147,8 +137,8 @@ def test_dev_test_split_is_fixed_by_name_and_covers_both(facts_dir):
     assert all(by[it["entity"]] == it["split"] for it in para) and {it["phrasing"] for it in para} == {1, 2}
 
 
-def test_validation_split_holds_fresh_fact_documents_never_trained_on(facts_dir):
-    _, d = facts_dir
+def test_validation_split_holds_fresh_fact_documents_never_trained_on(prepared):
+    _, d = prepared
     val = _read(d / "heldout" / "val.jsonl")
     train = {doc["text"] for doc in _training_texts(d)}
     kinds = Counter(v["kind"] for v in val)
@@ -156,8 +146,8 @@ def test_validation_split_holds_fresh_fact_documents_never_trained_on(facts_dir)
     assert not any(v["text"] in train for v in val)
 
 
-def test_rank_variant_lists_every_value_and_only_the_rarest_buckets(facts_dir):
-    _, d = facts_dir
+def test_rank_variant_lists_every_value_and_only_the_rarest_buckets(prepared):
+    _, d = prepared
     items = _read(d / "questions" / "atomic_number.rank.jsonl")
     assert items and {it["bucket"] for it in items} <= set(questions.RANK_BUCKETS)
     assert all(it["choices"] == [str(z) for z in range(1, 119)] for it in items)
