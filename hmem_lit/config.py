@@ -33,7 +33,7 @@ from hmem_lit.registry import EMBEDDERS, MEMORY, RETRIEVERS, TREE_ROUTERS  # noq
 
 def _routed_types() -> list[str]:
     """Memory types that fetch blocks by tree path (capability `routed`, memory/base.py)."""
-    return [n for n in MEMORY.names() if getattr(MEMORY.get(n), "routed", False)]
+    return [n for n in MEMORY.known() if MEMORY.capability(n, "routed", True)]  # MemoryType.routed: True
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ class MemoryConfig:
     pkm: PKMConfig = field(default_factory=PKMConfig)
 
     def __post_init__(self) -> None:
-        _one_of(self.type, ("none", *MEMORY.names()), "memory.type")  # the registry is the source of truth
+        _one_of(self.type, ("none", *MEMORY.known()), "memory.type")  # the registry is the source of truth
         _check(all(int(r) >= 0 for r in self.levels), "memory.levels", f"sizes must be >= 0, got {self.levels}")
         _check(len(self.levels) <= 4, "memory.levels", f"at most 4 levels, got {len(self.levels)}")
         if self.type != "none":
@@ -176,15 +176,15 @@ class RetrieverConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        _one_of(self.type, RETRIEVERS.names(), "retriever.type")  # the registries are the source of truth
-        _one_of(self.embedder, EMBEDDERS.names(), "retriever.embedder")
+        _one_of(self.type, RETRIEVERS.known(), "retriever.type")  # the registries are the source of truth
+        _one_of(self.embedder, EMBEDDERS.known(), "retriever.embedder")
         _check(self.branching >= 2, "retriever.branching", f"must be >= 2, got {self.branching}")
         _check(1 <= self.depth <= 4, "retriever.depth", f"must be in 1..4, got {self.depth}")
         _check(0.0 < self.balance <= 1.0, "retriever.balance", "must be in (0, 1]")
         _check(self.embed_dim > 0, "retriever.embed_dim", "must be > 0")
         _one_of(self.tfidf_projection, ("random", "svd"), "retriever.tfidf_projection")
         _one_of(self.train_paths, ("assigned", "routed"), "retriever.train_paths")
-        _one_of(self.router, TREE_ROUTERS.names(), "retriever.router")
+        _one_of(self.router, TREE_ROUTERS.known(), "retriever.router")
         _one_of(self.refine, ("none", "bm25"), "retriever.refine")
         _check(self.knn_k >= 1, "retriever.knn_k", f"must be >= 1, got {self.knn_k}")
         _check(0.0 < self.bm25_max_df <= 1.0, "retriever.bm25_max_df", f"must be in (0, 1], got {self.bm25_max_df}")
@@ -509,7 +509,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return cast(RunConfig, OmegaConf.to_object(merged))  # runs every __post_init__
     except OmegaConfBaseException as e:
         cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else None
-        raise (cause or friendly(e, valid_keys(RunConfig()))) from None
+        raise (cause or friendly(e, valid_keys(RunConfig))) from None
+
+
+def merged_value(path: str | Path | None, overrides: list[str] | tuple[str, ...], key: str) -> Any:
+    """One key of defaults < experiment YAML < overrides, merged but not validated (no section's __post_init__
+    runs, so no registry is imported): for commands that only need to find a run's files."""
+    try:
+        schema = OmegaConf.structured(RunConfig)
+        explicit = read_yaml(path) if path else OmegaConf.create({})
+        merged = OmegaConf.merge(schema, explicit, parse_overrides(overrides, str_keys(RunConfig)))
+        return OmegaConf.select(merged, key)
+    except OmegaConfBaseException as e:
+        raise friendly(e, valid_keys(RunConfig)) from None
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -523,7 +535,7 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
     try:
         return OmegaConf.to_object(OmegaConf.merge(schema, d))  # type: ignore[return-value]
     except OmegaConfBaseException as e:
-        raise friendly(e, valid_keys(RunConfig())) from None
+        raise friendly(e, valid_keys(RunConfig)) from None
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

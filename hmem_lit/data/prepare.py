@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import resource
 import sys
@@ -56,6 +57,8 @@ DEPS = {
     "questions": ("corpus", "tree"),
 }  # an upstream re-run may change the output
 _VERSION = {"corpus": 1, "tokenizer": 1, "embeddings": 1, "tree": 2, "packing": 1, "questions": 2}
+
+log = logging.getLogger("hmem_lit.data")
 
 
 def _h(*parts: Any) -> str:
@@ -505,7 +508,7 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
     root = Path(cfg.data.dir)
     if cfg.data.source == "toy":
         raise ValueError("data.source=toy is generated in memory: nothing to prepare (use builtin or files)")
-    say = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
+    say = (lambda m: log.info(m)) if verbose else (lambda m: None)
     with _lock(root), _pools_closed():
         from hmem_lit.data.stream import remove_stale_temporaries
 
