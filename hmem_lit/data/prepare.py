@@ -42,6 +42,7 @@ from hmem_lit import faults
 from hmem_lit.config import ConfigError
 from hmem_lit.data import corpus as corpus_mod
 from hmem_lit.data.branch import TokenizerBranch, can_branch, start_bm25_fit, warm_pool
+from hmem_lit.data.sources import signature
 from hmem_lit.data.stats import corpus_stats, format_stats
 from hmem_lit.data.tree_stage import key_field  # noqa: F401 (re-exported: evaluation reads it from here)
 from hmem_lit.effects import field_value, fields_with
@@ -96,9 +97,7 @@ def _stage_keys(cfg: Any, manifest: dict, fields_out: dict | None = None) -> dic
     d, r = cfg.data, cfg.retriever
     out = lambda s: manifest.get("stages", {}).get(s, {}).get("out", "missing")  # noqa: E731
     derived: dict[str, Any] = {  # fields whose cache value is not the value itself
-        "data.files": [
-            (str(p), os.path.getsize(p), os.path.getmtime(p)) if os.path.exists(p) else (str(p), None) for p in d.files
-        ]
+        "data.files": [(str(p), *signature(Path(p))) if os.path.exists(p) else (str(p), None) for p in d.files]
         if d.source == "files"
         else [],
         "data.tokenizer": (
@@ -508,6 +507,18 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
     root = Path(cfg.data.dir)
     if cfg.data.source == "toy":
         raise ValueError("data.source=toy is generated in memory: nothing to prepare (use builtin or files)")
+    created = not root.exists()
+    try:
+        return _prepare(cfg, root, force, progress, verbose)
+    except ConfigError:  # bad input found in the data (a damaged file): a directory made for it is removed
+        if created:
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _prepare(cfg: Any, root: Path, force: bool, progress: bool, verbose: bool) -> Path:
     say = (lambda m: log.info(m)) if verbose else (lambda m: None)
     with _lock(root), _pools_closed():
         from hmem_lit.data.stream import remove_stale_temporaries
