@@ -75,18 +75,27 @@ class _Format(logging.Formatter):
         return msg if msg.startswith("[") else f"[hmem] {msg}"
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (a test's captured stream, a redirected one)."""
+
+    @property
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup(level: int | None = None) -> int:
     """Configure the `hmem_lit` logger and quieten the libraries for `level` (None: $HMEM_VERBOSITY). Idempotent;
     -> the level."""
     level = verbosity() if level is None else max(QUIET, min(VERBOSE, level))
     os.environ[ENV] = str(level)
-    handler = next((h for h in log.handlers if getattr(h, "_hmem", False)), None)
-    if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler._hmem = True  # type: ignore[attr-defined]
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
         handler.setFormatter(_Format())
         log.addHandler(handler)
-    handler.setStream(sys.stderr)  # pytest's capsys swaps sys.stderr between tests
     log.setLevel({QUIET: logging.WARNING, NORMAL: logging.INFO, VERBOSE: logging.DEBUG}[level])
     quiet_libraries(level)
     return level

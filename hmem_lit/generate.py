@@ -71,7 +71,7 @@ def generate(
         )
         for i, p in enumerate(prompts)
     ]
-    texts = lm.generate_until(requests)  # type: ignore[arg-type]  # duck-typed lm-eval Instances
+    texts = lm.generate_until(requests)  # duck-typed lm-eval Instances (args, doc, task_name, doc_id)
     mode = lm.mode if cfg.memory.type != "none" else "none"  # an anchor-only run has no memory to route
     return [
         {"prompt": p, "text": t, "memory": mode, "path": lm.routing_log.get(("generate", i), {}).get("path")}

@@ -192,7 +192,7 @@ def objective_value(spec: SweepSpec, run_dir: str | Path) -> float:
     m = spec.metric
     if m.startswith("eval."):
         _, mode, name = m.split(".", 2)
-        got = final.get("eval", {}).get(mode, {})
+        got = runs.eval_section(final, mode)
         if name not in got:
             raise KeyError(
                 f"objective.metric {m!r}: not in final.json eval.{mode} (has: {', '.join(sorted(got)) or 'nothing'})"
@@ -381,7 +381,7 @@ def ensure_baselines(spec: SweepSpec, study: optuna.Study, threads: int = 0) -> 
         with file_lock(cfg.run_dir.parent / "locks" / f"{cfg.name}.lock"):
             done = runs.is_complete(cfg.run_dir) and (
                 not spec.needs_eval
-                or bool(runs.read_final(cfg.run_dir).get("eval", {}).get(spec.eval_memory or "fetched"))
+                or bool(runs.eval_section(runs.read_final(cfg.run_dir), spec.eval_memory or "fetched"))
             )
             if not done:
                 log.info(f"[sweep] {spec.name}: baseline {cfg.run_dir}")
