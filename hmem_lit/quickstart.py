@@ -277,10 +277,17 @@ def quickstart(
     clock.stage(
         "evaluating every run through the lm-eval `hmem` model" + (" (done beside training)" if jobs > 1 else "")
     )
-    for name, d in dirs.items():
-        for mode in _eval_modes(name):
-            log.debug(f"[quickstart] eval {name} memory={mode}")
-            evaluate(d, tasks=list(everything[name].eval.tasks), memory=mode, print_table=False)
+    eval_log = logging.getLogger("hmem_lit.eval")
+    level = eval_log.level
+    if not log.isEnabledFor(logging.DEBUG):  # the workers evaluated already: "already evaluated" x8 is noise
+        eval_log.setLevel(logging.WARNING)
+    try:
+        for name, d in dirs.items():
+            for mode in _eval_modes(name):
+                log.debug(f"[quickstart] eval {name} memory={mode}")
+                evaluate(d, tasks=list(everything[name].eval.tasks), memory=mode, print_table=False)
+    finally:
+        eval_log.setLevel(level)
 
     clock.stage("writing the report")
     root = dirs["anchor"].parent

@@ -123,16 +123,18 @@ class Registry:
         package's source. With plug-ins configured, or no source to read, the registry is imported instead
         (tests/test_cli_fast.py checks that both agree)."""
         import ast
-        import importlib.util
         from pathlib import Path
 
         mod = str(self.loader).partition(":")[0]
-        spec = importlib.util.find_spec(mod) if self.loader and self.var else None
-        if spec is None or spec.origin is None or _plugins_configured():
+        here = Path(__file__).resolve().parent.joinpath(*mod.split(".")[1:])  # no import of the parent package
+        if not (self.loader and self.var and mod.startswith("hmem_lit.")) or _plugins_configured():
+            files = []
+        elif here.is_dir():
+            files = sorted(here.glob("*.py"))
+        else:
+            files = [p for p in [here.with_suffix(".py")] if p.is_file()]
+        if not files:
             return {n: {"value": self.get(n)} for n in self.names()}
-        files = (
-            sorted(Path(spec.origin).parent.glob("*.py")) if spec.submodule_search_locations else [Path(spec.origin)]
-        )
         out: dict[str, dict[str, Any]] = {}
         for f in files:
             for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):

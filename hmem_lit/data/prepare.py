@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -97,7 +98,7 @@ def _stage_keys(cfg: Any, manifest: dict, fields_out: dict | None = None) -> dic
     d, r = cfg.data, cfg.retriever
     out = lambda s: manifest.get("stages", {}).get(s, {}).get("out", "missing")  # noqa: E731
     derived: dict[str, Any] = {  # fields whose cache value is not the value itself
-        "data.files": [(str(p), *signature(Path(p))) if os.path.exists(p) else (str(p), None) for p in d.files]
+        "data.files": [(str(p), *signature(p)) if os.path.exists(p) else (str(p), None) for p in d.files]
         if d.source == "files"
         else [],
         "data.tokenizer": (
@@ -200,11 +201,16 @@ def _read_manifest(root: Path) -> dict:
 
 @contextlib.contextmanager
 def _lock(root: Path):
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".prepare.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
+        except ConfigError:  # bad input found in the data (a damaged file): a directory made for it goes
+            if created:
+                shutil.rmtree(root, ignore_errors=True)
+            raise
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -507,18 +513,6 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
     root = Path(cfg.data.dir)
     if cfg.data.source == "toy":
         raise ValueError("data.source=toy is generated in memory: nothing to prepare (use builtin or files)")
-    created = not root.exists()
-    try:
-        return _prepare(cfg, root, force, progress, verbose)
-    except ConfigError:  # bad input found in the data (a damaged file): a directory made for it is removed
-        if created:
-            import shutil
-
-            shutil.rmtree(root, ignore_errors=True)
-        raise
-
-
-def _prepare(cfg: Any, root: Path, force: bool, progress: bool, verbose: bool) -> Path:
     say = (lambda m: log.info(m)) if verbose else (lambda m: None)
     with _lock(root), _pools_closed():
         from hmem_lit.data.stream import remove_stale_temporaries

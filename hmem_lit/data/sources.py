@@ -155,12 +155,14 @@ def file_kind(p: Path) -> str:
     return "parquet" if last == ".parquet" else "jsonl" if last in JSONL_SUFFIXES else "text"
 
 
-def signature(p: Path) -> tuple[int, float]:
+def signature(p: Any) -> tuple[int, float]:
     """(size, newest mtime) of a file or a dataset directory: the corpus stage's cache key."""
-    if p.is_dir():
-        files = [f.stat() for f in p.rglob("*") if f.is_file()]
+    import os
+
+    if os.path.isdir(p):
+        files = [f.stat() for f in Path(p).rglob("*") if f.is_file()]
         return sum(st.st_size for st in files), max((st.st_mtime for st in files), default=0.0)
-    st = p.stat()
+    st = os.stat(p)
     return st.st_size, st.st_mtime
 
 

@@ -521,8 +521,8 @@ def _evaluate(
         print(make_table(res))
         if res.get("groups"):
             print(make_table(res, "groups"))
-        print(
-            f"[hmem] {run_dir} memory={lm.mode}: {n} samples in {elapsed:.1f}s "
+        log.info(
+            f"{run_dir} memory={lm.mode}: {n} samples in {elapsed:.1f}s "
             f"(retrieval {lm.retrieval_seconds:.2f}s, model {lm.model_seconds:.1f}s) -> {out_dir}"
         )
     return sections[key]

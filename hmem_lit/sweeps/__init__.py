@@ -15,7 +15,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_WHERE = {
+# spec and translate are light (torch waits inside translate's functions) and imported here: `translate` names
+# both a submodule and its function, and importing the submodule later would rebind the name to the module
+from hmem_lit.sweeps.spec import PAPER_PARAMS, SweepSpec, load_sweep, trial_name
+from hmem_lit.sweeps.translate import Infeasible, counts, solve_levels, translate, unit_params
+
+_WHERE = {  # the names that need optuna (runner) or Lightning (pruning): imported on first use
     "StepPruningCallback": "pruning",
     "objective_value": "runner",
     "open_study": "runner",
@@ -23,17 +28,25 @@ _WHERE = {
     "run_sweep": "runner",
     "status": "runner",
     "summary": "runner",
-    "PAPER_PARAMS": "spec",
-    "SweepSpec": "spec",
-    "load_sweep": "spec",
-    "trial_name": "spec",
-    "Infeasible": "translate",
-    "counts": "translate",
-    "solve_levels": "translate",
-    "translate": "translate",
-    "unit_params": "translate",
 }
-__all__ = sorted(_WHERE)
+__all__ = [
+    "PAPER_PARAMS",
+    "Infeasible",
+    "StepPruningCallback",
+    "SweepSpec",
+    "counts",
+    "load_sweep",
+    "objective_value",
+    "open_study",
+    "plan",
+    "run_sweep",
+    "solve_levels",
+    "status",
+    "summary",
+    "translate",
+    "trial_name",
+    "unit_params",
+]
 
 
 def __getattr__(name: str) -> Any:
