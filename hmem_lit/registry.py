@@ -101,6 +101,9 @@ class Registry:
         self._ensure()
         return sorted(self._items)
 
+    def _all(self) -> list[tuple[str, Any]]:
+        return [(n, self.get(n)) for n in self.names()]
+
     def known(self) -> list[str]:
         """The names, from the source when nothing is imported yet (config validation stays light: a config of
         an anchor-only run never imports torch); the imported registry once it is loaded."""
@@ -133,8 +136,8 @@ class Registry:
             files = sorted(here.glob("*.py"))
         else:
             files = [p for p in [here.with_suffix(".py")] if p.is_file()]
-        if not files:
-            return {n: {"value": self.get(n)} for n in self.names()}
+        if not files:  # imported: the declared capabilities from the classes themselves
+            return {n: {"value": v, **{k: getattr(v, k) for k in ("routed",) if hasattr(v, k)}} for n, v in self._all()}
         out: dict[str, dict[str, Any]] = {}
         for f in files:
             for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):

@@ -427,6 +427,9 @@ def _worker_entry(spec: SweepSpec, index: int, threads: int) -> None:
 
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from hmem_lit import console
+
+    console.setup()  # the parent's -q / -v ($HMEM_VERBOSITY): trial lines go to stderr as in one process
     try:
         worker(spec, index, threads)
     except KeyboardInterrupt:
