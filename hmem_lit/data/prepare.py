@@ -513,6 +513,9 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
     root = Path(cfg.data.dir)
     if cfg.data.source == "toy":
         raise ValueError("data.source=toy is generated in memory: nothing to prepare (use builtin or files)")
+    from hmem_lit.console import progress as bars
+
+    progress = progress and bars()  # `hmem -q`: no bars
     say = (lambda m: log.info(m)) if verbose else (lambda m: None)
     with _lock(root), _pools_closed():
         from hmem_lit.data.stream import remove_stale_temporaries
