@@ -58,7 +58,7 @@ echo "$where" | sed 's/^/[install]   /'
 step "hmem list / info / sweep plan from $WORK/elsewhere"
 "$V/hmem" list >list.txt
 for name in 000_debug 100_quickstart 102_qs_memory memory_type fetch_ratio placement; do
-    grep -qx "  $name" list.txt || { cat list.txt; fail "hmem list does not list $name"; }
+    grep -qE "^  $name( |$)" list.txt || { cat list.txt; fail "hmem list does not list $name"; }  # name, then its question
 done
 "$V/hmem" info 102_qs_memory >/dev/null || fail "hmem info 102_qs_memory (an experiment with base:)"
 "$V/hmem" sweep plan memory_type >/dev/null || fail "hmem sweep plan memory_type (a shipped sweep and its base)"

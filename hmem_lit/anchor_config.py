@@ -178,3 +178,11 @@ def _resolve_hf(a: AnchorConfig) -> None:
             "anchor.head_dim",
             f"qwen2 needs n_head * head_dim == d_model ({a.n_head} * {a.head_dim} != {a.d_model})",
         )
+
+
+def anchor_params(acfg: AnchorConfig) -> int:
+    """The built-in anchor's parameter count by arithmetic (no torch: `hmem list` stays fast); equal to
+    `count_params(Anchor(acfg))` for every preset (tests/test_cli_fast.py)."""
+    d, width, v = acfg.d_model, acfg.n_head * acfg.head_dim, int(acfg.vocab_size or 0)
+    block = 2 * d + 4 * d * width + 3 * d * acfg.d_ff + (2 * width if acfg.qk_norm else 0)
+    return v * d + acfg.n_layer * block + d + (0 if acfg.tie_embeddings else v * d)

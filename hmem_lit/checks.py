@@ -19,7 +19,14 @@ def preflight(cfg: RunConfig, training: bool = True) -> None:
         for f in d.files:
             p = Path(f)
             _check_path(p.exists(), "data.files", f"{p} not found (fix the path or drop it from the list)")
-            _check_path(p.is_file(), "data.files", f"{p} is a directory; list its files instead")
+            if p.is_dir():
+                from hmem_lit.data.sources import FORMATS, is_hf_dataset
+
+                _check_path(
+                    is_hf_dataset(p),
+                    "data.files",
+                    f"{p} is a directory but not a saved `datasets` directory; list its files instead ({FORMATS})",
+                )
     if training:
         run_dir = cfg.run_dir
         for parent in (Path(cfg.out_dir), run_dir.parent, run_dir):  # where the run directory goes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -28,61 +29,71 @@ def _experiment_path(name: str | None) -> str | None:
             return str(cand)
     if Path(name).is_dir():
         return name  # read_yaml says what a directory is not
-    raise ConfigError(f"{name}: experiment file not found (see `hmem list` for the shipped experiments)")
+    from hmem_lit.errors import did_you_mean
+
+    hint = did_you_mean(Path(name).stem, [p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")])
+    raise ConfigError(f"{name}: experiment file not found{hint or ' (see `hmem list` for the shipped experiments)'}")
 
 
 def cmd_train(a: argparse.Namespace) -> int:
     from hmem_lit.config import load_config
+
+    cfg = load_config(_experiment_path(a.experiment), a.overrides)  # before Lightning's import: typos fail fast
     from hmem_lit.train import train
 
-    train(load_config(_experiment_path(a.experiment), a.overrides), force=a.force)
+    train(cfg, force=a.force)
     return 0
 
 
-def cmd_list(a: argparse.Namespace) -> int:
-    import torch
+def question(path: Path) -> str:
+    """The question an experiment or sweep YAML opens with (`# Question: ...`, continued on indented comment
+    lines), else its first comment line."""
+    lines, first = [], ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        first = first or text
+        if text.lower().startswith("question:"):
+            lines = [text.split(":", 1)[1].strip()]
+        elif lines and line.startswith("#  ") and not text.split(":")[0].istitle():
+            lines.append(text)
+        elif lines:
+            break
+    return " ".join(lines) or first
 
-    from hmem_lit.anchor import Anchor, count_params
-    from hmem_lit.config import PRESETS, AnchorConfig
+
+def cmd_list(a: argparse.Namespace) -> int:
+    """Presets, registered components, experiments and sweeps, without importing torch (counts by arithmetic,
+    components read from their source: Registry.scan)."""
+    from hmem_lit.anchor_config import PRESETS, AnchorConfig, anchor_params
+    from hmem_lit.registry import EMBEDDERS, MEMORY, RETRIEVERS, TREE_ROUTERS
 
     print("anchor presets:")
     for name, p in PRESETS.items():
         acfg = AnchorConfig(**{**p, "preset": name, "vocab_size": p.get("vocab_size") or 4096})
-        with torch.device("meta"):
-            n = count_params(Anchor(acfg))
         vocab = "" if "vocab_size" in p else " (at vocab 4096)"
         print(
             f"  {name:20s} layers={acfg.n_layer:<3d} d={acfg.d_model:<5d} heads={acfg.n_head}x{acfg.head_dim:<4d} "
-            f"ffn={acfg.d_ff:<5d} params={n:,}{vocab}"
+            f"ffn={acfg.d_ff:<5d} params={anchor_params(acfg):,}{vocab}"
         )
     print(f"  {'hf':20s} a Hugging Face causal LM: anchor.hf_path=<local dir> or anchor.hf_family=llama|qwen2|gemma3")
-    from hmem_lit.memory import MEMORY, import_all
-
-    import_all()
-    print(
-        "memory types: none, "
-        + ", ".join(
-            f"{n} ({'routed' if getattr(MEMORY.get(n), 'routed', False) else 'token-level'})" for n in MEMORY.names()
-        )
-    )
-    from hmem_lit.retriever.embedders import EMBEDDERS
-    from hmem_lit.retriever.routing import RETRIEVERS, TREE_ROUTERS
-
-    print(f"retrievers (retriever.type): {', '.join(RETRIEVERS.names())};  embedders: {', '.join(EMBEDDERS.names())}")
-    for name in TREE_ROUTERS.names():
-        print(f"  retriever.router={name:9s} {TREE_ROUTERS.get(name)}")
+    kinds = {n: "routed" if attrs.get("routed", True) else "token-level" for n, attrs in MEMORY.scan().items()}
+    print("memory types: none, " + ", ".join(f"{n} ({k})" for n, k in kinds.items()))
+    print(f"retrievers (retriever.type): {', '.join(RETRIEVERS.scan())};  embedders: {', '.join(EMBEDDERS.scan())}")
+    for name, attrs in TREE_ROUTERS.scan().items():
+        print(f"  retriever.router={name:9s} {attrs.get('value', '')}")
     print("  retriever.refine=bm25      neighbour-graph refinement of the clusters (none: k-means clusters as built)")
     print("built-in corpora (data.source=builtin data.corpus=...): facts, airports")
     print(
         "eval tasks: hmem_sk, hmem_ck (groups), hmem_<probe> and hmem_<probe>_bucket0..4, hmem_wiki_cloze(_mc), "
         "hmem_wiki_ppl (generated from each run's prepared data); paper_ck, paper_sk (need hub datasets)"
     )
-    print(f"experiments ({EXPERIMENTS_DIR}):")
-    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
-        print(f"  {path.stem}")
-    print(f"sweeps ({SWEEPS_DIR}):")
-    for path in sorted(SWEEPS_DIR.glob("*.yaml")):
-        print(f"  {path.stem}")
+    for title, folder in (("experiments", EXPERIMENTS_DIR), ("sweeps", SWEEPS_DIR)):
+        print(f"{title} ({folder}):")
+        for path in sorted(folder.glob("*.yaml")):
+            q = question(path)
+            print(f"  {path.stem:24s} {q[:140] + ('...' if len(q) > 140 else '')}".rstrip())
     return 0
 
 
@@ -95,9 +106,18 @@ def _split(a: argparse.Namespace) -> None:
 def cmd_info(a: argparse.Namespace) -> int:
     _split(a)
     from hmem_lit.config import load_config
+
+    cfg = load_config(_experiment_path(a.experiment), a.overrides)
+    if a.config:  # the resolved config, as a run directory's config.yaml would hold it
+        from omegaconf import OmegaConf
+
+        from hmem_lit.config import to_dict
+
+        print(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))), end="")
+        return 0
     from hmem_lit.model import info
 
-    print(info(load_config(_experiment_path(a.experiment), a.overrides)))
+    print(info(cfg))
     return 0
 
 
@@ -142,7 +162,18 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from hmem_lit.hf_export import export
 
-    print(f"[hmem] export: {export(a.run_dir, a.out, a.format)} (load with hmem_lit.hf_export.load or transformers)")
+    out = export(a.run_dir, a.out, a.format)
+    print(f"{out} (load with transformers, or hmem_lit.hf_export.load for the memory; see {out}/README.md)")
+    return 0
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from hmem_lit.generate import generate, read_prompts
+
+    prompts = read_prompts(a.prompts, a.file)
+    rows = generate(a.run_dir, prompts, a.memory, a.max_new_tokens, a.until, a.threads)
+    for r in rows:  # the completion in brackets: a leading space or an empty answer stays visible
+        print(json.dumps(r, ensure_ascii=False) if a.jsonl else f"{r['prompt']}[{r['text']}]")
     return 0
 
 
@@ -241,23 +272,35 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sweep": cmd_sweep,
     "ablations": cmd_ablations,
     "export": cmd_export,
+    "generate": cmd_generate,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     from hmem_lit import __version__
 
-    p = argparse.ArgumentParser(prog="hmem", description="hmem_lit: memory-augmented pretraining experiments")
+    talk = argparse.ArgumentParser(add_help=False)  # -q / -v before or after the verb
+    g = talk.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings and errors only")
+    g.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="libraries' own logs and bars too"
+    )
+    p = argparse.ArgumentParser(
+        prog="hmem", description="hmem_lit: memory-augmented pretraining experiments", parents=[talk]
+    )
     p.add_argument("--version", action="version", version=f"hmem_lit {__version__}")
     sub = p.add_subparsers(dest="verb", required=True)
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *args, **kw: _add_parser(*args, parents=[talk], **kw)  # type: ignore[method-assign]
     t = sub.add_parser("train", help="train one run (resumes an incomplete run; no-op on a complete one)")
     t.add_argument("experiment", help="experiment YAML (path or name in experiments/)")
     t.add_argument("overrides", nargs="*", help="key=value config overrides")
     t.add_argument("--force", action="store_true", help="delete an existing run directory and start again")
     sub.add_parser("list", help="presets, memory types, retrievers, experiments, sweeps")
-    i = sub.add_parser("info", help="anchor / fetched / bank parameter counts of an experiment")
+    i = sub.add_parser("info", help="anchor / fetched / bank parameter counts of an experiment (--config: its config)")
     i.add_argument("experiment", nargs="?", default=None)
     i.add_argument("overrides", nargs="*")
+    i.add_argument("--config", action="store_true", help="print the resolved config (experiment + key=value) as YAML")
     d = sub.add_parser("data", help="data preparation: `hmem data prepare <experiment> [key=value]`")
     d.add_argument("action", choices=["prepare"])
     d.add_argument("experiment", nargs="?", default=None)
@@ -310,6 +353,24 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run_dir")
     ex.add_argument("--format", default="hf", help="hf (the only format)")
     ex.add_argument("--out", required=True, help="a new directory")
+    gen = sub.add_parser(
+        "generate",
+        help="greedy continuations of prompts from a trained run, memory routed as in `hmem eval`",
+    )
+    gen.add_argument("run_dir", help="a complete run directory")
+    gen.add_argument("prompts", nargs="*", help="prompts (or --file)")
+    gen.add_argument("--file", default=None, help="prompts, one per line (- = stdin)")
+    gen.add_argument(
+        "--memory",
+        choices=["fetched", "generic", "none", "random"],
+        default=None,
+        help="fetched: the blocks the prompt routes to (default: the run's eval.memory); generic: the generic block; "
+        "none: the anchor alone",
+    )
+    gen.add_argument("--max-new-tokens", type=int, default=32, help="at most this many new tokens (default 32)")
+    gen.add_argument("--until", action="append", default=None, help="stop string (repeatable; default a newline)")
+    gen.add_argument("--jsonl", action="store_true", help="one JSON record per prompt: prompt, text, memory, path")
+    gen.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ab = sub.add_parser(
         "ablations",
         help="the ablation sweeps (both corpora) as one page: tables, figures and "
@@ -409,8 +470,17 @@ def environment_error(e: OSError) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hmem_lit import console
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if args.verb == "sweep":  # -q / -v after the sweep's name land in its REMAINDER
+        for flag, name in (("-q", "quiet"), ("--quiet", "quiet"), ("-v", "verbose"), ("--verbose", "verbose")):
+            if flag in args.rest:
+                args.rest.remove(flag)
+                setattr(args, name, True)
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    console.setup(console.QUIET if quiet else console.VERBOSE if verbose else None)
     try:
         return VERBS[args.verb](args)
     except ConfigError as e:

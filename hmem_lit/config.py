@@ -41,7 +41,7 @@ from hmem_lit.registry import EMBEDDERS, MEMORY, RETRIEVERS, TREE_ROUTERS  # noq
 
 def _routed_types() -> list[str]:
     """Memory types that fetch blocks by tree path (capability `routed`, memory/base.py)."""
-    return [n for n in MEMORY.names() if getattr(MEMORY.get(n), "routed", False)]
+    return [n for n in MEMORY.known() if MEMORY.capability(n, "routed", True)]  # MemoryType.routed: True
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ class MemoryConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, "memory.")  # the ranges declared beside the fields
-        _one_of(self.type, ("none", *MEMORY.names()), "memory.type")  # the registry is the source of truth
+        _one_of(self.type, ("none", *MEMORY.known()), "memory.type")  # the registry is the source of truth
         _check(len(self.levels) <= 4, "memory.levels", f"at most 4 levels, got {len(self.levels)}")
         if self.type != "none":
             MEMORY.get(self.type).check_config(self)  # the type's own checks (memory/base.py)
@@ -194,11 +194,11 @@ class RetrieverConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, "retriever.")  # the ranges declared beside the fields
-        _one_of(self.type, RETRIEVERS.names(), "retriever.type")  # the registries are the source of truth
-        _one_of(self.embedder, EMBEDDERS.names(), "retriever.embedder")
+        _one_of(self.type, RETRIEVERS.known(), "retriever.type")  # the registries are the source of truth
+        _one_of(self.embedder, EMBEDDERS.known(), "retriever.embedder")
         _one_of(self.tfidf_projection, ("random", "svd"), "retriever.tfidf_projection")
         _one_of(self.train_paths, ("assigned", "routed"), "retriever.train_paths")
-        _one_of(self.router, TREE_ROUTERS.names(), "retriever.router")
+        _one_of(self.router, TREE_ROUTERS.known(), "retriever.router")
         _one_of(self.refine, ("none", "bm25"), "retriever.refine")
         _one_of(self.embed_dtype, ("float32", "float16"), "retriever.embed_dtype")
         _one_of(self.route_unsampled, ("centroid", "router"), "retriever.route_unsampled")
@@ -491,7 +491,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return cast(RunConfig, OmegaConf.to_object(merged))  # runs every __post_init__
     except OmegaConfBaseException as e:
         cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else None
-        raise (cause or friendly(e, valid_keys(RunConfig()))) from None
+        raise (cause or friendly(e, valid_keys(RunConfig))) from None
+
+
+def merged_value(path: str | Path | None, overrides: list[str] | tuple[str, ...], key: str) -> Any:
+    """One key of defaults < experiment YAML < overrides, merged but not validated (no section's __post_init__
+    runs, so no registry is imported): for commands that only need to find a run's files."""
+    try:
+        schema = OmegaConf.structured(RunConfig)
+        explicit = read_yaml(path) if path else OmegaConf.create({})
+        merged = OmegaConf.merge(schema, explicit, parse_overrides(overrides, str_keys(RunConfig)))
+        return OmegaConf.select(merged, key)
+    except OmegaConfBaseException as e:
+        raise friendly(e, valid_keys(RunConfig)) from None
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -505,7 +517,7 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
     try:
         return OmegaConf.to_object(OmegaConf.merge(schema, d))  # type: ignore[return-value]
     except OmegaConfBaseException as e:
-        raise friendly(e, valid_keys(RunConfig())) from None
+        raise friendly(e, valid_keys(RunConfig)) from None
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -78,12 +78,16 @@ def check_ranges(obj: Any, prefix: str) -> None:
 
 
 def valid_keys(node: Any, prefix: str = "") -> list[str]:
-    """Every dotted key of a config dataclass instance (sections and their fields)."""
+    """Every dotted key of a config dataclass, instance or class (sections and their fields). A class is read
+    without being built, so naming a typo never runs the sections' validation (which imports the registries)."""
     out = []
     for f in fields(node):
         key = f"{prefix}{f.name}"
         out.append(key)
-        val = getattr(node, f.name)
+        if isinstance(node, type):
+            val = f.default_factory if f.default_factory is not MISSING else None
+        else:
+            val = getattr(node, f.name)
         if is_dataclass(val):
             out.extend(valid_keys(val, key + "."))
     return out

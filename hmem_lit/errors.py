@@ -25,3 +25,11 @@ def check(cond: bool, key: str, msg: str) -> None:
 
 def one_of(value: Any, allowed: list[str] | tuple[str, ...], key: str) -> None:
     check(value in allowed, key, f"got {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+def did_you_mean(name: str, candidates: Any, n: int = 3, cutoff: float = 0.6) -> str:
+    """'; did you mean a, b?' naming only the near matches among `candidates` (empty when none is near)."""
+    import difflib
+
+    near = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=n, cutoff=cutoff)
+    return f"; did you mean {', '.join(near)}?" if near else ""

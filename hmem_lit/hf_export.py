@@ -11,9 +11,11 @@ untied output, no biases):
     router's softmax is exactly 1, so the layer is the dense SwiGLU (gate_up_proj = [w_gate; w_up]).
 LayerNorm anchors (anchor.norm=layernorm) have no exact standard counterpart and are refused with one line.
 
-DIR holds config.json + model.safetensors (the HF model), tokenizer files (built-in / files corpora), and, for a
-memory run, hmem_memory.safetensors + hmem.json (the run's config and the memory's keys) + router/ (the tree the
-prompts are routed with). `load(DIR)` -> HFMemoryModel: `.hf` (the transformers model), `.memory`,
+DIR holds config.json + generation_config.json + model.safetensors (the HF model), tokenizer files (built-in /
+files corpora; end-of-text as EOS and the run's pad token, left padding for batched generation), README.md (a
+model card: what the files are, how to attach the memory, and that plain `generate` / `pipeline` run the anchor
+alone), and, for a memory run, hmem_memory.safetensors + hmem.json (the run's config and the memory's keys) +
+router/ (the tree the prompts are routed with). `load(DIR)` -> HFMemoryModel: `.hf` (the transformers model), `.memory`,
 `.route(texts)` (paths), and `with m.fetched(paths): m.hf(...)` / `m.hf.generate(...)` runs the HF model with the
 blocks on those paths. Nothing executes code from DIR: configs are JSON, weights are safetensors.
 """
@@ -125,11 +127,14 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf") -> Path:
         )
     state = load_file(str(runs.check_weights(run_dir / runs.WEIGHTS)))
     acfg = cfg.anchor
-    hcfg = hf_config(acfg, **_special_ids(cfg))
+    hcfg = hf_config(acfg, **_special_ids(cfg))  # generate() stops at the run's end-of-text
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))  # new: never a user's
     try:
         hcfg.save_pretrained(str(tmp))
+        import transformers
+
+        transformers.GenerationConfig(**_special_ids(cfg)).save_pretrained(str(tmp))
         save_file(
             hf_state({k: v for k, v in state.items() if k.startswith("anchor.")}, acfg),
             str(tmp / "model.safetensors"),
@@ -143,6 +148,10 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf") -> Path:
             save_file(bank, str(tmp / MEMORY_WEIGHTS))
             _router(cfg, tmp / "router")
         (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
+        from hmem_lit.hf_card import model_card
+
+        card = model_card(cfg, final, run_dir, type(hcfg).__name__, (tmp / "tokenizer.json").is_file())
+        (tmp / "README.md").write_text(card)
         if out.is_dir():
             out.rmdir()  # check_out_dir left only an empty one
         tmp.rename(out)  # complete or absent: the directory appears in one step
@@ -179,11 +188,20 @@ def _tokenizer(cfg: Any, out: Path) -> None:
         return  # the toy corpus is bytes (ids 0..255 + specials): no tokenizer file to ship
     from hmem_lit.evaluation.resources import resolve_data_dir
 
-    tok = resolve_data_dir(cfg) / "tokenizer.json"
-    if tok.is_file():
+    d = resolve_data_dir(cfg)
+    if (d / "tokenizer.json").is_file():
         from transformers import PreTrainedTokenizerFast
 
-        PreTrainedTokenizerFast(tokenizer_file=str(tok)).save_pretrained(str(out))
+        from hmem_lit.data.tokenizer import load_tokenizer
+
+        ours = load_tokenizer(d)  # its end-of-text and pad tokens, by id (a user's tokenizer names them its way)
+        PreTrainedTokenizerFast(
+            tokenizer_file=str(d / "tokenizer.json"),
+            eos_token=ours.tok.id_to_token(ours.eot_id),
+            pad_token=ours.tok.id_to_token(ours.pad_id),
+            padding_side="left",  # batched generation: a decoder-only model continues from the right edge
+            clean_up_tokenization_spaces=False,
+        ).save_pretrained(str(out))
 
 
 def _router(cfg: Any, out: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -162,5 +163,5 @@ def merge_banks(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
 def merge(run_dirs: list[str], out: str) -> int:
     """CLI entry (`hmem merge RUN_DIR... --out DIR`): merge, print a one-line summary, return the exit status."""
     path = merge_banks(run_dirs, out)
-    print(f"[hmem] merged {len(run_dirs)} subtree runs into {path / WEIGHTS}")
+    logging.getLogger("hmem_lit").info(f"merged {len(run_dirs)} subtree runs into {path / WEIGHTS}")
     return 0

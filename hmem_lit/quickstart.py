@@ -16,6 +16,7 @@ oversubscribed threads do. One progress bar follows all the runs.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -27,6 +28,8 @@ from pathlib import Path
 from hmem_lit import runs
 from hmem_lit.config import ConfigError, RunConfig, load_config
 from hmem_lit.resources import shipped_dir
+
+log = logging.getLogger("hmem_lit.quickstart")
 
 EXPERIMENTS = shipped_dir("experiments")  # the checkout's experiments/, else the copy installed with the package
 
@@ -95,7 +98,7 @@ class Clock:
         self.i += 1
         el = time.time() - self.t0
         eta = f", this stage ~{eta_s / 60:.1f} min" if eta_s else ""
-        print(f"\n[quickstart {self.i}/{self.n}] {what}  (elapsed {el / 60:.1f} min{eta})", flush=True)
+        log.info(f"[quickstart {self.i}/{self.n}] {what}  (elapsed {el / 60:.1f} min{eta})")
 
 
 def _train(cfg: RunConfig, eval_modes: tuple[str, ...] = ()) -> Path:
@@ -146,6 +149,15 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def _worker_init() -> None:
+    """A quickstart worker: ends with its parent, and talks only about problems (warnings, errors) unless the
+    parent runs with -v: the parent's one progress bar and "done" lines say what the workers do."""
+    from hmem_lit import console
+
+    console.setup(console.VERBOSE if console.verbosity() >= console.VERBOSE else console.QUIET)
+    die_with_parent()
+
+
 def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
     """Train and evaluate the runs `jobs` at a time in spawned processes (no per-run progress bars), so one run's
     evaluation overlaps the others' training; one bar follows the training steps of all of them by reading each
@@ -156,20 +168,21 @@ def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
 
     from tqdm.auto import tqdm
 
+    from hmem_lit import console
+
     quiet = {n: dataclasses.replace(c, train=dataclasses.replace(c.train, progress=False)) for n, c in cfgs.items()}
     total = {n: _steps(c) for n, c in cfgs.items()}
     done_steps = lambda: sum(min(total[n], _last_step(cfgs[n].run_dir)) for n in cfgs)  # noqa: E731
     dirs: dict[str, Path] = {}
     # initial = steps already done by an interrupted quickstart, so the rate and time left count new steps only
     with (
-        cf.ProcessPoolExecutor(
-            max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=die_with_parent
-        ) as pool,
+        cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool,
         tqdm(
             total=sum(total.values()),
             initial=done_steps(),
             desc=f"training {len(cfgs)} runs, {jobs} at a time",
             unit="step",
+            disable=not console.progress(),
         ) as bar,
     ):
         # longest first (runtime parameters x tokens as the cost), so the last run to start is a short one
@@ -185,7 +198,8 @@ def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
                     for p in pending:
                         p.cancel()
                     raise
-                tqdm.write(f"[quickstart] {futs[f]} done")
+                if console.progress():
+                    tqdm.write(f"[quickstart] {futs[f]} done")
             bar.n = done_steps()
             bar.refresh()
     return {n: dirs[n] for n in cfgs}
@@ -254,23 +268,33 @@ def quickstart(
     rate_anchor, rate_memory = runs.throughput(dirs["anchor"]), runs.throughput(dirs["memory"])
     # memory/anchor steady-state step time
     measured = rate_anchor / rate_memory if rate_anchor and rate_memory else float("nan")
-    print(f"[quickstart] wall-clock anchor: x{ratio:.2f} the tokens; measured memory/anchor step time x{measured:.2f}")
+    log.info(
+        f"[quickstart] wall-clock anchor: x{ratio:.2f} the tokens; measured memory/anchor step time x{measured:.2f}"
+    )
     for name in wall_cfgs:
         runs.update_final(dirs[name], wallclock={"ratio_configured": ratio, "ratio_measured": measured})
 
     clock.stage(
         "evaluating every run through the lm-eval `hmem` model" + (" (done beside training)" if jobs > 1 else "")
     )
-    for name, d in dirs.items():
-        for mode in _eval_modes(name):
-            print(f"[quickstart] eval {name} memory={mode}", flush=True)
-            evaluate(d, tasks=list(everything[name].eval.tasks), memory=mode, print_table=False)
+    eval_log = logging.getLogger("hmem_lit.eval")
+    level = eval_log.level
+    if not log.isEnabledFor(logging.DEBUG):  # the workers evaluated already: "already evaluated" x8 is noise
+        eval_log.setLevel(logging.WARNING)
+    try:
+        for name, d in dirs.items():
+            for mode in _eval_modes(name):
+                log.debug(f"[quickstart] eval {name} memory={mode}")
+                evaluate(d, tasks=list(everything[name].eval.tasks), memory=mode, print_table=False)
+    finally:
+        eval_log.setLevel(level)
 
     clock.stage("writing the report")
     root = dirs["anchor"].parent
     out = build_report(str(root), out=root / "report")
     print(summary(root))
-    print(f"\n[quickstart] done in {(time.time() - clock.t0) / 60:.1f} min; report: {out}")
+    log.info(f"[quickstart] done in {(time.time() - clock.t0) / 60:.1f} min")
+    print(f"report: {out / 'report.html'}")
     return out
 
 

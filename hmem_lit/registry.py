@@ -41,10 +41,31 @@ def load_plugins() -> list[str]:
     return names
 
 
+def _plugins_configured() -> bool:
+    import os
+    from importlib.metadata import entry_points
+
+    return bool(os.environ.get(PLUGIN_ENV, "").strip()) or bool(list(entry_points(group=PLUGIN_GROUP)))
+
+
+def _constant_attrs(node: Any) -> dict[str, Any]:
+    """Class-level `name = <constant>` assignments of a ClassDef (capabilities such as `routed = False`)."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for st in node.body:
+        target = st.targets[0] if isinstance(st, ast.Assign) and len(st.targets) == 1 else getattr(st, "target", None)
+        value = getattr(st, "value", None)
+        if isinstance(target, ast.Name) and isinstance(value, ast.Constant):
+            out[target.id] = value.value
+    return out
+
+
 class Registry:
-    def __init__(self, kind: str, loader: str | None = None):
-        """loader: "package.module" or "package.module:function" that registers the shipped entries."""
-        self.kind, self.loader = kind, loader
+    def __init__(self, kind: str, loader: str | None = None, var: str | None = None):
+        """loader: "package.module" or "package.module:function" that registers the shipped entries; var: the name
+        this registry has in hmem_lit.registry (what `scan` looks for in the loader's source)."""
+        self.kind, self.loader, self.var = kind, loader, var
         self._items: dict[str, Any] = {}
         self._loaded = loader is None
 
@@ -80,6 +101,69 @@ class Registry:
         self._ensure()
         return sorted(self._items)
 
+    def _all(self) -> list[tuple[str, Any]]:
+        return [(n, self.get(n)) for n in self.names()]
+
+    def known(self) -> list[str]:
+        """The names, from the source when nothing is imported yet (config validation stays light: a config of
+        an anchor-only run never imports torch); the imported registry once it is loaded."""
+        return self.names() if self._loaded else list(self._scanned())
+
+    def capability(self, name: str, attr: str, default: Any = None) -> Any:
+        """A declared class attribute of entry `name` (e.g. `routed`), without importing it when not loaded yet."""
+        if self._loaded or name not in self._scanned():
+            return getattr(self.get(name), attr, default)
+        return self._scanned()[name].get(attr, default)
+
+    def _scanned(self) -> dict[str, dict[str, Any]]:
+        if not hasattr(self, "_scan_cache"):
+            self._scan_cache = self.scan()
+        return self._scan_cache
+
+    def scan(self) -> dict[str, dict[str, Any]]:
+        """The shipped entries without importing them (`hmem list` stays fast: no torch): name -> the class's
+        constant attributes (`routed`, ...), or {"value": v} for `REG.register("name")(v)`, read from the loader
+        package's source. With plug-ins configured, or no source to read, the registry is imported instead
+        (tests/test_cli_fast.py checks that both agree)."""
+        import ast
+        from pathlib import Path
+
+        mod = str(self.loader).partition(":")[0]
+        here = Path(__file__).resolve().parent.joinpath(*mod.split(".")[1:])  # no import of the parent package
+        if not (self.loader and self.var and mod.startswith("hmem_lit.")) or _plugins_configured():
+            files = []
+        elif here.is_dir():
+            files = sorted(here.glob("*.py"))
+        else:
+            files = [p for p in [here.with_suffix(".py")] if p.is_file()]
+        if not files:  # imported: the declared capabilities from the classes themselves
+            return {n: {"value": v, **{k: getattr(v, k) for k in ("routed",) if hasattr(v, k)}} for n, v in self._all()}
+        out: dict[str, dict[str, Any]] = {}
+        for f in files:
+            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+                calls = [(d, node) for d in getattr(node, "decorator_list", [])]
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Call):  # REG.register("n")(value)
+                    calls.append((node.func, node))
+                for call, target in calls:
+                    fn = getattr(call, "func", None)
+                    if not (
+                        isinstance(fn, ast.Attribute)
+                        and fn.attr == "register"
+                        and isinstance(fn.value, ast.Name)
+                        and fn.value.id.lstrip("_") == self.var
+                        and call.args
+                        and isinstance(call.args[0], ast.Constant)
+                    ):
+                        continue
+                    if isinstance(target, ast.ClassDef):
+                        attrs = _constant_attrs(target)
+                    elif isinstance(target, ast.Call) and target.args and isinstance(target.args[0], ast.Constant):
+                        attrs = {"value": target.args[0].value}
+                    else:
+                        attrs = {}
+                    out[str(call.args[0].value)] = attrs
+        return dict(sorted(out.items()))
+
     def __contains__(self, name: str) -> bool:
         self._ensure()
         return name in self._items
@@ -91,9 +175,9 @@ class Registry:
         return iter(self.names())
 
 
-MEMORY = Registry("memory type", "hmem_lit.memory:import_all")  # memory.type (memory/base.py: the contract)
-RETRIEVERS = Registry("retriever", "hmem_lit.retriever.routing")  # retriever.type
-TREE_ROUTERS = Registry("retriever.router", "hmem_lit.retriever.routing")  # retriever.router
-EMBEDDERS = Registry("embedder", "hmem_lit.retriever.embedders")  # retriever.embedder
+MEMORY = Registry("memory type", "hmem_lit.memory:import_all", "MEMORY")  # memory.type (memory/base.py: the contract)
+RETRIEVERS = Registry("retriever", "hmem_lit.retriever.routing", "RETRIEVERS")  # retriever.type
+TREE_ROUTERS = Registry("retriever.router", "hmem_lit.retriever.routing", "TREE_ROUTERS")  # retriever.router
+EMBEDDERS = Registry("embedder", "hmem_lit.retriever.embedders", "EMBEDDERS")  # retriever.embedder
 # `kind:` of a figure in analysis/*.yaml; analysis/kinds.py imports every module that registers shipped kinds
 FIGURES = Registry("figure kind", "hmem_lit.analysis.kinds")

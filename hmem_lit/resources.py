@@ -39,7 +39,7 @@ def shipped_dir(kind: str) -> Path:
 
 
 def work_root() -> Path:
-    """Where outputs whose default lies in the checkout go (analysis/generated/): the checkout, else the working
-    directory. Never inside an installed package."""
-    root = checkout_root()
-    return root if root is not None else Path.cwd()
+    """Where outputs without a path given go (`hmem report`'s analysis/generated/): the working directory, in a
+    checkout too (a command run from another folder writes there, not into the checkout). Never inside an
+    installed package."""
+    return Path.cwd()

@@ -100,6 +100,17 @@ def is_complete(run_dir: str | Path) -> bool:
     return (Path(run_dir) / FINAL).is_file()
 
 
+def eval_section(final: dict[str, Any], mode: str) -> dict[str, Any]:
+    """final.json's evaluation in memory mode `mode`. A run without memory files every evaluation under `none`
+    (all modes are the same model); older such runs filed it under `fetched`: either answers any mode."""
+    ev = final.get("eval") or {}
+    if ev.get(mode):
+        return ev[mode]
+    if ((final.get("config") or {}).get("memory") or {}).get("type", "none") == "none":
+        return ev.get("none") or ev.get("fetched") or {}
+    return {}
+
+
 def read_final(run_dir: str | Path) -> dict[str, Any]:
     """final.json of a run; a damaged one is a ConfigError naming the file (not a JSON traceback)."""
     path = Path(run_dir) / FINAL

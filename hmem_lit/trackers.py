@@ -5,9 +5,12 @@ Where they write (inside the run directory unless the tracker is pointed elsewhe
   csv          <run>/logs/csv/metrics.csv                      (Lightning CSVLogger)
   tensorboard  <run>/logs/tensorboard/ (event files)           (needs `tensorboard`: pip install 'hmem_lit[tracking]')
   wandb        <run>/logs/wandb/, offline unless WANDB_MODE is set (sync later with `wandb sync`)
-  mlflow       a local file store <run>/logs/mlruns unless MLFLOW_TRACKING_URI is set
+  mlflow       a local SQLite database <run>/logs/mlflow.db (artifacts <run>/logs/mlartifacts/) unless
+               MLFLOW_TRACKING_URI is set: mlflow 3 refuses the old `file://` store without configuration, and a
+               database needs no server (`mlflow ui --backend-store-uri sqlite:///<run>/logs/mlflow.db`)
 Each gets the run's config as hyperparameters at the start and, at the end, the final metrics and parameter
-counts (`final/...`) plus the manifest's device and versions as tags or hyperparameters.
+counts (`final/...`) plus the manifest's device and versions as tags or hyperparameters. TensorBoard gets the
+config with the final metrics as an HParams session (runs compare in its HParams tab), all in one event file.
 """
 
 from __future__ import annotations
@@ -44,15 +47,46 @@ def build(names: list[str], run_dir: Path, run_name: str) -> list[Any]:
         if n == "csv":
             out.append(pl.CSVLogger(str(logs), name="csv", version=""))
         elif n == "tensorboard":
-            out.append(pl.TensorBoardLogger(str(logs), name="tensorboard", version="", default_hp_metric=False))
+            out.append(_one_file_tensorboard()(str(logs), name="tensorboard", version="", default_hp_metric=False))
         elif n == "wandb":
             os.environ.setdefault("WANDB_MODE", "offline")  # never reaches a server unless the user says so
             (logs / "wandb").mkdir(parents=True, exist_ok=True)
             out.append(pl.WandbLogger(name=run_name, save_dir=str(logs), project="hmem_lit"))
         elif n == "mlflow":
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or (logs / "mlruns").resolve().as_uri()
-            out.append(pl.MLFlowLogger(experiment_name="hmem_lit", run_name=run_name, tracking_uri=uri))
+            out.append(_mlflow(pl, logs, run_name))
     return out
+
+
+def _mlflow(pl: Any, logs: Path, run_name: str) -> Any:
+    """MLFlowLogger on $MLFLOW_TRACKING_URI, else on <run>/logs/mlflow.db; mlflow's database set-up is silent."""
+    import logging
+
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking"):  # "Creating initial MLflow database..."
+        logging.getLogger(name).setLevel(logging.WARNING)
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    artifacts = None
+    if not uri:
+        logs.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{(logs / 'mlflow.db').resolve()}"
+        artifacts = (logs / "mlartifacts").resolve().as_uri()
+    return pl.MLFlowLogger(experiment_name="hmem_lit", run_name=run_name, tracking_uri=uri, artifact_location=artifacts)
+
+
+def _one_file_tensorboard() -> Any:
+    """Lightning's TensorBoardLogger, but one event file per training process: Lightning closes the writer after
+    fit and after validate, and every later write opened a new file (3 per run). Here `finalize` only flushes;
+    `finish` (below) closes it after the HParams session is written."""
+    from lightning.pytorch import loggers as pl
+
+    class OneFileTensorBoardLogger(pl.TensorBoardLogger):
+        def finalize(self, status: str) -> None:
+            if self._experiment is not None:
+                self.experiment.flush()
+
+        def close(self) -> None:
+            super().finalize("success")
+
+    return OneFileTensorBoardLogger
 
 
 def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -74,6 +108,10 @@ def finish(loggers: list[Any], final: dict[str, Any], manifest: dict[str, Any], 
     metrics["final/train_time_s"] = float(final.get("train_time_s", 0.0))
     info = {f"manifest.{k}": v for k, v in flat(manifest).items()}
     for lg in loggers:
+        if hasattr(lg, "close"):  # TensorBoard: an HParams session (config + manifest) with the final metrics
+            lg.log_hyperparams({**flat(final.get("config") or {}), **info}, metrics=metrics, step=step)
+            lg.close()
+            continue
         lg.log_metrics(metrics, step=step)
         lg.log_hyperparams(info)
         lg.finalize("success")

@@ -8,6 +8,7 @@ silent restart.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -29,6 +30,8 @@ from hmem_lit.config import ConfigError, RunConfig, save_config, to_dict
 from hmem_lit.evaluation.inloop import InLoopProbes
 from hmem_lit.telemetry import MemoryTelemetry
 from hmem_lit.utils import dumps, read_json, seed_everything, set_threads, write_json
+
+log = logging.getLogger("hmem_lit.train")
 
 
 class JsonlLogger(Logger):
@@ -340,16 +343,18 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
 
     Order: every check that can fail on bad input runs before anything is written; then the run directory is
     locked (one trainer per run) and only then created, resumed or (--force) wiped."""
+    from hmem_lit.console import progress, quiet_libraries
     from hmem_lit.data.datamodule import HmemDataModule
     from hmem_lit.lit_module import HmemLitModule
 
+    quiet_libraries()  # Lightning set its own loggers to INFO when it was imported
     run_dir = cfg.run_dir
     runs.claim_run_dir(run_dir)  # before any work: never a symlink, a file or a directory of the user's files
     if not force and run_dir.exists():  # a complete run is a no-op even where its inputs are gone
         _check_resume(run_dir, cfg, config_only=True)  # the checkpoint is read once, under the lock below
         if runs.is_complete(run_dir):
             runs.read_final(run_dir)  # a damaged final.json is one line naming it, not "complete"
-            print(f"[hmem] {run_dir} is complete (final.json exists); pass --force to retrain")
+            log.info("%s is complete (final.json exists); pass --force to retrain", run_dir)
             return run_dir
     preflight(cfg)
     _probe_trainer(cfg)  # Lightning's accelerator / devices / strategy errors, before data is prepared
@@ -403,6 +408,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         cfg.train.log_every, tps, model_flops_per_token(module.model, cfg.data.seq_len), world, cfg.train.peak_tflops
     )
     jsonl = JsonlLogger(run_dir, tps)
+    bars = cfg.train.progress and progress()  # none under `hmem -q`
     extra_loggers = trackers.build(
         [n for n in cfg.train.loggers if n != "jsonl"], run_dir, f"{cfg.experiment}/{cfg.name}"
     )
@@ -426,10 +432,10 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
             ),
             *([InLoopProbes(cfg, cfg.train.probe_every, cfg.train.probe_per_bucket)] if cfg.train.probe_every else []),
             *(extra_callbacks or []),
-            *([ProgressBar(refresh_rate=max(1, cfg.train.log_every))] if cfg.train.progress else []),
+            *([ProgressBar(refresh_rate=max(1, cfg.train.log_every))] if bars else []),
         ],
         enable_checkpointing=False,
-        enable_progress_bar=cfg.train.progress,
+        enable_progress_bar=bars,
         enable_model_summary=False,
         # val_every=0: no validation during training (the final one below still runs)
         val_check_interval=cfg.train.accumulate * (cfg.train.val_every or 10**9),
@@ -449,7 +455,7 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         resume = _check_resume(run_dir, cfg) if run_dir.exists() else None  # again: under the lock
         if runs.is_complete(run_dir):
             runs.read_final(run_dir)  # a damaged final.json is one line naming it, not "complete"
-            print(f"[hmem] {run_dir} is complete (final.json exists); pass --force to retrain")
+            log.info("%s is complete (final.json exists); pass --force to retrain", run_dir)
             return run_dir
         if trainer.is_global_zero:
             # resumed: drop what the killed segment logged after its checkpoint; fresh: drop a killed first try's
@@ -461,8 +467,8 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
             runs.write_manifest(
                 run_dir, cfg, f"{trainer.strategy.root_device} ({precision}, {trainer.world_size} proc)"
             )
-            print(
-                f"[hmem] {run_dir}: {'resuming from step ' + str(resume[1]) if resume else 'new run'}; "
+            log.info(
+                f"{run_dir}: {'resuming from step ' + str(resume[1]) if resume else 'new run'}; "
                 f"{total_steps} steps x {tps} tokens; params anchor={counts['anchor']:,} "
                 f"fetched={counts['fetched']:,} bank={counts['bank']:,}"
             )
@@ -544,7 +550,7 @@ def _finish(
         "config": to_dict(module.model.cfg),
     }
     write_json(run_dir / runs.FINAL, final)
-    print(
-        f"[hmem] done: {run_dir} val/loss={final['metrics'].get('val/loss', float('nan')):.4f} "
+    log.info(
+        f"done: {run_dir} val/loss={final['metrics'].get('val/loss', float('nan')):.4f} "
         f"in {train_time:.1f}s ({final['tokens']:,} tokens)"
     )

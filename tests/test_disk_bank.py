@@ -146,7 +146,7 @@ def test_disk_bank_run_killed_and_resumed_equals_ram_run(tmp_path, dtype):
     assert 0 < step < 80
     r = subprocess.run([*train, *disk_args], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"resuming from step {step}" in r.stdout
+    assert f"resuming from step {step}" in r.stderr  # a status line: logging, on stderr
     ram_dir = ram_out / "000_debug" / "debug"
     wa, wb = load_file(str(ram_dir / runs.WEIGHTS)), load_file(str(run_dir / runs.WEIGHTS))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -343,7 +343,7 @@ def test_evaluate_end_to_end_writes_results_and_is_idempotent(trained):
 def test_clear_errors(trained, tmp_path):
     from hmem_lit.evaluation.runner import check_paper_datasets, evaluate
 
-    with pytest.raises(ConfigError, match="unknown task.*valid"):
+    with pytest.raises(ConfigError, match="unknown task.*nope"):
         evaluate(trained["anchor"], tasks=["nope"], print_table=False)
     with pytest.raises(ConfigError, match="model.safetensors"):
         evaluate(tmp_path, print_table=False)

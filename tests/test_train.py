@@ -70,7 +70,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     assert before > 0
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"resuming from step {ckpt_step}" in r.stdout
+    assert f"resuming from step {ckpt_step}" in r.stderr  # a status line: logging, on stderr
     assert _same_weights(ref, run_dir)
     assert _losses(ref) == _losses(run_dir)
     # train_time_s counts the killed segment (up to its checkpoint) as well as the resumed one

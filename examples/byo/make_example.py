@@ -1,19 +1,23 @@
 """A bring-your-own example: writes a user-style corpus (JSONL with a key field) and a user-style lm-eval probe
-task into examples/byo/out/, from the built-in airports corpus (so it runs offline). Then follow the README's
-"Your own corpus and probes":
+task into --out (default ./byo_example, under the working directory), from the built-in airports corpus (so it
+runs offline). The task YAML names its data file by a path relative to the working directory, so run `hmem eval`
+(or lm_eval) from the same directory, or move the folder and run it again. Then follow the README's "Your own
+corpus and probes":
 
-    .venv/bin/python examples/byo/make_example.py
-    .venv/bin/hmem train experiments/102_qs_memory.yaml data.source=files data.files=[examples/byo/out/corpus.jsonl] \
+    .venv/bin/python examples/byo/make_example.py                       # -> byo_example/
+    .venv/bin/hmem train experiments/102_qs_memory.yaml data.source=files data.files=[byo_example/corpus.jsonl] \
         data.key_field=entity data.dir=data/byo experiment=byo
-    .venv/bin/hmem eval runs/byo/memory --include-path examples/byo/out/tasks --tasks my_airport_codes
+    .venv/bin/hmem eval runs/byo/memory --include-path byo_example/tasks --tasks my_airport_codes
     .venv/bin/hmem report runs/byo
 
-Your own data replaces out/corpus.jsonl (one {"text": ..., "entity": ... or null} per line) and out/tasks/.
+Your own data replaces corpus.jsonl (one {"text": ..., "entity": ... or null} per line) and tasks/.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,8 +28,10 @@ from hmem_lit.config import load_config  # noqa: E402
 from hmem_lit.data.prepare import prepare  # noqa: E402
 
 TASK = """\
-# A user's own probe: generation, exact match on the first word generated. `route_text` is what the hmem model
-# routes (the prompt, without answer options); `entity` (data.key_field) lets hmem eval report routing per bucket.
+# A user's own probe: generation, exact match on the first word generated. The data path is relative to the
+# directory hmem eval / lm_eval runs from (lm-eval resolves it against the working directory, not this file).
+# `route_text` is what the hmem model routes (the prompt, without answer options); `entity` (data.key_field) lets
+# hmem eval report routing per bucket.
 task: my_airport_codes
 dataset_path: json
 dataset_kwargs:
@@ -45,8 +51,10 @@ metadata: {{version: 1.0}}
 """
 
 
-def main() -> int:
-    out = HERE / "out"
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="byo_example", help="output folder (default ./byo_example)")
+    out = Path(ap.parse_args(argv).out)
     (out / "tasks").mkdir(parents=True, exist_ok=True)
     src = prepare(
         load_config(
@@ -76,7 +84,7 @@ def main() -> int:
                 )
                 + "\n"
             )
-    (out / "tasks" / "my_airport_codes.yaml").write_text(TASK.format(items=items))
+    (out / "tasks" / "my_airport_codes.yaml").write_text(TASK.format(items=os.path.relpath(items)))
     print(f"wrote {out / 'corpus.jsonl'}, {items}, {out / 'tasks' / 'my_airport_codes.yaml'}")
     return 0
 

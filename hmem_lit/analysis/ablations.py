@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hmem_lit import runs
 from hmem_lit.analysis import stats
 from hmem_lit.analysis.collect import fmt_count
 from hmem_lit.config import ConfigError
@@ -57,7 +58,7 @@ def run_row(run_dir: Path, sweep: str) -> dict[str, Any] | None:
     if not f.is_file():
         return None
     final = json.loads(f.read_text())
-    ev = (final.get("eval") or {}).get("fetched") or {}
+    ev = runs.eval_section(final, "fetched")
     if "hmem_sk" not in ev:
         return None
     cfg = final.get("config") or {}

@@ -97,9 +97,11 @@ def resolve(target: str) -> Target:
             f"{target}: neither a runs directory nor a sweep (no such path); pass a runs directory "
             "(e.g. runs/) or a sweep name from `hmem list`"
         )
+    from hmem_lit.errors import did_you_mean
+
     raise ConfigError(
         f"{target}: neither a runs directory nor a sweep (no {SWEEPS_DIR / (target + '.yaml')}, "
-        f"no {RUNS / 'sweeps' / target}/)"
+        f"no {RUNS / 'sweeps' / target}/)" + did_you_mean(target, [f.stem for f in SWEEPS_DIR.glob("*.yaml")])
     )
 
 

@@ -27,8 +27,10 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +43,7 @@ from hmem_lit import faults
 from hmem_lit.config import ConfigError
 from hmem_lit.data import corpus as corpus_mod
 from hmem_lit.data.branch import TokenizerBranch, can_branch, start_bm25_fit, warm_pool
+from hmem_lit.data.sources import signature
 from hmem_lit.data.stats import corpus_stats, format_stats
 from hmem_lit.data.tree_stage import key_field  # noqa: F401 (re-exported: evaluation reads it from here)
 from hmem_lit.effects import field_value, fields_with
@@ -56,6 +59,8 @@ DEPS = {
     "questions": ("corpus", "tree"),
 }  # an upstream re-run may change the output
 _VERSION = {"corpus": 1, "tokenizer": 1, "embeddings": 1, "tree": 2, "packing": 1, "questions": 2}
+
+log = logging.getLogger("hmem_lit.data")
 
 
 def _h(*parts: Any) -> str:
@@ -93,9 +98,7 @@ def _stage_keys(cfg: Any, manifest: dict, fields_out: dict | None = None) -> dic
     d, r = cfg.data, cfg.retriever
     out = lambda s: manifest.get("stages", {}).get(s, {}).get("out", "missing")  # noqa: E731
     derived: dict[str, Any] = {  # fields whose cache value is not the value itself
-        "data.files": [
-            (str(p), os.path.getsize(p), os.path.getmtime(p)) if os.path.exists(p) else (str(p), None) for p in d.files
-        ]
+        "data.files": [(str(p), *signature(p)) if os.path.exists(p) else (str(p), None) for p in d.files]
         if d.source == "files"
         else [],
         "data.tokenizer": (
@@ -198,11 +201,16 @@ def _read_manifest(root: Path) -> dict:
 
 @contextlib.contextmanager
 def _lock(root: Path):
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".prepare.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
+        except ConfigError:  # bad input found in the data (a damaged file): a directory made for it goes
+            if created:
+                shutil.rmtree(root, ignore_errors=True)
+            raise
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -240,12 +248,12 @@ def _stage_corpus(cfg: Any, root: Path, ctx: dict) -> dict:
     else:
         raise ValueError(f"data.source={cfg.data.source!r} is generated in memory and needs no preparation")
     if n == 0:
-        why = ", ".join(f"{k}: {v}" for k, v in skipped.counts.items()) or "the files hold no lines"
-        first = f"; first: {skipped.examples[0]}" if skipped.examples else ""
+        why = skipped.summary() if skipped.total else "the files hold no text"
         raise ConfigError(
-            f"data.files: no usable document ({skipped.total} line(s) skipped; {why}{first}); give JSONL lines "
-            'with a string "text" field, or plain-text lines'
+            f'data.files: no usable document ({why}); give JSONL lines with a string "text" field, or plain-text lines'
         )
+    if skipped.total:  # one line for all of them, not one per line
+        log.warning(skipped.summary())
     info.update(
         documents=n,
         train_docs=int((split == 0).sum()),
@@ -530,19 +538,10 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
     root = Path(cfg.data.dir)
     if cfg.data.source == "toy":
         raise ValueError("data.source=toy is generated in memory: nothing to prepare (use builtin or files)")
-    say = (lambda m: print(m, file=sys.stderr, flush=True)) if verbose else (lambda m: None)
-    fresh = not root.exists()
-    try:
-        return _prepare(cfg, root, force, progress, verbose, say)
-    except ConfigError:
-        if fresh and root.is_dir():  # bad input found while preparing a new directory: leave nothing behind
-            import shutil
+    from hmem_lit.console import progress as bars
 
-            shutil.rmtree(root, ignore_errors=True)
-        raise
-
-
-def _prepare(cfg: Any, root: Path, force: bool, progress: bool, verbose: bool, say: Callable[[str], None]) -> Path:
+    progress = progress and bars()  # `hmem -q`: no bars
+    say = (lambda m: log.info(m)) if verbose else (lambda m: None)
     with _lock(root), _pools_closed():
         from hmem_lit.data.stream import remove_stale_temporaries
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hmem_lit.errors import ConfigError
+
 log = logging.getLogger("hmem_lit.data")
 
 ATTRIBUTION = """\
@@ -131,50 +133,207 @@ class SkipCounter:
         return sum(self.counts.values())
 
 
+COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+FORMATS = "JSONL (.jsonl, .json, .ndjson; also .gz / .zst compressed), text (.txt; also compressed), Parquet "
+FORMATS += "(.parquet) or a Hugging Face `datasets` directory (save_to_disk)"
+
+
+def is_hf_dataset(p: Path) -> bool:
+    """A directory written by `datasets`' save_to_disk (a Dataset, or a DatasetDict of splits)."""
+    return p.is_dir() and any((p / f).is_file() for f in ("state.json", "dataset_dict.json"))
+
+
+def file_kind(p: Path) -> str:
+    """hf | parquet | jsonl | text, by what the path is (compression suffixes are looked through)."""
+    if is_hf_dataset(p):
+        return "hf"
+    suffixes = [x.lower() for x in p.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION:
+        suffixes = suffixes[:-1]
+    last = suffixes[-1] if suffixes else ""
+    return "parquet" if last == ".parquet" else "jsonl" if last in JSONL_SUFFIXES else "text"
+
+
+def signature(p: Any) -> tuple[int, float]:
+    """(size, newest mtime) of a file or a dataset directory: the corpus stage's cache key."""
+    import os
+
+    if os.path.isdir(p):
+        files = [f.stat() for f in Path(p).rglob("*") if f.is_file()]
+        return sum(st.st_size for st in files), max((st.st_mtime for st in files), default=0.0)
+    st = os.stat(p)
+    return st.st_size, st.st_mtime
+
+
+def _damaged(p: Path, what: str, e: BaseException) -> ConfigError:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return ConfigError(f"data.files: {p} is not a readable {what} ({msg}); fix or replace the file")
+
+
+def _lines(p: Path) -> Iterator[bytes]:
+    """Raw lines of a plain, gzip or zstd file; a damaged compressed stream is one ConfigError naming the file.
+    Each line is handed on once the next one has been read, so the cut-off line of a truncated stream is never
+    parsed (it would add a misleading "invalid JSON" warning to the error)."""
+    held: bytes | None = None
+    for line in _raw_lines(p):
+        if held is not None:
+            yield held
+        held = line
+    if held is not None:
+        yield held
+
+
+def _zstd_lines(p: Path, zstandard: Any) -> Iterator[bytes]:
+    """Lines of a zstd file (several frames allowed); a stream cut off inside a frame is an error (zstandard's
+    stream reader would end quietly there)."""
+    new = zstandard.ZstdDecompressor().decompressobj
+    d, fed, tail = new(), False, b""
+    with open(p, "rb") as raw:
+        while chunk := raw.read(1 << 20):
+            while chunk:
+                tail += d.decompress(chunk)
+                fed = True
+                if d.eof:  # a frame ended; what follows it starts the next one
+                    chunk, d, fed = d.unused_data, new(), False
+                else:
+                    chunk = b""
+            *lines, tail = tail.split(b"\n")
+            yield from (line + b"\n" for line in lines)
+    if fed:  # input taken for a frame that never ended
+        raise EOFError("the stream ends inside a frame (truncated)")
+    if tail:
+        yield tail
+
+
+def _raw_lines(p: Path) -> Iterator[bytes]:
+    comp = COMPRESSION.get(p.suffix.lower())
+    try:
+        if comp == "gzip":
+            import gzip
+
+            with gzip.open(p, "rb") as f:
+                yield from f
+        elif comp == "zstd":
+            try:
+                import zstandard
+            except ImportError:
+                raise ConfigError(
+                    f"data.files: {p} is zstd-compressed; pip install zstandard (or 'hmem_lit[formats]')"
+                ) from None
+            yield from _zstd_lines(p, zstandard)
+        else:
+            with open(p, "rb") as f:
+                yield from f
+    except ConfigError:
+        raise
+    except (OSError, EOFError, ValueError) as e:  # gzip.BadGzipFile, zlib.error, ZstdError, truncation
+        raise _damaged(p, f"{comp} file", e) from None
+
+
+def _rows(p: Path, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(location, row) of a Parquet file or a saved `datasets` directory, streamed in record batches."""
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(str(p))
+            _need_text(p, pf.schema_arrow.names)
+            n = 0
+            for batch in pf.iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    n += 1
+                    yield f"{p}:row {n}", row
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pyarrow's ArrowInvalid / OSError on a damaged file
+            raise _damaged(p, "Parquet file", e) from None
+        return
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(p))
+    except Exception as e:  # noqa: BLE001 - a damaged or partial save_to_disk directory
+        raise _damaged(p, "`datasets` directory (save_to_disk)", e) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise ConfigError(
+                f"data.files: {p} holds the splits {', '.join(ds)} and no 'train'; name one: {p / next(iter(ds))}"
+            )
+        ds = ds["train"]
+    _need_text(p, ds.column_names)
+    for i, row in enumerate(ds):
+        yield f"{p}:row {i + 1}", row
+
+
+def _need_text(p: Path, columns: list[str]) -> None:
+    if "text" not in columns:
+        raise ConfigError(
+            f'data.files: {p} has no "text" column (columns: {", ".join(columns)}); rename the text column to text'
+        )
+
+
+def _record(obj: Any, where: str, source: str, skipped: SkipCounter) -> dict[str, Any] | None:
+    """A JSON object or table row -> a document ({"text", metadata}), or None (counted as skipped): the same
+    key-field rules for every format (scalar fields are kept as metadata, so data.key_field reads them)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+        skipped.skip('no "text" string field', where)
+        return None
+    text = " ".join(obj["text"].split())
+    if not text:
+        skipped.skip("empty document", where)
+        return None
+    meta = {k: v for k, v in obj.items() if k != "text" and (isinstance(v, (str, int, float, bool)) or v is None)}
+    return {"text": text, "kind": "file", "source": source, **meta}
+
+
 def read_files(paths: list[str], skipped: SkipCounter) -> Iterator[dict[str, Any]]:
-    """Stream documents from JSONL ({"text": ..., other fields = metadata}) or text files (one document per
-    paragraph, i.e. blocks separated by blank lines). Bad lines are counted and skipped, never fatal."""
+    """Stream documents from JSONL ({"text": ..., other fields = metadata}), text files (one document per
+    paragraph, i.e. blocks separated by blank lines), either gzip/zstd-compressed, Parquet files and saved
+    `datasets` directories (a "text" column, other columns = metadata). Bad lines or rows are counted and skipped,
+    never fatal; a damaged file is one ConfigError naming it."""
     for path in paths:
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             skipped.skip("file not found", str(p))
             continue
-        jsonl = p.suffix.lower() in (".jsonl", ".json", ".ndjson")
-        with open(p, "rb") as f:
-            para: list[str] = []
-            start = 1
-            for lineno, raw in enumerate(f, 1):
-                where = f"{p}:{lineno}"
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    skipped.skip(f"not UTF-8 ({e.reason} at byte {e.start})", where)
-                    continue
-                if jsonl:
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        skipped.skip(f"invalid JSON ({e.msg})", where)
-                        continue
-                    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                        skipped.skip('no "text" string field', where)
-                        continue
-                    text = " ".join(obj.pop("text").split())
-                    if not text:
-                        skipped.skip("empty document", where)
-                        continue
-                    meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool)) or v is None}
-                    yield {"text": text, "kind": "file", "source": f"{p.name}:{lineno}", **meta}
-                else:
-                    if line.strip():
-                        if not para:
-                            start = lineno
-                        para.append(line.strip())
-                        continue
-                    if para:
-                        yield {"text": " ".join(para), "kind": "file", "source": f"{p.name}:{start}"}
-                        para = []
-            if not jsonl and para:
-                yield {"text": " ".join(para), "kind": "file", "source": f"{p.name}:{start}"}
+        kind = file_kind(p)
+        if kind in ("parquet", "hf"):
+            for n, (where, row) in enumerate(_rows(p, kind), 1):
+                doc = _record(row, where, f"{p.name}:{n}", skipped)
+                if doc is not None:
+                    yield doc
+        else:
+            yield from _read_lines(p, kind == "jsonl", skipped)
+
+
+def _read_lines(p: Path, jsonl: bool, skipped: SkipCounter) -> Iterator[dict[str, Any]]:
+    para: list[str] = []
+    start = 1
+    for lineno, raw in enumerate(_lines(p), 1):
+        where = f"{p}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            skipped.skip(f"not UTF-8 ({e.reason} at byte {e.start})", where)
+            continue
+        if jsonl:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                skipped.skip(f"invalid JSON ({e.msg})", where)
+                continue
+            doc = _record(obj, where, f"{p.name}:{lineno}", skipped)
+            if doc is not None:
+                yield doc
+        elif line.strip():
+            if not para:
+                start = lineno
+            para.append(line.strip())
+        elif para:
+            yield {"text": " ".join(para), "kind": "file", "source": f"{p.name}:{start}"}
+            para = []
+    if not jsonl and para:
+        yield {"text": " ".join(para), "kind": "file", "source": f"{p.name}:{start}"}

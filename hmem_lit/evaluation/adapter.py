@@ -52,7 +52,7 @@ Item = tuple[list[int], list[int], bool, int]
 class HmemLM(LM):
     def __init__(
         self,
-        run_dir: str | Path,
+        run_dir: str | Path | None = None,
         memory: str | None = "config",
         batch_size: int | str | None = None,
         max_length: int | None = None,
@@ -64,9 +64,13 @@ class HmemLM(LM):
         rag: str | None = None,
         rag_k: int = 1,
         rag_join: str = "causal",
+        pretrained: str | None = None,
         **_: Any,
     ):
         super().__init__()
+        run_dir = run_dir or pretrained  # lm-eval's usual name for "the model" (its output folders are named by it)
+        if not run_dir:
+            raise ConfigError("model_args: give the run directory, run_dir=runs/<experiment>/<name>")
         from hmem_lit.utils import set_threads
 
         # lm-eval's command line passes device="cuda:0" unless --device is given: on a machine without CUDA, use the CPU
@@ -82,6 +86,8 @@ class HmemLM(LM):
         self.mode = ev.memory if memory == "config" else (memory or "none")
         if self.mode not in MODES:
             raise ConfigError(f"memory={self.mode!r}: allowed {', '.join(MODES)}")
+        if self.model.memory is None:  # an anchor-only run: every mode is the anchor, filed as such (eval/none/)
+            self.mode = "none"
         self.batch_size = int(batch_size) if batch_size not in (None, "auto") else ev.batch_size
         self.max_length = int(max_length or ev.max_length or self.cfg.data.seq_len)
         if self.max_length > self.cfg.anchor.max_seq_len:

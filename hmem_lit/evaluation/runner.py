@@ -20,6 +20,8 @@ fails at once with one line naming it and how to provide it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import time
@@ -33,6 +35,8 @@ from hmem_lit.evaluation.resources import check_threads
 from hmem_lit.evaluation.scores import ITEMS, METRIC_VERSION, item_records, user_prior, write_items
 from hmem_lit.evaluation.taskgen import PAPER_DIR, TaskSet, build_tasks
 from hmem_lit.utils import atomic_write, dumps, read_json, write_json
+
+log = logging.getLogger("hmem_lit.eval")
 
 # lm-eval task -> (shots, HF dataset path, config name): ../shared/PAPERS.md A6
 PAPER_TASKS: dict[str, tuple[int, str, str | None]] = {
@@ -61,6 +65,47 @@ class _QuietHarness(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Custom kwargs can be passed" not in record.getMessage()
+
+
+def _git_hash() -> str | None:
+    """lm-eval's git-hash helper without git's "fatal: not a git repository" on stderr outside a checkout (the
+    same answer: `git describe --always`, else the commit file of the working directory's repository)."""
+    import subprocess
+
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    try:
+        r = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        r = None
+    if r is not None and r.returncode == 0:
+        return r.stdout.strip()
+    return get_commit_from_path(os.getcwd())
+
+
+@contextlib.contextmanager
+def quiet_harness():
+    """lm-eval at the console's level (hmem_lit/console.py): below -v, no per-task progress bars, no INFO lines,
+    no git noise; its warnings that matter (errors) still show. Restores lm-eval's functions on the way out."""
+    import lm_eval.api.task as task_mod
+    import lm_eval.evaluator as evaluator_mod
+
+    from hmem_lit import console
+
+    console.quiet_libraries()
+    task_log = logging.getLogger("lm_eval.api.task")
+    if not any(isinstance(f, _QuietHarness) for f in task_log.filters):
+        task_log.addFilter(_QuietHarness())
+    if console.verbosity() >= console.VERBOSE:
+        yield
+        return
+    saved = evaluator_mod.get_git_commit_hash, task_mod.tqdm
+    evaluator_mod.get_git_commit_hash = _git_hash
+    task_mod.tqdm = functools.partial(saved[1], disable=True)
+    try:
+        yield
+    finally:
+        evaluator_mod.get_git_commit_hash, task_mod.tqdm = saved
 
 
 def _run_config(run_dir: Path):
@@ -130,7 +175,7 @@ def _refresh_questions(cfg: Any, data_dir: Path) -> None:
         return
     here = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=str(data_dir)))
     if stale_stages(here) == ["questions"]:
-        print(f"[hmem] {data_dir}: question sets from an older version; rewriting them (nothing trained on changes)")
+        log.info("%s: question sets from an older version; rewriting them (nothing trained on changes)", data_dir)
         prepare(here, progress=False, verbose=False)
 
 
@@ -172,12 +217,11 @@ def resolve_tasks(requested: list[str], ts: TaskSet, extra: list[str] | None = N
     """-> (task names, needs the paper's hub tasks). Unknown names raise ConfigError listing the valid ones."""
     valid = set(ts.names) | set(PAPER_TASKS) | set(PAPER_GROUPS) | set(extra or [])
     bad = [t for t in requested if t not in valid]
-    if bad:
-        mine = f"; in --include-path: {', '.join(extra)}" if extra else ""
-        raise ConfigError(
-            f"unknown task(s) {', '.join(bad)}; valid for this run: {', '.join(sorted(ts.names))}, "
-            f"{', '.join(PAPER_GROUPS)}, {', '.join(PAPER_TASKS)}{mine}"
-        )
+    if bad:  # only the near names: a run has dozens of tasks (`hmem list` and eval/tasks/ have them all)
+        from hmem_lit.errors import did_you_mean
+
+        hints = "".join(did_you_mean(b, sorted(valid)) or f"; {b}: no task of a similar name" for b in bad)
+        raise ConfigError(f"unknown task(s) {', '.join(bad)}{hints} (this run's tasks are the YAMLs in {ts.root})")
     paper = any(t in PAPER_TASKS or t in PAPER_GROUPS for t in requested)
     return list(dict.fromkeys(requested)), paper
 
@@ -418,17 +462,13 @@ def _evaluate(
             final = runs.read_final(run_dir)
             if not all(k in final.get("eval", {}).get(key, {}) for k in old["headline"]):
                 runs.update_final(run_dir, eval={key: {**final.get("eval", {}).get(key, {}), **old["headline"]}})
-                print(f"[hmem] {out_dir}: repaired final.json[eval][{key}] from results.json")
-            print(f"[hmem] {out_dir}: already evaluated with these settings (pass --force to redo)")
+                log.info("%s: repaired final.json[eval][%s] from results.json", out_dir, key)
+            log.info("%s: already evaluated with these settings (pass --force to redo)", out_dir)
             return {**final.get("eval", {}).get(key, {}), **old["headline"]}
     if marker.is_file():
         marker.unlink()  # from here until the last write, a kill leaves no marker: a rerun evaluates again
     if paper:
         check_paper_datasets(names)
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    task_log = logging.getLogger("lm_eval.api.task")
-    if not any(isinstance(f, _QuietHarness) for f in task_log.filters):
-        task_log.addFilter(_QuietHarness())
     tm = TaskManager(
         include_path=[str(ts.root)]
         + ([str(PAPER_DIR)] if paper else [])
@@ -436,9 +476,10 @@ def _evaluate(
         include_defaults=paper,
     )
     t0 = time.perf_counter()
-    res = lm_eval.simple_evaluate(
-        model=lm, tasks=names, task_manager=tm, limit=limit, log_samples=True, bootstrap_iters=100
-    )
+    with quiet_harness():
+        res = lm_eval.simple_evaluate(
+            model=lm, tasks=names, task_manager=tm, limit=limit, log_samples=True, bootstrap_iters=100
+        )
     elapsed = time.perf_counter() - t0
     n = sum(int(v.get("effective", 0)) for v in res.get("n-samples", {}).values())
     items = item_records(res.get("samples", {}), lm.routing_log, ts)
@@ -497,8 +538,8 @@ def _evaluate(
         print(make_table(res))
         if res.get("groups"):
             print(make_table(res, "groups"))
-        print(
-            f"[hmem] {run_dir} memory={lm.mode}: {n} samples in {elapsed:.1f}s "
+        log.info(
+            f"{run_dir} memory={lm.mode}: {n} samples in {elapsed:.1f}s "
             f"(retrieval {lm.retrieval_seconds:.2f}s, model {lm.model_seconds:.1f}s) -> {out_dir}"
         )
     return sections[key]

@@ -16,26 +16,28 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import optuna
-from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
 
 from hmem_lit import runs
 from hmem_lit.config import ConfigError
 from hmem_lit.sweeps.spec import SweepSpec, load_sweep, trial_name
-from hmem_lit.sweeps.translate import Infeasible, translate
 from hmem_lit.sweeps.views import decode_param, encode_param, plan, summary  # noqa: F401 (plan: re-exported)
 from hmem_lit.utils import write_json
 
 HOST = socket.gethostname()
+
+log = logging.getLogger("hmem_lit.sweeps")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -107,6 +109,10 @@ def open_study(spec: SweepSpec, create: bool = False, seed_offset: int = 0) -> o
             direction=cast(Literal["minimize", "maximize"], spec.direction),  # load_sweep checks it is one of them
             load_if_exists=True,
         )
+        if not study.metric_names:  # optuna-dashboard labels the objective with it (else "Objective 0")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([spec.metric])
         if study.direction.name.lower() != spec.direction:
             raise ConfigError(
                 f"objective.direction: the stored study {spec.name!r} is "
@@ -161,39 +167,6 @@ def _counted(t: optuna.trial.FrozenTrial) -> bool:
 # pruning + heartbeat
 
 
-class StepPruningCallback(Callback):
-    """Reports (trainer.global_step, monitor) to the trial after every validation during fit; prunes when told.
-
-    The stock optuna_integration callback reports the epoch, which never advances in step-based LM training.
-    Also writes a heartbeat user attribute every `heartbeat_s` seconds (stale RUNNING trials are reclaimed)."""
-
-    def __init__(self, trial: optuna.Trial, monitor: str = "val/loss", prune: bool = True, heartbeat_s: float = 30.0):
-        self.trial, self.monitor, self.prune, self.heartbeat_s = trial, monitor, prune, heartbeat_s
-        self.reported: list[tuple[int, float]] = []
-        self._beat = time.time()
-
-    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
-        if time.time() - self._beat > self.heartbeat_s:
-            self._beat = time.time()
-            self.trial.set_user_attr("heartbeat", self._beat)
-
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        from lightning.pytorch.trainer.states import TrainerFn
-
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
-            return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            return
-        step, value = int(trainer.global_step), float(value)
-        if self.reported and step <= self.reported[-1][0]:
-            return
-        self.reported.append((step, value))
-        self.trial.report(value, step)
-        if self.prune and self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {step} ({self.monitor}={value:.4f})")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # one trial
 
@@ -219,7 +192,7 @@ def objective_value(spec: SweepSpec, run_dir: str | Path) -> float:
     m = spec.metric
     if m.startswith("eval."):
         _, mode, name = m.split(".", 2)
-        got = final.get("eval", {}).get(mode, {})
+        got = runs.eval_section(final, mode)
         if name not in got:
             raise KeyError(
                 f"objective.metric {m!r}: not in final.json eval.{mode} (has: {', '.join(sorted(got)) or 'nothing'})"
@@ -243,6 +216,7 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, threads: int = 0) -> TrialState:
     """Translate, train, evaluate, tell. Never raises except on KeyboardInterrupt (recorded as interrupted)."""
+    from hmem_lit.sweeps.translate import Infeasible, translate
     from hmem_lit.train import train
 
     trial.set_user_attr("host", HOST)
@@ -261,6 +235,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, threads
         trial.set_user_attr("run_dir", str(cfg.run_dir))
         for k, v in _jsonable(info).items():
             trial.set_user_attr(k, v)
+        from hmem_lit.sweeps.pruning import StepPruningCallback
+
         cb = StepPruningCallback(trial, prune=spec.pruner != "none", heartbeat_s=spec.heartbeat_s)
         with file_lock(spec.sweep_dir / "locks" / f"{name}.lock"):  # same params in two workers: one trains
             run_dir = train(cfg, extra_callbacks=[cb])
@@ -289,10 +265,9 @@ def _tell(
 ) -> TrialState:
     study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     shown = f"value={value:.5g}" if value is not None else note
-    print(
+    log.info(
         f"[sweep] {study.study_name} trial {trial.number} {state.name}: {shown} "
-        f"({trial.user_attrs.get('name', '') if hasattr(trial, 'user_attrs') else ''})",
-        flush=True,
+        f"({trial.user_attrs.get('name', '') if hasattr(trial, 'user_attrs') else ''})"
     )
     return state
 
@@ -313,10 +288,7 @@ def mark_interrupted(study: optuna.Study, number: int, reason: str, keys: list[s
     requeue = keys is None or set(keys) <= set(ft.params)
     if requeue:
         study.enqueue_trial(ft.params, user_attrs={"retry_of": number})
-    print(
-        f"[sweep] {study.study_name} trial {number} was interrupted ({reason}){'; re-queued' if requeue else ''}",
-        flush=True,
-    )
+    log.info(f"[sweep] {study.study_name} trial {number} was interrupted ({reason}){'; re-queued' if requeue else ''}")
 
 
 def _alive(pid: Any) -> bool:
@@ -409,10 +381,10 @@ def ensure_baselines(spec: SweepSpec, study: optuna.Study, threads: int = 0) -> 
         with file_lock(cfg.run_dir.parent / "locks" / f"{cfg.name}.lock"):
             done = runs.is_complete(cfg.run_dir) and (
                 not spec.needs_eval
-                or bool(runs.read_final(cfg.run_dir).get("eval", {}).get(spec.eval_memory or "fetched"))
+                or bool(runs.eval_section(runs.read_final(cfg.run_dir), spec.eval_memory or "fetched"))
             )
             if not done:
-                print(f"[sweep] {spec.name}: baseline {cfg.run_dir}", flush=True)
+                log.info(f"[sweep] {spec.name}: baseline {cfg.run_dir}")
                 run_dir = train(cfg)
                 if spec.needs_eval:
                     evaluate_run(spec, run_dir, threads)
@@ -455,6 +427,9 @@ def _worker_entry(spec: SweepSpec, index: int, threads: int) -> None:
 
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from hmem_lit import console
+
+    console.setup()  # the parent's -q / -v ($HMEM_VERBOSITY): trial lines go to stderr as in one process
     try:
         worker(spec, index, threads)
     except KeyboardInterrupt:
@@ -503,7 +478,7 @@ def run_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), workers: 
         recover_interrupted(study, spec)
         if spec.mode == "grid":
             queued = enqueue_grid(study, spec)
-            print(f"[sweep] {spec.name}: grid of {len(spec.grid())} points, {queued} queued", flush=True)
+            log.info(f"[sweep] {spec.name}: grid of {len(spec.grid())} points, {queued} queued")
     ensure_baselines(spec, study, threads)
     if workers == 1:
         worker(spec, 0, threads)
@@ -534,5 +509,5 @@ def run_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), workers: 
 
 def status(target: str, cli: list[str] | tuple[str, ...] = ()) -> str:
     """`hmem sweep status <name>`: the trial table of a sweep's study."""
-    spec = load_sweep(target, cli)
+    spec = load_sweep(target, cli, validate=False)
     return summary(open_study(spec), spec)

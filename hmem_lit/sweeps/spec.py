@@ -200,7 +200,10 @@ def _find(path: str | Path, folder: Path, what: str) -> Path:
     for cand in (folder / str(path), folder / f"{path}.yaml"):
         if cand.is_file():
             return cand
-    raise ConfigError(f"{path}: {what} file not found (looked in {folder})")
+    from hmem_lit.errors import did_you_mean
+
+    hint = did_you_mean(Path(path).stem, [f.stem for f in folder.glob("*.yaml")])
+    raise ConfigError(f"{path}: {what} file not found (looked in {folder}){hint}")
 
 
 def _as_overrides(value: Any, key: str) -> list[str]:
@@ -276,8 +279,10 @@ def _apply_cli(raw: dict, cli: list[str]) -> tuple[dict, list[str]]:
     return raw, extra
 
 
-def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> SweepSpec:
-    """Read and validate a sweep YAML (path or a name in sweeps/), with command-line key=value applied."""
+def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), validate: bool = True) -> SweepSpec:
+    """Read and validate a sweep YAML (path or a name in sweeps/), with command-line key=value applied.
+    validate=False (`hmem sweep status`): the base experiment is only merged, not validated, so reading a study
+    never imports the memory types (torch)."""
     p = _find(path, SWEEPS_DIR, "sweep")
     raw = load_yaml(p.read_text(), str(p)) or {}
     _check(isinstance(raw, dict), str(p), "the top level must be a mapping")
@@ -307,15 +312,18 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> Sweep
     )
     _check(bool(re.fullmatch(r"[\w.\-]+", spec.name)), "name", "use letters, digits, '._-' only")
     spec.overrides = _as_overrides(raw.get("overrides"), "overrides") + extra
-    from hmem_lit.config import load_config
+    from hmem_lit.config import load_config, merged_value
 
-    try:  # validates the base experiment and its overrides
-        spec.out_dir = load_config(spec.base, spec.overrides).out_dir
-    except ConfigError as e:  # memory.type=ffn whose levels the space sizes: check the rest
-        try:
-            spec.out_dir = load_config(spec.base, spec.overrides + list(SKELETON)).out_dir
-        except ConfigError:
-            raise e from None
+    if not validate:
+        spec.out_dir = str(merged_value(spec.base, spec.overrides, "out_dir"))
+    else:
+        try:  # validates the base experiment and its overrides
+            spec.out_dir = load_config(spec.base, spec.overrides).out_dir
+        except ConfigError as e:  # memory.type=ffn whose levels the space sizes: check the rest
+            try:
+                spec.out_dir = load_config(spec.base, spec.overrides + list(SKELETON)).out_dir
+            except ConfigError:
+                raise e from None
     spec.mode = str(raw.get("mode", "optuna"))
     _check(spec.mode in ("optuna", "grid"), "mode", f"got {spec.mode!r}; allowed: optuna, grid")
 
@@ -399,7 +407,7 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> Sweep
         raise ConfigError(f"translate: unknown key; allowed: {', '.join(Translate.__dataclass_fields__)}") from None
     t = spec.translate
     _check(0 < t.tolerance < 1, "translate.tolerance", "must be in (0, 1)")
-    from hmem_lit.memory.base import routed_types
+    from hmem_lit.config import _routed_types as routed_types  # from the registry's source: no torch import
 
     _check(t.memory_type in routed_types(), "translate.memory_type", f"allowed: {', '.join(routed_types())}")
     _check(t.q > 0, "translate.q", "must be > 0")
@@ -416,7 +424,7 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = ()) -> Sweep
     spec.heartbeat_s = float(raw.get("heartbeat_s", 30.0))
     spec.stale_after_s = float(raw.get("stale_after_s", 900.0))
 
-    valid = set(valid_keys(RunConfig()))
+    valid = set(valid_keys(RunConfig))
     fixed = raw.get("fixed") or {}
     _check(isinstance(fixed, dict), "fixed", "expected a mapping of params")
     for k in fixed:

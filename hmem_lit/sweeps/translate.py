@@ -22,8 +22,6 @@ import json
 import math
 from typing import Any
 
-import torch
-
 from hmem_lit.config import ConfigError, RunConfig, load_config
 from hmem_lit.sweeps.spec import PAPER_PARAMS, SKELETON, SweepSpec, Translate, _fmt, parse_count
 
@@ -48,6 +46,8 @@ def _key(*parts: Any) -> str:
 
 @functools.lru_cache(maxsize=512)
 def _anchor_at(key: str, n_layer: int) -> int:
+    import torch
+
     from hmem_lit.anchor import Anchor, count_params
     from hmem_lit.config import AnchorConfig
 
@@ -66,6 +66,8 @@ def _anchor_params(cfg: RunConfig, n_layer: int) -> int:
 
 @functools.lru_cache(maxsize=512)
 def _memory_at(key: str) -> tuple[int, int]:
+    import torch
+
     from hmem_lit.config import AnchorConfig, MemoryConfig, PKMConfig
     from hmem_lit.memory import MEMORY, import_all
 

@@ -11,7 +11,6 @@ import optuna
 from optuna.trial import TrialState
 
 from hmem_lit.sweeps.spec import SweepSpec, load_sweep
-from hmem_lit.sweeps.translate import Infeasible, translate
 
 
 def encode_param(v: Any) -> Any:
@@ -25,6 +24,8 @@ def decode_param(v: Any) -> Any:
 def plan(target: str | Path, cli: list[str] | tuple[str, ...] = ()) -> str:
     """`hmem sweep plan <sweep>`: every grid point (or the fixed part of an optuna space) translated on the meta
     device: n_layer, levels, anchor / fetched / bank params, or why it is infeasible. Trains nothing."""
+    from hmem_lit.sweeps.translate import Infeasible, translate
+
     spec = load_sweep(target, cli)
     points = spec.grid() if spec.mode == "grid" else [{}]
     lines = [
