@@ -19,6 +19,14 @@ def preflight(cfg: RunConfig, training: bool = True) -> None:
         for f in d.files:
             p = Path(f)
             _check_path(p.exists(), "data.files", f"{p} not found (fix the path or drop it from the list)")
+            if not p.is_dir():
+                import stat
+
+                _check_path(
+                    stat.S_ISREG(p.stat().st_mode),
+                    "data.files",
+                    f"{p} is not a regular file (a pipe or a device, read forever); give a file",
+                )
             if p.is_dir():
                 from hmem_lit.data.sources import FORMATS, is_hf_dataset
 

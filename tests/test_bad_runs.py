@@ -164,3 +164,23 @@ def test_relaunching_a_run_with_a_damaged_final_json_is_one_line(trained, capsys
     (d / runs.FINAL).write_bytes((mem / runs.FINAL).read_bytes()[:100])
     argv = ["train", str(DEBUG_YAML), *tiny_overrides(tmp_path, name="mem", **MEM, **{"train.max_tokens": 8192})]
     _unchanged(tmp_path, argv, capsys, runs.FINAL, "corrupt")
+
+
+@pytest.mark.parametrize("args", ["run_dir={tmp}/nope,memory=fetched", "run_dir={mem},memory=bogus"])
+def test_the_lm_eval_wrapper_says_bad_model_args_in_one_line(trained, tmp_path, capsys, monkeypatch, args):
+    """hmem-lm-eval with a bad run_dir= or memory=: one line and exit 2 (class 8), not lm-eval's traceback."""
+    from hmem_lit.evaluation import lm_eval_cli
+
+    (tmp_path / "t.yaml").write_text(
+        "task: tiny_t\ndataset_path: json\ndataset_kwargs: {data_files: {test: " + str(tmp_path / "d.jsonl") + "}}\n"
+        "test_split: test\noutput_type: generate_until\ndoc_to_text: prompt\ndoc_to_target: answer\n"
+        "metric_list: [{metric: exact_match, aggregation: mean, higher_is_better: true}]\n"
+    )
+    (tmp_path / "d.jsonl").write_text('{"prompt": "a", "answer": "b"}\n')
+    model_args = args.format(tmp=tmp_path, mem=trained["mem"])
+    argv = ["hmem-lm-eval", "run", "--model", "hmem", "--model_args", model_args, "--tasks", "tiny_t"]
+    monkeypatch.setattr("sys.argv", [*argv, "--include_path", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        lm_eval_cli.main()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and err.startswith("hmem-lm-eval: error: ") and "Traceback" not in err

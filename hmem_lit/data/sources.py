@@ -123,14 +123,20 @@ class SkipCounter:
     examples: list[str] = field(default_factory=list)
 
     def skip(self, reason: str, where: str) -> None:
+        """Count a skipped line or row (reported once, at the end of the corpus stage: `summary`)."""
         self.counts[reason] = self.counts.get(reason, 0) + 1
-        log.warning("skipping %s: %s", where, reason)
         if len(self.examples) < 20:
             self.examples.append(f"{where}: {reason}")
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    def summary(self) -> str:
+        """One line: how many were skipped, by reason, and the first location."""
+        why = ", ".join(f"{k} ({v})" for k, v in sorted(self.counts.items(), key=lambda kv: -kv[1]))
+        first = f"; first: {self.examples[0]}" if self.examples else ""
+        return f"skipped {self.total:,} line(s) or row(s) of data.files: {why}{first}"
 
 
 COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
@@ -206,8 +212,25 @@ def _zstd_lines(p: Path, zstandard: Any) -> Iterator[bytes]:
         yield tail
 
 
+_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def compression(p: Path) -> str | None:
+    """gzip | zstd | None, by the file's first bytes (a compressed file is read as such whatever its name), else by
+    its suffix."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return COMPRESSION.get(p.suffix.lower())
+
+
 def _raw_lines(p: Path) -> Iterator[bytes]:
-    comp = COMPRESSION.get(p.suffix.lower())
+    comp = compression(p)
     try:
         if comp == "gzip":
             import gzip
@@ -273,18 +296,54 @@ def _need_text(p: Path, columns: list[str]) -> None:
         )
 
 
-def _record(obj: Any, where: str, source: str, skipped: SkipCounter) -> dict[str, Any] | None:
-    """A JSON object or table row -> a document ({"text", metadata}), or None (counted as skipped): the same
+MAX_DOC_CHARS = 100_000  # a longer document is cut into pieces of about this size (at whitespace)
+
+
+def _clean_str(v: str) -> bool:
+    """A string that can be written as UTF-8 (JSON's \\ud800 escapes decode to lone surrogates, which cannot)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _record(obj: Any, where: str, source: str, skipped: SkipCounter) -> list[dict[str, Any]]:
+    """A JSON object or table row -> its documents ({"text", metadata}; a text longer than MAX_DOC_CHARS becomes
+    several, so memory downstream is bounded by the piece, not the document), or [] (counted as skipped): the same
     key-field rules for every format (scalar fields are kept as metadata, so data.key_field reads them)."""
     if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
         skipped.skip('no "text" string field', where)
-        return None
-    text = " ".join(obj["text"].split())
-    if not text:
+        return []
+    if not _clean_str(obj["text"]):
+        skipped.skip("text holds a lone surrogate (not valid Unicode)", where)
+        return []
+    meta = {
+        k: v
+        for k, v in obj.items()
+        if k != "text" and (isinstance(v, (int, float, bool)) or v is None or (isinstance(v, str) and _clean_str(v)))
+    }
+    pieces = list(_pieces(obj["text"]))
+    if not pieces:
         skipped.skip("empty document", where)
-        return None
-    meta = {k: v for k, v in obj.items() if k != "text" and (isinstance(v, (str, int, float, bool)) or v is None)}
-    return {"text": text, "kind": "file", "source": source, **meta}
+        return []
+    if len(pieces) == 1:
+        return [{"text": pieces[0], "kind": "file", "source": source, **meta}]
+    return [{"text": t, "kind": "file", "source": f"{source}#{i}", **meta} for i, t in enumerate(pieces, 1)]
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """Whitespace-normalised text in pieces of at most ~MAX_DOC_CHARS characters, cut at whitespace."""
+    start, n = 0, len(text)
+    while start < n:
+        end = min(n, start + MAX_DOC_CHARS)
+        if end < n:
+            cut = text.rfind(" ", start + MAX_DOC_CHARS // 2, end)
+            end = cut if cut > start else end
+        piece = " ".join(text[start:end].split())
+        if piece:
+            yield piece
+        start = end
 
 
 def read_files(paths: list[str], skipped: SkipCounter) -> Iterator[dict[str, Any]]:
@@ -300,9 +359,7 @@ def read_files(paths: list[str], skipped: SkipCounter) -> Iterator[dict[str, Any
         kind = file_kind(p)
         if kind in ("parquet", "hf"):
             for n, (where, row) in enumerate(_rows(p, kind), 1):
-                doc = _record(row, where, f"{p.name}:{n}", skipped)
-                if doc is not None:
-                    yield doc
+                yield from _record(row, where, f"{p.name}:{n}", skipped)
         else:
             yield from _read_lines(p, kind == "jsonl", skipped)
 
@@ -313,7 +370,7 @@ def _read_lines(p: Path, jsonl: bool, skipped: SkipCounter) -> Iterator[dict[str
     for lineno, raw in enumerate(_lines(p), 1):
         where = f"{p}:{lineno}"
         try:
-            line = raw.decode("utf-8")
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark opens some files
         except UnicodeDecodeError as e:
             skipped.skip(f"not UTF-8 ({e.reason} at byte {e.start})", where)
             continue
@@ -325,15 +382,19 @@ def _read_lines(p: Path, jsonl: bool, skipped: SkipCounter) -> Iterator[dict[str
             except json.JSONDecodeError as e:
                 skipped.skip(f"invalid JSON ({e.msg})", where)
                 continue
-            doc = _record(obj, where, f"{p.name}:{lineno}", skipped)
-            if doc is not None:
-                yield doc
+            except ValueError as e:  # an integer of more digits than Python converts (4,300)
+                skipped.skip(f"invalid JSON ({str(e).split(';')[0][:60]})", where)
+                continue
+            except RecursionError:
+                skipped.skip("invalid JSON (nested too deeply)", where)
+                continue
+            yield from _record(obj, where, f"{p.name}:{lineno}", skipped)
         elif line.strip():
             if not para:
                 start = lineno
             para.append(line.strip())
         elif para:
-            yield {"text": " ".join(para), "kind": "file", "source": f"{p.name}:{start}"}
+            yield from _record({"text": " ".join(para)}, where, f"{p.name}:{start}", skipped)
             para = []
     if not jsonl and para:
-        yield {"text": " ".join(para), "kind": "file", "source": f"{p.name}:{start}"}
+        yield from _record({"text": " ".join(para)}, f"{p}:{start}", f"{p.name}:{start}", skipped)

@@ -80,6 +80,8 @@ class HmemLM(LM):
         set_threads(int(threads))  # on a shared CPU, 1 thread can be several times faster than oversubscription
 
         self.run_dir = Path(run_dir)
+        if not (self.run_dir / "model.safetensors").is_file():
+            raise ConfigError(f"run_dir={run_dir}: no trained run there (no model.safetensors); give a run directory")
         self.model, self.cfg = load_model(self.run_dir, map_location=device)
         ev = self.cfg.eval
         # "config" = the run's eval.memory; None = "none" (lm-eval's arg parser turns memory=none into None)

@@ -47,9 +47,15 @@ def main() -> None:
     import hmem_lit.evaluation.adapter  # noqa: F401  (registers model "hmem" with lm-eval)
     from hmem_lit import console
 
+    from hmem_lit.errors import ConfigError
+
     console.quiet_libraries()
     sys.argv = [sys.argv[0], *hmem_argv(sys.argv[1:])]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except ConfigError as e:  # the hmem model's bad arguments (run_dir=, memory=, ...): one line, not a traceback
+        print(f"hmem-lm-eval: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
