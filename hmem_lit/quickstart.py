@@ -292,22 +292,24 @@ def quickstart(
     clock.stage("writing the report")
     root = dirs["anchor"].parent
     out = build_report(str(root), out=root / "report")
-    print(summary(root))
+    print(summary(out))
     log.info(f"[quickstart] done in {(time.time() - clock.t0) / 60:.1f} min")
     print(f"report: {out / 'report.html'}")
     return out
 
 
-def summary(root: Path) -> str:
-    """The headline in the terminal: each arm's Avg-SK (training phrasing, paraphrase, QA, rarest buckets), hard
-    MC and bits per byte with 95% CIs, and fetched memory minus each baseline with the verdict (the report has
-    every metric; analysis/compare.py)."""
-    from hmem_lit.analysis import compare as cmp
+def summary(report: Path) -> str:
+    """The headline in the terminal, from the report's record (comparisons.csv, analysis/compare.py): each arm's
+    Avg-SK (training phrasing, rarest buckets, paraphrase, QA), hard MC and bits per byte with 95% CIs, and fetched
+    memory minus the anchor, the 2x dense model and the leaf prior with the verdict (the report has every metric)."""
+    from hmem_lit.analysis import record
+    from hmem_lit.analysis.stats import RULE
 
-    c = cmp.compare(root)
-    if c is None:
+    rec = report / "comparisons.csv"
+    if not rec.is_file():
         return "[quickstart] no item records to compare (evaluations missing)"
-    keep = ("Avg-SK", "Avg-SK rare", "paraphrase", "QA", "MC hard", "val bpb")
-    arms, diffs, notes = cmp.tables(c, keep)
-    diffs.rows = [r for r in diffs.rows if r[0].split(" − ")[1] in ("anchor", "dense_2x", cmp.PRIOR)]
-    return "\n".join(["", arms.markdown(), "", diffs.markdown(), "", *notes])
+    keep = ["Avg-SK", "Avg-SK rare", "paraphrase", "QA", "MC hard", "val bpb"]
+    diffs = record.render(rec, "diffs", keep).splitlines()
+    wanted = ("− anchor |", "− dense_2x |", "− leaf prior |")
+    diffs = diffs[:2] + [line for line in diffs[2:] if any(w in line for w in wanted)]
+    return "\n".join(["", record.render(rec, "values", keep), "", *diffs, "", f"Rule: {RULE}."])

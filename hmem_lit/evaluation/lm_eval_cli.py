@@ -46,7 +46,6 @@ def main() -> None:
 
     import hmem_lit.evaluation.adapter  # noqa: F401  (registers model "hmem" with lm-eval)
     from hmem_lit import console
-
     from hmem_lit.errors import ConfigError
 
     console.quiet_libraries()
