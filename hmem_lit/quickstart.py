@@ -268,9 +268,8 @@ def quickstart(
     rate_anchor, rate_memory = runs.throughput(dirs["anchor"]), runs.throughput(dirs["memory"])
     # memory/anchor steady-state step time
     measured = rate_anchor / rate_memory if rate_anchor and rate_memory else float("nan")
-    log.info(
-        f"[quickstart] wall-clock anchor: x{ratio:.2f} the tokens; measured memory/anchor step time x{measured:.2f}"
-    )
+    said = f"x{measured:.2f}" if math.isfinite(measured) else "not measured (too few logged steps)"
+    log.info(f"[quickstart] wall-clock anchor: x{ratio:.2f} the tokens; measured memory/anchor step time {said}")
     for name in wall_cfgs:
         runs.update_final(dirs[name], wallclock={"ratio_configured": ratio, "ratio_measured": measured})
 

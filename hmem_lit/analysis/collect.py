@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,34 @@ def classify(rows: list[dict[str, Any]]) -> None:
             r["label"] += f" #{ids.index(r['config_id']) + 1}" if same_tokens else f", {fmt_count(r['tokens'])} tokens"
 
 
+def name_labels(rows: list[dict[str, Any]]) -> None:
+    """Where every configuration's runs share one name (seeds as <name>_seed<k>, as `hmem quickstart --seeds`
+    writes them) and the names differ between configurations, the legends and tables say the run's name (the
+    report's comparison tables name the arms so too); a sweep's trials keep the label that says their config."""
+    stem = {r["run"]: re.sub(r"_seed\d+$", "", str(r["name"])) for r in rows}
+    by_cfg: dict[str, set[str]] = {}
+    for r in rows:
+        by_cfg.setdefault(r["config_id"], set()).add(stem[r["run"]])
+    names = [next(iter(v)) for v in by_cfg.values()]
+    if rows and all(len(v) == 1 for v in by_cfg.values()) and len(set(names)) == len(names):
+        for r in rows:
+            r["label"] = stem[r["run"]]
+
+
+def paint(rows: list[dict[str, Any]]) -> None:
+    """One colour per label for every figure of a report (`color`): the style's fixed colour for a known run name,
+    else its group's colour (memory type, or baseline kind), shaded when a group holds several labels."""
+    from hmem_lit.analysis.style import group_color, named_color, shaded
+
+    labels = {
+        r["label"]: r
+        for r in sorted(rows, key=lambda r: (KINDS.index(r["kind"]) if r["kind"] in KINDS else 9, r["label"]))
+    }
+    shades = shaded([(lab, *group_color(r["kind"], r["memory_type"])) for lab, r in labels.items()])
+    for r in rows:
+        r["color"] = named_color(r["label"]) or shades[r["label"]]
+
+
 def _incomplete_reason(run_dir: Path) -> str:
     recs = [r for r in runs.read_metrics(run_dir) if "step" in r]
     target = ""
@@ -225,6 +254,8 @@ def collect(root: str | Path | None, extra: list[Path] | tuple[Path, ...] = ()) 
         base.append(row)
         evals.append(final.get("eval") or {})
     classify(base)
+    name_labels(base)
+    paint(base)
     rows = []
     for row, ev in zip(base, evals):
         modes = {m: v for m, v in ev.items() if isinstance(v, dict)}
@@ -276,12 +307,14 @@ def matching_anchor(anchors: pd.DataFrame, params_anchor: float, seed: Any = Non
 def probes(df: pd.DataFrame) -> dict[str, list[int]]:
     """Fact probes present in the table: `<probe>/bucket<k>` columns -> {probe: sorted buckets}."""
     out: dict[str, list[int]] = {}
-    for c in df.columns:
-        if "/bucket" in c and not c.startswith("route/") and df[c].notna().any():  # route/...: routing, not accuracy
-            p, k = c.rsplit("/bucket", 1)
-            if k.isdigit():
-                out.setdefault(p, []).append(int(k))
+    for c in df.columns:  # exactly <probe>/bucket<k>: not route/..., para/..., rank/... (other measures)
+        m = _PROBE_BUCKET.fullmatch(c)
+        if m and df[c].notna().any():
+            out.setdefault(m.group(1), []).append(int(m.group(2)))
     return {p: sorted(ks) for p, ks in sorted(out.items())}
+
+
+_PROBE_BUCKET = re.compile(r"([^/]+)/bucket(\d+)")
 
 
 def related_baselines(rows: pd.DataFrame, memory: pd.DataFrame) -> pd.DataFrame:

@@ -331,23 +331,16 @@ def markdown(c: Comparison, metrics: tuple[str, ...] | None = None) -> str:
 # ------------------------------------------------------------------------------------------------ Fig. 1
 
 FIG1_VARIANTS = (("base", "training phrasing"), ("para", "paraphrase"), ("mc", "multiple choice, hard negatives"))
-ARM_COLORS = {  # one colour per arm across every figure (the report's other figures colour by kind the same way)
-    "fetched": "#1f77b4",
-    "generic": "#9ecae1",
-    "none": "#c6dbef",
-    "random": "#9467bd",
-    "anchor": "#7f7f7f",
-    "anchor_wallclock": "#bcbd22",
-    "dense_runtime": "#8c564b",
-    "dense_2x": "#222222",
-    PRIOR: "#d62728",
-}
 FIG1_ARMS = ("fetched", "generic", "none", "random", "anchor", "anchor_wallclock", "dense_runtime", "dense_2x", PRIOR)
 
 
 def _color(arm: Arm, k: int) -> str:
+    """The arm's colour: a memory run's controls by mode, every other arm by its run's name (style.NAMED_COLORS,
+    the colours of the report's other figures)."""
+    from hmem_lit.analysis.style import named_color
+
     key = arm.mode if " [" in arm.name else arm.name
-    return ARM_COLORS.get(key, f"C{k % 10}")
+    return named_color(key) or f"C{k % 10}"
 
 
 def by_bucket(c: Comparison, variant: str, n_boot: int = 1000) -> dict[str, list[tuple[int, stats.Interval]]]:

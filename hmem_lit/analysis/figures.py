@@ -41,7 +41,6 @@ from hmem_lit.analysis.style import (
     new_fig,
     scale,
     series_style,
-    shaded,
     style_axes,
 )
 from hmem_lit.registry import FIGURES  # noqa: F401 (the figure-kind registry; register() below fills it)
@@ -59,7 +58,10 @@ class Drawn:
     table: Any = None  # a tables.Table shown (and written to tables/<id>.md) with the figure
 
 
-COMMON_KEYS = ("id", "kind", "reproduces", "title", "width", "ncols", "panel_height", "select", "filter", "eval_mode")
+COMMON_KEYS = (
+    *("id", "kind", "reproduces", "title", "width", "ncols", "panel_height", "select", "filter", "eval_mode"),
+    "needs",  # {distinct: {column: n}, any: {column: [values]}} over the memory runs drawn (report.unmet)
+)
 PANEL_KEYS = ("x", "y", "series", "gain", "baseline", "title")
 
 
@@ -255,7 +257,7 @@ def plot_buckets(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     kept = related_baselines(rows, rows[rows.label.isin(mem.index[:keep_n])]) if len(mem) else rows
     labels = labels[labels.index.isin(kept.label)]
     labels = labels.assign(o=labels.kind.map(KIND_ORDER)).sort_values(["o", "bank", "fetch"])
-    colors = shaded([(lab, *group_color(r.kind, r.mt)) for lab, r in labels.iterrows()])
+    colors = dict(zip(rows.label, rows.color))  # one colour per label in every figure (collect.paint)
     fig, axes = new_fig(spec, len(found), panel_h=float(spec.get("panel_height", 2.2)))
     width = 0.8 / max(1, len(labels))
     for ax, (probe, ks) in zip(axes, found.items()):
@@ -439,11 +441,10 @@ def plot_curves(df: pd.DataFrame, spec: dict[str, Any]) -> Drawn:
     metrics = spec.get("metrics", ["train/loss", "val/loss"])
     fig, axes = new_fig(spec, len(metrics))
     many, used, colors = len(rows) > int(spec.get("max_legend", 12)), set(), {}
-    shade = shaded([(r.label, *group_color(r.kind, r.memory_type)) for _, r in rows.iterrows()])
     for _, r in rows.iterrows():
         recs = runs_mod.read_metrics(r.path)
         group, base = group_color(r.kind, r.memory_type)
-        color, colors[group] = shade[r.label], base
+        color, colors[group] = r.color, base  # the run's colour in every figure (collect.paint)
         lab = r.label + (f" (seed {r.seed})" if (rows.label == r.label).sum() > 1 else "")
         for ax, m in zip(axes, metrics):
             pts = [(q["tokens"], q[m]) for q in recs if m in q and "tokens" in q]

@@ -51,7 +51,7 @@ class Item:
     skipped: str | None = None
 
 
-TABLE_KEYS = ("id", "kind", "reproduces", "title", "select", "filter", "eval_mode", "columns", "modes", "sort")
+TABLE_KEYS = ("id", "kind", "reproduces", "title", "select", "filter", "eval_mode", "columns", "modes", "sort", "needs")
 
 
 def _check_keys(f: Path, what: str, spec: dict, allowed: tuple[str, ...]) -> None:
@@ -114,6 +114,27 @@ def load_specs(paths: Sequence[str | Path] | None = None) -> tuple[list[dict], l
     return figs, tabs
 
 
+def unmet(df: Any, spec: dict[str, Any]) -> str | None:
+    """Why a figure or table would not be about the runs present (its `needs:` over the memory runs it would draw:
+    `distinct: {column: n}` at least n values, `any: {column: [values]}` one of them), or None: drawn."""
+    from hmem_lit.analysis.collect import apply_spec
+
+    needs = spec.get("needs") or {}
+    if not needs or not len(df):
+        return None
+    rows, _ = apply_spec(df, spec, spec.get("eval_mode", "fetched"))
+    mem = rows[rows.memory_type != "none"].drop_duplicates("config_id")
+    for col, n in (needs.get("distinct") or {}).items():
+        got = int(mem[col].nunique()) if col in mem else 0
+        if got < int(n):
+            return f"compares memory runs that differ in {col}: needs {n}, found {got} (no such runs here)"
+    for col, vals in (needs.get("any") or {}).items():
+        vals = vals if isinstance(vals, list) else [vals]
+        if col not in mem or not mem[col].isin(vals).any():
+            return f"needs a memory run with {col} in {vals} (none here)"
+    return None
+
+
 def _save(fig, out: Path, fid: str) -> list[str]:
     import matplotlib.pyplot as plt
 
@@ -165,9 +186,8 @@ def build_report(target: str, out: str | Path | None = None, specs: list[str] | 
     items: list[Item] = _comparison_items(col, out) if len(df) else []
     for s in figs:
         it = Item(s["id"], s.get("title", s["id"]), s.get("reproduces", ""))
-        drawn = _guard(it, FIGURES[s["kind"]], df, s) if len(df) else None
-        if len(df) == 0:
-            it.skipped = "no complete runs"
+        it.skipped = "no complete runs" if len(df) == 0 else unmet(df, s)
+        drawn = _guard(it, FIGURES[s["kind"]], df, s) if not it.skipped else None
         if drawn:
             it.files, it.runs, it.notes = _save(drawn.fig, out, it.id), drawn.runs, drawn.notes
             if drawn.table is not None:  # a figure with its own table (e.g. rag): shown below it, written beside it
@@ -178,9 +198,8 @@ def build_report(target: str, out: str | Path | None = None, specs: list[str] | 
         items.append(it)
     for s in tabs:
         it = Item(s["id"], s.get("title", s["id"]), s.get("reproduces", ""))
-        tab = _guard(it, make_table, df, s) if len(df) else None
-        if len(df) == 0:
-            it.skipped = "no complete runs"
+        it.skipped = "no complete runs" if len(df) == 0 else unmet(df, s)
+        tab = _guard(it, make_table, df, s) if not it.skipped else None
         if tab:
             (out / "tables").mkdir(exist_ok=True)
             (out / "tables" / f"{it.id}.md").write_text(tab.markdown() + "\n")

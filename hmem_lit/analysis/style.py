@@ -23,6 +23,19 @@ PALETTE = {"none": "#7f7f7f", "ffn": "#1f77b4", "lora": "#ff7f0e", "kv": "#2ca02
 TYPE_NAMES = {"none": "anchor only", "ffn": "FFN", "lora": "LoRA", "kv": "KV", "pkm": "PKM"}
 KIND_COLORS = {"anchor": "#7f7f7f", "dense-2x": "#222222", "same-runtime dense": "#8c564b"}
 LEVEL_COLORS = {1: "#1b9e77", 2: "#d95f02", 3: "#7570b3", 4: "#e7298a", 5: "#66a61e"}
+# the quickstart's runs (and the comparison's control arms) by name: the same colour in every figure of a report
+NAMED_COLORS = {
+    "memory": "#1f77b4",
+    "fetched": "#1f77b4",
+    "generic": "#9ecae1",
+    "none": "#c6dbef",
+    "random": "#9467bd",
+    "anchor": "#7f7f7f",
+    "anchor_wallclock": "#bcbd22",
+    "dense_runtime": "#8c564b",
+    "dense_2x": "#222222",
+    "leaf prior": "#d62728",
+}
 KIND_ORDER = {"anchor": 0, "memory": 1, "same-runtime dense": 2, "dense-2x": 3}
 MARKERS, LINESTYLES = "os^Dv<>p", ("-", "--", ":", "-.")
 # rc parameters for plt.rc_context (Any keys: matplotlib's stub types them as a Literal of the rc names)
@@ -94,6 +107,11 @@ def lighten(color: str, k: int, n: int) -> str:
         return color
     h, lum, s = colorsys.rgb_to_hls(*mcolors.to_rgb(color))
     return mcolors.to_hex(colorsys.hls_to_rgb(h, min(0.82, lum + (0.82 - lum) * k / n), s))
+
+
+def named_color(label: str) -> str | None:
+    """The fixed colour of a known run or arm name (NAMED_COLORS), else None."""
+    return NAMED_COLORS.get(label)
 
 
 def group_color(kind: str, memory_type: str) -> tuple[str, str]:

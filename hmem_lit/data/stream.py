@@ -301,11 +301,31 @@ def _tokenize_chunk(job: tuple[str, list[str]]) -> tuple[np.ndarray, np.ndarray]
         _TOKENIZER.clear()
         _TOKENIZER[path] = tokenizer_from_file(path)
     tok = _TOKENIZER[path]
-    ids = tok.encode_batch(texts)
     eot = np.array([tok.eot_id], np.int32)
-    parts = [a for t in ids for a in (np.asarray(t, np.int32), eot)]
+    parts: list[np.ndarray] = []
+    lengths: list[int] = []
+    for batch in _by_chars(texts, TOKENIZE_CHARS):  # the tokenizer's per-token objects live for one batch only
+        for t in tok.encode_batch(batch):
+            parts += [np.asarray(t, np.int32), eot]
+            lengths.append(len(t) + 1)
     flat = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-    return flat, np.fromiter((len(t) + 1 for t in ids), np.int64, len(ids))
+    return flat, np.asarray(lengths, np.int64)
+
+
+TOKENIZE_CHARS = 2_000_000  # characters handed to the tokenizer at once (its per-token objects are ~100x the ids)
+
+
+def _by_chars(texts: list[str], limit: int) -> Iterator[list[str]]:
+    """Consecutive batches of texts holding at most `limit` characters (a longer text is a batch of its own)."""
+    batch, n = [], 0
+    for t in texts:
+        if batch and n + len(t) > limit:
+            yield batch
+            batch, n = [], 0
+        batch.append(t)
+        n += len(t)
+    if batch:
+        yield batch
 
 
 def tokenize_corpus(
