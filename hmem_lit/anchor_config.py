@@ -7,10 +7,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from hmem_lit.config_text import check_ranges, ranged
 from hmem_lit.errors import ConfigError
 from hmem_lit.errors import check as _check
 from hmem_lit.errors import one_of as _one_of
+from hmem_lit.fields import check_ranges, ranged
 
 # --------------------------------------------------------------------------------------------------------------
 # anchor

@@ -23,19 +23,11 @@ from hmem_lit.anchor_config import (  # noqa: F401 (re-exported: hmem_lit.config
     PRESETS,
     AnchorConfig,
 )
-from hmem_lit.config_text import (
-    check_ranges,
-    check_shapes,
-    friendly,
-    parse_overrides,
-    ranged,
-    read_yaml,
-    str_keys,
-    valid_keys,
-)
+from hmem_lit.config_text import check_shapes, friendly, parse_overrides, read_yaml, str_keys, valid_keys
 from hmem_lit.errors import ConfigError, RunError  # noqa: E402,F401 (re-exported: hmem_lit.config.ConfigError)
 from hmem_lit.errors import check as _check
 from hmem_lit.errors import one_of as _one_of
+from hmem_lit.fields import check_ranges, ranged
 from hmem_lit.registry import EMBEDDERS, MEMORY, RETRIEVERS, TREE_ROUTERS  # noqa: E402 (filled on first lookup)
 
 

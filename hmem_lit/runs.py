@@ -282,9 +282,10 @@ def run_lock(run_dir: str | Path, shared: bool = False):
             fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "another process (an evaluation)"
+            holder = f.read().strip()  # a trainer writes its pid; evaluations (shared) write nothing
+            doing = f"being trained by {holder}" if holder else "being evaluated by another process"
             raise RunError(
-                f"{run_dir}: is in use by {holder} (lock {lock}); wait for it to finish"
+                f"{run_dir}: is {doing} (lock {lock}); wait for it to finish"
                 + ("" if shared else ", or choose another name=...")
             ) from None
         if not shared:

@@ -409,6 +409,8 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     )
     jsonl = JsonlLogger(run_dir, tps)
     bars = cfg.train.progress and progress()  # none under `hmem -q`
+    if not run_dir.exists():
+        runs.mark_run_dir(run_dir)  # every check has passed; a tracker may write into it before the lock below
     extra_loggers = trackers.build(
         [n for n in cfg.train.loggers if n != "jsonl"], run_dir, f"{cfg.experiment}/{cfg.name}"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -89,3 +90,15 @@ def set_threads(n: int) -> None:
         import torch
 
         torch.set_num_threads(n)
+
+
+def fmt_count(n: float) -> str:
+    """123584 -> '124K', 18.06e6 -> '18.1M', 4.62e9 -> '4.62B' (paper style)."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "-"
+    n = float(n)
+    for div, suf in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            v = n / div
+            return f"{v:.3g}{suf}"
+    return f"{n:.3g}" if n != int(n) else str(int(n))

@@ -16,7 +16,7 @@ TOKENS = {"train.max_tokens": 8192}
 
 
 def _argv(out, **extra):
-    return ["train", str(DEBUG_YAML), *tiny_overrides(out, **{**TOKENS, **extra})]
+    return ["-q", "train", str(DEBUG_YAML), *tiny_overrides(out, **{**TOKENS, **extra})]  # -q: the error alone
 
 
 def test_a_name_too_long_for_a_file_name_is_refused_before_anything_is_made(tmp_path, capsys):

@@ -11,7 +11,8 @@ PKG = Path(__file__).resolve().parent.parent / "hmem_lit"
 BOTTOM = {
     "hmem_lit.errors": set(),
     "hmem_lit.registry": {"hmem_lit.errors"},
-    "hmem_lit.anchor_config": {"hmem_lit.errors"},
+    "hmem_lit.fields": {"hmem_lit.errors"},
+    "hmem_lit.anchor_config": {"hmem_lit.errors", "hmem_lit.fields"},
     "hmem_lit.utils": {"hmem_lit.errors", "hmem_lit.config"},
     "hmem_lit.config_text": {"hmem_lit.errors"},
     "hmem_lit.config": {
@@ -20,6 +21,7 @@ BOTTOM = {
         "hmem_lit.utils",
         "hmem_lit.anchor_config",
         "hmem_lit.config_text",
+        "hmem_lit.fields",
     },
 }
 

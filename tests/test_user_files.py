@@ -89,13 +89,13 @@ def test_training_waits_for_an_evaluation_and_an_evaluation_for_training(run, ca
              "--force"],
             capsys,
         )  # fmt: skip
-        assert rc == 1 and "in use" in err and "\n" not in err
+        assert rc == 1 and "being " in err and "\n" not in err
         assert runs.is_complete(run)  # not wiped
         with runs.run_lock(run, shared=True):  # a second evaluation of the same run is fine
             pass
     with runs.run_lock(run):  # training holds it: an evaluation stops with one line
         rc, err = run_cli(["eval", str(run), "--limit", "1"], capsys)
-        assert rc == 1 and "in use" in err and "\n" not in err
+        assert rc == 1 and "being " in err and "\n" not in err
 
 
 def _update(run_dir: str, k: int) -> None:

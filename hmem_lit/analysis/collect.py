@@ -33,6 +33,7 @@ import pandas as pd
 from hmem_lit import runs
 from hmem_lit.config_text import load_yaml
 from hmem_lit.effects import FIELD_EFFECTS
+from hmem_lit.utils import fmt_count  # noqa: F401 (re-exported: tables and figures read it from here)
 
 TOL_SAME, TOL_RUNTIME, DENSE2X = 0.02, 0.05, (1.7, 2.3)
 KINDS = ("anchor", "memory", "dense-2x", "same-runtime dense")
@@ -51,18 +52,6 @@ class Collected:
     def runs(self) -> pd.DataFrame:
         """One row per complete run (its first eval row), for per-run questions."""
         return self.table.drop_duplicates("run") if len(self.table) else self.table
-
-
-def fmt_count(n: float) -> str:
-    """123584 -> '124K', 18.06e6 -> '18.1M', 4.62e9 -> '4.62B' (paper style)."""
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "-"
-    n = float(n)
-    for div, suf in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            v = n / div
-            return f"{v:.3g}{suf}"
-    return f"{n:.3g}" if n != int(n) else str(int(n))
 
 
 def _config_id(cfg: dict[str, Any], params: dict[str, Any]) -> str:

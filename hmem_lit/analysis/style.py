@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from hmem_lit.analysis.collect import fmt_count  # noqa: E402
+from hmem_lit.utils import fmt_count  # noqa: E402
 
 PALETTE = {"none": "#7f7f7f", "ffn": "#1f77b4", "lora": "#ff7f0e", "kv": "#2ca02c", "pkm": "#9467bd"}
 TYPE_NAMES = {"none": "anchor only", "ffn": "FFN", "lora": "LoRA", "kv": "KV", "pkm": "PKM"}

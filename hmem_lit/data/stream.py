@@ -317,7 +317,8 @@ TOKENIZE_CHARS = 2_000_000  # characters handed to the tokenizer at once (its pe
 
 def _by_chars(texts: list[str], limit: int) -> Iterator[list[str]]:
     """Consecutive batches of texts holding at most `limit` characters (a longer text is a batch of its own)."""
-    batch, n = [], 0
+    batch: list[str] = []
+    n = 0
     for t in texts:
         if batch and n + len(t) > limit:
             yield batch
