@@ -343,6 +343,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16-mixed on CUDA, 32-true on CPU) | 32-true | bf16-mixed | 16-mixed
     accelerator: str = "auto"
     devices: Any = 1
+    num_nodes: int = 1  # Lightning's num_nodes: train.devices processes on each (a Slurm or torchrun launch)
     strategy: str = "auto"  # any Lightning strategy name: auto | ddp | ddp_spawn | fsdp ...
     val_every: int = 50  # steps between validations (0 = only at the end)
     val_batches: int = 8
@@ -366,6 +367,11 @@ class TrainConfig:
         _check(self.max_tokens > 0, "train.max_tokens", "must be > 0")
         _check(self.batch_size > 0 and self.accumulate > 0, "train.batch_size", "batch_size and accumulate must be > 0")
         _one_of(self.precision, ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"), "train.precision")
+        _check(
+            isinstance(self.num_nodes, int) and self.num_nodes >= 1,
+            "train.num_nodes",
+            f"must be >= 1, got {self.num_nodes}",
+        )
         for k in ("val_every", "ckpt_every", "val_batches", "threads", "probe_every"):
             _check(getattr(self, k) >= 0, f"train.{k}", "must be >= 0")
         _check(self.log_every > 0, "train.log_every", "must be > 0")
