@@ -142,6 +142,13 @@ def test_controller_down_is_one_line(tmp_path, capsys, monkeypatch):
     assert created(out) == []
 
 
+def test_missing_slurm_conf_is_one_line_at_once(tmp_path, capsys, monkeypatch):
+    fake_slurm(tmp_path, monkeypatch)
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "nope.conf"))
+    rc, err = run_cli(["train", str(DEBUG_YAML), *tiny_overrides(tmp_path / "runs"), "--launcher", "slurm"], capsys)
+    assert_one_line(rc, err, "SLURM_CONF=", "is not a file")
+
+
 def test_without_submitit_is_one_line(tmp_path, capsys, monkeypatch):
     import importlib.util
 

@@ -32,11 +32,12 @@ ALIVE = {
     "SPECIAL_EXIT",
 }
 TIMEOUT_S = 30
+PING_TIMEOUT_S = 15  # scontrol retries an unreadable slurm.conf for a minute
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[str] | None:
+def _run(cmd: list[str], timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str] | None:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return None
 
@@ -54,11 +55,17 @@ def check_ready(partition: str | None) -> None:
             f"--launcher slurm: the Slurm commands {', '.join(missing)} are not on PATH; run on a login node of "
             "the cluster (or use --launcher local)"
         )
-    r = _run(["scontrol", "ping"])
-    out = " ".join(((r.stdout + " " + r.stderr) if r else "no answer").split())
-    if " is UP" not in out:  # a primary or a backup controller answers
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not os.path.isfile(conf):  # scontrol would retry reading it for a minute
+        raise ConfigError(f"--launcher slurm: SLURM_CONF={conf} is not a file; point it at the cluster's slurm.conf")
+    r = _run(["scontrol", "ping"], timeout=PING_TIMEOUT_S)
+    said = "no answer" if r else f"no answer in {PING_TIMEOUT_S} s"
+    lines = [" ".join(ln.split()) for ln in ((r.stdout + "\n" + r.stderr) if r else said).splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("*")] or [said]  # not its banner of stars
+    if not any(" is UP" in ln for ln in lines):  # a primary or a backup controller answers
+        said = "; ".join(ln for ln in lines if "Slurmctld" in ln) or lines[0]
         raise ConfigError(
-            f"--launcher slurm: no Slurm controller answers (scontrol ping: {out[:160]}); check SLURM_CONF / "
+            f"--launcher slurm: no Slurm controller answers (scontrol ping: {said[:160]}); check SLURM_CONF / "
             "slurm.conf and that slurmctld runs, or use --launcher local"
         )
     if partition is not None:
