@@ -116,7 +116,7 @@ def cmd_data(a: argparse.Namespace) -> int:
     if a.launcher == "slurm":
         from hmem_lit.launch import verbs
 
-        return verbs.prepare(a, _experiment_path(a.experiment))
+        return verbs.prepare(a, main, _experiment_path(a.experiment))
     check_local(a)
     cfg = load_config(_experiment_path(a.experiment), a.overrides)
     preflight(cfg, training=False)
@@ -129,7 +129,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.launcher == "slurm":
         from hmem_lit.launch import verbs
 
-        return verbs.evaluate(a)
+        return verbs.evaluate(a, main)
     check_local(a)
     evaluate(
         a.run_dir,
@@ -186,9 +186,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     if bad:
         raise ConfigError(f"{bad[0]}: unknown option of `hmem sweep` (allowed: --workers N, the --launcher flags)")
     if a2.launcher == "slurm":
-        from hmem_lit.launch import verbs
+        from hmem_lit.sweeps.slurm import submit_sweep
 
-        return verbs.sweep(a2, a.target, rest)
+        return submit_sweep(a2, a.target, rest)
     check_local(a2)
     sweeps.run_sweep(a.target, rest, workers=a2.workers)
     return 0

@@ -46,6 +46,7 @@ def fake_slurm(tmp_path: Path, monkeypatch, squeue: str = "", sacct: str = "") -
         "scontrol": SCONTROL,
         "sinfo": "#!/bin/bash\nprintf 'debug\\ngpu\\n'\n",
         "sbatch": SBATCH,
+        "srun": "#!/bin/bash\nexit 0\n",
         "squeue": f"#!/bin/bash\nprintf '{squeue}'\n",
         "sacct": f"#!/bin/bash\nprintf '{sacct}'\n",
     }

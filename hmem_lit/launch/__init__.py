@@ -5,8 +5,9 @@
     options.py   SlurmOptions: the flags, a --slurm-config YAML, a sweep's slurm: section; checked
     cluster.py   the cluster through its commands: scontrol ping, sinfo, squeue / sacct job states
     submit.py    submitit executors, one job or a job array, the jobs.jsonl record, --wait
-    jobs.py      what runs on the allocation: train (requeue at the time limit), sweep workers, any verb
-    verbs.py     each verb's checks and submission
+    jobs.py      what runs on the allocation: train (requeue at the time limit), any verb; the requeue flag
+    verbs.py     train / eval / data prepare: checks, then the submission
+    (sweeps: hmem_lit.sweeps.slurm, the worker job array built on these; launch never imports sweeps or cli)
 
 Guide: docs/cluster.md.
 """

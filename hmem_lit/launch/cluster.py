@@ -49,7 +49,7 @@ def check_ready(partition: str | None) -> None:
         raise ConfigError(
             "--launcher slurm: needs the submitit package: pip install 'hmem_lit[slurm]' (or use --launcher local)"
         )
-    missing = [c for c in ("sbatch", "squeue", "scontrol", "sinfo") if shutil.which(c) is None]
+    missing = [c for c in ("sbatch", "srun", "squeue", "scontrol", "sinfo") if shutil.which(c) is None]
     if missing:
         raise ConfigError(
             f"--launcher slurm: the Slurm commands {', '.join(missing)} are not on PATH; run on a login node of "

@@ -1,5 +1,5 @@
-"""What runs inside a Slurm allocation: picklable callables that submitit sends (`TrainJob`, `SweepWorkerJob`,
-`CliJob`), and the time-limit requeue.
+"""What runs inside a Slurm allocation: picklable callables that submitit sends (`TrainJob`, `CliJob`; sweep
+workers: `hmem_lit.sweeps.slurm`), and the time-limit requeue.
 
 Requeue at a step boundary. Slurm sends the time-limit signal (`--signal=USR2@<signal_delay_s>`, submitit's) to
 every task. Lightning's own handler for this (SLURMEnvironment(auto_requeue=True), SIGUSR1) saves an hpc_ckpt
@@ -100,7 +100,7 @@ class RequeueAtStep(Callback):
             self.saved = True
 
 
-def _run_reporting(fn: Callable[[], int]) -> int:
+def run_reporting(fn: Callable[[], int]) -> int:
     """Run a job body as the CLI would: bad input and stopped runs are one line and an exit status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -113,7 +113,7 @@ def _run_reporting(fn: Callable[[], int]) -> int:
         return 1
 
 
-class _Job:
+class Job:
     """submitit calls the object; on a preemption or time-limit signal it calls `checkpoint()` and requeues what
     that returns: the same job, which resumes from what the run directory holds."""
 
@@ -126,7 +126,7 @@ class _Job:
         return DelayedSubmission(self, *args, **kwargs)
 
 
-class TrainJob(_Job):
+class TrainJob(Job):
     """`hmem train EXP key=value ...` on every task of the job (Lightning's SLURMEnvironment gives the ranks)."""
 
     def __init__(self, experiment: str | None, overrides: list[str], force: bool = False):
@@ -145,69 +145,20 @@ class TrainJob(_Job):
             return 0
 
         try:
-            return _run_reporting(body)
+            return run_reporting(body)
         except Requeue as e:
             print(f"[hmem] {e}; requeueing job {cluster.current_job()}", flush=True)
             requeue_now()
             return 0  # not reached
 
 
-class CliJob(_Job):
-    """Any other verb (`hmem eval ...`, `hmem data prepare ...`) run as on the command line; requeued by submitit
-    on preemption, it starts again (evaluation) or goes on from its last finished stage (data preparation)."""
+class CliJob(Job):
+    """Any other verb (`hmem eval ...`, `hmem data prepare ...`) run as on the command line by `entry` (the CLI's
+    main, passed in by the CLI: this layer does not import it); requeued by submitit on preemption, it starts
+    again (evaluation) or goes on from its last finished stage (data preparation)."""
 
-    def __init__(self, argv: list[str]):
-        self.argv = list(argv)
-
-    def __call__(self) -> int:
-        from hmem_lit.cli import main
-
-        return main(self.argv)
-
-
-class SweepWorkerJob(_Job):
-    """One sweep worker (one task of the job array): reclaim the trials an earlier allocation of this job left
-    RUNNING, train the baselines (worker 0), then the ordinary ask-run-tell loop on the shared study."""
-
-    def __init__(self, spec: Any, index: int, threads: int):
-        self.spec, self.index, self.threads = spec, index, threads
+    def __init__(self, entry: Callable[[list[str]], int], argv: list[str]):
+        self.entry, self.argv = entry, list(argv)
 
     def __call__(self) -> int:
-        from hmem_lit.sweeps import runner
-
-        install_requeue_handler()
-        job = cluster.current_job()
-        study = runner.open_study(self.spec)
-        reclaim_own(study, self.spec, job, f"slurm job {job} started again (restart {cluster.restart_count()})")
-
-        def body() -> int:
-            if self.index == 0:
-                runner.ensure_baselines(self.spec, study, self.threads)
-            runner.worker(self.spec, self.index, self.threads)
-            return 0
-
-        try:
-            return _run_reporting(body)
-        except Requeue as e:
-            reclaim_own(study, self.spec, job, f"slurm job {job} requeued at its time limit")
-            print(f"[hmem] {e}; requeueing job {job}", flush=True)
-            requeue_now()
-            return 0  # not reached
-
-
-def reclaim_own(study: Any, spec: Any, job: str | None, reason: str) -> list[int]:
-    """Trials this Slurm job left RUNNING (an earlier allocation, or this one before a requeue): mark them
-    interrupted and re-queue their params, so this or another worker resumes them from their checkpoints."""
-    from optuna.trial import TrialState
-
-    from hmem_lit.sweeps import runner
-
-    if job is None:
-        return []
-    out = []
-    with runner.file_lock(spec.sweep_dir / "ask.lock"):
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("slurm_job") == job:
-                runner.mark_interrupted(study, t.number, reason, list(spec.space))
-                out.append(t.number)
-    return out
+        return self.entry(self.argv)

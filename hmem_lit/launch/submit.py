@@ -18,6 +18,7 @@ from hmem_lit.launch import cluster
 from hmem_lit.launch.options import SlurmOptions
 
 POLL_S = 5.0
+SWEEP_JOBS = "slurm_jobs.jsonl"  # in a sweep's _sweep/ directory: its worker arrays (hmem sweep status reads it)
 
 
 def executor(opts: SlurmOptions, log_dir: Path, name: str, tasks_per_node: int = 1) -> Any:
@@ -153,3 +154,17 @@ def _exit_status(job: Any, state: str) -> int:
     if outcome != "success":
         return 1
     return int(result) if isinstance(result, int) else 0
+
+
+def job_view(record: Path, trials: list[Any]) -> tuple[dict[int, str], list[str]]:
+    """For `hmem sweep status`: trial number -> "<job> <state>" for trials a Slurm worker ran (user attribute
+    slurm_job), and one line per worker array recorded in `record`. Both empty for a sweep never run on Slurm."""
+    by_trial = {t.number: str(t.user_attrs["slurm_job"]) for t in trials if t.user_attrs.get("slurm_job")}
+    arrays = [r for r in recorded_jobs(record) if r.get("jobs")]
+    ids = set(by_trial.values()) | {j for r in arrays for j in r["jobs"]}
+    states = cluster.job_states(ids) if ids else {}
+    lines = [
+        f"slurm workers {r['jobs'][0].split('_')[0]}: " + ", ".join(f"{j} {states.get(j, '?')}" for j in r["jobs"])
+        for r in arrays
+    ]
+    return {n: f"{j} {states.get(j, '?')}" for n, j in by_trial.items()}, lines

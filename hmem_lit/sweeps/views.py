@@ -59,9 +59,9 @@ def summary(study: optuna.Study, spec: SweepSpec) -> str:
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     keys = list(spec.space)
-    from hmem_lit.launch.verbs import sweep_jobs
+    from hmem_lit.launch.submit import SWEEP_JOBS, job_view
 
-    jobs, job_lines = sweep_jobs(spec, trials)  # Slurm job and state per trial, and the worker arrays
+    jobs, job_lines = job_view(spec.sweep_dir / SWEEP_JOBS, trials)  # Slurm job + state per trial, worker arrays
     head = ["#", "state", spec.metric, *keys, "levels", "run", *(["slurm job"] if jobs else []), "note"]
     rows = []
     for t in trials:
