@@ -340,3 +340,52 @@ def test_eval_and_data_jobs_run_the_same_command(tmp_path, capsys, monkeypatch):
     assert main([*argv, "--launcher", "slurm", "--cpus-per-task", "4"]) == 0
     assert "#SBATCH --cpus-per-task=4\n" in (fake / "last.sbatch").read_text()
     assert _submitted(out / "slurm" / "data").argv == argv
+
+
+def test_sweep_worker_signalled_mid_trial_requeues_and_the_trial_resumes(tmp_path, monkeypatch, capsys):
+    """A Slurm sweep worker (SLURM_JOB_ID set, fake squeue) signalled while training a trial: the trial's checkpoint
+    is committed, the trial is marked interrupted and re-queued, the job asks submitit to requeue; the next
+    allocation of the job resumes that trial from its checkpoint and finishes the grid."""
+    from optuna.trial import TrialState
+
+    from hmem_lit import sweeps
+    from hmem_lit.sweeps import runner
+    from hmem_lit.sweeps.slurm import SweepWorkerJob
+
+    from .test_sweeps import write_sweep
+
+    fake_slurm(tmp_path, monkeypatch, squeue="99|RUNNING\\n")
+    monkeypatch.setenv("SLURM_JOB_ID", "99")
+    path = write_sweep(tmp_path, mode="grid", overrides={"train.max_tokens": 8000}, space={"train.seed": [0, 1]})
+    spec, threads = runner.prepare_sweep(path)
+    monkeypatch.setattr(runner, "job_callbacks", lambda: [_SignalAt(5), *jobs.job_callbacks()])
+    requeued = []
+    monkeypatch.setattr(jobs, "requeue_now", lambda: requeued.append(True))
+    old = signal.getsignal(signal.SIGUSR2)
+    try:
+        SweepWorkerJob(spec, 0, threads)()
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+        jobs._STATE.update(requested=False, signum=None)
+    ts = sweeps.open_study(spec).get_trials(deepcopy=False)
+    assert requeued and ts[0].state == TrialState.FAIL
+    assert ts[0].user_attrs["interrupted"] == "slurm job 99 requeued at its time limit"
+    assert [t.state for t in ts[1:]] == [TrialState.WAITING, TrialState.WAITING]  # seed 1, and seed 0 again
+    run_dir = Path(ts[0].user_attrs["run_dir"])
+    import torch
+
+    from hmem_lit import runs
+
+    assert torch.load(run_dir / runs.LAST_CKPT, weights_only=True)["global_step"] == 5
+    monkeypatch.setattr(runner, "job_callbacks", jobs.job_callbacks)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    capsys.readouterr()
+    try:
+        assert SweepWorkerJob(spec, 0, threads)() == 0  # the requeued allocation
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+        jobs._STATE.update(requested=False, signum=None)
+    assert f"{run_dir}: resuming from step 5" in capsys.readouterr().out
+    ts = sweeps.open_study(spec).get_trials(deepcopy=False)
+    assert sorted(t.state.name for t in ts) == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert {t.user_attrs["name"] for t in ts if t.state == TrialState.COMPLETE} == {t.user_attrs["name"] for t in ts}
