@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.hmem-installed
 TORCH   := $(shell cat constraints.txt)
 LINT_PATHS := hmem_lit tests benchmarks analysis examples setup.py
 
-.PHONY: install quickstart separation comparisons smoke test test-slow check-install bench gpu-wheels lint clean-runs
+.PHONY: install quickstart separation comparisons smoke test test-slow test-slurm check-install bench gpu-wheels lint clean-runs
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -42,6 +42,9 @@ test: install  ## the test suite (CPU, a few minutes; slow and GPU tests are des
 
 test-slow: install
 	$(VENV)/bin/pytest -m slow
+
+test-slurm: install  ## the -m slurm tests on a single-node Slurm it installs and starts (root, apt; docs/cluster.md)
+	PY=$(PY) .ci/slurm_tests.sh
 
 check-install: install  ## the wheel, installed non-editable, works outside the checkout (~1 min + the smoke run)
 	PY=$(PY) .ci/check_install.sh

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hmem_lit.config import ConfigError, RunError
+from hmem_lit.launch import add_args as add_launcher_args
+from hmem_lit.launch import check_local
 from hmem_lit.resources import checkout_root, shipped_dir
 
 EXPERIMENTS_DIR = shipped_dir("experiments")  # the checkout's experiments/, else the installed copy
@@ -41,6 +43,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = load_config(_experiment_path(a.experiment), a.overrides)  # before Lightning's import: typos fail fast
     from hmem_lit.train import train
 
+    if a.launcher == "slurm":
+        from hmem_lit.launch import verbs
+
+        return verbs.train(a, _experiment_path(a.experiment))
+    check_local(a)
     train(cfg, force=a.force)
     return 0
 
@@ -127,6 +134,11 @@ def cmd_data(a: argparse.Namespace) -> int:
     from hmem_lit.config import load_config
     from hmem_lit.data.prepare import prepare_main
 
+    if a.launcher == "slurm":
+        from hmem_lit.launch import verbs
+
+        return verbs.prepare(a, main, _experiment_path(a.experiment))
+    check_local(a)
     cfg = load_config(_experiment_path(a.experiment), a.overrides)
     preflight(cfg, training=False)
     return prepare_main(cfg, force=a.force)
@@ -135,6 +147,11 @@ def cmd_data(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     from hmem_lit.evaluation.runner import evaluate
 
+    if a.launcher == "slurm":
+        from hmem_lit.launch import verbs
+
+        return verbs.evaluate(a, main)
+    check_local(a)
     evaluate(
         a.run_dir,
         tasks=a.tasks,
@@ -192,20 +209,21 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             raise ConfigError(f"sweep {a.target}: name the sweep, e.g. `hmem sweep {a.target} memory_type`")
         print((sweeps.status if a.target == "status" else sweeps.plan)(a.rest[0], a.rest[1:]))
         return 0
-    rest, workers, i = [], a.workers, 0
-    while i < len(a.rest):  # --workers may follow the sweep name (argparse stops at the first positional)
-        arg = a.rest[i]
-        if arg == "--workers" and i + 1 < len(a.rest) and a.rest[i + 1].isdigit():
-            workers, i = int(a.rest[i + 1]), i + 2
-            continue
-        if arg.startswith("--workers=") and arg.split("=", 1)[1].isdigit():
-            workers = int(arg.split("=", 1)[1])
-        elif arg.startswith("-"):
-            raise ConfigError(f"{arg}: unknown option of `hmem sweep` (allowed: --workers N)")
-        else:
-            rest.append(arg)
-        i += 1
-    sweeps.run_sweep(a.target, rest, workers=workers)
+    # --workers and the launcher flags may follow the sweep name (argparse stops at the first positional)
+    after = argparse.ArgumentParser(prog="hmem sweep", allow_abbrev=False)
+    after.add_argument("--workers", type=int, default=a.workers)
+    add_launcher_args(after, workers=True)
+    after.set_defaults(**{k: v for k, v in vars(a).items() if k not in ("target", "rest")})
+    a2, rest = after.parse_known_args(a.rest)
+    bad = [x for x in rest if x.startswith("-")]
+    if bad:
+        raise ConfigError(f"{bad[0]}: unknown option of `hmem sweep` (allowed: --workers N, the --launcher flags)")
+    if a2.launcher == "slurm":
+        from hmem_lit.sweeps.slurm import submit_sweep
+
+        return submit_sweep(a2, a.target, rest)
+    check_local(a2)
+    sweeps.run_sweep(a.target, rest, workers=a2.workers)
     return 0
 
 
@@ -296,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("experiment", help="experiment YAML (path or name in experiments/)")
     t.add_argument("overrides", nargs="*", help="key=value config overrides")
     t.add_argument("--force", action="store_true", help="delete an existing run directory and start again")
+    add_launcher_args(t, nodes=True)
     sub.add_parser("list", help="presets, memory types, retrievers, experiments, sweeps")
     i = sub.add_parser("info", help="anchor / fetched / bank parameter counts of an experiment (--config: its config)")
     i.add_argument("experiment", nargs="?", default=None)
@@ -306,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("experiment", nargs="?", default=None)
     d.add_argument("overrides", nargs="*")
     d.add_argument("--force", action="store_true", help="rebuild every stage")
+    add_launcher_args(d)
     e = sub.add_parser("eval", help="evaluate a run through lm-eval; results under <run_dir>/eval/<memory>/")
     e.add_argument("run_dir")
     e.add_argument("--tasks", nargs="+", default=None, help="task or group names (default: eval.tasks)")
@@ -343,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let the include path's YAMLs run Python (lm-eval's !function tags); refused without it",
     )
+    add_launcher_args(e)
     r = sub.add_parser("report", help="figures, tables and an HTML page from a runs directory or a sweep")
     r.add_argument(
         "target", help="runs directory, or sweep name (sweeps/<name>.yaml; its runs under runs/sweeps/<name>/)"
@@ -391,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="key=value (sweep keys like n_trials=4, or config keys); after status/plan: the sweep name first",
     )
     w.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
+    add_launcher_args(w, workers=True)
     m = sub.add_parser("merge", help="merge the banks of per-subtree memory runs (train.subtree=k) into one model")
     m.add_argument("run_dirs", nargs="+")
     m.add_argument("--out", required=True, help="output run directory")
@@ -473,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     from hmem_lit import console
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    # Lightning warns at every Trainer on a machine with `srun` on PATH (any Slurm login node) that srun is not
+    # used: noise beside one-line errors; this suite uses Slurm through --launcher slurm (docs/cluster.md)
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
     args = build_parser().parse_args(argv)
     if args.verb == "sweep":  # -q / -v after the sweep's name land in its REMAINDER
         for flag, name in (("-q", "quiet"), ("--quiet", "quiet"), ("-v", "verbose"), ("--verbose", "verbose")):
@@ -481,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(args, name, True)
     quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
     console.setup(console.QUIET if quiet else console.VERBOSE if verbose else None)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a Slurm job runs again (launch/verbs.py)
     try:
         return VERBS[args.verb](args)
     except ConfigError as e:

@@ -316,6 +316,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16-mixed on CUDA, 32-true on CPU) | 32-true | bf16-mixed | 16-mixed
     accelerator: str = "auto"
     devices: Any = 1
+    num_nodes: int = ranged(1, 1, 10**6)  # Lightning's num_nodes: train.devices processes on each (Slurm, torchrun)
     strategy: str = "auto"  # any Lightning strategy name: auto | ddp | ddp_spawn | fsdp ...
     val_every: int = ranged(50, 0, 10**12)  # steps between validations (0 = only at the end)
     val_batches: int = ranged(8, 1, 10**9)

@@ -151,7 +151,7 @@ FIELD_EFFECTS: dict[str, tuple[str, ...]] = {
     **{f"train.{k}": RUN_ID for k in ("mode", "max_tokens", "batch_size", "accumulate", "precision", "subtree")},
     "train.seed": ("run",),
     "train.init_from": ("run",),  # another seed / start: the same configuration
-    **{f"train.{k}": ("run",) for k in ("accelerator", "devices", "strategy")},  # steps per token budget
+    **{f"train.{k}": ("run",) for k in ("accelerator", "devices", "num_nodes", "strategy")},  # steps per budget
     **{
         f"train.{k}": ()
         for k in (

@@ -270,8 +270,12 @@ def run_lock(run_dir: str | Path, shared: bool = False):
     none while it trains).
 
     The lock file sits beside the run directory (runs/<experiment>/.<name>.lock) so --force can delete the
-    directory while holding it. Lightning's DDP rank processes (LOCAL_RANK > 0) run under their launcher's lock."""
-    if int(os.environ.get("LOCAL_RANK", "0") or 0) > 0:
+    directory while holding it. Data-parallel ranks other than the first run under its lock: Lightning's launcher
+    children (LOCAL_RANK > 0), and the tasks of one Slurm job (SLURM_PROCID > 0 of SLURM_NTASKS > 1)."""
+    slurm_rank = (
+        int(os.environ.get("SLURM_PROCID", "0") or 0) if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 else 0
+    )
+    if int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 or slurm_rank > 0:
         yield
         return
     run_dir = Path(run_dir)

@@ -198,8 +198,12 @@ def _precision(cfg: RunConfig) -> str:
 
 
 def _world_size(cfg: RunConfig) -> int:
-    """Processes Lightning will start for train.devices (the token budget is split over them): an int, a list of
-    ids, or -1 / "auto" = every device of the accelerator (all GPUs on a GPU machine; one process on CPU)."""
+    """Processes on all train.num_nodes nodes (the token budget is split over them); per node, train.devices: an
+    int, a list of ids, or -1 / "auto" = every device of the accelerator (all GPUs on a GPU machine; one on CPU)."""
+    return cfg.train.num_nodes * _devices_per_node(cfg)
+
+
+def _devices_per_node(cfg: RunConfig) -> int:
     d = cfg.train.devices
     if isinstance(d, int) and d > 0:
         return d
@@ -273,14 +277,17 @@ def _check_resume(run_dir: Path, cfg: RunConfig, config_only: bool = False) -> t
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     """Fields that differ and change what the run trains (declared "run" in effects.FIELD_EFFECTS; a field the
-    declaration does not know, e.g. from a newer config, counts)."""
-    from hmem_lit.effects import FIELD_EFFECTS
+    declaration does not know, e.g. from a newer config, counts). A field newer than the saved config `a` (absent
+    there) counts only when `b` sets it to something other than its default."""
+    from hmem_lit.effects import FIELD_EFFECTS, field_value
 
     keys = []
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
             keys += _diff(va, vb, f"{prefix}{k}.")
+        elif k not in a and not isinstance(vb, dict) and vb == field_value(RunConfig(), f"{prefix}{k}"):
+            continue
         elif va != vb and "run" in FIELD_EFFECTS.get(f"{prefix}{k}", ("run",)):
             keys.append(f"{prefix}{k}")
     return keys
@@ -301,7 +308,7 @@ def _make_trainer(cfg: RunConfig, **kw: Any) -> L.Trainer:
     """L.Trainer with Lightning's own errors (accelerator, devices, strategy names) turned into one line."""
     t = cfg.train
     try:
-        return L.Trainer(accelerator=t.accelerator, devices=t.devices, **kw)
+        return L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, **kw)
     except Exception as e:  # noqa: BLE001 - ValueError, TypeError, MisconfigurationException from the connector
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         low = msg.lower()
@@ -313,7 +320,8 @@ def _make_trainer(cfg: RunConfig, **kw: Any) -> L.Trainer:
             else "train.accelerator"
         )
         raise ConfigError(
-            f"{key}: {msg} (train.accelerator={t.accelerator}, train.devices={t.devices}, train.strategy={t.strategy})"
+            f"{key}: {msg} (train.accelerator={t.accelerator}, train.devices={t.devices}, "
+            f"train.num_nodes={t.num_nodes}, train.strategy={t.strategy})"
         ) from None
 
 

@@ -31,6 +31,8 @@ from optuna.trial import TrialState
 
 from hmem_lit import runs
 from hmem_lit.config import ConfigError
+from hmem_lit.launch import cluster
+from hmem_lit.launch.jobs import check_requeue, job_callbacks
 from hmem_lit.sweeps.spec import SweepSpec, load_sweep, trial_name
 from hmem_lit.sweeps.views import decode_param, encode_param, plan, summary  # noqa: F401 (plan: re-exported)
 from hmem_lit.utils import write_json
@@ -222,6 +224,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, threads
     trial.set_user_attr("host", HOST)
     trial.set_user_attr("pid", os.getpid())
     trial.set_user_attr("heartbeat", time.time())
+    if cluster.current_job():  # a Slurm worker: `hmem sweep status` shows the job, a dead job's trial is reclaimed
+        trial.set_user_attr("slurm_job", cluster.current_job())
     try:
         params = suggest(trial, spec)
         name = trial_name(params)
@@ -239,7 +243,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, threads
 
         cb = StepPruningCallback(trial, prune=spec.pruner != "none", heartbeat_s=spec.heartbeat_s)
         with file_lock(spec.sweep_dir / "locks" / f"{name}.lock"):  # same params in two workers: one trains
-            run_dir = train(cfg, extra_callbacks=[cb])
+            run_dir = train(cfg, extra_callbacks=[cb, *job_callbacks()])
             if spec.needs_eval:
                 trial.set_user_attr("heartbeat", time.time())
                 evaluate_run(spec, run_dir, threads)
@@ -299,11 +303,21 @@ def _alive(pid: Any) -> bool:
         return False
 
 
-def recover_interrupted(study: optuna.Study, spec: SweepSpec) -> list[int]:
+def recover_interrupted(study: optuna.Study, spec: SweepSpec, slurm_only: bool = False) -> list[int]:
+    """Mark RUNNING trials whose worker is gone as interrupted (and re-queue them): a dead pid on this host, a
+    Slurm job that ended (cancelled, timed out, failed), or no heartbeat for stale_after_s. slurm_only: only the
+    Slurm check (what a worker runs before each ask; the other two wait for the next launch)."""
     out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    jobs = cluster.job_states({str(t.user_attrs["slurm_job"]) for t in running if t.user_attrs.get("slurm_job")})
+    for t in running:
         beat = t.user_attrs.get("heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else 0.0)
-        if t.user_attrs.get("host") == HOST and not _alive(t.user_attrs.get("pid")):
+        job = t.user_attrs.get("slurm_job")
+        if job in jobs and jobs[job] not in cluster.ALIVE:
+            reason = f"slurm job {job} {jobs[job]}"
+        elif slurm_only:
+            continue
+        elif t.user_attrs.get("host") == HOST and not _alive(t.user_attrs.get("pid")):
             reason = f"process {t.user_attrs.get('pid')} on {HOST} is gone"
         elif time.time() - beat > spec.stale_after_s:
             reason = f"no heartbeat for {time.time() - beat:.0f}s (stale_after_s={spec.stale_after_s:g})"
@@ -385,7 +399,7 @@ def ensure_baselines(spec: SweepSpec, study: optuna.Study, threads: int = 0) -> 
             )
             if not done:
                 log.info(f"[sweep] {spec.name}: baseline {cfg.run_dir}")
-                run_dir = train(cfg)
+                run_dir = train(cfg, extra_callbacks=job_callbacks())
                 if spec.needs_eval:
                     evaluate_run(spec, run_dir, threads)
         dirs.append(str(cfg.run_dir))
@@ -403,7 +417,9 @@ def worker(spec: SweepSpec, index: int = 0, threads: int = 0) -> int:
     study = open_study(spec, seed_offset=index)
     lock, ran = spec.sweep_dir / "ask.lock", 0
     while True:
+        check_requeue()  # a Slurm worker signalled at its time limit requeues between trials
         with file_lock(lock):
+            recover_interrupted(study, spec, slurm_only=True)  # a cancelled Slurm worker's trial goes back
             trials = study.get_trials(deepcopy=False)
             waiting = [t.number for t in trials if t.state == TrialState.WAITING]
             counted = sum(_counted(t) for t in trials)
@@ -449,8 +465,12 @@ def _base_threads(spec: SweepSpec) -> int:
         return load_config(spec.base, spec.overrides + list(SKELETON)).train.threads
 
 
-def run_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), workers: int = 1) -> optuna.Study:
-    """`hmem sweep`: create/load the study, reclaim interrupted trials, queue the grid, run workers, summarise."""
+def prepare_sweep(
+    path: str | Path, cli: list[str] | tuple[str, ...] = (), workers: int = 1, cpus_per_worker: int | None = None
+) -> tuple[SweepSpec, int]:
+    """Check the sweep, write sweep.json, create the study once, reclaim interrupted trials, queue the grid.
+    -> (spec, torch threads per worker; 0 = the base config's own). cpus_per_worker: each worker's CPUs (a Slurm
+    worker's allocation), else this machine's cores shared by `workers` processes."""
     spec = load_sweep(path, cli)
     if workers < 1:
         raise ConfigError(f"--workers: must be >= 1, got {workers}")
@@ -460,8 +480,8 @@ def run_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), workers: 
         except ImportError as e:
             raise ConfigError(f"evaluate: the objective {spec.metric} needs hmem_lit.evaluation ({e})") from None
     threads = 0
-    if workers > 1 and _base_threads(spec) == 0:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+    if (workers > 1 or cpus_per_worker) and _base_threads(spec) == 0:
+        threads = cpus_per_worker or max(1, (os.cpu_count() or 1) // workers)
     spec.sweep_dir.mkdir(parents=True, exist_ok=True)
     write_json(
         spec.sweep_dir / "sweep.json",
@@ -479,6 +499,13 @@ def run_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), workers: 
         if spec.mode == "grid":
             queued = enqueue_grid(study, spec)
             log.info(f"[sweep] {spec.name}: grid of {len(spec.grid())} points, {queued} queued")
+    return spec, threads
+
+
+def run_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), workers: int = 1) -> optuna.Study:
+    """`hmem sweep`: create/load the study, reclaim interrupted trials, queue the grid, run workers, summarise."""
+    spec, threads = prepare_sweep(path, cli, workers)
+    study = open_study(spec)
     ensure_baselines(spec, study, threads)
     if workers == 1:
         worker(spec, 0, threads)

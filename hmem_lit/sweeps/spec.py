@@ -22,6 +22,7 @@ A sweep file is a mapping with these keys (all but `base` and `space` optional):
                                        #   sweep's overrides except memory.*: the anchor-only runs figures compare to
     heartbeat_s: 30                    # RUNNING trials of other hosts count as interrupted after stale_after_s
     stale_after_s: 900
+    slurm: {partition: gpu, time: 240} # `--launcher slurm`: the workers' job options (hmem_lit.launch.options)
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ _TOP = (
     "heartbeat_s",
     "stale_after_s",
     "baselines",
+    "slurm",
 )
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = {
@@ -143,6 +145,7 @@ class SweepSpec:
     stale_after_s: float = 900.0
     profile: str | None = None
     baselines: list[str] = field(default_factory=list)  # experiment files (resolved paths)
+    slurm: dict[str, Any] = field(default_factory=dict)  # job options of `--launcher slurm` (launch/options.py)
 
     # ---- derived
     @property
@@ -422,6 +425,8 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), validate
     )
     spec.baselines = [str(_find(b, EXPERIMENTS_DIR, "baselines: experiment")) for b in bl]
     spec.heartbeat_s = float(raw.get("heartbeat_s", 30.0))
+    _check(isinstance(raw.get("slurm") or {}, dict), "slurm", "expected a mapping of job options (partition: ...)")
+    spec.slurm = dict(raw.get("slurm") or {})
     spec.stale_after_s = float(raw.get("stale_after_s", 900.0))
 
     valid = set(valid_keys(RunConfig))

@@ -60,7 +60,10 @@ def summary(study: optuna.Study, spec: SweepSpec) -> str:
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     keys = list(spec.space)
-    head = ["#", "state", spec.metric, *keys, "levels", "run", "note"]
+    from hmem_lit.launch.submit import SWEEP_JOBS, job_view
+
+    jobs, job_lines = job_view(spec.sweep_dir / SWEEP_JOBS, trials)  # Slurm job + state per trial, worker arrays
+    head = ["#", "state", spec.metric, *keys, "levels", "run", *(["slurm job"] if jobs else []), "note"]
     rows = []
     for t in trials:
         ua = t.user_attrs
@@ -80,6 +83,7 @@ def summary(study: optuna.Study, spec: SweepSpec) -> str:
                 *[_short(decode_param(t.params[k])) if k in t.params else "-" for k in keys],
                 _short(ua.get("levels", "-")),
                 ua.get("name", "-"),
+                *([jobs.get(t.number, "-")] if jobs else []),
                 str(note)[:70],
             ]
         )
@@ -88,6 +92,7 @@ def summary(study: optuna.Study, spec: SweepSpec) -> str:
     lines = [
         f"sweep {spec.name} ({spec.mode}, {spec.direction} {spec.metric}) storage={spec.storage_url}",
         f"trials: {len(trials)} (" + ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) + ")",
+        *job_lines,
         fmt(head),
         fmt(["-" * w for w in widths]),
         *map(fmt, rows),
