@@ -14,6 +14,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+try:  # property tests and fuzzes: the same examples on every CI run (a red CI is a finding, not a coin toss);
+    # HMEM_HYPOTHESIS=random draws fresh examples, as a fuzzing session would
+    from hypothesis import settings as _hyp
+
+    _hyp.register_profile("ci", derandomize=True, print_blob=True)
+    _hyp.register_profile("random", print_blob=True)
+    _hyp.load_profile(os.environ.get("HMEM_HYPOTHESIS", "ci"))
+except ImportError:
+    pass
+
 ROOT = Path(__file__).resolve().parent.parent
 DEBUG_YAML = ROOT / "experiments" / "000_debug.yaml"
 

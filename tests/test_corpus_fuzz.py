@@ -12,10 +12,11 @@ import os
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from hmem_lit.data import sources  # noqa: E402
+from hmem_lit.errors import ConfigError  # noqa: E402
 
 from .conftest import DEBUG_YAML, tiny_overrides  # noqa: E402
 from .test_bad_input import assert_one_line, run_cli  # noqa: E402
@@ -44,6 +45,8 @@ def _good(i: int) -> bytes:
     bom=st.booleans(),
     gz=st.booleans(),
 )
+@example(layout=[b"(\xb5/\xfd", 0], bom=False, gz=False)  # found by the fuzz: zstd's magic, then a bad frame
+@example(layout=[b"\x1f\x8b junk", None], bom=False, gz=False)  # gzip's magic on a plain line
 def test_every_damaged_line_is_skipped_and_every_good_one_kept(tmp_path_factory, layout, bom, gz):
     lines, good = [], 0
     for x in layout:
@@ -59,6 +62,12 @@ def test_every_damaged_line_is_skipped_and_every_good_one_kept(tmp_path_factory,
     path = d / "corpus.jsonl"  # compressed or not, the name says .jsonl: the first bytes decide
     path.write_bytes(gzip.compress(body) if gz else body)
     skipped = sources.SkipCounter()
+    if not gz and not bom and any(body.startswith(m) for m in sources._MAGIC):
+        # random bytes that open with a compression magic number: the file is read as compressed (the first bytes
+        # decide), fails, and is one error naming the file, never a traceback
+        with pytest.raises(ConfigError, match=f"{path} is not a readable (gzip|zstd) file"):
+            list(sources.read_files([str(path)], skipped))
+        return
     docs = list(sources.read_files([str(path)], skipped))
     kept = [doc for doc in docs if doc["text"].startswith("good document")]
     assert [doc["entity"] for doc in kept] == [f"e{i}" for i in range(good)]  # all of them, in order

@@ -198,7 +198,10 @@ def _zstd_lines(p: Path, zstandard: Any) -> Iterator[bytes]:
     with open(p, "rb") as raw:
         while chunk := raw.read(1 << 20):
             while chunk:
-                tail += d.decompress(chunk)
+                try:
+                    tail += d.decompress(chunk)
+                except zstandard.ZstdError as e:  # not a ValueError: said as one, like gzip's errors
+                    raise ValueError(str(e)) from None
                 fed = True
                 if d.eof:  # a frame ended; what follows it starts the next one
                     chunk, d, fed = d.unused_data, new(), False
