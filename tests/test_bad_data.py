@@ -25,13 +25,20 @@ def _corpus(path, n=60, key=True, lacking=()):
     return path
 
 
-def _train(tmp_path, *extra):
-    return ["train", str(DEBUG_YAML), *tiny_overrides(tmp_path / "runs"), *FILES, f"data.dir={tmp_path / 'd'}", *extra]
+def _train(tmp_path, *extra, data_dir="d"):
+    return [
+        "train",
+        str(DEBUG_YAML),
+        *tiny_overrides(tmp_path / "runs"),
+        *FILES,
+        f"data.dir={tmp_path / data_dir}",
+        *extra,
+    ]
 
 
 def test_a_key_field_missing_on_some_documents_is_refused_before_any_stage_is_written(tmp_path, capsys):
     f = _corpus(tmp_path / "c.jsonl", lacking=(3, 17))
-    for verb in (_train(tmp_path, f"data.files=[{f}]", "data.key_field=entity"),):
+    for verb in (_train(tmp_path, f"data.files=[{f}]", "data.key_field=entity", data_dir="data/d"),):
         rc, err = run_cli(verb, capsys)
         assert_one_line(rc, err, "data.key_field='entity'", "2 of 60", "c.jsonl:4")
         assert created(tmp_path) == ["c.jsonl"]  # neither the data directory nor a run directory
@@ -41,9 +48,9 @@ def test_a_key_field_missing_on_some_documents_is_refused_before_any_stage_is_wr
 def test_a_corpus_with_nothing_usable_is_one_line_and_leaves_nothing(tmp_path, capsys, content):
     f = tmp_path / "c.jsonl"
     f.write_text(content, encoding="utf-8", errors="surrogateescape") if content else f.write_text("")
-    rc, err = run_cli(_train(tmp_path, f"data.files=[{f}]"), capsys)
+    rc, err = run_cli(_train(tmp_path, f"data.files=[{f}]", data_dir="data/d"), capsys)
     assert_one_line(rc, err, "data.files", "no usable document")
-    assert created(tmp_path) == ["c.jsonl"]
+    assert created(tmp_path) == ["c.jsonl"]  # not even the data/ parent that data.dir=data/d made
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,24 @@ def test_the_bound_counts_expanded_nodes_not_text():
     load_yaml(bomb(4), "four.yaml")
 
 
-@pytest.mark.parametrize("where", ["experiment", "sweep", "spec"])
+def _in_profile(text: str) -> str:
+    """A valid sweep whose gpu profile's overrides hold the bomb (the round-3 probe's case: the keys are legal)."""
+    body = "\n".join("      " + line for line in text.splitlines())
+    return (
+        "name: b\nbase: 000_debug\nspace: {train.seed: [0]}\nprofiles:\n  gpu:\n    overrides:\n"
+        f"      data.toy_docs: 10\n{body}\n"
+    )
+
+
+@pytest.mark.parametrize("where", ["experiment", "sweep", "sweep_profile", "spec"])
 def test_a_yaml_bomb_is_one_line_everywhere(tmp_path, capsys, where):
     f = tmp_path / f"{where}.yaml"
-    f.write_text(bomb() + ("name: b\nbase: 000_debug\nspace: {train.seed: [0]}\n" if where == "sweep" else ""))
+    text = bomb() + ("name: b\nbase: 000_debug\nspace: {train.seed: [0]}\n" if where == "sweep" else "")
+    f.write_text(_in_profile(bomb()) if where == "sweep_profile" else text)
     argv = {
         "experiment": ["train", str(f)],
         "sweep": ["sweep", str(f)],
+        "sweep_profile": ["sweep", str(f), "profile=gpu"],
         "spec": ["report", str(tmp_path), "--spec", str(f), "--out", str(tmp_path / "rep")],
     }[where]
     rc, err = run_cli(argv, capsys)

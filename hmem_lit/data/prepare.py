@@ -201,15 +201,18 @@ def _read_manifest(root: Path) -> dict:
 
 @contextlib.contextmanager
 def _lock(root: Path):
-    created = not root.exists()
+    made = [d for d in (root, *root.parents) if not d.exists()]  # the directories this call creates, deepest first
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".prepare.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
-        except ConfigError:  # bad input found in the data (a damaged file): a directory made for it goes
-            if created:
+        except ConfigError:  # bad input found in the data (a damaged file): the directories made for it go
+            if made:
                 shutil.rmtree(root, ignore_errors=True)
+                for d in made[1:]:  # parents created on the way (data/ for data.dir=data/X), if still empty
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
             raise
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

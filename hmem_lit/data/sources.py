@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import sqlite3
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,7 +387,7 @@ def _read_lines(p: Path, jsonl: bool, skipped: SkipCounter) -> Iterator[dict[str
                 skipped.skip(f"invalid JSON ({e.msg})", where)
                 continue
             except ValueError as e:  # an integer of more digits than Python converts (4,300)
-                skipped.skip(f"invalid JSON ({str(e).split(';')[0][:60]})", where)
+                skipped.skip(f"invalid JSON ({textwrap.shorten(str(e).split(';')[0], 70, placeholder=' ...')})", where)
                 continue
             except RecursionError:
                 skipped.skip("invalid JSON (nested too deeply)", where)
