@@ -5,6 +5,7 @@ The same paths against a real Slurm: tests/test_slurm.py (-m slurm)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import stat
@@ -380,6 +381,7 @@ def test_sweep_worker_signalled_mid_trial_requeues_and_the_trial_resumes(tmp_pat
     monkeypatch.setattr(runner, "job_callbacks", jobs.job_callbacks)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     caplog.clear()
+    caplog.set_level(logging.INFO, logger="hmem_lit")  # whatever -q an earlier test's CLI call left behind
     try:
         assert SweepWorkerJob(spec, 0, threads)() == 0  # the requeued allocation
     finally:

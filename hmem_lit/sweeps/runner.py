@@ -32,7 +32,6 @@ from optuna.trial import TrialState
 from hmem_lit import runs
 from hmem_lit.config import ConfigError
 from hmem_lit.launch import cluster
-from hmem_lit.launch.jobs import check_requeue, job_callbacks
 from hmem_lit.sweeps.spec import SweepSpec, load_sweep, trial_name
 from hmem_lit.sweeps.views import decode_param, encode_param, plan, summary  # noqa: F401 (plan: re-exported)
 from hmem_lit.utils import write_json
@@ -44,6 +43,20 @@ log = logging.getLogger("hmem_lit.sweeps")
 
 # ---------------------------------------------------------------------------------------------------------------
 # storage, study
+
+
+def job_callbacks() -> list[Any]:
+    """A Slurm job's callbacks for a trial's training (launch/jobs.py; it imports Lightning, so only when training)."""
+    from hmem_lit.launch import jobs
+
+    return jobs.job_callbacks()
+
+
+def check_requeue() -> None:
+    """Between trials: a Slurm worker signalled at its time limit requeues (launch/jobs.py)."""
+    from hmem_lit.launch import jobs
+
+    jobs.check_requeue()
 
 
 def make_storage(spec: SweepSpec, create: bool = True) -> Any:
