@@ -1,8 +1,8 @@
 """A bring-your-own example: writes a user-style corpus (JSONL with a key field) and a user-style lm-eval probe
 task into --out (default ./byo_example, under the working directory), from the built-in airports corpus (so it
 runs offline). The task YAML names its data file by a path relative to the working directory, so run `hmem eval`
-(or lm_eval) from the same directory, or move the folder and run it again. Then follow the README's "Your own
-corpus and probes":
+(or lm_eval) from the same directory, or move the folder and run it again. Then follow docs/your_corpus.md
+("Your own corpus and probes"):
 
     .venv/bin/python examples/byo/make_example.py                       # -> byo_example/
     .venv/bin/hmem train experiments/102_qs_memory.yaml data.source=files data.files=[byo_example/corpus.jsonl] \
