@@ -100,3 +100,25 @@ def test_welch_fallback_matches_scipy_and_refuses_one_seed():
 def test_metrics_must_hold_the_same_items():
     with pytest.raises(ValueError, match="same items"):
         stats.bootstrap_diff(_mean_metric([1.0, 0.0]), _mean_metric([1.0, 0.0, 1.0]))
+
+
+def test_arm_labels_drop_the_seed_and_colours_are_unique_per_arm():
+    """Arms pool seeds, so their labels carry no seed (quickstart `_seed<k>` names, sweep trial `seed-<k>` params and
+    the trial hash that covers them), and Fig. 1 never draws two arms in one colour (a sweep's several memory
+    configurations all evaluated `fetched`)."""
+    from hmem_lit.analysis.compare import Arm, _arm_name, _colors
+
+    assert _arm_name({"name": "memory_seed2"}) == "memory"
+    assert _arm_name({"name": "dense_2x"}) == "dense_2x"
+    assert _arm_name({"name": "type-ffn_seed-0_82c220"}) == "type-ffn"
+    assert _arm_name({"name": "fetched-36864_level-2_seed-1_0a1b2c"}) == "fetched-36864_level-2"
+    assert _arm_name({"name": "level-2_fetched-9_abcdef"}) == "level-2_fetched-9_abcdef"  # no seed: name kept
+    arms = [
+        Arm(f"{n} [{m}]" if m != "prior" else n, m, [], [], [])
+        for n in ("type-ffn", "type-kv", "type-lora", "level-1", "level-2", "level-3")
+        for m in ("fetched", "generic")
+    ] + [Arm("anchor", "none", [], [], []), Arm("leaf prior", "prior", [], [], [])]
+    colors = _colors(arms)
+    assert len(set(colors.values())) == len(arms)
+    assert colors["type-ffn [fetched]"] == "#1f77b4" and colors["anchor"] == "#7f7f7f"  # the fixed ones stay
+    assert colors["leaf prior"] == "#d62728"

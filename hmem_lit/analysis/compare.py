@@ -126,7 +126,13 @@ class Comparison:
 
 
 def _arm_name(row: Any) -> str:
-    return re.sub(r"_seed\d+$", "", str(row["name"]))
+    """An arm's label from its first run's name, without the seed: `memory_seed2` -> `memory` (quickstart --seeds);
+    a sweep trial `type-ffn_seed-0_82c220` -> `type-ffn` (its seed is one of the params, its hash covers it)."""
+    name = re.sub(r"_seed\d+$", "", str(row["name"]))
+    unseeded = re.sub(r"(^|_)seed-\d+(?=_)", "", name)
+    if unseeded != name:
+        name = re.sub(r"_[0-9a-f]{6}$", "", unseeded).lstrip("_") or name
+    return name
 
 
 def _load(run: Path, mode: str) -> dict[str, dict[str, Any]] | None:
@@ -313,12 +319,16 @@ def tables(c: Comparison, metrics: tuple[str, ...] | None = None) -> tuple[Any, 
         half = [
             (iv.hi - iv.lo) / 2 * 100
             for (arm, m), iv in c.table.items()
-            if m == "Avg-SK" and arm in one and not math.isnan(iv.lo)
+            if m == "Avg-SK" and arm in one and not math.isnan(iv.lo) and iv.hi > iv.lo  # 0 everywhere: no width
         ]
         notes.append(
             f"One seed for {', '.join(one)}: those intervals cover item sampling only, not seed-to-seed variation"
-            + (f"; one seed resolves Avg-SK differences above about ±{np.median(half):.1f} points" if half else "")
-            + " from items alone (`hmem quickstart --seeds 3` pools seeds into the intervals)."
+            + (
+                f"; one seed resolves Avg-SK differences above about ±{np.median(half):.1f} points from items alone"
+                if half
+                else ""
+            )
+            + " (`hmem quickstart --seeds 3` pools seeds into the intervals)."
         )
     return arms_t, diffs_t, notes
 
@@ -334,13 +344,21 @@ FIG1_VARIANTS = (("base", "training phrasing"), ("para", "paraphrase"), ("mc", "
 FIG1_ARMS = ("fetched", "generic", "none", "random", "anchor", "anchor_wallclock", "dense_runtime", "dense_2x", PRIOR)
 
 
-def _color(arm: Arm, k: int) -> str:
-    """The arm's colour: a memory run's controls by mode, every other arm by its run's name (style.NAMED_COLORS,
-    the colours of the report's other figures)."""
-    from hmem_lit.analysis.style import named_color
+def _colors(arms: list[Arm]) -> dict[str, str]:
+    """One colour per arm: a memory run's controls by mode, every other arm by its run's name (style.NAMED_COLORS,
+    the colours of the report's other figures); an arm whose colour an earlier arm took (a sweep's several memory
+    configurations) gets the next colour no arm uses."""
+    from hmem_lit.analysis.style import NAMED_COLORS, PALETTE_CYCLE, named_color
 
-    key = arm.mode if " [" in arm.name else arm.name
-    return named_color(key) or f"C{k % 10}"
+    out: dict[str, str] = {}
+    spare = sorted(PALETTE_CYCLE, key=lambda c: c in NAMED_COLORS.values())  # fixed colours last
+    for arm in arms:
+        want = named_color(arm.mode if " [" in arm.name else arm.name)
+        if want is None or want in out.values():
+            free = [c for c in spare if c not in out.values()]
+            want = free[0] if free else PALETTE_CYCLE[len(out) % len(PALETTE_CYCLE)]
+        out[arm.name] = want
+    return out
 
 
 def by_bucket(c: Comparison, variant: str, n_boot: int = 1000) -> dict[str, list[tuple[int, stats.Interval]]]:
@@ -370,7 +388,8 @@ def figure(c: Comparison, arms: tuple[str, ...] = FIG1_ARMS):
         fig, axes = plt.subplots(1, len(FIG1_VARIANTS), figsize=(7, 2.6), sharey=True, squeeze=False)
         for ax, (variant, title) in zip(axes[0], FIG1_VARIANTS):
             got = by_bucket(Comparison(c.corpus, pick, {}, []), variant)
-            for k, arm in enumerate(pick):
+            color = _colors(pick)
+            for arm in pick:
                 pts = got.get(arm.name)
                 if not pts:
                     continue
@@ -380,8 +399,8 @@ def figure(c: Comparison, arms: tuple[str, ...] = FIG1_ARMS):
                 hi = [iv.hi * 100 for _, iv in pts]
                 style = "--" if arm.mode == "prior" else "-"
                 seeds = "" if arm.mode == "prior" else f" ({len(arm.seeds)} seed{'s' * (len(arm.seeds) > 1)})"
-                ax.plot(x, y, style, marker="o", color=_color(arm, k), label=arm.name + seeds)
-                ax.fill_between(x, lo, hi, color=_color(arm, k), alpha=0.15, lw=0)
+                ax.plot(x, y, style, marker="o", color=color[arm.name], label=arm.name + seeds)
+                ax.fill_between(x, lo, hi, color=color[arm.name], alpha=0.15, lw=0)
             ax.set_title(title, loc="left")
             ax.set_xlabel("frequency bucket (0 = rarest)")
             ax.set_xticks(range(5))

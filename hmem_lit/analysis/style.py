@@ -36,6 +36,11 @@ NAMED_COLORS = {
     "dense_2x": "#222222",
     "leaf prior": "#d62728",
 }
+# colours for arms without a fixed one (matplotlib's tab20 order: the tab10 hues first, then their light shades)
+PALETTE_CYCLE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+]  # fmt: skip
 KIND_ORDER = {"anchor": 0, "memory": 1, "same-runtime dense": 2, "dense-2x": 3}
 MARKERS, LINESTYLES = "os^Dv<>p", ("-", "--", ":", "-.")
 # rc parameters for plt.rc_context (Any keys: matplotlib's stub types them as a Literal of the rc names)
