@@ -138,3 +138,21 @@ def prepared(tmp_path_factory):
     cfg = small_cfg(d)
     prepare(cfg, progress=False, verbose=False)
     return cfg, d
+
+
+@pytest.fixture(autouse=True)
+def _console_state():
+    """Each test starts at the default verbosity: a CLI call with -q inside one test sets HMEM_VERBOSITY in this
+    process's environment (for the processes it spawns) and the hmem_lit logger's level, and both would otherwise
+    reach later tests and their subprocesses (a relaunched `hmem train` then printed no "resuming" line)."""
+    import logging
+
+    env = os.environ.get("HMEM_VERBOSITY")
+    log = logging.getLogger("hmem_lit")
+    level = log.level
+    yield
+    if env is None:
+        os.environ.pop("HMEM_VERBOSITY", None)
+    else:
+        os.environ["HMEM_VERBOSITY"] = env
+    log.setLevel(level)

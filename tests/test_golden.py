@@ -13,6 +13,7 @@ import pytest
 
 from hmem_lit import runs
 from hmem_lit.config import load_config
+from hmem_lit.errors import ConfigError
 from hmem_lit.train import train
 
 from .conftest import DEBUG_YAML, ROOT, tiny_overrides
@@ -47,6 +48,15 @@ def test_first_losses_match_golden(tmp_path, case):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_experiments_load(path):
+    """Every shipped experiment loads, except that one on a user-supplied model (anchor.hf_path, a local directory
+    the user makes: examples/posthoc/) says in one line where that model is missing."""
+    import yaml
+
+    hf_path = ((yaml.safe_load(path.read_text()) or {}).get("anchor") or {}).get("hf_path")
+    if hf_path and not (ROOT / hf_path / "config.json").is_file():
+        with pytest.raises(ConfigError, match=r"anchor\.hf_path: .*config\.json not found"):
+            load_config(path)
+        return
     cfg = load_config(path)
     assert cfg.name and cfg.experiment
 
