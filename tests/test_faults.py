@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from hmem_lit import runs
 
-from .conftest import DEBUG_YAML, ROOT, tiny_overrides
+from .conftest import DEBUG_YAML, ROOT, SMALL, tiny_overrides
 
 # 20 steps of 8 x 64 tokens, validation and checkpoint every 5 steps, a record every 2 (odd on purpose: records
 # and checkpoints fall on different steps)
@@ -178,18 +178,7 @@ def test_metrics_reader_skips_bad_lines_and_resume_keeps_valid_records(tmp_path,
 
 # `hmem data prepare` has no fault points of its own (its stages write atomically and record themselves in
 # manifest.json): kill it once the manifest records n stages, and while stage n + 1 runs
-PREP = [
-    "data.source=builtin",
-    "data.wiki_docs=300",
-    "data.synthetic_entities=100",
-    "data.vocab_size=1024",
-    "data.seq_len=64",
-    "data.val_fraction=0.05",
-    "retriever.branching=4",
-    "retriever.depth=2",
-    "retriever.embed_dim=64",
-    "anchor.max_seq_len=512",
-]
+PREP = SMALL
 
 
 def _prep_outputs(d: Path) -> dict[str, bytes]:
