@@ -101,8 +101,12 @@ class RequeueAtStep(Callback):
 
 
 def run_reporting(fn: Callable[[], int]) -> int:
-    """Run a job body as the CLI would: bad input and stopped runs are one line and an exit status."""
+    """Run a job body as the CLI would: bad input and stopped runs are one line and an exit status, and the suite's
+    messages at the submitter's verbosity (HMEM_VERBOSITY, exported by sbatch) on the job's stderr."""
+    from hmem_lit import console
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    console.setup()
     try:
         return fn()
     except ConfigError as e:
