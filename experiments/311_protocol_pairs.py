@@ -54,6 +54,17 @@ ARMS = [
 METRICS = ["Avg-SK", "Avg-SK rare", "paraphrase", "QA", "MC hard", "val bpb"]
 
 
+def _seeds(root: Path, r: str) -> list[Path]:
+    """The complete, evaluated runs of one arm: <r> (seed 0), <r>_seed1, <r>_seed2, ... as `hmem quickstart --seeds`
+    names them."""
+    out = []
+    for name in [r, *(f"{r}_seed{k}" for k in range(1, 10))]:
+        p = root / name
+        if (p / "final.json").is_file() and any((p / "eval").glob("*/results.json")):  # evaluated to the end
+            out.append(p)
+    return out
+
+
 def _mode(run: Path) -> str:
     return "fetched" if (run / "eval" / "fetched").is_dir() else "none"
 
@@ -77,32 +88,31 @@ def main() -> None:
     root = Path(a.runs)
     rows = []
     for label, r in ARMS:
-        p = root / r
-        if not (p / "final.json").is_file():
+        ps = _seeds(root, r)
+        if not ps:
             continue
         for metric in METRICS:
             spec = next(m for m in compare.METRICS if m.name == metric)
-            items = compare._load(p, _mode(p))
-            if items is None:
+            arm = _arm(label, ps)
+            if arm is None:
                 continue
-            arm = compare.Arm(label, _mode(p), [p], [0], [items])
             keys = compare._keys([arm], spec)
             if not keys:
                 continue
             iv = stats.bootstrap(compare._matrix(arm, spec, keys), seed=3)
-            rows.append(_row(label, "value", "", metric, iv, "", r, p, spec.scale))
+            rows.append(_row(label, "value", "", metric, iv, "", ps, spec.scale))
     for la, lb, ra, rb in PAIRS:
-        pa, pb = root / ra, root / rb
-        if not (pa / "final.json").is_file() or not (pb / "final.json").is_file():
-            print(f"skip {la} - {lb}: {pa} or {pb} not complete")
+        pa, pb = _seeds(root, ra), _seeds(root, rb)
+        n = min(len(pa), len(pb))  # the seeds both arms have
+        if n == 0:
+            print(f"skip {la} - {lb}: no complete runs")
             continue
         for metric in METRICS:
-            # a difference between two runs evaluated in different memory modes (an anchor has only `none`)
-            iv = _diff(pa, pb, metric)
+            iv = _diff(pa[:n], pb[:n], metric)
             if iv is None:
                 continue
             spec = next(m for m in compare.METRICS if m.name == metric)
-            rows.append(_row(la, "diff", lb, metric, iv, stats.verdict(iv, spec.better), f"{ra} {rb}", pa, 1.0))
+            rows.append(_row(la, "diff", lb, metric, iv, stats.verdict(iv, spec.better), pa[:n] + pb[:n], 1.0))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     head = list(rows[0]) if rows else ["corpus"]
@@ -117,7 +127,7 @@ def main() -> None:
 
 
 def _row(
-    arm: str, what: str, against: str, metric: str, iv: stats.Interval, verdict: str, runs: str, run: Path, scale: float
+    arm: str, what: str, against: str, metric: str, iv: stats.Interval, verdict: str, runs: list[Path], scale: float
 ) -> dict[str, object]:
     return {
         "corpus": "facts",
@@ -130,29 +140,32 @@ def _row(
         "ci_hi": None if math.isnan(iv.hi) else round(iv.hi * scale, 4),
         "verdict": verdict,
         "n_items": iv.n_items,
-        "seeds": "0",
-        "runs": runs,
+        "seeds": " ".join(str(k) for k in range(len(runs) if what == "value" else len(runs) // 2)),
+        "runs": " ".join(f"{p.parent.name}/{p.name}" for p in runs),
         "config_hash": "",
-        **_provenance(run),
+        **_provenance(runs[0]),
     }
 
 
-def _diff(pa: Path, pb: Path, metric: str) -> stats.Interval | None:
-    """compare.diff_runs with each run read in its own memory mode (memory runs fetched, an anchor none)."""
-    ma, mb = _mode(pa), _mode(pb)
-    if ma == mb:
-        return compare.diff_runs([pa], [pb], metric, ma)
-    arms = []
-    for p, m in ((pa, ma), (pb, mb)):
-        items = compare._load(p, m)
-        if items is None:
-            return None
-        arms.append(compare.Arm("", m, [p], [0], [items]))
+def _arm(label: str, paths: list[Path]) -> compare.Arm | None:
+    """One arm from its seeds' runs, each read in its own memory mode (memory runs fetched, an anchor none)."""
+    items = [compare._load(p, _mode(p)) for p in paths]
+    if any(x is None for x in items):
+        return None
+    return compare.Arm(label, _mode(paths[0]), paths, list(range(len(paths))), items)  # type: ignore[arg-type]
+
+
+def _diff(pa: list[Path], pb: list[Path], metric: str) -> stats.Interval | None:
+    """a - b, paired over the items both arms scored, seeds resampled (analysis/compare.diff_runs, with each arm
+    read in its own memory mode)."""
+    a, b = _arm("a", pa), _arm("b", pb)
+    if a is None or b is None:
+        return None
     spec = next(x for x in compare.METRICS if x.name == metric)
-    keys = compare._keys(arms, spec)
+    keys = compare._keys([a, b], spec)
     if not keys:
         return None
-    iv = stats.bootstrap_diff(compare._matrix(arms[0], spec, keys), compare._matrix(arms[1], spec, keys), seed=2)
+    iv = stats.bootstrap_diff(compare._matrix(a, spec, keys), compare._matrix(b, spec, keys), seed=2)
     return stats.Interval(iv.estimate * spec.scale, iv.lo * spec.scale, iv.hi * spec.scale, iv.n_items, iv.n_seeds)
 
 
