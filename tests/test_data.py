@@ -16,7 +16,8 @@ from hmem_lit.config import ConfigError, load_config
 from hmem_lit.data.datamodule import PackedDataset, make_collate
 from hmem_lit.data.mentions import MentionCounter, buckets
 from hmem_lit.data.packing import pack
-from hmem_lit.data.prepare import load_prepared, prepare, stale_stages
+from hmem_lit.data.prepare import prepare, stale_stages
+from hmem_lit.data.prepared import load_prepared
 from hmem_lit.data.tokenizer import load_tokenizer
 from tests.conftest import SMALL, small_cfg  # noqa: F401 (SMALL: the small built-in corpus; the fixture `prepared`)
 

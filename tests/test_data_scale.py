@@ -12,7 +12,8 @@ import pytest
 
 from hmem_lit.config import load_config
 from hmem_lit.data.packing import pack
-from hmem_lit.data.prepare import load_prepared, prepare, stale_stages
+from hmem_lit.data.prepare import prepare, stale_stages
+from hmem_lit.data.prepared import load_prepared
 
 
 def _reference_pack(doc_tokens, doc_index, paths, seq_len, eot_id, pad_id, seed=0):

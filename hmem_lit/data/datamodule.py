@@ -113,7 +113,7 @@ def load_splits(cfg: RunConfig) -> tuple[PackedSplit, PackedSplit, Any]:
             PackedSplit(rows[val], paths[val], tok.eot_id, tok.pad_id),
             tok,
         )
-    from hmem_lit.data.prepare import load_prepared  # built-in and bring-your-own corpora
+    from hmem_lit.data.prepared import load_prepared  # built-in and bring-your-own corpora
 
     return load_prepared(cfg)
 

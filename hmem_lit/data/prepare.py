@@ -4,7 +4,7 @@ Every stage writes its outputs atomically into `data.dir` and records in `manife
 config fields and upstream outputs it depends on) and a hash of what it produced. A re-run skips every stage
 whose key is unchanged and whose outputs exist, so a second `prepare` is a no-op and changing e.g.
 `data.seq_len` redoes only the packing. A lock file serialises concurrent preparations of one directory (e.g.
-several DDP ranks calling `load_prepared`). Stages stream the corpus in chunks with memory bounded by the chunk
+several DDP ranks calling `prepared.load_prepared`). Stages stream the corpus in chunks with memory bounded by the chunk
 and sample sizes (data/stream.py; the tree stage: data/tree_stage.py); a killed run leaves temporaries, which
 the next run removes before redoing the unfinished stage, and chunk logs (data/resume.py: the embedding and
 token chunks, the packing blocks), whose complete chunks it reuses. With data.workers > 1 the tokenizer branch
@@ -607,48 +607,6 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
     if verbose:
         print(format_stats(stats))
     return root
-
-
-def load_prepared(cfg: Any) -> tuple[Any, Any, Any]:
-    """-> (train PackedSplit, val PackedSplit, tokenizer); prepares (cached) stages that are missing first."""
-    from hmem_lit.data.split import PackedSplit
-    from hmem_lit.data.tokenizer import load_tokenizer
-
-    root = Path(cfg.data.dir)
-    if stale_stages(cfg):
-        prepare(cfg)
-    fix = "the prepared data is damaged; rerun `hmem data prepare <experiment> --force`"
-    try:
-        tok = load_tokenizer(root)
-    except Exception as e:  # noqa: BLE001 - a truncated or edited tokenizer.json: tokenizers' own parse error
-        raise ConfigError(f"{root / 'tokenizer.json'}: unreadable ({str(e).splitlines()[0][:80]}); {fix}") from None
-    out = []
-    for name in ("train", "val"):
-        tpath, ppath = root / "packed" / f"{name}_tokens.npy", root / "packed" / f"{name}_paths.npy"
-        try:
-            tokens = np.load(tpath, mmap_mode="r")
-            paths = np.load(ppath)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{root / 'packed'}: a {name} shard is unreadable ({e}); {fix}") from None
-        _check_packed(tpath, ppath, tokens, paths, int(tok.vocab_size), cfg, fix)
-        out.append(PackedSplit(tokens, paths, tok.eot_id, tok.pad_id))
-    return out[0], out[1], tok
-
-
-def _check_packed(tpath: Path, ppath: Path, tokens: Any, paths: Any, vocab: int, cfg: Any, fix: str) -> None:
-    """What a damaged shard would turn into a traceback deep in training: the shape, token ids within the
-    vocabulary, and tree node ids within each level (one pass over the memory-mapped tokens)."""
-    b, depth = cfg.retriever.branching, cfg.retriever.depth
-    if tokens.ndim != 2 or tokens.shape[1] != cfg.data.seq_len + 1 or len(paths) != len(tokens):
-        raise ConfigError(f"{tpath}: shape {tokens.shape} does not fit data.seq_len={cfg.data.seq_len}; {fix}")
-    if len(tokens) and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
-        raise ConfigError(f"{tpath}: token ids outside the vocabulary of {vocab}; {fix}")
-    if paths.ndim != 2 or paths.shape[1] != depth:
-        raise ConfigError(f"{ppath}: shape {paths.shape} does not fit retriever.depth={depth}; {fix}")
-    for lvl in range(depth):
-        col = paths[:, lvl]
-        if len(col) and (int(col.min()) < 0 or int(col.max()) >= b ** (lvl + 1)):
-            raise ConfigError(f"{ppath}: level-{lvl + 1} node ids outside the tree ({b ** (lvl + 1)} nodes); {fix}")
 
 
 def prepare_main(cfg: Any, force: bool = False) -> int:
