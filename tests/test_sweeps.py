@@ -40,9 +40,10 @@ TINY = {
 
 
 def write_sweep(tmp_path: Path, name: str = "t", **spec) -> Path:
-    """A sweep YAML on the debug experiment with tiny toy overrides writing under tmp_path/runs."""
+    """A sweep YAML on the debug experiment with tiny toy overrides writing under tmp_path/runs. The machinery
+    tests co-train (protocol: cotrain, one run per trial); the frozen protocol has its own tests below."""
     ov = {**TINY, "out_dir": str(tmp_path / "runs"), **spec.pop("overrides", {})}
-    body = {"name": name, "base": "000_debug", "overrides": ov, **spec}
+    body = {"name": name, "base": "000_debug", "overrides": ov, "protocol": "cotrain", **spec}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
@@ -100,6 +101,7 @@ def test_shipped_sweeps_validate(path):
         ({"space": {"bank_depth": [0, 2]}}, "bank_depth: must be an integer in 1..4"),
         ({"objective": "eval.fetched"}, "objective.metric: eval metrics are eval.<memory>.<name>"),
         ({"profile": "tpu"}, "profile: got 'tpu'"),
+        ({"protocol": "a3"}, "protocol: got 'a3'; allowed: frozen"),
     ],
 )
 def test_schema_errors_are_one_line(tmp_path, patch, msg):
@@ -518,6 +520,79 @@ def test_baselines_trained_once_shared_and_reported(tmp_path, monkeypatch):
     study, _ = load_study(resolve(str(b)))
     dirs = {p.resolve() for p in trial_run_dirs(study)}
     assert cfg.run_dir.resolve() in dirs and len(dirs) == 2
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def test_frozen_protocol_trains_one_anchor_per_seed_and_freezes_it(tmp_path):
+    """protocol: frozen (the default): every memory trial trains on a trained anchor of its own shape and seed,
+    trained once and shared (two memory types, one seed: one anchor), held frozen (the trial's anchor weights are
+    the anchor run's, bit for bit, while its memory moved); `hmem sweep plan` says so before anything trains."""
+    from hmem_lit import runs
+
+    path = write_sweep(
+        tmp_path,
+        mode="grid",
+        protocol="frozen",
+        overrides={"retriever.depth": 1, "memory.type": "ffn"},
+        fixed={"level": 1},
+        space={"memory.type": ["ffn", "kv"], "fetched": [1536]},
+    )
+    text = sweeps.plan(path)
+    assert "protocol: frozen" in text and "frozen anchors: 1 (anchor-" in text and text.count("mode=frozen on") == 2
+    sweeps.run_sweep(path)
+    ts, spec = trials(path)
+    assert sorted(t.state.name for t in ts) == ["COMPLETE", "COMPLETE"]
+    (anchor_dir,) = {Path(t.user_attrs["anchor"]) for t in ts}
+    assert anchor_dir.parent == tmp_path / "runs" / "sweeps" / "_baselines" and runs.is_complete(anchor_dir)
+    anchor_cfg = runs.load_run_config(anchor_dir)
+    assert anchor_cfg.memory.type == "none" and anchor_cfg.train.mode == "anchor"
+    anchor_w = _weights(anchor_dir)
+    for t in ts:
+        run_dir = Path(t.user_attrs["run_dir"])
+        cfg = runs.load_run_config(run_dir)
+        assert cfg.train.mode == "frozen" and Path(cfg.train.init_from) == anchor_dir
+        w = _weights(run_dir)
+        shared = [k for k in w if k in anchor_w]
+        assert shared and all(torch.equal(w[k], anchor_w[k]) for k in shared), "the anchor moved: not frozen"
+        assert any(k.startswith("memory.") and w[k].abs().sum() > 0 for k in w), "no memory trained"
+    n_runs = len(list((tmp_path / "runs" / "sweeps" / "_baselines").glob("anchor-*")))
+    sweeps.run_sweep(
+        write_sweep(
+            tmp_path,
+            name="t2",
+            mode="grid",
+            protocol="frozen",
+            overrides={"retriever.depth": 1, "memory.type": "ffn"},
+            fixed={"level": 1},
+            space={"fetched": [3072], "optim.memory_lr": [0.01]},
+        )
+    )
+    assert len(list((tmp_path / "runs" / "sweeps" / "_baselines").glob("anchor-*"))) == n_runs, (
+        "another sweep (another fetch and memory LR) on the same anchor trained a second one"
+    )
+
+
+def test_cotrain_protocol_trains_as_the_base_says(tmp_path):
+    path = write_sweep(
+        tmp_path,
+        mode="grid",
+        protocol="cotrain",
+        overrides={"retriever.depth": 1, "memory.type": "ffn"},
+        fixed={"level": 1},
+        space={"fetched": [1536]},
+    )
+    assert "protocol: cotrain" in sweeps.plan(path) and "mode=scratch" in sweeps.plan(path)
+    sweeps.run_sweep(path)
+    (t,) = trials(path)[0]
+    from hmem_lit import runs
+
+    assert runs.load_run_config(Path(t.user_attrs["run_dir"])).train.mode == "scratch" and "anchor" not in t.user_attrs
+    assert not (tmp_path / "runs" / "sweeps" / "_baselines").exists()
 
 
 def test_baselines_bad_name_is_one_line(tmp_path):

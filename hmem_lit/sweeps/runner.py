@@ -32,6 +32,8 @@ from optuna.trial import TrialState
 from hmem_lit import runs
 from hmem_lit.config import ConfigError
 from hmem_lit.launch import cluster
+from hmem_lit.sweeps import protocol
+from hmem_lit.sweeps.protocol import baseline_configs, frozen_anchor  # noqa: F401 (re-exported)
 from hmem_lit.sweeps.spec import SweepSpec, load_sweep, trial_name
 from hmem_lit.sweeps.views import decode_param, encode_param, plan, summary  # noqa: F401 (plan: re-exported)
 from hmem_lit.utils import write_json
@@ -249,6 +251,11 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, threads
         except Infeasible as e:
             trial.set_user_attr("infeasible", str(e))
             return _tell(study, trial, TrialState.PRUNED, note=f"infeasible: {e}")
+        anchor = frozen_anchor(spec, cfg)
+        if anchor is not None:  # the frozen protocol: the shared anchor first (trained once), then the memory on it
+            trial.set_user_attr("anchor", str(anchor.run_dir))
+            _ensure_run(spec, anchor, threads, evaluate=False)
+            cfg = protocol.freeze_on(cfg, anchor)
         trial.set_user_attr("run_dir", str(cfg.run_dir))
         for k, v in _jsonable(info).items():
             trial.set_user_attr(k, v)
@@ -360,62 +367,28 @@ def enqueue_grid(study: optuna.Study, spec: SweepSpec) -> int:
 # baselines: runs the trials are compared with (an anchor alone), trained once and shared between sweeps
 
 
-def baseline_configs(spec: SweepSpec, extra: list[str] | tuple[str, ...] = ()) -> list[Any]:
-    """The spec's baselines as configs: each experiment with the sweep's overrides except memory.* (a level sweep
-    sets memory.type=ffn for its trials, the anchor must stay an anchor). They live in
-    <out_dir>/sweeps/_baselines/<experiment stem>-<hash of the resolved config>, so sweeps with the same data, tokens
-    and anchor share one run (memory_type, level_fetched and level_bank on one corpus train one anchor)."""
-    import hashlib
+def _ensure_run(spec: SweepSpec, cfg: Any, threads: int, evaluate: bool) -> Path:
+    """Train (and evaluate) one shared run unless it is complete; a lock per run, so two workers or two sweeps
+    never train it twice."""
+    from hmem_lit.train import train
 
-    from omegaconf import OmegaConf
-
-    from hmem_lit.config import load_config
-
-    ov = [
-        o
-        for o in spec.overrides
-        if not o.startswith("memory.")
-        and not o.startswith("experiment=")
-        and not o.startswith("name=")
-        and not o.startswith("optim.memory_lr_scale=")
-    ]
-    out = []
-    for exp in spec.baselines:
-        cfg = load_config(exp, ov)
-        d = OmegaConf.to_container(OmegaConf.structured(cfg))
-        assert isinstance(d, dict)  # a structured RunConfig converts to a dict
-        for k in ("name", "experiment", "out_dir"):
-            d.pop(k, None)
-        d["train"].pop("threads", None)
-        d["train"].pop("progress", None)
-        h = hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        out.append(
-            load_config(
-                exp,
-                [*ov, f"out_dir={spec.runs_dir.parent}", "experiment=_baselines", f"name={Path(exp).stem}-{h}", *extra],
-            )
+    with file_lock(cfg.run_dir.parent / "locks" / f"{cfg.name}.lock"):
+        done = runs.is_complete(cfg.run_dir) and (
+            not evaluate or bool(runs.eval_section(runs.read_final(cfg.run_dir), spec.eval_memory or "fetched"))
         )
-    return out
+        if not done:
+            log.info(f"[sweep] {spec.name}: shared run {cfg.run_dir}")
+            train(cfg, extra_callbacks=job_callbacks())
+            if evaluate:
+                evaluate_run(spec, cfg.run_dir, threads)
+    return Path(cfg.run_dir)
 
 
 def ensure_baselines(spec: SweepSpec, study: optuna.Study, threads: int = 0) -> list[Path]:
-    """Train and evaluate the baselines that are not complete yet (a lock per run: two launches never train one
-    twice), and name their run directories in the study's user attributes (`hmem report <sweep>` reads them)."""
-    from hmem_lit.train import train
-
-    dirs = []
-    for cfg in baseline_configs(spec, [f"train.threads={threads}"] if threads else []):
-        with file_lock(cfg.run_dir.parent / "locks" / f"{cfg.name}.lock"):
-            done = runs.is_complete(cfg.run_dir) and (
-                not spec.needs_eval
-                or bool(runs.eval_section(runs.read_final(cfg.run_dir), spec.eval_memory or "fetched"))
-            )
-            if not done:
-                log.info(f"[sweep] {spec.name}: baseline {cfg.run_dir}")
-                run_dir = train(cfg, extra_callbacks=job_callbacks())
-                if spec.needs_eval:
-                    evaluate_run(spec, run_dir, threads)
-        dirs.append(str(cfg.run_dir))
+    """Train and evaluate the baselines that are not complete yet, and name their run directories in the study's
+    user attributes (`hmem report <sweep>` reads them)."""
+    cfgs = baseline_configs(spec, [f"train.threads={threads}"] if threads else [])
+    dirs = [str(_ensure_run(spec, cfg, threads, spec.needs_eval)) for cfg in cfgs]
     if dirs:
         study.set_user_attr("baselines", dirs)
     return [Path(d) for d in dirs]

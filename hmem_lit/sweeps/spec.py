@@ -20,6 +20,8 @@ A sweep file is a mapping with these keys (all but `base` and `space` optional):
     profiles: {gpu: {...}}             # `profile=gpu`: its overrides / fixed / space replace these, other keys merge
     baselines: [101_qs_anchor]         # experiments trained (and evaluated) once next to the trials, with the
                                        #   sweep's overrides except memory.*: the anchor-only runs figures compare to
+    protocol: frozen                   # frozen (default: memory on a trained anchor, frozen: A3) | cotrain (as the
+                                       #   base says: A4); sweeps/protocol.py
     heartbeat_s: 30                    # RUNNING trials of other hosts count as interrupted after stale_after_s
     stale_after_s: 900
     slurm: {partition: gpu, time: 240} # `--launcher slurm`: the workers' job options (hmem_lit.launch.options)
@@ -39,6 +41,7 @@ from typing import Any
 from hmem_lit.config import ConfigError, RunConfig
 from hmem_lit.config_text import load_yaml, valid_keys
 from hmem_lit.resources import shipped_dir
+from hmem_lit.sweeps.protocol import PROTOCOLS
 
 EXPERIMENTS_DIR, SWEEPS_DIR = shipped_dir("experiments"), shipped_dir("sweeps")  # checkout or installed copy
 
@@ -69,6 +72,7 @@ _TOP = (
     "heartbeat_s",
     "stale_after_s",
     "baselines",
+    "protocol",
     "slurm",
 )
 SAMPLERS = ("tpe", "random", "qmc")
@@ -145,6 +149,7 @@ class SweepSpec:
     stale_after_s: float = 900.0
     profile: str | None = None
     baselines: list[str] = field(default_factory=list)  # experiment files (resolved paths)
+    protocol: str = "frozen"  # frozen (memory on a shared, trained, frozen anchor: A3) | cotrain (the base's mode)
     slurm: dict[str, Any] = field(default_factory=dict)  # job options of `--launcher slurm` (launch/options.py)
 
     # ---- derived
@@ -328,6 +333,13 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), validate
             except ConfigError:
                 raise e from None
     spec.mode = str(raw.get("mode", "optuna"))
+    spec.protocol = str(raw.get("protocol", "frozen"))
+    _check(
+        spec.protocol in PROTOCOLS,
+        "protocol",
+        f"got {spec.protocol!r}; allowed: frozen (memory on a trained, frozen anchor: the paper's A3), cotrain "
+        "(train as the base experiment says, e.g. A4 from scratch)",
+    )
     _check(spec.mode in ("optuna", "grid"), "mode", f"got {spec.mode!r}; allowed: optuna, grid")
 
     obj = raw.get("objective") or {}

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hmem_lit.sweeps.protocol import PROTOCOLS, frozen_anchor
 from hmem_lit.sweeps.spec import SweepSpec, load_sweep
 
 
@@ -30,19 +31,30 @@ def plan(target: str | Path, cli: list[str] | tuple[str, ...] = ()) -> str:
     points = spec.grid() if spec.mode == "grid" else [{}]
     lines = [
         f"sweep {spec.name}: {spec.mode}, {len(points) if spec.mode == 'grid' else spec.n_trials} trials, "
-        f"base {spec.base}, runs in {spec.runs_dir}"
+        f"base {spec.base}, runs in {spec.runs_dir}",
+        f"protocol: {spec.protocol}: {PROTOCOLS[spec.protocol]}",
     ]
+    anchors: set[str] = set()
     for p in points:
         label = ", ".join(f"{k}={_short(v)}" for k, v in p.items()) or "(fixed params)"
         try:
-            _, info = translate(spec, p)
+            cfg, info = translate(spec, p)
+            anchor = frozen_anchor(spec, cfg)
+            if anchor is not None:
+                anchors.add(anchor.name)
             lines.append(
                 f"  {label}: n_layer={info['n_layer']} levels={info['levels']} "
                 f"anchor={info['realised_anchor']:,} fetched={info['realised_fetched']:,} "
                 f"bank={info['realised_bank']:,}"
+                + (f" mode=frozen on {anchor.name}" if anchor is not None else f" mode={cfg.train.mode}")
             )
         except Infeasible as e:
             lines.append(f"  {label}: INFEASIBLE: {e}")
+    if anchors:
+        lines.append(
+            f"frozen anchors: {len(anchors)} ({', '.join(sorted(anchors))}), each trained once in "
+            f"{spec.runs_dir.parent / '_baselines'} before the first trial that needs it"
+        )
     return "\n".join(lines)
 
 
