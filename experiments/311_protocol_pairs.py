@@ -6,6 +6,9 @@ Command:  hmem train experiments/102_qs_memory.yaml experiment=protocol name=a3 
               memory.levels=[0,96] / [96,0]; anchor_8m: 101_qs_anchor.yaml train.max_tokens=8000000)
           hmem eval runs/protocol/<name> --memory fetched      (anchor_8m: --memory none)
           python experiments/311_protocol_pairs.py --runs runs --out docs/results/protocol_facts.csv
+          airports: the same with data.corpus=airports data.dir=data/quickstart_airports
+              experiment=protocol_airports train.init_from=runs/quickstart_airports/anchor, then
+              python experiments/311_protocol_pairs.py --corpus airports --out docs/results/protocol_airports.csv
 Result:   docs/results/protocol_facts.csv (a record: paired differences with 95% CIs and verdicts) and
           experiments/LOG.md 2026-12-07 "issue 31". A4 is the quickstart's memory run and A1 its anchor (same seed).
 
@@ -51,6 +54,7 @@ ARMS = [
     ("A3 leaf only (0,96)", "protocol/a3_leaf"),
     ("A3 top only (96,0)", "protocol/a3_top"),
 ]
+CORPUS = "facts"  # --corpus
 METRICS = ["Avg-SK", "Avg-SK rare", "paraphrase", "QA", "MC hard", "val bpb"]
 
 
@@ -83,12 +87,22 @@ def _provenance(run: Path) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="runs", help="the runs directory holding quickstart/ and protocol/")
-    ap.add_argument("--out", default="docs/results/protocol_facts.csv")
+    ap.add_argument("--out", default=None, help="default: docs/results/protocol_<corpus>.csv")
+    ap.add_argument("--corpus", default="facts", choices=["facts", "airports"])
     a = ap.parse_args()
     root = Path(a.runs)
+    global CORPUS
+    CORPUS = a.corpus
+    suffix = "" if a.corpus == "facts" else f"_{a.corpus}"  # runs/quickstart_airports, runs/protocol_airports
+
+    def at(r: str) -> str:
+        head, _, tail = r.partition("/")
+        return f"{head}{suffix}/{tail}"
+
+    a.out = a.out or f"docs/results/protocol_{a.corpus}.csv"
     rows = []
     for label, r in ARMS:
-        ps = _seeds(root, r)
+        ps = _seeds(root, at(r))
         if not ps:
             continue
         for metric in METRICS:
@@ -102,7 +116,7 @@ def main() -> None:
             iv = stats.bootstrap(compare._matrix(arm, spec, keys), seed=3)
             rows.append(_row(label, "value", "", metric, iv, "", ps, spec.scale))
     for la, lb, ra, rb in PAIRS:
-        pa, pb = _seeds(root, ra), _seeds(root, rb)
+        pa, pb = _seeds(root, at(ra)), _seeds(root, at(rb))
         n = min(len(pa), len(pb))  # the seeds both arms have
         if n == 0:
             print(f"skip {la} - {lb}: no complete runs")
@@ -130,7 +144,7 @@ def _row(
     arm: str, what: str, against: str, metric: str, iv: stats.Interval, verdict: str, runs: list[Path], scale: float
 ) -> dict[str, object]:
     return {
-        "corpus": "facts",
+        "corpus": CORPUS,
         "arm": arm,
         "what": what,
         "against": against,
