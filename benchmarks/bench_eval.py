@@ -103,7 +103,8 @@ def bench_loglikelihood(run_dir: Path, data_dir: Path, n: int, rounds: int) -> d
 
 def bench_retrieval_share(run_dir: Path, limit: int | None) -> dict:
     from hmem_lit.evaluation.routing import load_run_router
-    from hmem_lit.evaluation.runner import _run_config, evaluate
+    from hmem_lit.evaluation.runner import evaluate
+    from hmem_lit.runs import Run
 
     head = evaluate(
         run_dir,
@@ -116,7 +117,8 @@ def bench_retrieval_share(run_dir: Path, limit: int | None) -> dict:
     )
     res = read_json(run_dir / "eval" / "fetched" / "results.json")
     texts = sorted({s for s in _routed_texts(run_dir)})
-    router = load_run_router(_run_config(run_dir))
+    run = Run.open(run_dir)
+    router = load_run_router(run.config, run.data_dir)
     t0 = time.perf_counter()
     router.embed(texts)
     t1 = time.perf_counter()
@@ -187,12 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         for emb in embedders:
             t0 = time.perf_counter()
             run_dir = Path(a.run_dir) if a.run_dir else build_run(Path(tmp), emb)
-            from hmem_lit.evaluation.resources import resolve_data_dir
-            from hmem_lit.evaluation.runner import _run_config
+            from hmem_lit.runs import Run
 
             out.setdefault("setup_s", {})[emb] = round(time.perf_counter() - t0, 1)
             if "loglikelihood" not in out:
-                data_dir = resolve_data_dir(_run_config(run_dir))
+                data_dir = Run.open(run_dir).data_dir
                 out["loglikelihood"] = ll = bench_loglikelihood(
                     run_dir, data_dir, n=256 if a.quick else 1024, rounds=3 if a.quick else 5
                 )

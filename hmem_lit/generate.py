@@ -48,18 +48,19 @@ def generate(
     threads: int = 0,
 ) -> list[dict[str, Any]]:
     """Greedy continuation of every prompt (batched like evaluation); -> one record per prompt."""
-    from hmem_lit.evaluation.runner import _check_mode, _run_config
+    from hmem_lit.evaluation.runner import _check_mode
+    from hmem_lit.runs import Run
 
     if max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens: must be >= 1, got {max_new_tokens}")
-    run_dir = Path(run_dir)
-    cfg = _run_config(run_dir)  # complete run, weights present: one line otherwise
-    _check_mode(run_dir, cfg, memory, None)
+    run = Run.open(run_dir)  # complete run, weights present: one line otherwise
+    cfg = run.config
+    _check_mode(run.dir, cfg, memory, None)
     from hmem_lit.console import quiet_libraries
     from hmem_lit.evaluation.adapter import HmemLM
 
     quiet_libraries()
-    lm = HmemLM(run_dir, memory=memory or "config", threads=threads)
+    lm = HmemLM(run, memory=memory or "config", threads=threads)
     stops = ["\n"] if until is None else [u.encode().decode("unicode_escape") for u in until]
     requests = [
         SimpleNamespace(

@@ -27,12 +27,15 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from hmem_lit.config import ConfigError, from_dict
+
+if TYPE_CHECKING:
+    from hmem_lit.runs import Run
 
 MEMORY_WEIGHTS, META = "hmem_memory.safetensors", "hmem.json"
 
@@ -109,12 +112,12 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf") -> Path:
 
     if fmt != "hf":
         raise ConfigError(f"--format: got {fmt!r}; allowed: hf")
-    run_dir, out = Path(run_dir), Path(out)
+    run, out = runs.Run(run_dir), Path(out)
+    run_dir = run.dir
     if not runs.is_complete(run_dir):
         raise ConfigError(f"{run_dir}: not a complete run (no final.json); train it first")
     runs.check_out_dir(out)
-    final = runs.read_final(run_dir)
-    cfg = from_dict(final["config"])
+    final, cfg = run.final, run.config
     if cfg.anchor.preset == "hf":
         raise ConfigError(
             f"{run_dir}: its anchor is already a Hugging Face model ({cfg.anchor.hf_path}); export "
@@ -125,28 +128,28 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf") -> Path:
             "memory.type=lora: the OLMoE export has no per-projection FFN linears to add LoRA "
             "deltas to; export FFN or KV memory runs (or a qk_norm=false anchor)"
         )
-    state = load_file(str(runs.check_weights(run_dir / runs.WEIGHTS)))
+    state = load_file(str(runs.check_weights(run.weights)))
     acfg = cfg.anchor
-    hcfg = hf_config(acfg, **_special_ids(cfg))  # generate() stops at the run's end-of-text
+    hcfg = hf_config(acfg, **_special_ids(run))  # generate() stops at the run's end-of-text
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))  # new: never a user's
     try:
         hcfg.save_pretrained(str(tmp))
         import transformers
 
-        transformers.GenerationConfig(**_special_ids(cfg)).save_pretrained(str(tmp))
+        transformers.GenerationConfig(**_special_ids(run)).save_pretrained(str(tmp))
         save_file(
             hf_state({k: v for k, v in state.items() if k.startswith("anchor.")}, acfg),
             str(tmp / "model.safetensors"),
             metadata={"format": "pt"},
         )
-        _tokenizer(cfg, tmp)
+        _tokenizer(run, tmp)
         meta: dict[str, Any] = {"hmem_lit_config": final["config"], "source_run": str(run_dir)}
         meta["params"] = final["params"]
         if cfg.memory.type != "none":
             bank = {k: v.contiguous() for k, v in state.items() if k.startswith("memory.")}
             save_file(bank, str(tmp / MEMORY_WEIGHTS))
-            _router(cfg, tmp / "router")
+            _router(run, tmp / "router")
         (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
         from hmem_lit.hf_card import model_card
 
@@ -161,18 +164,17 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf") -> Path:
     return out
 
 
-def _special_ids(cfg: Any) -> dict[str, Any]:
+def _special_ids(run: Run) -> dict[str, Any]:
     """The run's own end-of-text and pad ids in the HF config (so `generate` stops at a document's end), not the
     architecture's defaults (Llama's 1/2, OLMoE's NeoX 50279/1). Documents carry no BOS: bos_token_id is None."""
-    if cfg.data.source == "toy":
+    if run.config.data.source == "toy":
         from hmem_lit.data.toy import ByteTokenizer
 
         eot, pad = ByteTokenizer.eot_id, ByteTokenizer.pad_id
     else:
         from hmem_lit.data.tokenizer import load_tokenizer
-        from hmem_lit.evaluation.resources import resolve_data_dir
 
-        d = resolve_data_dir(cfg)
+        d = run.data_dir
         if not (d / "tokenizer.json").is_file():
             raise ConfigError(
                 f"{d / 'tokenizer.json'} missing: the export ships the run's tokenizer; prepare the run's data "
@@ -183,12 +185,10 @@ def _special_ids(cfg: Any) -> dict[str, Any]:
     return {"bos_token_id": None, "eos_token_id": int(eot), "pad_token_id": int(pad)}
 
 
-def _tokenizer(cfg: Any, out: Path) -> None:
-    if cfg.data.source == "toy":
+def _tokenizer(run: Run, out: Path) -> None:
+    if run.config.data.source == "toy":
         return  # the toy corpus is bytes (ids 0..255 + specials): no tokenizer file to ship
-    from hmem_lit.evaluation.resources import resolve_data_dir
-
-    d = resolve_data_dir(cfg)
+    d = run.data_dir
     if (d / "tokenizer.json").is_file():
         from transformers import PreTrainedTokenizerFast
 
@@ -204,12 +204,10 @@ def _tokenizer(cfg: Any, out: Path) -> None:
         ).save_pretrained(str(out))
 
 
-def _router(cfg: Any, out: Path) -> None:
-    if cfg.data.source == "toy":
+def _router(run: Run, out: Path) -> None:
+    if run.config.data.source == "toy":
         return  # toy paths are hashed from the document, not read from a tree
-    from hmem_lit.evaluation.resources import resolve_data_dir
-
-    root = resolve_data_dir(cfg)
+    root = run.data_dir
     tree = root / "tree"
     if tree.is_dir():
         shutil.copytree(tree, out / "tree")

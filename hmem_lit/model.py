@@ -20,6 +20,7 @@ from hmem_lit.config import RunConfig
 
 if TYPE_CHECKING:
     from hmem_lit.memory.base import MemoryType
+    from hmem_lit.runs import Run
 
 
 class MemoryLM(nn.Module):
@@ -176,22 +177,22 @@ def info(cfg: RunConfig) -> str:
     return "\n".join(lines)
 
 
-def load_model(run_dir: str | Path, map_location: str = "cpu"):
-    """-> (MemoryLM with the run's final weights, RunConfig). Weights come from safetensors (no code runs)."""
+def load_model(run_dir: str | Path | Run, map_location: str = "cpu"):
+    """-> (MemoryLM with the run's final weights, RunConfig) of a run directory or an opened runs.Run. Weights come
+    from safetensors (no code runs)."""
     from safetensors.torch import load_file
 
-    from hmem_lit.config import ConfigError, from_dict
-    from hmem_lit.runs import FINAL, WEIGHTS, check_weights, load_run_config, read_final
+    from hmem_lit.config import ConfigError
+    from hmem_lit.runs import WEIGHTS, Run, check_weights
 
-    run_dir = Path(run_dir)
-    weights = run_dir / WEIGHTS
+    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
+    run_dir, weights = run.dir, run.weights
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
     if not weights.is_file():
         raise ConfigError(f"{run_dir}: no {WEIGHTS}; train it to completion first (hmem train ...)")
     check_weights(weights)
-    final = read_final(run_dir) if (run_dir / FINAL).is_file() else {}
-    cfg = from_dict(final["config"]) if "config" in final else load_run_config(run_dir)
+    cfg = run.config  # final.json's, else config.yaml
     if cfg.memory.storage == "disk":  # a bank maybe larger than RAM: mapped scratch files, filled in row blocks
         from safetensors import safe_open
 

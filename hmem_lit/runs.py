@@ -1,13 +1,20 @@
 """Run directories: `runs/<experiment>/<name>/` with config.yaml, manifest.json, metrics.jsonl, checkpoints/,
 model.safetensors, eval/ and final.json (written last and atomically: its presence means "complete").
 
-Analysis, evaluation and sweeps read these files only, through the helpers here.
+Analysis, evaluation and sweeps read these files only, through the helpers here. A verb that reads one run opens
+it once as a `Run` (config, final record, weights, data directory, tokenizer, lock) instead of re-deriving them
+from the path:
+
+    run = Run.open("runs/exp/name")     # a complete run with readable weights, or one ConfigError line
+    run.config, run.final, run.data_dir, run.tokenizer(), run.lock(shared=True)
+    model, cfg = model.load_model(run)  # the model and the router (evaluation/routing.py) take a Run's parts
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -390,3 +397,96 @@ def list_runs(root: str | Path) -> list[Path]:
 
 def write_manifest(run_dir: Path, cfg: RunConfig, device: str) -> None:
     write_json(run_dir / MANIFEST, manifest(cfg, device))
+
+
+def resolve_data_dir(cfg: Any) -> Path:
+    """A run's prepared data directory (`data.dir`). A relative one is looked up from the working directory first,
+    then, when the package runs from a source checkout, from the checkout's root (runs are usually trained there)."""
+    from hmem_lit.resources import checkout_root
+
+    d = Path(cfg.data.dir)
+    root = checkout_root()
+    if d.is_absolute() or d.exists() or root is None:
+        return d
+    alt = root / d
+    return alt if alt.exists() else d
+
+
+def load_run_tokenizer(cfg: Any, data_dir: Path | None = None) -> Any:
+    """The tokenizer a run was trained with (same interface as toy.ByteTokenizer): the byte tokenizer for the toy
+    source, else `<data dir>/tokenizer.json`; a missing one is a ConfigError saying what to run."""
+    if cfg.data.source == "toy":
+        from hmem_lit.data.toy import ByteTokenizer
+
+        return ByteTokenizer()
+    from hmem_lit.data.tokenizer import load_tokenizer
+
+    root = data_dir if data_dir is not None else resolve_data_dir(cfg)
+    try:
+        return load_tokenizer(root)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{root / 'tokenizer.json'}: the run's tokenizer is missing; run "
+            "`hmem data prepare <experiment>` with the run's config (data.dir)"
+        ) from None
+
+
+class Run:
+    """One run directory, opened once by a verb that reads it: its config, final record (read once, on first
+    use), weights, data directory, tokenizer and lock. `Run(path)` checks nothing; `Run.open(path)` requires a
+    complete run with readable weights (what evaluation and generation need)."""
+
+    def __init__(self, path: str | Path):
+        self.dir = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.dir)!r})"
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        """A complete run (final.json) with readable weights; anything else is one ConfigError line."""
+        return cls(path).check_complete()
+
+    def check_complete(self) -> Run:
+        if not self.dir.is_dir():
+            raise ConfigError(f"{self.dir}: no such run directory")
+        if not self.weights.is_file():
+            raise ConfigError(f"{self.dir}: no {WEIGHTS}; train the run to completion first (hmem train ...)")
+        if not (self.dir / FINAL).is_file():
+            raise ConfigError(f"{self.dir}: no {FINAL}; the run is not complete")
+        check_weights(self.weights)
+        return self
+
+    @property
+    def weights(self) -> Path:
+        return self.dir / WEIGHTS
+
+    @functools.cached_property
+    def final(self) -> dict[str, Any]:
+        """final.json as it was when first read ({} for an incomplete run); `read_final` reads it afresh."""
+        return read_final(self.dir) if is_complete(self.dir) else {}
+
+    def read_final(self) -> dict[str, Any]:
+        """final.json now (another evaluation may have added sections since `final` was read)."""
+        self.__dict__.pop("final", None)
+        return self.final
+
+    def update_final(self, **sections: Any) -> None:
+        update_final(self.dir, **sections)
+        self.__dict__.pop("final", None)
+
+    @functools.cached_property
+    def config(self) -> RunConfig:
+        """The config the run trained with: final.json's (resolved at the end), else config.yaml."""
+        return from_dict(self.final["config"]) if "config" in self.final else load_run_config(self.dir)
+
+    @functools.cached_property
+    def data_dir(self) -> Path:
+        return resolve_data_dir(self.config)
+
+    def tokenizer(self) -> Any:
+        return load_run_tokenizer(self.config, self.data_dir)
+
+    def lock(self, shared: bool = False) -> contextlib.AbstractContextManager:
+        """run_lock on this run: shared while reading it, exclusive while training it."""
+        return run_lock(self.dir, shared)

@@ -4,6 +4,10 @@ Relaunching a complete run does nothing (unless forced); relaunching an incomple
 checkpoints/last.ckpt exactly (the data order is a function of the step, the checkpoint holds the optimiser and
 schedule). A checkpoint whose config differs from the requested one, or that cannot be read, is an error, never a
 silent restart.
+
+    train(cfg) = plan(cfg)            every check that reads only the config; sizes, world, precision -> Plan
+                 + data and model     built after seeding, checked (splits, vocabulary, train.mode)
+                 + fit(cfg, plan, ..) the Trainer (callbacks.py), run under the run directory's lock
 """
 
 from __future__ import annotations
@@ -12,183 +16,25 @@ import logging
 import math
 import os
 import shutil
-import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
 
 from hmem_lit import faults, runs
+from hmem_lit.callbacks import AtomicCheckpoint, FiniteLoss, JsonlLogger, ProgressBar, StreamingCheckpointIO
 from hmem_lit.checks import preflight
 from hmem_lit.config import ConfigError, RunConfig, save_config, to_dict
 from hmem_lit.evaluation.inloop import InLoopProbes
 from hmem_lit.telemetry import MemoryTelemetry
-from hmem_lit.utils import dumps, read_json, seed_everything, set_threads, write_json
+from hmem_lit.utils import read_json, seed_everything, set_threads, write_json
 
 log = logging.getLogger("hmem_lit.train")
-
-
-class JsonlLogger(Logger):
-    """Appends one JSON record per logging call to metrics.jsonl (flushed, so a killed run keeps its curve)."""
-
-    def __init__(self, run_dir: Path, tokens_per_step: int):
-        super().__init__()
-        self.path, self.tokens_per_step = run_dir / runs.METRICS, tokens_per_step
-        # the final validation's record is labelled with the global step itself: Lightning's logging step there
-        # depends on whether this process trained or only resumed a finished fit
-        self.step_override: int | None = None
-
-    @property
-    def name(self) -> str:
-        return "jsonl"
-
-    @property
-    def version(self) -> str:
-        return "0"
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        step = self.step_override if self.step_override is not None else step
-        tokens = metrics.get("tokens", int(step or 0) * self.tokens_per_step)
-        rec = {"step": int(step or 0), "tokens": int(tokens), "time": round(time.time(), 3)}
-        rec.update({k: float(v) for k, v in metrics.items() if k not in ("epoch", "tokens")})
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(dumps(rec, indent=None) + "\n")
-            f.flush()
-        faults.point("metrics_record")
-
-
-class ProgressBar(TQDMProgressBar):
-    """Lightning's bar without the meaningless `v_num` field."""
-
-    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        items = super().get_metrics(trainer, pl_module)
-        items.pop("v_num", None)
-        return items
-
-
-class StreamingCheckpointIO(TorchCheckpointIO):
-    """Checkpoint IO that never holds a checkpoint in RAM: saving streams torch.save into the file (Lightning's
-    serialises into a BytesIO first, then copies it: twice the checkpoint in RAM); with `mmap` (memory.storage=disk)
-    loading is memory-mapped too (weights_only), so tensors are read from the file as they are copied into the
-    model and the optimiser. AtomicCheckpoint makes the write atomic (temp file + rename)."""
-
-    def __init__(self, mmap: bool = False):
-        self.mmap = mmap
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = True) -> dict:
-        if not self.mmap:
-            return super().load_checkpoint(path, map_location, weights_only=True)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-
-
-def _write_error(e: BaseException, path: Path) -> BaseException:
-    """torch's zip writer reports a full disk as "unexpected pos" / "file write failed" (a RuntimeError): say what
-    it is, as the OSError it was, so the command prints one line naming the path (cli.main)."""
-    import errno
-    import shutil as sh
-
-    if isinstance(e, OSError) or not isinstance(e, RuntimeError):
-        return e
-    msg = str(e)
-    if "unexpected pos" in msg or "write failed" in msg or "No space" in msg:
-        free = sh.disk_usage(path.parent).free if path.parent.exists() else 0
-        if free < 64 << 20 or "No space" in msg:
-            return OSError(errno.ENOSPC, "No space left on device", str(path))
-        return OSError(errno.EIO, f"writing failed ({msg.splitlines()[0]})", str(path))
-    return e
-
-
-class AtomicCheckpoint(Callback):
-    """Saves checkpoints/last.ckpt every `every` optimiser steps, atomically (temp file + rename). Its state in the
-    checkpoint is the training wall time so far, so a resumed run's train_time_s counts every segment (a killed
-    segment up to its last checkpoint).
-
-    The state is saved where Lightning expects it (the end of step k's batch) but committed (renamed into place)
-    only once step k's metrics records and validation have been written, at the next batch's start or at the end
-    of training: a kill in between leaves the previous checkpoint, so a resumed run re-logs every record it lacks
-    and metrics.jsonl ends equal to an uninterrupted run's."""
-
-    def __init__(self, run_dir: Path, every: int):
-        self.run_dir, self.path, self.every = run_dir, run_dir / runs.LAST_CKPT, every
-        self.tmp = self.path.with_name(".last.ckpt.tmp")
-        self.before = 0.0  # seconds trained by earlier segments
-        self.t_start: float | None = None  # this segment's start
-        self.pending = False
-
-    def on_train_start(self, *args: Any) -> None:
-        self.t_start = time.time()
-
-    def train_time(self) -> float:
-        return self.before + (time.time() - self.t_start if self.t_start is not None else 0.0)
-
-    def state_dict(self) -> dict[str, float]:
-        return {"train_time_s": self.train_time()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.before = float(state.get("train_time_s", 0.0))
-
-    def save(self, trainer: L.Trainer, commit: bool = True) -> None:
-        try:
-            trainer.save_checkpoint(self.tmp, weights_only=False)  # full state: optimiser, schedule, loops
-        except BaseException as e:
-            self.tmp.unlink(missing_ok=True)  # never a partial checkpoint left behind
-            raise _write_error(e, self.tmp) from None
-        faults.point("ckpt_written")
-        self.pending = True
-        if commit:
-            self.commit(trainer)
-
-    def commit(self, trainer: L.Trainer) -> None:
-        if self.pending and trainer.is_global_zero:
-            runs.commit_checkpoint(self.tmp, self.run_dir)
-            faults.point("ckpt_committed")
-        self.pending = False
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        self.commit(trainer)
-
-    def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self.commit(trainer)
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        step = trainer.global_step
-        if self.every and step > 0 and step % self.every == 0 and step != getattr(self, "_last", -1):
-            self._last = step
-            self.save(trainer, commit=False)
-
-
-class FiniteLoss(Callback):
-    """Stops a run whose training loss turns NaN or infinite (checked on logging steps: one host sync each)."""
-
-    def __init__(self, every: int):
-        self.every = every
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, *args: Any) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None and trainer.global_step % self.every == 0 and not torch.isfinite(loss).all():
-            raise runs.RunError(
-                f"train/loss is {float(loss)} at step {trainer.global_step}: training diverged; "
-                "lower optim.lr / optim.memory_lr or check the data (the run stays resumable from "
-                "its last checkpoint)"
-            )
 
 
 def _precision(cfg: RunConfig) -> str:
@@ -293,17 +139,6 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _check_splits(cfg: RunConfig, dm: Any) -> None:
-    where = "data.toy_docs" if cfg.data.source == "toy" else "data.files" if cfg.data.source == "files" else "data"
-    if len(dm.train_split) == 0:
-        raise ConfigError(f"{where}: the corpus leaves no training sequences; add documents")
-    if len(dm.val_split) == 0:
-        raise ConfigError(
-            f"{where}: the split leaves no validation documents (val/loss would be NaN); add "
-            f"documents or raise data.val_fraction (now {cfg.data.val_fraction})"
-        )
-
-
 def _make_trainer(cfg: RunConfig, **kw: Any) -> L.Trainer:
     """L.Trainer with Lightning's own errors (accelerator, devices, strategy names) turned into one line."""
     t = cfg.train
@@ -326,8 +161,6 @@ def _make_trainer(cfg: RunConfig, **kw: Any) -> L.Trainer:
 
 
 def _probe_trainer(cfg: RunConfig) -> None:
-    import logging
-
     from hmem_lit.distributed import resolve_strategy
 
     quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
@@ -346,48 +179,94 @@ def _probe_trainer(cfg: RunConfig) -> None:
         quiet.setLevel(level)
 
 
-def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] | None = None) -> Path:
-    """Train (or resume, or skip) the run `cfg` describes; returns its run directory.
+@dataclass(frozen=True)
+class Plan:
+    """What a run will do, settled from its config before any work: `tokens_per_step` = batch_size x accumulate x
+    world x seq_len tokens per optimiser step, `total_steps` of them to reach train.max_tokens."""
 
-    Order: every check that can fail on bad input runs before anything is written; then the run directory is
-    locked (one trainer per run) and only then created, resumed or (--force) wiped."""
-    from hmem_lit.console import progress, quiet_libraries
-    from hmem_lit.data.datamodule import HmemDataModule
-    from hmem_lit.lit_module import HmemLitModule
+    run_dir: Path
+    world: int  # processes on all nodes (the token budget is split over them)
+    tokens_per_step: int
+    total_steps: int
+    precision: str
+    unused_params: bool  # some trainable parameters get no gradient (pkm replace mode): DDP must look for them
 
-    quiet_libraries()  # Lightning set its own loggers to INFO when it was imported
+
+def plan(cfg: RunConfig, force: bool = False) -> Plan | None:
+    """Every check that reads only the config, in one place, before anything is written; -> the run's Plan, or
+    None when the run is complete already (a no-op unless --force, even where its inputs are gone)."""
+    from hmem_lit.memory.base import memory_class
+    from hmem_lit.trackers import check_available
+
     run_dir = cfg.run_dir
     runs.claim_run_dir(run_dir)  # before any work: never a symlink, a file or a directory of the user's files
-    if not force and run_dir.exists():  # a complete run is a no-op even where its inputs are gone
-        _check_resume(run_dir, cfg, config_only=True)  # the checkpoint is read once, under the lock below
-        if runs.is_complete(run_dir):
-            runs.read_final(run_dir)  # a damaged final.json is one line naming it, not "complete"
-            log.info("%s is complete (final.json exists); pass --force to retrain", run_dir)
-            return run_dir
+    if not force and run_dir.exists():
+        _check_resume(run_dir, cfg, config_only=True)  # the checkpoint is read once, under the lock (fit)
+        if _complete(run_dir):
+            return None
     preflight(cfg)
     _probe_trainer(cfg)  # Lightning's accelerator / devices / strategy errors, before data is prepared
     _check_cuda_settings(cfg)
-    from hmem_lit.trackers import check_available
-
     check_available(cfg.train.loggers)  # a requested tracker's package, before data is prepared
-    set_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
-
     world = _world_size(cfg)
     tps = cfg.train.batch_size * cfg.train.accumulate * world * cfg.data.seq_len
-    total_steps = max(1, math.ceil(cfg.train.max_tokens / tps))
-    dm = HmemDataModule(cfg, total_steps)
-    _check_splits(cfg, dm)
+    # a type that replaces anchor sublayers (pkm in replace mode) leaves their parameters without gradients
+    pkm_replace = cfg.memory.type != "none" and memory_class(cfg.memory.type).skips_anchor_params(cfg.memory)
+    return Plan(run_dir, world, tps, max(1, math.ceil(cfg.train.max_tokens / tps)), _precision(cfg), pkm_replace)
+
+
+def _complete(run_dir: Path) -> bool:
+    if not runs.is_complete(run_dir):
+        return False
+    runs.read_final(run_dir)  # a damaged final.json is one line naming it, not "complete"
+    log.info("%s is complete (final.json exists); pass --force to retrain", run_dir)
+    return True
+
+
+def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] | None = None) -> Path:
+    """Train (or resume, or skip) the run `cfg` describes; returns its run directory.
+
+    Order: every check that can fail on bad input runs before anything is written (plan, then the data's and the
+    model's own); then fit locks the run directory (one trainer per run) and only then creates, resumes or
+    (--force) wipes it."""
+    from hmem_lit.console import quiet_libraries
+    from hmem_lit.data.datamodule import HmemDataModule
+
+    quiet_libraries()  # Lightning set its own loggers to INFO when it was imported
+    p = plan(cfg, force)
+    if p is None:
+        return cfg.run_dir
+    set_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    dm = HmemDataModule(cfg, p.total_steps)
+    _check_data(cfg, dm)
+    return fit(cfg, p, _build_module(cfg, p, dm.vocab_size), dm, force, extra_callbacks)
+
+
+def _check_data(cfg: RunConfig, dm: Any) -> None:
+    """The corpus leaves training and validation sequences; the tokenizer's vocabulary is the config's."""
+    where = "data.toy_docs" if cfg.data.source == "toy" else "data.files" if cfg.data.source == "files" else "data"
+    if len(dm.train_split) == 0:
+        raise ConfigError(f"{where}: the corpus leaves no training sequences; add documents")
+    if len(dm.val_split) == 0:
+        raise ConfigError(
+            f"{where}: the split leaves no validation documents (val/loss would be NaN); add "
+            f"documents or raise data.val_fraction (now {cfg.data.val_fraction})"
+        )
     if cfg.anchor.vocab_size is not None and cfg.anchor.vocab_size != dm.vocab_size:
         raise ConfigError(
             f"anchor.vocab_size: {cfg.anchor.vocab_size} does not match the tokenizer's {dm.vocab_size}; "
             "leave it unset (null) to take it from the data"
         )
+
+
+def _build_module(cfg: RunConfig, p: Plan, vocab_size: int) -> Any:
+    """The LightningModule, its model prepared for train.mode / train.subtree and compiled when asked."""
+    from hmem_lit.lit_module import HmemLitModule
     from hmem_lit.memory import storage
 
-    disk = cfg.memory.storage == "disk"
-    with storage.scratch_dir(run_dir.parent):  # a disk-backed bank's scratch files (memory.storage_dir overrides)
-        module = HmemLitModule(cfg, dm.vocab_size, total_steps, tps)
+    with storage.scratch_dir(p.run_dir.parent):  # a disk-backed bank's scratch files (memory.storage_dir overrides)
+        module = HmemLitModule(cfg, vocab_size, p.total_steps, p.tokens_per_step)
     if cfg.train.mode in ("frozen", "cotrain") or cfg.train.subtree is not None:
         from hmem_lit.model import prepare_model_for_mode
 
@@ -399,35 +278,48 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
     if cfg.train.compile:
         # in place (nn.Module.compile): parameter names and checkpoints stay those of the eager module
         module.model.anchor.compile(dynamic=False)
-    precision = _precision(cfg)
-    from hmem_lit.distributed import resolve_strategy, sparse_tables
+    return module
+
+
+@dataclass
+class _Fit:
+    """The Trainer of one fit and the callbacks / loggers fit reads back after training."""
+
+    trainer: L.Trainer
+    ckpt: AtomicCheckpoint
+    jsonl: JsonlLogger
+    speed: Any  # throughput.Throughput
+    trackers: list[Logger]
+
+
+def _build_trainer(cfg: RunConfig, p: Plan, module: Any, extra_callbacks: list[Callback] | None) -> _Fit:
+    from hmem_lit import trackers
+    from hmem_lit.console import progress
 
     # DDP / FSDP keep the memory's sparse tables out of their reducers and sync them row-wise (distributed.py)
-    from hmem_lit.memory.base import memory_class
-
-    # a type that replaces anchor sublayers (pkm in replace mode) leaves their parameters without gradients
-    pkm_replace = cfg.memory.type != "none" and memory_class(cfg.memory.type).skips_anchor_params(cfg.memory)
-    strategy = resolve_strategy(cfg.train.strategy, world, bool(sparse_tables(module)), pkm_replace)
-    ckpt = AtomicCheckpoint(run_dir, cfg.train.ckpt_every)
-    from hmem_lit import trackers
+    from hmem_lit.distributed import resolve_strategy, sparse_tables
     from hmem_lit.throughput import Throughput, model_flops_per_token
 
+    run_dir, tps = p.run_dir, p.tokens_per_step
+    strategy = resolve_strategy(cfg.train.strategy, p.world, bool(sparse_tables(module)), p.unused_params)
+    disk = cfg.memory.storage == "disk"
+    ckpt = AtomicCheckpoint(run_dir, cfg.train.ckpt_every)
     speed = Throughput(
-        cfg.train.log_every, tps, model_flops_per_token(module.model, cfg.data.seq_len), world, cfg.train.peak_tflops
+        cfg.train.log_every, tps, model_flops_per_token(module.model, cfg.data.seq_len), p.world, cfg.train.peak_tflops
     )
     jsonl = JsonlLogger(run_dir, tps)
     bars = cfg.train.progress and progress()  # none under `hmem -q`
     if not run_dir.exists():
-        runs.mark_run_dir(run_dir)  # every check has passed; a tracker may write into it before the lock below
+        runs.mark_run_dir(run_dir)  # every check has passed; a tracker may write into it before fit's lock
     extra_loggers = trackers.build(
         [n for n in cfg.train.loggers if n != "jsonl"], run_dir, f"{cfg.experiment}/{cfg.name}"
     )
     trainer = _make_trainer(
         cfg,
-        max_steps=total_steps,
+        max_steps=p.total_steps,
         max_epochs=-1,
         strategy=strategy,
-        precision=precision,
+        precision=p.precision,
         accumulate_grad_batches=cfg.train.accumulate,
         logger=[jsonl, *extra_loggers],  # jsonl first: the source of truth (analysis reads it)
         log_every_n_steps=cfg.train.log_every,
@@ -457,36 +349,30 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
         # checkpoints written without a copy in RAM; a disk-backed bank also resumes from a memory-mapped one
         plugins=[StreamingCheckpointIO(mmap=disk)],
     )
+    return _Fit(trainer, ckpt, jsonl, speed, extra_loggers)
+
+
+def fit(
+    cfg: RunConfig, p: Plan, module: Any, dm: Any, force: bool = False, extra_callbacks: list[Callback] | None = None
+) -> Path:
+    """Build the Trainer and run it under the run directory's lock: create, resume or (force) wipe the run, fit,
+    validate, and write the final checkpoint, weights and final.json (rank zero). -> the run directory."""
+    f = _build_trainer(cfg, p, module, extra_callbacks)
+    trainer, run_dir = f.trainer, p.run_dir
     with runs.run_lock(run_dir):
         runs.claim_run_dir(run_dir)  # again, under the lock: a symlink, a file, or a directory hmem did not create
         if force and run_dir.exists():
             shutil.rmtree(run_dir)  # only a run directory of ours gets here
         runs.mark_run_dir(run_dir)
         resume = _check_resume(run_dir, cfg) if run_dir.exists() else None  # again: under the lock
-        if runs.is_complete(run_dir):
-            runs.read_final(run_dir)  # a damaged final.json is one line naming it, not "complete"
-            log.info("%s is complete (final.json exists); pass --force to retrain", run_dir)
+        if _complete(run_dir):
             return run_dir
-        if trainer.is_global_zero:
-            # resumed: drop what the killed segment logged after its checkpoint; fresh: drop a killed first try's
-            runs.truncate_metrics(run_dir, resume[1] if resume else 0)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        counts = module.model.param_counts()  # before FSDP shards the module
-        if trainer.is_global_zero:
-            save_config(cfg, run_dir / runs.CONFIG)
-            runs.write_manifest(
-                run_dir, cfg, f"{trainer.strategy.root_device} ({precision}, {trainer.world_size} proc)"
-            )
-            log.info(
-                f"{run_dir}: {'resuming from step ' + str(resume[1]) if resume else 'new run'}; "
-                f"{total_steps} steps x {tps} tokens; params anchor={counts['anchor']:,} "
-                f"fetched={counts['fetched']:,} bank={counts['bank']:,}"
-            )
+        counts = _start(cfg, p, module, trainer, resume)
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume[0]) if resume else None, weights_only=True)
-        train_time = ckpt.train_time()  # all segments of a resumed run
+        train_time = f.ckpt.train_time()  # all segments of a resumed run
         if trainer.interrupted:
             raise KeyboardInterrupt
-        jsonl.step_override = trainer.global_step
+        f.jsonl.step_override = trainer.global_step
         val = trainer.validate(module, datamodule=dm, verbose=False)[0]
         bad = {k: v for k, v in val.items() if not math.isfinite(float(v))}
         if bad:
@@ -503,15 +389,36 @@ def train(cfg: RunConfig, force: bool = False, extra_callbacks: list[Callback] |
             if k.startswith("model.")
         }
         if trainer.is_global_zero:
-            _finish(run_dir, cfg, module, trainer, val, train_time, total_steps, tps, state, counts, speed.summary())
-            if extra_loggers:  # config went in at the start; final metrics, counts and the manifest now
-                trackers.finish(
-                    extra_loggers,
-                    runs.read_final(run_dir),
-                    read_json(run_dir / runs.MANIFEST),
-                    int(trainer.global_step),
-                )
+            tps = p.tokens_per_step
+            _finish(
+                run_dir, cfg, module, trainer, val, train_time, p.total_steps, tps, state, counts, f.speed.summary()
+            )
+            if f.trackers:  # config went in at the start; final metrics, counts and the manifest now
+                from hmem_lit import trackers
+
+                final, manifest = runs.read_final(run_dir), read_json(run_dir / runs.MANIFEST)
+                trackers.finish(f.trackers, final, manifest, int(trainer.global_step))
     return run_dir
+
+
+def _start(cfg: RunConfig, p: Plan, module: Any, trainer: L.Trainer, resume: tuple[Path, int] | None) -> dict:
+    """Before fitting, under the lock: metrics.jsonl cut back to the checkpoint, config.yaml and the manifest
+    written, the start logged (rank zero). -> the model's parameter counts (taken before FSDP shards it)."""
+    run_dir = p.run_dir
+    if trainer.is_global_zero:
+        # resumed: drop what the killed segment logged after its checkpoint; fresh: drop a killed first try's
+        runs.truncate_metrics(run_dir, resume[1] if resume else 0)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    counts = module.model.param_counts()  # before FSDP shards the module
+    if trainer.is_global_zero:
+        save_config(cfg, run_dir / runs.CONFIG)
+        runs.write_manifest(run_dir, cfg, f"{trainer.strategy.root_device} ({p.precision}, {trainer.world_size} proc)")
+        log.info(
+            f"{run_dir}: {'resuming from step ' + str(resume[1]) if resume else 'new run'}; "
+            f"{p.total_steps} steps x {p.tokens_per_step} tokens; params anchor={counts['anchor']:,} "
+            f"fetched={counts['fetched']:,} bank={counts['bank']:,}"
+        )
+    return counts
 
 
 def _finish(

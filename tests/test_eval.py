@@ -363,6 +363,38 @@ def test_clear_errors(trained, tmp_path):
         evaluate(fake, print_table=False)
 
 
+def test_a_run_is_opened_once_and_reads_its_final_record_once(trained, tmp_path):
+    """runs.Run: its config is the one final.json records, its data directory and tokenizer the config's; final.json
+    is read on first use and kept (read_final reads it afresh); what is not a complete run is one line each."""
+    import shutil
+
+    from hmem_lit.config import to_dict
+    from hmem_lit.model import load_model
+
+    src = runs.Run.open(trained["mem"])
+    assert to_dict(src.config) == runs.read_final(src.dir)["config"] == to_dict(load_model(src)[0].cfg)
+    assert (
+        src.data_dir == runs.resolve_data_dir(src.config) and src.tokenizer().vocab_size == src.config.anchor.vocab_size
+    )
+    copy = tmp_path / "mem"
+    shutil.copytree(src.dir, copy, ignore=shutil.ignore_patterns("checkpoints", "eval"))
+    run = runs.Run.open(copy)
+    first = run.final
+    runs.update_final(copy, note={"k": 1})  # another process adds a section
+    assert run.final is first and "note" not in run.final
+    assert run.read_final()["note"] == {"k": 1} and run.final["note"] == {"k": 1}
+    lm = HmemLM(run, memory="none", threads=1)
+    assert lm.run is run and lm.run_dir == copy
+    (copy / runs.FINAL).unlink()
+    with pytest.raises(ConfigError, match=r"no final.json; the run is not complete$"):
+        runs.Run.open(copy)
+    (copy / runs.WEIGHTS).unlink()
+    with pytest.raises(ConfigError, match=r"no model.safetensors; train the run to completion first"):
+        runs.Run.open(copy)
+    with pytest.raises(ConfigError, match=r"no such run directory$"):
+        runs.Run.open(tmp_path / "nothing")
+
+
 def _generic_mode_without_a_generic_block(run_dir):
     lm = HmemLM(run_dir, memory="none", threads=1)
     lm.cfg.memory.generic, lm.mode = False, "generic"

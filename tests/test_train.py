@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from hmem_lit import runs
 from hmem_lit.config import ConfigError, load_config
 from hmem_lit.model import load_model
-from hmem_lit.train import train
+from hmem_lit.train import Plan, plan, train
 from hmem_lit.utils import read_json
 
 from .conftest import DEBUG_YAML, ROOT, kill_after_checkpoint, tiny_overrides
@@ -33,6 +33,8 @@ def test_run_directory_is_complete_and_self_describing(tiny_cfg):
         assert (run_dir / f).is_file(), f
     final = runs.read_final(run_dir)
     assert final["status"] == "complete" and final["steps"] == 40  # ceil(20000 / (8 * 64)) steps
+    assert plan(tiny_cfg(name="a")) is None  # complete: nothing to do (--force plans it again)
+    assert plan(tiny_cfg(name="a"), force=True) == Plan(run_dir, 1, 8 * 64, 40, "32-true", False)
     assert final["tokens"] == 40 * 8 * 64
     assert final["metrics"]["val/loss"] < 5.0 and final["params"]["anchor"] > 0
     man = read_json(run_dir / runs.MANIFEST)
@@ -122,6 +124,19 @@ def test_non_finite_loss_stops_the_run_not_complete(tiny_cfg):
     with pytest.raises(RunError, match="diverged|not marked complete"):
         train(cfg)
     assert not runs.is_complete(cfg.run_dir) and not (cfg.run_dir / runs.WEIGHTS).exists()
+
+
+def test_plan_settles_the_run_from_its_config_and_writes_nothing(tiny_cfg):
+    """plan: sizes from the config (tokens per step = batch x accumulate x world x seq_len, steps to max_tokens);
+    it runs every config-only check, so a bad setting fails there with nothing created."""
+    cfg = tiny_cfg(name="p", **{"train.accumulate": 2, "train.max_tokens": 5000})
+    assert plan(cfg) == Plan(cfg.run_dir, 1, 8 * 2 * 64, 5, "32-true", False)  # ceil(5000 / 1024)
+    pkm = tiny_cfg(name="k", **{"memory.type": "pkm", "memory.pkm.mode": "replace"})
+    assert plan(pkm).unused_params  # the replaced FFNs get no gradient: DDP must look for unused parameters
+    bogus = tiny_cfg(name="s", **{"train.strategy": "bogus"})  # loads: Lightning's own check (a probe Trainer)
+    with pytest.raises(ConfigError, match="train.strategy.*bogus"):
+        plan(bogus)
+    assert not cfg.run_dir.parent.exists()  # no run directory, not even runs/<experiment>/
 
 
 def test_world_size_counts_every_device_for_auto_and_minus_one(monkeypatch):

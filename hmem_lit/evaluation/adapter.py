@@ -40,9 +40,9 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from hmem_lit.config import ConfigError
-from hmem_lit.evaluation.resources import load_run_tokenizer
 from hmem_lit.evaluation.routing import MODES, Retrieval, load_run_router, route_texts
 from hmem_lit.model import load_model
+from hmem_lit.runs import Run, load_run_tokenizer
 
 # (context tokens, continuation tokens, EOT-prefixed, leading context tokens in their own document (rag_join=separate))
 Item = tuple[list[int], list[int], bool, int]
@@ -52,7 +52,7 @@ Item = tuple[list[int], list[int], bool, int]
 class HmemLM(LM):
     def __init__(
         self,
-        run_dir: str | Path | None = None,
+        run_dir: str | Path | Run | None = None,
         memory: str | None = "config",
         batch_size: int | str | None = None,
         max_length: int | None = None,
@@ -79,10 +79,11 @@ class HmemLM(LM):
 
         set_threads(int(threads))  # on a shared CPU, 1 thread can be several times faster than oversubscription
 
-        self.run_dir = Path(run_dir)
-        if not (self.run_dir / "model.safetensors").is_file():
+        self.run = run_dir if isinstance(run_dir, Run) else Run(run_dir)  # opened once: config, data, final
+        self.run_dir = self.run.dir
+        if not self.run.weights.is_file():
             raise ConfigError(f"run_dir={run_dir}: no trained run there (no model.safetensors); give a run directory")
-        self.model, self.cfg = load_model(self.run_dir, map_location=device)
+        self.model, self.cfg = load_model(self.run, map_location=device)
         ev = self.cfg.eval
         # "config" = the run's eval.memory; None = "none" (lm-eval's arg parser turns memory=none into None)
         self.mode = ev.memory if memory == "config" else (memory or "none")
@@ -99,7 +100,7 @@ class HmemLM(LM):
         if not 1 <= self.rolling_context <= self.max_length:
             raise ConfigError(f"rolling_context={self.rolling_context}: must be in 1..max_length={self.max_length}")
         self._device = torch.device(device)
-        self.tok = load_run_tokenizer(self.cfg)
+        self.tok = load_run_tokenizer(self.cfg, self.run.data_dir)
         t0 = time.perf_counter()
         self.model_mode, router = self._resolve_mode()
         self.router_load_seconds = time.perf_counter() - t0  # loading the tree and embedder (not per request)
@@ -123,7 +124,7 @@ class HmemLM(LM):
             if self.mode in ("blocked", "random"):
                 raise ConfigError(f"memory={self.mode} needs a bank-backed memory type, not memory.type={mcfg.type}")
             return "fetched", None
-        return "fetched", load_run_router(self.cfg)
+        return "fetched", load_run_router(self.cfg, self.run.data_dir)
 
     def _load_rag(self, kind: str | None, k: int, join: str, router: Any) -> tuple[Any, str]:
         from hmem_lit.evaluation.rag import RagContext, check_rag, dense_params

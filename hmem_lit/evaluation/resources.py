@@ -1,9 +1,7 @@
-"""What evaluation needs from a run besides its weights: the tokenizer and the prepared data directory.
+"""What evaluation needs from a run besides its weights: the thread setting and the facts corpus's data directory.
 
-`load_run_tokenizer(cfg)`: the byte tokenizer for the toy source, else `<data.dir>/tokenizer.json`. A relative
-`data.dir` is looked up from the working directory first, then, when the package runs from a source checkout, from
-the checkout's root (runs are usually trained there). Missing pieces raise `ConfigError` with one line saying what
-to run.
+`resolve_data_dir(cfg)` and `load_run_tokenizer(cfg)` live in hmem_lit/runs.py (a `Run` opens them once: its
+`data_dir` and `tokenizer()`); they are imported here for evaluation's callers that have only a config.
 """
 
 from __future__ import annotations
@@ -12,16 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hmem_lit.config import ConfigError
-from hmem_lit.resources import checkout_root
-
-
-def resolve_data_dir(cfg: Any) -> Path:
-    d = Path(cfg.data.dir)
-    root = checkout_root()
-    if d.is_absolute() or d.exists() or root is None:
-        return d
-    alt = root / d
-    return alt if alt.exists() else d
+from hmem_lit.runs import load_run_tokenizer, resolve_data_dir  # noqa: F401 (where evaluation's callers find them)
 
 
 def facts_data_dir(run_dir: Path, cfg: Any, what: str) -> Path:
@@ -38,21 +27,3 @@ def facts_data_dir(run_dir: Path, cfg: Any, what: str) -> Path:
 def check_threads(threads: int) -> None:
     if threads < 0:
         raise ConfigError(f"--threads: must be >= 0 (0 = torch default), got {threads}")
-
-
-def load_run_tokenizer(cfg: Any):
-    """The tokenizer the run was trained with (same interface as toy.ByteTokenizer)."""
-    if cfg.data.source == "toy":
-        from hmem_lit.data.toy import ByteTokenizer
-
-        return ByteTokenizer()
-    from hmem_lit.data.tokenizer import load_tokenizer
-
-    root = resolve_data_dir(cfg)
-    try:
-        return load_tokenizer(root)
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{root / 'tokenizer.json'}: the run's tokenizer is missing; run "
-            "`hmem data prepare <experiment>` with the run's config (data.dir)"
-        ) from None

@@ -30,6 +30,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,8 +106,8 @@ class ToyRouter(Router):
         return out
 
 
-def load_run_router(cfg: Any) -> Router:
-    """The router a run's data was prepared with (toy: ToyRouter)."""
+def load_run_router(cfg: Any, data_dir: Path | None = None) -> Router:
+    """The router a run's data was prepared with (toy: ToyRouter); `data_dir`: the run's (runs.Run.data_dir)."""
     from hmem_lit.config import ConfigError
 
     if cfg.data.source == "toy":
@@ -115,7 +116,7 @@ def load_run_router(cfg: Any) -> Router:
     from hmem_lit.retriever import load_router
 
     try:
-        return load_router(resolve_data_dir(cfg), cfg)
+        return load_router(data_dir if data_dir is not None else resolve_data_dir(cfg), cfg)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"retriever tree: {e}") from None
 

@@ -21,6 +21,7 @@ fails at once with one line naming it and how to provide it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hmem_lit import faults, runs
-from hmem_lit.config import ConfigError, from_dict
+from hmem_lit.config import ConfigError
 from hmem_lit.evaluation.rag import check_rag, rag_name
 from hmem_lit.evaluation.resources import check_threads
 from hmem_lit.evaluation.scores import ITEMS, METRIC_VERSION, item_records, user_prior, write_items
@@ -108,18 +109,6 @@ def quiet_harness():
         evaluator_mod.get_git_commit_hash, task_mod.tqdm = saved
 
 
-def _run_config(run_dir: Path):
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such run directory")
-    if not (run_dir / runs.WEIGHTS).is_file():
-        raise ConfigError(f"{run_dir}: no {runs.WEIGHTS}; train the run to completion first (hmem train ...)")
-    if not (run_dir / runs.FINAL).is_file():
-        raise ConfigError(f"{run_dir}: no {runs.FINAL}; the run is not complete")
-    runs.check_weights(run_dir / runs.WEIGHTS)
-    final = runs.read_final(run_dir)
-    return from_dict(final["config"]) if "config" in final else runs.load_run_config(run_dir)
-
-
 def _check_args(limit: int | None, batch_size: int | None, threads: int) -> None:
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit: must be >= 1 sample per task, got {limit} (omit it for every sample)")
@@ -144,24 +133,22 @@ def _check_mode(run_dir: Path, cfg: Any, memory: str | None, block_level: int | 
             )
 
 
-def prepare_tasks(run_dir: str | Path, cfg: Any = None) -> TaskSet:
+def prepare_tasks(run: runs.Run) -> TaskSet:
     """Generate the run's local task YAMLs under <run_dir>/eval/tasks (toy runs: the toy data too)."""
-    from hmem_lit.evaluation.resources import resolve_data_dir
     from hmem_lit.evaluation.toydata import write_toy_data
 
-    run_dir = Path(run_dir)
-    cfg = cfg or _run_config(run_dir)
+    cfg = run.config
     if cfg.data.source == "toy":
-        data_dir = write_toy_data(cfg, run_dir / "eval" / "data")
+        data_dir = write_toy_data(cfg, run.dir / "eval" / "data")
     else:
-        data_dir = resolve_data_dir(cfg)
+        data_dir = run.data_dir
         _refresh_questions(cfg, data_dir)
         if not ((data_dir / "questions").is_dir() or (data_dir / "heldout").is_dir()):
             raise ConfigError(
                 f"{data_dir}: no evaluation data (questions/, heldout/); run `hmem data prepare` "
                 "with the run's config first"
             )
-    return build_tasks(data_dir, run_dir / "eval" / "tasks")
+    return build_tasks(data_dir, run.dir / "eval" / "tasks")
 
 
 def _refresh_questions(cfg: Any, data_dir: Path) -> None:
@@ -290,8 +277,8 @@ def user_headline(res: dict[str, Any], tasks: list[str]) -> dict[str, float]:
     return out
 
 
-def _settings(run_dir: Path, tasks: list[str], lm: Any, limit: int | None) -> dict[str, Any]:
-    st = (run_dir / runs.WEIGHTS).stat()
+def _settings(run: runs.Run, tasks: list[str], lm: Any, limit: int | None) -> dict[str, Any]:
+    st = run.weights.stat()
     return {
         "tasks": sorted(tasks),
         "limit": limit,
@@ -339,15 +326,15 @@ def query_cost(samples: dict[str, list[dict]], log: dict, ts: TaskSet, mine: lis
     return out
 
 
-def _routing(cfg: Any, samples: dict, routing_log: dict, ts: TaskSet) -> tuple[dict, dict]:
+def _routing(run: runs.Run, samples: dict, routing_log: dict, ts: TaskSet) -> tuple[dict, dict]:
     """Routing diagnostics of this evaluation (evaluation/routing.py: routing_report) when the run's data has
     key statistics (tree/keys.json, written by `hmem data prepare` for corpora with a key field)."""
     from hmem_lit.data.prepare import key_field
-    from hmem_lit.evaluation.resources import resolve_data_dir
     from hmem_lit.evaluation.routing import routing_report
 
+    cfg = run.config
     field = key_field(cfg) if cfg.data.source != "toy" else None
-    path = Path(resolve_data_dir(cfg)) / "tree" / "keys.json" if field else None
+    path = run.data_dir / "tree" / "keys.json" if field else None
     if path is None or not path.is_file():
         return {}, {}
     assert field is not None  # path is only set for a corpus with a key field
@@ -372,16 +359,21 @@ def evaluate(
 ) -> dict[str, float]:
     """Evaluate a run in one memory mode; -> the headline numbers (also merged into final.json). Bad input is a
     ConfigError; an evaluation refused before it wrote anything of its own leaves no eval/ directory behind."""
-    eval_dir = Path(run_dir) / "eval"
+    run = runs.Run(run_dir)
+    eval_dir = run.dir / "eval"
     existed = eval_dir.exists()
-    if not Path(run_dir).is_dir():
+    if not run.dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
     try:
-        with runs.run_lock(run_dir, shared=True):  # never while the run trains, or while --force wipes it
-            return _evaluate(
-                run_dir, tasks, memory, limit, force, batch_size, block_level, threads, print_table, include_path,
-                rag, rag_k, rag_join, trust_include,
+        with run.lock(shared=True):  # never while the run trains, or while --force wipes it
+            _check_args(limit, batch_size, threads)
+            check_rag(rag, rag_k, rag_join)
+            job = _plan(
+                run.check_complete(), tasks, memory, limit, batch_size, block_level, threads, include_path, rag,
+                rag_k, rag_join, trust_include,
             )  # fmt: skip
+            done = None if force else _already_done(run, job)
+            return done if done is not None else _run(run, job, print_table)
     except ConfigError:
         if not existed and eval_dir.is_dir() and not any(eval_dir.glob("*/results.json")):
             import shutil
@@ -390,47 +382,62 @@ def evaluate(
         raise
 
 
-def _evaluate(
-    run_dir: str | Path,
+@dataclasses.dataclass
+class _Job:
+    """One evaluation, settled before the harness runs: its tasks, model, section and settings."""
+
+    ts: TaskSet
+    names: list[str]  # the tasks to run
+    paper: bool  # some are the paper's hub tasks
+    mine: list[str]  # the user's own (--include-path) tasks among them
+    include_path: list[str]
+    limit: int | None
+    lm: Any  # the HmemLM
+    out_dir: Path  # eval/<section>/
+    settings: dict[str, Any]
+    previous: dict[str, Any]  # the last evaluation's results.json in out_dir ({} if none or damaged)
+
+    @property
+    def key(self) -> str:  # final.json["eval"] section of this evaluation
+        return self.out_dir.name
+
+    @property
+    def marker(self) -> Path:  # written last: its presence means samples and final.json are in place
+        return self.out_dir / "results.json"
+
+
+def _plan(
+    run: runs.Run,
     tasks: list[str] | None,
     memory: str | None,
     limit: int | None,
-    force: bool,
     batch_size: int | None,
     block_level: int | None,
     threads: int,
-    print_table: bool,
     include_path: list[str] | None,
     rag: str | None,
     rag_k: int,
     rag_join: str,
     trust_include: bool,
-) -> dict[str, float]:
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-    from lm_eval.utils import make_table
-
+) -> _Job:
     from hmem_lit.evaluation.adapter import HmemLM
 
-    run_dir = Path(run_dir)
-    _check_args(limit, batch_size, threads)
-    check_rag(rag, rag_k, rag_join)
-    cfg = _run_config(run_dir)
-    _check_mode(run_dir, cfg, memory, block_level)
+    cfg = run.config
+    _check_mode(run.dir, cfg, memory, block_level)
     extra = user_tasks(include_path, trust_include)
     if extra and not tasks:
         raise ConfigError(f"--include-path: name the tasks to run with --tasks (found: {', '.join(extra)})")
-    ts = prepare_tasks(run_dir, cfg)
+    ts = prepare_tasks(run)
     requested = list(tasks) if tasks else [t for t in cfg.eval.tasks if t in ts.names]
     if not requested:
         raise ConfigError(
-            f"{run_dir}: none of eval.tasks={cfg.eval.tasks} exist for this run's data; "
+            f"{run.dir}: none of eval.tasks={cfg.eval.tasks} exist for this run's data; "
             f"valid: {', '.join(ts.names) or '(none: prepare the data first)'}"
         )
     names, paper = resolve_tasks(requested, ts, extra)
     limit = limit if limit is not None else cfg.eval.limit
     lm = HmemLM(
-        run_dir,
+        run,
         memory=memory or cfg.eval.memory,
         batch_size=batch_size,
         block_level=block_level,
@@ -447,40 +454,86 @@ def _evaluate(
         mode_name = f"blocked-l{level}"
     if rag:  # a RAG baseline is its own section: <memory>-rag-<kind>-k<k>
         mode_name = f"{mode_name}-{rag_name(rag, rag_k, rag_join)}"
-    out_dir = run_dir / "eval" / (mode_name if not mine else f"{mode_name}-" + "+".join(mine)[:80])
-    settings = _settings(run_dir, names, lm, limit)
+    out_dir = run.dir / "eval" / (mode_name if not mine else f"{mode_name}-" + "+".join(mine)[:80])
+    settings = _settings(run, names, lm, limit)
     if rag:
         settings["rag"] = {"kind": rag, "k": rag_k, "join": rag_join}
     if include_path:
         settings["include_path"] = sorted(str(Path(d).resolve()) for d in include_path)
-    key = out_dir.name  # final.json["eval"] section of this evaluation
-    marker = out_dir / "results.json"  # written last: its presence means samples and final.json are in place
-    old = _read_marker(marker) if marker.is_file() else {}
-    stale = set(old.get("headline") or {})  # the previous evaluation's keys: dropped unless measured again
-    if not force and old.get("headline") is not None:
-        if old.get("settings") == settings and (out_dir / "samples.jsonl").is_file():
-            final = runs.read_final(run_dir)
-            if not all(k in final.get("eval", {}).get(key, {}) for k in old["headline"]):
-                runs.update_final(run_dir, eval={key: {**final.get("eval", {}).get(key, {}), **old["headline"]}})
-                log.info("%s: repaired final.json[eval][%s] from results.json", out_dir, key)
-            log.info("%s: already evaluated with these settings (pass --force to redo)", out_dir)
-            return {**final.get("eval", {}).get(key, {}), **old["headline"]}
-    if marker.is_file():
-        marker.unlink()  # from here until the last write, a kill leaves no marker: a rerun evaluates again
-    if paper:
-        check_paper_datasets(names)
+    marker = out_dir / "results.json"
+    previous = _read_marker(marker) if marker.is_file() else {}
+    return _Job(ts, names, paper, mine, list(include_path or []), limit, lm, out_dir, settings, previous)
+
+
+def _already_done(run: runs.Run, job: _Job) -> dict[str, float] | None:
+    """An evaluation with these settings already in place: its headline (final.json repaired from results.json
+    when a kill left it behind), else None."""
+    old = job.previous
+    if old.get("headline") is None or old.get("settings") != job.settings:
+        return None
+    if not (job.out_dir / "samples.jsonl").is_file():
+        return None
+    section = run.read_final().get("eval", {}).get(job.key, {})
+    if not all(k in section for k in old["headline"]):
+        run.update_final(eval={job.key: {**section, **old["headline"]}})
+        log.info("%s: repaired final.json[eval][%s] from results.json", job.out_dir, job.key)
+    log.info("%s: already evaluated with these settings (pass --force to redo)", job.out_dir)
+    return {**section, **old["headline"]}
+
+
+def _run(run: runs.Run, job: _Job, print_table: bool) -> dict[str, float]:
+    """Run the harness, then write samples, items, final.json's section and last results.json."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import make_table
+
+    stale = set(job.previous.get("headline") or {})  # the previous evaluation's keys: dropped unless measured again
+    if job.marker.is_file():
+        job.marker.unlink()  # from here until the last write, a kill leaves no marker: a rerun evaluates again
+    if job.paper:
+        check_paper_datasets(job.names)
     tm = TaskManager(
-        include_path=[str(ts.root)]
-        + ([str(PAPER_DIR)] if paper else [])
-        + [str(Path(d).resolve()) for d in include_path or []],
-        include_defaults=paper,
+        include_path=[str(job.ts.root)]
+        + ([str(PAPER_DIR)] if job.paper else [])
+        + [str(Path(d).resolve()) for d in job.include_path],
+        include_defaults=job.paper,
     )
+    lm = job.lm
     t0 = time.perf_counter()
     with quiet_harness():
         res = lm_eval.simple_evaluate(
-            model=lm, tasks=names, task_manager=tm, limit=limit, log_samples=True, bootstrap_iters=100
+            model=lm, tasks=job.names, task_manager=tm, limit=job.limit, log_samples=True, bootstrap_iters=100
         )
     elapsed = time.perf_counter() - t0
+    head, items, route_detail = _headline_of(run, job, res, elapsed)
+    _write_samples(job.out_dir / "samples.jsonl", res.get("samples", {}), lm.routing_log)
+    write_items(job.out_dir / ITEMS, items)
+    faults.point("eval_samples")
+    sections = _sections(run, job, head, stale)
+    runs.update_final(run.dir, eval=sections)
+    faults.point("eval_final")
+    timing = {
+        "eval_s": elapsed,
+        "retrieval_s": lm.retrieval_seconds,
+        "model_s": lm.model_seconds,
+        "router_load_s": lm.router_load_seconds,
+        "routed_texts": len(lm.retrieval.cache),
+    }
+    write_json(job.marker, _marker(job.settings, head, timing, route_detail, res))
+    if print_table:
+        print(make_table(res))
+        if res.get("groups"):
+            print(make_table(res, "groups"))
+        log.info(
+            f"{run.dir} memory={lm.mode}: {head['n_samples']} samples in {elapsed:.1f}s "
+            f"(retrieval {lm.retrieval_seconds:.2f}s, model {lm.model_seconds:.1f}s) -> {job.out_dir}"
+        )
+    return sections[job.key]
+
+
+def _headline_of(run: runs.Run, job: _Job, res: dict[str, Any], elapsed: float) -> tuple[dict, list, dict]:
+    """-> (headline numbers, item records, routing detail) of a harness result."""
+    lm, ts, mine = job.lm, job.ts, job.mine
     n = sum(int(v.get("effective", 0)) for v in res.get("n-samples", {}).values())
     items = item_records(res.get("samples", {}), lm.routing_log, ts)
     head = {
@@ -491,55 +544,43 @@ def _evaluate(
         "retrieval_time_s": round(lm.retrieval_seconds, 3),
     }
     own = {t: v for t, v in res.get("samples", {}).items() if t not in ts.ck and t not in ts.ppl}
-    route_detail, route_head = _routing(cfg, own, lm.routing_log, ts)
+    route_detail, route_head = _routing(run, own, lm.routing_log, ts)
     head.update(route_head)
     head.update(query_cost(res.get("samples", {}), lm.routing_log, ts, mine))
     head.update(user_prior(res.get("samples", {}), lm.routing_log, mine))
     for t in mine:  # a user's task: its accuracy per bucket too (shipped probes have bucket subtasks)
         head.update({f"{t}/bucket{b}": v["acc"] for b, v in route_detail.get(t, {}).items() if v["acc"] is not None})
-    timing = {
-        "eval_s": elapsed,
-        "retrieval_s": lm.retrieval_seconds,
-        "model_s": lm.model_seconds,
-        "router_load_s": lm.router_load_seconds,
-        "routed_texts": len(lm.retrieval.cache),
-    }
-    _write_samples(out_dir / "samples.jsonl", res.get("samples", {}), lm.routing_log)
-    write_items(out_dir / ITEMS, items)
-    faults.point("eval_samples")
-    final = runs.read_final(run_dir)
-    kept = {k: v for k, v in final.get("eval", {}).get(key, {}).items() if k not in stale}
-    sections = {key: {**kept, **head}}
-    if mine:  # the user's metrics also join the run's standard section, so reports draw them beside the rest
-        std = lm.mode if cfg.memory.type != "none" else "none"  # a run without memory: every mode is "none"
-        own = {k: v for k, v in head.items() if any(k.startswith((f"{t}/", f"route/{t}/", f"prior/{t}")) for t in mine)}
+    return head, items, route_detail
+
+
+def _sections(run: runs.Run, job: _Job, head: dict[str, Any], stale: set[str]) -> dict[str, dict]:
+    """final.json["eval"] sections this evaluation writes: its own (the previous evaluation's `stale` keys dropped
+    unless measured again) and, for a user's tasks, their numbers in the run's standard section too."""
+    final = run.read_final()  # afresh: another evaluation of the run may have added its section meanwhile
+    kept = {k: v for k, v in final.get("eval", {}).get(job.key, {}).items() if k not in stale}
+    sections = {job.key: {**kept, **head}}
+    if job.mine:  # the user's metrics also join the run's standard section, so reports draw them beside the rest
+        std = job.lm.mode if run.config.memory.type != "none" else "none"  # without memory every mode is "none"
+        prefixes = tuple(p for t in job.mine for p in (f"{t}/", f"route/{t}/", f"prior/{t}"))
+        own = {k: v for k, v in head.items() if k.startswith(prefixes)}
         sections[std] = {**final.get("eval", {}).get(std, {}), **own}
-    runs.update_final(run_dir, eval=sections)
-    faults.point("eval_final")
-    write_json(
-        marker,
-        {
-            "settings": settings,
-            "code": runs.git_state(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "metric_version": METRIC_VERSION,
-            "headline": head,
-            "timing": timing,
-            "routing": route_detail,
-            "results": res.get("results"),
-            "groups": res.get("groups"),
-            "group_subtasks": res.get("group_subtasks"),
-            "n-samples": res.get("n-samples"),
-            "versions": res.get("versions"),
-            "configs": res.get("configs"),
-        },
-    )
-    if print_table:
-        print(make_table(res))
-        if res.get("groups"):
-            print(make_table(res, "groups"))
-        log.info(
-            f"{run_dir} memory={lm.mode}: {n} samples in {elapsed:.1f}s "
-            f"(retrieval {lm.retrieval_seconds:.2f}s, model {lm.model_seconds:.1f}s) -> {out_dir}"
-        )
-    return sections[key]
+    return sections
+
+
+def _marker(settings: dict, head: dict, timing: dict, route_detail: dict, res: dict[str, Any]) -> dict[str, Any]:
+    """results.json: the settings (the "already evaluated" check), headline, timing, routing and harness output."""
+    return {
+        "settings": settings,
+        "code": runs.git_state(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "metric_version": METRIC_VERSION,
+        "headline": head,
+        "timing": timing,
+        "routing": route_detail,
+        "results": res.get("results"),
+        "groups": res.get("groups"),
+        "group_subtasks": res.get("group_subtasks"),
+        "n-samples": res.get("n-samples"),
+        "versions": res.get("versions"),
+        "configs": res.get("configs"),
+    }

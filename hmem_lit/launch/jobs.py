@@ -82,7 +82,7 @@ class RequeueAtStep(Callback):
 
     @staticmethod
     def _atomic(trainer: Any) -> Any:
-        from hmem_lit.train import AtomicCheckpoint
+        from hmem_lit.callbacks import AtomicCheckpoint
 
         return next(c for c in trainer.callbacks if isinstance(c, AtomicCheckpoint))
 
