@@ -41,7 +41,8 @@ def load_plugins() -> list[str]:
     return names
 
 
-def _plugins_configured() -> bool:
+def plugins_configured() -> bool:
+    """Whether $HMEM_PLUGINS or an entry point names a plug-in (nothing is imported)."""
     import os
     from importlib.metadata import entry_points
 
@@ -97,6 +98,10 @@ class Registry:
             raise KeyError(f"unknown {self.kind} {name!r}{hint}; valid: {', '.join(sorted(self._items))}")
         return self._items[name]
 
+    def registered(self) -> dict[str, Any]:
+        """The entries registered so far, importing nothing (shipped entries appear once the loader has run)."""
+        return dict(self._items)
+
     def names(self) -> list[str]:
         self._ensure()
         return sorted(self._items)
@@ -107,7 +112,7 @@ class Registry:
     def known(self) -> list[str]:
         """The names, from the source when nothing is imported yet (config validation stays light: a config of
         an anchor-only run never imports torch); the imported registry once it is loaded."""
-        return self.names() if self._loaded else list(self._scanned())
+        return self.names() if self._loaded else sorted({*self._scanned(), *self._items})  # + registered by hand
 
     def capability(self, name: str, attr: str, default: Any = None) -> Any:
         """A declared class attribute of entry `name` (e.g. `routed`), without importing it when not loaded yet."""
@@ -130,7 +135,7 @@ class Registry:
 
         mod = str(self.loader).partition(":")[0]
         here = Path(__file__).resolve().parent.joinpath(*mod.split(".")[1:])  # no import of the parent package
-        if not (self.loader and self.var and mod.startswith("hmem_lit.")) or _plugins_configured():
+        if not (self.loader and self.var and mod.startswith("hmem_lit.")) or plugins_configured():
             files = []
         elif here.is_dir():
             files = sorted(here.glob("*.py"))
