@@ -29,7 +29,7 @@ from hmem_lit.errors import ConfigError, RunError  # noqa: E402,F401 (re-exporte
 from hmem_lit.errors import check as _check
 from hmem_lit.errors import one_of as _one_of
 from hmem_lit.fields import RUN_ID, check_ranges, declared, ranged
-from hmem_lit.registry import EMBEDDERS, MEMORY, RETRIEVERS, TREE_ROUTERS  # noqa: E402 (filled on first lookup)
+from hmem_lit.registry import CORPORA, EMBEDDERS, MEMORY, RETRIEVERS, TREE_REFINERS, TREE_ROUTERS  # noqa: E402 (filled on first lookup)
 
 RUN, EMBED = ("run",), ("embeddings", *RUN_ID)  # effects (fields.py)
 
@@ -217,7 +217,7 @@ class RetrieverConfig:
         _one_of(self.tfidf_projection, ("random", "svd"), "retriever.tfidf_projection")
         _one_of(self.train_paths, ("assigned", "routed"), "retriever.train_paths")
         _one_of(self.router, TREE_ROUTERS.known(), "retriever.router")
-        _one_of(self.refine, ("none", "bm25"), "retriever.refine")
+        _one_of(self.refine, TREE_REFINERS.known(), "retriever.refine")
         _one_of(self.embed_dtype, ("float32", "float16"), "retriever.embed_dtype")
         _one_of(self.route_unsampled, ("centroid", "router"), "retriever.route_unsampled")
         _one_of(self.device, ("cpu", "cuda"), "retriever.device")
@@ -280,7 +280,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_ranges(self, "data.")  # the ranges declared beside the fields
         _one_of(self.source, ("toy", "builtin", "files"), "data.source")
-        _one_of(self.corpus, ("facts", "airports"), "data.corpus")
+        _one_of(self.corpus, CORPORA.known(), "data.corpus")  # the registry is the source of truth
         if self.source == "files":
             _check(len(self.files) > 0, "data.files", "data.source=files needs at least one path")
         _one_of(self.packing, ("ffd", "stream"), "data.packing")

@@ -1,9 +1,10 @@
-"""A tiny name -> object registry used for memory types, retrievers, embedders and figure kinds.
+"""A tiny name -> object registry used for memory types, retrievers, embedders, corpora and figure kinds.
 
 `@MEMORY.register("ffn")` adds a class; `MEMORY.get("ffn")` returns it, and a miss lists the valid names.
 The suite's registries are defined here, at the bottom of the import graph, each with the module that fills it
 (imported on the first lookup): the config validates against them without importing torch-level modules, and a
-plug-in (`$HMEM_PLUGINS`, entry point group `hmem_lit.plugins`) registers into them from outside the package.
+plug-in (`$HMEM_PLUGINS`, entry point group `hmem_lit.plugins`) registers into any of them from outside the
+package: `load_plugins` runs once, before the first lookup in any registry.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Registry:
         self._loaded = loader is None
 
     def _ensure(self) -> None:
+        load_plugins()  # once per process, before any lookup in any registry: a plug-in may add to each of them
         if self._loaded:
             return
         self._loaded = True  # before importing: the loader's own lookups must not recurse
@@ -183,6 +185,8 @@ class Registry:
 MEMORY = Registry("memory type", "hmem_lit.memory:import_all", "MEMORY")  # memory.type (memory/base.py: the contract)
 RETRIEVERS = Registry("retriever", "hmem_lit.retriever.routing", "RETRIEVERS")  # retriever.type
 TREE_ROUTERS = Registry("retriever.router", "hmem_lit.retriever.routing", "TREE_ROUTERS")  # retriever.router
+TREE_REFINERS = Registry("retriever.refine", "hmem_lit.retriever.routing", "TREE_REFINERS")  # retriever.refine
 EMBEDDERS = Registry("embedder", "hmem_lit.retriever.embedders", "EMBEDDERS")  # retriever.embedder
+CORPORA = Registry("corpus", "hmem_lit.data.corpus", "CORPORA")  # data.corpus (data.source=builtin)
 # `kind:` of a figure in analysis/*.yaml; analysis/kinds.py imports every module that registers shipped kinds
 FIGURES = Registry("figure kind", "hmem_lit.analysis.kinds")

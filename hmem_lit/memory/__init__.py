@@ -30,6 +30,3 @@ def import_all() -> None:
     for m in pkgutil.iter_modules(__path__):
         if not m.name.startswith("_") and m.name not in _SUPPORT:
             importlib.import_module(f"{__name__}.{m.name}")
-    from hmem_lit.registry import load_plugins
-
-    load_plugins()  # $HMEM_PLUGINS and `hmem_lit.plugins` entry points: types registered from outside the package
