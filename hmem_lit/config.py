@@ -24,7 +24,7 @@ from hmem_lit.anchor_config import (  # noqa: F401 (re-exported: hmem_lit.config
     PRESETS,
     AnchorConfig,
 )
-from hmem_lit.config_text import check_shapes, friendly, parse_overrides, read_yaml, str_keys, valid_keys
+from hmem_lit.config_text import check_shapes, friendly, parse_overrides, read_yaml, rename, str_keys, valid_keys
 from hmem_lit.errors import ConfigError, RunError  # noqa: E402,F401 (re-exported: hmem_lit.config.ConfigError)
 from hmem_lit.errors import check as _check
 from hmem_lit.errors import one_of as _one_of
@@ -510,38 +510,11 @@ RENAMED: dict[str, str] = {
     "memory.lora_target": "memory.lora.target",
     "memory.lora_alpha": "memory.lora.alpha",
 }
-_noticed: set[str] = set()
 
 
 def renamed(tree: Any) -> Any:
-    """A plain config dict (or DictConfig) with every old key of RENAMED moved to its new key; the input is not
-    changed. Setting both the old and the new key is a ConfigError."""
-    import copy
-    import logging
-
-    was_node = isinstance(tree, DictConfig)
-    d = OmegaConf.to_container(tree, resolve=False) if was_node else copy.deepcopy(tree)
-    if not isinstance(d, dict):
-        return tree
-    for old, new in RENAMED.items():
-        *path, leaf = old.split(".")
-        node: Any = d
-        for p in path:
-            node = node.get(p) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or leaf not in node:
-            continue
-        value = node.pop(leaf)
-        *npath, nleaf = new.split(".")
-        dest: Any = d
-        for p in npath:
-            dest = dest.setdefault(p, {})
-            _check(isinstance(dest, dict), new, f"is a config section (the new name of {old})")
-        _check(nleaf not in dest, old, f"renamed to {new}, and both are set; keep {new}")
-        dest[nleaf] = value
-        if old not in _noticed:
-            _noticed.add(old)
-            logging.getLogger("hmem_lit").warning("%s is now %s (the old key still works)", old, new)
-    return OmegaConf.create(d) if was_node else d
+    """`tree` (a plain dict or DictConfig) with every old key of RENAMED moved to its new key (config_text.rename)."""
+    return rename(tree, RENAMED)
 
 
 def memory_schema() -> type[MemoryConfig]:
@@ -620,19 +593,16 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def from_dict(d: dict[str, Any]) -> RunConfig:
-    root: Any = schema()  # a class (hashable: str_keys caches by it)
-    schema_node = OmegaConf.structured(root)
-    OmegaConf.set_struct(schema_node, True)
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(schema_node, renamed(d)))  # type: ignore[return-value]
-    except OmegaConfBaseException as e:
-        raise friendly(e, valid_keys(root)) from None
+    """A stored config (a run's final.json, a checkpoint), validated; old keys are renamed (RENAMED)."""
+    return cast(RunConfig, section_from_dict(schema(), renamed(d)))
 
 
 def section_from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """One config section (a dataclass; its nested sections built too) from its plain dict, validated."""
+    """A config dataclass (its nested sections built too) from its plain dict, in struct mode, validated."""
+    node = OmegaConf.structured(cls)
+    OmegaConf.set_struct(node, True)
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), d))
+        return OmegaConf.to_object(OmegaConf.merge(node, d))
     except OmegaConfBaseException as e:
         raise friendly(e, valid_keys(cls)) from None
 
