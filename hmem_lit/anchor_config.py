@@ -10,7 +10,7 @@ from typing import Any
 from hmem_lit.errors import ConfigError
 from hmem_lit.errors import check as _check
 from hmem_lit.errors import one_of as _one_of
-from hmem_lit.fields import check_ranges, ranged
+from hmem_lit.fields import RUN_ID, check_ranges, declared, ranged
 
 # --------------------------------------------------------------------------------------------------------------
 # anchor
@@ -18,6 +18,8 @@ from hmem_lit.fields import check_ranges, ranged
 
 @dataclass
 class AnchorConfig:
+    EFFECTS = RUN_ID  # what a field affects unless it says (fields.py)
+
     preset: str = "tiny"  # named preset (see PRESETS); its values apply before explicit keys
     vocab_size: int | None = ranged(None, 2, 2**21)  # None = taken from the data's tokenizer at train time
     n_layer: int = ranged(2, 1, 1024)  # transformer blocks
@@ -36,8 +38,8 @@ class AnchorConfig:
     init_std: float = ranged(0.02, 0, 10, lo_open=True)  # std of the normal weight init
     # document-causal attention (anchor.py): sdpa (dense (B,1,T,T) mask, the reference) | flex (FlexAttention block
     # mask; no backward on CPU) | auto (flex on CUDA if head_dim >= 16, sdpa elsewhere). Built-in anchor only;
-    # preset=hf: auto
-    attention: str = "auto"
+    # preset=hf: auto. An implementation of the same attention (equal within float tolerance)
+    attention: str = declared("auto", effects=())
     # preset=hf: a Hugging Face causal LM as the anchor (hmem_lit.hf_anchor). Either hf_path, a local directory
     # (config.json + safetensors; read with local_files_only, never from the hub) whose sizes replace the keys
     # above, or hf_family, a random-weight model of that family built from the keys above (tests, tiny runs)

@@ -74,7 +74,7 @@ def cmd_list(a: argparse.Namespace) -> int:
     """Presets, registered components, experiments and sweeps, without importing torch (counts by arithmetic,
     components read from their source: Registry.scan)."""
     from hmem_lit.anchor_config import PRESETS, AnchorConfig, anchor_params
-    from hmem_lit.registry import EMBEDDERS, MEMORY, RETRIEVERS, TREE_ROUTERS
+    from hmem_lit.registry import CORPORA, EMBEDDERS, MEMORY, RETRIEVERS, TREE_REFINERS, TREE_ROUTERS
 
     print("anchor presets:")
     for name, p in PRESETS.items():
@@ -88,10 +88,12 @@ def cmd_list(a: argparse.Namespace) -> int:
     kinds = {n: "routed" if attrs.get("routed", True) else "token-level" for n, attrs in MEMORY.scan().items()}
     print("memory types: none, " + ", ".join(f"{n} ({k})" for n, k in kinds.items()))
     print(f"retrievers (retriever.type): {', '.join(RETRIEVERS.scan())};  embedders: {', '.join(EMBEDDERS.scan())}")
-    for name, attrs in TREE_ROUTERS.scan().items():
-        print(f"  retriever.router={name:9s} {attrs.get('value', '')}")
-    print("  retriever.refine=bm25      neighbour-graph refinement of the clusters (none: k-means clusters as built)")
-    print("built-in corpora (data.source=builtin data.corpus=...): facts, airports")
+    for key, reg in (("router", TREE_ROUTERS), ("refine", TREE_REFINERS)):
+        for name, attrs in reg.scan().items():
+            print(f"  retriever.{key}={name:9s} {attrs.get('value', '')}")
+    print("built-in corpora (data.source=builtin):")
+    for name, attrs in CORPORA.scan().items():
+        print(f"  data.corpus={name:9s} {attrs.get('about', '')}")
     print(
         "eval tasks: hmem_sk, hmem_ck (groups), hmem_<probe> and hmem_<probe>_bucket0..4, hmem_wiki_cloze(_mc), "
         "hmem_wiki_ppl (generated from each run's prepared data); paper_ck, paper_sk (need hub datasets)"

@@ -8,8 +8,9 @@ validates its section; every failure is a `ConfigError` whose message is one lin
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,12 +24,14 @@ from hmem_lit.anchor_config import (  # noqa: F401 (re-exported: hmem_lit.config
     PRESETS,
     AnchorConfig,
 )
-from hmem_lit.config_text import check_shapes, friendly, parse_overrides, read_yaml, str_keys, valid_keys
+from hmem_lit.config_text import check_shapes, friendly, parse_overrides, read_yaml, rename, str_keys, valid_keys
 from hmem_lit.errors import ConfigError, RunError  # noqa: E402,F401 (re-exported: hmem_lit.config.ConfigError)
 from hmem_lit.errors import check as _check
 from hmem_lit.errors import one_of as _one_of
-from hmem_lit.fields import check_ranges, ranged
-from hmem_lit.registry import EMBEDDERS, MEMORY, RETRIEVERS, TREE_ROUTERS  # noqa: E402 (filled on first lookup)
+from hmem_lit.fields import RUN_ID, check_ranges, declared, ranged
+from hmem_lit.registry import CORPORA, EMBEDDERS, MEMORY, RETRIEVERS, TREE_REFINERS, TREE_ROUTERS  # noqa: E402 (filled on first lookup)
+
+RUN, EMBED = ("run",), ("embeddings", *RUN_ID)  # effects (fields.py)
 
 
 def _routed_types() -> list[str]:
@@ -43,6 +46,8 @@ def _routed_types() -> list[str]:
 @dataclass
 class PKMConfig:
     """Product-key memory layer (Memory Layers at Scale)."""
+
+    EFFECTS = RUN_ID  # what a field affects unless it says (fields.py)
 
     n_keys: int = ranged(32, 1, 2**16)  # sqrt(N): half-keys per product half; N = n_keys**2 value rows
     heads: int = ranged(4, 1, 1024)  # query heads (all read one shared value table)
@@ -65,17 +70,33 @@ class PKMConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """LoRA-memories' patches (memory/lora.py): which linears they patch and how they are scaled."""
+
+    EFFECTS = RUN_ID
+
+    target: str = "qk"  # qk | vo | ffn
+    alpha: float = ranged(2.0, 0, 1e6, lo_open=True)  # the patch is scaled by alpha / r (the paper: alpha = 2)
+    # r is the fetched rank, sum(memory.levels): alpha/r (LoRA) | alpha/sqrt(r) (rsLoRA: the update's scale does
+    # not shrink as the rank grows)
+    scaling: str = "alpha/r"
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "memory.lora.")
+        _one_of(self.target, ("qk", "vo", "ffn"), "memory.lora.target")
+        _one_of(self.scaling, ("alpha/r", "alpha/sqrt(r)"), "memory.lora.scaling")
+
+
+@dataclass
 class MemoryConfig:
+    EFFECTS = RUN_ID
+
     type: str = "none"  # none | ffn | lora | kv | pkm (registry key)
     levels: list[int] = ranged([], 0, 2**24, each=True)  # r_l per tree level (r1, r2, ...); 0 = level absent
     layers: Any = "all"  # all | early | middle | late | list of layer indices
     init_std: float = ranged(
         0.02, 0, 10, lo_open=True
     )  # truncated-normal std of the non-zero parts (FFN gate/up, KV keys)
-    lora_target: str = "qk"  # qk | vo | ffn
-    lora_alpha: float = ranged(
-        2.0, 0, 1e6, lo_open=True
-    )  # LoRA patches are scaled by lora_alpha / rank (the paper: alpha = 2)
     generic: bool = False  # also train one context-independent "generic" block of the fetch size
     generic_prob: float = ranged(
         1.0 / 17.0, 0, 1, hi_open=True
@@ -84,8 +105,8 @@ class MemoryConfig:
     # where the bank's tables and Adam moments live: ram | disk (memory-mapped scratch files, for a bank larger
     # than host RAM; the numbers are bit for bit the same: memory/storage.py). storage_dir: the directory of the
     # scratch files (empty: the run's experiment directory, e.g. runs/<experiment>/)
-    storage: str = "ram"
-    storage_dir: str = ""
+    storage: str = declared("ram", effects=())
+    storage_dir: str = declared("", effects=())
     # the number type of the bank's tables and their Adam moments: float32 | bfloat16 (half the bytes: 6 per
     # parameter instead of 12). bfloat16 rows are updated in float32 and rounded back: the moments to nearest, the
     # tables by `rounding` (stochastic: unbiased, so updates smaller than bf16's spacing still add up, with a
@@ -95,11 +116,13 @@ class MemoryConfig:
     # with the bank on the host (memory.offload=true or memory.storage=disk): after each optimiser step, stage the
     # next batch's rows on the compute device (pinned memory, a side CUDA stream) so its fetch does not wait for
     # the gather and copy; the numbers are bit for bit the same (memory/prefetch.py)
-    prefetch: bool = False
+    prefetch: bool = declared(False, effects=())
     # with the bank on the host (offload, disk, or a run on the CPU): the row-wise optimiser step runs on a worker
     # thread while training goes on; a read waits only for the rows it needs. Bit for bit the same numbers
     # (memory/writeback.py)
-    async_update: bool = False
+    async_update: bool = declared(False, effects=())
+    # each memory type's own options (MemoryType.config_key / options); a plug-in type's section is added by schema()
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     pkm: PKMConfig = field(default_factory=PKMConfig)
 
     def __post_init__(self) -> None:
@@ -114,7 +137,6 @@ class MemoryConfig:
             _check(
                 all(isinstance(i, int) and i >= 0 for i in self.layers), "memory.layers", "must be layer indices >= 0"
             )
-        _one_of(self.lora_target, ("qk", "vo", "ffn"), "memory.lora_target")
         _one_of(self.storage, ("ram", "disk"), "memory.storage")
         _one_of(self.dtype, ("float32", "bfloat16"), "memory.dtype")
         _one_of(self.rounding, ("stochastic", "nearest"), "memory.rounding")
@@ -139,10 +161,13 @@ class MemoryConfig:
 
 @dataclass
 class RetrieverConfig:
+    EFFECTS = ("tree", *RUN_ID)  # the k-means tree stage of `hmem data prepare`, unless a field says
+
     type: str = "tree"  # tree (k-means tree routing) | random (seeded random paths) | oracle (metadata field)
-    embedder: str = "tfidf"  # tfidf | minilm
-    embed_dim: int = ranged(256, 1, 2**16)  # tfidf: projected dimensions (minilm is always 384)
-    tfidf_projection: str = "random"  # random (+-1 JL projection: keeps rare names, routes facts better) | svd (LSA)
+    embedder: str = declared("tfidf", effects=EMBED)  # tfidf | minilm
+    embed_dim: int = ranged(256, 1, 2**16, effects=EMBED)  # tfidf: projected dimensions (minilm is always 384)
+    # random (+-1 JL projection: keeps rare names, routes facts better) | svd (LSA)
+    tfidf_projection: str = declared("random", effects=EMBED)
     # training documents' paths: assigned (balanced k-means clusters, paper) | routed (greedy descent = prompt routing)
     train_paths: str = "assigned"
     branching: int = ranged(16, 2, 4096)
@@ -152,7 +177,7 @@ class RetrieverConfig:
     )  # a cluster holding more than this share of its parent's points is split (paper)
     niter: int = ranged(20, 1, 10_000)  # k-means iterations per node
     max_points_per_centroid: int = ranged(256, 1, 10**9)  # k-means training sample per node (faiss semantics)
-    seed: int = ranged(0, 0, 2**32 - 1)
+    seed: int = ranged(0, 0, 2**32 - 1, effects=("embeddings", "tree", *RUN_ID))
     oracle_field: str = "kind"  # metadata field used by the oracle retriever
     recenter: bool = True  # after balancing, re-estimate each centroid from its documents (routing follows data)
     # How new text (prompts, held-out documents) finds its path in the tree, and how the clusters are refined
@@ -175,14 +200,15 @@ class RetrieverConfig:
     # corpus scale: the embedder (tfidf), the k-means tree and the BM25 index/refinement are fitted on at most
     # `fit_sample` training documents (a seeded sample; 0 = all); every other document is then routed in chunks
     # like held-out text. `embed_dtype`: the stored document embeddings (float16 halves the disk of emb.npy).
-    fit_sample: int = ranged(100_000, 0, 10**12)
+    fit_sample: int = ranged(100_000, 0, 10**12, effects=("embeddings", "tree", *RUN_ID))
     # how training documents outside that sample are routed: centroid (greedy descent of their embedding, ~0.1 ms
     # a document) | router (retriever.router, like held-out text: bm25 costs ~4 ms a document on 2 cores)
     route_unsampled: str = "centroid"
-    embed_dtype: str = "float32"  # float32 | float16
+    embed_dtype: str = declared("float32", effects=EMBED)  # float32 | float16
     # where the embedding chunks of `hmem data prepare` run: cpu | cuda (embedders that declare gpu support:
     # minilm; on the local engine CUDA must be visible to the preparing process, on dask to the workers)
-    device: str = "cpu"
+    # (a GPU's embeddings differ from the CPU's in float rounding)
+    device: str = declared("cpu", effects=EMBED)
 
     def __post_init__(self) -> None:
         check_ranges(self, "retriever.")  # the ranges declared beside the fields
@@ -191,7 +217,7 @@ class RetrieverConfig:
         _one_of(self.tfidf_projection, ("random", "svd"), "retriever.tfidf_projection")
         _one_of(self.train_paths, ("assigned", "routed"), "retriever.train_paths")
         _one_of(self.router, TREE_ROUTERS.known(), "retriever.router")
-        _one_of(self.refine, ("none", "bm25"), "retriever.refine")
+        _one_of(self.refine, TREE_REFINERS.known(), "retriever.refine")
         _one_of(self.embed_dtype, ("float32", "float16"), "retriever.embed_dtype")
         _one_of(self.route_unsampled, ("centroid", "router"), "retriever.route_unsampled")
         _one_of(self.device, ("cpu", "cuda"), "retriever.device")
@@ -205,38 +231,41 @@ class RetrieverConfig:
 
 @dataclass
 class DataConfig:
+    EFFECTS = ("corpus", *RUN_ID)  # the corpus stage of `hmem data prepare` and every later one, unless it says
+
     source: str = "toy"  # toy (generated in memory, for tests) | builtin | files
-    dir: str = "data/builtin"  # prepared data directory (tokenizer, tree, packed shards)
+    dir: str = declared("data/builtin", effects=())  # prepared data directory (tokenizer, tree, packed shards)
     files: list[str] = field(default_factory=list)  # source=files: JSONL ({"text": ...}) or .txt paths
-    tokenizer: str | None = None  # an existing tokenizer JSON instead of training one
-    vocab_size: int = ranged(4096, 260, 2**21)  # BPE vocabulary trained on the corpus
-    seq_len: int = ranged(128, 8, 2**22)  # packed sequence length (tokens)
+    # an existing tokenizer JSON instead of training one
+    tokenizer: str | None = declared(None, effects=("tokenizer", *RUN_ID))
+    # BPE vocabulary trained on the corpus
+    vocab_size: int = ranged(4096, 260, 2**21, effects=("tokenizer", *RUN_ID))
+    seq_len: int = ranged(128, 8, 2**22, effects=("packing", *RUN_ID))  # packed sequence length (tokens)
     val_fraction: float = ranged(0.02, 0, 0.5, hi_open=True)  # share of documents held out for validation perplexity
-    seed: int = ranged(
-        0, 0, 2**32 - 1
-    )  # corpus, synthetic world, split and packing seed (train.seed drives init and order)
-    num_workers: int = ranged(0, 0, 1024)  # DataLoader workers (0 = load in the main process)
+    # corpus, synthetic world, split and packing seed (train.seed drives init and order)
+    seed: int = ranged(0, 0, 2**32 - 1, effects=("corpus", "packing", "questions", *RUN_ID))
+    num_workers: int = ranged(0, 0, 1024, effects=())  # DataLoader workers (0 = load in the main process)
     # corpus scale (data/stream.py): preparation reads documents in chunks of `chunk_docs` and trains the BPE on
     # at most `tokenizer_sample` training documents (a seeded sample; 0 = all), so its memory is bounded by these,
     # not by the corpus. `workers` processes embed chunks in parallel; neither changes any output.
-    chunk_docs: int = ranged(16_384, 1, 10**9)
-    tokenizer_sample: int = ranged(100_000, 0, 10**12)
-    workers: int = ranged(1, 1, 4096)
+    chunk_docs: int = ranged(16_384, 1, 10**9, effects=())
+    tokenizer_sample: int = ranged(100_000, 0, 10**12, effects=("tokenizer", *RUN_ID))
+    workers: int = ranged(1, 1, 4096, effects=())
     # where the embedding and routing chunks run (data/stream.py Engine): local (this machine, `workers`
     # processes) | dask (dask.distributed: the scheduler at `engine_address`, or a LocalCluster of `workers`
     # processes when empty). Outputs are byte-identical on every engine.
-    engine: str = "local"
-    engine_address: str = ""
+    engine: str = declared("local", effects=())
+    engine_address: str = declared("", effects=())
     # packing (data/packing.py), both within one leaf (the paper's same-cluster packing): stream = the leaf's
     # documents concatenated and cut into rows (a document may continue in the next row; documents of at most
     # `pack_whole` tokens are never cut; the default since 2026-12-02: LOG "packing default"); ffd = first-fit
     # decreasing, a document that fits a row is never split (wastes 23% of tokens as padding on web-like text)
-    packing: str = "stream"
-    pack_whole: int = ranged(32, 0, 2**22)
+    packing: str = declared("stream", effects=("packing", *RUN_ID))
+    pack_whole: int = ranged(32, 0, 2**22, effects=("packing", *RUN_ID))
     # the documents' key field (an entity name, an id): routing diagnostics (concentration of each key's training
     # documents in one leaf, prompts routed to it; retriever/diagnostics.py). null = "entity" for the builtin
     # corpora, none for files. When set, every file document must carry it (null for background text).
-    key_field: str | None = None
+    key_field: str | None = declared(None, effects=("tree",))
     # builtin corpus knobs
     corpus: str = "facts"  # facts (elements, countries, synthetic people) | airports (airportsdata; data/airports.py)
     airports: int = ranged(1500, 1, 10**7)  # corpus=airports: airports drawn
@@ -246,12 +275,12 @@ class DataConfig:
     fact_repeats_min: int = ranged(1, 1, 10**6)  # the tail's fact documents (the Zipf law runs from min to max)
     zipf_a: float = ranged(1.1, 0, 100, lo_open=True)
     # toy corpus knobs
-    toy_docs: int = ranged(400, 2, 10**8)
+    toy_docs: int = ranged(400, 2, 10**8, effects=RUN_ID)  # generated in memory, never prepared
 
     def __post_init__(self) -> None:
         check_ranges(self, "data.")  # the ranges declared beside the fields
         _one_of(self.source, ("toy", "builtin", "files"), "data.source")
-        _one_of(self.corpus, ("facts", "airports"), "data.corpus")
+        _one_of(self.corpus, CORPORA.known(), "data.corpus")  # the registry is the source of truth
         if self.source == "files":
             _check(len(self.files) > 0, "data.files", "data.source=files needs at least one path")
         _one_of(self.packing, ("ffd", "stream"), "data.packing")
@@ -269,6 +298,8 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    EFFECTS = RUN_ID
+
     lr: float = ranged(3e-3, 0, 100, lo_open=True)  # anchor peak LR
     min_lr: float = ranged(3e-4, 0, 100)  # cosine floor
     warmup: float = ranged(0.05, 0, 10**12)  # fraction of total steps if < 1, else a number of steps
@@ -307,31 +338,40 @@ TRACKERS = ("jsonl", "csv", "tensorboard", "wandb", "mlflow")  # train.loggers (
 
 @dataclass
 class TrainConfig:
-    mode: str = "anchor"  # anchor (A1) | frozen (A3: memory on a frozen anchor) | cotrain (A2) | scratch (A4);
-    # anchor and scratch are the same thing (fresh init) and are named after memory.type on load
-    init_from: str | None = None  # run directory with a trained anchor (frozen, cotrain)
-    max_tokens: int = ranged(200_000, 1, 10**16)  # token budget (sequences x seq_len x steps, all devices)
-    batch_size: int = ranged(16, 1, 2**20)  # sequences per micro-batch per device
-    accumulate: int = ranged(1, 1, 2**20)  # gradient accumulation micro-batches
-    precision: str = "auto"  # auto (bf16-mixed on CUDA, 32-true on CPU) | 32-true | bf16-mixed | 16-mixed
-    accelerator: str = "auto"
-    devices: Any = 1
-    num_nodes: int = ranged(1, 1, 10**6)  # Lightning's num_nodes: train.devices processes on each (Slurm, torchrun)
-    strategy: str = "auto"  # any Lightning strategy name: auto | ddp | ddp_spawn | fsdp ...
+    EFFECTS = ()  # bookkeeping, unless a field says
+
+    # anchor (A1) | frozen (A3: memory on a frozen anchor) | cotrain (A2) | scratch (A4); anchor and scratch are the
+    # same thing (fresh init) and are named after memory.type on load
+    mode: str = declared("anchor", effects=RUN_ID)
+    init_from: str | None = declared(None, effects=RUN)  # run directory with a trained anchor (frozen, cotrain)
+    max_tokens: int = ranged(200_000, 1, 10**16, effects=RUN_ID)  # token budget (sequences x seq_len x steps, all)
+    batch_size: int = ranged(16, 1, 2**20, effects=RUN_ID)  # sequences per micro-batch per device
+    accumulate: int = ranged(1, 1, 2**20, effects=RUN_ID)  # gradient accumulation micro-batches
+    # auto (bf16-mixed on CUDA, 32-true on CPU) | 32-true | bf16-mixed | 16-mixed
+    precision: str = declared("auto", effects=RUN_ID)
+    # where and on how many devices: the steps a token budget takes
+    accelerator: str = declared("auto", effects=RUN)
+    devices: Any = declared(1, effects=RUN)
+    # Lightning's num_nodes: train.devices processes on each (Slurm, torchrun)
+    num_nodes: int = ranged(1, 1, 10**6, effects=RUN)
+    strategy: str = declared("auto", effects=RUN)  # any Lightning strategy name: auto | ddp | ddp_spawn | fsdp ...
     val_every: int = ranged(50, 0, 10**12)  # steps between validations (0 = only at the end)
     val_batches: int = ranged(8, 1, 10**9)
     ckpt_every: int = ranged(50, 0, 10**12)  # steps between checkpoints (0 = only at the end)
     log_every: int = ranged(5, 1, 10**12)
-    seed: int = ranged(0, 0, 2**32 - 1)
+    seed: int = ranged(0, 0, 2**32 - 1, effects=RUN)  # another seed of the same configuration
     threads: int = ranged(0, 0, 4096)  # torch intra-op threads (0 = torch default)
-    progress: bool = True
-    subtree: int | None = None  # train only sequences under this level-1 subtree (split memory jobs)
+    progress: bool = True  # progress lines on the console while training
+    # train only sequences under this level-1 subtree (split memory jobs)
+    subtree: int | None = declared(None, effects=RUN_ID)
     # experiment trackers (trackers.py): jsonl is always written; add csv | tensorboard | wandb | mlflow
     loggers: list[str] = field(default_factory=lambda: ["jsonl"])
     telemetry: bool = True  # memory runs: log the bank's use (telemetry.py)
     probe_every: int = ranged(0, 0, 10**12)  # in-loop fact probes every N steps (evaluation/inloop.py; 0 = off)
     probe_per_bucket: int = ranged(8, 1, 10**7)  # items per frequency bucket and probe in the in-loop subset
-    compile: bool = False  # torch.compile the anchor (memory hooks included; the bank's gather stays eager)
+    # torch.compile the anchor (memory hooks included; the bank's gather stays eager): the same arithmetic, fused
+    # (equal within float tolerance; tests/test_compile.py)
+    compile: bool = False
     # peak FLOP/s per device in TFLOP/s for train/mfu (throughput.py); None = the device table (CUDA), no MFU on CPU
     peak_tflops: float | None = ranged(None, 0, 1e7, lo_open=True)
 
@@ -349,6 +389,8 @@ EVAL_TASKS = ("hmem_sk", "hmem_ck", "hmem_wiki_ppl", "hmem_val_bpb")
 
 @dataclass
 class EvalConfig:
+    EFFECTS = ()  # evaluation settings: none changes a run
+
     tasks: list[str] = field(default_factory=lambda: list(EVAL_TASKS))  # lm-eval tasks and groups (generated per run)
     memory: str = "fetched"  # fetched | generic | none | blocked | random (random paths: the routing control)
     block_level: int = ranged(1, 1, 4)  # blocked mode: the tree level whose best-matching subtree is blocked
@@ -373,6 +415,8 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
+    EFFECTS = ()
+
     experiment: str = "default"  # runs/<experiment>/<name>/
     name: str = "run"  # the run directory's name
     out_dir: str = "runs"  # where run directories go
@@ -460,43 +504,87 @@ class RunConfig:
 # --------------------------------------------------------------------------------------------------------------
 # loading
 
+# Renamed keys, old -> new (dotted). A config that still writes the old key (a YAML, key=value, a stored run's
+# config) works: the value moves to the new key with a one-line notice. One table for every rename.
+RENAMED: dict[str, str] = {
+    "memory.lora_target": "memory.lora.target",
+    "memory.lora_alpha": "memory.lora.alpha",
+}
+
+
+def renamed(tree: Any) -> Any:
+    """`tree` (a plain dict or DictConfig) with every old key of RENAMED moved to its new key (config_text.rename)."""
+    return rename(tree, RENAMED)
+
+
+def memory_schema() -> type[MemoryConfig]:
+    """MemoryConfig, plus one section for each plug-in memory type that declares its own options
+    (`config_key = "mine"; options = MyOptions`, a dataclass): memory.mine.<key> then loads from YAML and key=value
+    like memory.pkm.<key>. Without plug-ins it is MemoryConfig itself and nothing is imported."""
+    from hmem_lit.registry import load_plugins, plugins_configured
+
+    if plugins_configured():
+        load_plugins()
+    have = {f.name for f in fields(MemoryConfig)}
+    extra = []
+    for cls in MEMORY.registered().values():  # shipped types' sections are MemoryConfig's own fields
+        key, opts = getattr(cls, "config_key", None), getattr(cls, "options", None)
+        if key and opts is not None and key not in have:
+            have.add(key)
+            extra.append((key, opts))
+    return _extended(MemoryConfig, tuple(extra)) if extra else MemoryConfig
+
+
+def schema() -> type[RunConfig]:
+    """The root config class that loading builds: RunConfig, with memory_schema() as its memory section."""
+    mem = memory_schema()
+    return RunConfig if mem is MemoryConfig else _extended(RunConfig, (("memory", mem),))
+
+
+@functools.cache  # one class per set of sections: configs built from it compare equal
+def _extended(base: type, sections: tuple[tuple[str, type], ...]) -> Any:
+    """A subclass of config dataclass `base` with one more section field per (name, dataclass)."""
+    extra = [(name, cls, field(default_factory=cls)) for name, cls in sections]
+    return make_dataclass(base.__name__, extra, bases=(base,), namespace={"__module__": __name__})
+
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """defaults < anchor preset < experiment YAML < `key=value` overrides, validated."""
+    root: Any = schema()  # a class (hashable: str_keys caches by it)
     try:
-        schema = OmegaConf.structured(RunConfig)
-        OmegaConf.set_struct(schema, True)
-        shape = OmegaConf.to_container(schema)
-        explicit = read_yaml(path) if path else OmegaConf.create({})
+        schema_node = OmegaConf.structured(root)
+        OmegaConf.set_struct(schema_node, True)
+        shape = OmegaConf.to_container(schema_node)
+        explicit = renamed(read_yaml(path)) if path else OmegaConf.create({})
         check_shapes(OmegaConf.to_container(explicit), shape)
-        cli = parse_overrides(overrides, str_keys(RunConfig))
+        cli = renamed(parse_overrides(overrides, str_keys(root)))
         check_shapes(OmegaConf.to_container(cli), shape)  # before merging: a list onto a section is a TypeError
         explicit = cast(DictConfig, OmegaConf.merge(explicit, cli))
         if path and "experiment" not in explicit:
             explicit.experiment = Path(path).stem
         # validate keys and types against the schema before expanding the preset
-        merged = OmegaConf.merge(schema, explicit)
+        merged = OmegaConf.merge(schema_node, explicit)
         preset = merged.anchor.preset
         if preset not in PRESETS and preset != HF_PRESET:
             raise ConfigError(f"anchor.preset: got {preset!r}; allowed: {', '.join([*PRESETS, HF_PRESET])}")
-        merged = OmegaConf.merge(schema, {"anchor": PRESETS.get(preset, {})}, explicit)
+        merged = OmegaConf.merge(schema_node, {"anchor": PRESETS.get(preset, {})}, explicit)
         check_shapes(OmegaConf.to_container(merged), None)  # typed now: "inf" became a float
         return cast(RunConfig, OmegaConf.to_object(merged))  # runs every __post_init__
     except OmegaConfBaseException as e:
         cause = e.__cause__ if isinstance(e.__cause__, ConfigError) else None
-        raise (cause or friendly(e, valid_keys(RunConfig))) from None
+        raise (cause or friendly(e, valid_keys(root))) from None
 
 
 def merged_value(path: str | Path | None, overrides: list[str] | tuple[str, ...], key: str) -> Any:
     """One key of defaults < experiment YAML < overrides, merged but not validated (no section's __post_init__
     runs, so no registry is imported): for commands that only need to find a run's files."""
+    root: Any = schema()  # a class (hashable: str_keys caches by it)
     try:
-        schema = OmegaConf.structured(RunConfig)
-        explicit = read_yaml(path) if path else OmegaConf.create({})
-        merged = OmegaConf.merge(schema, explicit, parse_overrides(overrides, str_keys(RunConfig)))
-        return OmegaConf.select(merged, key)
+        explicit = renamed(read_yaml(path)) if path else OmegaConf.create({})
+        cli = renamed(parse_overrides(overrides, str_keys(root)))
+        return OmegaConf.select(OmegaConf.merge(OmegaConf.structured(root), explicit, cli), key)
     except OmegaConfBaseException as e:
-        raise friendly(e, valid_keys(RunConfig)) from None
+        raise friendly(e, valid_keys(root)) from None
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -505,12 +593,18 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def from_dict(d: dict[str, Any]) -> RunConfig:
-    schema = OmegaConf.structured(RunConfig)
-    OmegaConf.set_struct(schema, True)
+    """A stored config (a run's final.json, a checkpoint), validated; old keys are renamed (RENAMED)."""
+    return cast(RunConfig, section_from_dict(schema(), renamed(d)))
+
+
+def section_from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """A config dataclass (its nested sections built too) from its plain dict, in struct mode, validated."""
+    node = OmegaConf.structured(cls)
+    OmegaConf.set_struct(node, True)
     try:
-        return OmegaConf.to_object(OmegaConf.merge(schema, d))  # type: ignore[return-value]
+        return OmegaConf.to_object(OmegaConf.merge(node, d))
     except OmegaConfBaseException as e:
-        raise friendly(e, valid_keys(RunConfig)) from None
+        raise friendly(e, valid_keys(cls)) from None
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -39,8 +39,9 @@ def _comments(cls: type) -> dict[str, str]:
         if not m:
             block, used = [], False
             continue
-        out[m.group(1)] = (m.group(2) or "").strip() or " ".join(block)
-        used = True
+        own = (m.group(2) or "").strip()
+        out[m.group(1)] = own or " ".join(block)
+        block, used = ([] if own else block), True  # a field's own comment ends the block above it
     return out
 
 

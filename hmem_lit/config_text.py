@@ -214,3 +214,38 @@ def check_shapes(explicit: Any, schema: Any, prefix: str = "") -> None:
         _check(abs(explicit) < _INT64, prefix[:-1], f"{explicit} is out of range (at most {_INT64 - 1})")
     elif isinstance(explicit, float):
         _check(math.isfinite(explicit), prefix[:-1], f"must be a finite number, got {explicit}")
+
+
+_noticed: set[str] = set()  # renamed keys already announced in this process (one notice each)
+
+
+def rename(tree: Any, renamed: dict[str, str]) -> Any:
+    """A plain config dict (or DictConfig) with every old dotted key of `renamed` (old -> new) moved to its new key,
+    each with a one-line notice naming the new key; the input is not changed. Setting both the old and the new key
+    is a ConfigError."""
+    import copy
+    import logging
+
+    was_node = isinstance(tree, DictConfig)
+    d = OmegaConf.to_container(tree, resolve=False) if was_node else copy.deepcopy(tree)
+    if not isinstance(d, dict):
+        return tree
+    for old, new in renamed.items():
+        *path, leaf = old.split(".")
+        node: Any = d
+        for p in path:
+            node = node.get(p) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *npath, nleaf = new.split(".")
+        dest: Any = d
+        for p in npath:
+            dest = dest.setdefault(p, {})
+            _check(isinstance(dest, dict), new, f"is a config section (the new name of {old})")
+        _check(nleaf not in dest, old, f"renamed to {new}, and both are set; keep {new}")
+        dest[nleaf] = value
+        if old not in _noticed:
+            _noticed.add(old)
+            logging.getLogger("hmem_lit").warning("%s is now %s (the old key still works)", old, new)
+    return OmegaConf.create(d) if was_node else d

@@ -40,9 +40,8 @@ class MemoryLM(nn.Module):
         self.memory: MemoryType | None = None
         self.subtree: int | None = None  # set by prepare_model_for_mode for split (per-subtree) memory jobs
         if cfg.memory.type != "none":
-            from hmem_lit.memory import MEMORY, import_all
+            from hmem_lit.memory import MEMORY
 
-            import_all()
             self.memory = MEMORY.get(cfg.memory.type)(cfg.memory, acfg, cfg.retriever.branching)
 
     def forward(

@@ -1,9 +1,10 @@
-"""A tiny name -> object registry used for memory types, retrievers, embedders and figure kinds.
+"""A tiny name -> object registry used for memory types, retrievers, embedders, corpora and figure kinds.
 
 `@MEMORY.register("ffn")` adds a class; `MEMORY.get("ffn")` returns it, and a miss lists the valid names.
 The suite's registries are defined here, at the bottom of the import graph, each with the module that fills it
 (imported on the first lookup): the config validates against them without importing torch-level modules, and a
-plug-in (`$HMEM_PLUGINS`, entry point group `hmem_lit.plugins`) registers into them from outside the package.
+plug-in (`$HMEM_PLUGINS`, entry point group `hmem_lit.plugins`) registers into any of them from outside the
+package: `load_plugins` runs once, before the first lookup in any registry.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def load_plugins() -> list[str]:
     return names
 
 
-def _plugins_configured() -> bool:
+def plugins_configured() -> bool:
+    """Whether $HMEM_PLUGINS or an entry point names a plug-in (nothing is imported)."""
     import os
     from importlib.metadata import entry_points
 
@@ -70,6 +72,7 @@ class Registry:
         self._loaded = loader is None
 
     def _ensure(self) -> None:
+        load_plugins()  # once per process, before any lookup in any registry: a plug-in may add to each of them
         if self._loaded:
             return
         self._loaded = True  # before importing: the loader's own lookups must not recurse
@@ -97,6 +100,10 @@ class Registry:
             raise KeyError(f"unknown {self.kind} {name!r}{hint}; valid: {', '.join(sorted(self._items))}")
         return self._items[name]
 
+    def registered(self) -> dict[str, Any]:
+        """The entries registered so far, importing nothing (shipped entries appear once the loader has run)."""
+        return dict(self._items)
+
     def names(self) -> list[str]:
         self._ensure()
         return sorted(self._items)
@@ -107,7 +114,7 @@ class Registry:
     def known(self) -> list[str]:
         """The names, from the source when nothing is imported yet (config validation stays light: a config of
         an anchor-only run never imports torch); the imported registry once it is loaded."""
-        return self.names() if self._loaded else list(self._scanned())
+        return self.names() if self._loaded else sorted({*self._scanned(), *self._items})  # + registered by hand
 
     def capability(self, name: str, attr: str, default: Any = None) -> Any:
         """A declared class attribute of entry `name` (e.g. `routed`), without importing it when not loaded yet."""
@@ -130,7 +137,7 @@ class Registry:
 
         mod = str(self.loader).partition(":")[0]
         here = Path(__file__).resolve().parent.joinpath(*mod.split(".")[1:])  # no import of the parent package
-        if not (self.loader and self.var and mod.startswith("hmem_lit.")) or _plugins_configured():
+        if not (self.loader and self.var and mod.startswith("hmem_lit.")) or plugins_configured():
             files = []
         elif here.is_dir():
             files = sorted(here.glob("*.py"))
@@ -178,6 +185,8 @@ class Registry:
 MEMORY = Registry("memory type", "hmem_lit.memory:import_all", "MEMORY")  # memory.type (memory/base.py: the contract)
 RETRIEVERS = Registry("retriever", "hmem_lit.retriever.routing", "RETRIEVERS")  # retriever.type
 TREE_ROUTERS = Registry("retriever.router", "hmem_lit.retriever.routing", "TREE_ROUTERS")  # retriever.router
+TREE_REFINERS = Registry("retriever.refine", "hmem_lit.retriever.routing", "TREE_REFINERS")  # retriever.refine
 EMBEDDERS = Registry("embedder", "hmem_lit.retriever.embedders", "EMBEDDERS")  # retriever.embedder
+CORPORA = Registry("corpus", "hmem_lit.data.corpus", "CORPORA")  # data.corpus (data.source=builtin)
 # `kind:` of a figure in analysis/*.yaml; analysis/kinds.py imports every module that registers shipped kinds
 FIGURES = Registry("figure kind", "hmem_lit.analysis.kinds")

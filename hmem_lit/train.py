@@ -29,7 +29,7 @@ from lightning.pytorch.loggers import Logger
 from hmem_lit import faults, runs
 from hmem_lit.callbacks import AtomicCheckpoint, FiniteLoss, JsonlLogger, ProgressBar, StreamingCheckpointIO
 from hmem_lit.checks import preflight
-from hmem_lit.config import ConfigError, RunConfig, save_config, to_dict
+from hmem_lit.config import ConfigError, RunConfig, renamed, save_config, to_dict
 from hmem_lit.evaluation.inloop import InLoopProbes
 from hmem_lit.telemetry import MemoryTelemetry
 from hmem_lit.utils import read_json, seed_everything, set_threads, write_json
@@ -116,7 +116,7 @@ def _check_resume(run_dir: Path, cfg: RunConfig, config_only: bool = False) -> t
             f"{ckpt}: corrupt or unreadable checkpoint ({type(e).__name__}); delete it to restart "
             "from scratch, or pass --force"
         ) from None
-    if _diff(state["hyper_parameters"]["config"], to_dict(cfg)):
+    if _diff(renamed(state["hyper_parameters"]["config"]), to_dict(cfg)):
         raise ConfigError(f"{ckpt}: checkpoint was trained with a different config; pass --force to restart")
     return ckpt, int(state.get("global_step", 0))
 

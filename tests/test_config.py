@@ -75,6 +75,43 @@ def test_roundtrip_dict():
     assert from_dict(to_dict(cfg)) == cfg
 
 
+def test_renamed_keys_still_work_with_a_notice(tmp_path, caplog):
+    """memory.lora_target / memory.lora_alpha (before memory.lora.*) load from key=value, YAML and a stored run's
+    config to the same config as the new keys, each with a one-line notice naming the new key; both is an error."""
+    import logging
+
+    from hmem_lit import config_text
+
+    new = load_config(DEBUG_YAML, ["memory.type=lora", "memory.levels=[4]", "memory.lora.target=vo"])
+    config_text._noticed.clear()
+    with caplog.at_level(logging.WARNING, logger="hmem_lit"):
+        old = load_config(DEBUG_YAML, ["memory.type=lora", "memory.levels=[4]", "memory.lora_target=vo"])
+    assert old == new and old.memory.lora.target == "vo"
+    assert [r.getMessage() for r in caplog.records] == [
+        "memory.lora_target is now memory.lora.target (the old key still works)"
+    ]
+    y = tmp_path / "old.yaml"
+    y.write_text(f"base: {DEBUG_YAML}\nmemory: {{type: lora, levels: [4], lora_alpha: 3.0}}\n")
+    assert load_config(y).memory.lora.alpha == 3.0
+    stored = to_dict(new)
+    stored["memory"]["lora_target"] = stored["memory"].pop("lora").pop("target")
+    assert from_dict(stored) == new
+    with pytest.raises(ConfigError, match="memory.lora_target: renamed to memory.lora.target, and both are set"):
+        load_config(DEBUG_YAML, ["memory.lora_target=vo", "memory.lora.target=qk"])
+    # a sweep axis on the old key (the LoRA-target ablation's command) keeps its trial names and translates
+    from hmem_lit import sweeps
+
+    from .conftest import ROOT
+
+    spec = sweeps.load_sweep(
+        ROOT / "sweeps" / "memory_type.yaml",
+        ["space.memory.type=[lora]", "space.memory.lora_target=[vo]", "space.train.seed=[0]"],
+    )
+    point = spec.grid()[0]
+    cfg, _ = sweeps.translate(spec, point)
+    assert point["memory.lora_target"] == "vo" and cfg.memory.lora.target == "vo"
+
+
 def test_cli_exit_status_and_one_line():
     r = subprocess.run(
         [sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML), "train.max_tokn=3"],

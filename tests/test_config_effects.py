@@ -95,6 +95,20 @@ def test_resume_check_and_collector_read_the_declaration():
         assert (_config_id(base, {}) != _config_id(changed, {})) == ("id" in FIELD_EFFECTS[key]), key
 
 
+def test_every_section_declares_its_default_effects():
+    """A shipped section says what its fields affect by default (EFFECTS), so no field falls back silently."""
+
+    def sections(cls):
+        yield cls
+        for f in dataclasses.fields(cls):
+            sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+            if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+                yield from sections(sub)
+
+    missing = [c.__name__ for c in sections(RunConfig) if "EFFECTS" not in vars(c)]
+    assert not missing, missing
+
+
 def test_fields_with_lists_stage_inputs():
     assert "data.seq_len" in fields_with("packing") and "retriever.router" in fields_with("tree")
     assert "train.seed" not in fields_with("id") and "train.seed" in fields_with("run")

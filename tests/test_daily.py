@@ -144,14 +144,17 @@ def test_registry_source_scan_agrees_with_imports():
 
     from hmem_lit.anchor import Anchor, count_params
     from hmem_lit.anchor_config import PRESETS, AnchorConfig, anchor_params
-    from hmem_lit.registry import EMBEDDERS, MEMORY, RETRIEVERS, TREE_ROUTERS
+    from hmem_lit.registry import CORPORA, EMBEDDERS, MEMORY, RETRIEVERS, TREE_REFINERS, TREE_ROUTERS
 
-    for reg in (MEMORY, RETRIEVERS, TREE_ROUTERS, EMBEDDERS):
+    for reg in (MEMORY, RETRIEVERS, TREE_ROUTERS, TREE_REFINERS, EMBEDDERS, CORPORA):
         assert list(reg.scan()) == reg.names(), reg.kind
     for n, attrs in MEMORY.scan().items():
         assert attrs.get("routed", True) == MEMORY.get(n).routed, n
-    for n, attrs in TREE_ROUTERS.scan().items():
-        assert attrs["value"] == TREE_ROUTERS.get(n)
+    for reg in (TREE_ROUTERS, TREE_REFINERS):
+        for n, attrs in reg.scan().items():
+            assert attrs["value"] == reg.get(n)
+    for n, attrs in CORPORA.scan().items():
+        assert attrs["about"] == CORPORA.get(n).about, n
     for name, p in PRESETS.items():
         acfg = AnchorConfig(**{**p, "preset": name, "vocab_size": p.get("vocab_size") or 4096})
         with _torch.device("meta"):

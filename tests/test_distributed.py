@@ -173,7 +173,7 @@ def test_wrappers_leave_sparse_tables_out(mtype):
 
 MEMORY_OV = {
     "ffn": ["memory.type=ffn", "memory.levels=[4,8]"],
-    "lora": ["memory.type=lora", "memory.levels=[2,4]", "memory.lora_target=ffn"],
+    "lora": ["memory.type=lora", "memory.levels=[2,4]", "memory.lora.target=ffn"],
     "kv": ["memory.type=kv", "memory.levels=[4,8]"],
     "pkm": ["memory.type=pkm", "memory.pkm.n_keys=8", "memory.pkm.topk=4", "memory.pkm.k_dim=16"],
 }

@@ -48,7 +48,7 @@ SIZES = [
 ]
 TYPE_OVERRIDES = {
     "pkm": ["memory.pkm.mode=add", "memory.pkm.n_keys=8", "memory.pkm.topk=4", "memory.pkm.k_dim=16"],
-    "lora": ["memory.lora_target=ffn"],
+    "lora": ["memory.lora.target=ffn"],
 }
 
 
@@ -192,7 +192,7 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.nn.
 def test_lora_memory_is_a_merged_low_rank_weight(family, target):
     """W + scale * B^T A in a copy of the HF model reproduces LoRA memory on q/k (before Gemma3's q/k-norm),
     v/o (k/v narrower under grouped-query attention) and gate/up/down; Qwen2's q/k/v biases stay as they are."""
-    model = build(hf_cfg(family, "lora", f"memory.lora_target={target}"))
+    model = build(hf_cfg(family, "lora", f"memory.lora.target={target}"))
     randomize_memory(model, std=0.2)
     x, paths = inputs(b=1)
     merged = copy.deepcopy(model.anchor.hf)

@@ -52,9 +52,27 @@ def test_paper_accounting_on_meta(preset, levels, fetched, bank, fetched_str, ba
 def test_lora_and_kv_accounting_formulas():
     d, h, dh, f, L = 32, 2, 8, 64, 3
     for target, per in (("qk", 2 * (d + h * dh)), ("vo", 2 * (d + h * dh)), ("ffn", 3 * (d + f))):
-        m = make_model(make_cfg("lora", f"memory.lora_target={target}"))
+        m = make_model(make_cfg("lora", f"memory.lora.target={target}"))
         assert m.param_counts()["fetched"] == per * L * 6 and m.param_counts()["bank"] == per * L * (4 * 4 + 16 * 2)
     assert make_model(make_cfg("kv")).param_counts()["fetched"] == 2 * h * dh * L * 6
+
+
+def test_lora_scaling_rslora_is_alpha_over_sqrt_rank():
+    """memory.lora.scaling: alpha/r (LoRA, the default) or alpha/sqrt(r) (rsLoRA) at the fetched rank r = 4 + 2;
+    with the same weights the rsLoRA patch is the LoRA patch times sqrt(r)."""
+    lora = make_model(make_cfg("lora", "memory.lora.alpha=3"))
+    rs = make_model(make_cfg("lora", "memory.lora.alpha=3", "memory.lora.scaling=alpha/sqrt(r)"))
+    assert lora.memory.scale == 3.0 / 6 and rs.memory.scale == 3.0 / 6**0.5
+    with torch.no_grad():
+        for _, _, t in lora.memory.bank.tables():
+            t.normal_(0, 0.5)  # B != 0, so the patch is not zero
+    rs.load_state_dict(lora.state_dict())
+    x, _, paths = batch()
+    h = torch.randn(x.shape[0], x.shape[1], 32)
+    a = lora.memory.fetch(paths).linear_delta(0, "q", h)
+    b = rs.memory.fetch(paths).linear_delta(0, "q", h)
+    assert a is not None and b is not None and a.abs().max() > 0
+    torch.testing.assert_close(b, a * 6**0.5)
 
 
 def test_info_prints_counts():

@@ -1,6 +1,7 @@
 """The memory-type contract: a type registered from outside the package (a plug-in module named in $HMEM_PLUGINS)
-is validated by the config, listed by `hmem list`, sized by sweeps, trained and evaluated like a shipped one, and
-the capabilities (`routed`) replace attribute tests."""
+is validated by the config, listed by `hmem list`, sized by sweeps, trained and evaluated like a shipped one, owns
+its options section (memory.<config_key>.<key> from YAML and key=value), and the capabilities (`routed`) replace
+attribute tests."""
 
 from __future__ import annotations
 
@@ -20,15 +21,32 @@ from tests.conftest import ROOT
 DEBUG = str(ROOT / "experiments" / "000_debug.yaml")
 
 PLUGIN = textwrap.dedent('''
-    """A small real memory type: FFN memory with a ReLU^2 activation (squared ReLU, Primer), one file."""
+    """A small real memory type: FFN memory with a ReLU^p activation (p = 2: squared ReLU, Primer), one file, with
+    its own options section memory.relu.*."""
+    from dataclasses import dataclass
+
     import torch.nn.functional as F
+    from hmem_lit.errors import check
     from hmem_lit.memory import MEMORY
     from hmem_lit.memory.ffn import FFNHooks, FFNMemory
 
+    @dataclass
+    class ReLUOptions:
+        power: float = 2.0  # the activation is relu(x) ** power
+
+        def __post_init__(self):
+            check(self.power > 0, "memory.relu.power", f"must be > 0, got {self.power}")
+
     @MEMORY.register("ffn_relu2")
     class ReLU2FFNMemory(FFNMemory):
+        config_key, options = "relu", ReLUOptions
+
+        def __init__(self, mcfg, acfg, branching):
+            super().__init__(mcfg, acfg, branching)
+            self.power = mcfg.relu.power
+
         def fetch(self, paths, generic=None):
-            return FFNHooks(self.gather(paths, generic), self.slot, self.d, lambda x: F.relu(x).square())
+            return FFNHooks(self.gather(paths, generic), self.slot, self.d, lambda x: F.relu(x).pow(self.power))
 ''')
 
 
@@ -49,6 +67,17 @@ def test_shipped_capabilities():
     assert not is_routed("pkm") and not is_routed("none") and is_routed("ffn")
     assert all(issubclass(memory_class(n), MemoryType) for n in memory_types())
     assert memory_class("pkm").config_key == "pkm"
+
+
+def test_shipped_options_sections_are_the_types_own():
+    """A type's `config_key` names its section of MemoryConfig and `options` is the dataclass that declares it."""
+    from dataclasses import fields
+
+    from hmem_lit.config import MemoryConfig
+
+    sections = {f.name: f.default_factory for f in fields(MemoryConfig) if isinstance(f.default_factory, type)}
+    owned = {memory_class(n).config_key: memory_class(n).options for n in memory_types() if memory_class(n).options}
+    assert owned == sections and set(owned) == {"lora", "pkm"}
 
 
 def test_unknown_type_lists_the_registry():
@@ -87,6 +116,36 @@ def test_plugin_type_validates_sizes_trains_and_differs(plugin, tmp_path):
     assert a.shape == b.shape and not torch.allclose(a, b)
 
 
+def test_plugin_options_section(plugin, tmp_path):
+    """memory.relu.power: set from key=value and YAML, validated by the plug-in's dataclass, a misspelled key named,
+    kept through to_dict / from_dict, and it changes the model's output."""
+    from hmem_lit.config import from_dict, to_dict
+    from hmem_lit.model import MemoryLM
+
+    base = ["memory.type=ffn_relu2", "memory.levels=[4]", "retriever.depth=1", "anchor.vocab_size=300"]
+    cfg = load_config(DEBUG, [*base, "memory.relu.power=3"])
+    assert cfg.memory.relu.power == 3.0 and load_config(DEBUG, base).memory.relu.power == 2.0
+    assert from_dict(to_dict(cfg)) == cfg and to_dict(cfg)["memory"]["relu"] == {"power": 3.0}
+    y = tmp_path / "relu.yaml"
+    y.write_text(
+        f"base: {DEBUG}\nmemory: {{type: ffn_relu2, levels: [4], relu: {{power: 1.5}}}}\nretriever: {{depth: 1}}\n"
+    )
+    assert load_config(y).memory.relu.power == 1.5
+    with pytest.raises(ConfigError, match="memory.relu.power: must be > 0"):
+        load_config(DEBUG, [*base, "memory.relu.power=0"])
+    with pytest.raises(ConfigError, match="memory.relu.powr: unknown config key; did you mean memory.relu.power"):
+        load_config(DEBUG, [*base, "memory.relu.powr=3"])
+    torch.manual_seed(0)
+    m = MemoryLM(cfg)
+    with torch.no_grad():
+        for _, _, t in m.memory.bank.tables():
+            t.normal_(0, 0.5)
+    sq = MemoryLM(load_config(DEBUG, base))
+    sq.load_state_dict(m.state_dict())
+    x, paths = torch.randint(0, 300, (2, 16)), torch.zeros(2, 1, dtype=torch.long)
+    assert not torch.allclose(m(x, paths=paths), sq(x, paths=paths))
+
+
 @pytest.mark.slow  # two subprocesses (list, train); the in-process test above covers the contract
 def test_plugin_from_env_in_a_fresh_process(plugin, tmp_path):
     """`HMEM_PLUGINS=module hmem ...`: the list shows it; training a toy run with it completes."""
@@ -102,6 +161,7 @@ def test_plugin_from_env_in_a_fresh_process(plugin, tmp_path):
             DEBUG,
             "memory.type=ffn_relu2",
             "memory.levels=[4]",
+            "memory.relu.power=3",
             "retriever.depth=1",
             "train.max_tokens=2048",
             "train.progress=false",
@@ -120,6 +180,7 @@ def test_plugin_from_env_in_a_fresh_process(plugin, tmp_path):
 
     final = json.loads((tmp_path / "runs" / "000_debug" / "plug" / "final.json").read_text())
     assert final["config"]["memory"]["type"] == "ffn_relu2" and final["params"]["fetched"] == 4 * 3 * 2 * 64
+    assert final["config"]["memory"]["relu"] == {"power": 3.0}
     bad = subprocess.run(
         [*cli, "list"], env={**env, "HMEM_PLUGINS": "no_such_plugin_mod"}, capture_output=True, text=True, timeout=300
     )

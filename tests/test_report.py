@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
+import textwrap
 
 import pandas as pd
 import pytest
@@ -31,6 +33,41 @@ def report(fx, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     assert main(["report", str(fx["root"]), "--out", str(out)]) == 0
     return out
+
+
+FIG_PLUGIN = textwrap.dedent('''
+    """A figure kind from outside the package, one file: complete runs per memory type, as bars."""
+    import matplotlib.pyplot as plt
+    from hmem_lit.analysis.figures import Drawn, register
+
+    @register("runs_per_type", keys=("note",))
+    def runs_per_type(df, spec):
+        counts = df.drop_duplicates("run").groupby("memory_type").size()
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.bar(list(counts.index), list(counts.values))
+        return Drawn(fig, sorted(df.run.unique()), [f"{spec['note']}: {int(counts.sum())} runs"])
+''')
+
+
+def test_plugin_figure_kind_is_drawn(fx, tmp_path, monkeypatch):
+    """A figure kind registered by a module named in $HMEM_PLUGINS is known to the spec check and drawn."""
+    from hmem_lit import registry
+
+    (tmp_path / "my_fig_plugin.py").write_text(FIG_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HMEM_PLUGINS", "my_fig_plugin")
+    monkeypatch.setattr(registry, "_plugins_loaded", False)  # this process loaded its (no) plug-ins already
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("figures:\n  - {id: mine, kind: runs_per_type, title: Runs per type, note: from a plug-in}\n")
+    out = tmp_path / "out"
+    try:
+        assert main(["report", str(fx["root"]), "--out", str(out), "--spec", str(spec)]) == 0
+        assert (out / "figures" / "mine.png").stat().st_size > 0 and (out / "figures" / "mine.pdf").is_file()
+        n = pd.read_csv(out / "runs.csv").run.nunique()  # the complete runs the figure counted
+        assert n > 0 and f"from a plug-in: {n} runs" in (out / "report.md").read_text()
+    finally:
+        registry.FIGURES._items.pop("runs_per_type", None)
+        sys.modules.pop("my_fig_plugin", None)
 
 
 def test_collected_table_rows_and_values(fx, report):

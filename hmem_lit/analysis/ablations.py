@@ -80,7 +80,8 @@ def run_row(run_dir: Path, sweep: str) -> dict[str, Any] | None:
         "tokens": final.get("tokens"),
         "n_layer": an.get("n_layer"),
         "memory_type": mtype,
-        "lora_target": mem.get("lora_target") if mtype == "lora" else "",
+        # memory.lora.target (memory.lora_target in runs before the rename)
+        "lora_target": (mem.get("lora") or {}).get("target", mem.get("lora_target")) if mtype == "lora" else "",
         "layers": layers if isinstance(layers, str) else ",".join(map(str, layers)),
         "levels": ",".join(map(str, levels)) or "-",
         "level": used[0] if len(used) == 1 else 0,

@@ -4,7 +4,8 @@ Each line of docs.jsonl is one document: {"text", "kind", ...metadata} (kind: wi
 synthetic | file; fact documents carry "entity"; wiki documents "title" and "topic"; file documents "source" =
 file:line and their own JSONL fields). The split (0 = train, 1 = validation) is stored beside it in split.npy.
 
-Built-in corpora (deterministic for data.seed); `data.corpus=facts` (default):
+Built-in corpora (deterministic for data.seed), registered in CORPORA (a plug-in may add one: `entities` and
+`documents` as below); `data.corpus=facts` (default):
 1. `data.wiki_docs` Wikipedia lead summaries; `data.val_fraction` of them (at least one) are held out.
 2. Fact documents for the 118 elements and the countries with a capital, their number per entity tied to the
    entity's mention count in the Wikipedia training text (facts.py).
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from hmem_lit.data import airports, facts, mentions, sources
+from hmem_lit.registry import CORPORA
 
 
 def _n_val(n: int, frac: float) -> int:
@@ -41,17 +43,8 @@ def builtin_documents(data_cfg: Any, progress: bool = False) -> tuple[list[dict]
     val_mask[rng.permutation(len(wiki))[: _n_val(len(wiki), data_cfg.val_fraction)]] = True
     wiki_train = [w for w, v in zip(wiki, val_mask) if not v]
 
-    if data_cfg.corpus == "airports":
-        entities = airports.airport_entities(
-            data_cfg.airports,
-            seed,
-            data_cfg.fact_repeats_max,
-            data_cfg.zipf_a,
-            data_cfg.fact_repeats_min,
-            [w["text"] for w in wiki_train],
-        )
-    else:
-        entities = _facts_entities(data_cfg, wiki_train)
+    corpus = CORPORA.get(data_cfg.corpus)
+    entities = corpus.entities(data_cfg, wiki_train)
 
     docs: list[dict] = [
         {"text": w["text"], "kind": "wiki", "title": w["title"], "topic": w["topic"]} for w in wiki_train
@@ -63,11 +56,7 @@ def builtin_documents(data_cfg: Any, progress: bool = False) -> tuple[list[dict]
         it = tqdm(it, total=len(entities), desc="fact documents", leave=False)
     for i, e in it:
         erng = np.random.default_rng([seed, 2, i])
-        texts = (
-            [airports.airport_doc(e, erng) for _ in range(e["repeats"])]
-            if e["kind"] == "airport"
-            else facts.write_docs(e, erng)
-        )
+        texts = corpus.documents(e, erng)
         docs.extend({"text": t, "kind": e["kind"], "entity": e["name"]} for t in texts)
     n_train = len(docs)
     docs.extend(
@@ -87,6 +76,34 @@ def builtin_documents(data_cfg: Any, progress: bool = False) -> tuple[list[dict]
         "entities": {k: sum(e["kind"] == k for e in entities) for k in kinds},
     }
     return docs, split, entities, info
+
+
+@CORPORA.register("airports")
+class Airports:
+    about = "real airports (airportsdata) in record-style documents (data.airports of them)"
+
+    @staticmethod
+    def entities(data_cfg: Any, wiki_train: list[dict]) -> list[dict]:
+        texts = [w["text"] for w in wiki_train]
+        d = data_cfg
+        return airports.airport_entities(d.airports, d.seed, d.fact_repeats_max, d.zipf_a, d.fact_repeats_min, texts)
+
+    @staticmethod
+    def documents(e: dict, rng: np.random.Generator) -> list[str]:
+        return [airports.airport_doc(e, rng) for _ in range(e["repeats"])]
+
+
+@CORPORA.register("facts")
+class Facts:
+    about = "elements, countries (documents by Wikipedia mention rank) and synthetic people"
+
+    @staticmethod
+    def entities(data_cfg: Any, wiki_train: list[dict]) -> list[dict]:
+        return _facts_entities(data_cfg, wiki_train)
+
+    @staticmethod
+    def documents(e: dict, rng: np.random.Generator) -> list[str]:
+        return facts.write_docs(e, rng)
 
 
 def _facts_entities(data_cfg: Any, wiki_train: list[dict]) -> list[dict]:

@@ -1,8 +1,8 @@
 """Memory types and the hierarchical bank.
 
 `MEMORY` maps `memory.type` to a class; each memory type lives in its own file and registers itself. The contract
-(capabilities `routed`, `config_key`; `check_config`) is `memory.base.MemoryType`. A memory
-module is built as `cls(mcfg, acfg, branching)` and must provide:
+(capabilities `routed`, `config_key` + `options`: its own config section; `check_config`) is
+`memory.base.MemoryType`. A memory module is built as `cls(mcfg, acfg, branching)` and must provide:
   - `fetch(paths, generic=None) -> MemoryHooks`: paths (B, L) long node ids per level (level-l ids in
     [0, branching**l)); generic (B,) bool selects the context-independent generic block instead. Blocking is
     done by the caller, who passes already-substituted paths (see `bank.choose_unblocked`);
@@ -30,6 +30,3 @@ def import_all() -> None:
     for m in pkgutil.iter_modules(__path__):
         if not m.name.startswith("_") and m.name not in _SUPPORT:
             importlib.import_module(f"{__name__}.{m.name}")
-    from hmem_lit.registry import load_plugins
-
-    load_plugins()  # $HMEM_PLUGINS and `hmem_lit.plugins` entry points: types registered from outside the package

@@ -11,7 +11,10 @@ Capabilities are class attributes that the rest of the suite reads instead of te
     (r_l per tree level). Routed types get per-level learning rates (optim.memory_lr_scale), the generic block
     (memory.generic), level blocking in evaluation, subtree-split training (train.subtree) and paper-language sizes
     in sweeps (fetched / bank / level). A token-level type (pkm) is not routed: it reads no path.
-  - `config_key`: the type's own config section under `memory.` (e.g. `pkm` for memory.pkm.*), or None.
+  - `config_key`, `options`: the type's own config section under `memory.` and the dataclass that declares it
+    (`"pkm", PKMConfig` for memory.pkm.*), or None. A shipped type's section is a field of MemoryConfig; a
+    plug-in's is added to the schema when it is loaded (config.memory_schema), so memory.<key>.<option> is set
+    from YAML and key=value like any other key.
   - `skips_anchor_params(mcfg)`: the type replaces anchor sublayers (pkm in replace mode), so those parameters
     get no gradient (the DDP strategy is built to allow that).
 
@@ -32,6 +35,7 @@ class MemoryType(nn.Module):
 
     routed: ClassVar[bool] = True
     config_key: ClassVar[str | None] = None
+    options: ClassVar[type | None] = None
 
     @classmethod
     def check_config(cls, mcfg: Any) -> None:

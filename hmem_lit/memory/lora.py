@@ -1,8 +1,9 @@
 """LoRA-memories: per-sequence low-rank patches W + (alpha / R) B A on a group of the anchor's linears.
 
-`memory.lora_target` picks the group: qk (query + key), vo (value + output) or ffn (gate, up, down). One rank unit
-of one linear is a row of A (d_in numbers) and a column of B (d_out numbers); the fetched levels concatenate into
-one patch of rank R = sum(r_l), scaled by alpha / R (memory.lora_alpha). A is Kaiming-uniform (a = sqrt(5), i.e.
+Options in memory.lora (config.LoRAConfig). `target` picks the group: qk (query + key), vo (value + output) or ffn
+(gate, up, down). One rank unit of one linear is a row of A (d_in numbers) and a column of B (d_out numbers); the
+fetched levels concatenate into one patch of rank R = sum(r_l), scaled by alpha / R (`scaling: alpha/r`, LoRA) or
+alpha / sqrt(R) (`alpha/sqrt(r)`, rsLoRA, Kalajdzievski 2023). A is Kaiming-uniform (a = sqrt(5), i.e.
 U(+-1/sqrt(d_in)), as in LoRA), B is zero, so the model equals the anchor at step 0.
 Accounting per layer and unit: QK/VO 2 * (d + h * d_h); FFN 3 * (d + d_f) (with grouped-query attention,
 k and v are n_kv_head * d_h wide: QK/VO 2d + (h + h_kv) * d_h).
@@ -16,9 +17,14 @@ import torch
 from torch import Tensor
 
 from hmem_lit.anchor import MemoryHooks
-from hmem_lit.config import AnchorConfig, MemoryConfig
+from hmem_lit.config import AnchorConfig, LoRAConfig, MemoryConfig
 from hmem_lit.memory import MEMORY
 from hmem_lit.memory.bank import BankMemory
+
+
+def lora_scale(opts: LoRAConfig, rank: int) -> float:
+    """The patch's multiplier: alpha / r (LoRA) or alpha / sqrt(r) (rsLoRA) at fetched rank r."""
+    return opts.alpha / (math.sqrt(rank) if opts.scaling == "alpha/sqrt(r)" else rank)
 
 
 def lora_shapes(target: str, acfg: AnchorConfig) -> dict[str, tuple[int, int]]:
@@ -51,8 +57,10 @@ class LoRAHooks(MemoryHooks):
 
 @MEMORY.register("lora")
 class LoRAMemory(BankMemory):
+    config_key, options = "lora", LoRAConfig  # memory.lora.*
+
     def __init__(self, mcfg: MemoryConfig, acfg: AnchorConfig, branching: int):
-        shapes = lora_shapes(mcfg.lora_target, acfg)
+        shapes = lora_shapes(mcfg.lora.target, acfg)
         cols: dict[str, tuple[int, int, int]] = {}  # name -> (column offset, d_in, d_out) within a unit
         off = 0
         for name, (d_in, d_out) in shapes.items():
@@ -60,7 +68,7 @@ class LoRAMemory(BankMemory):
             off += d_in + d_out
         super().__init__(mcfg, acfg.n_layer, branching, c_layer=off)
         self.cols = cols
-        self.scale = mcfg.lora_alpha / sum(mcfg.levels)
+        self.scale = lora_scale(mcfg.lora, sum(mcfg.levels))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

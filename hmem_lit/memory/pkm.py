@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hmem_lit.anchor import MemoryHooks
-from hmem_lit.config import AnchorConfig, MemoryConfig
+from hmem_lit.config import AnchorConfig, MemoryConfig, PKMConfig
 from hmem_lit.memory import MEMORY
 from hmem_lit.memory.base import MemoryType
 
@@ -85,7 +85,7 @@ class PKMHooks(MemoryHooks):
 @MEMORY.register("pkm")
 class PKMMemory(MemoryType):
     routed = False  # token-level product-key lookup: reads no tree path
-    config_key = "pkm"
+    config_key, options = "pkm", PKMConfig  # memory.pkm.*
 
     @classmethod
     def skips_anchor_params(cls, mcfg: MemoryConfig) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hmem_lit.registry import RETRIEVERS as _RETRIEVERS
+from hmem_lit.registry import TREE_REFINERS as _TREE_REFINERS
 from hmem_lit.registry import TREE_ROUTERS as _TREE_ROUTERS
 from hmem_lit.retriever.kmeans_tree import KMeansTree
 from hmem_lit.utils import read_json
@@ -157,6 +158,10 @@ class TreeRouter(Router):
 TREE_ROUTERS = _TREE_ROUTERS
 TREE_ROUTERS.register("centroid")("greedy descent to the nearest centroid at every level (the paper)")
 TREE_ROUTERS.register("bm25")("vote of the BM25-nearest training documents' paths (retriever/bm25.py)")
+# How the k-means clusters are refined (`retriever.refine`, data/tree_stage.py)
+TREE_REFINERS = _TREE_REFINERS
+TREE_REFINERS.register("bm25")("label propagation on the training documents' BM25 neighbour graph (retriever/bm25.py)")
+TREE_REFINERS.register("none")("the k-means clusters as built")
 
 
 class BM25Router(TreeRouter):

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hmem_lit.config import ConfigError, RunConfig
+from hmem_lit.config import RENAMED, ConfigError, schema
 from hmem_lit.config_text import load_yaml, valid_keys
 from hmem_lit.resources import shipped_dir
 from hmem_lit.sweeps.protocol import PROTOCOLS
@@ -441,7 +441,7 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), validate
     spec.slurm = dict(raw.get("slurm") or {})
     spec.stale_after_s = float(raw.get("stale_after_s", 900.0))
 
-    valid = set(valid_keys(RunConfig))
+    valid = set(valid_keys(schema())) | set(RENAMED)  # an old key still works (config.renamed moves it)
     fixed = raw.get("fixed") or {}
     _check(isinstance(fixed, dict), "fixed", "expected a mapping of params")
     for k in fixed:

@@ -68,14 +68,12 @@ def _anchor_params(cfg: RunConfig, n_layer: int) -> int:
 def _memory_at(key: str) -> tuple[int, int]:
     import torch
 
-    from hmem_lit.config import AnchorConfig, MemoryConfig, PKMConfig
-    from hmem_lit.memory import MEMORY, import_all
+    from hmem_lit.config import AnchorConfig, memory_schema, section_from_dict
+    from hmem_lit.memory import MEMORY
 
     a, m, branching = json.loads(key)
-    m["pkm"] = PKMConfig(**m["pkm"])
-    import_all()
     with torch.device("meta"):
-        mem = MEMORY.get(m["type"])(MemoryConfig(**m), AnchorConfig(**a), branching)
+        mem = MEMORY.get(m["type"])(section_from_dict(memory_schema(), m), AnchorConfig(**a), branching)
     return int(mem.fetched_params()), int(mem.bank_params())
 
 
