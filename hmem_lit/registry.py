@@ -176,8 +176,8 @@ class Registry:
 
 
 MEMORY = Registry("memory type", "hmem_lit.memory:import_all", "MEMORY")  # memory.type (memory/base.py: the contract)
-RETRIEVERS = Registry("retriever", "hmem_lit.retriever.routing", "RETRIEVERS")  # retriever.type
-TREE_ROUTERS = Registry("retriever.router", "hmem_lit.retriever.routing", "TREE_ROUTERS")  # retriever.router
+RETRIEVERS = Registry("retriever", "hmem_lit.retriever:import_all", "RETRIEVERS")  # retriever.type (base.py)
+TREE_ROUTERS = Registry("retriever.router", "hmem_lit.retriever.tree", "TREE_ROUTERS")  # retriever.router
 EMBEDDERS = Registry("embedder", "hmem_lit.retriever.embedders", "EMBEDDERS")  # retriever.embedder
 # `kind:` of a figure in analysis/*.yaml; analysis/kinds.py imports every module that registers shipped kinds
 FIGURES = Registry("figure kind", "hmem_lit.analysis.kinds")

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from hmem_lit.retriever.routing import Router
+from hmem_lit.retriever.base import Retriever
 
 MODES = ("fetched", "generic", "none", "blocked", "random")
 
@@ -76,7 +76,7 @@ def route_texts(requests: Sequence[Any]) -> list[str]:
 # ------------------------------------------------------------------------------------------- toy router
 
 
-class ToyRouter(Router):
+class ToyRouter(Retriever):
     """Routes toy text by its first "<topic> <entity>" mention, mirroring `toy_packed`'s path assignment; text
     without one gets a seeded hash path (like the random router)."""
 
@@ -105,7 +105,7 @@ class ToyRouter(Router):
         return out
 
 
-def load_run_router(cfg: Any) -> Router:
+def load_run_router(cfg: Any) -> Retriever:
     """The router a run's data was prepared with (toy: ToyRouter)."""
     from hmem_lit.config import ConfigError
 
@@ -126,7 +126,7 @@ def load_run_router(cfg: Any) -> Router:
 class Retrieval:
     """Route texts -> (N, depth) paths for `mode`, cached per unique text; `seconds` accumulates routing time."""
 
-    def __init__(self, router: Router | None, mode: str = "fetched", block_level: int = 1):
+    def __init__(self, router: Retriever | None, mode: str = "fetched", block_level: int = 1):
         if mode not in MODES:
             raise ValueError(f"memory mode {mode!r}: allowed {', '.join(MODES)}")
         if mode in ("fetched", "blocked", "random") and router is None:
@@ -148,7 +148,7 @@ class Retrieval:
         if self.mode == "fetched":
             return r.route(texts)
         if self.mode == "random":  # a control: a hash of the text picks the leaf (same text, same path)
-            return Router(r.branching, r.depth, r.seed + 1)._hash_paths(texts)
+            return Retriever(r.branching, r.depth, r.seed + 1)._hash_paths(texts)
         ranked = r.route_ranked(texts, self.block_level)  # (N, K) level-L candidates, best first
         return r.route_from(texts, self.block_level, ranked[:, 1])  # descend from the next-nearest node
 
