@@ -191,17 +191,16 @@ def load_router(data_dir: str | Path, cfg: Any = None) -> Retriever:
     meta_path = d / "tree" / "router.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} missing: run `hmem data prepare` for this configuration first")
-    raw = read_json(meta_path)
-    cls = retriever_class(raw["type"])
-    meta = {**cls.meta_defaults, **raw}
+    meta = read_json(meta_path)
     if cfg is not None:
         r = cfg.retriever
-        want = {"type": r.type, "branching": r.branching, "depth": r.depth}
-        want.update(retriever_class(r.type).expects(cfg))
-        got = {k: meta.get(k) for k in want}
+        want_cls = retriever_class(r.type)
+        want = {"type": r.type, "branching": r.branching, "depth": r.depth, **want_cls.expects(cfg)}
+        got = {k: meta.get(k, want_cls.meta_defaults.get(k)) for k in want}
         if got != want:
             raise ValueError(
                 f"{d}: prepared with retriever {got}, but the config asks for {want}; "
                 "re-run `hmem data prepare` with this config"
             )
-    return cls.load(d / "tree", meta, d)
+    cls = retriever_class(meta["type"])
+    return cls.load(d / "tree", {**cls.meta_defaults, **meta}, d)
