@@ -64,7 +64,7 @@ def routing_quality(root: Path, router) -> dict:
 
 
 def run_embedder(embedder: str, base: Path, extra: list[str], reuse: Path | None = None) -> dict:
-    from hmem_lit.retriever.routing import load_router
+    from hmem_lit.retriever import load_router
 
     root = base / embedder
     overrides = ["data.source=builtin", f"data.dir={root}", f"retriever.embedder={embedder}", *extra]

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hmem_lit.config import load_config  # noqa: E402
 from hmem_lit.data.prepare import prepare  # noqa: E402
+from hmem_lit.retriever import load_router  # noqa: E402
 from hmem_lit.retriever.diagnostics import concentration, hit_rates, key_table  # noqa: E402
-from hmem_lit.retriever.routing import load_router  # noqa: E402
 from hmem_lit.utils import read_json, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from hmem_lit.config import ConfigError, load_config
+from hmem_lit.retriever import load_router
 from hmem_lit.retriever.bm25 import BM25Index, _argmax_group_sum, knn_graph, refine_leaves, vote_paths
 from hmem_lit.retriever.diagnostics import concentration, hit_rates, key_table
-from hmem_lit.retriever.routing import TREE_ROUTERS, BM25Router, TreeRouter, load_router
+from hmem_lit.retriever.tree import TREE_ROUTERS, BM25Router, TreeRouter
 
 DOCS = [
     "zorblax is a moon of quintar",

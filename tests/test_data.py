@@ -111,7 +111,7 @@ def test_packed_paths_match_document_routes(prepared):
         cut = np.nonzero(rows_of > 1)[0]
         assert all(len(tok.encode(docs[i]["text"])) >= limit for i in cut)
     # training documents keep their balanced cluster assignment; held-out ones are routed like new text
-    from hmem_lit.retriever.routing import load_router
+    from hmem_lit.retriever import load_router
 
     router = load_router(d, cfg)
     val_idx = np.nonzero(np.load(d / "corpus" / "split.npy") == 1)[0]
@@ -279,7 +279,7 @@ def test_packing_keeps_short_documents_whole_and_splits_long_ones():
 
 
 def test_load_router_refuses_a_mismatched_config(prepared):
-    from hmem_lit.retriever.routing import load_router
+    from hmem_lit.retriever import load_router
 
     cfg, d = prepared
     with pytest.raises(ValueError, match="re-run `hmem data prepare`"):

@@ -417,7 +417,7 @@ def test_blocked_paths_through_a_kmeans_tree_match_brute_force():
 
     from hmem_lit.evaluation.routing import Retrieval
     from hmem_lit.retriever.kmeans_tree import KMeansTree
-    from hmem_lit.retriever.routing import TreeRouter
+    from hmem_lit.retriever.tree import TreeRouter
 
     rng = np.random.default_rng(0)
     b, d = 4, 8

@@ -10,7 +10,8 @@ import pytest
 
 from hmem_lit.retriever.embedders import MiniLMEmbedder, TfidfEmbedder, l2_normalise, load_embedder
 from hmem_lit.retriever.kmeans_tree import KMeansTree, build_tree
-from hmem_lit.retriever.routing import OracleRouter, RandomRouter, TreeRouter
+from hmem_lit.retriever.routing import OracleRouter, RandomRouter
+from hmem_lit.retriever.tree import TreeRouter
 
 
 def _blobs(n: int, d: int = 16, centers: int = 10, seed: int = 0, skew: bool = False) -> np.ndarray:

@@ -78,26 +78,30 @@ class TokenizerBranch:
             self._ex.shutdown()
 
 
-def bm25_fit_job(job: tuple[str, np.ndarray, int, float]) -> Any:
-    """In a worker: the BM25 index of the documents at idx (the tree stage's fit sample)."""
+def prefit_job(job: tuple[str, np.ndarray, int, Any]) -> Any:
+    """In a worker: the retriever's prefit function of the texts at idx (the tree stage's fit sample)."""
     from hmem_lit.data import stream
-    from hmem_lit.retriever.bm25 import BM25Index
 
-    root, idx, chunk, max_df = job
-    return BM25Index.fit(list(stream.texts_at(Path(root), idx, chunk)), max_df=max_df)
+    root, idx, chunk, fn = job
+    return fn(list(stream.texts_at(Path(root), idx, chunk)))
 
 
-def start_bm25_fit(cfg: Any, root: Path) -> Any:
-    """With data.workers > 1: fit the tree stage's BM25 index in a worker while the embedding stage runs (it needs
-    only the corpus and the fit sample) -> a Future of the index, or None (one worker, or no BM25 in the tree)."""
-    r = cfg.retriever
-    if not can_branch(cfg) or r.type != "tree" or not (r.router == "bm25" or r.refine == "bm25"):
+def start_prefit(cfg: Any, root: Path) -> Any:
+    """With data.workers > 1: run the retriever's prefit (retriever/base.py; the tree's BM25 index) on the fit
+    sample in a worker while the embedding stage runs (it needs only the corpus and the fit sample) -> a Future,
+    or None (one worker, or nothing to prefit)."""
+    if not can_branch(cfg):
+        return None
+    from hmem_lit.retriever.base import retriever_class
+
+    fn = retriever_class(cfg.retriever.type).prefit(cfg)
+    if fn is None:
         return None
     from hmem_lit.data import stream
     from hmem_lit.data.tree_stage import fit_sample
 
     fit = fit_sample(cfg, np.load(root / "corpus" / "split.npy"))
-    return stream._pool(cfg.data.workers).submit(bm25_fit_job, (str(root), fit, cfg.data.chunk_docs, r.bm25_max_df))
+    return stream._pool(cfg.data.workers).submit(prefit_job, (str(root), fit, cfg.data.chunk_docs, fn))
 
 
 def _warm(_: int) -> int:

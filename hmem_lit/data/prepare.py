@@ -8,7 +8,7 @@ several DDP ranks calling `prepared.load_prepared`). Stages stream the corpus in
 and sample sizes (data/stream.py; the tree stage: data/tree_stage.py); a killed run leaves temporaries, which
 the next run removes before redoing the unfinished stage, and chunk logs (data/resume.py: the embedding and
 token chunks, the packing blocks), whose complete chunks it reuses. With data.workers > 1 the tokenizer branch
-and the BM25 fit run beside the embedding and tree stages (data/branch.py).
+and the retriever's prefit (the tree's BM25 index) run beside the embedding and tree stages (data/branch.py).
 
 Layout of `data.dir`:
     manifest.json, stats.json, ATTRIBUTION.txt (built-in corpus)
@@ -42,7 +42,7 @@ import numpy as np
 from hmem_lit import faults
 from hmem_lit.config import ConfigError
 from hmem_lit.data import corpus as corpus_mod
-from hmem_lit.data.branch import TokenizerBranch, can_branch, start_bm25_fit, warm_pool
+from hmem_lit.data.branch import TokenizerBranch, can_branch, start_prefit, warm_pool
 from hmem_lit.data.sources import signature
 from hmem_lit.data.stats import corpus_stats, format_stats
 from hmem_lit.data.tree_stage import key_field  # noqa: F401 (re-exported: evaluation reads it from here)
@@ -92,10 +92,17 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 _KEY_SINCE: dict[str, Any] = {"retriever.device": "cpu"}
 
 
+def _needs_embeddings(cfg: Any) -> bool:
+    """Whether the configured retriever fits on document embeddings (its declared capability, retriever/base.py)."""
+    from hmem_lit.registry import RETRIEVERS
+
+    return bool(RETRIEVERS.capability(cfg.retriever.type, "needs_embeddings", False))
+
+
 def _stage_keys(cfg: Any, manifest: dict, fields_out: dict | None = None) -> dict[str, str]:
     """Keys of every stage from the config and the recorded upstream output hashes (cheap: reads no data).
     `fields_out`, if given, receives each stage's config fields and values (JSON), as recorded in the manifest."""
-    d, r = cfg.data, cfg.retriever
+    d = cfg.data
     out = lambda s: manifest.get("stages", {}).get(s, {}).get("out", "missing")  # noqa: E731
     derived: dict[str, Any] = {  # fields whose cache value is not the value itself
         "data.files": [(str(p), *signature(p)) if os.path.exists(p) else (str(p), None) for p in d.files]
@@ -116,7 +123,9 @@ def _stage_keys(cfg: Any, manifest: dict, fields_out: dict | None = None) -> dic
     keys = {"corpus": _h("corpus", _VERSION["corpus"], fields_of("corpus"))}
     keys["tokenizer"] = _h("tokenizer", _VERSION["tokenizer"], out("corpus"), fields_of("tokenizer"))
     keys["embeddings"] = (
-        _h("embeddings", _VERSION["embeddings"], out("corpus"), fields_of("embeddings")) if r.type == "tree" else "none"
+        _h("embeddings", _VERSION["embeddings"], out("corpus"), fields_of("embeddings"))
+        if _needs_embeddings(cfg)
+        else "none"
     )
     keys["tree"] = _h("tree", _VERSION["tree"], out("corpus"), keys["embeddings"], fields_of("tree"))
     keys["packing"] = _h("packing", _VERSION["packing"], out("tokenizer"), out("tree"), fields_of("packing"))
@@ -132,7 +141,7 @@ def _outputs(cfg: Any, stage: str, manifest: dict) -> list[Path]:
         "tokenizer": [root / "tokenizer.json"],
         "embeddings": (
             []
-            if cfg.retriever.type != "tree"
+            if not _needs_embeddings(cfg)
             else [root / info["dir"] / "emb.npy"]
             if "dir" in info
             else [root / "embeddings" / "missing"]
@@ -584,7 +593,7 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
                 ctx["tokenized"] = chunks, round(tok_s, 3)
             keys = _stage_keys(cfg, manifest)
             if s == "embeddings" and (dirty or _stale(cfg, "tree", keys, manifest)):
-                ctx["bm25_index"] = start_bm25_fit(cfg, root)  # beside the embedding stage (workers > 1)
+                ctx["prefit"] = start_prefit(cfg, root)  # beside the embedding stage (workers > 1)
             if not dirty and not _stale(cfg, s, keys, manifest):
                 say(f"[prepare] {s:<10} cached")
                 continue
@@ -600,7 +609,7 @@ def prepare(cfg: Any, force: bool = False, progress: bool = True, verbose: bool 
             info = _RUN[s](cfg, root, ctx)
             record(s, keys[s], info, time.perf_counter() - t0)
         ctx.pop("tokenized", None)
-        ctx.pop("bm25_index", None)
+        ctx.pop("prefit", None)
         write_json(root / "manifest.json", manifest)
         stats = corpus_stats(manifest, STAGES)
         write_json(root / "stats.json", stats)

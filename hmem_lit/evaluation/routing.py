@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from hmem_lit.retriever.routing import Router
+from hmem_lit.retriever.base import Retriever
 
 MODES = ("fetched", "generic", "none", "blocked", "random")
 
@@ -77,7 +77,7 @@ def route_texts(requests: Sequence[Any]) -> list[str]:
 # ------------------------------------------------------------------------------------------- toy router
 
 
-class ToyRouter(Router):
+class ToyRouter(Retriever):
     """Routes toy text by its first "<topic> <entity>" mention, mirroring `toy_packed`'s path assignment; text
     without one gets a seeded hash path (like the random router)."""
 
@@ -106,7 +106,7 @@ class ToyRouter(Router):
         return out
 
 
-def load_run_router(cfg: Any, data_dir: Path | None = None) -> Router:
+def load_run_router(cfg: Any, data_dir: Path | None = None) -> Retriever:
     """The router a run's data was prepared with (toy: ToyRouter); `data_dir`: the run's (runs.Run.data_dir)."""
     from hmem_lit.config import ConfigError
 
@@ -127,7 +127,7 @@ def load_run_router(cfg: Any, data_dir: Path | None = None) -> Router:
 class Retrieval:
     """Route texts -> (N, depth) paths for `mode`, cached per unique text; `seconds` accumulates routing time."""
 
-    def __init__(self, router: Router | None, mode: str = "fetched", block_level: int = 1):
+    def __init__(self, router: Retriever | None, mode: str = "fetched", block_level: int = 1):
         if mode not in MODES:
             raise ValueError(f"memory mode {mode!r}: allowed {', '.join(MODES)}")
         if mode in ("fetched", "blocked", "random") and router is None:
@@ -149,7 +149,7 @@ class Retrieval:
         if self.mode == "fetched":
             return r.route(texts)
         if self.mode == "random":  # a control: a hash of the text picks the leaf (same text, same path)
-            return Router(r.branching, r.depth, r.seed + 1)._hash_paths(texts)
+            return Retriever(r.branching, r.depth, r.seed + 1)._hash_paths(texts)
         ranked = r.route_ranked(texts, self.block_level)  # (N, K) level-L candidates, best first
         return r.route_from(texts, self.block_level, ranked[:, 1])  # descend from the next-nearest node
 
