@@ -78,8 +78,8 @@ def _value(model, docs, paths) -> tuple[float, float]:
     "mtype,lr,steps,extra",
     [
         ("ffn", 3e-2, 60, ()),
-        ("lora", 3e-2, 60, ("memory.lora_target=ffn",)),
-        ("lora", 3e-2, 60, ("memory.lora_target=vo",)),
+        ("lora", 3e-2, 60, ("memory.lora.target=ffn",)),
+        ("lora", 3e-2, 60, ("memory.lora.target=vo",)),
         ("kv", 3e-1, 60, ()),
         ("pkm", 3e-2, 200, ()),
     ],
