@@ -18,17 +18,11 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hmem_lit.config import RunConfig, from_dict, load_config, to_dict
+from hmem_lit.sweeps.spec import PROTOCOLS, SweepSpec  # noqa: F401 (PROTOCOLS: re-exported)
 
-if TYPE_CHECKING:
-    from hmem_lit.sweeps.spec import SweepSpec
-
-PROTOCOLS = {
-    "frozen": "frozen anchor (A3): memory trained on a trained anchor of the trial's shape and seed, trained once",
-    "cotrain": "co-training as the base says (train.mode=scratch: A4, anchor and memory from scratch together)",
-}
 _RUN_LOCAL = ("name", "experiment", "out_dir")  # where a run lives, not what it trains
 _TRAIN_LOCAL = ("threads", "progress")  # how fast it runs and what it prints
 

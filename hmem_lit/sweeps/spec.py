@@ -41,7 +41,6 @@ from typing import Any
 from hmem_lit.config import RENAMED, ConfigError, schema
 from hmem_lit.config_text import load_yaml, valid_keys
 from hmem_lit.resources import shipped_dir
-from hmem_lit.sweeps.protocol import PROTOCOLS
 
 EXPERIMENTS_DIR, SWEEPS_DIR = shipped_dir("experiments"), shipped_dir("sweeps")  # checkout or installed copy
 
@@ -75,6 +74,10 @@ _TOP = (
     "protocol",
     "slurm",
 )
+PROTOCOLS = {  # sweeps/protocol.py
+    "frozen": "frozen anchor (A3): memory trained on a trained anchor of the trial's shape and seed, trained once",
+    "cotrain": "co-training as the base says (train.mode=scratch: A4, anchor and memory from scratch together)",
+}
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = {
     "none": (),
