@@ -92,7 +92,7 @@ def baseline_configs(spec: SweepSpec, extra: list[str] | tuple[str, ...] = ()) -
         if not o.startswith("memory.")
         and not o.startswith("experiment=")
         and not o.startswith("name=")
-        and not o.startswith("optim.memory_lr_scale=")
+        and not o.startswith(("optim.memory_", "optim.value_"))  # memory-only keys: the anchor never reads them
     ]
     out = []
     for exp in spec.baselines:
