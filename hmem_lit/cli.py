@@ -197,7 +197,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def cmd_ablations(a: argparse.Namespace) -> int:
-    from hmem_lit.analysis.ablations import build
+    from hmem_lit.studies.ablations import build
 
     print(build(a.root, a.out, a.rows))
     return 0
@@ -260,7 +260,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_edit(a: argparse.Namespace) -> int:
-    from hmem_lit.evaluation.editing import format_edit, run_edit
+    from hmem_lit.studies.editing import format_edit, run_edit
 
     r = run_edit(
         a.run_dir, a.baseline, a.n, a.seed, a.steps, a.levels, threads=a.threads, replay=a.replay,
@@ -271,7 +271,7 @@ def cmd_edit(a: argparse.Namespace) -> int:
 
 
 def cmd_attribute(a: argparse.Namespace) -> int:
-    from hmem_lit.analysis.attribution import format_attribution, run_attribution
+    from hmem_lit.studies.attribution import format_attribution, run_attribution
 
     print(format_attribution(run_attribution(a.run_dir, a.per_bucket, a.seed, threads=a.threads)))
     return 0

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hmem_lit.analysis import ablations
 from hmem_lit.config import ConfigError
+from hmem_lit.studies import ablations
 
 
 def fake_run(

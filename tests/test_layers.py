@@ -1,6 +1,7 @@
 """The package's import graph has no cycles, counting imports inside functions too (a function-level import that
 closes a cycle only hides it), both between modules and between the top-level parts (subpackages / modules) of
-hmem_lit; the bottom layers (errors, registry, config, utils) import nothing that imports torch-level modules."""
+hmem_lit; the bottom layers (errors, registry, config, utils) import nothing that imports torch-level modules; the
+side studies (hmem_lit/studies) sit on top: they import evaluation and analysis, and only the CLI imports them."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ BOTTOM = {
         "hmem_lit.config_text",
         "hmem_lit.fields",
     },
+}
+
+TOP = {  # the top layer -> the only modules outside it that may import it
+    "hmem_lit.studies": {"hmem_lit.cli"},
 }
 
 
@@ -110,6 +115,15 @@ def test_bottom_layers_import_only_below():
     g = import_graph()
     for m, allowed in BOTTOM.items():
         assert g[m] <= allowed, f"{m} imports {sorted(g[m] - allowed)}"
+
+
+def test_top_layers_are_imported_only_by_their_callers():
+    """A side study can be deleted without touching the main path: only the CLI's verb table names it."""
+    g = import_graph()
+    for part, callers in TOP.items():
+        importers = {m for m, ts in g.items() if top(m) != part and any(top(t) == part for t in ts)}
+        assert importers <= callers, f"{sorted(importers - callers)} import {part}"
+        assert importers, f"nothing imports {part}: the CLI lost its verbs"
 
 
 def test_the_graph_sees_function_level_imports(tmp_path):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from hmem_lit.analysis.attribution import leaf_purity, sample_items
 from hmem_lit.data import facts
-from hmem_lit.evaluation.direct import paired_diff
-from hmem_lit.evaluation.editing import edit_train, edited_documents, identity_report, plan_edits
+from hmem_lit.studies.attribution import leaf_purity, sample_items
+from hmem_lit.studies.direct import paired_diff
+from hmem_lit.studies.editing import edit_train, edited_documents, identity_report, plan_edits
 from tests.memory_util import VOCAB, make_cfg, make_model, random_paths
 from tests.test_report_fixtures import synth_separation
 
@@ -161,7 +161,7 @@ def test_bad_separation_arguments_exit_2_with_one_line(args, msg, capsys):
 
 
 def test_holder_classes_exact():
-    from hmem_lit.analysis.attribution import holder
+    from hmem_lit.studies.attribution import holder
 
     assert holder(False, {"minus_l1": True, "minus_l2": True}, False) is None
     assert holder(True, {"minus_l1": False, "minus_l2": False}, True) == "anchor"
@@ -176,9 +176,9 @@ def test_edit_and_attribute_end_to_end_on_a_small_builtin_corpus(tmp_path):
     the result files exist, the bit-identity check passes, and the error causes add up to the wrong answers."""
     import json
 
-    from hmem_lit.analysis.attribution import run_attribution
     from hmem_lit.config import load_config
-    from hmem_lit.evaluation.editing import run_edit
+    from hmem_lit.studies.attribution import run_attribution
+    from hmem_lit.studies.editing import run_edit
     from hmem_lit.train import train
     from tests.test_data import SMALL
 

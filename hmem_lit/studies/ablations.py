@@ -15,7 +15,6 @@ reading of the numbers) is included at the top when it exists.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -30,6 +29,8 @@ import pandas as pd
 from hmem_lit import runs
 from hmem_lit.analysis import stats
 from hmem_lit.analysis.collect import fmt_count
+from hmem_lit.analysis.compare import diff_runs
+from hmem_lit.analysis.style import STYLE
 from hmem_lit.config import ConfigError
 from hmem_lit.utils import atomic_write_text
 
@@ -183,8 +184,6 @@ _ITEM_METRIC = {"sk": "Avg-SK", "val_bpb": "val bpb"}  # a row column -> the ite
 def step(a: pd.Series, b: pd.Series, col: str = "sk", better: int = 1) -> tuple[stats.Interval, str]:
     """a - b on `col` with its 95% CI and verdict: a paired bootstrap over the items and seeds when both
     configurations' run directories hold item records, else a Welch interval over their seeds (per-run numbers)."""
-    from hmem_lit.analysis.compare import diff_runs
-
     iv = None
     if a.get("paths") and b.get("paths") and col in _ITEM_METRIC:
         iv = diff_runs([Path(p) for p in a.paths], [Path(p) for p in b.paths], _ITEM_METRIC[col])
@@ -386,8 +385,6 @@ SECTIONS = [
 def _figure(sec: Section, agg: pd.DataFrame, out: Path) -> str | None:
     import matplotlib.pyplot as plt
 
-    from hmem_lit.analysis.style import STYLE
-
     settings = _settings(agg)
     if not settings:
         return None
@@ -551,13 +548,3 @@ def build(
         lines += ["", f"![{sec.sweep}]({fig})" if fig else "", ""]
     atomic_write_text(out / "ablations.md", "\n".join(lines) + "\n")
     return out / "ablations.md"
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="hmem ablations", description=__doc__.splitlines()[0])
-    p.add_argument("--root", default="runs/sweeps")
-    p.add_argument("--out", default="docs/ablations")
-    p.add_argument("--rows", default=None, help="rebuild the page from a committed rows.csv instead of the runs")
-    a = p.parse_args(argv)
-    print(build(a.root, a.out, a.rows))
-    return 0

@@ -4,7 +4,7 @@
                                                           every item's path, cause, holder, per-condition scores)
 
 Attribution: every bucketed probe item (or K per probe and bucket, seeded) is scored directly
-(evaluation/direct.py) with the fetched memory, then with one bank level ablated at a time, with the memory off
+(studies/direct.py) with the fetched memory, then with one bank level ablated at a time, with the memory off
 and with the generic block. Ablating level l zeroes the whole level-l table; each item reads exactly one level-l
 block (its own path's), so this is the item's own block ablated, for every item at once (a zeroed FFN unit adds
 nothing). Per probe and bucket: the accuracy in each condition, and of the items right with memory the share each
@@ -30,8 +30,13 @@ import numpy as np
 import torch
 
 from hmem_lit.config import ConfigError
-from hmem_lit.evaluation import direct
-from hmem_lit.utils import atomic_write_text, write_json
+from hmem_lit.data.prepare import entity_fact_paths
+from hmem_lit.data.tokenizer import load_tokenizer
+from hmem_lit.evaluation.resources import check_threads
+from hmem_lit.evaluation.routing import load_run_router
+from hmem_lit.model import load_model
+from hmem_lit.studies import direct
+from hmem_lit.utils import atomic_write_text, set_threads, write_json
 
 CAUSES = ("routed_elsewhere", "not_stored")
 ENTITY_BINS = ((1, 3), (4, 7), (8, 15), (16, 10**9))  # entities whose fact documents share the routed leaf
@@ -113,13 +118,6 @@ def _by(items: list[dict[str, Any]], values: np.ndarray) -> dict[str, float]:
 
 
 def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, threads: int = 0) -> dict[str, Any]:
-    from hmem_lit.data.prepare import entity_fact_paths
-    from hmem_lit.data.tokenizer import load_tokenizer
-    from hmem_lit.evaluation.resources import check_threads, facts_data_dir
-    from hmem_lit.evaluation.routing import load_run_router
-    from hmem_lit.model import load_model
-    from hmem_lit.utils import set_threads
-
     if per_bucket < 0:
         raise ConfigError(f"--per-bucket: must be >= 0 (0 = every item), got {per_bucket}")
     check_threads(threads)
@@ -128,7 +126,7 @@ def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, thr
     model, cfg = load_model(run_dir)
     if cfg.memory.type == "none" or not getattr(model.memory, "routed", False):
         raise ConfigError(f"{run_dir}: attribution needs a bank-backed memory run (memory.type ffn | lora | kv)")
-    root = facts_data_dir(run_dir, cfg, "attribution")
+    root = direct.facts_data_dir(run_dir, cfg, "attribution")
     tok = load_tokenizer(root)
     items = sample_items(direct.probe_items(root), per_bucket, seed)
     if not items:

@@ -20,6 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from hmem_lit.config import ConfigError
+from hmem_lit.data.questions import read_probes
+from hmem_lit.runs import resolve_data_dir
+
 
 @dataclass
 class Encoded:
@@ -28,11 +32,20 @@ class Encoded:
     label: int  # index of the gold continuation
 
 
+def facts_data_dir(run_dir: Path, cfg: Any, what: str) -> Path:
+    """The data directory of a run trained on the built-in facts corpus (synthetic people, bucketed probes), for
+    commands that need them (`what`: "editing", "attribution"); any other corpus is one ConfigError."""
+    if cfg.data.source != "builtin":
+        raise ConfigError(
+            f"{run_dir}: {what} needs a run trained on the built-in facts corpus, and this one used "
+            f"data.source={cfg.data.source}; train one with data.source=builtin"
+        )
+    return resolve_data_dir(cfg)
+
+
 def probe_items(data_dir: str | Path) -> list[dict[str, Any]]:
     """Every item of the bucketed probes in the training phrasing under <data_dir>/questions (wiki_cloze has no
     buckets and is left out); each item gets "probe" (the file's name)."""
-    from hmem_lit.data.questions import read_probes
-
     return [{**r, "probe": p} for p, rows in read_probes(Path(data_dir) / "questions").items() for r in rows]
 
 

@@ -17,7 +17,7 @@ tensor, that the anchor and every bank row off the edited paths are bit-identica
 The dense comparison: the anchor-only run fine-tuned (every parameter, AdamW at its own LR) on the same rows for
 the same steps.
 
-Measured per model (`run_edit`), on the probes scored directly (evaluation/direct.py): edit success (the new city,
+Measured per model (`run_edit`), on the probes scored directly (studies/direct.py): edit success (the new city,
 `synthetic_city` of the edited people), the old city's retention, the edited people's other facts, locality (every
 item of the unedited entities, before vs after, with a bootstrap 95% interval and the flips; memory: also split by
 whether the item's routed leaf is on an edited path) and held-out loss. Written to
@@ -36,9 +36,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from hmem_lit.anchor import lm_loss
 from hmem_lit.config import ConfigError
-from hmem_lit.evaluation import direct
-from hmem_lit.utils import write_json
+from hmem_lit.data import facts
+from hmem_lit.data.datamodule import make_collate
+from hmem_lit.data.packing import pack
+from hmem_lit.data.tokenizer import load_tokenizer
+from hmem_lit.evaluation.resources import check_threads
+from hmem_lit.evaluation.routing import load_run_router
+from hmem_lit.memory.optim import build_optimizer, clip_gradients
+from hmem_lit.model import load_model
+from hmem_lit.runs import resolve_data_dir
+from hmem_lit.studies import direct
+from hmem_lit.utils import read_json, set_threads, write_json
 
 EDIT_PROBE = "synthetic_city"  # the probe whose answer the edit changes
 
@@ -71,8 +81,6 @@ def edited_documents(
 ) -> tuple[list[int], list[str]]:
     """-> (corpus indices of the edited training documents, their new texts). Raises ValueError when the corpus's
     documents cannot be regenerated exactly (a corpus built by another version of facts.py)."""
-    from hmem_lit.data import facts
-
     by_entity: dict[str, list[int]] = {}
     for j, (d, s) in enumerate(zip(docs, split)):
         if s == 0 and d.get("entity"):
@@ -94,8 +102,6 @@ def edited_documents(
 
 def edit_rows(tok: Any, texts: list[str], idx: list[int], paths: np.ndarray, seq_len: int, seed: int) -> Any:
     """The edited documents packed like training data (data/packing.py) -> Packed (tokens, paths, ...)."""
-    from hmem_lit.data.packing import pack
-
     ids = [np.asarray(t, np.int32) for t in tok.encode_batch(texts)]
     return pack(ids, np.asarray(idx), paths[np.asarray(idx)], seq_len, tok.eot_id, tok.pad_id, seed=seed)
 
@@ -123,10 +129,6 @@ def edit_train(
     memory LR `lr`; paths None: a dense fine-tune of every parameter at a constant LR `lr`. replay (tokens,
     paths): other rows that fill round(batch_size * replay_frac) of every batch (the edited leaves' unedited
     training rows: the block keeps rehearsing what else it holds)."""
-    from hmem_lit.anchor import lm_loss
-    from hmem_lit.data.datamodule import make_collate
-    from hmem_lit.memory.optim import build_optimizer, clip_gradients
-
     memory = paths is not None
     if memory:
         model.anchor.requires_grad_(False)
@@ -216,8 +218,6 @@ def identity_report(before: dict[str, torch.Tensor], model: Any, edit_paths: np.
 @torch.no_grad()
 def val_loss(model: Any, tokens: np.ndarray, paths: np.ndarray | None, eot_id: int, pad_id: int) -> float:
     """Token-weighted mean next-token loss on held-out rows (memory: fetched along the rows' paths)."""
-    from hmem_lit.data.datamodule import make_collate
-
     collate = make_collate(eot_id, pad_id)
     total, n = 0.0, 0
     model.eval()
@@ -273,12 +273,6 @@ def run_edit(
     replay: float = 0.0,
 ) -> dict[str, Any]:
     """The whole experiment (module docstring) -> the result dict (also written under <run_dir>/separation/)."""
-    from hmem_lit.data.tokenizer import load_tokenizer
-    from hmem_lit.evaluation.resources import check_threads, facts_data_dir, resolve_data_dir
-    from hmem_lit.evaluation.routing import load_run_router
-    from hmem_lit.model import load_model
-    from hmem_lit.utils import read_json, set_threads
-
     if steps < 1:
         raise ConfigError(f"--steps: must be >= 1, got {steps}")
     for name, v in (("--memory-lr", memory_lr), ("--dense-lr", dense_lr)):
@@ -296,7 +290,7 @@ def run_edit(
     model, cfg = load_model(run_dir)
     if cfg.memory.type == "none" or not getattr(model.memory, "routed", False):
         raise ConfigError(f"{run_dir}: editing needs a bank-backed memory run (memory.type ffn | lora | kv)")
-    root = facts_data_dir(run_dir, cfg, "editing")
+    root = direct.facts_data_dir(run_dir, cfg, "editing")
     base = None
     if baseline is not None:  # checked before any work: an anchor-only run of the same data
         base = load_model(baseline)
