@@ -6,7 +6,9 @@ import argparse
 import errno
 import json
 import os
+import shutil
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from hmem_lit.config import ConfigError, RunError
 from hmem_lit.launch import add_args as add_launcher_args
 from hmem_lit.launch import check_local
 from hmem_lit.resources import checkout_root, shipped_dir
+from hmem_lit.studies.verbs import VERBS as STUDY_VERBS
+from hmem_lit.studies.verbs import add_parsers as add_study_parsers
 
 EXPERIMENTS_DIR = shipped_dir("experiments")  # the checkout's experiments/, else the installed copy
 SWEEPS_DIR = shipped_dir("sweeps")
@@ -196,13 +200,6 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ablations(a: argparse.Namespace) -> int:
-    from hmem_lit.studies.ablations import build
-
-    print(build(a.root, a.out, a.rows))
-    return 0
-
-
 def cmd_sweep(a: argparse.Namespace) -> int:
     from hmem_lit import sweeps
 
@@ -259,41 +256,34 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return subprocess.run([sys.executable, "-m", "benchmarks.run_all", *args], cwd=root).returncode
 
 
-def cmd_edit(a: argparse.Namespace) -> int:
-    from hmem_lit.studies.editing import format_edit, run_edit
-
-    r = run_edit(
-        a.run_dir, a.baseline, a.n, a.seed, a.steps, a.levels, threads=a.threads, replay=a.replay,
-        memory_lr=a.memory_lr, dense_lr=a.dense_lr,
-    )  # fmt: skip
-    print(format_edit(r))
-    return 0
-
-
-def cmd_attribute(a: argparse.Namespace) -> int:
-    from hmem_lit.studies.attribution import format_attribution, run_attribution
-
-    print(format_attribution(run_attribution(a.run_dir, a.per_bucket, a.seed, threads=a.threads)))
-    return 0
-
-
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "edit": cmd_edit,
-    "attribute": cmd_attribute,
-    "merge": cmd_merge,
     "quickstart": cmd_quickstart,
-    "bench": cmd_bench,
-    "train": cmd_train,
-    "list": cmd_list,
-    "info": cmd_info,
     "data": cmd_data,
+    "train": cmd_train,
     "eval": cmd_eval,
+    "generate": cmd_generate,
     "report": cmd_report,
     "sweep": cmd_sweep,
-    "ablations": cmd_ablations,
+    "list": cmd_list,
+    "info": cmd_info,
     "export": cmd_export,
-    "generate": cmd_generate,
+    **STUDY_VERBS,
+    "merge": cmd_merge,
+    "bench": cmd_bench,
 }
+
+
+def verb_listing(groups: dict[str, list[tuple[str, str]]]) -> str:
+    """Each group's verbs with their one-line help, laid out as argparse lays out options (help wrapped at one
+    column), for `hmem --help`'s epilog."""
+    width = shutil.get_terminal_size().columns - 2  # argparse.HelpFormatter's width
+    col = min(24, 6 + max(len(v) for verbs in groups.values() for v, _ in verbs))
+    lines: list[str] = []
+    for title, verbs in groups.items():
+        lines += ["", f"{title}:"] if lines else [f"{title}:"]
+        for verb, text in verbs:
+            lines += textwrap.wrap(text, width, initial_indent=f"  {verb:<{col - 3}} ", subsequent_indent=" " * col)
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,29 +296,56 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="libraries' own logs and bars too"
     )
     p = argparse.ArgumentParser(
-        prog="hmem", description="hmem_lit: memory-augmented pretraining experiments", parents=[talk]
+        prog="hmem",
+        usage="%(prog)s [-h] [-q | -v] [--version] VERB ...",  # the verbs are listed in the epilog
+        description="hmem_lit: memory-augmented pretraining experiments",
+        parents=[talk],
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the epilog: the verbs, laid out by verb_listing
     )
     p.add_argument("--version", action="version", version=f"hmem_lit {__version__}")
-    sub = p.add_subparsers(dest="verb", required=True)
-    _add_parser = sub.add_parser
-    sub.add_parser = lambda *args, **kw: _add_parser(*args, parents=[talk], **kw)  # type: ignore[method-assign]
-    t = sub.add_parser("train", help="train one run (resumes an incomplete run; no-op on a complete one)")
-    t.add_argument("experiment", help="experiment YAML (path or name in experiments/)")
-    t.add_argument("overrides", nargs="*", help="key=value config overrides")
-    t.add_argument("--force", action="store_true", help="delete an existing run directory and start again")
-    add_launcher_args(t, nodes=True)
-    sub.add_parser("list", help="presets, memory types, retrievers, experiments, sweeps")
-    i = sub.add_parser("info", help="anchor / fetched / bank parameter counts of an experiment (--config: its config)")
-    i.add_argument("experiment", nargs="?", default=None)
-    i.add_argument("overrides", nargs="*")
-    i.add_argument("--config", action="store_true", help="print the resolved config (experiment + key=value) as YAML")
-    d = sub.add_parser("data", help="data preparation: `hmem data prepare <experiment> [key=value]`")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB", help=argparse.SUPPRESS, prog="hmem")
+    groups: dict[str, list[tuple[str, str]]] = {"the main path": [], "side studies and tools": []}
+
+    def adder(group: str) -> Callable[[str, str], argparse.ArgumentParser]:
+        """-> add(verb, text): a verb's parser (text: its description), listed under `group` in `hmem --help`."""
+
+        def add(verb: str, text: str) -> argparse.ArgumentParser:
+            groups[group].append((verb, text))
+            return sub.add_parser(verb, description=text, parents=[talk])
+
+        return add
+
+    main_verb, side = adder("the main path"), adder("side studies and tools")
+    q = main_verb("quickstart", "the default experiment: data, 5 training runs, evaluation, report")
+    q.add_argument("--small", action="store_true", help="a two-minute smoke version")
+    q.add_argument("--scale", type=float, default=1.0, help="multiply the token budget and the synthetic world")
+    q.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="training runs at a time, one process each (default 2; "
+        "1 = one after another, in this process, with per-run progress bars)",
+    )
+    q.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train every run with seeds 0..N-1 (train.seed; runs <name>_seed<k> for k >= 1) and pool them in the "
+        "report's confidence intervals (default 1: ~30 min; 3 for the README's numbers)",
+    )
+    q.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    d = main_verb("data", "data preparation: `hmem data prepare <experiment> [key=value]`")
     d.add_argument("action", choices=["prepare"])
     d.add_argument("experiment", nargs="?", default=None)
     d.add_argument("overrides", nargs="*")
     d.add_argument("--force", action="store_true", help="rebuild every stage")
     add_launcher_args(d)
-    e = sub.add_parser("eval", help="evaluate a run through lm-eval; results under <run_dir>/eval/<memory>/")
+    t = main_verb("train", "train one run (resumes an incomplete run; no-op on a complete one)")
+    t.add_argument("experiment", help="experiment YAML (path or name in experiments/)")
+    t.add_argument("overrides", nargs="*", help="key=value config overrides")
+    t.add_argument("--force", action="store_true", help="delete an existing run directory and start again")
+    add_launcher_args(t, nodes=True)
+    e = main_verb("eval", "evaluate a run through lm-eval; results under <run_dir>/eval/<memory>/")
     e.add_argument("run_dir")
     e.add_argument("--tasks", nargs="+", default=None, help="task or group names (default: eval.tasks)")
     e.add_argument("--memory", choices=["fetched", "generic", "none", "blocked", "random"], default=None)
@@ -366,19 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="let the include path's YAMLs run Python (lm-eval's !function tags); refused without it",
     )
     add_launcher_args(e)
-    r = sub.add_parser("report", help="figures, tables and an HTML page from a runs directory or a sweep")
-    r.add_argument(
-        "target", help="runs directory, or sweep name (sweeps/<name>.yaml; its runs under runs/sweeps/<name>/)"
-    )
-    r.add_argument("--out", default=None, help="output directory (default analysis/generated/<name>)")
-    r.add_argument("--spec", action="append", default=None, help="figure spec YAML (default analysis/*.yaml)")
-    ex = sub.add_parser("export", help="a trained run as a transformers directory (+ memory bank, router, tokenizer)")
-    ex.add_argument("run_dir")
-    ex.add_argument("--format", default="hf", help="hf (the only format)")
-    ex.add_argument("--out", required=True, help="a new directory")
-    gen = sub.add_parser(
+    gen = main_verb(
         "generate",
-        help="greedy continuations of prompts from a trained run, memory routed as in `hmem eval`",
+        "greedy continuations of prompts from a trained run, memory routed as in `hmem eval`",
     )
     gen.add_argument("run_dir", help="a complete run directory")
     gen.add_argument("prompts", nargs="*", help="prompts (or --file)")
@@ -394,17 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--until", action="append", default=None, help="stop string (repeatable; default a newline)")
     gen.add_argument("--jsonl", action="store_true", help="one JSON record per prompt: prompt, text, memory, path")
     gen.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    ab = sub.add_parser(
-        "ablations",
-        help="the ablation sweeps (both corpora) as one page: tables, figures and "
-        "the paper's shapes checked (docs/ablations.md)",
+    r = main_verb("report", "figures, tables and an HTML page from a runs directory or a sweep")
+    r.add_argument(
+        "target", help="runs directory, or sweep name (sweeps/<name>.yaml; its runs under runs/sweeps/<name>/)"
     )
-    ab.add_argument("--root", default="runs/sweeps", help="the sweeps' runs (default runs/sweeps)")
-    ab.add_argument("--out", default="docs/ablations", help="output directory (default docs/ablations)")
-    ab.add_argument("--rows", default=None, help="rebuild the page from a committed rows.csv instead of the runs")
-    w = sub.add_parser(
+    r.add_argument("--out", default=None, help="output directory (default analysis/generated/<name>)")
+    r.add_argument("--spec", action="append", default=None, help="figure spec YAML (default analysis/*.yaml)")
+    w = main_verb(
         "sweep",
-        help="run a sweep (`hmem sweep sweeps/x.yaml [--workers N] [key=value]`), or "
+        "run a sweep (`hmem sweep sweeps/x.yaml [--workers N] [key=value]`), or "
         "`hmem sweep status <name>` / `hmem sweep plan <name>`",
     )
     w.add_argument("target", help="sweep YAML (path or name in sweeps/), or status / plan")
@@ -415,56 +420,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
     add_launcher_args(w, workers=True)
-    m = sub.add_parser("merge", help="merge the banks of per-subtree memory runs (train.subtree=k) into one model")
+    main_verb("list", "presets, memory types, retrievers, experiments, sweeps")
+    i = main_verb("info", "anchor / fetched / bank parameter counts of an experiment (--config: its config)")
+    i.add_argument("experiment", nargs="?", default=None)
+    i.add_argument("overrides", nargs="*")
+    i.add_argument("--config", action="store_true", help="print the resolved config (experiment + key=value) as YAML")
+    ex = main_verb("export", "a trained run as a transformers directory (+ memory bank, router, tokenizer)")
+    ex.add_argument("run_dir")
+    ex.add_argument("--format", default="hf", help="hf (the only format)")
+    ex.add_argument("--out", required=True, help="a new directory")
+    add_study_parsers(side)
+    m = side("merge", "merge the banks of per-subtree memory runs (train.subtree=k) into one model")
     m.add_argument("run_dirs", nargs="+")
     m.add_argument("--out", required=True, help="output run directory")
-    q = sub.add_parser("quickstart", help="the default experiment: data, 5 training runs, evaluation, report")
-    q.add_argument("--small", action="store_true", help="a two-minute smoke version")
-    q.add_argument("--scale", type=float, default=1.0, help="multiply the token budget and the synthetic world")
-    q.add_argument(
-        "--jobs",
-        type=int,
-        default=2,
-        help="training runs at a time, one process each (default 2; "
-        "1 = one after another, in this process, with per-run progress bars)",
-    )
-    q.add_argument(
-        "--seeds",
-        type=int,
-        default=1,
-        help="train every run with seeds 0..N-1 (train.seed; runs <name>_seed<k> for k >= 1) and pool them in the "
-        "report's confidence intervals (default 1: ~30 min; 3 for the README's numbers)",
-    )
-    q.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
-    ed = sub.add_parser(
-        "edit",
-        help="edit N people's birth city: retrain only their blocks (anchor frozen) vs a dense "
-        "fine-tune; -> <run_dir>/separation/edit-*.json",
-    )
-    ed.add_argument("run_dir", help="a trained memory run")
-    ed.add_argument("--baseline", default=None, help="an anchor-only run to edit by fine-tuning, for comparison")
-    ed.add_argument("--n", type=int, default=100, help="people to edit (default 100)")
-    ed.add_argument("--seed", type=int, default=0)
-    ed.add_argument("--steps", type=int, default=80, help="optimiser steps over the edited rows (default 80)")
-    ed.add_argument("--levels", choices=["all", "leaf"], default="all", help="bank levels the edit trains")
-    ed.add_argument(
-        "--replay", type=float, default=0.0, help="share of each batch from the edited leaves' other rows (default 0)"
-    )
-    ed.add_argument("--memory-lr", type=float, default=None, help="the edit's memory LR (default: the run's)")
-    ed.add_argument("--dense-lr", type=float, default=None, help="the dense fine-tune's LR (default: the run's)")
-    ed.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    at = sub.add_parser(
-        "attribute",
-        help="which blocks hold which facts (one level ablated at a time) and why memory "
-        "gets facts wrong; -> <run_dir>/separation/attribution.json",
-    )
-    at.add_argument("run_dir", help="a trained memory run")
-    at.add_argument("--per-bucket", type=int, default=0, help="items per probe and bucket (0 = every item)")
-    at.add_argument("--seed", type=int, default=0)
-    at.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    b = sub.add_parser("bench", help="run every benchmark and write benchmarks/results/all.json (source checkout only)")
+    b = side("bench", "run every benchmark and write benchmarks/results/all.json (source checkout only)")
     b.add_argument("--quick", action="store_true")
     b.add_argument("--only", nargs="*", default=None)
+    p.epilog = verb_listing(groups)
     return p
 
 

@@ -8,6 +8,7 @@ round-trips; `-q` prints nothing on a clean run; `hmem-lm-eval` names its output
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,22 @@ def test_commands_start_without_heavy_imports(argv, rc):
     """Speed lives in benchmarks; what makes it is checked here: none of the 4-8 s imports happen."""
     got_rc, heavy = _imports_after(argv)
     assert got_rc == rc and heavy == [], (got_rc, heavy)
+
+
+def test_help_lists_every_verb_once_the_main_path_first(capsys):
+    """`hmem --help`: every verb of the table under one of two headings, the main path before the side studies."""
+    from hmem_lit.cli import VERBS, main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    main_at, side_at = out.index("\nthe main path:\n"), out.index("\nside studies and tools:\n")
+    listed = re.findall(r"^  (\w+) ", out[main_at:], re.M)  # a verb at the indent; its wrapped help is deeper
+    assert sorted(listed) == sorted(VERBS) and len(listed) == len(set(listed)), listed
+    at = {v: out.index(f"\n  {v} ", main_at) for v in listed}
+    assert main_at < side_at and all(at[v] < side_at for v in ("quickstart", "data", "train", "eval", "report"))
+    assert all(at[v] > side_at for v in ("edit", "attribute", "ablations"))
 
 
 def test_registry_source_scan_agrees_with_imports():

@@ -1,5 +1,5 @@
 """Side studies: experiments that load trained runs and train, ablate or compare them further, each with its own
-`hmem` verb.
+`hmem` verb, listed after the main path in `hmem --help` (verbs.py).
 
 - editing.py (`hmem edit`): change N people's birth city, retrain only their blocks vs a dense fine-tune.
 - attribution.py (`hmem attribute`): which bank level holds which facts, and why memory gets facts wrong.
