@@ -1,4 +1,5 @@
-"""`hmem <verb>`: a table of verb -> function. Bad input exits with status 2 and one line, no traceback."""
+"""`hmem <verb>`: a table of verb -> function. Bad input exits with status 2 and one line, no traceback. Each verb
+imports its implementation when it runs, so `hmem --help` and a typo's error load no torch, Lightning or lm-eval."""
 
 from __future__ import annotations
 
@@ -7,14 +8,23 @@ import errno
 import json
 import os
 import shutil
+import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from hmem_lit.config import ConfigError, RunError
+from omegaconf import OmegaConf
+
+from hmem_lit import __version__, console
+from hmem_lit.anchor_config import PRESETS, AnchorConfig, anchor_params
+from hmem_lit.checks import preflight
+from hmem_lit.config import ConfigError, RunError, load_config, to_dict
+from hmem_lit.errors import did_you_mean
 from hmem_lit.launch import add_args as add_launcher_args
 from hmem_lit.launch import check_local
+from hmem_lit.registry import CORPORA, EMBEDDERS, MEMORY, RETRIEVERS, TREE_REFINERS, TREE_ROUTERS
 from hmem_lit.resources import checkout_root, shipped_dir
 from hmem_lit.studies.verbs import VERBS as STUDY_VERBS
 from hmem_lit.studies.verbs import add_parsers as add_study_parsers
@@ -35,15 +45,11 @@ def _experiment_path(name: str | None) -> str | None:
             return str(cand)
     if Path(name).is_dir():
         return name  # read_yaml says what a directory is not
-    from hmem_lit.errors import did_you_mean
-
     hint = did_you_mean(Path(name).stem, [p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")])
     raise ConfigError(f"{name}: experiment file not found{hint or ' (see `hmem list` for the shipped experiments)'}")
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from hmem_lit.config import load_config
-
     cfg = load_config(_experiment_path(a.experiment), a.overrides)  # before Lightning's import: typos fail fast
     from hmem_lit.train import train
 
@@ -77,9 +83,6 @@ def question(path: Path) -> str:
 def cmd_list(a: argparse.Namespace) -> int:
     """Presets, registered components, experiments and sweeps, without importing torch (counts by arithmetic,
     components read from their source: Registry.scan)."""
-    from hmem_lit.anchor_config import PRESETS, AnchorConfig, anchor_params
-    from hmem_lit.registry import CORPORA, EMBEDDERS, MEMORY, RETRIEVERS, TREE_REFINERS, TREE_ROUTERS
-
     print("anchor presets:")
     for name, p in PRESETS.items():
         acfg = AnchorConfig(**{**p, "preset": name, "vocab_size": p.get("vocab_size") or 4096})
@@ -118,14 +121,8 @@ def _split(a: argparse.Namespace) -> None:
 
 def cmd_info(a: argparse.Namespace) -> int:
     _split(a)
-    from hmem_lit.config import load_config
-
     cfg = load_config(_experiment_path(a.experiment), a.overrides)
     if a.config:  # the resolved config, as a run directory's config.yaml would hold it
-        from omegaconf import OmegaConf
-
-        from hmem_lit.config import to_dict
-
         print(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))), end="")
         return 0
     from hmem_lit.model import info
@@ -136,8 +133,6 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 def cmd_data(a: argparse.Namespace) -> int:
     _split(a)
-    from hmem_lit.checks import preflight
-    from hmem_lit.config import load_config
     from hmem_lit.data.prepare import prepare_main
 
     if a.launcher == "slurm":
@@ -244,8 +239,6 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     """The benchmarks are scripts of the source checkout (benchmarks/), not part of the installed package."""
-    import subprocess
-
     root = checkout_root()
     if root is None or not (root / "benchmarks" / "run_all.py").is_file():
         raise ConfigError(
@@ -287,8 +280,6 @@ def verb_listing(groups: dict[str, list[tuple[str, str]]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hmem_lit import __version__
-
     talk = argparse.ArgumentParser(add_help=False)  # -q / -v before or after the verb
     g = talk.add_mutually_exclusive_group()
     g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings and errors only")
@@ -466,11 +457,7 @@ def environment_error(e: OSError) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hmem_lit import console
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
-
     # Lightning warns at every Trainer on a machine with `srun` on PATH (any Slurm login node) that srun is not
     # used: noise beside one-line errors; this suite uses Slurm through --launcher slurm (docs/cluster.md)
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")

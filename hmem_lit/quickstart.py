@@ -25,9 +25,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hmem_lit import runs
+from hmem_lit import console, runs
+from hmem_lit.analysis import record
+from hmem_lit.analysis.stats import RULE
 from hmem_lit.config import ConfigError, RunConfig, load_config
+from hmem_lit.data.prepare import prepare
+from hmem_lit.evaluation.runner import evaluate
 from hmem_lit.resources import shipped_dir
+from hmem_lit.sweeps.translate import counts
 
 log = logging.getLogger("hmem_lit.quickstart")
 
@@ -103,8 +108,7 @@ class Clock:
 
 def _train(cfg: RunConfig, eval_modes: tuple[str, ...] = ()) -> Path:
     """Train (or resume, or skip) one run, then evaluate it in each memory mode (cached: a no-op when done)."""
-    from hmem_lit.evaluation.runner import evaluate
-    from hmem_lit.train import train
+    from hmem_lit.train import train  # torch and Lightning: in the process that trains
 
     run_dir = train(cfg)
     for mode in eval_modes:
@@ -127,8 +131,6 @@ def _last_step(run_dir: Path) -> int:
 
 
 def _cost(cfg: RunConfig) -> float:
-    from hmem_lit.sweeps.translate import counts
-
     return float(cfg.train.max_tokens) * counts(cfg)["runtime"]
 
 
@@ -152,8 +154,6 @@ def die_with_parent() -> None:
 def _worker_init() -> None:
     """A quickstart worker: ends with its parent, and talks only about problems (warnings, errors) unless the
     parent runs with -v: the parent's one progress bar and "done" lines say what the workers do."""
-    from hmem_lit import console
-
     console.setup(console.VERBOSE if console.verbosity() >= console.VERBOSE else console.QUIET)
     die_with_parent()
 
@@ -167,8 +167,6 @@ def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
     import multiprocessing as mp
 
     from tqdm.auto import tqdm
-
-    from hmem_lit import console
 
     quiet = {n: dataclasses.replace(c, train=dataclasses.replace(c.train, progress=False)) for n, c in cfgs.items()}
     total = {n: _steps(c) for n, c in cfgs.items()}
@@ -208,8 +206,6 @@ def train_parallel(cfgs: dict[str, RunConfig], jobs: int) -> dict[str, Path]:
 def _eta(clock: Clock, cfg: RunConfig, anchor_params: int | None) -> float | None:
     if clock.tok_rate is None or not anchor_params or runs.is_complete(cfg.run_dir):
         return None
-    from hmem_lit.sweeps.translate import counts
-
     c = counts(cfg)
     return cfg.train.max_tokens / clock.tok_rate * max(1.0, c["runtime"] / anchor_params)
 
@@ -221,9 +217,7 @@ def quickstart(
     jobs: int = 2,
     seeds: int = 1,
 ) -> Path:
-    from hmem_lit.analysis.report import build_report
-    from hmem_lit.data.prepare import prepare
-    from hmem_lit.evaluation.runner import evaluate
+    from hmem_lit.analysis.report import build_report  # pandas, matplotlib: not in the training workers
 
     if not (math.isfinite(scale) and scale > 0):
         raise ConfigError(f"--scale: must be a finite number > 0, got {scale}")
@@ -301,9 +295,6 @@ def summary(report: Path) -> str:
     """The headline in the terminal, from the report's record (comparisons.csv, analysis/compare.py): each arm's
     Avg-SK (training phrasing, rarest buckets, paraphrase, QA), hard MC and bits per byte with 95% CIs, and fetched
     memory minus the anchor, the 2x dense model and the leaf prior with the verdict (the report has every metric)."""
-    from hmem_lit.analysis import record
-    from hmem_lit.analysis.stats import RULE
-
     rec = report / "comparisons.csv"
     if not rec.is_file():
         return "[quickstart] no item records to compare (evaluations missing)"

@@ -186,7 +186,7 @@ def name_labels(rows: list[dict[str, Any]]) -> None:
 def paint(rows: list[dict[str, Any]]) -> None:
     """One colour per label for every figure of a report (`color`): the style's fixed colour for a known run name,
     else its group's colour (memory type, or baseline kind), shaded when a group holds several labels."""
-    from hmem_lit.analysis.style import group_color, named_color, shaded
+    from hmem_lit.analysis.style import group_color, named_color, shaded  # matplotlib: only when painting
 
     labels = {
         r["label"]: r

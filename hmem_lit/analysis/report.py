@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import difflib
 import html
 import sys
 import traceback
@@ -20,11 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
+import pandas as pd
+
 from hmem_lit import runs
+from hmem_lit.analysis import compare as cmp
 from hmem_lit.analysis import sweep as sweep_mod
-from hmem_lit.analysis.collect import collect
-from hmem_lit.analysis.figures import FIGURES, Skip
-from hmem_lit.analysis.tables import Table, make_table, runs_overview, simple_table
+from hmem_lit.analysis.collect import FILTERS, apply_spec, collect
+from hmem_lit.analysis.figures import FIGURES, PANEL_KEYS, Skip
+from hmem_lit.analysis.style import STYLE
+from hmem_lit.analysis.tables import CONFIG_COLUMNS, METRIC_COLUMNS, Table, make_table, runs_overview, simple_table
 from hmem_lit.config import ConfigError
 from hmem_lit.config_text import load_yaml
 from hmem_lit.resources import shipped_dir, work_root
@@ -55,8 +61,6 @@ TABLE_KEYS = ("id", "kind", "reproduces", "title", "select", "filter", "eval_mod
 
 
 def _check_keys(f: Path, what: str, spec: dict, allowed: tuple[str, ...]) -> None:
-    import difflib
-
     for k in spec:
         if k not in allowed:
             near = difflib.get_close_matches(str(k), allowed, n=1)
@@ -70,10 +74,6 @@ def _check_keys(f: Path, what: str, spec: dict, allowed: tuple[str, ...]) -> Non
 def load_specs(paths: Sequence[str | Path] | None = None) -> tuple[list[dict], list[dict]]:
     """Figure and table specs from analysis/*.yaml (or `paths`), validated: every key known to its kind (the kind's
     own keys are declared where it is registered), filters and table columns known; one-line errors."""
-    from hmem_lit.analysis.collect import FILTERS
-    from hmem_lit.analysis.figures import PANEL_KEYS
-    from hmem_lit.analysis.tables import CONFIG_COLUMNS, METRIC_COLUMNS
-
     files = [Path(p) for p in paths] if paths else sorted(SPEC_DIR.glob("*.yaml"))
     figs: list[dict] = []
     tabs: list[dict] = []
@@ -117,8 +117,6 @@ def load_specs(paths: Sequence[str | Path] | None = None) -> tuple[list[dict], l
 def unmet(df: Any, spec: dict[str, Any]) -> str | None:
     """Why a figure or table would not be about the runs present (its `needs:` over the memory runs it would draw:
     `distinct: {column: n}` at least n values, `any: {column: [values]}` one of them), or None: drawn."""
-    from hmem_lit.analysis.collect import apply_spec
-
     needs = spec.get("needs") or {}
     if not needs or not len(df):
         return None
@@ -136,8 +134,6 @@ def unmet(df: Any, spec: dict[str, Any]) -> str | None:
 
 
 def _save(fig, out: Path, fid: str) -> list[str]:
-    import matplotlib.pyplot as plt
-
     (out / "figures").mkdir(parents=True, exist_ok=True)
     files = []
     for ext in ("png", "pdf"):
@@ -153,10 +149,6 @@ def _save(fig, out: Path, fid: str) -> list[str]:
 
 
 def _guard(item: Item, fn, *args) -> Any:
-    import matplotlib.pyplot as plt
-
-    from hmem_lit.analysis.style import STYLE
-
     try:
         with plt.rc_context(STYLE):
             return fn(*args)
@@ -209,10 +201,6 @@ def build_report(target: str, out: str | Path | None = None, specs: list[str] | 
     if study is not None:
         h, rows = sweep_mod.trials_table(study)
         sweep_items.append(Item("optuna_trials", f"trials of study {study.study_name}", table=simple_table(h, rows)))
-        import matplotlib.pyplot as plt
-
-        from hmem_lit.analysis.style import STYLE
-
         with plt.rc_context(STYLE):
             views = sweep_mod.optuna_views(study, t.metric)
         for vid, title, fig, notes in views:
@@ -229,10 +217,6 @@ def build_report(target: str, out: str | Path | None = None, specs: list[str] | 
 def _comparison_items(col: Any, out: Path) -> list[Item]:
     """The arms with their CIs and every fetched-memory difference with its verdict (analysis/compare.py), from the
     runs' item records; their machine-readable record is comparisons.csv."""
-    import pandas as pd
-
-    from hmem_lit.analysis import compare as cmp
-
     c = cmp.compare(col.root, col=col)
     if c is None:
         return []

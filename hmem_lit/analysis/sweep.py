@@ -22,7 +22,9 @@ from typing import Any
 
 from hmem_lit.config import ConfigError
 from hmem_lit.config_text import load_yaml
+from hmem_lit.errors import did_you_mean
 from hmem_lit.resources import shipped_dir
+from hmem_lit.sweeps.spec import load_sweep
 
 SWEEPS_DIR, RUNS = shipped_dir("sweeps"), Path("runs")
 
@@ -60,13 +62,11 @@ def _storage_in(folder: Path) -> str | None:
 
 def _from_yaml(yml: Path) -> Target:
     try:  # the sweeps module knows its own defaults (experiment name, journal location)
-        from hmem_lit.sweeps.spec import load_sweep
-
         spec = load_sweep(yml)
         runs_dir = getattr(spec, "runs_dir", None) or Path(spec.out_dir) / "sweeps" / spec.name
         return Target(spec.name, Path(runs_dir), str(spec.storage_url), spec.name, metric=getattr(spec, "metric", None))
     except Exception as e:  # noqa: BLE001 - fall back to reading the YAML ourselves
-        note = f"sweeps loader unavailable for {yml} ({type(e).__name__}); read the YAML directly"
+        note = f"the sweeps loader could not read {yml} ({type(e).__name__}); read the YAML directly"
     raw = load_yaml(yml.read_text(), str(yml)) or {}
     name = str(_find(raw, ("name",)) or yml.stem)
     storage = _find(raw, ("storage",))
@@ -97,8 +97,6 @@ def resolve(target: str) -> Target:
             f"{target}: neither a runs directory nor a sweep (no such path); pass a runs directory "
             "(e.g. runs/) or a sweep name from `hmem list`"
         )
-    from hmem_lit.errors import did_you_mean
-
     raise ConfigError(
         f"{target}: neither a runs directory nor a sweep (no {SWEEPS_DIR / (target + '.yaml')}, "
         f"no {RUNS / 'sweeps' / target}/)" + did_you_mean(target, [f.stem for f in SWEEPS_DIR.glob("*.yaml")])

@@ -23,6 +23,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
+from hmem_lit import console
 from hmem_lit.errors import ConfigError, RunError
 from hmem_lit.launch import cluster
 
@@ -103,8 +104,6 @@ class RequeueAtStep(Callback):
 def run_reporting(fn: Callable[[], int]) -> int:
     """Run a job body as the CLI would: bad input and stopped runs are one line and an exit status, and the suite's
     messages at the submitter's verbosity (HMEM_VERBOSITY, exported by sbatch) on the job's stderr."""
-    from hmem_lit import console
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     console.setup()
     try:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hmem_lit.errors import ConfigError
 from hmem_lit.launch import cluster
 from hmem_lit.launch.options import SlurmOptions
 
@@ -93,8 +94,6 @@ def _batch(ex: Any, fns: list[Any]) -> list[Any]:
 
 
 def _submit(how: Any, opts: SlurmOptions, log_dir: Path, name: str, tasks_per_node: int) -> Any:
-    from hmem_lit.errors import ConfigError
-
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
         return how(executor(opts, log_dir, name, tasks_per_node))

@@ -16,6 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hmem_lit import runs
+from hmem_lit.checks import preflight
+from hmem_lit.config import load_config
 from hmem_lit.errors import ConfigError
 from hmem_lit.launch import cluster, jobs, options, submit
 
@@ -23,10 +26,6 @@ from hmem_lit.launch import cluster, jobs, options, submit
 def train(a: argparse.Namespace, experiment: str | None) -> int:
     """`hmem train EXP --launcher slurm`: one job of --nodes x (--gpus-per-node, or train.devices on CPU) tasks;
     Lightning's SLURMEnvironment reads the ranks; the job requeues itself at its time limit and resumes."""
-    from hmem_lit import runs
-    from hmem_lit.checks import preflight
-    from hmem_lit.config import load_config
-
     opts = options.from_args(a)
     overrides = [*a.overrides, f"train.num_nodes={opts.nodes}"]
     if opts.gpus_per_node:
@@ -66,8 +65,6 @@ def cli_job(a: argparse.Namespace, entry: Callable[[list[str]], int], verb: str,
 
 def evaluate(a: argparse.Namespace, entry: Callable[[list[str]], int]) -> int:
     """The run must be complete, or be trained by a job this one depends on (--sbatch dependency=afterok:<id>)."""
-    from hmem_lit import runs
-
     run_dir = Path(a.run_dir)
     later = any(x.startswith("dependency=") for x in a.sbatch or [])
     if not later and not runs.is_complete(run_dir):
@@ -79,9 +76,6 @@ def evaluate(a: argparse.Namespace, entry: Callable[[list[str]], int]) -> int:
 
 
 def prepare(a: argparse.Namespace, entry: Callable[[list[str]], int], experiment: str | None) -> int:
-    from hmem_lit.checks import preflight
-    from hmem_lit.config import load_config
-
     cfg = load_config(experiment, a.overrides)
     if cfg.data.source == "toy":
         raise ConfigError(

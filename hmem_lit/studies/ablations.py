@@ -30,7 +30,6 @@ from hmem_lit import runs
 from hmem_lit.analysis import stats
 from hmem_lit.analysis.collect import fmt_count
 from hmem_lit.analysis.compare import diff_runs
-from hmem_lit.analysis.style import STYLE
 from hmem_lit.config import ConfigError
 from hmem_lit.utils import atomic_write_text
 
@@ -384,6 +383,8 @@ SECTIONS = [
 
 def _figure(sec: Section, agg: pd.DataFrame, out: Path) -> str | None:
     import matplotlib.pyplot as plt
+
+    from hmem_lit.analysis.style import STYLE  # matplotlib: only when a figure is drawn
 
     settings = _settings(agg)
     if not settings:

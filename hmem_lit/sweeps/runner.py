@@ -29,12 +29,13 @@ from typing import Any, Literal, cast
 import optuna
 from optuna.trial import TrialState
 
-from hmem_lit import runs
-from hmem_lit.config import ConfigError
+from hmem_lit import console, runs
+from hmem_lit.config import ConfigError, load_config
 from hmem_lit.launch import cluster
 from hmem_lit.sweeps import protocol
 from hmem_lit.sweeps.protocol import baseline_configs, frozen_anchor  # noqa: F401 (re-exported)
-from hmem_lit.sweeps.spec import SweepSpec, load_sweep, trial_name
+from hmem_lit.sweeps.spec import SKELETON, SweepSpec, load_sweep, trial_name
+from hmem_lit.sweeps.translate import Infeasible, translate
 from hmem_lit.sweeps.views import decode_param, encode_param, plan, summary  # noqa: F401 (plan: re-exported)
 from hmem_lit.utils import write_json
 
@@ -233,7 +234,6 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, threads: int = 0) -> TrialState:
     """Translate, train, evaluate, tell. Never raises except on KeyboardInterrupt (recorded as interrupted)."""
-    from hmem_lit.sweeps.translate import Infeasible, translate
     from hmem_lit.train import train
 
     trial.set_user_attr("host", HOST)
@@ -429,8 +429,6 @@ def _worker_entry(spec: SweepSpec, index: int, threads: int) -> None:
 
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from hmem_lit import console
-
     console.setup()  # the parent's -q / -v ($HMEM_VERBOSITY): trial lines go to stderr as in one process
     try:
         worker(spec, index, threads)
@@ -442,9 +440,6 @@ def _base_threads(spec: SweepSpec) -> int:
     """train.threads of the base config with the sweep's overrides. Those may be incomplete without a trial's
     params (memory.type=ffn whose levels the space sizes), so fall back to the anchor-only skeleton, as
     load_sweep's validation does."""
-    from hmem_lit.config import load_config
-    from hmem_lit.sweeps.spec import SKELETON
-
     try:
         return load_config(spec.base, spec.overrides).train.threads
     except ConfigError:

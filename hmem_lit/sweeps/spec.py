@@ -38,8 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hmem_lit.config import RENAMED, ConfigError, schema
+from hmem_lit.config import RENAMED, ConfigError, load_config, merged_value, schema
+from hmem_lit.config import _routed_types as routed_types  # from the registry's source: no torch import
 from hmem_lit.config_text import load_yaml, valid_keys
+from hmem_lit.errors import did_you_mean
 from hmem_lit.resources import shipped_dir
 
 EXPERIMENTS_DIR, SWEEPS_DIR = shipped_dir("experiments"), shipped_dir("sweeps")  # checkout or installed copy
@@ -211,8 +213,6 @@ def _find(path: str | Path, folder: Path, what: str) -> Path:
     for cand in (folder / str(path), folder / f"{path}.yaml"):
         if cand.is_file():
             return cand
-    from hmem_lit.errors import did_you_mean
-
     hint = did_you_mean(Path(path).stem, [f.stem for f in folder.glob("*.yaml")])
     raise ConfigError(f"{path}: {what} file not found (looked in {folder}){hint}")
 
@@ -323,8 +323,6 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), validate
     )
     _check(bool(re.fullmatch(r"[\w.\-]+", spec.name)), "name", "use letters, digits, '._-' only")
     spec.overrides = _as_overrides(raw.get("overrides"), "overrides") + extra
-    from hmem_lit.config import load_config, merged_value
-
     if not validate:
         spec.out_dir = str(merged_value(spec.base, spec.overrides, "out_dir"))
     else:
@@ -425,8 +423,6 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), validate
         raise ConfigError(f"translate: unknown key; allowed: {', '.join(Translate.__dataclass_fields__)}") from None
     t = spec.translate
     _check(0 < t.tolerance < 1, "translate.tolerance", "must be in (0, 1)")
-    from hmem_lit.config import _routed_types as routed_types  # from the registry's source: no torch import
-
     _check(t.memory_type in routed_types(), "translate.memory_type", f"allowed: {', '.join(routed_types())}")
     _check(t.q > 0, "translate.q", "must be > 0")
     if t.budget != "auto":

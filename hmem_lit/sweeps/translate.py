@@ -22,7 +22,9 @@ import json
 import math
 from typing import Any
 
-from hmem_lit.config import ConfigError, RunConfig, load_config
+from hmem_lit.config import AnchorConfig, ConfigError, RunConfig, load_config, memory_schema, section_from_dict
+from hmem_lit.config_text import read_yaml
+from hmem_lit.data.toy import ByteTokenizer
 from hmem_lit.sweeps.spec import PAPER_PARAMS, SKELETON, SweepSpec, Translate, _fmt, parse_count
 
 
@@ -31,8 +33,6 @@ class Infeasible(ConfigError):
 
 
 def _vocab(cfg: RunConfig) -> int:
-    from hmem_lit.data.toy import ByteTokenizer
-
     return cfg.anchor.vocab_size or (ByteTokenizer.vocab_size if cfg.data.source == "toy" else cfg.data.vocab_size)
 
 
@@ -49,7 +49,6 @@ def _anchor_at(key: str, n_layer: int) -> int:
     import torch
 
     from hmem_lit.anchor import Anchor, count_params
-    from hmem_lit.config import AnchorConfig
 
     acfg = AnchorConfig(**{**json.loads(key)[0], "n_layer": n_layer})
     with torch.device("meta"):
@@ -68,7 +67,6 @@ def _anchor_params(cfg: RunConfig, n_layer: int) -> int:
 def _memory_at(key: str) -> tuple[int, int]:
     import torch
 
-    from hmem_lit.config import AnchorConfig, memory_schema, section_from_dict
     from hmem_lit.memory import MEMORY
 
     a, m, branching = json.loads(key)
@@ -254,8 +252,6 @@ def _requested(spec: SweepSpec, overrides: list[str], key: str) -> Any:
     """A key (memory.type, optim.memory_lr_scale) as the base YAML + overrides ask for it, before the levels make
     the config valid (the accounting may have used the anchor-only skeleton)."""
     from omegaconf import OmegaConf
-
-    from hmem_lit.config_text import read_yaml
 
     merged = OmegaConf.merge(read_yaml(spec.base), OmegaConf.from_dotlist(list(overrides)))
     got = OmegaConf.select(merged, key, default=None)

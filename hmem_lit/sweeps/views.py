@@ -10,8 +10,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from hmem_lit.launch.submit import SWEEP_JOBS, job_view
 from hmem_lit.sweeps.protocol import PROTOCOLS, frozen_anchor
 from hmem_lit.sweeps.spec import SweepSpec, load_sweep
+from hmem_lit.sweeps.translate import Infeasible, translate
 
 
 def encode_param(v: Any) -> Any:
@@ -25,8 +27,6 @@ def decode_param(v: Any) -> Any:
 def plan(target: str | Path, cli: list[str] | tuple[str, ...] = ()) -> str:
     """`hmem sweep plan <sweep>`: every grid point (or the fixed part of an optuna space) translated on the meta
     device: n_layer, levels, anchor / fetched / bank params, or why it is infeasible. Trains nothing."""
-    from hmem_lit.sweeps.translate import Infeasible, translate
-
     spec = load_sweep(target, cli)
     points = spec.grid() if spec.mode == "grid" else [{}]
     lines = [
@@ -72,8 +72,6 @@ def summary(study: optuna.Study, spec: SweepSpec) -> str:
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     keys = list(spec.space)
-    from hmem_lit.launch.submit import SWEEP_JOBS, job_view
-
     jobs, job_lines = job_view(spec.sweep_dir / SWEEP_JOBS, trials)  # Slurm job + state per trial, worker arrays
     head = ["#", "state", spec.metric, *keys, "levels", "run", *(["slurm job"] if jobs else []), "note"]
     rows = []
