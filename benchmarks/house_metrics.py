@@ -102,9 +102,25 @@ def _help(code: Path) -> dict:
         timeout=120,
     )
     text = r.stdout
-    m = re.search(r"\{([a-z_,-]+)\}", text)
-    verbs = m.group(1).split(",") if m else []
-    return {"verbs": len(verbs), "verb_list": verbs, "help_lines": len(text.splitlines())}
+    m = re.search(r"\{([a-z_,-]+)\}", text)  # one argparse choice list: the verbs in one block
+    groups: dict[str, list[str]] = {"": m.group(1).split(",")} if m else {}
+    if not m:  # verbs under headings (`the main path:`, then the side studies), each at two spaces' indent
+        head = None
+        for line in text.splitlines():
+            if line.endswith(":") and not line.startswith(" "):
+                head = None if line == "options:" else line[:-1]
+                if head:
+                    groups.setdefault(head, [])
+            elif head and (v := re.match(r"  ([a-z_-]+) ", line)):
+                groups[head].append(v.group(1))
+    verbs = [v for vs in groups.values() for v in vs]
+    first = next(iter(groups.values()), [])
+    return {
+        "verbs": len(verbs),
+        "verb_list": verbs,
+        "listed_first": len(first) if len(groups) > 1 else None,  # the main path's verbs, before any side study
+        "help_lines": len(text.splitlines()),
+    }
 
 
 def measure(code: Path) -> dict:
