@@ -29,7 +29,7 @@ def test_quickstart_small_end_to_end(tmp_path):
         final = json.loads((root / n / "final.json").read_text())
         assert final["status"] == "complete"
         modes = set(final["eval"])
-        assert modes == ({"fetched", "generic", "none"} if n == "memory" else {"none"})
+        assert modes == ({"fetched", "generic", "none", "random"} if n == "memory" else {"none"})
         assert 0.0 <= final["eval"]["none"]["hmem_sk"] <= 1.0
     runtime = {n: json.loads((root / n / "final.json").read_text())["params"]["runtime"] for n in names}
     assert runtime["dense_2x"] > 1.9 * runtime["anchor"]  # the baselines are what they claim to be
@@ -37,8 +37,9 @@ def test_quickstart_small_end_to_end(tmp_path):
     report = root / "report"
     assert (report / "report.html").is_file() and (report / "runs.csv").is_file()
     assert (report / "figures" / "fig1_buckets.png").is_file()
-    assert "memory (fetched)" in r.stdout  # the summary table
-    # a second invocation resumes everything and finishes fast: every stage is cached
+    assert "memory [fetched]" in r.stdout  # the summary table
+    weights = {n: (root / n / "model.safetensors").stat().st_mtime_ns for n in names}
+    # a second invocation resumes everything: every stage is cached, nothing is trained again
     r2 = subprocess.run(
         [sys.executable, "-m", "hmem_lit.cli", "quickstart", "--small"],
         cwd=tmp_path,
@@ -47,7 +48,8 @@ def test_quickstart_small_end_to_end(tmp_path):
         timeout=900,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    assert r2.returncode == 0 and "is complete" in r2.stdout
+    assert r2.returncode == 0 and "memory [fetched]" in r2.stdout, r2.stderr[-2000:]
+    assert {n: (root / n / "model.safetensors").stat().st_mtime_ns for n in names} == weights
 
 
 def test_default_runs_are_the_baselines_they_claim():
