@@ -1,9 +1,9 @@
-"""A bank larger than the RAM its process may use (memory.storage=disk) -> benchmarks/results/disk_bank.json.
+"""A bank larger than the RAM its process may use (memory.storage.kind=disk) -> benchmarks/results/disk_bank.json.
 
 Trains the tiny anchor on the toy corpus with an FFN bank on a 16-way, 3-level tree (levels [0, 0, R]: 4,096
 blocks), three ways, with `hmem train` in child processes:
   ram   the bank in RAM, uninterrupted, no memory cap (the reference);
-  disk  memory.storage=disk inside a memory cgroup capped at --cap-mib (all of the process's RAM, page cache
+  disk  memory.storage.kind=disk inside a memory cgroup capped at --cap-mib (all of the process's RAM, page cache
         included), SIGKILLed after its 2nd checkpoint (HMEM_KILL_AT=ckpt_committed@1) and rerun under the same
         cap to completion.
 The bank's trained state (tables + two Adam moments, 12 bytes a parameter; 6 with --dtype bfloat16, which writes
@@ -81,14 +81,14 @@ class Cgroup:
 
 def overrides(out: Path, name: str, r: int, steps: int, storage: str, dtype: str = "float32") -> list[str]:
     return [
-        f"memory.dtype={dtype}",
+        f"memory.storage.dtype={dtype}",
         f"out_dir={out}",
         f"name={name}",
         "memory.type=ffn",
         f"memory.levels=[0,0,{r}]",
         f"retriever.branching={BRANCHING}",
         f"retriever.depth={DEPTH}",
-        f"memory.storage={storage}",
+        f"memory.storage.kind={storage}",
         "data.seq_len=128",
         "train.batch_size=8",
         f"train.max_tokens={steps * 8 * 128}",
@@ -164,7 +164,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/hmem_disk_bank"))
     ap.add_argument("--no-cgroup", action="store_true", help="run the disk side uncapped (peak RSS only)")
     ap.add_argument("--out", type=Path, default=None, help="default results/disk_bank.json (bf16: disk_bank_bf16)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="memory.dtype of both runs")
+    ap.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="memory.storage.dtype of both runs"
+    )
     ap.add_argument("--quick", action="store_true", help="a bank of 2x the cap, 12 steps (make bench --quick)")
     a = ap.parse_args()
     if a.quick:

@@ -9,13 +9,13 @@ Variants (sequence 2048, bf16 autocast, `anchor.attention=flex` with packed docu
 anchor unless --no-compile, random tokens and random tree paths; no data preparation):
   anchor-160m          the openlm-160m anchor alone
   memory-160m          + FFN memory, levels (256, 64, 16, 0) over a --branching-way tree (~11% fetched)
-  memory-160m-offload  the same with memory.offload=true (bank tables and their Adam moments in host RAM)
-  memory-160m-offload-prefetch  offloaded, with memory.prefetch=true (the next batch's rows copied on a side
+  memory-160m-offload  the same with memory.storage.offload=true (bank tables and their Adam moments in host RAM)
+  memory-160m-offload-prefetch  offloaded, with memory.storage.prefetch=true (the next batch's rows copied on a side
                        stream after each optimiser step)
-  memory-160m-offload-async  offloaded and prefetched, with memory.async_update=true (the host's row-wise
+  memory-160m-offload-async  offloaded and prefetched, with memory.storage.async_update=true (the host's row-wise
                        update on a worker thread, the next batch's rows written first)
-  memory-160m-disk     memory.storage=disk (tables and moments in memory-mapped files; --storage-dir), prefetched
-  memory-160m-bf16     (optional) the device-resident bank stored in bfloat16 (memory.dtype)
+  memory-160m-disk     memory.storage.kind=disk (tables and moments in memory-mapped files; --storage-dir), prefetched
+  memory-160m-bf16     (optional) the device-resident bank stored in bfloat16 (memory.storage.dtype)
   anchor-410m          the openlm-410m anchor (--batch-410m sequences)
   anchor-160m-sdpa     (optional) the dense-mask sdpa reference attention, for the flex speed-up
 Each variant: --warmup steps (compilation), then --steps timed steps (forward, backward, clipping, optimiser step;
@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from hmem_lit.anchor import lm_loss  # noqa: E402
 from hmem_lit.config import load_config  # noqa: E402
-from hmem_lit.memory.optim import build_optimizer, clip_gradients  # noqa: E402
 from hmem_lit.model import MemoryLM  # noqa: E402
+from hmem_lit.optim import build_optimizer, clip_gradients  # noqa: E402
 from hmem_lit.throughput import model_flops_per_token, peak_flops  # noqa: E402
 from hmem_lit.utils import write_json  # noqa: E402
 
@@ -51,22 +51,27 @@ MEMORY = ["memory.type=ffn", "memory.levels=[256,64,16,0]", "retriever.depth=4",
 VARIANTS: dict[str, list[str]] = {
     "anchor-160m": ["anchor.preset=openlm-160m"],
     "memory-160m": ["anchor.preset=openlm-160m", *MEMORY],
-    "memory-160m-offload": ["anchor.preset=openlm-160m", *MEMORY, "memory.offload=true"],
+    "memory-160m-offload": ["anchor.preset=openlm-160m", *MEMORY, "memory.storage.offload=true"],
     "memory-160m-offload-prefetch": [
         "anchor.preset=openlm-160m",
         *MEMORY,
-        "memory.offload=true",
-        "memory.prefetch=true",
+        "memory.storage.offload=true",
+        "memory.storage.prefetch=true",
     ],
     "memory-160m-offload-async": [
         "anchor.preset=openlm-160m",
         *MEMORY,
-        "memory.offload=true",
-        "memory.prefetch=true",
-        "memory.async_update=true",
+        "memory.storage.offload=true",
+        "memory.storage.prefetch=true",
+        "memory.storage.async_update=true",
     ],
-    "memory-160m-disk": ["anchor.preset=openlm-160m", *MEMORY, "memory.storage=disk", "memory.prefetch=true"],
-    "memory-160m-bf16": ["anchor.preset=openlm-160m", *MEMORY, "memory.dtype=bfloat16"],
+    "memory-160m-disk": [
+        "anchor.preset=openlm-160m",
+        *MEMORY,
+        "memory.storage.kind=disk",
+        "memory.storage.prefetch=true",
+    ],
+    "memory-160m-bf16": ["anchor.preset=openlm-160m", *MEMORY, "memory.storage.dtype=bfloat16"],
     "anchor-410m": ["anchor.preset=openlm-410m"],
     "anchor-160m-sdpa": ["anchor.preset=openlm-160m", "anchor.attention=sdpa"],
 }
@@ -117,7 +122,7 @@ def run_variant(name: str, ov: list[str], a: argparse.Namespace, device: torch.d
         ov = [o for o in ov if not o.startswith(("anchor.preset", "anchor.attention"))]
         ov += ["anchor.preset=tiny", "anchor.attention=sdpa"]
     if a.storage_dir:
-        ov = [*ov, f"memory.storage_dir={a.storage_dir}"]
+        ov = [*ov, f"memory.storage.dir={a.storage_dir}"]
     cfg = load_config(None, [*ov, f"retriever.branching={a.branching}", f"data.seq_len={a.seq}", *a.extra])
     vocab = 97 if a.smoke else VOCAB
     torch.manual_seed(0)
@@ -146,15 +151,17 @@ def run_variant(name: str, ov: list[str], a: argparse.Namespace, device: torch.d
         clip_gradients(model, cfg)
         batch[0] = next(data)
         if bank is not None:
-            bank.expect(batch[0][4], None)  # memory.async_update: the next rows are written first (else a no-op)
+            bank.expect(
+                batch[0][4], None
+            )  # memory.storage.async_update: the next rows are written first (else a no-op)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if bank is not None:
-            bank.stage(batch[0][4], None, device)  # memory.prefetch: the next rows, now final (else a no-op)
+            bank.stage(batch[0][4], None, device)  # memory.storage.prefetch: the next rows, now final (else a no-op)
 
     def sync() -> None:
         if bank is not None:
-            bank.wait()  # memory.async_update: a timed block ends with its row updates written
+            bank.wait()  # memory.storage.async_update: a timed block ends with its row updates written
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
@@ -178,12 +185,12 @@ def run_variant(name: str, ov: list[str], a: argparse.Namespace, device: torch.d
         "attention": model.anchor.attention(device),
         "compiled": bool(a.compile),
         "params": counts,
-        "offload": bool(bank.offload) if bank is not None else False,  # a disk bank is on the host too
-        "storage": cfg.memory.storage,
-        "bank_dtype": cfg.memory.dtype,
-        "async_update": bool(cfg.memory.async_update),
-        "prefetch": {"hits": bank.prefetch.hits, "misses": bank.prefetch.misses}
-        if bank is not None and bank.prefetch is not None
+        "offload": bool(bank.backend.on_host) if bank is not None else False,  # a disk bank is on the host too
+        "storage": cfg.memory.storage.kind,
+        "bank_dtype": cfg.memory.storage.dtype,
+        "async_update": bool(cfg.memory.storage.async_update),
+        "prefetch": {"hits": bank.backend.prefetch.hits, "misses": bank.backend.prefetch.misses}
+        if bank is not None and bank.backend.prefetch is not None
         else None,
         "build_s": round(build_s, 2),
         "warmup_s": round(warm_s, 2),
@@ -211,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host-steps", type=int, default=5, help="timed steps of the offload / disk variants")
     ap.add_argument("--host-warmup", type=int, default=2)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
-    ap.add_argument("--storage-dir", default="", help="memory.storage_dir of the disk variant (default: $TMPDIR)")
+    ap.add_argument("--storage-dir", default="", help="memory.storage.dir of the disk variant (default: $TMPDIR)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the device table (throughput.py)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/gpu.json; smoke: gpu_smoke)")
     ap.add_argument("extra", nargs="*", help="more key=value config overrides for every variant")

@@ -1,4 +1,4 @@
-"""bfloat16 bank storage (memory.dtype=bfloat16) vs float32 (CPU): train-step time, optimiser time, bank state bytes
+"""bfloat16 bank storage (memory.storage.dtype) vs float32 (CPU): train-step time, optimiser time, bank state bytes
 and peak RSS, for the FFN memory of benchmarks/bench_memory.py (small anchor, ~10% fetch) at bank scales 1x / 16x /
 64x (16 / 256 / 1,024 blocks).
 
@@ -26,8 +26,8 @@ from benchmarks.bench_memory import SCALES, Job, header, parse_args, peak_rss_mb
 
 VARIANTS = {
     "float32": [],
-    "bfloat16": ["memory.dtype=bfloat16"],
-    "bfloat16_nearest": ["memory.dtype=bfloat16", "memory.rounding=nearest"],
+    "bfloat16": ["memory.storage.dtype=bfloat16"],
+    "bfloat16_nearest": ["memory.storage.dtype=bfloat16", "memory.storage.rounding=nearest"],
 }
 
 

@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from hmem_lit.anchor import lm_loss  # noqa: E402
 from hmem_lit.config import load_config  # noqa: E402
-from hmem_lit.memory.optim import build_optimizer, clip_gradients  # noqa: E402
 from hmem_lit.model import MemoryLM  # noqa: E402
+from hmem_lit.optim import build_optimizer, clip_gradients  # noqa: E402
 
 VOCAB = 4096
 ANCHOR = ["anchor.preset=small"]  # 4 layers, d 128, 4 x 32 heads, d_ff 384

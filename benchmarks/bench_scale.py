@@ -5,11 +5,11 @@
 
 (1) step time (forward + backward + bank sync + clip + optimiser step) of anchor + FFN memory at one global batch:
 1 process (1 and 2 threads) vs 2 gloo processes (1 thread each), using the mechanism `train.strategy=ddp` uses
-(DDP for the dense weights with the bank tables ignored, hmem_lit/memory/sync.py for the tables);
+(DDP for the dense weights with the bank tables ignored, hmem_lit/sync.py for the tables);
 (2) bytes the bank sync moves per step and rank, counted inside `sync_sparse_grads`, against the bank's size and
 the ~2(w-1)/w x bank bytes a dense ring all-reduce would move, for banks of 1x / 16x / 64x blocks at a fixed fetch (ffn:
 one level of 16 / 256 / 1,024 blocks; pkm: 1K / 16K / 64K value rows);
-(3) peak memory with `memory.offload=true` (bank on the host) vs a device-resident bank: on CUDA the peak
+(3) peak memory with `memory.storage.offload=true` (bank on the host) vs a device-resident bank: on CUDA the peak
 allocated device memory; on a CPU-only machine both banks live in host RAM, so only peak RSS is measured and the
 CUDA measurement is recorded as "not run: no GPU". Writes benchmarks/results/scale.json and prints a summary.
 """
@@ -57,7 +57,7 @@ def overrides(mtype: str, scale: int, offload: bool = False) -> list[str]:
         f"memory.levels=[0,{FFN_UNITS}]",
         "retriever.depth=2",
         f"retriever.branching={BRANCHING[scale]}",
-        f"memory.offload={str(offload).lower()}",
+        f"memory.storage.offload={str(offload).lower()}",
     ]
 
 
@@ -76,9 +76,9 @@ def worker(rank: int, world: int, spec: dict, init_file: str, out_file: str) -> 
     from hmem_lit.anchor import lm_loss
     from hmem_lit.config import load_config
     from hmem_lit.distributed import ignore_sparse_tables
-    from hmem_lit.memory.optim import build_optimizer, clip_gradients
-    from hmem_lit.memory.sync import SyncStats, sync_sparse_grads
     from hmem_lit.model import MemoryLM
+    from hmem_lit.optim import build_optimizer, clip_gradients
+    from hmem_lit.sync import SyncStats, sync_sparse_grads
 
     torch.set_num_threads(spec["threads"])
     if world > 1:
@@ -141,8 +141,8 @@ def memory_child(offload: bool, device: str, steps: int) -> None:
     """Fresh process: a few training steps of a 64x ffn bank on `device`; prints peak memory as JSON."""
     from hmem_lit.anchor import lm_loss
     from hmem_lit.config import load_config
-    from hmem_lit.memory.optim import build_optimizer, clip_gradients
     from hmem_lit.model import MemoryLM
+    from hmem_lit.optim import build_optimizer, clip_gradients
 
     torch.set_num_threads(1)
     cfg = load_config(None, overrides("ffn", 64, offload))

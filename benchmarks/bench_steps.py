@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from hmem_lit.anchor import lm_loss  # noqa: E402
 from hmem_lit.config import load_config  # noqa: E402
-from hmem_lit.memory.optim import build_optimizer, clip_gradients  # noqa: E402
 from hmem_lit.model import MemoryLM  # noqa: E402
+from hmem_lit.optim import build_optimizer, clip_gradients  # noqa: E402
 from hmem_lit.utils import atomic_write_text  # noqa: E402
 
 

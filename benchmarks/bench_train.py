@@ -69,7 +69,7 @@ def plain_run(cfg, warmup: int) -> float:
     from hmem_lit.anchor import lm_loss
     from hmem_lit.data.datamodule import HmemDataModule
     from hmem_lit.lit_module import HmemLitModule
-    from hmem_lit.memory.optim import clip_gradients
+    from hmem_lit.optim import clip_gradients
     from hmem_lit.utils import seed_everything
 
     seed_everything(cfg.train.seed)

@@ -1,4 +1,4 @@
-"""Asynchronous row-wise updates (memory.async_update=true) vs inline ones (CPU): wall time per training step.
+"""Asynchronous row-wise updates (memory.storage.async_update=true) vs inline ones (CPU): wall time per training step.
 
   .venv/bin/python benchmarks/bench_writeback.py --quick      # ~3 minutes on 2 cores
 
@@ -34,12 +34,12 @@ sys.path.insert(0, str(ROOT))
 
 from hmem_lit.anchor import lm_loss  # noqa: E402
 from hmem_lit.config import load_config  # noqa: E402
-from hmem_lit.memory.optim import build_optimizer, clip_gradients  # noqa: E402
 from hmem_lit.model import MemoryLM  # noqa: E402
+from hmem_lit.optim import build_optimizer, clip_gradients  # noqa: E402
 
 VOCAB, BRANCHING, BLOCK = 2048, 16, 6  # steps per timed block
 SHAPES = {"quickstart": ("[32,64]", 16, 256), "update_heavy": ("[256,512]", 16, 32)}
-DTYPES = {"float32": [], "bfloat16": ["memory.dtype=bfloat16"]}
+DTYPES = {"float32": [], "bfloat16": ["memory.storage.dtype=bfloat16"]}
 
 
 class Run:
@@ -50,7 +50,7 @@ class Run:
         levels, self.batch, self.seq = SHAPES[shape]
         ov = ["anchor.preset=tiny", "memory.type=ffn", f"memory.levels={levels}", "retriever.depth=2"]
         ov += [f"retriever.branching={BRANCHING}", "train.mode=scratch", *DTYPES[dtype]]
-        ov += [f"memory.async_update={str(async_update).lower()}"]
+        ov += [f"memory.storage.async_update={str(async_update).lower()}"]
         self.cfg = load_config(None, ov)
         torch.manual_seed(seed)
         self.model = MemoryLM(self.cfg, VOCAB).train()
@@ -113,7 +113,7 @@ def main() -> None:
             inline, asyn = runs[(s, d, False)], runs[(s, d, True)]
             ti, ta = statistics.median(inline.times), statistics.median(asyn.times)
             sa, sb = inline.model.state_dict(), asyn.model.state_dict()
-            wb = asyn.model.memory.bank.writeback
+            wb = asyn.model.memory.bank.backend.writeback
             rows.append(
                 {
                     "shape": s,

@@ -69,7 +69,7 @@ class ProgressBar(TQDMProgressBar):
 
 class StreamingCheckpointIO(TorchCheckpointIO):
     """Checkpoint IO that never holds a checkpoint in RAM: saving streams torch.save into the file (Lightning's
-    serialises into a BytesIO first, then copies it: twice the checkpoint in RAM); with `mmap` (memory.storage=disk)
+    serialises into a BytesIO first, then copies it: twice the checkpoint in RAM); with `mmap` (storage.mapped)
     loading is memory-mapped too (weights_only), so tensors are read from the file as they are copied into the
     model and the optimiser. AtomicCheckpoint makes the write atomic (temp file + rename)."""
 

@@ -88,6 +88,75 @@ class LoRAConfig:
 
 
 @dataclass
+class StorageConfig:
+    """memory.storage: where a bank's tables and their Adam moments live and how rows move between them and the
+    compute device. Read only by the storage backends (hmem_lit/storage/); none of these changes a number except
+    dtype and rounding."""
+
+    EFFECTS = ()  # where and when rows move, not what they hold: the same numbers bit for bit, unless a field says
+
+    # ram | disk (memory-mapped scratch files, for a bank larger than host RAM; the numbers are bit for bit the
+    # same: storage/disk.py)
+    kind: str = "ram"
+    dir: str = ""  # disk: the directory of the scratch files (empty: the run's experiment directory, runs/<exp>/)
+    # keep the bank on the CPU; only fetched blocks move to the accelerator
+    offload: bool = declared(False, effects=RUN_ID)
+    # the number type of the bank's tables and their Adam moments: float32 | bfloat16 (half the bytes: 6 per
+    # parameter instead of 12). bfloat16 rows are updated in float32 and rounded back: the moments to nearest, the
+    # tables by `rounding` (stochastic: unbiased, so updates smaller than bf16's spacing still add up, with a
+    # per-step seed, so a resumed run is exact; nearest: plain rounding, for comparison). storage/lowp.py
+    dtype: str = declared("float32", effects=RUN_ID)
+    rounding: str = declared("stochastic", effects=RUN_ID)
+    # with the bank on the host (offload=true or kind=disk): after each optimiser step, stage the next batch's rows
+    # on the compute device (pinned memory, a side CUDA stream) so its fetch does not wait for the gather and copy;
+    # the numbers are bit for bit the same (storage/prefetch.py)
+    prefetch: bool = False
+    # with the bank on the host (offload, disk, or a run on the CPU): the row-wise optimiser step runs on a worker
+    # thread while training goes on; a read waits only for the rows it needs. Bit for bit the same numbers
+    # (storage/writeback.py)
+    async_update: bool = False
+
+    @property
+    def on_host(self) -> bool:
+        """The tables stay in host memory whatever device the model is moved to (offloaded or on disk)."""
+        return self.offload or self.kind == "disk"
+
+    def __post_init__(self) -> None:
+        _one_of(self.kind, ("ram", "disk"), "memory.storage.kind")
+        _one_of(self.dtype, ("float32", "bfloat16"), "memory.storage.dtype")
+        _one_of(self.rounding, ("stochastic", "nearest"), "memory.storage.rounding")
+
+    def check(self) -> None:
+        """The settings that depend on each other (after MemoryConfig has reset them for a run without a bank)."""
+        _check(
+            self.rounding == "stochastic" or self.dtype == "bfloat16",
+            "memory.storage.rounding",
+            "rounds bfloat16 tables only: set memory.storage.dtype=bfloat16, or drop memory.storage.rounding",
+        )
+        _check(
+            not self.prefetch or self.on_host,
+            "memory.storage.prefetch",
+            "stages rows of a bank on the host: set memory.storage.offload=true (or memory.storage.kind=disk), "
+            "or memory.storage.prefetch=false",
+        )
+
+    def refuse(self, what: str) -> None:
+        """A memory without a bank (pkm): every setting but `dir` must keep its default."""
+        for key, default in (("offload", False), ("kind", "ram"), ("prefetch", False), ("async_update", False)):
+            _check(
+                getattr(self, key) == default,
+                f"memory.storage.{key}",
+                f"applies to a bank's tables (ffn, lora, kv), not {what}; "
+                f"set memory.storage.{key}={str(default).lower()}",
+            )
+        _check(
+            self.dtype == "float32",
+            "memory.storage.dtype",
+            f"bfloat16 storage holds a bank's tables (ffn, lora, kv), not {what}; set memory.storage.dtype=float32",
+        )
+
+
+@dataclass
 class MemoryConfig:
     EFFECTS = RUN_ID
 
@@ -101,26 +170,7 @@ class MemoryConfig:
     generic_prob: float = ranged(
         1.0 / 17.0, 0, 1, hi_open=True
     )  # probability a training sequence uses the generic block
-    offload: bool = False  # keep the bank on the CPU; only fetched blocks move to the accelerator
-    # where the bank's tables and Adam moments live: ram | disk (memory-mapped scratch files, for a bank larger
-    # than host RAM; the numbers are bit for bit the same: memory/storage.py). storage_dir: the directory of the
-    # scratch files (empty: the run's experiment directory, e.g. runs/<experiment>/)
-    storage: str = declared("ram", effects=())
-    storage_dir: str = declared("", effects=())
-    # the number type of the bank's tables and their Adam moments: float32 | bfloat16 (half the bytes: 6 per
-    # parameter instead of 12). bfloat16 rows are updated in float32 and rounded back: the moments to nearest, the
-    # tables by `rounding` (stochastic: unbiased, so updates smaller than bf16's spacing still add up, with a
-    # per-step seed, so a resumed run is exact; nearest: plain rounding, for comparison). memory/lowp.py
-    dtype: str = "float32"
-    rounding: str = "stochastic"
-    # with the bank on the host (memory.offload=true or memory.storage=disk): after each optimiser step, stage the
-    # next batch's rows on the compute device (pinned memory, a side CUDA stream) so its fetch does not wait for
-    # the gather and copy; the numbers are bit for bit the same (memory/prefetch.py)
-    prefetch: bool = declared(False, effects=())
-    # with the bank on the host (offload, disk, or a run on the CPU): the row-wise optimiser step runs on a worker
-    # thread while training goes on; a read waits only for the rows it needs. Bit for bit the same numbers
-    # (memory/writeback.py)
-    async_update: bool = declared(False, effects=())
+    storage: StorageConfig = field(default_factory=StorageConfig)  # where the bank lives (hmem_lit/storage/)
     # each memory type's own options (MemoryType.config_key / options); a plug-in type's section is added by schema()
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     pkm: PKMConfig = field(default_factory=PKMConfig)
@@ -137,22 +187,11 @@ class MemoryConfig:
             _check(
                 all(isinstance(i, int) and i >= 0 for i in self.layers), "memory.layers", "must be layer indices >= 0"
             )
-        _one_of(self.storage, ("ram", "disk"), "memory.storage")
-        _one_of(self.dtype, ("float32", "bfloat16"), "memory.dtype")
-        _one_of(self.rounding, ("stochastic", "nearest"), "memory.rounding")
         if self.type == "none":  # no bank: its storage settings mean nothing, so an anchor run derived from a
             # memory config (a sweep's baseline: memory.type=none over a bf16 base) is the same run, same config id
-            self.dtype, self.rounding, self.prefetch, self.async_update = "float32", "stochastic", False, False
-        _check(
-            self.rounding == "stochastic" or self.dtype == "bfloat16",
-            "memory.rounding",
-            "rounds bfloat16 tables only: set memory.dtype=bfloat16, or drop memory.rounding",
-        )
-        _check(
-            not self.prefetch or self.offload or self.storage == "disk",
-            "memory.prefetch",
-            "stages rows of a bank on the host: set memory.offload=true (or memory.storage=disk), or prefetch=false",
-        )
+            s = self.storage
+            s.dtype, s.rounding, s.prefetch, s.async_update = "float32", "stochastic", False, False
+        self.storage.check()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -509,11 +548,26 @@ class RunConfig:
 RENAMED: dict[str, str] = {
     "memory.lora_target": "memory.lora.target",
     "memory.lora_alpha": "memory.lora.alpha",
+    "memory.offload": "memory.storage.offload",
+    "memory.storage_dir": "memory.storage.dir",
+    "memory.dtype": "memory.storage.dtype",
+    "memory.rounding": "memory.storage.rounding",
+    "memory.prefetch": "memory.storage.prefetch",
+    "memory.async_update": "memory.storage.async_update",
 }
+# memory.storage was a string (ram | disk) before it named the section: such a value moves to memory.storage.kind
+STORAGE_KIND = {"memory.storage": "memory.storage.kind"}
 
 
 def renamed(tree: Any) -> Any:
     """`tree` (a plain dict or DictConfig) with every old key of RENAMED moved to its new key (config_text.rename)."""
+    mem = tree.get("memory") if isinstance(tree, (dict, DictConfig)) else None
+    if (
+        isinstance(mem, (dict, DictConfig))
+        and isinstance(mem.get("storage"), str)
+        and mem["storage"] in ("ram", "disk")
+    ):
+        tree = rename(tree, STORAGE_KIND)  # first: the old keys below then land in the section
     return rename(tree, RENAMED)
 
 

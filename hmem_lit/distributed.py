@@ -8,7 +8,7 @@ ddp_find_unused_parameters_true, ...) into `BankDDPStrategy` and every FSDP one 
     out of its flat parameters (`ignored_states`). Everything else (anchor, dense memory weights) is reduced as
     usual (DDP: bucketed all-reduce; FSDP: reduce-scatter);
   - synchronise those tables' gradients themselves once per optimiser step, before clipping
-    (`sync_sparse_gradients`, called by the LightningModule): memory/sync.py all_gathers each rank's fetched
+    (`sync_sparse_gradients`, called by the LightningModule): hmem_lit/sync.py all_gathers each rank's fetched
     rows, so communication scales with the fetched blocks, never with the bank.
 The tables are replicated: each rank builds them from the same seed (checked once at set-up by a checksum, since
 DDP no longer broadcasts them) and applies the same sparse update. DeepSpeed is not supported with memory.
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from hmem_lit.config import ConfigError
-from hmem_lit.memory.sync import SyncStats, sync_sparse_grads
+from hmem_lit.sync import SyncStats, sync_sparse_grads
 
 
 def sparse_tables(module: nn.Module) -> list[tuple[str, nn.Parameter]]:

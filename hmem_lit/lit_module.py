@@ -16,8 +16,8 @@ import torchmetrics
 from hmem_lit.anchor import lm_loss
 from hmem_lit.config import RunConfig, to_dict
 from hmem_lit.memory.generic import generic_mask
-from hmem_lit.memory.optim import build_optimizer, clip_gradients
 from hmem_lit.model import MemoryLM
+from hmem_lit.optim import build_optimizer, clip_gradients
 
 
 class HmemLitModule(L.LightningModule):
@@ -30,7 +30,7 @@ class HmemLitModule(L.LightningModule):
         # FSDP (use_orig_params) shows parameters as 1-D shards by the time optimisers are built: keep the shapes
         self._param_ndim = {n: p.dim() for n, p in self.model.named_parameters()}
         self.val_loss = torchmetrics.MeanMetric()  # token-weighted mean NLL; val/ppl = exp of it (no second pass)
-        self._window = 0  # micro-batches since the last optimiser step (memory.prefetch: which batch is next)
+        self._window = 0  # micro-batches since the last optimiser step (which batch is next: _batch_paths)
         self.host_batch: dict[str, torch.Tensor] = {}  # this training batch's paths / seq_idx before the transfer
 
     def forward(self, batch: dict[str, torch.Tensor], memory_mode: str = "fetched") -> torch.Tensor:
@@ -70,26 +70,28 @@ class HmemLitModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         self._window = 0  # this window's optimiser step: the next batch starts a new one
-        bank = getattr(self.model.memory, "bank", None)
-        if bank is not None and bank.writeback is not None:  # memory.async_update: write the next batch's rows first
-            nxt = self._batch_paths(self.trainer.global_step + 1)
-            if nxt is not None:
-                bank.expect(*nxt)
+        bank = self._bank_wanting("expect")  # the coming update may write the next batch's rows first
+        nxt = self._batch_paths(self.trainer.global_step + 1) if bank is not None else None
+        if bank is not None and nxt is not None:
+            bank.expect(*nxt)
 
     def on_train_end(self) -> None:
         bank = getattr(self.model.memory, "bank", None)
         if bank is not None:
-            bank.wait()  # memory.async_update: the final tables are written before anyone reads them
+            bank.wait()  # the final tables are written before anyone reads them
 
     def _stage_next_batch(self) -> None:
-        """memory.prefetch: after the optimiser step the bank rows are final, so stage the next batch's rows on
-        the device now (memory/prefetch.py)."""
-        bank = getattr(self.model.memory, "bank", None)
-        if bank is None or bank.prefetch is None:
-            return
-        nxt = self._batch_paths(self.trainer.global_step)
-        if nxt is not None:
+        """After the optimiser step the bank rows are final: the storage backend may stage the next batch's rows
+        on the device now."""
+        bank = self._bank_wanting("stage")
+        nxt = self._batch_paths(self.trainer.global_step) if bank is not None else None
+        if bank is not None and nxt is not None:
             bank.stage(*nxt, self.device)
+
+    def _bank_wanting(self, hook: str) -> Any:
+        """The bank, when its storage backend wants the next batch's paths at `hook` (stage | expect), else None."""
+        bank = getattr(self.model.memory, "bank", None)
+        return bank if bank is not None and hook in bank.backend.lookahead else None
 
     def _batch_paths(self, global_step: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """(paths, generic mask) of the micro-batch after `global_step` optimiser steps and the micro-batches since

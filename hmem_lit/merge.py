@@ -23,8 +23,8 @@ import torch
 from safetensors import safe_open
 
 from hmem_lit.config import RunConfig, save_config, to_dict
-from hmem_lit.memory import storage
-from hmem_lit.memory.storage import RowBlocks, write_safetensors
+from hmem_lit.storage import disk
+from hmem_lit.storage.disk import RowBlocks, write_safetensors
 from hmem_lit.utils import atomic_write, write_json
 
 _BANK_KEY = re.compile(r"^memory\.bank\.level(\d+)$")
@@ -49,7 +49,7 @@ def _merged_rows(
     shape = slices[0].get_shape()
     n_rows = shape[0]
     owned_all = [_owned(n_rows, level, branching, k) for k in subtrees]
-    step = storage.rows_per_block(tuple(shape), slices[0][0:1].element_size())
+    step = disk.rows_per_block(tuple(shape), slices[0][0:1].element_size())
     for start in range(0, n_rows, step):
         tensors = [sl[start : start + step] for sl in slices]
         owned = [o[start : start + step] for o in owned_all]

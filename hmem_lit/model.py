@@ -155,12 +155,9 @@ def info(cfg: RunConfig) -> str:
             f"bank    {_fmt(c['bank'])}",
         ]
         if c["bank"] >= 10**8:  # where a big bank's training state fits is the next question
-            bf16 = cfg.memory.dtype == "bfloat16"
-            hint = "" if bf16 else ", memory.dtype=bfloat16 halves it"
-            lines.append(
-                f"        training state {3 * (2 if bf16 else 4) * c['bank'] / 2**30:,.1f} GiB ({cfg.memory.dtype} "
-                f"table + 2 Adam moments; memory.storage=disk keeps it in memory-mapped files{hint})"
-            )
+            from hmem_lit.storage import training_state
+
+            lines.append(f"        {training_state(cfg.memory.storage, c['bank'])}")
         memory: Any = model.memory  # a bank-backed type has .bank and .layers (the anchor layers it serves)
         bank = getattr(memory, "bank", None)
         if bank is not None:
@@ -179,8 +176,9 @@ def info(cfg: RunConfig) -> str:
 def load_model(run_dir: str | Path | Run, map_location: str = "cpu"):
     """-> (MemoryLM with the run's final weights, RunConfig) of a run directory or an opened runs.Run. Weights come
     from safetensors (no code runs)."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
+    from hmem_lit import storage
     from hmem_lit.config import ConfigError
     from hmem_lit.runs import WEIGHTS, Run, check_weights
 
@@ -192,27 +190,12 @@ def load_model(run_dir: str | Path | Run, map_location: str = "cpu"):
         raise ConfigError(f"{run_dir}: no {WEIGHTS}; train it to completion first (hmem train ...)")
     check_weights(weights)
     cfg = run.config  # final.json's, else config.yaml
-    if cfg.memory.storage == "disk":  # a bank maybe larger than RAM: mapped scratch files, filled in row blocks
-        from safetensors import safe_open
-
-        from hmem_lit.memory import storage
-
-        with safe_open(str(weights), framework="pt") as f:
-            names = [k for k in ("anchor.tok_emb.weight", "anchor.hf.model.embed_tokens.weight") if k in f.keys()]
-            vocab = f.get_slice(names[0]).get_shape()[0] if names else cfg.anchor.vocab_size
-            bank_keys = [k for k in f.keys() if k.startswith("memory.bank.level")]
-        # the bank's tables are mapped from the weights file itself (no copy, no init); the rest is copied in
-        mapped = storage.map_safetensors(weights, bank_keys)
-        with (
-            storage.scratch_dir(run_dir.parent),
-            storage.mapped_tables({k.rsplit(".", 1)[1]: t for k, t in mapped.items()}),
-        ):
-            model = MemoryLM(cfg, vocab)
-        storage.load_safetensors_into(model, weights, skip=mapped)
-        return model.eval(), model.cfg
-    state = load_file(str(weights), device=map_location)
-    emb = state.get("anchor.tok_emb.weight", state.get("anchor.hf.model.embed_tokens.weight"))  # built-in | hf
-    vocab = emb.shape[0] if emb is not None else cfg.anchor.vocab_size
-    model = MemoryLM(cfg, vocab)
-    model.load_state_dict(state, strict=True)
+    with safe_open(str(weights), framework="pt") as f:  # the vocabulary from the embedding's shape (built-in | hf)
+        names = [k for k in ("anchor.tok_emb.weight", "anchor.hf.model.embed_tokens.weight") if k in f.keys()]
+        vocab = f.get_slice(names[0]).get_shape()[0] if names else cfg.anchor.vocab_size
+    # the storage backend reads the file (a disk-backed bank's tables mapped from it, scratch files by the run's)
+    model = storage.load_weights(
+        cfg.memory.storage, weights, lambda: MemoryLM(cfg, vocab), run_dir.parent, map_location
+    )
+    assert isinstance(model, MemoryLM)
     return model.eval(), model.cfg

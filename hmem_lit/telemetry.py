@@ -84,7 +84,7 @@ class MemoryTelemetry(Callback):
         """Whether to read the rows for mem/l*_update_rms at this step: only on the steps whose record Lightning
         writes (the logger connector's own test; the values of the other steps are never written). Reading the
         fetched rows is a device-to-host copy of them twice a step on a GPU (~1.8 GB at the 160M bench's fetch),
-        and with memory.async_update it waits for the whole update."""
+        and with memory.storage.async_update it waits for the whole update."""
         return bool(getattr(getattr(trainer, "_logger_connector", None), "should_update_logs", True))
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -71,23 +71,18 @@ def _on_cuda(cfg: RunConfig) -> bool:
 
 
 def _check_cuda_settings(cfg: RunConfig) -> None:
-    """Settings that only fail on CUDA, refused before any work: memory.async_update moves host work off the loop,
-    and a bank on the GPU has none (its row updates are kernels, already asynchronous), so the flag would do
-    nothing; anchor.attention=flex with heads narrower than FlexAttention's CUDA kernel supports."""
+    """Settings that only fail on CUDA, refused before any work: the storage backend's (storage.check_device);
+    anchor.attention=flex with heads narrower than FlexAttention's CUDA kernel supports."""
     from hmem_lit.anchor import FLEX_MIN_HEAD_DIM
+    from hmem_lit.storage import check_device
 
-    m, a = cfg.memory, cfg.anchor
+    a = cfg.anchor
     if a.attention == "flex" and a.preset != "hf" and a.head_dim < FLEX_MIN_HEAD_DIM and _on_cuda(cfg):
         raise ConfigError(
             f"anchor.attention=flex: FlexAttention's CUDA kernel needs anchor.head_dim >= {FLEX_MIN_HEAD_DIM} "
             f"(got {a.head_dim}); set anchor.attention=auto (sdpa for such heads) or a larger anchor.head_dim"
         )
-    if m.async_update and not (m.offload or m.storage == "disk") and _on_cuda(cfg):
-        raise ConfigError(
-            "memory.async_update: this run keeps the bank on the GPU, where its row updates already run "
-            "asynchronously; set memory.offload=true (or memory.storage=disk) to keep the bank on the host, "
-            "or memory.async_update=false"
-        )
+    check_device(cfg.memory.storage, _on_cuda(cfg))
 
 
 def _check_resume(run_dir: Path, cfg: RunConfig, config_only: bool = False) -> tuple[Path, int] | None:
@@ -263,9 +258,9 @@ def _check_data(cfg: RunConfig, dm: Any) -> None:
 def _build_module(cfg: RunConfig, p: Plan, vocab_size: int) -> Any:
     """The LightningModule, its model prepared for train.mode / train.subtree and compiled when asked."""
     from hmem_lit.lit_module import HmemLitModule
-    from hmem_lit.memory import storage
+    from hmem_lit.storage import disk
 
-    with storage.scratch_dir(p.run_dir.parent):  # a disk-backed bank's scratch files (memory.storage_dir overrides)
+    with disk.scratch_dir(p.run_dir.parent):  # a disk-backed bank's scratch files (memory.storage.dir wins)
         module = HmemLitModule(cfg, vocab_size, p.total_steps, p.tokens_per_step)
     if cfg.train.mode in ("frozen", "cotrain") or cfg.train.subtree is not None:
         from hmem_lit.model import prepare_model_for_mode
@@ -293,7 +288,7 @@ class _Fit:
 
 
 def _build_trainer(cfg: RunConfig, p: Plan, module: Any, extra_callbacks: list[Callback] | None) -> _Fit:
-    from hmem_lit import trackers
+    from hmem_lit import storage, trackers
     from hmem_lit.console import progress
 
     # DDP / FSDP keep the memory's sparse tables out of their reducers and sync them row-wise (distributed.py)
@@ -302,7 +297,6 @@ def _build_trainer(cfg: RunConfig, p: Plan, module: Any, extra_callbacks: list[C
 
     run_dir, tps = p.run_dir, p.tokens_per_step
     strategy = resolve_strategy(cfg.train.strategy, p.world, bool(sparse_tables(module)), p.unused_params)
-    disk = cfg.memory.storage == "disk"
     ckpt = AtomicCheckpoint(run_dir, cfg.train.ckpt_every)
     speed = Throughput(
         cfg.train.log_every, tps, model_flops_per_token(module.model, cfg.data.seq_len), p.world, cfg.train.peak_tflops
@@ -347,7 +341,7 @@ def _build_trainer(cfg: RunConfig, p: Plan, module: Any, extra_callbacks: list[C
         use_distributed_sampler=False,
         default_root_dir=str(run_dir),
         # checkpoints written without a copy in RAM; a disk-backed bank also resumes from a memory-mapped one
-        plugins=[StreamingCheckpointIO(mmap=disk)],
+        plugins=[StreamingCheckpointIO(mmap=storage.mapped(cfg.memory.storage))],
     )
     return _Fit(trainer, ckpt, jsonl, speed, extra_loggers)
 
@@ -434,26 +428,16 @@ def _finish(
     counts: dict[str, int],
     throughput: dict[str, Any],
 ) -> None:
-    from safetensors.torch import save_file
-
-    from hmem_lit.memory.storage import write_safetensors
+    from hmem_lit import storage
 
     state = {k: v.detach().cpu() for k, v in state.items()}
     tmp = run_dir / ".model.safetensors.tmp"
-    if cfg.memory.storage == "disk":
-        write_safetensors(state, tmp)  # row chunks from the mapped tables (save_file copies all into RAM first)
-    else:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    storage.save_weights(cfg.memory.storage, state, tmp)
     os.replace(tmp, run_dir / runs.WEIGHTS)
     faults.point("weights_written")
     bank = getattr(module.model.memory, "bank", None)
-    pf = getattr(bank, "prefetch", None)
-    if pf is not None:  # memory.prefetch: fetches served from staged rows / fallen back to the gather (this segment)
-        throughput = {**throughput, "prefetch_hits": pf.hits, "prefetch_misses": pf.misses}
-    wb = getattr(bank, "writeback", None)
-    if wb is not None:  # memory.async_update: table updates run on the worker / reads that waited for one
-        throughput = {**throughput, "async_updates": wb.updates, "async_waits": wb.waits}
-        throughput["async_wait_s"] = round(wb.wait_s, 3)
+    if bank is not None:  # the storage backend's counters of this segment (Backend.counters)
+        throughput = {**throughput, **bank.backend.counters()}
     final: dict[str, Any] = {
         "status": "complete",
         "experiment": cfg.experiment,

@@ -6,8 +6,8 @@ import torch
 
 from hmem_lit.anchor import lm_loss
 from hmem_lit.config import RunConfig, load_config
-from hmem_lit.memory.optim import build_optimizer, clip_gradients
 from hmem_lit.model import MemoryLM
+from hmem_lit.optim import build_optimizer, clip_gradients
 
 VOCAB = 50
 # per-type overrides a bank-less type needs for the shared tests (pkm: add mode, so zero-init holds)
@@ -90,9 +90,9 @@ def train_random(cfg: RunConfig, steps: int, seed: int = 1, model=None, opt=None
 
 def cuda_offload_run(*extra: str) -> tuple[list[float], list[torch.Tensor], int]:
     """6 steps of an offloaded ffn bank with the anchor on CUDA (bf16 autocast), telling the bank the next batch
-    before each step and staging it after (no-ops without memory.async_update / memory.prefetch) -> (losses,
+    before each step and staging it after (no-ops without async_update / prefetch) -> (losses,
     host tables, prefetch hits)."""
-    cfg = make_cfg("ffn", "memory.offload=true", *extra)
+    cfg = make_cfg("ffn", "memory.storage.offload=true", *extra)
     model = make_model(cfg).cuda().train()
     opt = build_optimizer(model, cfg, total_steps=8)["optimizer"]
     bank, dev = model.memory.bank, torch.device("cuda")
@@ -112,5 +112,5 @@ def cuda_offload_run(*extra: str) -> tuple[list[float], list[torch.Tensor], int]
         bank.stage(data[i + 1][1].to(dev), None, dev)
     bank.wait()
     assert all(t.device.type == "cpu" for _, _, t in bank.tables())
-    hits = bank.prefetch.hits if bank.prefetch is not None else 0
+    hits = bank.backend.prefetch.hits if bank.backend.prefetch is not None else 0
     return losses, [t.detach().clone() for _, _, t in bank.tables()], hits

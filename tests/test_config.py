@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 import subprocess
 import sys
 
@@ -156,9 +158,75 @@ def test_anchor_preset_in_python_is_expanded_or_refused():
 
 def test_a_str_field_keeps_the_literal_text_yaml_would_retype():
     """`name=off` is the name "off" (YAML 1.1 reads false), `name=123` the name "123"; a list stays an error."""
-    cfg = load_config(DEBUG_YAML, ["name=off", "experiment=123", "memory.storage=ram"])
+    cfg = load_config(DEBUG_YAML, ["name=off", "experiment=123", "memory.storage.kind=ram"])
     assert (cfg.name, cfg.experiment) == ("off", "123")
     cfg = load_config(DEBUG_YAML, ["data.dir=data/x_${retriever.router}"])  # interpolations still resolve
     assert cfg.data.dir == f"data/x_{cfg.retriever.router}"
     with pytest.raises(ConfigError, match="out_dir"):
         load_config(DEBUG_YAML, ["out_dir=[1, 2]"])
+
+
+# memory.storage's old flat keys -> the section (config.RENAMED): the same config, a one-line notice per old key, a
+# stored run reads, resumes and keeps its config_id
+OLD_STORAGE = {
+    "memory.offload": ("offload", True),
+    "memory.storage": ("kind", "disk"),  # once a string key, now the section's name
+    "memory.storage_dir": ("dir", "/scratch/banks"),
+    "memory.dtype": ("dtype", "bfloat16"),
+    "memory.rounding": ("rounding", "nearest"),
+    "memory.prefetch": ("prefetch", True),
+    "memory.async_update": ("async_update", True),
+}
+MEM = ["memory.type=ffn", "memory.levels=[4]"]
+
+
+def _ov(key_of):
+    return [f"{key_of(k, n)}={str(v).lower() if isinstance(v, bool) else v}" for k, (n, v) in OLD_STORAGE.items()]
+
+
+def test_old_storage_keys_are_aliases_of_the_section(tmp_path, caplog):
+    from hmem_lit import config_text
+
+    new = load_config(DEBUG_YAML, [*MEM, *_ov(lambda k, n: f"memory.storage.{n}")])
+    assert (new.memory.storage.kind, new.memory.storage.dir, new.memory.storage.rounding) == (
+        "disk",
+        "/scratch/banks",
+        "nearest",
+    )
+    config_text._noticed.clear()
+    with caplog.at_level(logging.WARNING, logger="hmem_lit"):
+        old = load_config(DEBUG_YAML, [*MEM, *_ov(lambda k, n: k)])
+    assert to_dict(old) == to_dict(new)
+    assert sorted(r.getMessage() for r in caplog.records) == sorted(
+        f"{k} is now memory.storage.{n} (the old key still works)" for k, (n, _) in OLD_STORAGE.items()
+    )
+    # in an experiment file too, beside a key of the section
+    y = tmp_path / "old.yaml"
+    y.write_text(f"base: {DEBUG_YAML}\nmemory:\n  storage: disk\n  dtype: bfloat16\n")
+    cfg = load_config(y, [*MEM, "memory.storage.prefetch=true"])
+    assert (cfg.memory.storage.kind, cfg.memory.storage.dtype, cfg.memory.storage.prefetch) == (
+        "disk",
+        "bfloat16",
+        True,
+    )
+    with pytest.raises(ConfigError, match="memory.storage: is a config section"):  # no kind: one line, the section
+        load_config(DEBUG_YAML, [*MEM, "memory.storage=tape"])
+
+
+def test_a_run_stored_with_the_old_storage_keys_reads_resumes_and_keeps_its_config_id():
+    from hmem_lit.analysis.collect import _config_id
+    from hmem_lit.config import renamed
+    from hmem_lit.train import _diff
+
+    new = to_dict(load_config(DEBUG_YAML, [*MEM, "memory.storage.offload=true", "memory.storage.dtype=bfloat16"]))
+    flat = copy.deepcopy(new)
+    section = flat["memory"].pop("storage")
+    flat["memory"].update({"storage": section["kind"], "storage_dir": section["dir"]})
+    flat["memory"].update({k: section[k] for k in ("offload", "dtype", "rounding", "prefetch", "async_update")})
+    assert to_dict(from_dict(flat)) == new and "offload" in flat["memory"]  # from_dict leaves its argument alone
+    assert _config_id(flat, {}) == _config_id(new, {})  # hashed in the flat layout: ids computed before stay
+    assert not _diff(renamed(flat), new)  # the resume check sees the same config
+    changed = copy.deepcopy(flat)
+    changed["memory"]["dtype"] = "float32"
+    assert _config_id(changed, {}) != _config_id(new, {})  # dtype is part of the identity
+    assert _diff(renamed(changed), new) == ["memory.storage.dtype"]

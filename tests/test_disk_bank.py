@@ -1,4 +1,4 @@
-"""memory.storage=disk (hmem_lit/memory/storage.py): a bank whose tables and Adam moments are memory-mapped scratch
+"""memory.storage.kind=disk (hmem_lit/storage/disk.py): a bank whose tables and Adam moments are memory-mapped scratch
 files trains bit for bit like the in-RAM bank, resumes exactly after SIGKILL, and its weights stream in and out
 of safetensors in row blocks."""
 
@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from hmem_lit import runs
 from hmem_lit.config import ConfigError
-from hmem_lit.memory import storage
+from hmem_lit.storage import disk as storage
 
 from .conftest import DEBUG_YAML, ROOT, kill_after_checkpoint, tiny_overrides
 from .memory_util import make_cfg, make_model, train_random
@@ -70,7 +70,7 @@ def test_disk_bank_model_equals_ram_bank_through_optimizer_steps(tmp_path, monke
     monkeypatch.setattr(storage.DiskStore, "zeros", counting)
     runs_out = []
     for kind in ("ram", "disk"):
-        cfg = make_cfg("ffn", f"memory.storage={kind}", f"memory.storage_dir={tmp_path / 'scratch'}")
+        cfg = make_cfg("ffn", f"memory.storage.kind={kind}", f"memory.storage.dir={tmp_path / 'scratch'}")
         model, opt, losses = train_random(cfg, 4)  # level-1 nodes 2 and 3 are never fetched
         tables = {n: p.detach().clone() for n, p in model.named_parameters() if "bank" in n}
         moments = [
@@ -95,7 +95,7 @@ def test_disk_bank_model_equals_ram_bank_through_optimizer_steps(tmp_path, monke
 
 
 def test_disk_bank_stays_on_host_and_loads_in_row_blocks(tmp_path, monkeypatch):
-    cfg = make_cfg("ffn", "memory.storage=disk", f"memory.storage_dir={tmp_path}")
+    cfg = make_cfg("ffn", "memory.storage.kind=disk", f"memory.storage.dir={tmp_path}")
     model = make_model(cfg).to(torch.float64)
     assert all(t.dtype == torch.float32 for _, _, t in model.memory.bank.tables())  # tables ignore .to()
     assert model.anchor.tok_emb.weight.dtype == torch.float64
@@ -113,8 +113,8 @@ def test_disk_bank_stays_on_host_and_loads_in_row_blocks(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "extra,key",
     [
-        (["memory.storage=tape"], "memory.storage"),
-        (["memory.type=pkm", "memory.storage=disk"], "memory.storage"),
+        (["memory.storage.kind=tape"], "memory.storage.kind"),
+        (["memory.type=pkm", "memory.storage.kind=disk"], "memory.storage.kind"),
     ],
 )
 def test_bad_storage_config_is_one_line(extra, key):
@@ -126,20 +126,26 @@ def test_bad_storage_config_is_one_line(extra, key):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", pytest.param("float32", marks=pytest.mark.slow)])
 def test_disk_bank_run_killed_and_resumed_equals_ram_run(tmp_path, dtype):
-    """hmem train with memory.storage=disk, SIGKILLed after a checkpoint and rerun, ends with weights and
+    """hmem train with memory.storage.kind=disk, SIGKILLed after a checkpoint and rerun, ends with weights and
     metrics bit-identical to an uninterrupted in-RAM run; eval's loader reads the disk run's weights equal.
     bfloat16 (the default-suite case) also checks that the stochastic rounding's seeds resume, and its disk run
-    writes the row updates on the worker thread (memory.async_update): checkpoints hold finished updates."""
+    writes the row updates on the worker thread (memory.storage.async_update): checkpoints hold finished updates."""
     from hmem_lit.model import load_model
 
-    extra = {**MEM, "memory.dtype": dtype, "train.max_tokens": 40_960, "train.ckpt_every": 5, "train.val_every": 10}
+    extra = {
+        **MEM,
+        "memory.storage.dtype": dtype,
+        "train.max_tokens": 40_960,
+        "train.ckpt_every": 5,
+        "train.val_every": 10,
+    }
     ram_out, disk_out = tmp_path / "ram", tmp_path / "disk"
     train = [sys.executable, "-m", "hmem_lit.cli", "train", str(DEBUG_YAML)]
     import subprocess
 
     r = subprocess.run([*train, *tiny_overrides(ram_out, **extra)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    disk = {"memory.storage": "disk", "memory.async_update": str(dtype == "bfloat16").lower()}
+    disk = {"memory.storage.kind": "disk", "memory.storage.async_update": str(dtype == "bfloat16").lower()}
     disk_args = tiny_overrides(disk_out, **extra, **disk)
     run_dir = disk_out / "000_debug" / "debug"
     step = kill_after_checkpoint([*train, *disk_args], run_dir, min_step=12, timeout=300)
@@ -154,7 +160,7 @@ def test_disk_bank_run_killed_and_resumed_equals_ram_run(tmp_path, dtype):
     assert strip == [{k: v for k, v in m.items() if k not in runs.TIMING_KEYS} for m in runs.read_metrics(run_dir)]
     assert all(wb[k].dtype == getattr(torch, dtype) for k in wb if k.startswith("memory.bank."))
     model, cfg = load_model(run_dir)
-    assert cfg.memory.storage == "disk"
+    assert cfg.memory.storage.kind == "disk"
     assert all(storage.store_of(t) is not None for _, _, t in model.memory.bank.tables())
     assert all(torch.equal(model.state_dict()[k], wa[k]) for k in wa)
     assert [p.name for p in (disk_out / "000_debug").iterdir() if p.name.startswith(".hmem-bank")] == []

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hmem_lit.memory.sync import merge_rows, sync_sparse_grads
+from hmem_lit.sync import merge_rows, sync_sparse_grads
 
 from .conftest import DEBUG_YAML, ROOT, kill_after_checkpoint, tiny_overrides
 
@@ -235,10 +235,10 @@ def test_two_processes_equal_one_process_same_global_batch(tmp_path, one_process
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_with_disk_banks_equal_one_process(tmp_path, one_process_runs, strategy):
-    """memory.storage=disk under DDP / FSDP (each rank maps its own scratch tables; the sparse sync keeps them
+    """memory.storage.kind=disk under DDP / FSDP (each rank maps its own scratch tables; the sparse sync keeps them
     equal) gives the one-process RAM run's weights."""
     ref = one_process_runs("ffn")
-    ov = [*MEMORY_OV["ffn"], "memory.storage=disk", f"train.strategy={strategy}", "train.devices=2"]
+    ov = [*MEMORY_OV["ffn"], "memory.storage.kind=disk", f"train.strategy={strategy}", "train.devices=2"]
     got = _weights(_run(tmp_path, "dp_disk", *ov, batch_size=4))
     assert got.keys() == ref.keys()
     for k in got:
@@ -248,10 +248,10 @@ def test_two_processes_with_disk_banks_equal_one_process(tmp_path, one_process_r
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_with_bf16_banks_equal_one_process(tmp_path, strategy):
-    """memory.dtype=bfloat16 under DDP / FSDP: the bfloat16 sparse gradients travel through the row sync (gloo)
+    """memory.storage.dtype=bfloat16 under DDP / FSDP: the bfloat16 sparse gradients travel through the row sync (gloo)
     and both ranks round with the same seeded bits, so 2 ranks x 4 sequences give the 1 x 8 run's bank to within
     one bfloat16 step (the float32 sums differ in their last bits, which can flip a stochastic rounding)."""
-    ov = [*MEMORY_OV["ffn"], "memory.dtype=bfloat16"]
+    ov = [*MEMORY_OV["ffn"], "memory.storage.dtype=bfloat16"]
     ref = _weights(_run(tmp_path, "one_bf16", *ov, batch_size=8))
     got = _weights(_run(tmp_path, "dp_bf16", *ov, f"train.strategy={strategy}", "train.devices=2", batch_size=4))
     assert got.keys() == ref.keys()
@@ -264,19 +264,21 @@ def test_two_processes_with_bf16_banks_equal_one_process(tmp_path, strategy):
 
 @pytest.mark.slow
 def test_two_processes_with_prefetch_and_async_update_equal_without(tmp_path):
-    """memory.prefetch under DDP: each rank stages its own next micro-batch (the sampler's rank slice); the
+    """memory.storage.prefetch under DDP: each rank stages its own next micro-batch (the sampler's rank slice); the
     weights are bit-identical to the same 2-process run without prefetch, and every step after the first hit.
-    Adding memory.async_update (each rank's row updates on its own worker) keeps them bit-identical too."""
+    Adding memory.storage.async_update (each rank's row updates on its own worker) keeps them bit-identical too."""
     from hmem_lit import runs
 
-    ov = [*MEMORY_OV["ffn"], "memory.offload=true", "train.strategy=ddp", "train.devices=2"]
+    ov = [*MEMORY_OV["ffn"], "memory.storage.offload=true", "train.strategy=ddp", "train.devices=2"]
     plain = _weights(_run(tmp_path, "dp_plain", *ov, batch_size=4))
-    run_dir = _run(tmp_path, "dp_prefetch", *ov, "memory.prefetch=true", batch_size=4)
+    run_dir = _run(tmp_path, "dp_prefetch", *ov, "memory.storage.prefetch=true", batch_size=4)
     got = _weights(run_dir)
     assert got.keys() == plain.keys() and all(torch.equal(got[k], plain[k]) for k in got)
     final = runs.read_final(run_dir)
     assert final["throughput"]["prefetch_hits"] == (final["steps"] - 1) * 2  # rank 0's count, 2 bank levels
-    run_dir = _run(tmp_path, "dp_async", *ov, "memory.prefetch=true", "memory.async_update=true", batch_size=4)
+    run_dir = _run(
+        tmp_path, "dp_async", *ov, "memory.storage.prefetch=true", "memory.storage.async_update=true", batch_size=4
+    )
     got = _weights(run_dir)
     assert got.keys() == plain.keys() and all(torch.equal(got[k], plain[k]) for k in got)
     assert runs.read_final(run_dir)["throughput"]["async_updates"] == runs.read_final(run_dir)["steps"] * 2
@@ -340,13 +342,13 @@ def test_unfetched_bank_rows_bit_identical_across_ranks(tmp_path, strategy):
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_kill_and_resume_exact_with_two_processes(tmp_path, strategy, storage):
     """Both ranks SIGKILLed mid-run, relaunched: same weights and losses as an uninterrupted 2-process run (with
-    memory.storage=disk for the killed run: also equal to the RAM bank's)."""
+    memory.storage.kind=disk for the killed run: also equal to the RAM bank's)."""
     from hmem_lit import runs
 
     extra = [*MEMORY_OV["ffn"], f"train.strategy={strategy}", "train.devices=2"]
     ov = {"train.max_tokens": 24_576, "train.ckpt_every": 8}  # 48 steps
     ref = _run(tmp_path, "ref", *extra, batch_size=4, **ov)
-    cmd = _run(tmp_path, "killed", *extra, f"memory.storage={storage}", batch_size=4, check=False, **ov)
+    cmd = _run(tmp_path, "killed", *extra, f"memory.storage.kind={storage}", batch_size=4, check=False, **ov)
     run_dir = tmp_path / "000_debug" / "killed"
     step = kill_after_checkpoint(cmd, run_dir, min_step=20, timeout=300)
     assert 0 < step < 48

@@ -1,4 +1,4 @@
-"""memory.dtype=bfloat16 (hmem_lit/memory/lowp.py): stochastic rounding is unbiased and seeded; a bfloat16 bank is
+"""bfloat16 banks (hmem_lit/storage/lowp.py): stochastic rounding is unbiased and seeded; a bfloat16 bank is
 initialised as the float32 bank rounded, trains row-wise (unfetched rows and their moments untouched), equals
 itself on disk and in RAM, resumes exactly, tracks the float32 bank, and keeps small late updates that
 round-to-nearest loses."""
@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from hmem_lit.config import ConfigError, load_config
-from hmem_lit.memory import lowp, storage
-from hmem_lit.memory.optim import RowwiseAdamW, build_optimizer
+from hmem_lit.optim import RowwiseAdamW, build_optimizer
+from hmem_lit.storage import disk as storage
+from hmem_lit.storage import lowp
 
 from .conftest import DEBUG_YAML
 from .memory_util import VOCAB, make_cfg, make_model, random_paths, train_random
 
-BF16 = "memory.dtype=bfloat16"
+BF16 = "memory.storage.dtype=bfloat16"
 
 
 def _neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +54,7 @@ def test_stochastic_rounding_picks_a_neighbour_is_unbiased_and_seeded():
 @pytest.mark.parametrize("mtype", ["ffn", "lora", "kv"])
 def test_bf16_bank_init_is_the_float32_init_rounded(mtype, tmp_path):
     ref = make_model(make_cfg(mtype))
-    for extra in ([BF16], [BF16, "memory.storage=disk", f"memory.storage_dir={tmp_path}"]):
+    for extra in ([BF16], [BF16, "memory.storage.kind=disk", f"memory.storage.dir={tmp_path}"]):
         low = make_model(make_cfg(mtype, *extra))
         for (_, _, a), (_, _, b) in zip(ref.memory.bank.tables(), low.memory.bank.tables()):
             assert b.dtype == torch.bfloat16 and torch.equal(b, a.detach().to(torch.bfloat16))
@@ -71,7 +72,7 @@ def _bank_state(model, opt) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
 def test_bf16_bank_trains_rowwise_equal_on_disk_and_resumes_exactly(rounding, tmp_path):
-    cfg = make_cfg("ffn", BF16, f"memory.rounding={rounding}")
+    cfg = make_cfg("ffn", BF16, f"memory.storage.rounding={rounding}")
     model, opt, losses = train_random(cfg, 4)
     fresh = make_model(cfg)
     for (lvl, _, t), (_, _, t0) in zip(model.memory.bank.tables(), fresh.memory.bank.tables()):
@@ -82,7 +83,7 @@ def test_bf16_bank_trains_rowwise_equal_on_disk_and_resumes_exactly(rounding, tm
             assert torch.equal(t[2:4], t0[2:4])
             assert not st["exp_avg"][2:4].any() and not st["exp_avg_sq"][2:4].any() and not st["step"][2:4].any()
     # the same run with the bank on disk: bit for bit equal
-    disk_cfg = make_cfg("ffn", BF16, f"memory.rounding={rounding}", "memory.storage=disk")
+    disk_cfg = make_cfg("ffn", BF16, f"memory.storage.rounding={rounding}", "memory.storage.kind=disk")
     with storage.scratch_dir(tmp_path):
         disk, dopt, dlosses = train_random(disk_cfg, 4)
     assert dlosses == losses and all(storage.store_of(t) is not None for _, _, t in disk.memory.bank.tables())
@@ -160,12 +161,18 @@ def test_info_counts_the_bf16_training_state_at_half():
 @pytest.mark.parametrize(
     "extra,key",
     [
-        (["memory.dtype=float16"], "memory.dtype"),
-        (["memory.type=ffn", "memory.levels=[4]", "memory.dtype="], "memory.dtype: got ''; allowed"),
-        (["memory.type=ffn", "memory.levels=[4]", "memory.rounding=nearest"], "memory.rounding: rounds bfloat16"),
-        (["memory.type=pkm", "memory.prefetch=true"], "memory.prefetch: .*set memory.prefetch=false"),
-        (["memory.rounding=up"], "memory.rounding"),
-        (["memory.type=pkm", "memory.dtype=bfloat16"], "memory.dtype"),
+        (["memory.storage.dtype=float16"], "memory.storage.dtype"),
+        (["memory.type=ffn", "memory.levels=[4]", "memory.storage.dtype="], "memory.storage.dtype: got ''; allowed"),
+        (
+            ["memory.type=ffn", "memory.levels=[4]", "memory.storage.rounding=nearest"],
+            "memory.storage.rounding: rounds bfloat16",
+        ),
+        (
+            ["memory.type=pkm", "memory.storage.prefetch=true"],
+            "memory.storage.prefetch: .*set memory.storage.prefetch=false",
+        ),
+        (["memory.storage.rounding=up"], "memory.storage.rounding"),
+        (["memory.type=pkm", "memory.storage.dtype=bfloat16"], "memory.storage.dtype"),
     ],
 )
 def test_bad_dtype_config_is_one_line(extra, key):
@@ -179,7 +186,7 @@ def test_report_rows_name_the_bank_dtype(tmp_path):
     from hmem_lit.config import to_dict
 
     rows = []
-    for extra in ([], [BF16], [BF16, "memory.rounding=nearest"]):
+    for extra in ([], [BF16], [BF16, "memory.storage.rounding=nearest"]):
         cfg = to_dict(make_cfg("ffn", *extra))
         final = {"config": cfg, "params": {"anchor": 1000, "fetched": 100, "bank": 10_000}}
         rows.append(_base_row(tmp_path, tmp_path, final))
@@ -192,7 +199,10 @@ def test_report_rows_name_the_bank_dtype(tmp_path):
     labels = [r["label"] for r in rows]
     assert "bf16" not in labels[0] and " bf16 " in labels[1] and " bf16-nearest " in labels[2]
     assert len({r["config_id"] for r in rows}) == 3
-    assert (make_cfg("none", BF16).memory.dtype, make_cfg("none", BF16).memory.prefetch) == ("float32", False)
+    assert (make_cfg("none", BF16).memory.storage.dtype, make_cfg("none", BF16).memory.storage.prefetch) == (
+        "float32",
+        False,
+    )
 
 
 def test_only_bfloat16_tables_take_the_rounding_path():

@@ -198,8 +198,8 @@ def test_choose_unblocked_falls_back_to_next_candidate():
 
 
 def test_offload_keeps_bank_in_place():
-    """With memory.offload the bank ignores .to(): it stays fp32 on the CPU while the anchor converts."""
-    m = make_model(make_cfg("ffn", "memory.offload=true")).to(torch.float64)
+    """With memory.storage.offload the bank ignores .to(): it stays fp32 on the CPU while the anchor converts."""
+    m = make_model(make_cfg("ffn", "memory.storage.offload=true")).to(torch.float64)
     assert m.anchor.tok_emb.weight.dtype == torch.float64
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in m.memory.sparse_parameters())
     x, y, paths = batch()

@@ -23,7 +23,12 @@ def _anchor_state():
 
 def _job(tmp: Path, subtree: int | None, anchor_state, steps: int = 3, dtype: str = "float32") -> tuple[Path, dict]:
     """One split job: frozen anchor, batches from its subtree only; writes a run directory like train.py does."""
-    extra = ["train.mode=frozen", "train.init_from=runs/a1", "optim.memory_weight_decay=0.1", f"memory.dtype={dtype}"]
+    extra = [
+        "train.mode=frozen",
+        "train.init_from=runs/a1",
+        "optim.memory_weight_decay=0.1",
+        f"memory.storage.dtype={dtype}",
+    ]
     cfg = make_cfg("ffn", *extra, *([f"train.subtree={subtree}"] if subtree is not None else []), f"name=job{subtree}")
     model = prepare_model_for_mode(make_model(cfg, seed=0), cfg, lambda run_dir: anchor_state)
     train(model, cfg, [batch(n=3, seed=10 * (subtree or 0) + s, level1=[subtree or 0]) for s in range(steps)])
@@ -39,7 +44,10 @@ def _job(tmp: Path, subtree: int | None, anchor_state, steps: int = 3, dtype: st
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_subtree_jobs_merge_to_the_bank_each_trained(tmp_path, dtype):
     anchor = _anchor_state()
-    init = {k: v.clone() for k, v in make_model(make_cfg("ffn", f"memory.dtype={dtype}"), seed=0).state_dict().items()}
+    init = {
+        k: v.clone()
+        for k, v in make_model(make_cfg("ffn", f"memory.storage.dtype={dtype}"), seed=0).state_dict().items()
+    }
     jobs = {k: _job(tmp_path, k, anchor, dtype=dtype) for k in (0, 2, 3)}
     out = merge_banks([jobs[k][0] for k in (0, 2, 3)], tmp_path / "merged")
     merged = load_file(str(out / "model.safetensors"))
@@ -84,7 +92,7 @@ def test_subtree_job_refuses_foreign_paths_and_needs_frozen_mode():
 def test_merge_in_row_blocks_equals_the_whole_table_merge(tmp_path, monkeypatch):
     """hmem merge assembles and checks bank tables a few rows at a time (banks larger than RAM): the result equals
     the one-block merge exactly, and a refused merge leaves no output directory behind."""
-    from hmem_lit.memory import storage
+    from hmem_lit.storage import disk as storage
 
     anchor = _anchor_state()
     jobs = [_job(tmp_path, k, anchor)[0] for k in (0, 2)]

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from hmem_lit.memory import MEMORY, import_all
-from hmem_lit.memory.optim import RowwiseAdamW, WarmupCosine, build_optimizer, clip_gradients
 from hmem_lit.model import prepare_model_for_mode
+from hmem_lit.optim import RowwiseAdamW, WarmupCosine, build_optimizer, clip_gradients
 from tests.memory_util import batch, make_cfg, make_model, train
 
 import_all()

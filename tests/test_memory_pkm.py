@@ -109,8 +109,8 @@ def _pkm_cfg(*extra):
 
 
 def test_value_lr_multiplier_reaches_the_value_table_only():
-    from hmem_lit.memory.optim import param_groups
     from hmem_lit.model import MemoryLM
+    from hmem_lit.optim import param_groups
 
     base = {g["name"]: g for g in param_groups(MemoryLM(_pkm_cfg()), _pkm_cfg())}
     cfg = _pkm_cfg("optim.value_lr_scale=10")
@@ -136,8 +136,8 @@ def test_value_lr_scale_is_refused_for_banks():
 
 
 def test_value_grad_clip_clips_the_values_alone():
-    from hmem_lit.memory.optim import clip_gradients
     from hmem_lit.model import MemoryLM
+    from hmem_lit.optim import clip_gradients
 
     cfg = _pkm_cfg("optim.value_grad_clip=1e-3", "optim.grad_clip=0")
     model = MemoryLM(cfg)

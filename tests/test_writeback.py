@@ -1,4 +1,4 @@
-"""memory.async_update (hmem_lit/memory/writeback.py): row-wise updates written by a worker thread give the inline
+"""Write-back (hmem_lit/storage/writeback.py): row-wise updates written by a worker thread give the inline
 update's numbers bit for bit (float32 in-place and gathered rows, bfloat16 with either rounding, with and without
 the next batch's rows written first); a read waits exactly for the pending rows it needs; checkpoints and the next
 step see finished updates; a worker failure reaches the training loop; a training run equals the inline run."""
@@ -15,13 +15,13 @@ import torch
 from hmem_lit import runs
 from hmem_lit.anchor import lm_loss
 from hmem_lit.config import ConfigError, load_config
-from hmem_lit.memory import writeback
-from hmem_lit.memory.optim import RowwiseAdamW, build_optimizer, clip_gradients
+from hmem_lit.optim import RowwiseAdamW, build_optimizer, clip_gradients
+from hmem_lit.storage import writeback
 
 from .conftest import DEBUG_YAML, assert_same_run, train_each
 from .memory_util import VOCAB, cuda_offload_run, make_cfg, make_model, random_paths
 
-ASYNC = "memory.async_update=true"
+ASYNC = "memory.storage.async_update=true"
 
 
 def _train(cfg, steps: int, expect: bool = True, model_first: bool = True):
@@ -64,8 +64,8 @@ def _opt_equal(a: dict, b: dict) -> bool:
     [
         ("[4,8]", []),  # small rows: gathered, updated, scattered
         ("[16,32]", []),  # rows of >= 4096 numbers: updated in place through per-row views
-        ("[4,8]", ["memory.dtype=bfloat16"]),  # stochastic rounding: the same random bits for split rows
-        ("[4,8]", ["memory.dtype=bfloat16", "memory.rounding=nearest"]),
+        ("[4,8]", ["memory.storage.dtype=bfloat16"]),  # stochastic rounding: the same random bits for split rows
+        ("[4,8]", ["memory.storage.dtype=bfloat16", "memory.storage.rounding=nearest"]),
         ("[4,8]", ["memory.type=lora"]),
     ],
 )
@@ -78,8 +78,8 @@ def test_async_update_equals_the_inline_update_bit_for_bit(levels, extra, expect
     assert got[0] == ref[0]
     assert ref[1].keys() == got[1].keys() and all(torch.equal(ref[1][k], got[1][k]) for k in ref[1])
     assert _opt_equal(ref[2], got[2])
-    wb = got[3].memory.bank.writeback
-    assert wb is not None and wb.updates == 6 * 2 and ref[3].memory.bank.writeback is None
+    wb = got[3].memory.bank.backend.writeback
+    assert wb is not None and wb.updates == 6 * 2 and ref[3].memory.bank.backend.writeback is None
 
 
 class _Gate:
@@ -190,19 +190,19 @@ def test_async_update_with_the_bank_on_the_gpu_is_refused(monkeypatch):
     from hmem_lit import train
 
     monkeypatch.setattr(train, "_on_cuda", lambda cfg: True)
-    with pytest.raises(ConfigError, match="memory.async_update: .*memory.offload=true"):
+    with pytest.raises(ConfigError, match="memory.storage.async_update: .*memory.storage.offload=true"):
         train._check_cuda_settings(make_cfg("ffn", ASYNC))
-    train._check_cuda_settings(make_cfg("ffn", ASYNC, "memory.offload=true"))  # the bank on the host: fine
-    train._check_cuda_settings(make_cfg("ffn", ASYNC, "memory.storage=disk"))
+    train._check_cuda_settings(make_cfg("ffn", ASYNC, "memory.storage.offload=true"))  # the bank on the host: fine
+    train._check_cuda_settings(make_cfg("ffn", ASYNC, "memory.storage.kind=disk"))
     monkeypatch.setattr(train, "_on_cuda", lambda cfg: False)
     train._check_cuda_settings(make_cfg("ffn", ASYNC))  # a CPU run: the bank is on the host
 
 
 def test_copied_and_pickled_models_get_their_own_idle_writeback():
     model = make_model(make_cfg("ffn", ASYNC))
-    wb = model.memory.bank.writeback
+    wb = model.memory.bank.backend.writeback
     dup = copy.deepcopy(model)
-    new = dup.memory.bank.writeback
+    new = dup.memory.bank.backend.writeback
     assert new is not None and new is not wb
     assert all(writeback.of(t) is new for _, _, t in dup.memory.bank.tables())  # shared by the copy's tables
     again = pickle.loads(pickle.dumps(wb))
@@ -210,9 +210,9 @@ def test_copied_and_pickled_models_get_their_own_idle_writeback():
 
 
 def test_async_update_config():
-    with pytest.raises(ConfigError, match="memory.async_update"):
+    with pytest.raises(ConfigError, match="memory.storage.async_update"):
         load_config(DEBUG_YAML, ["memory.type=pkm", "memory.pkm.mode=add", ASYNC])
-    assert load_config(DEBUG_YAML, ["memory.type=none", ASYNC]).memory.async_update is False  # no bank: no-op
+    assert load_config(DEBUG_YAML, ["memory.type=none", ASYNC]).memory.storage.async_update is False  # no bank: no-op
 
 
 def test_async_update_run_equals_the_inline_run(tmp_path):
@@ -222,15 +222,15 @@ def test_async_update_run_equals_the_inline_run(tmp_path):
         "memory.type": "ffn",
         "memory.levels": "[4,2]",
         "memory.generic": "true",
-        "memory.offload": "true",
-        "memory.prefetch": "true",
+        "memory.storage.offload": "true",
+        "memory.storage.prefetch": "true",
         "retriever.depth": 2,
         "retriever.branching": 4,
         "train.accumulate": 2,
         "train.max_tokens": 16_384,
         "train.log_every": 2,  # mem/l*_update_rms: read on the written steps only with async_update, the same
     }
-    dirs = train_each(tmp_path, "memory.async_update", ["false", "true"], **extra)
+    dirs = train_each(tmp_path, "memory.storage.async_update", ["false", "true"], **extra)
     assert_same_run(dirs["false"], dirs["true"])
     assert any("mem/l2_update_rms" in m for m in runs.read_metrics(dirs["true"]))
     final = runs.read_final(dirs["true"])
@@ -243,7 +243,7 @@ def test_async_update_run_equals_the_inline_run(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cuda_offloaded_async_update_equals_the_inline_update(dtype):
-    common = ["memory.prefetch=true", f"memory.dtype={dtype}"]
+    common = ["memory.storage.prefetch=true", f"memory.storage.dtype={dtype}"]
     inline, asyn = cuda_offload_run(*common), cuda_offload_run(*common, ASYNC)
     assert inline[0] == asyn[0] and all(torch.equal(a, b) for a, b in zip(inline[1], asyn[1]))
 

@@ -139,7 +139,7 @@ class HmemDataModule(L.LightningDataModule):
 
     def train_batch_ids(self, micro: int) -> dict[str, torch.Tensor] | None:
         """The paths and sample indices of training micro-batch `micro` (this rank's), without loading its tokens:
-        the sampler is deterministic, so a later batch is known in advance (memory.prefetch). None past the end."""
+        the sampler is deterministic, so a later batch is known in advance (storage prefetch). None past the end."""
         sampler = getattr(self, "train_sampler", None)
         if sampler is None or micro >= sampler.total * sampler.acc:
             return None

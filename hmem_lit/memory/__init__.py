@@ -8,13 +8,14 @@
     done by the caller, who passes already-substituted paths (see `bank.choose_unblocked`);
   - `fetched_params() -> int`, `bank_params() -> int` (parameter accounting);
   - `sparse_parameters() -> list[nn.Parameter]`: tensors with sparse gradients, updated row-wise by
-    `optim.RowwiseAdamW` (only fetched rows move). Its other parameters are dense memory parameters.
-Modules that are not memory types (bank, optim, generic, merge, sync) are listed in `_SUPPORT`.
+    `hmem_lit.optim.RowwiseAdamW` (only fetched rows move). Its other parameters are dense memory parameters.
+Modules that are not memory types (base, bank, generic) are listed in `_SUPPORT`; where a bank's tables live is
+hmem_lit/storage/.
 """
 
 from hmem_lit.registry import MEMORY  # noqa: F401 (the registry; defined at the bottom layer)
 
-_SUPPORT = ("base", "bank", "optim", "generic", "sync")
+_SUPPORT = ("base", "bank", "generic")
 _imported = False
 
 

@@ -7,16 +7,10 @@ level l (0 = level absent); a level-l block holds s_l = c_unit * r_l numbers, c_
 (FFN: 3 * layers * d_model). fetched = c_unit * sum(r_l); bank = c_unit * sum(branching**l * r_l).
 
 Storage: level l is one Parameter `level{l}` of shape (branching**l [+1], s_l). The optional extra last row is
-the level's share of the generic block (memory.generic). A fetch is `F.embedding(ids, table, sparse=True)`: one
-gather per level for the whole batch, and a sparse COO gradient that touches only the fetched rows, which the
-row-wise optimiser (memory/optim.py) turns into an O(fetch) update.
-
-A bank of `dtype` bfloat16 (memory.dtype, memory/lowp.py) keeps it under casts (`.to(torch.float32)`, a
-precision plugin's conversion) and follows device moves. With `offload=True` the tables stay on the CPU whatever
-`.to()`/`.cuda()` the model gets; fetched rows are gathered there and copied to the compute device (the device of
-`paths`), and autograd carries gradients back.
-With a `store` (memory.storage=disk, memory/storage.py) the tables are memory-mapped scratch files on disk, on the
-host like offloaded ones, and their optimiser moments are allocated in the same store.
+the level's share of the generic block (memory.generic). A fetch is one gather per level for the whole batch, with
+a sparse COO gradient that touches only the fetched rows, which the row-wise optimiser (hmem_lit/optim.py) turns
+into an O(fetch) update. Where the tables live, their number type and how rows reach the compute device (the
+device of `paths`) is the bank's storage backend's business (hmem_lit/storage/, built from memory.storage).
 
 `BankMemory` is the shared base of the bank-backed types (ffn, lora, kv). A block is laid out unit-major:
 (layers, r_l, c_layer) where c_layer is the numbers one unit adds to one layer (FFN: a gate row, an up row and a
@@ -33,11 +27,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmem_lit.memory import lowp, prefetch, storage, writeback
 from hmem_lit.memory.base import MemoryType
+from hmem_lit.storage import Backend, disk
 
 
 def resolve_layers(spec: Any, n_layer: int) -> list[int]:
@@ -61,40 +54,17 @@ def resolve_layers(spec: Any, n_layer: int) -> list[int]:
 class Bank(nn.Module):
     """Per-level block tables. `fetch` returns one (B, s_l) row tensor per used level, on the compute device."""
 
-    def __init__(
-        self,
-        levels: Sequence[int],
-        c_unit: int,
-        branching: int,
-        generic: bool = False,
-        offload: bool = False,
-        store: storage.DiskStore | None = None,
-        dtype: torch.dtype = torch.float32,
-        prefetch_rows: bool = False,
-        async_update: bool = False,
-    ):
+    def __init__(self, levels: Sequence[int], c_unit: int, branching: int, generic: bool, backend: Backend):
         super().__init__()
         if branching < 2:
             raise ValueError(f"branching must be >= 2, got {branching}")
         self.levels = [int(r) for r in levels]
         self.c_unit, self.branching, self.generic = int(c_unit), int(branching), generic
-        self.offload = offload or store is not None  # a disk-backed table lives on the host
-        self.store, self.dtype = store, dtype
-        # memory.prefetch: the next batch's rows staged on the compute device ahead of its fetch (memory/prefetch.py)
-        self.prefetch = prefetch.RowPrefetch() if prefetch_rows and self.offload else None
-        # memory.async_update: row-wise updates of host tables written by a worker thread (memory/writeback.py)
-        self.writeback = writeback.WriteBack() if async_update else None
+        self.backend = backend
         self.used = [(lvl, r) for lvl, r in enumerate(self.levels, start=1) if r > 0]  # (level, r_l)
         for lvl, r in self.used:
             rows = branching**lvl + int(generic)
-            if store is None:
-                table = nn.Parameter(torch.empty(rows, self.c_unit * r, dtype=dtype))
-            else:
-                table = nn.Parameter(store.table(f"level{lvl}", (rows, self.c_unit * r), dtype))
-                storage.attach(table, store)
-            if self.writeback is not None:
-                writeback.attach(table, self.writeback)
-            self.register_parameter(f"level{lvl}", table)
+            self.register_parameter(f"level{lvl}", backend.table(f"level{lvl}", (rows, self.c_unit * r)))
 
     def tables(self) -> list[tuple[int, int, nn.Parameter]]:
         """[(level, r_l, table)] for the used levels."""
@@ -118,56 +88,34 @@ class Bank(nn.Module):
             raise ValueError("fetch needs paths (B, depth) or a generic mask")
         if generic is not None and not self.generic:
             raise ValueError("generic memory requested but the bank was built with memory.generic=false")
-        out = []
-        for (lvl, _, table), ids in zip(self.tables(), self._level_ids(paths, generic)):
-            if self.writeback is not None:
-                self.writeback.wait_rows(table, ids)  # the last step's update of these rows is written
-            rows = self.prefetch.take(lvl, table, ids) if self.prefetch is not None else None
-            if rows is None:
-                rows = F.embedding(ids.to(table.device), table, sparse=True)  # (B, s_l)
-                # rows travel in the table's dtype; the hooks compute in the activations' dtype (a bfloat16
-                # table's gradient arrives as bfloat16, the optimiser's update is float32: memory/lowp.py)
-                rows = rows.to(ids.device, non_blocking=True)
-            out.append(rows)
-        return out
+        levels = zip(self.tables(), self._level_ids(paths, generic))
+        return [self.backend.gather(lvl, table, ids) for (lvl, _, table), ids in levels]
 
     def stage(self, paths: Tensor | None, generic: Tensor | None, device: torch.device) -> None:
-        """memory.prefetch: gather the rows a later `fetch(paths, generic)` on `device` will read and start their
-        copy there (call it after the optimiser step that precedes that fetch). Without prefetch: nothing."""
-        if self.prefetch is None:
-            return
+        """Hand the rows a later `fetch(paths, generic)` on `device` will read to the backend (call it after the
+        optimiser step that precedes that fetch): a prefetching backend starts their copy now."""
         for (lvl, _, table), ids in zip(self.tables(), self._level_ids(paths, generic)):
-            if self.writeback is not None:
-                self.writeback.wait_rows(table, ids)
-            self.prefetch.stage(lvl, table, ids, device)
+            self.backend.stage(lvl, table, ids, device)
 
     def expect(self, paths: Tensor | None, generic: Tensor | None) -> None:
-        """memory.async_update: the next batch reads these rows, so the coming update writes them first (call it
-        before the optimiser step). Without async_update: nothing."""
-        if self.writeback is None:
-            return
+        """Tell the backend the next batch reads these rows (call it before the optimiser step): with write-back
+        the coming update writes them first."""
         for (_, _, table), ids in zip(self.tables(), self._level_ids(paths, generic)):
-            self.writeback.expect(table, ids)
+            self.backend.expect(table, ids)
 
     def read_rows(self, level: int, ids: Tensor) -> Tensor:
-        """A float32 CPU copy of level `level`'s rows `ids` as they are now (with memory.async_update: once the
-        pending updates of those rows are written), for statistics."""
-        table = getattr(self, f"level{level}")
-        if self.writeback is not None:
-            self.writeback.wait_rows(table, ids)
-        return table.detach()[ids.to(table.device)].float().cpu()
+        """A float32 CPU copy of level `level`'s rows `ids` as they are now, for statistics."""
+        return self.backend.read(getattr(self, f"level{level}"), ids)
 
     def wait(self) -> None:
-        """memory.async_update: return once every pending row update is written."""
-        if self.writeback is not None:
-            self.writeback.wait()
+        """Return once every pending row update is written (the backend may write them on a worker)."""
+        self.backend.wait()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # a copied or unpickled bank (its WriteBack is a fresh one): copied parameters lose their attributes
+        # a copied or unpickled bank: copied parameters lose their attributes, the backend marks them again
         super().__setstate__(state)
-        if self.writeback is not None:
-            for _, _, table in self.tables():
-                writeback.attach(table, self.writeback)
+        for _, _, table in self.tables():
+            self.backend.attach(table)
 
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
         self.wait()  # a checkpoint holds the tables after the last step's update
@@ -198,12 +146,9 @@ class Bank(nn.Module):
         return out
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
-        # offload: the tables never leave the CPU (nor change dtype); everything else follows .to()/.cuda()
-        if self.offload:
-            return self
-        if self.dtype != torch.float32:  # memory.dtype=bfloat16 is how the bank is stored: moves, never casts
-            return super()._apply(lambda t: t.to(fn(t.new_empty(0)).device), recurse)
-        return super()._apply(fn, recurse)
+        # the backend decides what .to()/.cuda()/casts do to the tables (stay on the host, move, or follow fn)
+        placed = self.backend.placement(fn)
+        return self if placed is None else super()._apply(placed, recurse)
 
 
 class BankMemory(MemoryType):
@@ -216,29 +161,19 @@ class BankMemory(MemoryType):
         self.layers = resolve_layers(mcfg.layers, n_layer)
         self.slot = {layer: i for i, layer in enumerate(self.layers)}  # anchor layer -> position in the block
         self.c_layer = c_layer
-        self.bank = Bank(
-            mcfg.levels,
-            c_layer * len(self.layers),
-            branching,
-            mcfg.generic,
-            mcfg.offload,
-            storage.store_for(mcfg),
-            lowp.dtype_of(mcfg.dtype),
-            mcfg.prefetch,
-            mcfg.async_update,
-        )
+        self.bank = Bank(mcfg.levels, c_layer * len(self.layers), branching, mcfg.generic, Backend(mcfg.storage))
 
     def unit_views(self) -> Iterator[Tensor]:
         """Each level's table viewed as (rows, layers, r_l, c_layer), for in-place initialisation, in blocks of
-        rows of at most storage.CHUNK_BYTES of float32 (a table up to that size is one block): initialisers'
+        rows of at most disk.CHUNK_BYTES of float32 (a table up to that size is one block): initialisers'
         temporaries stay bounded for a table of any size (a disk-backed one larger than RAM), and RAM and disk
         tables, built with the same blocks, get the same numbers. A bfloat16 table's block is a float32 copy,
         rounded to nearest into the table when the caller asks for the next block: the same numbers as a float32
         table's init, rounded."""
-        if self.bank.store is not None and self.bank.store.preloaded:
+        if self.bank.backend.preloaded:
             return  # tables mapped with their trained values (evaluating a disk-backed run): nothing to init
         for _, r, t in self.bank.tables():
-            step = storage.rows_per_block(tuple(t.shape), 4)  # float32 blocks, whatever the table's dtype
+            step = disk.rows_per_block(tuple(t.shape), 4)  # float32 blocks, whatever the table's dtype
             for i in range(0, t.shape[0], step):
                 block = t[i : i + step]
                 work = block if block.dtype == torch.float32 else torch.zeros(block.shape)

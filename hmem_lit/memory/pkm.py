@@ -95,31 +95,11 @@ class PKMMemory(MemoryType):
     def check_config(cls, mcfg: MemoryConfig) -> None:
         from hmem_lit.config import ConfigError
 
-        if mcfg.generic or mcfg.offload:
-            key = "memory.generic" if mcfg.generic else "memory.offload"
+        if mcfg.generic:
             raise ConfigError(
-                f"{key}: memory.generic / memory.offload apply to path-fetched memories, not to memory.type=pkm; "
-                f"set {key}=false"
+                "memory.generic: applies to path-fetched memories, not to memory.type=pkm; set memory.generic=false"
             )
-        if mcfg.storage != "ram":
-            raise ConfigError(
-                "memory.storage: disk storage holds a bank's tables (ffn, lora, kv), not pkm's values; "
-                "set memory.storage=ram"
-            )
-        if mcfg.prefetch:
-            raise ConfigError(
-                "memory.prefetch: stages a bank's rows (ffn, lora, kv), not pkm's values; set memory.prefetch=false"
-            )
-        if mcfg.async_update:
-            raise ConfigError(
-                "memory.async_update: writes a bank's rows (ffn, lora, kv), not pkm's values; "
-                "set memory.async_update=false"
-            )
-        if mcfg.dtype != "float32":
-            raise ConfigError(
-                "memory.dtype: bfloat16 storage holds a bank's tables (ffn, lora, kv), not pkm's values; "
-                "set memory.dtype=float32"
-            )
+        mcfg.storage.refuse("pkm's values")  # its value table lives in RAM, float32, next to the model
 
     def __init__(self, mcfg: MemoryConfig, acfg: AnchorConfig, branching: int):
         super().__init__()
@@ -127,8 +107,8 @@ class PKMMemory(MemoryType):
         self.v_dim = p.v_dim or d
         if not p.gated and self.v_dim != d:
             raise ValueError(f"memory.pkm.v_dim={self.v_dim}: without gating the values must have d_model={d}")
-        if mcfg.generic or mcfg.offload:
-            raise ValueError("memory.generic / memory.offload apply to path-fetched memories, not to pkm")
+        if mcfg.generic:
+            raise ValueError("memory.generic applies to path-fetched memories, not to pkm")
         self.layers = pkm_layers(p.layers, acfg.n_layer)
         self.slot = {layer: i for i, layer in enumerate(self.layers)}
         self.heads, self.topk, self.n_keys, self.k_dim = p.heads, p.topk, p.n_keys, p.k_dim

@@ -10,7 +10,7 @@ first and must equal the corpus's, byte for byte) and keep the tree paths of the
 edit goes to the blocks the facts lived in. They are packed like training data (same-leaf rows).
 
 The memory edit (`edit_train`): from the trained memory run's final weights, anchor frozen, the row-wise AdamW
-(memory/optim.py) at the run's memory LR, `steps` steps over the edited rows only (fetched mode, no generic
+(hmem_lit/optim.py) at the run's memory LR, `steps` steps over the edited rows only (fetched mode, no generic
 block). `--levels leaf` trains only the deepest level's rows. `identity_report` then checks, by comparing every
 tensor, that the anchor and every bank row off the edited paths are bit-identical.
 
@@ -44,7 +44,7 @@ from hmem_lit.data.packing import pack
 from hmem_lit.data.tokenizer import load_tokenizer
 from hmem_lit.evaluation.resources import check_threads
 from hmem_lit.evaluation.routing import load_run_router
-from hmem_lit.memory.optim import build_optimizer, clip_gradients
+from hmem_lit.optim import build_optimizer, clip_gradients
 from hmem_lit.model import load_model
 from hmem_lit.runs import resolve_data_dir
 from hmem_lit.studies import direct
@@ -180,7 +180,7 @@ def edit_train(
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
     if memory:
-        model.memory.bank.wait()  # memory.async_update: the edit's last row updates are written
+        model.memory.bank.wait()  # write-back (memory.storage.async_update): the edit's last row updates are written
     model.eval()
     return losses
 

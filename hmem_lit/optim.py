@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from hmem_lit.config import RunConfig
-from hmem_lit.memory import lowp, prefetch, storage, writeback
+from hmem_lit.storage import disk, lowp, prefetch, writeback
 
 
 class WarmupCosine:
@@ -93,13 +93,15 @@ class RowwiseAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # memory.async_update: the previous step's row updates are written before this step's (at most one step
+        # memory.storage.async_update: the previous step's row updates are written before this step's (at most one step
         # in flight; by now they are long done: the forward and backward ran in between)
         sparse = [p for group in self.param_groups if group["sparse"] for p in group["params"]]
         writeback.wait_all(sparse)
         for group in self.param_groups:  # row-wise groups first: with async_update the worker starts on them
             if group["sparse"]:
-                group["rounding_step"] = group.get("rounding_step", 0) + 1  # seeds stochastic rounding (lowp.py)
+                group["rounding_step"] = (
+                    group.get("rounding_step", 0) + 1
+                )  # seeds stochastic rounding (storage/lowp.py)
                 for p in group["params"]:
                     if p.grad is not None:
                         self._rows_step(p, group)
@@ -121,12 +123,12 @@ class RowwiseAdamW(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             for p in group["params"]:
-                st, store = self.state.get(p), storage.store_of(p)
+                st, store = self.state.get(p), disk.store_of(p)
                 if store is None or not st:
                     continue
                 for k in ("exp_avg", "exp_avg_sq"):
                     t = store.zeros(p.shape, st[k].dtype)
-                    storage.copy_rows(t, st[k])
+                    disk.copy_rows(t, st[k])
                     st[k] = t
 
     def _state(self, p: Tensor, step_shape: tuple[int, ...]) -> dict[str, Tensor]:
@@ -137,8 +139,8 @@ class RowwiseAdamW(torch.optim.Optimizer):
         st = self.state[p]
         if not st:
             st["step"] = torch.zeros(step_shape, dtype=torch.long, device=device)
-            # a disk-backed table (memory.storage=disk) gets its moments in its own store
-            st["exp_avg"], st["exp_avg_sq"] = storage.zeros_like(p), storage.zeros_like(p)
+            # a disk-backed table (memory.storage.kind=disk) gets its moments in its own store
+            st["exp_avg"], st["exp_avg_sq"] = disk.zeros_like(p), disk.zeros_like(p)
         if st["step"].device != device:  # torch.load leaves "step" where it was saved
             st["step"] = st["step"].to(device)
         return st
@@ -170,7 +172,7 @@ class RowwiseAdamW(torch.optim.Optimizer):
         g = grad.coalesce()  # duplicate rows (a block fetched by several sequences) summed
         rows, gv = g._indices()[0], g._values()  # (n,), (n, *row_shape)
         st = self._state(p, (p.shape[0],))  # per-row update counts
-        prefetch.bump(p)  # rows staged before this update (memory.prefetch) are stale now
+        prefetch.bump(p)  # rows staged before this update (memory.storage.prefetch) are stale now
         gen = None
         if p.dtype == torch.bfloat16 and group.get("rounding", "stochastic") == "stochastic":
             index = next(i for i, q in enumerate(group["params"]) if q is p)
@@ -181,7 +183,7 @@ class RowwiseAdamW(torch.optim.Optimizer):
             for _ in self._rows_update(p, st, rows, gv, hyper, gen, None):
                 pass
             return
-        # memory.async_update: the worker writes the rows (those the next batch reads first: writeback.py)
+        # write-back: the worker writes the rows (those the next batch reads first: writeback.py)
         wb.submit(p, rows, lambda hot: self._rows_update(p, st, rows, gv, hyper, gen, hot))
 
     def _rows_update(
@@ -224,7 +226,7 @@ class RowwiseAdamW(torch.optim.Optimizer):
         bits: Tensor | None,
     ) -> None:
         m_all, v_all = st["exp_avg"], st["exp_avg_sq"]
-        if p.dtype == torch.bfloat16:  # memory.dtype=bfloat16: updated in float32, rounded back (memory/lowp.py)
+        if p.dtype == torch.bfloat16:  # bfloat16 tables: updated in float32, rounded back (storage/lowp.py)
             mode = group.get("rounding", "stochastic")
             x, m, v = _rows_adamw(
                 p.index_select(0, rows).float(),
@@ -314,7 +316,11 @@ def param_groups(model: nn.Module, cfg: RunConfig, ndim: dict[str, int] | None =
                 sparse=name.startswith("memory_rows"),
                 lr=o.memory_lr * mult.get(name, 1.0) if mem else o.lr,
                 weight_decay=0.0 if name.endswith("nowd") else (o.memory_weight_decay if mem else o.weight_decay),
-                **(dict(rounding=cfg.memory.rounding, seed=cfg.train.seed) if name.startswith("memory_rows") else {}),
+                **(
+                    dict(rounding=cfg.memory.storage.rounding, seed=cfg.train.seed)
+                    if name.startswith("memory_rows")
+                    else {}
+                ),
             )
         )
     return groups

@@ -1,7 +1,7 @@
-"""Asynchronous row-wise updates of a bank on the host (memory.async_update=true).
+"""Asynchronous row-wise updates of a bank on the host (memory.storage.async_update=true).
 
-With the bank in host memory (memory.offload=true, memory.storage=disk, or a run on the CPU) the row-wise
-optimiser step (memory/optim.py) is host work: read the fetched rows, their moments and gradients, write them back.
+With the bank in host memory (memory.storage.offload=true or kind=disk, or a run on the CPU) the row-wise
+optimiser step (hmem_lit/optim.py) is host work: read the fetched rows, their moments and gradients, write them back.
 Done inline, it stalls the training loop: on an accelerator the next step's forward cannot be launched until the
 host has finished, and the update is host memory traffic of several passes over the step's fetched rows, which at
 a 10% fetch of a small anchor may take as long as the accelerator's whole step (an estimate: unmeasured, no GPU
@@ -10,7 +10,7 @@ the loop goes on with the next batch while the rows are written. (A bank on the 
 updates are kernels, already asynchronous; `hmem train` refuses async_update there.)
 
 Exactness. Reads of a table wait for the pending updates that touch the rows they read, and for nothing else:
-- `Bank.fetch(ids)` and `Bank.stage(ids)` (memory.prefetch) wait for updates whose rows meet `ids`;
+- `Bank.fetch(ids)` and `Bank.stage(ids)` (memory.storage.prefetch) wait for updates whose rows meet `ids`;
 - the next optimiser step, `state_dict()` of the bank or the optimiser (checkpoints, final weights, merges) and
   the end of training wait for every pending update.
 Rows are independent in AdamW (each has its own moments and step count), and a stochastically rounded bfloat16 row

@@ -1,13 +1,13 @@
-"""Low-precision bank storage (memory.dtype=bfloat16): the number type of a bank's tables and Adam moments, and the
-rounding back to it after a float32 row-wise update.
+"""Low-precision bank storage (memory.storage.dtype=bfloat16): the number type of a bank's tables and Adam moments,
+and the rounding back to it after a float32 row-wise update.
 
 A bfloat16 table and its two moments take 6 bytes per parameter instead of 12 (the paper's 4.6B bank: 26 GiB of
-training state instead of 52). The row-wise optimiser (memory/optim.py) gathers the fetched rows, updates them in
+training state instead of 52). The row-wise optimiser (hmem_lit/optim.py) gathers the fetched rows, updates them in
 float32 exactly as it updates a float32 table, and writes them back rounded:
 
 - the moments to nearest: each step moves them by at least (1 - beta) of the new gradient's share, far more than
   bfloat16's relative spacing of 2**-8, so rounding them loses nothing that accumulates;
-- the table rows by `memory.rounding`. An AdamW step is about lr; once lr has decayed to a small fraction of a
+- the table rows by `memory.storage.rounding`. An AdamW step is about lr; once lr has decayed to a small fraction of a
   weight's bfloat16 spacing (|w| * 2**-8), round-to-nearest returns the old weight and training stalls.
   Stochastic rounding rounds up with probability equal to the remainder's share of the spacing, so the rounded
   weight is the float32 one in expectation and small steps add up (Gupta et al. 2015; Zamirai et al. 2020).
@@ -28,7 +28,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def dtype_of(name: str) -> torch.dtype:
-    """memory.dtype -> the torch dtype of the bank's tables and moments."""
+    """memory.storage.dtype -> the torch dtype of the bank's tables and moments."""
     return DTYPES[name]
 
 
@@ -43,7 +43,7 @@ def random_bits(shape: tuple[int, ...] | torch.Size, gen: torch.Generator, devic
     """16 random bits per element of a tensor of `shape` (int32 in [0, 2**16)): the draw stochastic rounding adds.
 
     Drawn as 64-bit words (the cheapest random fill), two elements a word, in row-major order: rounding rows
-    [0, n) in two parts with this draw's rows (memory.async_update, memory/writeback.py) gives the same bits as
+    [0, n) in two parts with this draw's rows (memory.storage.async_update, storage/writeback.py) gives the same bits as
     rounding them at once."""
     n = math.prod(shape)
     noise = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(generator=gen)

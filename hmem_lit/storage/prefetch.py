@@ -1,4 +1,4 @@
-"""Prefetch of an offloaded bank's rows (memory.prefetch=true with memory.offload=true or memory.storage=disk).
+"""Prefetch of an offloaded bank's rows (memory.storage.prefetch=true with offload=true or kind=disk).
 
 Without it, a step's fetch gathers the batch's rows from the host tables and copies them to the accelerator from
 pageable memory at the start of the forward, while the accelerator waits. With it, right after optimiser step k

@@ -1,8 +1,8 @@
-"""Where a bank's tables and their Adam moments live: RAM (memory.storage=ram, the default) or memory-mapped scratch
-files on local disk (memory.storage=disk), for banks larger than host RAM (issue 21; the paper's 4.6B bank with
+"""The disk backend's store: a bank's tables and their Adam moments in memory-mapped scratch files on local disk
+(memory.storage.kind=disk; RAM is the default), for banks larger than host RAM (issue 21; the paper's 4.6B bank with
 its moments is ~55 GB, its 21B bank ~250 GB).
 
-A disk tensor is a float32 (or bfloat16: memory.dtype) array in an unnamed temporary file
+A disk tensor is a float32 (or bfloat16: memory.storage.dtype) array in an unnamed temporary file
 (`tempfile.TemporaryFile`: unlinked at creation, so the space returns to the filesystem when the process ends,
 kill -9 included) mapped shared into the process; torch
 reads and writes it like any CPU tensor, so every operation, the row-wise optimiser's included, gives bit for bit
@@ -190,7 +190,7 @@ _dirs: list[Path] = []  # scratch directories set by the caller (train: the run'
 
 @contextmanager
 def scratch_dir(path: str | Path) -> Iterator[None]:
-    """Disk-backed banks built inside this block put their files under `path` (unless memory.storage_dir says)."""
+    """Disk-backed banks built inside this block put their files under `path` (unless memory.storage.dir says)."""
     _dirs.append(Path(path))
     try:
         yield
@@ -211,12 +211,12 @@ def mapped_tables(tables: Mapping[str, Tensor]) -> Iterator[None]:
         _mapped.pop()
 
 
-def store_for(mcfg: Any) -> DiskStore | None:
-    """The DiskStore a bank of memory config `mcfg` uses, or None (RAM; also on the meta device, where only
-    shapes are built)."""
-    if getattr(mcfg, "storage", "ram") != "disk" or torch.empty(0).device.type == "meta":
+def store_for(scfg: Any) -> DiskStore | None:
+    """The DiskStore a bank of storage config `scfg` (memory.storage) uses, or None (RAM; also on the meta device,
+    where only shapes are built)."""
+    if scfg.kind != "disk" or torch.empty(0).device.type == "meta":
         return None
-    root = mcfg.storage_dir or (_dirs[-1] if _dirs else tempfile.gettempdir())
+    root = scfg.dir or (_dirs[-1] if _dirs else tempfile.gettempdir())
     return MappedStore(root, _mapped[-1]) if _mapped else DiskStore(root)
 
 
