@@ -197,6 +197,34 @@ def test_choose_unblocked_falls_back_to_next_candidate():
         choose_unblocked(cands, level=1, blocked=torch.tensor([1, 2, 3]))
 
 
+@pytest.mark.parametrize(
+    "section,on_host,lookahead,placed",
+    [
+        ({}, False, set(), "fn"),
+        ({"offload": True, "prefetch": True}, True, {"stage"}, None),
+        ({"async_update": True}, False, {"expect"}, "fn"),
+        ({"offload": True, "prefetch": True, "async_update": True}, True, {"stage", "expect"}, None),
+        ({"dtype": "bfloat16"}, False, set(), "move"),
+    ],
+)
+def test_the_backend_holds_exactly_the_parts_its_section_turns_on(section, on_host, lookahead, placed):
+    """storage.Backend from memory.storage alone: host placement, the next-batch hooks it asks the LightningModule
+    for, and what a module-wide .to() does to its tables (nothing, a move keeping a bf16 table's dtype, or fn)."""
+    from hmem_lit.config import StorageConfig
+    from hmem_lit.storage import Backend
+
+    b = Backend(StorageConfig(**section))
+    assert (b.on_host, set(b.lookahead), b.store, b.preloaded) == (on_host, lookahead, None, False)
+    assert (b.prefetch is not None, b.writeback is not None) == ("stage" in lookahead, "expect" in lookahead)
+    fn = b.placement(lambda t: t.double())
+    t = b.table("level1", (3, 2))
+    assert tuple(t.shape) == (3, 2) and t.dtype == b.dtype
+    if placed is None:
+        assert fn is None
+    else:
+        assert fn(t).dtype == (torch.float64 if placed == "fn" else torch.bfloat16)
+
+
 def test_offload_keeps_bank_in_place():
     """With memory.storage.offload the bank ignores .to(): it stays fp32 on the CPU while the anchor converts."""
     m = make_model(make_cfg("ffn", "memory.storage.offload=true")).to(torch.float64)

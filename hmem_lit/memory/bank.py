@@ -93,7 +93,7 @@ class Bank(nn.Module):
 
     def stage(self, paths: Tensor | None, generic: Tensor | None, device: torch.device) -> None:
         """Hand the rows a later `fetch(paths, generic)` on `device` will read to the backend (call it after the
-        optimiser step that precedes that fetch): a prefetching backend starts their copy now."""
+        optimiser step that precedes that fetch): the backend may start their copy now."""
         for (lvl, _, table), ids in zip(self.tables(), self._level_ids(paths, generic)):
             self.backend.stage(lvl, table, ids, device)
 
@@ -167,7 +167,7 @@ class BankMemory(MemoryType):
         """Each level's table viewed as (rows, layers, r_l, c_layer), for in-place initialisation, in blocks of
         rows of at most disk.CHUNK_BYTES of float32 (a table up to that size is one block): initialisers'
         temporaries stay bounded for a table of any size (a disk-backed one larger than RAM), and RAM and disk
-        tables, built with the same blocks, get the same numbers. A bfloat16 table's block is a float32 copy,
+        tables, built with the same blocks, get the same numbers. A low-precision table's block is a float32 copy,
         rounded to nearest into the table when the caller asks for the next block: the same numbers as a float32
         table's init, rounded."""
         if self.bank.backend.preloaded:
