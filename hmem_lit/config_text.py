@@ -160,7 +160,7 @@ def str_keys(cls: Any, prefix: str = "") -> frozenset[str]:
 def parse_overrides(overrides: list[str] | tuple[str, ...], text_keys: frozenset[str] = frozenset()) -> DictConfig:
     """`key=value` strings -> one DictConfig; a value YAML cannot parse is an error naming its key. A key in
     `text_keys` (fields declared `str`) keeps the literal text where YAML reads a bool, number or null
-    (`name=off` is the name "off", not false; `memory.dtype=` is the empty string, which the field's own check
+    (`name=off` is the name "off", not false; `memory.storage.dtype=` is the empty string, which the field's own check
     then names); a list or mapping stays an error."""
     out = OmegaConf.create({})
     for ov in overrides:
