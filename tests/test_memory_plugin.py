@@ -70,12 +70,14 @@ def test_shipped_capabilities():
 
 
 def test_shipped_options_sections_are_the_types_own():
-    """A type's `config_key` names its section of MemoryConfig and `options` is the dataclass that declares it."""
+    """A type's `config_key` names its section of MemoryConfig and `options` is the dataclass that declares it; the
+    one other section is the bank's storage (memory.storage, read by hmem_lit/storage/, not by a type)."""
     from dataclasses import fields
 
-    from hmem_lit.config import MemoryConfig
+    from hmem_lit.config import MemoryConfig, StorageConfig
 
     sections = {f.name: f.default_factory for f in fields(MemoryConfig) if isinstance(f.default_factory, type)}
+    assert sections.pop("storage") is StorageConfig
     owned = {memory_class(n).config_key: memory_class(n).options for n in memory_types() if memory_class(n).options}
     assert owned == sections and set(owned) == {"lora", "pkm"}
 
