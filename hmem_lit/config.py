@@ -142,18 +142,14 @@ class StorageConfig:
 
     def refuse(self, what: str) -> None:
         """A memory without a bank (pkm): every setting but `dir` must keep its default."""
-        for key, default in (("offload", False), ("kind", "ram"), ("prefetch", False), ("async_update", False)):
+        defaults = (("offload", False), ("kind", "ram"), ("prefetch", False), ("async_update", False))
+        for key, default in (*defaults, ("dtype", "float32")):
             _check(
                 getattr(self, key) == default,
                 f"memory.storage.{key}",
                 f"applies to a bank's tables (ffn, lora, kv), not {what}; "
                 f"set memory.storage.{key}={str(default).lower()}",
             )
-        _check(
-            self.dtype == "float32",
-            "memory.storage.dtype",
-            f"bfloat16 storage holds a bank's tables (ffn, lora, kv), not {what}; set memory.storage.dtype=float32",
-        )
 
 
 @dataclass
