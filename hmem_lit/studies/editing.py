@@ -44,8 +44,8 @@ from hmem_lit.data.packing import pack
 from hmem_lit.data.tokenizer import load_tokenizer
 from hmem_lit.evaluation.resources import check_threads
 from hmem_lit.evaluation.routing import load_run_router
-from hmem_lit.optim import build_optimizer, clip_gradients
 from hmem_lit.model import load_model
+from hmem_lit.optim import build_optimizer, clip_gradients
 from hmem_lit.runs import resolve_data_dir
 from hmem_lit.studies import direct
 from hmem_lit.utils import read_json, set_threads, write_json
