@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from hmem_lit import storage
 from hmem_lit.anchor import Anchor, count_params
 from hmem_lit.config import RunConfig
 
@@ -155,9 +156,7 @@ def info(cfg: RunConfig) -> str:
             f"bank    {_fmt(c['bank'])}",
         ]
         if c["bank"] >= 10**8:  # where a big bank's training state fits is the next question
-            from hmem_lit.storage import training_state
-
-            lines.append(f"        {training_state(cfg.memory.storage, c['bank'])}")
+            lines.append(f"        {storage.training_state(cfg.memory.storage, c['bank'])}")
         memory: Any = model.memory  # a bank-backed type has .bank and .layers (the anchor layers it serves)
         bank = getattr(memory, "bank", None)
         if bank is not None:
@@ -178,7 +177,6 @@ def load_model(run_dir: str | Path | Run, map_location: str = "cpu"):
     from safetensors (no code runs)."""
     from safetensors import safe_open
 
-    from hmem_lit import storage
     from hmem_lit.config import ConfigError
     from hmem_lit.runs import WEIGHTS, Run, check_weights
 

@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 
-from hmem_lit import faults, runs
+from hmem_lit import faults, runs, storage
 from hmem_lit.callbacks import AtomicCheckpoint, FiniteLoss, JsonlLogger, ProgressBar, StreamingCheckpointIO
 from hmem_lit.checks import preflight
 from hmem_lit.config import ConfigError, RunConfig, renamed, save_config, to_dict
@@ -74,7 +74,6 @@ def _check_cuda_settings(cfg: RunConfig) -> None:
     """Settings that only fail on CUDA, refused before any work: the storage backend's (storage.check_device);
     anchor.attention=flex with heads narrower than FlexAttention's CUDA kernel supports."""
     from hmem_lit.anchor import FLEX_MIN_HEAD_DIM
-    from hmem_lit.storage import check_device
 
     a = cfg.anchor
     if a.attention == "flex" and a.preset != "hf" and a.head_dim < FLEX_MIN_HEAD_DIM and _on_cuda(cfg):
@@ -82,7 +81,7 @@ def _check_cuda_settings(cfg: RunConfig) -> None:
             f"anchor.attention=flex: FlexAttention's CUDA kernel needs anchor.head_dim >= {FLEX_MIN_HEAD_DIM} "
             f"(got {a.head_dim}); set anchor.attention=auto (sdpa for such heads) or a larger anchor.head_dim"
         )
-    check_device(cfg.memory.storage, _on_cuda(cfg))
+    storage.check_device(cfg.memory.storage, _on_cuda(cfg))
 
 
 def _check_resume(run_dir: Path, cfg: RunConfig, config_only: bool = False) -> tuple[Path, int] | None:
@@ -258,9 +257,8 @@ def _check_data(cfg: RunConfig, dm: Any) -> None:
 def _build_module(cfg: RunConfig, p: Plan, vocab_size: int) -> Any:
     """The LightningModule, its model prepared for train.mode / train.subtree and compiled when asked."""
     from hmem_lit.lit_module import HmemLitModule
-    from hmem_lit.storage import disk
 
-    with disk.scratch_dir(p.run_dir.parent):  # a disk-backed bank's scratch files (memory.storage.dir wins)
+    with storage.disk.scratch_dir(p.run_dir.parent):  # a disk-backed bank's scratch files (memory.storage.dir wins)
         module = HmemLitModule(cfg, vocab_size, p.total_steps, p.tokens_per_step)
     if cfg.train.mode in ("frozen", "cotrain") or cfg.train.subtree is not None:
         from hmem_lit.model import prepare_model_for_mode
@@ -288,7 +286,7 @@ class _Fit:
 
 
 def _build_trainer(cfg: RunConfig, p: Plan, module: Any, extra_callbacks: list[Callback] | None) -> _Fit:
-    from hmem_lit import storage, trackers
+    from hmem_lit import trackers
     from hmem_lit.console import progress
 
     # DDP / FSDP keep the memory's sparse tables out of their reducers and sync them row-wise (distributed.py)
@@ -428,8 +426,6 @@ def _finish(
     counts: dict[str, int],
     throughput: dict[str, Any],
 ) -> None:
-    from hmem_lit import storage
-
     state = {k: v.detach().cpu() for k, v in state.items()}
     tmp = run_dir / ".model.safetensors.tmp"
     storage.save_weights(cfg.memory.storage, state, tmp)
