@@ -161,23 +161,12 @@ def trials_table(study) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
-def optuna_views(study, metric: str | None = None) -> list[tuple[str, str, Any, list[str]]]:
-    """-> [(id, title, figure or None, notes)]: each view guarded, a failing or impossible one gives a note."""
-    import matplotlib.pyplot as plt
-    import optuna
-    import optuna.visualization.matplotlib as ovm
-    from matplotlib.ticker import MaxNLocator
+_View = tuple[str, str, Callable[..., Any], int, str | None, tuple[float, float]]
 
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    multi = len(study.directions) > 1
-    names = getattr(study, "metric_names", None)
-    name = (names[0] if names else None) or metric or "objective"
-    kw: dict[str, Any] = {"target_name": name + (" (objective 1)" if multi else "")}
-    if multi:
-        kw["target"] = lambda t: t.values[0]
-    params = sorted({k for t in done for k in t.params})
-    varying = [k for k in params if len({repr(t.params.get(k)) for t in done}) > 1]
-    views: list[tuple[str, str, Callable[..., Any], int, str | None, tuple[float, float]]] = [
+
+def _optuna_view_specs(ovm: Any, done: list, varying: list[str]) -> list[_View]:
+    """-> [(id, title, optuna plot function, complete trials needed, why it cannot be drawn or None, size)]."""
+    return [
         ("optuna_history", "optimisation history", ovm.plot_optimization_history, 1, None, (4.5, 2.6)),
         (
             "optuna_importance",
@@ -204,8 +193,51 @@ def optuna_views(study, metric: str | None = None) -> list[tuple[str, str, Any, 
             (min(7.0, 2.2 * max(1, len(varying)) + 1.0), 2.6),
         ),
     ]
+
+
+def _restyle_optuna_figure(fig: Any, vid: str, size: tuple[float, float]) -> None:
+    """The report's look on an optuna figure: its size, no titles, small labels, legends out of the way."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig.set_size_inches(*size)
+    fig.suptitle("")
+    for ax in fig.axes:  # the panels and any colour bar
+        if vid == "optuna_parallel":  # optuna's Blues draws the worst trials white on a grey background
+            for coll in ax.collections:
+                if coll.get_array() is not None:
+                    coll.set_cmap("viridis")
+        for loc in ("left", "center", "right"):
+            ax.set_title("", loc=loc)
+        ax.xaxis.label.set_fontsize(8)
+        ax.yaxis.label.set_fontsize(8)
+        for txt in ax.texts:
+            txt.set_fontsize(7)
+        if vid == "optuna_history":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        leg = ax.get_legend()
+        if leg is not None and vid == "optuna_importance":
+            leg.remove()  # one objective: the legend only repeats its name and covers the bars
+        elif leg is not None:
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False)
+
+
+def optuna_views(study, metric: str | None = None) -> list[tuple[str, str, Any, list[str]]]:
+    """-> [(id, title, figure or None, notes)]: each view guarded, a failing or impossible one gives a note."""
+    import matplotlib.pyplot as plt
+    import optuna
+    import optuna.visualization.matplotlib as ovm
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    multi = len(study.directions) > 1
+    names = getattr(study, "metric_names", None)
+    name = (names[0] if names else None) or metric or "objective"
+    kw: dict[str, Any] = {"target_name": name + (" (objective 1)" if multi else "")}
+    if multi:
+        kw["target"] = lambda t: t.values[0]
+    params = sorted({k for t in done for k in t.params})
+    varying = [k for k in params if len({repr(t.params.get(k)) for t in done}) > 1]
     out = []
-    for vid, title, fn, need, why, size in views:
+    for vid, title, fn, need, why, size in _optuna_view_specs(ovm, done, varying):
         if len(done) < need or why:
             out.append((vid, title, None, [f"skipped: {why or f'needs {need} complete trial(s), has {len(done)}'}"]))
             continue
@@ -216,26 +248,7 @@ def optuna_views(study, metric: str | None = None) -> list[tuple[str, str, Any, 
                 res = fn(study, **kw, **extra)
             axes = list(res.flat) if hasattr(res, "flat") else [res]
             fig = axes[0].figure
-            fig.set_size_inches(*size)
-            fig.suptitle("")
-            for ax in fig.axes:  # the panels and any colour bar
-                if vid == "optuna_parallel":  # optuna's Blues draws the worst trials white on a grey background
-                    for coll in ax.collections:
-                        if coll.get_array() is not None:
-                            coll.set_cmap("viridis")
-                for loc in ("left", "center", "right"):
-                    ax.set_title("", loc=loc)
-                ax.xaxis.label.set_fontsize(8)
-                ax.yaxis.label.set_fontsize(8)
-                for txt in ax.texts:
-                    txt.set_fontsize(7)
-                if vid == "optuna_history":
-                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                leg = ax.get_legend()
-                if leg is not None and vid == "optuna_importance":
-                    leg.remove()  # one objective: the legend only repeats its name and covers the bars
-                elif leg is not None:
-                    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False)
+            _restyle_optuna_figure(fig, vid, size)
             out.append((vid, title, fig, [f"objective 1 of a multi-objective study ({name})"] if multi else []))
         except Exception as e:  # noqa: BLE001
             plt.close("all")

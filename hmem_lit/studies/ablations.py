@@ -448,11 +448,9 @@ def read_rows(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def build(
-    root: str | Path = "runs/sweeps", out: str | Path = "docs/ablations", rows_csv: str | Path | None = None
-) -> Path:
-    """Write OUT/ablations.md, OUT/<sweep>.png and OUT/rows.csv from the runs below root (or from a committed
-    rows.csv, which is then left as it is). -> the page's path."""
+def _rows_for_page(root: str | Path, rows_csv: str | Path | None) -> tuple[pd.DataFrame, str]:
+    """The page's rows and where they came from: a committed rows.csv as it is, else the runs below root with
+    their gains. -> (rows, the `hmem ablations` source option)."""
     if rows_csv is not None:
         df, source = read_rows(rows_csv), f"--rows {rows_csv}"
     else:
@@ -461,10 +459,29 @@ def build(
         raise ConfigError(f"{root}: no complete, evaluated sweep runs (final.json with eval.fetched) below it")
     if rows_csv is None:
         df = with_gain(df)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if rows_csv is None:
-        atomic_write_text(out / "rows.csv", df.drop(columns=["path"]).to_csv(index=False))
+    return df, source
+
+
+_REGENERATE = [
+    "Regenerate (two chains side by side on 2 cores, one worker each; every command resumes where it "
+    "stopped; `--workers 2` runs one sweep's trials two at a time instead):",
+    "",
+    "```",
+    "S='memory_type level_fetched level_bank fetched_bank placement fetch_ratio'",
+    "for s in $S; do hmem sweep sweeps/$s.yaml; done        # facts, the sweep files' 2M tokens",
+    "for s in $S; do hmem sweep sweeps/$s.yaml name=$s-airports_4m data.corpus=airports \\",
+    "    data.dir=data/quickstart_airports train.max_tokens=4000000; done    # airports, 4M tokens",
+    "hmem ablations                  # this page, from runs/sweeps",
+    "hmem report memory_type         # the suite's standard figures and tables for one sweep",
+    "hmem sweep plan memory_type profile=gpu   # the paper-scale version: sizes and counts, no training",
+    "```",
+    "",
+]
+
+
+def _page_head(df: pd.DataFrame, source: str, out: Path) -> list[str]:
+    """The page's lines before the sections: what it was built from, how to read the checks, the hand-written
+    notes (OUT/notes.md, when there), how to regenerate it, and the anchors alone."""
     versions = sorted({int(v) for v in df.metric_version.dropna()})
     lines = [
         "# The paper's ablations at the quickstart's scale",
@@ -489,21 +506,7 @@ def build(
     notes = out / "notes.md"  # hand-written reading of the numbers, kept next to the page (never generated)
     if notes.is_file():
         lines += [notes.read_text().rstrip(), ""]
-    lines += [
-        "Regenerate (two chains side by side on 2 cores, one worker each; every command resumes where it "
-        "stopped; `--workers 2` runs one sweep's trials two at a time instead):",
-        "",
-        "```",
-        "S='memory_type level_fetched level_bank fetched_bank placement fetch_ratio'",
-        "for s in $S; do hmem sweep sweeps/$s.yaml; done        # facts, the sweep files' 2M tokens",
-        "for s in $S; do hmem sweep sweeps/$s.yaml name=$s-airports_4m data.corpus=airports \\",
-        "    data.dir=data/quickstart_airports train.max_tokens=4000000; done    # airports, 4M tokens",
-        "hmem ablations                  # this page, from runs/sweeps",
-        "hmem report memory_type         # the suite's standard figures and tables for one sweep",
-        "hmem sweep plan memory_type profile=gpu   # the paper-scale version: sizes and counts, no training",
-        "```",
-        "",
-    ]
+    lines += _REGENERATE
     anchors = df[df.sweep == "_baselines"]
     if len(anchors):
         lines += [
@@ -513,39 +516,64 @@ def build(
             ),
             "",
         ]
-    for sec in SECTIONS:
-        rows = df[df.sweep == sec.sweep].copy()
-        if rows.empty:
-            lines += [f"## {sec.title} ({sec.reproduces})", "", "not run yet", ""]
-            continue
-        if sec.sweep == "fetch_ratio":  # compared with the ratio-0 point: the dense anchor at the same budget
-            dense = rows[rows.memory_type == "none"].groupby("setting")[["sk", "rare"]].mean()
-            rows["gain"] = rows.sk - rows.setting.map(dense.sk)
-            rows["rare_gain"] = rows.rare - rows.setting.map(dense.rare)
-        if sec.sweep != "fetch_ratio":
-            rows = rows[rows.memory_type != "none"]
-        agg = aggregate(rows, sec.keys)
-        rank = {c: i for i, c in enumerate(_settings(agg))}
-        agg = (
-            agg.assign(_r=agg.setting.map(rank))
-            .sort_values(["_r", *sec.keys])
-            .drop(columns="_r")
-            .reset_index(drop=True)
+    return lines
+
+
+def _compared_rows(sec: Section, rows: pd.DataFrame) -> pd.DataFrame:
+    """One sweep's rows (a copy, changed in place) as its section compares them: fetch_ratio's gains against its
+    own dense point, every other sweep without its anchor-only runs."""
+    if sec.sweep == "fetch_ratio":  # compared with the ratio-0 point: the dense anchor at the same budget
+        dense = rows[rows.memory_type == "none"].groupby("setting")[["sk", "rare"]].mean()
+        rows["gain"] = rows.sk - rows.setting.map(dense.sk)
+        rows["rare_gain"] = rows.rare - rows.setting.map(dense.rare)
+    if sec.sweep != "fetch_ratio":
+        rows = rows[rows.memory_type != "none"]
+    return rows
+
+
+def _page_order(agg: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Aggregated rows in page order: settings (_settings), then the section's configuration keys."""
+    rank = {c: i for i, c in enumerate(_settings(agg))}
+    return agg.assign(_r=agg.setting.map(rank)).sort_values(["_r", *keys]).drop(columns="_r").reset_index(drop=True)
+
+
+def _section_lines(sec: Section, df: pd.DataFrame, out: Path) -> list[str]:
+    """One question's part of the page (its figure written into OUT): the shape checks per setting, the table."""
+    rows = df[df.sweep == sec.sweep].copy()
+    if rows.empty:
+        return [f"## {sec.title} ({sec.reproduces})", "", "not run yet", ""]
+    rows = _compared_rows(sec, rows)
+    agg = _page_order(aggregate(rows, sec.keys), sec.keys)
+    fig = _figure(sec, agg, out)
+    lines = [f"## {sec.title} ({sec.reproduces})", "", f"Paper: {sec.paper}. {len(rows)} runs, {_wall(rows)}.", ""]
+    for c in _settings(agg):
+        lines += [f"- {c}: " + "; ".join(sec.check(agg[agg.setting == c]))]
+    lines += [
+        "",
+        "| setting | config | fetched | bank | Avg-SK | gain | rare bucket | wiki ppl | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in agg.iterrows():
+        lines.append(
+            f"| {r.setting} | {sec.label(r)} | {fmt_count(r.params_fetched)} | {fmt_count(r.params_bank)} "
+            f"| {_pm(r)} | {r.gain:+.1f} | {r.rare:.1f} | {r.wiki_ppl:,.0f} | {int(r.n)} |"
         )
-        fig = _figure(sec, agg, out)
-        lines += [f"## {sec.title} ({sec.reproduces})", "", f"Paper: {sec.paper}. {len(rows)} runs, {_wall(rows)}.", ""]
-        for c in _settings(agg):
-            lines += [f"- {c}: " + "; ".join(sec.check(agg[agg.setting == c]))]
-        lines += [
-            "",
-            "| setting | config | fetched | bank | Avg-SK | gain | rare bucket | wiki ppl | seeds |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for _, r in agg.iterrows():
-            lines.append(
-                f"| {r.setting} | {sec.label(r)} | {fmt_count(r.params_fetched)} | {fmt_count(r.params_bank)} "
-                f"| {_pm(r)} | {r.gain:+.1f} | {r.rare:.1f} | {r.wiki_ppl:,.0f} | {int(r.n)} |"
-            )
-        lines += ["", f"![{sec.sweep}]({fig})" if fig else "", ""]
+    lines += ["", f"![{sec.sweep}]({fig})" if fig else "", ""]
+    return lines
+
+
+def build(
+    root: str | Path = "runs/sweeps", out: str | Path = "docs/ablations", rows_csv: str | Path | None = None
+) -> Path:
+    """Write OUT/ablations.md, OUT/<sweep>.png and OUT/rows.csv from the runs below root (or from a committed
+    rows.csv, which is then left as it is). -> the page's path."""
+    df, source = _rows_for_page(root, rows_csv)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if rows_csv is None:
+        atomic_write_text(out / "rows.csv", df.drop(columns=["path"]).to_csv(index=False))
+    lines = _page_head(df, source, out)
+    for sec in SECTIONS:
+        lines += _section_lines(sec, df, out)
     atomic_write_text(out / "ablations.md", "\n".join(lines) + "\n")
     return out / "ablations.md"

@@ -117,15 +117,10 @@ def _by(items: list[dict[str, Any]], values: np.ndarray) -> dict[str, float]:
     return out
 
 
-def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, threads: int = 0) -> dict[str, Any]:
-    if per_bucket < 0:
-        raise ConfigError(f"--per-bucket: must be >= 0 (0 = every item), got {per_bucket}")
-    check_threads(threads)
-    set_threads(threads)
-    run_dir = Path(run_dir)
-    model, cfg = load_model(run_dir)
-    if cfg.memory.type == "none" or not getattr(model.memory, "routed", False):
-        raise ConfigError(f"{run_dir}: attribution needs a bank-backed memory run (memory.type ffn | lora | kv)")
+def _attribution_items(
+    run_dir: Path, cfg: Any, per_bucket: int, seed: int
+) -> tuple[Path, Any, list[dict[str, Any]], list, np.ndarray]:
+    """The probe items to score (sampled), encoded and routed -> (data dir, tokenizer, items, encoded, paths)."""
     root = direct.facts_data_dir(run_dir, cfg, "attribution")
     tok = load_tokenizer(root)
     items = sample_items(direct.probe_items(root), per_bucket, seed)
@@ -133,7 +128,14 @@ def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, thr
         raise ConfigError(f"{root}/questions: no bucketed probe items (prepare the data with a facts corpus)")
     enc = direct.encode(items, tok)
     routed = np.asarray(load_run_router(cfg).route([it.get("route_text") or it["prompt"] for it in items]))
+    return root, tok, items, enc, routed
 
+
+def _score_conditions(
+    model: Any, cfg: Any, enc: list, routed: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every item scored with the fetched memory, each bank level ablated (zeroed, then restored), the memory off
+    and the generic block -> (right, gold log-likelihood), each condition -> per item."""
     ok, lp = {}, {}
     ok["fetched"], lp["fetched"] = direct.score(model, enc, routed)
     for lvl, _, t in model.memory.bank.tables():
@@ -146,8 +148,15 @@ def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, thr
     ok["none"], lp["none"] = direct.score(model, enc, None)
     if cfg.memory.generic:
         ok["generic"], lp["generic"] = direct.score(model, enc, routed, memory_mode="generic")
+    return ok, lp
+
+
+def _held(
+    items: list[dict[str, Any]], ok: dict[str, np.ndarray], lp: dict[str, np.ndarray]
+) -> tuple[dict[str, Any], list[str | None]]:
+    """What each level's block holds of the facts the memory gets right -> (the report's `held`, each item's
+    holder)."""
     right = ok["fetched"]
-    conditions = {k: _by(items, v.astype(float)) for k, v in ok.items()}
     held: dict[str, Any] = {}
     for k in ok:
         if k.startswith("minus_l"):
@@ -165,14 +174,14 @@ def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, thr
     held["redundant_share_of_right"] = float(only_both.sum() / max(1, right.sum()))
     held["anchor_share_of_right"] = float((right & ok["none"]).sum() / max(1, right.sum()))
     held_by = [holder(bool(r), {k: bool(ok[k][i]) for k in both}, bool(ok["none"][i])) for i, r in enumerate(right)]
+    return held, held_by
 
-    # error analysis
-    docs = [json.loads(x) for x in open(root / "corpus" / "docs.jsonl", encoding="utf-8")]
-    split = np.load(root / "corpus" / "split.npy")
-    doc_paths = np.load(root / "tree" / "doc_paths.npy")
-    purity = leaf_purity(docs, split, doc_paths)
-    main_leaf = {e: Counter(p[-1] for p in ps).most_common(1)[0][0] for e, ps in entity_fact_paths(root).items()}
-    cause = np.array(
+
+def _causes(
+    items: list[dict[str, Any]], right: np.ndarray, routed: np.ndarray, main_leaf: dict[str, int]
+) -> np.ndarray:
+    """Each item's cause: "right", or for a wrong one "routed_elsewhere" / "not_stored" (module docstring)."""
+    return np.array(
         [
             "right"
             if r
@@ -182,6 +191,10 @@ def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, thr
             for it, r, p in zip(items, right, routed)
         ]
     )
+
+
+def _cause_counts(items: list[dict[str, Any]], cause: np.ndarray) -> dict[str, Any]:
+    """{by_probe, by_kind}: the number of items per cause ("right" first)."""
     kinds = np.array([it["kind"] for it in items])
     errors: dict[str, Any] = {"by_probe": {}, "by_kind": {}}
     for p in sorted({it["probe"] for it in items}):
@@ -190,44 +203,68 @@ def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, thr
     for k in sorted(set(kinds.tolist())):
         m = kinds == k
         errors["by_kind"][k] = {c: int((cause[m] == c).sum()) for c in ("right", *CAUSES)}
+    return errors
+
+
+def _leaf_stats(mask: np.ndarray, leaf_of: np.ndarray, purity: dict[int, dict[str, Any]]) -> dict[str, float]:
+    """The items in mask and the mean purity, entities and documents of their routed leaves."""
+    ls = [purity.get(int(x), {"purity": np.nan, "entities": np.nan, "docs": np.nan}) for x in leaf_of[mask]]
+    return {
+        "items": int(mask.sum()),
+        "mean_purity": float(np.nanmean([x["purity"] for x in ls])) if ls else float("nan"),
+        "mean_entities": float(np.nanmean([x["entities"] for x in ls])) if ls else float("nan"),
+        "mean_docs": float(np.nanmean([x["docs"] for x in ls])) if ls else float("nan"),
+    }
+
+
+def _leaf_report(
+    right: np.ndarray, cause: np.ndarray, leaf_of: np.ndarray, purity: dict[int, dict[str, Any]]
+) -> dict[str, Any]:
+    """Cluster mixing: the routed leaves of right and not-stored items, and the accuracy of the items routed to
+    their main leaf by that leaf's purity and by how many entities share it."""
     on_main = cause != "routed_elsewhere"
-    leaf_of = np.array([int(p[-1]) for p in routed])
-
-    def leaf_stats(mask: np.ndarray) -> dict[str, float]:
-        ls = [purity.get(int(x), {"purity": np.nan, "entities": np.nan, "docs": np.nan}) for x in leaf_of[mask]]
-        return {
-            "items": int(mask.sum()),
-            "mean_purity": float(np.nanmean([x["purity"] for x in ls])) if ls else float("nan"),
-            "mean_entities": float(np.nanmean([x["entities"] for x in ls])) if ls else float("nan"),
-            "mean_docs": float(np.nanmean([x["docs"] for x in ls])) if ls else float("nan"),
-        }
-
-    errors["leaves_right"] = leaf_stats(on_main & right)
-    errors["leaves_not_stored"] = leaf_stats(cause == "not_stored")
+    out: dict[str, Any] = {
+        "leaves_right": _leaf_stats(on_main & right, leaf_of, purity),
+        "leaves_not_stored": _leaf_stats(cause == "not_stored", leaf_of, purity),
+    }
     pur = np.array([purity.get(int(x), {"purity": np.nan})["purity"] for x in leaf_of])
-    errors["accuracy_by_purity"] = [  # routed to the main leaf: accuracy by the purity of that leaf
+    out["accuracy_by_purity"] = [  # routed to the main leaf: accuracy by the purity of that leaf
         {"purity_range": [lo, hi], "items": int(m.sum()), "accuracy": float(right[m].mean()) if m.any() else None}
         for lo, hi in PURITY_BINS
         for m in [on_main & (pur >= lo) & ((pur < hi) if hi < 1 else (pur <= hi))]
     ]
     n_ent = np.array([purity.get(int(x), {"entities": 0})["entities"] for x in leaf_of])
-    errors["accuracy_by_leaf_entities"] = [  # routed to the main leaf: accuracy by how many entities share it
+    out["accuracy_by_leaf_entities"] = [  # routed to the main leaf: accuracy by how many entities share it
         {"entities": [lo, hi], "items": int(m.sum()), "accuracy": float(right[m].mean()) if m.any() else None}
         for lo, hi in ENTITY_BINS
         for m in [on_main & (n_ent >= lo) & (n_ent <= hi)]
     ]
-    errors["leaf_purity_overall"] = {
+    out["leaf_purity_overall"] = {
         "leaves": len(purity),
         "mean_purity": float(np.mean([v["purity"] for v in purity.values()])),
         "mixed_leaves_below_0.8": int(sum(v["purity"] < 0.8 for v in purity.values())),
     }
+    return out
+
+
+def _examples(
+    model: Any,
+    tok: Any,
+    items: list[dict[str, Any]],
+    cause: np.ndarray,
+    routed: np.ndarray,
+    main_leaf: dict[str, int],
+    purity: dict[int, dict[str, Any]],
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Up to 4 generation items per cause (seeded), with the model's greedy output and their leaves."""
     rng = np.random.default_rng([seed, 37])
     examples = []
     for c in CAUSES:
         idx = np.nonzero((cause == c) & np.array([not it.get("choices") for it in items]))[0]
         for i in sorted(rng.permutation(idx)[:4].tolist()):
             it = items[i]
-            leaf = int(leaf_of[i])
+            leaf = int(routed[i][-1])
             examples.append(
                 {
                     "cause": c,
@@ -242,18 +279,36 @@ def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, thr
                     "leaf_purity": purity.get(leaf, {}).get("purity"),
                 }
             )
-    errors["examples"] = examples
-    out = {
-        "run": str(run_dir),
-        "items": len(items),
-        "per_bucket": per_bucket,
-        "seed": seed,
-        "conditions": conditions,
-        "held": held,
-        "held_by": dict(Counter(h for h in held_by if h is not None)),
-        "errors": errors,
-    }
-    rows = [
+    return examples
+
+
+def _error_analysis(
+    model: Any, tok: Any, root: Path, items: list[dict[str, Any]], right: np.ndarray, routed: np.ndarray, seed: int
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Why the fetched memory is wrong (module docstring) -> (the report's `errors`, each item's cause)."""
+    docs = [json.loads(x) for x in open(root / "corpus" / "docs.jsonl", encoding="utf-8")]
+    split = np.load(root / "corpus" / "split.npy")
+    doc_paths = np.load(root / "tree" / "doc_paths.npy")
+    purity = leaf_purity(docs, split, doc_paths)
+    main_leaf = {e: Counter(p[-1] for p in ps).most_common(1)[0][0] for e, ps in entity_fact_paths(root).items()}
+    cause = _causes(items, right, routed, main_leaf)
+    leaf_of = np.array([int(p[-1]) for p in routed])
+    errors = _cause_counts(items, cause)
+    errors.update(_leaf_report(right, cause, leaf_of, purity))
+    errors["examples"] = _examples(model, tok, items, cause, routed, main_leaf, purity, seed)
+    return errors, cause
+
+
+def _item_rows(
+    items: list[dict[str, Any]],
+    routed: np.ndarray,
+    cause: np.ndarray,
+    held_by: list[str | None],
+    ok: dict[str, np.ndarray],
+    lp: dict[str, np.ndarray],
+) -> list[dict[str, Any]]:
+    """attribution_items.jsonl: every item's path, cause, holder and per-condition scores."""
+    return [
         {
             "entity": it["entity"],
             "probe": it["probe"],
@@ -266,6 +321,33 @@ def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, thr
         }  # fmt: skip
         for i, (it, p, c, h) in enumerate(zip(items, routed, cause, held_by))
     ]
+
+
+def run_attribution(run_dir: str | Path, per_bucket: int = 0, seed: int = 0, threads: int = 0) -> dict[str, Any]:
+    if per_bucket < 0:
+        raise ConfigError(f"--per-bucket: must be >= 0 (0 = every item), got {per_bucket}")
+    check_threads(threads)
+    set_threads(threads)
+    run_dir = Path(run_dir)
+    model, cfg = load_model(run_dir)
+    if cfg.memory.type == "none" or not getattr(model.memory, "routed", False):
+        raise ConfigError(f"{run_dir}: attribution needs a bank-backed memory run (memory.type ffn | lora | kv)")
+    root, tok, items, enc, routed = _attribution_items(run_dir, cfg, per_bucket, seed)
+    ok, lp = _score_conditions(model, cfg, enc, routed)
+    conditions = {k: _by(items, v.astype(float)) for k, v in ok.items()}
+    held, held_by = _held(items, ok, lp)
+    errors, cause = _error_analysis(model, tok, root, items, ok["fetched"], routed, seed)
+    out = {
+        "run": str(run_dir),
+        "items": len(items),
+        "per_bucket": per_bucket,
+        "seed": seed,
+        "conditions": conditions,
+        "held": held,
+        "held_by": dict(Counter(h for h in held_by if h is not None)),
+        "errors": errors,
+    }
+    rows = _item_rows(items, routed, cause, held_by, ok, lp)
     atomic_write_text(run_dir / "separation" / "attribution_items.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     write_json(run_dir / "separation" / "attribution.json", out)  # last: its presence means both are complete
     return out

@@ -258,21 +258,7 @@ def _measure(
     return {"ok": ok, "lp": lp, "ok_new": ok_new, "lp_new": lp_new}
 
 
-def run_edit(
-    run_dir: str | Path,
-    baseline: str | Path | None = None,
-    n: int = 100,
-    seed: int = 0,
-    steps: int = 80,
-    levels: str = "all",
-    batch_size: int | None = None,
-    memory_lr: float | None = None,
-    dense_lr: float | None = None,
-    val_rows: int = 64,
-    threads: int = 0,
-    replay: float = 0.0,
-) -> dict[str, Any]:
-    """The whole experiment (module docstring) -> the result dict (also written under <run_dir>/separation/)."""
+def _check_edit_args(steps: int, levels: str, memory_lr: float | None, dense_lr: float | None, replay: float) -> None:
     if steps < 1:
         raise ConfigError(f"--steps: must be >= 1, got {steps}")
     for name, v in (("--memory-lr", memory_lr), ("--dense-lr", dense_lr)):
@@ -284,23 +270,55 @@ def run_edit(
         )
     if levels not in ("all", "leaf"):
         raise ConfigError(f"--levels: all | leaf, got {levels!r}")
-    check_threads(threads)
-    set_threads(threads)
-    run_dir = Path(run_dir)
-    model, cfg = load_model(run_dir)
-    if cfg.memory.type == "none" or not getattr(model.memory, "routed", False):
-        raise ConfigError(f"{run_dir}: editing needs a bank-backed memory run (memory.type ffn | lora | kv)")
-    root = direct.facts_data_dir(run_dir, cfg, "editing")
-    base = None
-    if baseline is not None:  # checked before any work: an anchor-only run of the same data
-        base = load_model(baseline)
-        if base[1].memory.type != "none":
-            raise ConfigError(f"--baseline {baseline}: must be an anchor-only run (memory.type=none)")
-        if resolve_data_dir(base[1]).resolve() != root.resolve() or base[1].data.source != cfg.data.source:
-            raise ConfigError(
-                f"--baseline {baseline}: trained on other data ({resolve_data_dir(base[1])}, data.source="
-                f"{base[1].data.source}) than {run_dir} ({root}); give an anchor run of the same data"
-            )
+
+
+def _load_baseline(baseline: str | Path, run_dir: Path, cfg: Any, root: Path) -> tuple[Any, Any]:
+    """The dense comparison's (model, cfg): an anchor-only run of the same data as run_dir, else ConfigError."""
+    base = load_model(baseline)
+    if base[1].memory.type != "none":
+        raise ConfigError(f"--baseline {baseline}: must be an anchor-only run (memory.type=none)")
+    if resolve_data_dir(base[1]).resolve() != root.resolve() or base[1].data.source != cfg.data.source:
+        raise ConfigError(
+            f"--baseline {baseline}: trained on other data ({resolve_data_dir(base[1])}, data.source="
+            f"{base[1].data.source}) than {run_dir} ({root}); give an anchor run of the same data"
+        )
+    return base
+
+
+@dataclasses.dataclass
+class _EditData:
+    """What both models are edited with and measured on (run_edit's plan phase)."""
+
+    tok: Any
+    plan: list[dict[str, Any]]
+    idx: list[int]  # corpus indices of the edited training documents
+    packed: Any  # the edited documents packed into rows (edit_rows)
+    items: list[dict[str, Any]]  # the probe items, scored directly
+    enc: list  # encoded with their answers
+    enc_new: list  # encoded with the edited answers (new_answer)
+    groups: dict[str, np.ndarray]  # _groups: edit / same_entity / rest
+    routed: np.ndarray  # each item's routed path
+    edited_leaves: set[int]
+    on_path: np.ndarray  # the item's routed leaf is an edited leaf
+    buckets: np.ndarray
+    val_tok: np.ndarray
+    val_paths: np.ndarray
+    replay: tuple[np.ndarray, np.ndarray] | None  # (tokens, paths) of the edited leaves' other rows
+
+
+def _replay_rows(root: Path, n_docs: int, idx: list[int], edited_leaves: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The edited leaves' training rows that hold no edited document -> (tokens, paths)."""
+    tr_paths = np.load(root / "packed" / "train_paths.npy")
+    d = np.load(root / "packed" / "train_docs.npz")
+    edited = np.zeros(n_docs, bool)
+    edited[idx] = True
+    holds = np.add.reduceat(edited[d["doc_ids"]].astype(int), d["doc_ptr"][:-1]) > 0
+    keep = np.nonzero(np.isin(tr_paths[:, -1], list(edited_leaves)) & ~holds)[0]
+    return np.load(root / "packed" / "train_tokens.npy", mmap_mode="r")[keep], tr_paths[keep]
+
+
+def _edit_data(root: Path, cfg: Any, n: int, seed: int, val_rows: int, replay: float) -> _EditData:
+    """Plan the edit, regenerate and pack the edited documents, encode and route the probe items."""
     entities = read_json(root / "corpus" / "entities.json")
     docs = [json.loads(x) for x in open(root / "corpus" / "docs.jsonl", encoding="utf-8")]
     split = np.load(root / "corpus" / "split.npy")
@@ -320,79 +338,148 @@ def run_edit(
     on_path = np.array([int(p[-1]) in edited_leaves for p in routed])
     val_tok = np.load(root / "packed" / "val_tokens.npy", mmap_mode="r")[:val_rows]
     val_paths = np.load(root / "packed" / "val_paths.npy")[:val_rows]
-    bs = batch_size or cfg.train.batch_size
-    rep = None
-    if replay > 0:  # the edited leaves' training rows that hold no edited document
-        tr_paths = np.load(root / "packed" / "train_paths.npy")
-        d = np.load(root / "packed" / "train_docs.npz")
-        edited = np.zeros(len(docs), bool)
-        edited[idx] = True
-        holds = np.add.reduceat(edited[d["doc_ids"]].astype(int), d["doc_ptr"][:-1]) > 0
-        keep = np.nonzero(np.isin(tr_paths[:, -1], list(edited_leaves)) & ~holds)[0]
-        rep = (np.load(root / "packed" / "train_tokens.npy", mmap_mode="r")[keep], tr_paths[keep])
+    rep = _replay_rows(root, len(docs), idx, edited_leaves) if replay > 0 else None
     buckets = np.array([it["bucket"] for it in items])
+    return _EditData(
+        tok=tok, plan=plan, idx=idx, packed=packed, items=items, enc=enc, enc_new=enc_new, groups=groups,
+        routed=routed, edited_leaves=edited_leaves, on_path=on_path, buckets=buckets, val_tok=val_tok,
+        val_paths=val_paths, replay=rep,
+    )  # fmt: skip
 
-    def summarise(kind: str, m: Any, mpaths: np.ndarray | None, lr: float, src: Path, mcfg: Any) -> dict[str, Any]:
-        vp = val_paths if mpaths is not None else None
-        before = _measure(m, items, enc, enc_new, mpaths, groups)
-        vl0 = val_loss(m, val_tok, vp, tok.eot_id, tok.pad_id)
-        state0 = {k: v.detach().clone() for k, v in m.state_dict().items()}
-        t0 = time.perf_counter()
-        losses = edit_train(
-            m, mcfg, packed.tokens, packed.paths if mpaths is not None else None, steps, bs, lr, seed, levels,
-            tok.eot_id, tok.pad_id, rep, replay,
-        )  # fmt: skip
-        secs = time.perf_counter() - t0
-        after = _measure(m, items, enc, enc_new, mpaths, groups)
-        e, rest = groups["edit"], groups["rest"]
-        res: dict[str, Any] = {
-            "kind": kind,
-            "run": str(src),
-            "lr": lr,
-            "levels": levels if mpaths is not None else "dense",
-            "train_s": round(secs, 2),
-            "loss_first": losses[0],
-            "loss_last": losses[-1],
-            "edit_success": {"before": float(before["ok_new"].mean()), "after": float(after["ok_new"].mean())},
-            "edit_success_by_bucket": {
-                str(b): float(after["ok_new"][buckets[e] == b].mean()) for b in sorted(set(buckets[e].tolist()))
-            },
-            "old_answer": direct.paired_diff(before["ok"][e], after["ok"][e]),
-            "same_entity_other": direct.paired_diff(
-                before["ok"][groups["same_entity"]], after["ok"][groups["same_entity"]]
-            ),
-            "locality": direct.paired_diff(before["ok"][rest], after["ok"][rest]),
-            "locality_lp_mean_change": float((after["lp"][rest] - before["lp"][rest]).mean()),
-            "val_loss": {"before": vl0, "after": val_loss(m, val_tok, vp, tok.eot_id, tok.pad_id)},
-        }
-        if mpaths is not None:
-            for name, mask in (("locality_edited_leaves", rest & on_path), ("locality_other_leaves", rest & ~on_path)):
-                res[name] = direct.paired_diff(before["ok"][mask], after["ok"][mask])
-                res[name]["max_abs_lp_change"] = float(np.abs(after["lp"][mask] - before["lp"][mask]).max(initial=0.0))
-            res["identity"] = identity_report(state0, m, packed.paths)
-        return res
 
+def _effects(ed: _EditData, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Edit success, the old answer, the edited people's other facts and locality, before vs after."""
+    e, rest, buckets = ed.groups["edit"], ed.groups["rest"], ed.buckets
+    same = ed.groups["same_entity"]
+    return {
+        "edit_success": {"before": float(before["ok_new"].mean()), "after": float(after["ok_new"].mean())},
+        "edit_success_by_bucket": {
+            str(b): float(after["ok_new"][buckets[e] == b].mean()) for b in sorted(set(buckets[e].tolist()))
+        },
+        "old_answer": direct.paired_diff(before["ok"][e], after["ok"][e]),
+        "same_entity_other": direct.paired_diff(before["ok"][same], after["ok"][same]),
+        "locality": direct.paired_diff(before["ok"][rest], after["ok"][rest]),
+        "locality_lp_mean_change": float((after["lp"][rest] - before["lp"][rest]).mean()),
+    }
+
+
+def _edit_and_measure(
+    ed: _EditData,
+    kind: str,
+    m: Any,
+    mpaths: np.ndarray | None,
+    lr: float,
+    src: Path,
+    mcfg: Any,
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    levels: str,
+    replay: float,
+) -> dict[str, Any]:
+    """Measure model m, edit it in place (edit_train) and measure it again -> its part of the result. mpaths: the
+    items' routed paths for the memory edit, None for the dense fine-tune."""
+    tok, vp = ed.tok, ed.val_paths if mpaths is not None else None
+    before = _measure(m, ed.items, ed.enc, ed.enc_new, mpaths, ed.groups)
+    vl0 = val_loss(m, ed.val_tok, vp, tok.eot_id, tok.pad_id)
+    state0 = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    t0 = time.perf_counter()
+    losses = edit_train(
+        m, mcfg, ed.packed.tokens, ed.packed.paths if mpaths is not None else None, steps, batch_size, lr, seed,
+        levels, tok.eot_id, tok.pad_id, ed.replay, replay,
+    )  # fmt: skip
+    secs = time.perf_counter() - t0
+    after = _measure(m, ed.items, ed.enc, ed.enc_new, mpaths, ed.groups)
+    res: dict[str, Any] = {
+        "kind": kind,
+        "run": str(src),
+        "lr": lr,
+        "levels": levels if mpaths is not None else "dense",
+        "train_s": round(secs, 2),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        **_effects(ed, before, after),
+        "val_loss": {"before": vl0, "after": val_loss(m, ed.val_tok, vp, tok.eot_id, tok.pad_id)},
+    }
+    if mpaths is not None:
+        rest = ed.groups["rest"]
+        for name, mask in (
+            ("locality_edited_leaves", rest & ed.on_path),
+            ("locality_other_leaves", rest & ~ed.on_path),
+        ):
+            res[name] = direct.paired_diff(before["ok"][mask], after["ok"][mask])
+            res[name]["max_abs_lp_change"] = float(np.abs(after["lp"][mask] - before["lp"][mask]).max(initial=0.0))
+        res["identity"] = identity_report(state0, m, ed.packed.paths)
+    return res
+
+
+def _edit_tag(
+    n: int,
+    seed: int,
+    levels: str,
+    replay: float,
+    steps: int,
+    memory_lr: float | None,
+    dense_lr: float | None,
+    baseline: str | Path | None,
+) -> str:
+    """The result's name: edit-n<N>-s<seed>-<levels>, then only the options that differ from the defaults."""
+    tag = f"edit-n{n}-s{seed}-{levels}" + (f"-replay{replay:g}" if replay else "") + f"-t{steps}"
+    tag += (f"-mlr{memory_lr:g}" if memory_lr else "") + (f"-dlr{dense_lr:g}" if dense_lr and baseline else "")
+    return tag
+
+
+def run_edit(
+    run_dir: str | Path,
+    baseline: str | Path | None = None,
+    n: int = 100,
+    seed: int = 0,
+    steps: int = 80,
+    levels: str = "all",
+    batch_size: int | None = None,
+    memory_lr: float | None = None,
+    dense_lr: float | None = None,
+    val_rows: int = 64,
+    threads: int = 0,
+    replay: float = 0.0,
+) -> dict[str, Any]:
+    """The whole experiment (module docstring) -> the result dict (also written under <run_dir>/separation/)."""
+    _check_edit_args(steps, levels, memory_lr, dense_lr, replay)
+    check_threads(threads)
+    set_threads(threads)
+    run_dir = Path(run_dir)
+    model, cfg = load_model(run_dir)
+    if cfg.memory.type == "none" or not getattr(model.memory, "routed", False):
+        raise ConfigError(f"{run_dir}: editing needs a bank-backed memory run (memory.type ffn | lora | kv)")
+    root = direct.facts_data_dir(run_dir, cfg, "editing")
+    # checked before any work: an anchor-only run of the same data
+    base = None if baseline is None else _load_baseline(baseline, run_dir, cfg, root)
+    ed = _edit_data(root, cfg, n, seed, val_rows, replay)
+    bs = batch_size or cfg.train.batch_size
     out: dict[str, Any] = {
         "n": n,
         "seed": seed,
         "steps": steps,
         "batch_size": bs,
-        "edited_documents": len(idx),
-        "edit_rows": int(len(packed.tokens)),
+        "edited_documents": len(ed.idx),
+        "edit_rows": int(len(ed.packed.tokens)),
         "replay": replay,
-        "replay_rows": 0 if rep is None else int(len(rep[0])),
-        "edited_leaves": len(edited_leaves),
-        "items": {k: int(v.sum()) for k, v in groups.items()},
-        "examples": plan[:5],
+        "replay_rows": 0 if ed.replay is None else int(len(ed.replay[0])),
+        "edited_leaves": len(ed.edited_leaves),
+        "items": {k: int(v.sum()) for k, v in ed.groups.items()},
+        "examples": ed.plan[:5],
     }
-    out["memory"] = summarise("memory", model, routed, memory_lr or cfg.optim.memory_lr, run_dir, cfg)
+    train: dict[str, Any] = {"steps": steps, "batch_size": bs, "seed": seed, "levels": levels, "replay": replay}
+    mlr = memory_lr or cfg.optim.memory_lr
+    out["memory"] = _edit_and_measure(ed, "memory", model, ed.routed, mlr, run_dir, cfg, **train)
     if base is not None:
         bmodel, bcfg = base
-        out["dense"] = summarise("dense", bmodel, None, dense_lr or bcfg.optim.lr, Path(str(baseline)), bcfg)
-    tag = f"edit-n{n}-s{seed}-{levels}" + (f"-replay{replay:g}" if replay else "") + f"-t{steps}"
-    tag += (f"-mlr{memory_lr:g}" if memory_lr else "") + (f"-dlr{dense_lr:g}" if dense_lr and baseline else "")
-    out["tag"] = tag
-    write_json(run_dir / "separation" / f"{tag}.json", out)
+        out["dense"] = _edit_and_measure(
+            ed, "dense", bmodel, None, dense_lr or bcfg.optim.lr, Path(str(baseline)), bcfg, **train
+        )
+    out["tag"] = _edit_tag(n, seed, levels, replay, steps, memory_lr, dense_lr, baseline)
+    write_json(run_dir / "separation" / f"{out['tag']}.json", out)
     return out
 
 
