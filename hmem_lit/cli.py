@@ -27,6 +27,7 @@ from hmem_lit.launch import check_local
 from hmem_lit.registry import CORPORA, EMBEDDERS, MEMORY, RETRIEVERS, TREE_REFINERS, TREE_ROUTERS
 from hmem_lit.resources import checkout_root, shipped_dir
 from hmem_lit.studies.verbs import VERBS as STUDY_VERBS
+from hmem_lit.studies.verbs import Add
 from hmem_lit.studies.verbs import add_parsers as add_study_parsers
 
 EXPERIMENTS_DIR = shipped_dir("experiments")  # the checkout's experiments/, else the installed copy
@@ -280,12 +281,7 @@ def verb_listing(groups: dict[str, list[tuple[str, str]]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    talk = argparse.ArgumentParser(add_help=False)  # -q / -v before or after the verb
-    g = talk.add_mutually_exclusive_group()
-    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings and errors only")
-    g.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="libraries' own logs and bars too"
-    )
+    talk = _talk_parser()
     p = argparse.ArgumentParser(
         prog="hmem",
         usage="%(prog)s [-h] [-q | -v] [--version] VERB ...",  # the verbs are listed in the epilog
@@ -296,17 +292,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"hmem_lit {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB", help=argparse.SUPPRESS, prog="hmem")
     groups: dict[str, list[tuple[str, str]]] = {"the main path": [], "side studies and tools": []}
+    main_verb = _adder(sub, talk, groups["the main path"])
+    side = _adder(sub, talk, groups["side studies and tools"])
+    _add_run_verbs(main_verb)
+    _add_model_verbs(main_verb)
+    _add_result_verbs(main_verb)
+    add_study_parsers(side)
+    _add_tool_verbs(side)
+    p.epilog = verb_listing(groups)
+    return p
 
-    def adder(group: str) -> Callable[[str, str], argparse.ArgumentParser]:
-        """-> add(verb, text): a verb's parser (text: its description), listed under `group` in `hmem --help`."""
 
-        def add(verb: str, text: str) -> argparse.ArgumentParser:
-            groups[group].append((verb, text))
-            return sub.add_parser(verb, description=text, parents=[talk])
+def _talk_parser() -> argparse.ArgumentParser:
+    """-q / -v, a parent of the top parser and of every verb's parser: they go before or after the verb."""
+    talk = argparse.ArgumentParser(add_help=False)
+    g = talk.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings and errors only")
+    g.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="libraries' own logs and bars too"
+    )
+    return talk
 
-        return add
 
-    main_verb, side = adder("the main path"), adder("side studies and tools")
+def _adder(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    talk: argparse.ArgumentParser,
+    listed: list[tuple[str, str]],
+) -> Add:
+    """-> add(verb, text): a verb's parser (text: its description), listed in `listed` for `hmem --help`."""
+
+    def add(verb: str, text: str) -> argparse.ArgumentParser:
+        listed.append((verb, text))
+        return sub.add_parser(verb, description=text, parents=[talk])
+
+    return add
+
+
+def _add_run_verbs(main_verb: Add) -> None:
+    """quickstart, data, train."""
     q = main_verb("quickstart", "the default experiment: data, 5 training runs, evaluation, report")
     q.add_argument("--small", action="store_true", help="a two-minute smoke version")
     q.add_argument("--scale", type=float, default=1.0, help="multiply the token budget and the synthetic world")
@@ -336,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key=value config overrides")
     t.add_argument("--force", action="store_true", help="delete an existing run directory and start again")
     add_launcher_args(t, nodes=True)
+
+
+def _add_model_verbs(main_verb: Add) -> None:
+    """eval, generate: a trained run's evaluation and continuations."""
     e = main_verb("eval", "evaluate a run through lm-eval; results under <run_dir>/eval/<memory>/")
     e.add_argument("run_dir")
     e.add_argument("--tasks", nargs="+", default=None, help="task or group names (default: eval.tasks)")
@@ -392,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--until", action="append", default=None, help="stop string (repeatable; default a newline)")
     gen.add_argument("--jsonl", action="store_true", help="one JSON record per prompt: prompt, text, memory, path")
     gen.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+
+
+def _add_result_verbs(main_verb: Add) -> None:
+    """report, sweep, list, info, export."""
     r = main_verb("report", "figures, tables and an HTML page from a runs directory or a sweep")
     r.add_argument(
         "target", help="runs directory, or sweep name (sweeps/<name>.yaml; its runs under runs/sweeps/<name>/)"
@@ -420,15 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run_dir")
     ex.add_argument("--format", default="hf", help="hf (the only format)")
     ex.add_argument("--out", required=True, help="a new directory")
-    add_study_parsers(side)
+
+
+def _add_tool_verbs(side: Add) -> None:
+    """merge, bench."""
     m = side("merge", "merge the banks of per-subtree memory runs (train.subtree=k) into one model")
     m.add_argument("run_dirs", nargs="+")
     m.add_argument("--out", required=True, help="output run directory")
     b = side("bench", "run every benchmark and write benchmarks/results/all.json (source checkout only)")
     b.add_argument("--quick", action="store_true")
     b.add_argument("--only", nargs="*", default=None)
-    p.epilog = verb_listing(groups)
-    return p
 
 
 _FIXES = {  # errno -> what the user can do (environment faults: one line naming the path, exit status 2)

@@ -294,10 +294,21 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), validate
     """Read and validate a sweep YAML (path or a name in sweeps/), with command-line key=value applied.
     validate=False (`hmem sweep status`): the base experiment is only merged, not validated, so reading a study
     never imports the memory types (torch)."""
+    p, raw, profile, extra = _read_raw(path, list(cli))
+    spec = _base_spec(raw, p, profile, extra, validate)
+    _set_objective(spec, raw)
+    _set_trials(spec, raw)
+    _set_run_options(spec, raw)
+    _set_space(spec, raw)
+    return spec
+
+
+def _read_raw(path: str | Path, cli: list[str]) -> tuple[Path, dict, str | None, list[str]]:
+    """The sweep file with its profile (`profile=` on the command line wins) and the command line's sweep keys
+    merged in -> (file, mapping, profile, the command line's config overrides)."""
     p = _find(path, SWEEPS_DIR, "sweep")
     raw = load_yaml(p.read_text(), str(p)) or {}
     _check(isinstance(raw, dict), str(p), "the top level must be a mapping")
-    cli = list(cli)
     profile = raw.pop("profile", None)
     for item in [c for c in cli if c.startswith("profile=")]:
         profile = item.split("=", 1)[1] or None
@@ -307,6 +318,11 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), validate
         _check(profile in profiles, "profile", f"got {profile!r}; allowed: {', '.join(profiles) or '(none defined)'}")
         raw = _merge_profile(raw, profiles[profile])
     raw, extra = _apply_cli(raw, cli)
+    return p, raw, profile, extra
+
+
+def _base_spec(raw: dict, p: Path, profile: str | None, extra: list[str], validate: bool) -> SweepSpec:
+    """The top-level keys checked; name, base, overrides, out_dir, mode and protocol set."""
     unknown = [k for k in raw if k not in _TOP]
     _check(not unknown, unknown[0] if unknown else "", f"unknown sweep key; allowed: {', '.join(_TOP)}")
     _check("base" in raw, "base", "a sweep needs a base experiment (path or name in experiments/)")
@@ -323,16 +339,7 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), validate
     )
     _check(bool(re.fullmatch(r"[\w.\-]+", spec.name)), "name", "use letters, digits, '._-' only")
     spec.overrides = _as_overrides(raw.get("overrides"), "overrides") + extra
-    if not validate:
-        spec.out_dir = str(merged_value(spec.base, spec.overrides, "out_dir"))
-    else:
-        try:  # validates the base experiment and its overrides
-            spec.out_dir = load_config(spec.base, spec.overrides).out_dir
-        except ConfigError as e:  # memory.type=ffn whose levels the space sizes: check the rest
-            try:
-                spec.out_dir = load_config(spec.base, spec.overrides + list(SKELETON)).out_dir
-            except ConfigError:
-                raise e from None
+    spec.out_dir = _out_dir(spec, validate)
     spec.mode = str(raw.get("mode", "optuna"))
     spec.protocol = str(raw.get("protocol", "frozen"))
     _check(
@@ -342,7 +349,24 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), validate
         "(train as the base experiment says, e.g. A4 from scratch)",
     )
     _check(spec.mode in ("optuna", "grid"), "mode", f"got {spec.mode!r}; allowed: optuna, grid")
+    return spec
 
+
+def _out_dir(spec: SweepSpec, validate: bool) -> str:
+    """The base experiment's out_dir with the sweep's overrides; validate: the merged config is validated too."""
+    if not validate:
+        return str(merged_value(spec.base, spec.overrides, "out_dir"))
+    try:  # validates the base experiment and its overrides
+        return load_config(spec.base, spec.overrides).out_dir
+    except ConfigError as e:  # memory.type=ffn whose levels the space sizes: check the rest
+        try:
+            return load_config(spec.base, spec.overrides + list(SKELETON)).out_dir
+        except ConfigError:
+            raise e from None
+
+
+def _set_objective(spec: SweepSpec, raw: dict) -> None:
+    """objective (metric, direction) and evaluate (enabled, tasks, limit)."""
     obj = raw.get("objective") or {}
     obj = {"metric": obj} if isinstance(obj, str) else obj
     _check(
@@ -376,6 +400,9 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), validate
         _check(isinstance(ev, bool), "evaluate", "expected true/false or {enabled, tasks, limit}")
         spec.evaluate = ev
 
+
+def _set_trials(spec: SweepSpec, raw: dict) -> None:
+    """n_trials, the sampler and the pruner with their options."""
     n = raw.get("n_trials")
     _check(n is None or (isinstance(n, int) and n > 0), "n_trials", f"must be a positive integer, got {n!r}")
     _check(n is not None or spec.mode == "grid", "n_trials", "optuna mode needs n_trials (the total over restarts)")
@@ -406,6 +433,9 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), validate
         )
         _check(spec.mode == "optuna", "pruner.type", "grid mode runs every point to the end: use pruner: none")
 
+
+def _set_run_options(spec: SweepSpec, raw: dict) -> None:
+    """storage, translate, baselines, heartbeat_s, slurm and stale_after_s."""
     spec.storage = raw.get("storage")
     if spec.storage is not None:
         s = str(spec.storage)
@@ -440,6 +470,9 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), validate
     spec.slurm = dict(raw.get("slurm") or {})
     spec.stale_after_s = float(raw.get("stale_after_s", 900.0))
 
+
+def _set_space(spec: SweepSpec, raw: dict) -> None:
+    """fixed and space: every param a config key or a paper-language param, each either searched or fixed."""
     valid = set(valid_keys(schema())) | set(RENAMED)  # an old key still works (config.renamed moves it)
     fixed = raw.get("fixed") or {}
     _check(isinstance(fixed, dict), "fixed", "expected a mapping of params")
@@ -454,7 +487,6 @@ def load_sweep(path: str | Path, cli: list[str] | tuple[str, ...] = (), validate
         _check_paper_values(k, v if isinstance(v, list) and k in spec.space else [v])
     if spec.mode == "grid":
         _check(len(spec.grid()) > 0, "space", "the grid is empty")
-    return spec
 
 
 def _domain(k: str, dom: Any, mode: str) -> Any:
