@@ -19,7 +19,7 @@ from hmem_lit.data.packing import pack
 from hmem_lit.data.prepare import prepare, stale_stages
 from hmem_lit.data.prepared import load_prepared
 from hmem_lit.data.tokenizer import load_tokenizer
-from tests.conftest import SMALL, small_cfg  # noqa: F401 (SMALL: the small built-in corpus; the fixture `prepared`)
+from tests.conftest import ROOT, SMALL, small_cfg  # noqa: F401 (SMALL: the small built-in corpus; the fixture `prepared`)
 
 
 def _outputs(d: Path) -> dict[str, bytes]:
@@ -303,3 +303,24 @@ def test_fact_repeats_follow_the_tail_law_between_min_and_max():
     assert min(ranked) == 3 and ranked == sorted(ranked)  # more mentions -> at least as many documents
     with pytest.raises(ConfigError, match="data.fact_repeats_min"):
         load_config(None, ["data.fact_repeats_min=40"])
+
+
+@pytest.mark.parametrize(
+    "overrides,keys",
+    [
+        ([], {"corpus": "bba6ca8b990fa92a", "tree": "e48e0d9102166e9c", "packing": "08b2fd975340edb7"}),
+        (
+            ["data.source=builtin", "data.corpus=airports", "retriever.router=centroid", "retriever.refine=none"],
+            {"corpus": "68848646086cad7e", "tree": "aca1c5657a05e10e", "packing": "08b2fd975340edb7"},
+        ),
+    ],
+)
+def test_stage_keys_are_stable_across_refactors(overrides, keys):
+    """Stage keys decide whether a user's prepared directory (hours of work on a big corpus) is still valid: moving
+    code or config declarations must not change them. These are the keys of d1e5f41; the effects move of 2026-12-07
+    changed the order fields were hashed in and made every directory stale until data/prepare.py's _KEY_ORDER.
+    Change them only with a deliberate version bump (_VERSION) and a CHANGELOG line."""
+    from hmem_lit.data.prepare import _stage_keys
+
+    got = _stage_keys(load_config(ROOT / "experiments" / "000_debug.yaml", overrides), {})
+    assert {k: got[k] for k in keys} == keys

@@ -91,6 +91,23 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 # out of the stage keys at that value, so adding them did not invalidate existing preparations
 _KEY_SINCE: dict[str, Any] = {"retriever.device": "cpu"}
 
+# The order stage keys hash their fields in: effects.py's table before the effects moved onto the fields
+# (d1e5f41). A key hashes (field, value) pairs in order, so keeping this order keeps every directory prepared before
+# cached; a field added later sorts after these, by name.
+_KEY_ORDER = {
+    k: i
+    for i, k in enumerate(
+        """data.source data.files data.val_fraction data.corpus data.airports data.wiki_docs data.synthetic_entities
+        data.fact_repeats_max data.fact_repeats_min data.zipf_a data.seed data.tokenizer data.vocab_size
+        data.tokenizer_sample retriever.embedder retriever.embed_dim retriever.tfidf_projection retriever.seed
+        retriever.fit_sample retriever.embed_dtype retriever.device retriever.route_unsampled retriever.type
+        retriever.branching retriever.depth retriever.balance retriever.niter retriever.max_points_per_centroid
+        retriever.recenter retriever.train_paths retriever.oracle_field retriever.router retriever.refine
+        retriever.knn_k retriever.bm25_max_df retriever.refine_iters retriever.refine_cap retriever.graph_max_postings
+        data.key_field data.seq_len data.packing data.pack_whole""".split()
+    )
+}
+
 
 def _needs_embeddings(cfg: Any) -> bool:
     """Whether the configured retriever fits on document embeddings (its declared capability, retriever/base.py)."""
@@ -115,7 +132,8 @@ def _stage_keys(cfg: Any, manifest: dict, fields_out: dict | None = None) -> dic
     }
 
     def fields_of(stage: str) -> list[tuple[str, Any]]:  # the declaration: effects.FIELD_EFFECTS
-        kv = [(k, derived[k] if k in derived else field_value(cfg, k)) for k in fields_with(stage)]
+        names = sorted(fields_with(stage), key=lambda k: (_KEY_ORDER.get(k, len(_KEY_ORDER)), k))
+        kv = [(k, derived[k] if k in derived else field_value(cfg, k)) for k in names]
         return [(k, v) for k, v in kv if _KEY_SINCE.get(k, object()) != v]
 
     if fields_out is not None:
