@@ -230,3 +230,21 @@ def test_a_run_stored_with_the_old_storage_keys_reads_resumes_and_keeps_its_conf
     changed["memory"]["dtype"] = "float32"
     assert _config_id(changed, {}) != _config_id(new, {})  # dtype is part of the identity
     assert _diff(renamed(changed), new) == ["memory.storage.dtype"]
+
+
+def test_a_run_stored_with_the_old_lora_keys_keeps_its_config_id():
+    """Runs trained before memory.lora became a section (memory.lora_target, memory.lora_alpha) and after it fall in
+    one arm of a report: the id is hashed in the flat layout, the new scaling key counts only off its default."""
+    from hmem_lit.analysis.collect import _config_id
+
+    new = to_dict(load_config(DEBUG_YAML, ["memory.type=lora", "memory.levels=[2,1]", "retriever.depth=2"]))
+    old = copy.deepcopy(new)
+    section = old["memory"].pop("lora")
+    old["memory"].update({"lora_target": section["target"], "lora_alpha": section["alpha"]})
+    assert _config_id(old, {}) == _config_id(new, {})
+    rs = copy.deepcopy(new)
+    rs["memory"]["lora"]["scaling"] = "alpha/sqrt(r)"
+    assert _config_id(rs, {}) != _config_id(new, {})  # rsLoRA is another configuration
+    other = copy.deepcopy(new)
+    other["memory"]["lora"]["target"] = "vo"
+    assert _config_id(other, {}) != _config_id(new, {})

@@ -38,23 +38,36 @@ from hmem_lit.utils import fmt_count  # noqa: F401 (re-exported: tables and figu
 
 TOL_SAME, TOL_RUNTIME, DENSE2X = 0.02, 0.05, (1.7, 2.3)
 KINDS = ("anchor", "memory", "dense-2x", "same-runtime dense")
-# memory.storage's keys in the flat layout config ids were first computed in (memory.offload, memory.dtype, ...):
-# a run's config is hashed in that layout, so a run keeps its config_id across the move to the section
-_FLAT = {new: old for old, new in {**STORAGE_KIND, **RENAMED}.items() if new.startswith("memory.storage.")}
+# The memory sections' keys in the flat layout config ids were first computed in (memory.offload, memory.dtype,
+# memory.lora_target, ...): a run's config is hashed in that layout, so a run keeps its config_id across the moves
+# to memory.storage and memory.lora, and runs trained before and after them fall in one arm
+_SECTIONS = ("storage", "lora")
+_FLAT = {
+    new: old
+    for old, new in {**STORAGE_KIND, **RENAMED}.items()
+    if new.startswith(tuple(f"memory.{s}." for s in _SECTIONS))
+}
+# section fields added after config ids were first computed: at their default they are not part of the id
+_SINCE = {"lora.scaling": "alpha/r"}
 # config keys that are not part of a run's configuration identity (bookkeeping, evaluation settings, the seed):
 # ignored by config_id; declared once in effects.FIELD_EFFECTS (fields without "id")
 _NOT_CONFIG = tuple(tuple(_FLAT.get(k, k).split(".")) for k, eff in FIELD_EFFECTS.items() if "id" not in eff)
 
 
 def _flat_memory(mem: dict[str, Any]) -> dict[str, Any]:
-    """A run's memory config with the memory.storage section's keys as the flat keys they were (see _FLAT)."""
-    section = mem.get("storage")
-    if not isinstance(section, dict):
-        return mem
-    flat = {k: v for k, v in mem.items() if k != "storage"}
-    for new, old in _FLAT.items():  # memory.storage.<key> -> memory.<old key>
-        if new.rsplit(".", 1)[1] in section:
-            flat[old.split(".", 1)[1]] = section[new.rsplit(".", 1)[1]]
+    """A run's memory config with the memory.storage and memory.lora sections' keys as the flat keys they were
+    (see _FLAT); a section field added since, at its default, is left out (_SINCE)."""
+    flat = dict(mem)
+    for name in _SECTIONS:
+        section = mem.get(name)
+        if not isinstance(section, dict):
+            continue
+        del flat[name]
+        for key, value in section.items():
+            new = f"memory.{name}.{key}"
+            if _SINCE.get(f"{name}.{key}", object()) == value:
+                continue
+            flat[_FLAT[new].split(".", 1)[1] if new in _FLAT else f"{name}_{key}"] = value
     return flat
 
 
