@@ -24,7 +24,7 @@ from hmem_lit.config import ConfigError, RunError, load_config, to_dict
 from hmem_lit.errors import did_you_mean
 from hmem_lit.launch import add_args as add_launcher_args
 from hmem_lit.launch import check_local
-from hmem_lit.registry import CORPORA, EMBEDDERS, MEMORY, RETRIEVERS, TREE_REFINERS, TREE_ROUTERS
+from hmem_lit.registry import CORPORA, EMBEDDERS, MEMORY, RETRIEVERS, TASKS, TREE_REFINERS, TREE_ROUTERS
 from hmem_lit.resources import checkout_root, shipped_dir
 from hmem_lit.studies.verbs import VERBS as STUDY_VERBS
 from hmem_lit.studies.verbs import Add
@@ -102,10 +102,9 @@ def cmd_list(a: argparse.Namespace) -> int:
     print("built-in corpora (data.source=builtin):")
     for name, attrs in CORPORA.scan().items():
         print(f"  data.corpus={name:9s} {attrs.get('about', '')}")
-    print(
-        "eval tasks: hmem_sk, hmem_ck (groups), hmem_<probe> and hmem_<probe>_bucket0..4, hmem_wiki_cloze(_mc), "
-        "hmem_wiki_ppl (generated from each run's prepared data); paper_ck, paper_sk (need hub datasets)"
-    )
+    print("eval tasks (eval.tasks; the hmem_* ones generated from each run's prepared data):")
+    for name, attrs in TASKS.scan().items():
+        print(f"  {name:26s} {attrs.get('value', '')}")
     for title, folder in (("experiments", EXPERIMENTS_DIR), ("sweeps", SWEEPS_DIR)):
         print(f"{title} ({folder}):")
         for path in sorted(folder.glob("*.yaml")):

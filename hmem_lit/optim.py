@@ -13,9 +13,10 @@ Groups (empty ones are dropped):
 `RowwiseAdamW` is one `torch.optim.Optimizer` (Lightning's automatic optimisation wants one). Dense groups get
 standard AdamW (decoupled weight decay, bias correction). Sparse groups get a lazy AdamW: the gradient is a
 sparse COO tensor whose indices are the rows fetched this step; after `coalesce()` only those rows of the
-parameter and of its two moment buffers are read and written (in place through row views for big rows such as
-bank blocks, by index_select / index_copy_ for small ones), each row keeps its own step count for bias
-correction, and weight decay hits only those rows. Rows not fetched are never
+parameter and of its two moment buffers are read and written, by the table's storage backend (hmem_lit/storage/:
+where the rows live, in what dtype, inline or on a worker; in place through row views for big float32 rows such as
+bank blocks, gathered and scattered otherwise), each row keeps its own step count for bias correction, and weight
+decay hits only those rows. Rows not fetched are never
 touched: they stay bit-identical (no momentum or decay drift) and the step costs O(fetched rows), not O(bank).
 A row fetched every step follows exactly dense AdamW. State holds only tensors (per-row counts are the "step"
 entry, which torch never casts on load), so checkpoints load with torch.load(weights_only=True).
@@ -23,15 +24,16 @@ entry, which torch never casts on load), so checkpoints load with torch.load(wei
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from hmem_lit import storage
 from hmem_lit.config import RunConfig
-from hmem_lit.storage import disk, lowp, prefetch, writeback
 
 
 class WarmupCosine:
@@ -93,43 +95,44 @@ class RowwiseAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # memory.storage.async_update: the previous step's row updates are written before this step's (at most one step
-        # in flight; by now they are long done: the forward and backward ran in between)
-        sparse = [p for group in self.param_groups if group["sparse"] for p in group["params"]]
-        writeback.wait_all(sparse)
-        for group in self.param_groups:  # row-wise groups first: with async_update the worker starts on them
+        # each table's storage backend (hmem_lit/storage/) may still be writing the previous step's rows: done by
+        # now (the forward and backward ran in between), and waited for before this step's
+        backends = storage.backends(p for group in self.param_groups if group["sparse"] for p in group["params"])
+        for b in backends:
+            b.wait()
+        for group in self.param_groups:  # row-wise groups first: a backend may write them while the dense step runs
             if group["sparse"]:
-                group["rounding_step"] = (
-                    group.get("rounding_step", 0) + 1
-                )  # seeds stochastic rounding (storage/lowp.py)
+                group["rounding_step"] = group.get("rounding_step", 0) + 1  # seeds low-precision rounding
                 for p in group["params"]:
                     if p.grad is not None:
                         self._rows_step(p, group)
-        writeback.launch_all(sparse)  # this step's row updates, as one job, while the dense step runs here
+        for b in backends:
+            b.launch()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not group["sparse"] and params:
                 self._dense_step(params, group)
         return loss
 
+    def _wait(self) -> None:
+        """Return once every pending row update is written (moments and counts final)."""
+        for b in storage.backends(p for group in self.param_groups for p in group["params"]):
+            b.wait()
+
     def state_dict(self) -> dict[str, Any]:
-        writeback.wait_all(p for group in self.param_groups for p in group["params"])  # moments and counts final
+        self._wait()
         return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's load, then the moments of disk-backed tables copied into their store (the loaded ones may be
-        views of a memory-mapped checkpoint file), a block of rows at a time."""
-        writeback.wait_all(p for group in self.param_groups for p in group["params"])
+        """torch's load, then each table's moments placed where its backend keeps its rows (the loaded ones may be
+        views of a memory-mapped checkpoint file; a disk-backed table's go into its store)."""
+        self._wait()
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             for p in group["params"]:
-                st, store = self.state.get(p), disk.store_of(p)
-                if store is None or not st:
-                    continue
-                for k in ("exp_avg", "exp_avg_sq"):
-                    t = store.zeros(p.shape, st[k].dtype)
-                    disk.copy_rows(t, st[k])
-                    st[k] = t
+                st = self.state.get(p)
+                if st:
+                    st["exp_avg"], st["exp_avg_sq"] = (storage.of(p).adopt(p, st[k]) for k in ("exp_avg", "exp_avg_sq"))
 
     def _state(self, p: Tensor, step_shape: tuple[int, ...]) -> dict[str, Tensor]:
         # a dense parameter's step count lives on the CPU (its value is read on the host every step: on CUDA a
@@ -139,8 +142,8 @@ class RowwiseAdamW(torch.optim.Optimizer):
         st = self.state[p]
         if not st:
             st["step"] = torch.zeros(step_shape, dtype=torch.long, device=device)
-            # a disk-backed table (memory.storage.kind=disk) gets its moments in its own store
-            st["exp_avg"], st["exp_avg_sq"] = disk.zeros_like(p), disk.zeros_like(p)
+            backend = storage.of(p)  # the moments live where p's rows do
+            st["exp_avg"], st["exp_avg_sq"] = backend.zeros_like(p), backend.zeros_like(p)
         if st["step"].device != device:  # torch.load leaves "step" where it was saved
             st["step"] = st["step"].to(device)
         return st
@@ -165,98 +168,40 @@ class RowwiseAdamW(torch.optim.Optimizer):
         )
 
     def _rows_step(self, p: Tensor, group: dict[str, Any]) -> None:
+        """Hand p's update of the rows in its gradient to p's storage backend, which reads and writes the rows
+        (where and when it decides) and calls `_rows_update` on them."""
         grad = p.grad
         assert grad is not None  # step() passes only parameters with a gradient
         if not grad.is_sparse:
             raise RuntimeError(f"row-wise group {group.get('name')!r} got a dense gradient: gather with sparse=True")
         g = grad.coalesce()  # duplicate rows (a block fetched by several sequences) summed
         rows, gv = g._indices()[0], g._values()  # (n,), (n, *row_shape)
-        st = self._state(p, (p.shape[0],))  # per-row update counts
-        prefetch.bump(p)  # rows staged before this update (memory.storage.prefetch) are stale now
-        gen = None
-        if p.dtype == torch.bfloat16 and group.get("rounding", "stochastic") == "stochastic":
-            index = next(i for i, q in enumerate(group["params"]) if q is p)
-            gen = lowp.generator(p.device, group.get("seed", 0), group["rounding_step"], index)
+        st = self._state(p, (p.shape[0],))
+        steps = st["step"].index_select(0, rows) + 1  # (n,) per-row update counts, this one included
+        st["step"].index_copy_(0, rows, steps)
         hyper = {k: v for k, v in group.items() if k != "params"}  # the scheduler changes lr after this step
-        wb = writeback.of(p)
-        if wb is None or p.device.type != "cpu":
-            for _ in self._rows_update(p, st, rows, gv, hyper, gen, None):
-                pass
-            return
-        # write-back: the worker writes the rows (those the next batch reads first: writeback.py)
-        wb.submit(p, rows, lambda hot: self._rows_update(p, st, rows, gv, hyper, gen, hot))
+        index = next(i for i, q in enumerate(group["params"]) if q is p)
+        storage.of(p).update_rows(
+            p,
+            (st["exp_avg"], st["exp_avg_sq"]),
+            rows,
+            functools.partial(self._rows_update, gv, steps, hyper),
+            views=math.prod(p.shape[1:]) >= self.view_rows_from,
+            seed=(group.get("seed", 0), group["rounding_step"], index),
+        )
 
     def _rows_update(
-        self,
-        p: Tensor,
-        st: dict[str, Tensor],
-        rows: Tensor,
-        gv: Tensor,
-        group: dict[str, Any],
-        gen: torch.Generator | None,
-        hot: Tensor | None,
-    ) -> Iterator[None]:
-        """AdamW on p's rows `rows` with gradient values gv, as a generator that yields once: the rows where `hot`
-        (a bool mask over rows) is set before the yield, the others after (hot None: all after). Rows are
-        independent and the rounding bits are drawn for all rows at once, so the split gives the numbers of one
-        pass."""
-        steps = st["step"].index_select(0, rows) + 1
-        st["step"].index_copy_(0, rows, steps)
-        bits = None
-        if gen is not None:  # bfloat16, stochastic rounding: the bits of every updated number, in row order
-            bits = lowp.random_bits((len(rows), *p.shape[1:]), gen, p.device)
-        if hot is None:
-            yield
-            self._rows_part(p, st, rows, gv, steps, group, bits)
-            return
-        for i, sel in enumerate((hot, ~hot)):
-            if i == 1:
-                yield
-            if bool(sel.any()):
-                self._rows_part(p, st, rows[sel], gv[sel], steps[sel], group, None if bits is None else bits[sel])
-
-    def _rows_part(
-        self,
-        p: Tensor,
-        st: dict[str, Tensor],
-        rows: Tensor,
-        gv: Tensor,
-        steps: Tensor,
-        group: dict[str, Any],
-        bits: Tensor | None,
+        self, gv: Tensor, steps: Tensor, group: dict[str, Any], x: Any, m: Any, v: Any, sel: Tensor | None
     ) -> None:
-        m_all, v_all = st["exp_avg"], st["exp_avg_sq"]
-        if p.dtype == torch.bfloat16:  # bfloat16 tables: updated in float32, rounded back (storage/lowp.py)
-            mode = group.get("rounding", "stochastic")
-            x, m, v = _rows_adamw(
-                p.index_select(0, rows).float(),
-                m_all.index_select(0, rows).float(),
-                v_all.index_select(0, rows).float(),
-                gv.float(),
-                steps,
-                group,
-            )
-            p.index_copy_(0, rows, lowp.round_to(x, p.dtype, mode, None, bits))
-            m_all.index_copy_(0, rows, m.to(m_all.dtype))
-            v_all.index_copy_(0, rows, v.to(v_all.dtype))
-            return
-        if gv[0].numel() >= self.view_rows_from:  # big rows: in place, one view per row
-            r = rows.tolist()
-            _adamw(
-                [p[i] for i in r],
-                list(gv.unbind(0)),
-                [m_all[i] for i in r],
-                [v_all[i] for i in r],
-                steps.tolist(),
-                group,
-            )
-            return
-        x, m, v = _rows_adamw(
-            p.index_select(0, rows), m_all.index_select(0, rows), v_all.index_select(0, rows), gv, steps, group
-        )
-        p.index_copy_(0, rows, x)
-        m_all.index_copy_(0, rows, m)
-        v_all.index_copy_(0, rows, v)
+        """AdamW on rows given by the backend (storage.RowUpdate): x, m, v, float32, are the values and moments of
+        the rows where `sel` is set (None: all), as (k, *row) tensors or lists of per-row views, updated in place;
+        gv (n, *row) their gradient values, steps (n,) their update counts."""
+        if sel is not None:
+            gv, steps = gv[sel], steps[sel]
+        if isinstance(x, list):  # per-row views
+            _adamw(x, list(gv.unbind(0)), m, v, steps.tolist(), group)
+        else:
+            _rows_adamw(x, m, v, gv.to(x.dtype), steps, group)
 
 
 def _rows_adamw(
@@ -316,11 +261,7 @@ def param_groups(model: nn.Module, cfg: RunConfig, ndim: dict[str, int] | None =
                 sparse=name.startswith("memory_rows"),
                 lr=o.memory_lr * mult.get(name, 1.0) if mem else o.lr,
                 weight_decay=0.0 if name.endswith("nowd") else (o.memory_weight_decay if mem else o.weight_decay),
-                **(
-                    dict(rounding=cfg.memory.storage.rounding, seed=cfg.train.seed)
-                    if name.startswith("memory_rows")
-                    else {}
-                ),
+                **(dict(seed=cfg.train.seed) if name.startswith("memory_rows") else {}),  # seeds rounding
             )
         )
     return groups

@@ -188,5 +188,8 @@ TREE_ROUTERS = Registry("retriever.router", "hmem_lit.retriever.tree", "TREE_ROU
 TREE_REFINERS = Registry("retriever.refine", "hmem_lit.retriever.tree", "TREE_REFINERS")  # retriever.refine
 EMBEDDERS = Registry("embedder", "hmem_lit.retriever.embedders", "EMBEDDERS")  # retriever.embedder
 CORPORA = Registry("corpus", "hmem_lit.data.corpus", "CORPORA")  # data.corpus (data.source=builtin)
+# eval.tasks: the lm-eval task families taskgen.py writes per run (<...> stands for a name the data decides) and the
+# shipped paper groups; registered with a one-line description each
+TASKS = Registry("eval task", "hmem_lit.evaluation.taskgen", "TASKS")
 # `kind:` of a figure in analysis/*.yaml; analysis/kinds.py imports every module that registers shipped kinds
 FIGURES = Registry("figure kind", "hmem_lit.analysis.kinds")

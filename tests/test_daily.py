@@ -161,13 +161,13 @@ def test_registry_source_scan_agrees_with_imports():
 
     from hmem_lit.anchor import Anchor, count_params
     from hmem_lit.anchor_config import PRESETS, AnchorConfig, anchor_params
-    from hmem_lit.registry import CORPORA, EMBEDDERS, MEMORY, RETRIEVERS, TREE_REFINERS, TREE_ROUTERS
+    from hmem_lit.registry import CORPORA, EMBEDDERS, MEMORY, RETRIEVERS, TASKS, TREE_REFINERS, TREE_ROUTERS
 
-    for reg in (MEMORY, RETRIEVERS, TREE_ROUTERS, TREE_REFINERS, EMBEDDERS, CORPORA):
+    for reg in (MEMORY, RETRIEVERS, TREE_ROUTERS, TREE_REFINERS, EMBEDDERS, CORPORA, TASKS):
         assert list(reg.scan()) == reg.names(), reg.kind
     for n, attrs in MEMORY.scan().items():
         assert attrs.get("routed", True) == MEMORY.get(n).routed, n
-    for reg in (TREE_ROUTERS, TREE_REFINERS):
+    for reg in (TREE_ROUTERS, TREE_REFINERS, TASKS):
         for n, attrs in reg.scan().items():
             assert attrs["value"] == reg.get(n)
     for n, attrs in CORPORA.scan().items():

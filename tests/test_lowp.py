@@ -10,10 +10,10 @@ import io
 import pytest
 import torch
 
-from hmem_lit.config import ConfigError, load_config
+from hmem_lit.config import ConfigError, StorageConfig, load_config
 from hmem_lit.optim import RowwiseAdamW, build_optimizer
+from hmem_lit.storage import Backend, lowp
 from hmem_lit.storage import disk as storage
-from hmem_lit.storage import lowp
 
 from .conftest import DEBUG_YAML
 from .memory_util import VOCAB, make_cfg, make_model, random_paths, train_random
@@ -122,9 +122,11 @@ def test_stochastic_rounding_keeps_updates_that_nearest_loses():
     rounding moves them by the float32 run's distance in expectation (each row draws its own bits)."""
     moved = {}
     for rounding, dtype in (("stochastic", torch.bfloat16), ("nearest", torch.bfloat16), ("none", torch.float32)):
-        table = torch.nn.Parameter(torch.ones(64, 8, dtype=dtype))
+        bf16 = dict(dtype="bfloat16", rounding=rounding) if rounding != "none" else {}
+        table = Backend(StorageConfig(**bf16)).table("level1", (64, 8))  # rounds its rows by memory.storage.rounding
+        table.data.fill_(1)
         lr = 2**-8 / 20  # bf16 spacing just above 1 is 2**-7; half of it is 2**-8: 1/20 of that per step
-        opt = RowwiseAdamW([dict(params=[table], sparse=True, rounding=rounding, seed=0)], lr=lr)
+        opt = RowwiseAdamW([dict(params=[table], sparse=True, seed=0)], lr=lr)
         for _ in range(200):
             ids = torch.arange(64)
             ones = -torch.ones(64, 8, dtype=dtype)

@@ -12,7 +12,7 @@ import threading
 import pytest
 import torch
 
-from hmem_lit import runs
+from hmem_lit import runs, storage
 from hmem_lit.anchor import lm_loss
 from hmem_lit.config import ConfigError, load_config
 from hmem_lit.optim import RowwiseAdamW, build_optimizer, clip_gradients
@@ -204,7 +204,7 @@ def test_copied_and_pickled_models_get_their_own_idle_writeback():
     dup = copy.deepcopy(model)
     new = dup.memory.bank.backend.writeback
     assert new is not None and new is not wb
-    assert all(writeback.of(t) is new for _, _, t in dup.memory.bank.tables())  # shared by the copy's tables
+    assert all(storage.of(t).writeback is new for _, _, t in dup.memory.bank.tables())  # the copy's tables: its own
     again = pickle.loads(pickle.dumps(wb))
     assert isinstance(again, writeback.WriteBack) and again.updates == 0
 

@@ -30,10 +30,22 @@ import numpy as np
 import yaml
 
 from hmem_lit.evaluation.tasklib import read_jsonl
+from hmem_lit.registry import TASKS
 from hmem_lit.utils import atomic_write_text
 
 TEMPLATES = Path(__file__).resolve().parent / "tasks"
 PAPER_DIR = TEMPLATES / "paper"
+
+# the task families `build_tasks` writes (the module docstring says how) and the shipped paper groups, for `hmem list`
+TASKS.register("hmem_<probe>[_<variant>]")("SK task per frequency-bucketed question file (variants para, qa, mc, rank)")
+TASKS.register("hmem_<name>[_mc]")("CK task per question file without buckets (e.g. hmem_wiki_cloze) + its MC twin")
+TASKS.register("hmem_sk")("group: every SK task")
+TASKS.register("hmem_sk_base")("group: the SK tasks in the training phrasing (the quick subset)")
+TASKS.register("hmem_ck")("group: mean acc over the CK tasks")
+TASKS.register("hmem_wiki_ppl")("word perplexity and bits per byte of the held-out wiki text")
+TASKS.register("hmem_val_bpb")("bits per byte per validation document")
+TASKS.register("paper_ck")("the paper's common-knowledge tasks and shot counts (needs the hub datasets)")
+TASKS.register("paper_sk")("the paper's specific-knowledge tasks and shot counts (needs the hub datasets)")
 
 
 @dataclass

@@ -7,16 +7,19 @@ for them (`lookahead`). What it holds, each part off unless its setting is on:
   - the store: RAM (kind=ram, the default) or memory-mapped scratch files (kind=disk: disk.py);
   - placement: with offload (or on disk) the tables stay in host memory whatever device the model goes to;
   - the dtype policy: float32 or bfloat16 tables and moments, the latter rounded stochastically or to nearest
-    after a float32 row update (lowp.py; the rounding itself runs in the optimiser, hmem_lit/optim.py);
+    after a float32 row update (lowp.py);
   - prefetch: the next batch's rows staged on the compute device after each optimiser step (prefetch.py);
   - write-back: the row-wise optimiser's updates written by a worker thread (writeback.py).
-Every part except the dtype gives the numbers of a plain RAM bank bit for bit.
+Every part except the dtype gives the numbers of a plain RAM bank bit for bit. The row-wise optimiser
+(hmem_lit/optim.py) knows none of them: it hands each table's update to the table's backend (`of`, `update_rows`),
+which reads the rows in float32, runs the update inline or on its worker, and writes them back in the table's dtype.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -25,12 +28,22 @@ from torch import Tensor, nn
 
 from hmem_lit.storage import disk, lowp, prefetch, writeback
 
+_ATTR = "_hmem_backend"  # set on a bank table: the Backend that made it
+# update(x, m, v, sel): AdamW on rows (values, two moments: float32 (k, *row) tensors or lists of per-row views,
+# updated in place) that are the update's rows where the bool mask `sel` is set (None: all of them)
+RowUpdate = Callable[[Any, Any, Any, "Tensor | None"], None]
+
 
 class Backend:
-    """A bank's storage, built from memory.storage (see the module docstring)."""
+    """A bank's storage, built from memory.storage (see the module docstring); no section: the plain one (RAM, the
+    tensor's own dtype, nothing staged or deferred), which serves any other row-wise tensor (pkm's values)."""
 
-    def __init__(self, scfg: Any):
+    def __init__(self, scfg: Any = None):
+        if scfg is None:
+            scfg = SimpleNamespace(kind="ram", dtype="float32", rounding="stochastic", offload=False)
+            scfg.prefetch = scfg.async_update = False
         self.dtype = lowp.dtype_of(scfg.dtype)
+        self.rounding = scfg.rounding  # of a bfloat16 table's rows after their float32 update (lowp.py)
         self.store = disk.store_for(scfg)  # None: tables in RAM
         self.on_host = bool(scfg.offload) or self.store is not None  # a disk-backed table lives on the host
         self.prefetch = prefetch.RowPrefetch() if scfg.prefetch and self.on_host else None
@@ -56,9 +69,105 @@ class Backend:
         return t
 
     def attach(self, table: Tensor) -> None:
-        """(Re-)mark `table` for the optimiser: its row updates go to this backend's write-back worker."""
+        """(Re-)mark `table` as this backend's: the optimiser hands its row updates here (`of`)."""
+        setattr(table, _ATTR, self)
+
+    def zeros_like(self, table: Tensor) -> Tensor:
+        """A zero tensor like `table` where its rows live (an optimiser moment: in a disk-backed table's store)."""
+        return disk.zeros_like(table)
+
+    def adopt(self, table: Tensor, t: Tensor) -> Tensor:
+        """t (a loaded moment of `table`, perhaps a view of a memory-mapped checkpoint) where table's rows live:
+        copied into a disk-backed table's store a block of rows at a time, else t itself."""
+        store = disk.store_of(table)
+        if store is None:
+            return t
+        out = store.zeros(table.shape, t.dtype)
+        disk.copy_rows(out, t)
+        return out
+
+    def update_rows(
+        self,
+        table: Tensor,
+        moments: tuple[Tensor, Tensor],
+        rows: Tensor,
+        update: RowUpdate,
+        views: bool,
+        seed: tuple[int, int, int],
+    ) -> None:
+        """Run `update` (RowUpdate) on rows `rows` of `table` and of its two moment tensors, inline or (write-back,
+        a table on the host) on the worker, which writes the rows the next batch reads first. A float32 table's
+        rows come as per-row views where `views` is asked for (in place: big rows), else gathered and written
+        back; a bfloat16 table's gathered in float32 and written back rounded (the moments to nearest), with
+        stochastic rounding's bits seeded by `seed` (lowp.generator's (seed, step, index))."""
+        prefetch.bump(table)  # rows staged before this update (prefetch) are stale now
+        gen = None
+        if table.dtype == torch.bfloat16 and self.rounding == "stochastic":
+            gen = lowp.generator(table.device, *seed)
+        if self.writeback is None or table.device.type != "cpu":
+            for _ in self._rows(table, moments, rows, update, views, gen, None):
+                pass
+            return
+        self.writeback.submit(table, rows, lambda hot: self._rows(table, moments, rows, update, views, gen, hot))
+
+    def _rows(
+        self,
+        table: Tensor,
+        moments: tuple[Tensor, Tensor],
+        rows: Tensor,
+        update: RowUpdate,
+        views: bool,
+        gen: torch.Generator | None,
+        hot: Tensor | None,
+    ) -> Iterator[None]:
+        """update_rows' work as a generator that yields once: the rows where `hot` (a bool mask over rows) is set
+        before the yield, the others after (hot None: all after). Rows are independent and the rounding bits are
+        drawn for all rows at once, so the split gives the numbers of one pass."""
+        bits = None
+        if gen is not None:  # bfloat16, stochastic rounding: the bits of every updated number, in row order
+            bits = lowp.random_bits((len(rows), *table.shape[1:]), gen, table.device)
+        if hot is None:
+            yield
+            self._write(table, moments, rows, None, update, views, bits)
+            return
+        for i, sel in enumerate((hot, ~hot)):
+            if i == 1:
+                yield
+            if bool(sel.any()):
+                self._write(table, moments, rows[sel], sel, update, views, None if bits is None else bits[sel])
+
+    def _write(
+        self,
+        table: Tensor,
+        moments: tuple[Tensor, Tensor],
+        rows: Tensor,
+        sel: Tensor | None,
+        update: RowUpdate,
+        views: bool,
+        bits: Tensor | None,
+    ) -> None:
+        m_all, v_all = moments
+        if table.dtype == torch.bfloat16:  # updated in float32, rounded back (lowp.py)
+            x, m, v = (t.index_select(0, rows).float() for t in (table, m_all, v_all))
+            update(x, m, v, sel)
+            table.index_copy_(0, rows, lowp.round_to(x, table.dtype, self.rounding, None, bits))
+            m_all.index_copy_(0, rows, m.to(m_all.dtype))
+            v_all.index_copy_(0, rows, v.to(v_all.dtype))
+            return
+        if views:  # in place, one view per row
+            r = rows.tolist()
+            update([table[i] for i in r], [m_all[i] for i in r], [v_all[i] for i in r], sel)
+            return
+        x, m, v = (t.index_select(0, rows) for t in (table, m_all, v_all))
+        update(x, m, v, sel)
+        table.index_copy_(0, rows, x)
+        m_all.index_copy_(0, rows, m)
+        v_all.index_copy_(0, rows, v)
+
+    def launch(self) -> None:
+        """Start the row updates handed over since the last launch (write-back; else they are done already)."""
         if self.writeback is not None:
-            writeback.attach(table, self.writeback)
+            self.writeback.launch()
 
     def gather(self, level: int, table: Tensor, ids: Tensor) -> Tensor:
         """table[ids] on ids.device as an autograd node whose gradient is sparse (only these rows): (B, s)."""
@@ -114,6 +223,23 @@ class Backend:
             wb = self.writeback
             out.update(async_updates=wb.updates, async_waits=wb.waits, async_wait_s=round(wb.wait_s, 3))
         return out
+
+
+_PLAIN = Backend()
+
+
+def of(table: Tensor) -> Backend:
+    """The backend of a bank table, or the plain one for any other tensor."""
+    return getattr(table, _ATTR, None) or _PLAIN
+
+
+def backends(params: Iterable[Tensor]) -> list[Backend]:
+    """The distinct backends of `params` (bank tables' own, and the plain one for the rest)."""
+    out: dict[int, Backend] = {}
+    for p in params:
+        b = of(p)
+        out.setdefault(id(b), b)
+    return list(out.values())
 
 
 def training_state(scfg: Any, bank_params: int) -> str:

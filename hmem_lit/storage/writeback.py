@@ -40,17 +40,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-_ATTR = "_hmem_writeback"  # set on a bank table whose row-wise updates run on a WriteBack's worker
-
-
-def attach(t: Tensor, wb: WriteBack) -> Tensor:
-    setattr(t, _ATTR, wb)
-    return t
-
-
-def of(t: Tensor) -> WriteBack | None:
-    return getattr(t, _ATTR, None)
-
 
 @dataclass(eq=False)  # identity: pending updates are found by `is`, never by comparing tensors
 class _Update:
@@ -187,24 +176,3 @@ class WriteBack:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__()  # type: ignore[misc]
-
-
-def _writebacks(params: Any) -> list[WriteBack]:
-    out: dict[int, WriteBack] = {}
-    for p in params:
-        wb = of(p)
-        if wb is not None:
-            out.setdefault(id(wb), wb)
-    return list(out.values())
-
-
-def wait_all(params: Any) -> None:
-    """Wait for the pending updates of every WriteBack among `params`' tables."""
-    for wb in _writebacks(params):
-        wb.wait()
-
-
-def launch_all(params: Any) -> None:
-    """Launch the queued updates of every WriteBack among `params`' tables."""
-    for wb in _writebacks(params):
-        wb.launch()
