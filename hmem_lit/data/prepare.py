@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from hmem_lit import faults
-from hmem_lit.config import ConfigError
+from hmem_lit.config import RENAMED, RETRIEVER_FLAT, RETRIEVER_FLAT_NAME, ConfigError
 from hmem_lit.data import corpus as corpus_mod
 from hmem_lit.data.branch import TokenizerBranch, can_branch, start_prefit, warm_pool
 from hmem_lit.data.sources import signature
@@ -92,6 +92,20 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 _KEY_SINCE: dict[str, Any] = {"retriever.device": "cpu"}
 
 
+# a field moved into a section (config.RENAMED: retriever.<key> -> retriever.tree.<key>) is hashed under its old
+# name (config.RETRIEVER_FLAT_NAME) and in the old field order (config.RETRIEVER_FLAT), so moving it did not
+# invalidate existing preparations
+_FLAT_ORDER = {f"retriever.{k}": i for i, k in enumerate(RETRIEVER_FLAT)}
+
+
+def _flat_layout(kv: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """A stage's (field, value) pairs under their flat names, the retriever's (one run in FIELD_EFFECTS' order) in
+    the flat layout's order."""
+    flat = [(RETRIEVER_FLAT_NAME.get(k, k), v) for k, v in kv]
+    ret = iter(sorted((p for p in flat if p[0] in _FLAT_ORDER), key=lambda p: _FLAT_ORDER[p[0]]))
+    return [next(ret) if k in _FLAT_ORDER else (k, v) for k, v in flat]
+
+
 def _needs_embeddings(cfg: Any) -> bool:
     """Whether the configured retriever fits on document embeddings (its declared capability, retriever/base.py)."""
     from hmem_lit.registry import RETRIEVERS
@@ -114,12 +128,15 @@ def _stage_keys(cfg: Any, manifest: dict, fields_out: dict | None = None) -> dic
         "data.key_field": key_field(cfg),
     }
 
-    def fields_of(stage: str) -> list[tuple[str, Any]]:  # the declaration: effects.FIELD_EFFECTS
+    def named(stage: str) -> list[tuple[str, Any]]:  # the declaration: effects.FIELD_EFFECTS
         kv = [(k, derived[k] if k in derived else field_value(cfg, k)) for k in fields_with(stage)]
         return [(k, v) for k, v in kv if _KEY_SINCE.get(k, object()) != v]
 
+    def fields_of(stage: str) -> list[tuple[str, Any]]:  # hashed in the layout the directories were prepared in
+        return _flat_layout(named(stage))
+
     if fields_out is not None:
-        fields_out.update({s: json.loads(json.dumps(dict(fields_of(s)), default=str)) for s in STAGES})
+        fields_out.update({s: json.loads(json.dumps(dict(named(s)), default=str)) for s in STAGES})
     keys = {"corpus": _h("corpus", _VERSION["corpus"], fields_of("corpus"))}
     keys["tokenizer"] = _h("tokenizer", _VERSION["tokenizer"], out("corpus"), fields_of("tokenizer"))
     keys["embeddings"] = (
@@ -183,7 +200,8 @@ def other_settings(cfg: Any, manifest: dict) -> dict[str, tuple[Any, Any]]:
     _stage_keys(cfg, manifest, now)
     diff: dict[str, tuple[Any, Any]] = {}
     for s, rec in manifest.get("stages", {}).items():
-        for k, v in rec.get("fields", {}).items():
+        for old, v in rec.get("fields", {}).items():
+            k = RENAMED.get(old, old)  # recorded before a rename: the field's name now
             if s in now and k in now[s] and now[s][k] != v:
                 diff[k] = (v, now[s][k])
     return diff
