@@ -97,7 +97,7 @@ def run_embedder(embedder: str, base: Path, extra: list[str], reuse: Path | None
     cached = load_config(None, overrides)
     prepare(cached, progress=False, verbose=False)
     res["second_prepare_s"] = round(time.perf_counter() - t1, 2)
-    routed_cfg = load_config(None, overrides + ["retriever.train_paths=routed"])
+    routed_cfg = load_config(None, overrides + ["retriever.tree.train_paths=routed"])
     prepare(routed_cfg, progress=False, verbose=False)
     res["routing_quality"]["train_paths=routed"] = routing_quality(root, load_router(root, routed_cfg))
     # embedding throughput on prompts (short) and documents (long)

@@ -43,7 +43,7 @@ from hmem_lit.utils import read_json, write_json  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "experiments" / "100_quickstart.yaml")
 CORPORA = ("facts", "airports")
-OLD = ["retriever.router=centroid", "retriever.refine=none"]
+OLD = ["retriever.tree.router=centroid", "retriever.tree.refine=none"]
 
 
 def probes(qdir: Path) -> dict[str, list[dict]]:
@@ -172,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"data.corpus={corpus}",
                     f"data.dir={a.work}/{corpus}",
                     f"retriever.embedder={emb}",
-                    f"retriever.router={router}",
-                    f"retriever.refine={refine}",
+                    f"retriever.tree.router={router}",
+                    f"retriever.tree.refine={refine}",
                     f"retriever.branching={b}",
                     f"retriever.depth={d}",
-                    f"retriever.balance={bal}",
+                    f"retriever.tree.balance={bal}",
                 ]
                 m = measure(load_config(QUICKSTART, ov), qsets)
                 row = {

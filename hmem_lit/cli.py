@@ -98,7 +98,7 @@ def cmd_list(a: argparse.Namespace) -> int:
     print(f"retrievers (retriever.type): {', '.join(RETRIEVERS.scan())};  embedders: {', '.join(EMBEDDERS.scan())}")
     for key, reg in (("router", TREE_ROUTERS), ("refine", TREE_REFINERS)):
         for name, attrs in reg.scan().items():
-            print(f"  retriever.{key}={name:9s} {attrs.get('value', '')}")
+            print(f"  retriever.tree.{key}={name:9s} {attrs.get('value', '')}")
     print("built-in corpora (data.source=builtin):")
     for name, attrs in CORPORA.scan().items():
         print(f"  data.corpus={name:9s} {attrs.get('about', '')}")

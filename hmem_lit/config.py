@@ -195,66 +195,76 @@ class MemoryConfig:
 
 
 @dataclass
+class TreeConfig:
+    """retriever.tree: the `tree` retriever's own settings (retriever/tree.py): the balanced k-means tree, the
+    router that finds new text's path in it and the refinement of its clusters (retriever/bm25.py; LOG 2026-12-01
+    "retrieval"). Read only by the tree retriever (and, for its BM25 index, the RAG baseline: evaluation/rag.py)."""
+
+    EFFECTS = ("tree", *RUN_ID)  # the tree stage of `hmem data prepare`
+
+    # training documents' paths: assigned (balanced k-means clusters, paper) | routed (greedy descent = prompt routing)
+    train_paths: str = "assigned"
+    # a cluster holding more than this share of its parent's points is split (paper)
+    balance: float = ranged(0.094, 0, 1, lo_open=True)
+    niter: int = ranged(20, 1, 10_000)  # k-means iterations per node
+    max_points_per_centroid: int = ranged(256, 1, 10**9)  # k-means training sample per node (faiss semantics)
+    recenter: bool = True  # after balancing, re-estimate each centroid from its documents (routing follows data)
+    router: str = "bm25"  # bm25 (vote of the k BM25-nearest training documents' paths) | centroid (greedy descent)
+    refine: str = "bm25"  # bm25 (label propagation on the training documents' BM25 neighbour graph) | none
+    # voters per routed text, and neighbours per training document in the refinement graph
+    knn_k: int = ranged(10, 1, 10_000)
+    # index terms in at most this share of the training documents (template words out)
+    bm25_max_df: float = ranged(0.1, 0, 1, lo_open=True)
+    refine_iters: int = ranged(6, 0, 1000)  # label-propagation rounds (each offers a move to half of the documents)
+    # a refined leaf holds at most this x the mean leaf size (<= 0: no limit)
+    refine_cap: float = ranged(3.0, None, 1e6)
+    # refinement graph queries skip terms in more documents (cost linear in corpus)
+    graph_max_postings: int = ranged(2048, 1, 10**9)
+    # how training documents outside retriever.fit_sample are routed: centroid (greedy descent of their embedding,
+    # ~0.1 ms a document) | router (retriever.tree.router, like held-out text: bm25 costs ~4 ms a document on 2 cores)
+    route_unsampled: str = "centroid"
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "retriever.tree.")  # the ranges declared beside the fields
+        _one_of(self.train_paths, ("assigned", "routed"), "retriever.tree.train_paths")
+        _one_of(self.router, TREE_ROUTERS.known(), "retriever.tree.router")  # the registries are the source of truth
+        _one_of(self.refine, TREE_REFINERS.known(), "retriever.tree.refine")
+        _one_of(self.route_unsampled, ("centroid", "router"), "retriever.tree.route_unsampled")
+
+
+@dataclass
 class RetrieverConfig:
-    EFFECTS = ("tree", *RUN_ID)  # the k-means tree stage of `hmem data prepare`, unless a field says
+    """What every retriever and the bank share (the tree's shape, the embedder, the fit sample, the seed); each
+    retriever's own settings live in its section (retriever.tree)."""
+
+    EFFECTS = ("tree", *RUN_ID)  # the tree stage of `hmem data prepare`, unless a field says
 
     type: str = "tree"  # tree (k-means tree routing) | random (seeded random paths) | oracle (metadata field)
     embedder: str = declared("tfidf", effects=EMBED)  # tfidf | minilm
     embed_dim: int = ranged(256, 1, 2**16, effects=EMBED)  # tfidf: projected dimensions (minilm is always 384)
     # random (+-1 JL projection: keeps rare names, routes facts better) | svd (LSA)
     tfidf_projection: str = declared("random", effects=EMBED)
-    # training documents' paths: assigned (balanced k-means clusters, paper) | routed (greedy descent = prompt routing)
-    train_paths: str = "assigned"
     branching: int = ranged(16, 2, 4096)
     depth: int = ranged(2, 1, 4)  # tree levels built (the bank may use fewer)
-    balance: float = ranged(
-        0.094, 0, 1, lo_open=True
-    )  # a cluster holding more than this share of its parent's points is split (paper)
-    niter: int = ranged(20, 1, 10_000)  # k-means iterations per node
-    max_points_per_centroid: int = ranged(256, 1, 10**9)  # k-means training sample per node (faiss semantics)
     seed: int = ranged(0, 0, 2**32 - 1, effects=("embeddings", "tree", *RUN_ID))
     oracle_field: str = "kind"  # metadata field used by the oracle retriever
-    recenter: bool = True  # after balancing, re-estimate each centroid from its documents (routing follows data)
-    # How new text (prompts, held-out documents) finds its path in the tree, and how the clusters are refined
-    # (retriever/bm25.py; LOG 2026-12-01 "retrieval"). Both change the tree stage of `hmem data prepare`.
-    router: str = "bm25"  # bm25 (vote of the k BM25-nearest training documents' paths) | centroid (greedy descent)
-    refine: str = "bm25"  # bm25 (label propagation on the training documents' BM25 neighbour graph) | none
-    knn_k: int = ranged(
-        10, 1, 10_000
-    )  # voters per routed text, and neighbours per training document in the refinement graph
-    bm25_max_df: float = ranged(
-        0.1, 0, 1, lo_open=True
-    )  # index terms in at most this share of the training documents (template words out)
-    refine_iters: int = ranged(6, 0, 1000)  # label-propagation rounds (each offers a move to half of the documents)
-    refine_cap: float = ranged(
-        3.0, None, 1e6
-    )  # a refined leaf holds at most this x the mean leaf size (<= 0: no limit)
-    graph_max_postings: int = ranged(
-        2048, 1, 10**9
-    )  # refinement graph queries skip terms in more documents (cost linear in corpus)
     # corpus scale: the embedder (tfidf), the k-means tree and the BM25 index/refinement are fitted on at most
     # `fit_sample` training documents (a seeded sample; 0 = all); every other document is then routed in chunks
     # like held-out text. `embed_dtype`: the stored document embeddings (float16 halves the disk of emb.npy).
     fit_sample: int = ranged(100_000, 0, 10**12, effects=("embeddings", "tree", *RUN_ID))
-    # how training documents outside that sample are routed: centroid (greedy descent of their embedding, ~0.1 ms
-    # a document) | router (retriever.router, like held-out text: bm25 costs ~4 ms a document on 2 cores)
-    route_unsampled: str = "centroid"
     embed_dtype: str = declared("float32", effects=EMBED)  # float32 | float16
     # where the embedding chunks of `hmem data prepare` run: cpu | cuda (embedders that declare gpu support:
     # minilm; on the local engine CUDA must be visible to the preparing process, on dask to the workers)
     # (a GPU's embeddings differ from the CPU's in float rounding)
     device: str = declared("cpu", effects=EMBED)
+    tree: TreeConfig = field(default_factory=TreeConfig)  # the tree retriever's own settings (retriever/tree.py)
 
     def __post_init__(self) -> None:
         check_ranges(self, "retriever.")  # the ranges declared beside the fields
         _one_of(self.type, RETRIEVERS.known(), "retriever.type")  # the registries are the source of truth
         _one_of(self.embedder, EMBEDDERS.known(), "retriever.embedder")
         _one_of(self.tfidf_projection, ("random", "svd"), "retriever.tfidf_projection")
-        _one_of(self.train_paths, ("assigned", "routed"), "retriever.train_paths")
-        _one_of(self.router, TREE_ROUTERS.known(), "retriever.router")
-        _one_of(self.refine, TREE_REFINERS.known(), "retriever.refine")
         _one_of(self.embed_dtype, ("float32", "float16"), "retriever.embed_dtype")
-        _one_of(self.route_unsampled, ("centroid", "router"), "retriever.route_unsampled")
         _one_of(self.device, ("cpu", "cuda"), "retriever.device")
         _check(
             self.device == "cpu" or EMBEDDERS.get(self.embedder).gpu,
@@ -550,9 +560,34 @@ RENAMED: dict[str, str] = {
     "memory.rounding": "memory.storage.rounding",
     "memory.prefetch": "memory.storage.prefetch",
     "memory.async_update": "memory.storage.async_update",
+    "retriever.train_paths": "retriever.tree.train_paths",
+    "retriever.balance": "retriever.tree.balance",
+    "retriever.niter": "retriever.tree.niter",
+    "retriever.max_points_per_centroid": "retriever.tree.max_points_per_centroid",
+    "retriever.recenter": "retriever.tree.recenter",
+    "retriever.router": "retriever.tree.router",
+    "retriever.refine": "retriever.tree.refine",
+    "retriever.knn_k": "retriever.tree.knn_k",
+    "retriever.bm25_max_df": "retriever.tree.bm25_max_df",
+    "retriever.refine_iters": "retriever.tree.refine_iters",
+    "retriever.refine_cap": "retriever.tree.refine_cap",
+    "retriever.graph_max_postings": "retriever.tree.graph_max_postings",
+    "retriever.route_unsampled": "retriever.tree.route_unsampled",
 }
 # memory.storage was a string (ram | disk) before it named the section: such a value moves to memory.storage.kind
 STORAGE_KIND = {"memory.storage": "memory.storage.kind"}
+# retriever.tree.<key> -> the flat name it had (retriever.<key>): data preparation's stage keys and sweep trial names
+# are computed under these names, so prepared directories and trial runs keep their keys and names
+RETRIEVER_FLAT_NAME = {new: old for old, new in RENAMED.items() if new.startswith("retriever.tree.")}
+
+
+def flat_retriever(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict (to_dict's) with its retriever section in the flat layout (retriever.tree's keys at the top of
+    retriever, under their old names): for identities first computed in that layout (sweep baselines' hashes)."""
+    ret = d.get("retriever")
+    if not isinstance(ret, dict) or not isinstance(ret.get("tree"), dict):
+        return d
+    return {**d, "retriever": {**{k: v for k, v in ret.items() if k != "tree"}, **ret["tree"]}}
 
 
 def renamed(tree: Any) -> Any:

@@ -184,8 +184,8 @@ class Registry:
 
 MEMORY = Registry("memory type", "hmem_lit.memory:import_all", "MEMORY")  # memory.type (memory/base.py: the contract)
 RETRIEVERS = Registry("retriever", "hmem_lit.retriever:import_all", "RETRIEVERS")  # retriever.type (base.py)
-TREE_ROUTERS = Registry("retriever.router", "hmem_lit.retriever.tree", "TREE_ROUTERS")  # retriever.router
-TREE_REFINERS = Registry("retriever.refine", "hmem_lit.retriever.tree", "TREE_REFINERS")  # retriever.refine
+TREE_ROUTERS = Registry("retriever.tree.router", "hmem_lit.retriever.tree", "TREE_ROUTERS")  # retriever.tree.router
+TREE_REFINERS = Registry("retriever.tree.refine", "hmem_lit.retriever.tree", "TREE_REFINERS")  # retriever.tree.refine
 EMBEDDERS = Registry("embedder", "hmem_lit.retriever.embedders", "EMBEDDERS")  # retriever.embedder
 CORPORA = Registry("corpus", "hmem_lit.data.corpus", "CORPORA")  # data.corpus (data.source=builtin)
 # eval.tasks: the lm-eval task families taskgen.py writes per run (<...> stands for a name the data decides) and the

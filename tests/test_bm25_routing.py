@@ -251,7 +251,7 @@ def test_each_router_is_registered_swappable_and_bm25_routes_entities_home(tmp_p
     assert set(TREE_ROUTERS.names()) >= {"centroid", "bm25"}
     got = {}
     for router in TREE_ROUTERS.names():
-        cfg = _files_cfg(tmp_path, f, f"retriever.router={router}")
+        cfg = _files_cfg(tmp_path, f, f"retriever.tree.router={router}")
         root = prepare(cfg, progress=False, verbose=False)
         r = load_router(root, cfg)
         assert type(r) is {"centroid": TreeRouter, "bm25": BM25Router}[router]
@@ -270,7 +270,9 @@ def test_each_router_is_registered_swappable_and_bm25_routes_entities_home(tmp_p
     assert got["bm25"] >= 0.9 and got["bm25"] >= got["centroid"]
     # a config asking for the other router than the data was prepared with is refused
     with pytest.raises(ValueError, match="router"):
-        load_router(root, _files_cfg(tmp_path, f, f"retriever.router={'bm25' if router == 'centroid' else 'centroid'}"))
+        load_router(
+            root, _files_cfg(tmp_path, f, f"retriever.tree.router={'bm25' if router == 'centroid' else 'centroid'}")
+        )
 
 
 def test_bm25_router_blocking_ranks_and_forces_paths(tmp_path):
@@ -298,8 +300,8 @@ def test_bad_retriever_and_key_field_input_is_one_line_exit_2(tmp_path):
         '{"text": "zorblax orbits quintar", "entity": "x"}\n{"text": "vexmor shines red"}\n'
         '{"text": "planets drift slowly", "entity": "y"}\n'
     )
-    with pytest.raises(ConfigError, match="retriever.router"):
-        load_config(None, ["retriever.router=bm26"])
+    with pytest.raises(ConfigError, match="retriever.tree.router"):
+        load_config(None, ["retriever.tree.router=bm26"])
     cmd = [
         sys.executable,
         "-m",
@@ -316,8 +318,8 @@ def test_bad_retriever_and_key_field_input_is_one_line_exit_2(tmp_path):
     assert p.returncode == 2, p.stderr
     err = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert "Traceback" not in p.stderr and "data.key_field='entity'" in err[-1] and "1 of 3" in err[-1]
-    p = subprocess.run([*cmd[:-2], "retriever.router=bm26"], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "retriever.router" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([*cmd[:-2], "retriever.tree.router=bm26"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "retriever.tree.router" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_routing_sensitivity_figure_from_benchmark_json(tmp_path):

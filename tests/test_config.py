@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -160,8 +161,8 @@ def test_a_str_field_keeps_the_literal_text_yaml_would_retype():
     """`name=off` is the name "off" (YAML 1.1 reads false), `name=123` the name "123"; a list stays an error."""
     cfg = load_config(DEBUG_YAML, ["name=off", "experiment=123", "memory.storage.kind=ram"])
     assert (cfg.name, cfg.experiment) == ("off", "123")
-    cfg = load_config(DEBUG_YAML, ["data.dir=data/x_${retriever.router}"])  # interpolations still resolve
-    assert cfg.data.dir == f"data/x_{cfg.retriever.router}"
+    cfg = load_config(DEBUG_YAML, ["data.dir=data/x_${retriever.tree.router}"])  # interpolations still resolve
+    assert cfg.data.dir == f"data/x_{cfg.retriever.tree.router}"
     with pytest.raises(ConfigError, match="out_dir"):
         load_config(DEBUG_YAML, ["out_dir=[1, 2]"])
 
@@ -248,3 +249,72 @@ def test_a_run_stored_with_the_old_lora_keys_keeps_its_config_id():
     other = copy.deepcopy(new)
     other["memory"]["lora"]["target"] = "vo"
     assert _config_id(other, {}) != _config_id(new, {})
+
+
+# retriever.tree's old flat keys (retriever.router, retriever.balance, ...) -> the section (config.RENAMED)
+OLD_TREE = {
+    "train_paths": "routed",
+    "balance": 0.5,
+    "niter": 3,
+    "max_points_per_centroid": 99,
+    "recenter": False,
+    "router": "centroid",
+    "refine": "none",
+    "knn_k": 7,
+    "bm25_max_df": 0.2,
+    "refine_iters": 2,
+    "refine_cap": 2.0,
+    "graph_max_postings": 100,
+    "route_unsampled": "router",
+}
+
+
+def _tree_ov(prefix):
+    return [f"{prefix}{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in OLD_TREE.items()]
+
+
+def test_old_retriever_keys_are_aliases_of_the_tree_section(tmp_path, caplog):
+    from hmem_lit import config_text
+
+    new = load_config(DEBUG_YAML, _tree_ov("retriever.tree."))
+    assert dataclasses.asdict(new.retriever.tree) == OLD_TREE
+    config_text._noticed.clear()
+    with caplog.at_level(logging.WARNING, logger="hmem_lit"):
+        old = load_config(DEBUG_YAML, _tree_ov("retriever."))
+    assert to_dict(old) == to_dict(new)
+    assert sorted(r.getMessage() for r in caplog.records) == sorted(
+        f"retriever.{k} is now retriever.tree.{k} (the old key still works)" for k in OLD_TREE
+    )
+    y = tmp_path / "old.yaml"  # in an experiment file too, beside a key of the section
+    y.write_text(f"base: {DEBUG_YAML}\nretriever:\n  router: centroid\n  tree:\n    knn_k: 4\n")
+    assert (load_config(y).retriever.tree.router, load_config(y).retriever.tree.knn_k) == ("centroid", 4)
+    with pytest.raises(ConfigError, match="retriever.router: renamed to retriever.tree.router, and both are set"):
+        load_config(DEBUG_YAML, ["retriever.router=bm25", "retriever.tree.router=centroid"])
+
+
+def test_a_run_stored_with_the_old_retriever_keys_reads_resumes_and_keeps_its_config_id():
+    from hmem_lit.analysis.collect import _config_id
+    from hmem_lit.config import renamed
+    from hmem_lit.train import _diff
+
+    new = to_dict(load_config(DEBUG_YAML, [*MEM, *_tree_ov("retriever.tree.")]))
+    flat = copy.deepcopy(new)
+    flat["retriever"].update(flat["retriever"].pop("tree"))
+    assert to_dict(from_dict(flat)) == new and "router" in flat["retriever"]
+    assert _config_id(flat, {}) == _config_id(new, {})  # hashed in the flat layout: ids computed before stay
+    assert not _diff(renamed(flat), new)
+    changed = copy.deepcopy(flat)
+    changed["retriever"]["balance"] = 0.25
+    assert _config_id(changed, {}) != _config_id(new, {})
+    assert _diff(renamed(changed), new) == ["retriever.tree.balance"]
+
+
+def test_retriever_tree_keys_keep_sweep_trial_names_and_baseline_hashes():
+    """Trial names and the sweeps' baseline hashes are computed in the flat layout (values from before the move)."""
+    from hmem_lit.sweeps.protocol import config_hash
+    from hmem_lit.sweeps.spec import trial_name
+
+    name = "balance-1.0_router-bm25_seed-0_df12bb"
+    assert trial_name({"retriever.router": "bm25", "retriever.balance": 1.0, "train.seed": 0}) == name
+    assert trial_name({"retriever.tree.router": "bm25", "retriever.tree.balance": 1.0, "train.seed": 0}) == name
+    assert config_hash(load_config(DEBUG_YAML, ["retriever.tree.router=centroid"])) == "644a8717"

@@ -110,6 +110,48 @@ def test_every_section_declares_its_default_effects():
 
 
 def test_fields_with_lists_stage_inputs():
-    assert "data.seq_len" in fields_with("packing") and "retriever.router" in fields_with("tree")
+    assert "data.seq_len" in fields_with("packing") and "retriever.tree.router" in fields_with("tree")
     assert "train.seed" not in fields_with("id") and "train.seed" in fields_with("run")
     assert dataclasses.is_dataclass(RunConfig())
+
+
+# the stage keys of these configs at d1e5f41, before effects moved onto the fields and before retriever.tree existed
+# (the flat retriever.router, retriever.balance, ... layout, computed there with the flat key names): moving the keys
+# into the section and their declarations onto the fields left every prepared directory cached
+FLAT_LAYOUT_KEYS = {
+    (): {
+        "corpus": "bba6ca8b990fa92a",
+        "tokenizer": "a3338591204cd88c",
+        "embeddings": "9ea4d7277b6c156c",
+        "tree": "be22622a4b8af0ae",
+        "packing": "c80adccf8e58237c",
+        "questions": "3ed83f47a908e454",
+    },
+    (
+        "retriever.tree.router=centroid",
+        "retriever.tree.refine=none",
+        "retriever.tree.balance=0.5",
+        "retriever.tree.knn_k=7",
+        "retriever.tree.train_paths=routed",
+        "retriever.tree.route_unsampled=router",
+        "retriever.tree.bm25_max_df=0.2",
+        "retriever.tree.niter=3",
+        "retriever.tree.max_points_per_centroid=99",
+        "retriever.tree.recenter=false",
+        "retriever.tree.refine_iters=2",
+        "retriever.tree.refine_cap=2.0",
+        "retriever.tree.graph_max_postings=100",
+        "retriever.fit_sample=123",
+        "retriever.seed=5",
+        "retriever.embed_dtype=float16",
+    ): {"embeddings": "fafb302136937ec3", "tree": "f6d43e5d83ecae61"},
+}
+
+
+@pytest.mark.parametrize("overrides", list(FLAT_LAYOUT_KEYS))
+def test_stage_keys_are_those_of_the_flat_retriever_layout(overrides):
+    from hmem_lit.config import load_config
+
+    keys = prepare._stage_keys(load_config(None, list(overrides)), {"stages": {s: {"out": "x" + s} for s in STAGES}})
+    want = FLAT_LAYOUT_KEYS[overrides]
+    assert {s: keys[s] for s in want} == want

@@ -40,7 +40,7 @@ def test_second_prepare_is_a_noop(prepared):
 def test_config_change_reruns_only_downstream_stages(prepared, tmp_path):
     cfg, d = prepared
     assert stale_stages(small_cfg(d, "data.seq_len=32")) == ["packing"]
-    assert stale_stages(small_cfg(d, "retriever.balance=0.5")) == ["tree", "packing", "questions"]  # leaf priors
+    assert stale_stages(small_cfg(d, "retriever.tree.balance=0.5")) == ["tree", "packing", "questions"]  # leaf priors
     assert stale_stages(small_cfg(d, "data.vocab_size=600")) == ["tokenizer", "packing"]
     assert stale_stages(small_cfg(d, "data.seed=3"))[0] == "corpus"
 
@@ -51,9 +51,9 @@ def test_a_shared_directory_names_the_settings_a_config_would_change(prepared):
     cfg, d = prepared
     manifest = _read_manifest(d)
     assert other_settings(cfg, manifest) == {}
-    other = small_cfg(d, "retriever.balance=0.5", "data.seq_len=32")
+    other = small_cfg(d, "retriever.tree.balance=0.5", "data.seq_len=32")
     diff = other_settings(other, manifest)
-    assert diff == {"retriever.balance": (cfg.retriever.balance, 0.5), "data.seq_len": (64, 32)}
+    assert diff == {"retriever.tree.balance": (cfg.retriever.tree.balance, 0.5), "data.seq_len": (64, 32)}
     lines: list[str] = []
     _say_other_settings(other, d, manifest, lines.append)
     assert len(lines) == 1 and "data.seq_len 64 -> 32" in lines[0] and "own data.dir" in lines[0]

@@ -143,8 +143,8 @@ def test_workers_never_change_the_outputs(corpus, reference, tmp_path):
 def test_workers_never_change_the_refinement_graph_without_the_bm25_router(corpus, tmp_path):
     # router=centroid: the index is saved for the graph's workers only, and removed again
     one, two = tmp_path / "one", tmp_path / "two"
-    prepare(_cfg(one, corpus, "retriever.router=centroid"), progress=False, verbose=False)
-    prepare(_cfg(two, corpus, "retriever.router=centroid", "data.workers=2"), progress=False, verbose=False)
+    prepare(_cfg(one, corpus, "retriever.tree.router=centroid"), progress=False, verbose=False)
+    prepare(_cfg(two, corpus, "retriever.tree.router=centroid", "data.workers=2"), progress=False, verbose=False)
     a, b = _outputs(one), _outputs(two)
     assert a.keys() == b.keys() and not any(k.startswith("tree/bm25") for k in a)
     assert [k for k in a if a[k] != b[k]] == []

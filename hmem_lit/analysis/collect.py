@@ -38,36 +38,35 @@ from hmem_lit.utils import fmt_count  # noqa: F401 (re-exported: tables and figu
 
 TOL_SAME, TOL_RUNTIME, DENSE2X = 0.02, 0.05, (1.7, 2.3)
 KINDS = ("anchor", "memory", "dense-2x", "same-runtime dense")
-# The memory sections' keys in the flat layout config ids were first computed in (memory.offload, memory.dtype,
-# memory.lora_target, ...): a run's config is hashed in that layout, so a run keeps its config_id across the moves
-# to memory.storage and memory.lora, and runs trained before and after them fall in one arm
-_SECTIONS = ("storage", "lora")
-_FLAT = {
-    new: old
-    for old, new in {**STORAGE_KIND, **RENAMED}.items()
-    if new.startswith(tuple(f"memory.{s}." for s in _SECTIONS))
-}
+# memory.storage's, memory.lora's and retriever.tree's keys in the flat layout config ids were first computed in
+# (memory.offload, memory.lora_target, retriever.router, ...): a run's config is hashed in that layout, so a run
+# keeps its config_id across the moves to the sections, and runs trained before and after them fall in one arm
+_SECTIONS = ("memory.storage.", "memory.lora.", "retriever.tree.")
+_FLAT = {new: old for old, new in {**STORAGE_KIND, **RENAMED}.items() if new.startswith(_SECTIONS)}
 # section fields added after config ids were first computed: at their default they are not part of the id
-_SINCE = {"lora.scaling": "alpha/r"}
+_SINCE = {"memory.lora.scaling": "alpha/r"}
 # config keys that are not part of a run's configuration identity (bookkeeping, evaluation settings, the seed):
 # ignored by config_id; declared once in effects.FIELD_EFFECTS (fields without "id")
 _NOT_CONFIG = tuple(tuple(_FLAT.get(k, k).split(".")) for k, eff in FIELD_EFFECTS.items() if "id" not in eff)
 
 
-def _flat_memory(mem: dict[str, Any]) -> dict[str, Any]:
-    """A run's memory config with the memory.storage and memory.lora sections' keys as the flat keys they were
-    (see _FLAT); a section field added since, at its default, is left out (_SINCE)."""
-    flat = dict(mem)
-    for name in _SECTIONS:
-        section = mem.get(name)
+def _flat(top: str, node: dict[str, Any]) -> dict[str, Any]:
+    """A run's `top` config section (memory, retriever) with its moved sub-sections' keys as the flat keys they
+    were (see _FLAT); a sub-section key that never was flat stays in the sub-section, unless it is at the default
+    it was added with (_SINCE)."""
+    flat = dict(node)
+    for sub in (p.split(".")[1] for p in _SECTIONS if p.startswith(top + ".")):
+        section = node.get(sub)
         if not isinstance(section, dict):
             continue
-        del flat[name]
-        for key, value in section.items():
-            new = f"memory.{name}.{key}"
-            if _SINCE.get(f"{name}.{key}", object()) == value:
-                continue
-            flat[_FLAT[new].split(".", 1)[1] if new in _FLAT else f"{name}_{key}"] = value
+        del flat[sub]
+        prefix = f"{top}.{sub}."
+        rest = {k: v for k, v in section.items() if _SINCE.get(prefix + k, object()) != v}
+        for new, old in _FLAT.items():  # <top>.<sub>.<key> -> <top>.<old key>
+            if new.startswith(prefix) and new[len(prefix) :] in rest:
+                flat[old.split(".", 1)[1]] = rest.pop(new[len(prefix) :])
+        if rest:
+            flat[sub] = rest
     return flat
 
 
@@ -85,8 +84,9 @@ class Collected:
 
 def _config_id(cfg: dict[str, Any], params: dict[str, Any]) -> str:
     c = json.loads(json.dumps(cfg))  # deep copy
-    if isinstance(c.get("memory"), dict):
-        c["memory"] = _flat_memory(c["memory"])
+    for top in ("memory", "retriever"):
+        if isinstance(c.get(top), dict):
+            c[top] = _flat(top, c[top])
     c["_params"] = {k: params.get(k) for k in ("anchor", "fetched", "bank")}
     for path in _NOT_CONFIG:
         node = c
@@ -108,7 +108,7 @@ def _layers(spec: Any) -> str:
 
 def _base_row(run_dir: Path, root: Path, final: dict[str, Any]) -> dict[str, Any]:
     cfg = final.get("config") or {}
-    mem, tr, an = _flat_memory(cfg.get("memory") or {}), cfg.get("train") or {}, cfg.get("anchor") or {}
+    mem, tr, an = _flat("memory", cfg.get("memory") or {}), cfg.get("train") or {}, cfg.get("anchor") or {}
     params, metrics = final.get("params") or {}, final.get("metrics") or {}
     levels = [int(r) for r in (mem.get("levels") or [])]
     used = [i + 1 for i, r in enumerate(levels) if r]

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from hmem_lit import faults
-from hmem_lit.config import ConfigError
+from hmem_lit.config import RENAMED, RETRIEVER_FLAT_NAME, ConfigError
 from hmem_lit.data import corpus as corpus_mod
 from hmem_lit.data.branch import TokenizerBranch, can_branch, start_prefit, warm_pool
 from hmem_lit.data.sources import signature
@@ -91,9 +91,19 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 # out of the stage keys at that value, so adding them did not invalidate existing preparations
 _KEY_SINCE: dict[str, Any] = {"retriever.device": "cpu"}
 
-# The order stage keys hash their fields in: effects.py's table before the effects moved onto the fields
-# (d1e5f41). A key hashes (field, value) pairs in order, so keeping this order keeps every directory prepared before
-# cached; a field added later sorts after these, by name.
+
+# a field moved into a section (config.RENAMED: retriever.<key> -> retriever.tree.<key>) is hashed under its old
+# name (config.RETRIEVER_FLAT_NAME), so moving it did not invalidate existing preparations (see _flat_layout)
+
+
+def _flat_layout(kv: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """A stage's (field, value) pairs under their flat names (retriever.tree.<key> -> retriever.<key>), in the order
+    of effects.py's table before the effects moved onto the fields (d1e5f41, _KEY_ORDER): a key hashes the pairs in
+    order, so directories prepared before stay cached; a field added later sorts after these, by name."""
+    flat = [(RETRIEVER_FLAT_NAME.get(k, k), v) for k, v in kv]
+    return sorted(flat, key=lambda p: (_KEY_ORDER.get(p[0], len(_KEY_ORDER)), p[0]))
+
+
 _KEY_ORDER = {
     k: i
     for i, k in enumerate(
@@ -131,13 +141,15 @@ def _stage_keys(cfg: Any, manifest: dict, fields_out: dict | None = None) -> dic
         "data.key_field": key_field(cfg),
     }
 
-    def fields_of(stage: str) -> list[tuple[str, Any]]:  # the declaration: effects.FIELD_EFFECTS
-        names = sorted(fields_with(stage), key=lambda k: (_KEY_ORDER.get(k, len(_KEY_ORDER)), k))
-        kv = [(k, derived[k] if k in derived else field_value(cfg, k)) for k in names]
+    def named(stage: str) -> list[tuple[str, Any]]:  # the declaration: effects.FIELD_EFFECTS
+        kv = [(k, derived[k] if k in derived else field_value(cfg, k)) for k in fields_with(stage)]
         return [(k, v) for k, v in kv if _KEY_SINCE.get(k, object()) != v]
 
+    def fields_of(stage: str) -> list[tuple[str, Any]]:  # hashed in the layout the directories were prepared in
+        return _flat_layout(named(stage))
+
     if fields_out is not None:
-        fields_out.update({s: json.loads(json.dumps(dict(fields_of(s)), default=str)) for s in STAGES})
+        fields_out.update({s: json.loads(json.dumps(dict(named(s)), default=str)) for s in STAGES})
     keys = {"corpus": _h("corpus", _VERSION["corpus"], fields_of("corpus"))}
     keys["tokenizer"] = _h("tokenizer", _VERSION["tokenizer"], out("corpus"), fields_of("tokenizer"))
     keys["embeddings"] = (
@@ -201,7 +213,8 @@ def other_settings(cfg: Any, manifest: dict) -> dict[str, tuple[Any, Any]]:
     _stage_keys(cfg, manifest, now)
     diff: dict[str, tuple[Any, Any]] = {}
     for s, rec in manifest.get("stages", {}).items():
-        for k, v in rec.get("fields", {}).items():
+        for old, v in rec.get("fields", {}).items():
+            k = RENAMED.get(old, old)  # recorded before a rename: the field's name now
             if s in now and k in now[s] and now[s][k] != v:
                 diff[k] = (v, now[s][k])
     return diff

@@ -101,7 +101,7 @@ class RagContext:
             index = (
                 BM25Index.load(idx_dir)
                 if (idx_dir / "bm25.json").is_file()
-                else BM25Index.fit([texts[i] for i in train], max_df=cfg.retriever.bm25_max_df)
+                else BM25Index.fit([texts[i] for i in train], max_df=cfg.retriever.tree.bm25_max_df)
             )
             return cls(kind, k, texts, train, index=index)
         meta = read_json(d / "tree" / "router.json") if (d / "tree" / "router.json").is_file() else {}

@@ -11,13 +11,13 @@ training documents that share the prompt's rare words; their tree paths vote (LO
   only touches the short posting lists of rare terms). Saved as plain arrays + JSON, never pickled.
 - `vote_paths`: the top-k documents' paths vote level by level (scores summed per node; the best node, then the
   best child of it among the voters, ...). Text with no indexed term falls back to the centroid descent.
-- `refine_leaves` (`retriever.refine=bm25`): label propagation on the training documents' k-nearest-neighbour
+- `refine_leaves` (`retriever.tree.refine=bm25`): label propagation on the training documents' k-nearest-neighbour
   graph: a document moves to the leaf its neighbours vote for, `iters` rounds (half of the documents, seeded, per
   round), a leaf taking at most `cap` times the mean leaf size. Documents that share rare words (an entity's
   documents) end in one leaf, and the tree still mirrors the clustering: a leaf's documents define its block and its
   centroid is re-estimated.
 Cost: the graph is one sparse product per chunk of documents; its queries skip terms in more than
-`retriever.graph_max_postings` documents, which keeps it linear in the corpus.
+`retriever.tree.graph_max_postings` documents, which keeps it linear in the corpus.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """The `tree` retriever: a hierarchical k-means tree over document embeddings (kmeans_tree.py), with a router for
-new text (`retriever.router`: centroid descent, or a vote of BM25 neighbours: bm25.py) and an optional
-label-propagation refinement of the clusters on the BM25 neighbour graph (`retriever.refine`).
+new text (`retriever.tree.router`: centroid descent, or a vote of BM25 neighbours: bm25.py) and an optional
+label-propagation refinement of the clusters on the BM25 neighbour graph (`retriever.tree.refine`).
 
 Fit (`hmem data prepare`'s tree stage, on the `FitData` of base.py): the k-means tree (and, with
-retriever.router/refine=bm25, the BM25 index and the neighbour refinement) is fitted on the training documents of
+retriever.tree.router/refine=bm25, the BM25 index and the neighbour refinement) is fitted on the training documents of
 a seeded sample of at most `retriever.fit_sample` (all of them when the corpus is smaller: then the result equals
 fitting on the whole corpus). Sampled training documents keep their (balanced, refined) cluster assignment as
 their path (`train_paths=assigned`, the paper); held-out documents are routed like new text, chunk by chunk, by
 the configured router, and training documents outside the sample by their embedding's greedy descent
-(`retriever.route_unsampled=centroid`, the k-means assignment rule; ~40x cheaper than a BM25 vote) or by the
+(`retriever.tree.route_unsampled=centroid`, the k-means assignment rule; ~40x cheaper than a BM25 vote) or by the
 router (`route_unsampled=router`). Saves tree/tree.npz (+ tree/bm25/, tree/index_paths.npy with router=bm25).
 """
 
@@ -26,11 +26,11 @@ from hmem_lit.retriever.base import FitData, Fitted, Retriever, leaf_to_path
 from hmem_lit.retriever.kmeans_tree import KMeansTree
 from hmem_lit.utils import atomic_write
 
-# How a tree routes new text (`retriever.router`): registered here so config validation, `hmem list` and the
+# How a tree routes new text (`retriever.tree.router`): registered here so config validation, `hmem list` and the
 # tests read one list. Each entry is a short description.
 TREE_ROUTERS.register("centroid")("greedy descent to the nearest centroid at every level (the paper)")
 TREE_ROUTERS.register("bm25")("vote of the BM25-nearest training documents' paths (retriever/bm25.py)")
-# How the k-means clusters are refined (`retriever.refine`)
+# How the k-means clusters are refined (`retriever.tree.refine`)
 TREE_REFINERS.register("bm25")("label propagation on the training documents' BM25 neighbour graph (retriever/bm25.py)")
 TREE_REFINERS.register("none")("the k-means clusters as built")
 
@@ -46,7 +46,7 @@ class TreeRouter(Retriever):
 
     type = "tree"
     needs_embeddings: ClassVar[bool] = True
-    meta_defaults: ClassVar[dict[str, Any]] = {"router": "centroid"}  # prepared before retriever.router existed
+    meta_defaults: ClassVar[dict[str, Any]] = {"router": "centroid"}  # prepared before the router setting existed
     router = "centroid"
 
     def __init__(
@@ -72,16 +72,16 @@ class TreeRouter(Retriever):
         r, split, fit = data.cfg.retriever, data.split, data.sample
         assert data.embeddings is not None  # needs_embeddings: the embeddings stage ran
         x_fit = data.embedding_rows(fit)
-        bm25 = r.router == "bm25" or r.refine == "bm25"
+        bm25 = r.tree.router == "bm25" or r.tree.refine == "bm25"
         tree, assign = build_tree(
             x_fit,
             r.branching,
             r.depth,
-            r.balance,
-            r.niter,
-            r.max_points_per_centroid,
+            r.tree.balance,
+            r.tree.niter,
+            r.tree.max_points_per_centroid,
             r.seed,
-            r.recenter,
+            r.tree.recenter,
             progress=data.progress,
             agreement=not bm25,  # _bm25_fit sets it for the refined assignment
         )
@@ -93,16 +93,16 @@ class TreeRouter(Retriever):
         if bm25:
             fit_paths, index = _bm25_fit(data, tree, x_fit, assign, stats)
             if index is not None:
-                rt = BM25Router(tree, edir, index, fit_paths, r.knn_k, r.seed, **names)
+                rt = BM25Router(tree, edir, index, fit_paths, r.tree.knn_k, r.seed, **names)
         else:
-            fit_paths = assign if r.train_paths == "assigned" else tree.route(x_fit)
+            fit_paths = assign if r.tree.train_paths == "assigned" else tree.route(x_fit)
         del x_fit
         paths = np.zeros((len(split), r.depth), np.int64)
         paths[fit] = fit_paths
         rest = np.ones(len(split), bool)  # routed by the configured router: held-out (+ unsampled) documents
         rest[fit] = False
         by_centroid = np.zeros(len(split), bool)
-        if rt.router == "bm25" and r.route_unsampled == "centroid":
+        if rt.router == "bm25" and r.tree.route_unsampled == "centroid":
             by_centroid = rest & (split == 0)
             rest &= ~by_centroid
         meta = rt.save(data.out)  # before routing: worker processes load the router from tree/
@@ -139,12 +139,12 @@ class TreeRouter(Retriever):
         from hmem_lit.retriever.bm25 import BM25Index
 
         r = cfg.retriever
-        bm25 = r.router == "bm25" or r.refine == "bm25"
-        return functools.partial(BM25Index.fit, max_df=r.bm25_max_df) if bm25 else None
+        bm25 = r.tree.router == "bm25" or r.tree.refine == "bm25"
+        return functools.partial(BM25Index.fit, max_df=r.tree.bm25_max_df) if bm25 else None
 
     @classmethod
     def expects(cls, cfg: Any) -> dict[str, Any]:
-        return {"embedder": cfg.retriever.embedder, "router": cfg.retriever.router}
+        return {"embedder": cfg.retriever.embedder, "router": cfg.retriever.tree.router}
 
     # routing -------------------------------------------------------------------------------------------------
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -221,7 +221,7 @@ class BM25Router(TreeRouter):
         return self._descend_votes(list(texts))
 
     def route_embeddings(self, emb: np.ndarray) -> np.ndarray:
-        raise NotImplementedError("retriever.router=bm25 routes text, not embeddings")
+        raise NotImplementedError("retriever.tree.router=bm25 routes text, not embeddings")
 
     def route_from(self, texts: Sequence[str], level: int, nodes: np.ndarray) -> np.ndarray:
         self._check_level(level)
@@ -334,34 +334,34 @@ def _bm25_fit(
     from hmem_lit.retriever.bm25 import BM25Index, knn_graph, refine_leaves, vote_paths
     from hmem_lit.retriever.kmeans_tree import cluster_stats, recenter_tree
 
-    r = data.cfg.retriever
+    t = data.cfg.retriever.tree
     t0 = time.perf_counter()
     texts = lambda: list(data.texts(data.sample))  # noqa: E731 (read only when needed: not with a prefit index)
     fitting = data.prefit  # fitted in a worker beside the embedding stage (data/branch.py)
-    index = fitting.result() if fitting is not None else BM25Index.fit(texts(), max_df=r.bm25_max_df)
+    index = fitting.result() if fitting is not None else BM25Index.fit(texts(), max_df=t.bm25_max_df)
     if data.in_process:
-        nbr, w = knn_graph(index, [] if index.fit_queries is not None else texts(), r.knn_k, r.graph_max_postings)
+        nbr, w = knn_graph(index, [] if index.fit_queries is not None else texts(), t.knn_k, t.graph_max_postings)
     else:
-        nbr, w = _knn_graph_on(data, index, texts, data.out / "bm25", r.knn_k, r.graph_max_postings)
-        if r.router != "bm25":
+        nbr, w = _knn_graph_on(data, index, texts, data.out / "bm25", t.knn_k, t.graph_max_postings)
+        if t.router != "bm25":
             import shutil
 
             shutil.rmtree(data.out / "bm25")  # saved for the workers only: an output with router=bm25
     stats["bm25"] = {"terms": len(index.vocab), "index_s": round(time.perf_counter() - t0, 3)}
-    if r.refine == "bm25" and r.refine_iters > 0:
-        leaves = refine_leaves(assign[:, -1], nbr, w, r.refine_iters, r.refine_cap, stats["bm25"])
+    if t.refine == "bm25" and t.refine_iters > 0:
+        leaves = refine_leaves(assign[:, -1], nbr, w, t.refine_iters, t.refine_cap, stats["bm25"])
         assign = leaf_to_path(leaves, tree.branching, tree.depth)
         recenter_tree(tree, x, assign)
         stats.update(cluster_stats(assign, tree.branching, tree.depth))
     # the path a prompt with each training document's text would take: bm25, the vote of its neighbours (itself
     # excluded); centroid, greedy descent
-    if r.router == "bm25":
+    if t.router == "bm25":
         voted_paths, voted = vote_paths(nbr, w, assign, tree.branching)
         routed = np.where(voted[:, None], voted_paths, assign)
     else:
         routed = tree.route(x)
     stats["route_agreement"] = float((routed[:, -1] == assign[:, -1]).mean()) if len(x) else 1.0
-    if r.train_paths == "routed":
+    if t.train_paths == "routed":
         assign = routed
     stats["bm25"]["total_s"] = round(time.perf_counter() - t0, 3)
-    return assign, index if r.router == "bm25" else None
+    return assign, index if t.router == "bm25" else None

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hmem_lit.config import RunConfig, from_dict, load_config, to_dict
+from hmem_lit.config import RunConfig, flat_retriever, from_dict, load_config, to_dict
 from hmem_lit.sweeps.spec import PROTOCOLS, SweepSpec  # noqa: F401 (PROTOCOLS: re-exported)
 
 _RUN_LOCAL = ("name", "experiment", "out_dir")  # where a run lives, not what it trains
@@ -31,7 +31,7 @@ def _canonical(d: dict[str, Any], anchor: bool = False) -> str:
     """8 hex digits of a config dict without where it lives or how many threads it uses; anchor=True: also without
     what only a memory reads (the memory section, memory-only optimiser keys, the training mode), so every run
     that trains the same anchor hashes alike."""
-    d = copy.deepcopy(d)
+    d = copy.deepcopy(flat_retriever(d))  # the layout these hashes were first computed in
     for k in _RUN_LOCAL:
         d.pop(k, None)
     for k in _TRAIN_LOCAL:

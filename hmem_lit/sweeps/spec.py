@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hmem_lit.config import RENAMED, ConfigError, load_config, merged_value, schema
+from hmem_lit.config import RENAMED, RETRIEVER_FLAT_NAME, ConfigError, load_config, merged_value, schema
 from hmem_lit.config import _routed_types as routed_types  # from the registry's source: no torch import
 from hmem_lit.config_text import load_yaml, valid_keys
 from hmem_lit.errors import did_you_mean
@@ -191,7 +191,10 @@ class SweepSpec:
 
 
 def trial_name(params: dict[str, Any]) -> str:
-    """Deterministic run name from the searched params: readable slug + short hash (order-independent)."""
+    """Deterministic run name from the searched params: readable slug + short hash (order-independent). A key moved
+    into retriever.tree is named by its flat name (config.RETRIEVER_FLAT_NAME), so an axis on either name keeps the
+    trial names it had."""
+    params = {RETRIEVER_FLAT_NAME.get(k, k): v for k, v in params.items()}
     canon = json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=str)
     h = hashlib.sha1(canon.encode()).hexdigest()[:6]
     parts = []
