@@ -16,12 +16,14 @@ BOTTOM = {
     "hmem_lit.anchor_config": {"hmem_lit.errors", "hmem_lit.fields"},
     "hmem_lit.utils": {"hmem_lit.errors", "hmem_lit.config"},
     "hmem_lit.config_text": {"hmem_lit.errors"},
+    "hmem_lit.config_sections": {"hmem_lit.errors", "hmem_lit.fields", "hmem_lit.registry"},
     "hmem_lit.config": {
         "hmem_lit.errors",
         "hmem_lit.registry",
         "hmem_lit.utils",
         "hmem_lit.anchor_config",
         "hmem_lit.config_text",
+        "hmem_lit.config_sections",
         "hmem_lit.fields",
     },
 }
