@@ -31,7 +31,7 @@ def test_device_changes_the_embedding_key_and_cpu_keeps_the_keys_of_before():
     cuda = _stage_keys(load_config(None, ["retriever.embedder=minilm", "retriever.device=cuda"]), {})
     assert [s for s in cpu if cpu[s] != cuda[s]] == ["embeddings", "tree"]  # packing: by the tree's output
     # device=cpu is left out of the key: directories prepared before the field existed stay valid
-    from hmem_lit.data import prepare as prep
+    from hmem_lit.data import stages as prep
 
     cfg = load_config(None, ["retriever.embedder=minilm"])
     saved = dict(prep._KEY_SINCE)
