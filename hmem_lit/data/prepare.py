@@ -1,8 +1,8 @@
 """`hmem data prepare`: corpus -> tokenizer -> embeddings -> tree -> packing -> questions, cached per stage.
 
 Every stage writes its outputs atomically into `data.dir` and records in `manifest.json` a key (a hash of the
-config fields and upstream outputs it depends on: data/stages.py) and a hash of what it produced. A re-run skips every stage
-whose key is unchanged and whose outputs exist, so a second `prepare` is a no-op and changing e.g.
+config fields and upstream outputs it depends on: data/stages.py) and a hash of what it produced. A re-run skips
+every stage whose key is unchanged and whose outputs exist, so a second `prepare` is a no-op and changing e.g.
 `data.seq_len` redoes only the packing. A lock file serialises concurrent preparations of one directory (e.g.
 several DDP ranks calling `prepared.load_prepared`). Stages stream the corpus in chunks with memory bounded by the chunk
 and sample sizes (data/stream.py; the tree stage: data/tree_stage.py); a killed run leaves temporaries, which
