@@ -9,6 +9,8 @@ Command:  hmem train experiments/102_qs_memory.yaml experiment=protocol name=a3 
           airports: the same with data.corpus=airports data.dir=data/quickstart_airports
               experiment=protocol_airports train.init_from=runs/quickstart_airports/anchor, then
               python experiments/311_protocol_pairs.py --corpus airports --out docs/results/protocol_airports.csv
+          --set capacity: the quickstart's models at 4M tokens against 16M (experiments/313_capacity_curves.py)
+              -> docs/results/capacity_<corpus>.csv
 Result:   docs/results/protocol_facts.csv (a record: paired differences with 95% CIs and verdicts) and
           experiments/LOG.md 2026-12-07 "issue 31". A4 is the quickstart's memory run and A1 its anchor (same seed).
 
@@ -54,6 +56,26 @@ ARMS = [
     ("A3 leaf only (0,96)", "protocol/a3_leaf"),
     ("A3 top only (96,0)", "protocol/a3_top"),
 ]
+# --set capacity (issue 31 item 5, 313_capacity_curves.py): the quickstart's three models at 4M tokens (3 seeds)
+# against the same models trained to 16M (one seed), full `hmem eval` numbers
+CAPACITY_ARMS = [
+    ("anchor 4M tokens", "quickstart/anchor"),
+    ("anchor 16M tokens", "capacity/anchor_16m"),
+    ("dense 2x 4M tokens", "quickstart/dense_2x"),
+    ("dense 2x 16M tokens", "capacity/dense_2x_16m"),
+    ("memory 4M tokens", "quickstart/memory"),
+    ("memory 16M tokens", "capacity/memory_16m"),
+]
+CAPACITY_PAIRS = [
+    ("memory 4M tokens", "anchor 16M tokens", "quickstart/memory", "capacity/anchor_16m"),
+    ("memory 4M tokens", "dense 2x 16M tokens", "quickstart/memory", "capacity/dense_2x_16m"),
+    ("memory 16M tokens", "anchor 16M tokens", "capacity/memory_16m", "capacity/anchor_16m"),
+    ("memory 16M tokens", "dense 2x 16M tokens", "capacity/memory_16m", "capacity/dense_2x_16m"),
+    ("anchor 16M tokens", "anchor 4M tokens", "capacity/anchor_16m", "quickstart/anchor"),
+    ("dense 2x 16M tokens", "dense 2x 4M tokens", "capacity/dense_2x_16m", "quickstart/dense_2x"),
+    ("memory 16M tokens", "memory 4M tokens", "capacity/memory_16m", "quickstart/memory"),
+]
+SETS = {"protocol": (ARMS, PAIRS), "capacity": (CAPACITY_ARMS, CAPACITY_PAIRS)}
 CORPUS = "facts"  # --corpus
 METRICS = ["Avg-SK", "Avg-SK rare", "paraphrase", "QA", "MC hard", "val bpb"]
 
@@ -87,7 +109,8 @@ def _provenance(run: Path) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="runs", help="the runs directory holding quickstart/ and protocol/")
-    ap.add_argument("--out", default=None, help="default: docs/results/protocol_<corpus>.csv")
+    ap.add_argument("--out", default=None, help="default: docs/results/<set>_<corpus>.csv")
+    ap.add_argument("--set", default="protocol", choices=sorted(SETS), help="which arms and pairs (see above)")
     ap.add_argument("--corpus", default="facts", choices=["facts", "airports"])
     a = ap.parse_args()
     root = Path(a.runs)
@@ -99,9 +122,10 @@ def main() -> None:
         head, _, tail = r.partition("/")
         return f"{head}{suffix}/{tail}"
 
-    a.out = a.out or f"docs/results/protocol_{a.corpus}.csv"
+    a.out = a.out or f"docs/results/{a.set}_{a.corpus}.csv"
+    arms, pairs = SETS[a.set]
     rows = []
-    for label, r in ARMS:
+    for label, r in arms:
         ps = _seeds(root, at(r))
         if not ps:
             continue
@@ -115,7 +139,7 @@ def main() -> None:
                 continue
             iv = stats.bootstrap(compare._matrix(arm, spec, keys), seed=3)
             rows.append(_row(label, "value", "", metric, iv, "", ps, spec.scale))
-    for la, lb, ra, rb in PAIRS:
+    for la, lb, ra, rb in pairs:
         pa, pb = _seeds(root, at(ra)), _seeds(root, at(rb))
         n = min(len(pa), len(pb))  # the seeds both arms have
         if n == 0:
