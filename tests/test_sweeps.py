@@ -4,6 +4,7 @@ end on tiny toy configs, restart after a real SIGKILL, two workers on one study,
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -628,3 +629,49 @@ def test_placement_equal_fetch_on_meta_device(tmp_path):
     info = {p["memory.layers"]: sweeps.translate(spec, p)[1] for p in spec.grid()}
     assert {i["realised_fetched"] for i in info.values()} == {1152}
     assert info["early"]["levels"] == info["late"]["levels"] == [3 * info["all"]["levels"][0]]
+
+
+def test_cases_axis_varies_params_together(tmp_path):
+    """space.cases: each memory type at its own learning rate (the fair memory-type comparison), crossed with the
+    other axes; a trial is named as if each param were an axis of its own."""
+    from hmem_lit import runs
+    from hmem_lit.sweeps.spec import trial_name
+
+    cases = [{"memory.type": "ffn", "optim.memory_lr": 0.003}, {"memory.type": "kv", "optim.memory_lr": 0.03}]
+    path = write_sweep(
+        tmp_path,
+        mode="grid",
+        overrides={"retriever.depth": 1},
+        fixed={"level": 1, "fetched": 1536},
+        space={"cases": cases, "train.seed": [0, 1]},
+    )
+    plan = sweeps.plan(path)
+    assert "4 trials" in plan and "memory.type=kv, optim.memory_lr=0.03, train.seed=1" in plan
+    sweeps.run_sweep(path)
+    ts, spec = trials(path)
+    assert sorted(t.state.name for t in ts) == ["COMPLETE"] * 4
+    seen = set()
+    for t in ts:
+        cfg = runs.load_run_config(Path(t.user_attrs["run_dir"]))
+        seen.add((cfg.memory.type, cfg.optim.memory_lr, cfg.train.seed))
+        assert t.user_attrs["name"] == trial_name(
+            {"memory.type": cfg.memory.type, "optim.memory_lr": cfg.optim.memory_lr, "train.seed": cfg.train.seed}
+        )
+    assert seen == {("ffn", 0.003, 0), ("ffn", 0.003, 1), ("kv", 0.03, 0), ("kv", 0.03, 1)}
+    from hmem_lit.cli import main
+
+    assert main(["sweep", "status", str(path)]) == 0
+
+
+@pytest.mark.parametrize(
+    "space, msg",
+    [
+        ({"cases": [{"memory.type": "ffn"}], "memory.type": ["kv"]}, "also fixed or an axis of its own"),
+        ({"cases": [{"optim.memory_rate": 0.1}]}, "space.cases.optim.memory_rate: unknown config key"),
+        ({"cases": ["ffn"]}, "expected a list of mappings of params"),
+        ({"cases": [{"level": 9}]}, "level: must be an integer in 1..4"),
+    ],
+)
+def test_cases_axis_errors_are_one_line(tmp_path, space, msg):
+    with pytest.raises(ConfigError, match=re.escape(msg)):
+        sweeps.load_sweep(write_sweep(tmp_path, mode="grid", space=space))

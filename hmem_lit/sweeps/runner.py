@@ -34,7 +34,7 @@ from hmem_lit.config import ConfigError, load_config
 from hmem_lit.launch import cluster
 from hmem_lit.sweeps import protocol
 from hmem_lit.sweeps.protocol import baseline_configs, frozen_anchor  # noqa: F401 (re-exported)
-from hmem_lit.sweeps.spec import SKELETON, SweepSpec, load_sweep, trial_name
+from hmem_lit.sweeps.spec import SKELETON, SweepSpec, expand, load_sweep, trial_name
 from hmem_lit.sweeps.translate import Infeasible, translate
 from hmem_lit.sweeps.views import decode_param, encode_param, plan, summary  # noqa: F401 (plan: re-exported)
 from hmem_lit.utils import write_json
@@ -174,7 +174,7 @@ def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
             )
         else:
             out[k] = trial.suggest_float(k, dom["low"], dom["high"], step=dom.get("step"), log=bool(dom.get("log")))
-    return out
+    return expand(out)
 
 
 def _counted(t: optuna.trial.FrozenTrial) -> bool:

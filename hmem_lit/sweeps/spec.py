@@ -9,6 +9,9 @@ A sweep file is a mapping with these keys (all but `base` and `space` optional):
     space:                             # searched params: raw config keys (with a dot) or paper-language params
       memory.type: [ffn, lora, kv]     #   grid mode: a list of values per axis
       fetched: {type: float, low: 1e4, high: 1e5, log: true}   # optuna mode: int | float | categorical
+      cases:                           #   grid mode: settings that vary together, one mapping per value, e.g.
+        - {memory.type: ffn, optim.memory_lr: 3.0e-3}   #   each memory type at its own learning rate
+        - {memory.type: lora, optim.memory_lr: 3.0e-2}
     mode: grid                         # grid | optuna
     objective: {metric: val/loss, direction: minimize}   # or eval.<memory>.<metric>, e.g. eval.fetched.hmem_sk
     evaluate: false                    # true, or {enabled, tasks, limit}: also evaluate when the objective is val/loss
@@ -182,12 +185,26 @@ class SweepSpec:
         return self.storage or str(self.runs_dir / "study.journal")
 
     def grid(self) -> list[dict[str, Any]]:
+        """The grid's points as optuna stores them: one value per axis (a `cases` value is its mapping; `expand`
+        turns a point into the params a trial applies)."""
         axes = list(self.space)
         points = [dict(zip(axes, combo)) for combo in itertools.product(*(self.space[a] for a in axes))]
         return points[: self.n_trials] if self.n_trials else points
 
     def total_trials(self) -> int:
         return len(self.grid()) if self.mode == "grid" else int(self.n_trials or 0)
+
+
+CASES = "cases"  # the grid axis whose values are mappings of params that vary together
+
+
+def expand(point: dict[str, Any]) -> dict[str, Any]:
+    """A grid point's params: the `cases` axis contributes its mapping's params (so a trial named from them is named
+    as if each were an axis of its own)."""
+    out: dict[str, Any] = {}
+    for k, v in point.items():
+        out.update(v if k == CASES else {k: v})
+    return out
 
 
 def trial_name(params: dict[str, Any]) -> str:
@@ -483,13 +500,35 @@ def _set_space(spec: SweepSpec, raw: dict) -> None:
         _check_param(k, "fixed", valid)
     spec.fixed = dict(fixed)
     for k, dom in raw["space"].items():
+        if k == CASES:
+            spec.space[k] = _cases(dom, spec, raw["space"], valid)
+            continue
         _check_param(k, "space", valid)
         _check(k not in spec.fixed, f"space.{k}", "also set in fixed; a param is either searched or fixed")
         spec.space[k] = _domain(k, dom, spec.mode)
-    for k, v in {**spec.fixed, **{k: d for k, d in spec.space.items() if isinstance(d, list)}}.items():
+    for k, v in {**spec.fixed, **{k: d for k, d in spec.space.items() if isinstance(d, list) and k != CASES}}.items():
         _check_paper_values(k, v if isinstance(v, list) and k in spec.space else [v])
+    for case in spec.space.get(CASES, []):
+        for k, v in case.items():
+            _check_paper_values(k, [v])
     if spec.mode == "grid":
         _check(len(spec.grid()) > 0, "space", "the grid is empty")
+
+
+def _cases(dom: Any, spec: SweepSpec, space: dict, valid: set[str]) -> list[dict[str, Any]]:
+    """space.cases: a grid axis of mappings, each a set of params applied together (e.g. a memory type with its own
+    learning rate); its params are neither fixed nor another axis."""
+    _check(spec.mode == "grid", f"space.{CASES}", "cases are a grid axis (mode: grid); optuna spaces search each param")
+    _check(
+        isinstance(dom, list) and len(dom) > 0 and all(isinstance(c, dict) and len(c) > 0 for c in dom),
+        f"space.{CASES}",
+        "expected a list of mappings of params, e.g. [{memory.type: ffn, optim.memory_lr: 3.0e-3}, ...]",
+    )
+    for c in dom:
+        for k in c:
+            _check_param(k, f"space.{CASES}", valid)
+            _check(k not in spec.fixed and k not in space, f"space.{CASES}.{k}", "also fixed or an axis of its own")
+    return [dict(c) for c in dom]
 
 
 def _domain(k: str, dom: Any, mode: str) -> Any:
