@@ -11,6 +11,8 @@ Command:  hmem train experiments/102_qs_memory.yaml experiment=protocol name=a3 
               python experiments/311_protocol_pairs.py --corpus airports --out docs/results/protocol_airports.csv
           --set capacity: the quickstart's models at 4M tokens against 16M (experiments/313_capacity_curves.py)
               -> docs/results/capacity_<corpus>.csv
+          --set memory_lr: every trial of `hmem sweep sweeps/memory_lr.yaml` (and its rsLoRA variant, name=
+              memory_lr_rslora, the command in the sweep's header) -> docs/results/memory_lr_facts.csv
 Result:   docs/results/protocol_facts.csv (a record: paired differences with 95% CIs and verdicts) and
           experiments/LOG.md 2026-12-07 "issue 31". A4 is the quickstart's memory run and A1 its anchor (same seed).
 
@@ -75,7 +77,40 @@ CAPACITY_PAIRS = [
     ("dense 2x 16M tokens", "dense 2x 4M tokens", "capacity/dense_2x_16m", "quickstart/dense_2x"),
     ("memory 16M tokens", "memory 4M tokens", "capacity/memory_16m", "quickstart/memory"),
 ]
-SETS = {"protocol": (ARMS, PAIRS), "capacity": (CAPACITY_ARMS, CAPACITY_PAIRS)}
+SETS = {"protocol": (ARMS, PAIRS), "capacity": (CAPACITY_ARMS, CAPACITY_PAIRS), "memory_lr": ([], [])}
+RATE_SWEEPS = [("memory_lr", ""), ("memory_lr_rslora", " rsLoRA")]  # --set memory_lr: sweeps/memory_lr.yaml's runs
+
+
+def _rate_arms(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str, str, str]], dict[str, float]]:
+    """--set memory_lr: every trial of the rate sweeps (one seed: CIs over items), the shared frozen anchor, and the
+    pairs of each type's best rate on DEV entities (the sweep's objective) against the anchor and each other."""
+    arms, dev, best = [], {}, {}
+    for anchor in sorted((root / "sweeps" / "_baselines").glob("101_qs_anchor-*")):
+        arms.append(("anchor (frozen)", f"sweeps/_baselines/{anchor.name}"))
+    trials = []
+    for sweep, tag in RATE_SWEEPS:
+        for d in (root / "sweeps" / sweep).glob("type-*"):
+            if not (d / "final.json").is_file():
+                continue
+            fin = json.loads((d / "final.json").read_text())
+            kind, lr = fin["config"]["memory"]["type"] + tag, float(fin["config"]["optim"]["memory_lr"])
+            score = ((fin.get("eval") or {}).get("fetched") or {}).get("dev/hmem_sk")
+            if score is not None:
+                trials.append((kind, lr, f"sweeps/{sweep}/{d.name}", float(score)))
+    for kind, lr, r, score in sorted(trials):
+        label = f"{kind} lr {lr:g}"
+        arms.append((label, r))
+        dev[label] = 100 * score
+        if kind not in best or score > best[kind][2]:
+            best[kind] = (label, r, score)
+    pairs = [(la, arms[0][0], ra, arms[0][1]) for la, ra, _ in best.values()] if arms else []
+    kinds = list(best)
+    for i, a in enumerate(kinds):
+        for b in kinds[i + 1 :]:
+            pairs.append((best[a][0], best[b][0], best[a][1], best[b][1]))
+    return arms, pairs, dev
+
+
 CORPUS = "facts"  # --corpus
 METRICS = ["Avg-SK", "Avg-SK rare", "paraphrase", "QA", "MC hard", "val bpb"]
 
@@ -124,6 +159,9 @@ def main() -> None:
 
     a.out = a.out or f"docs/results/{a.set}_{a.corpus}.csv"
     arms, pairs = SETS[a.set]
+    dev: dict[str, float] = {}
+    if a.set == "memory_lr":
+        arms, pairs, dev = _rate_arms(root)
     rows = []
     for label, r in arms:
         ps = _seeds(root, at(r))
@@ -139,6 +177,9 @@ def main() -> None:
                 continue
             iv = stats.bootstrap(compare._matrix(arm, spec, keys), seed=3)
             rows.append(_row(label, "value", "", metric, iv, "", ps, spec.scale))
+        if label in dev:  # the sweep's objective (dev entities; final.json holds no items for a CI)
+            nan = float("nan")
+            rows.append(_row(label, "value", "", "dev SK", stats.Interval(dev[label], nan, nan, 0, (1,)), "", ps, 1.0))
     for la, lb, ra, rb in pairs:
         pa, pb = _seeds(root, at(ra)), _seeds(root, at(rb))
         n = min(len(pa), len(pb))  # the seeds both arms have
