@@ -675,3 +675,26 @@ def test_cases_axis_varies_params_together(tmp_path):
 def test_cases_axis_errors_are_one_line(tmp_path, space, msg):
     with pytest.raises(ConfigError, match=re.escape(msg)):
         sweeps.load_sweep(write_sweep(tmp_path, mode="grid", space=space))
+
+
+def test_a_changed_grid_axis_is_one_line_not_a_failed_trial(tmp_path):
+    """optuna cannot change the choices of a stored categorical param: a grid extended after the fact (another
+    learning rate) is refused before any trial, with the way out (a new name), and the study is left as it was."""
+    path = write_sweep(
+        tmp_path,
+        mode="grid",
+        overrides={"retriever.depth": 1, "train.max_tokens": 1000},
+        space={"optim.memory_lr": [0.01]},
+    )
+    sweeps.run_sweep(path)
+    with pytest.raises(
+        ConfigError,
+        match=r"space.optim.memory_lr: the study 't' .* was created with \[0.01\], "
+        r"this sweep asks for \[0.01, 0.3\]; .* name=<new name>",
+    ):
+        sweeps.run_sweep(path, ["space.optim.memory_lr=[0.01,0.3]"])
+    ts, _ = trials(path)
+    assert [t.state.name for t in ts] == ["COMPLETE"]
+    sweeps.run_sweep(path, ["space.optim.memory_lr=[0.01,0.3]", "name=t2"])  # the way out works
+    ts2, _ = trials(path, "name=t2")
+    assert sorted(t.state.name for t in ts2) == ["COMPLETE", "COMPLETE"]

@@ -136,6 +136,8 @@ def open_study(spec: SweepSpec, create: bool = False, seed_offset: int = 0) -> o
                 f"objective.direction: the stored study {spec.name!r} is "
                 f"{study.direction.name.lower()}; use another name= or storage="
             )
+        if spec.mode == "grid":
+            _check_same_grid(study, spec)
     try:
         study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec))
     except KeyError:
@@ -144,6 +146,25 @@ def open_study(spec: SweepSpec, create: bool = False, seed_offset: int = 0) -> o
         ) from None
     study.sampler = make_sampler(spec, spec.seed + 1009 * seed_offset + len(study.get_trials(deepcopy=False)))
     return study
+
+
+def _check_same_grid(study: optuna.Study, spec: SweepSpec) -> None:
+    """Optuna cannot add, drop or reorder the choices of a stored categorical param, so a grid axis changed since the
+    study was created is refused in one line here, instead of failing every new trial."""
+    for t in study.get_trials(deepcopy=False):
+        for k, dist in t.distributions.items():
+            if k not in spec.space or not isinstance(dist, optuna.distributions.CategoricalDistribution):
+                continue
+            want = [encode_param(v) for v in spec.space[k]]
+            if list(dist.choices) != want:
+                raise ConfigError(
+                    f"space.{k}: the study {spec.name!r} in {spec.storage_url} was created with "
+                    f"{[decode_param(c) for c in dist.choices]}, this sweep asks for {spec.space[k]}; a stored grid "
+                    f"axis cannot change: run it as a new study with name=<new name> (trials are run directories, "
+                    f"so `hmem report` can read both)"
+                )
+        if t.distributions:
+            return
 
 
 @contextlib.contextmanager
