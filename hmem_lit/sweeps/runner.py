@@ -376,7 +376,7 @@ def enqueue_grid(study: optuna.Study, spec: SweepSpec) -> int:
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
     }
     n = 0
-    for point in spec.grid():
+    for point in spec.axes_grid():
         enc = {k: encode_param(v) for k, v in point.items()}
         if json.dumps(enc, sort_keys=True) not in taken:
             study.enqueue_trial(enc)

@@ -184,12 +184,15 @@ class SweepSpec:
     def storage_url(self) -> str:
         return self.storage or str(self.runs_dir / "study.journal")
 
-    def grid(self) -> list[dict[str, Any]]:
-        """The grid's points as optuna stores them: one value per axis (a `cases` value is its mapping; `expand`
-        turns a point into the params a trial applies)."""
+    def axes_grid(self) -> list[dict[str, Any]]:
+        """The grid's points as optuna stores them: one value per axis (a `cases` value is its mapping)."""
         axes = list(self.space)
         points = [dict(zip(axes, combo)) for combo in itertools.product(*(self.space[a] for a in axes))]
         return points[: self.n_trials] if self.n_trials else points
+
+    def grid(self) -> list[dict[str, Any]]:
+        """The grid's points as the params each trial applies (`cases` expanded)."""
+        return [expand(p) for p in self.axes_grid()]
 
     def total_trials(self) -> int:
         return len(self.grid()) if self.mode == "grid" else int(self.n_trials or 0)

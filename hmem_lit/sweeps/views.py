@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from hmem_lit.launch.submit import SWEEP_JOBS, job_view
 from hmem_lit.sweeps.protocol import PROTOCOLS, frozen_anchor
-from hmem_lit.sweeps.spec import SweepSpec, expand, load_sweep
+from hmem_lit.sweeps.spec import SweepSpec, load_sweep
 from hmem_lit.sweeps.translate import Infeasible, translate
 
 
@@ -28,7 +28,7 @@ def plan(target: str | Path, cli: list[str] | tuple[str, ...] = ()) -> str:
     """`hmem sweep plan <sweep>`: every grid point (or the fixed part of an optuna space) translated on the meta
     device: n_layer, levels, anchor / fetched / bank params, or why it is infeasible. Trains nothing."""
     spec = load_sweep(target, cli)
-    points = [expand(p) for p in spec.grid()] if spec.mode == "grid" else [{}]
+    points = spec.grid() if spec.mode == "grid" else [{}]
     lines = [
         f"sweep {spec.name}: {spec.mode}, {len(points) if spec.mode == 'grid' else spec.n_trials} trials, "
         f"base {spec.base}, runs in {spec.runs_dir}",
