@@ -78,7 +78,12 @@ CAPACITY_PAIRS = [
     ("memory 16M tokens", "memory 4M tokens", "capacity/memory_16m", "quickstart/memory"),
 ]
 SETS = {"protocol": (ARMS, PAIRS), "capacity": (CAPACITY_ARMS, CAPACITY_PAIRS), "memory_lr": ([], [])}
-RATE_SWEEPS = [("memory_lr", ""), ("memory_lr_rslora", " rsLoRA"), ("memory_lr_kv", "")]  # sweeps/memory_lr.yaml
+RATE_SWEEPS = [
+    ("memory_lr", ""),
+    ("memory_lr_rslora", " rsLoRA"),
+    ("memory_lr_kv", ""),
+    ("memory_lr_kv1", ""),
+]  # sweeps/memory_lr.yaml
 
 
 def _rate_arms(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str, str, str]], dict[str, float]]:
