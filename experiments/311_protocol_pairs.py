@@ -30,6 +30,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -77,7 +78,12 @@ CAPACITY_PAIRS = [
     ("dense 2x 16M tokens", "dense 2x 4M tokens", "capacity/dense_2x_16m", "quickstart/dense_2x"),
     ("memory 16M tokens", "memory 4M tokens", "capacity/memory_16m", "quickstart/memory"),
 ]
-SETS = {"protocol": (ARMS, PAIRS), "capacity": (CAPACITY_ARMS, CAPACITY_PAIRS), "memory_lr": ([], [])}
+SETS = {
+    "protocol": (ARMS, PAIRS),
+    "capacity": (CAPACITY_ARMS, CAPACITY_PAIRS),
+    "memory_lr": ([], []),
+    "memory_type": ([], []),
+}
 RATE_SWEEPS = [
     ("memory_lr", ""),
     ("memory_lr_rslora", " rsLoRA"),
@@ -120,9 +126,27 @@ CORPUS = "facts"  # --corpus
 METRICS = ["Avg-SK", "Avg-SK rare", "paraphrase", "QA", "MC hard", "val bpb"]
 
 
-def _seeds(root: Path, r: str) -> list[Path]:
+def _type_arms(root: Path) -> tuple[list[tuple[str, Any]], list[tuple[str, str, Any, Any]]]:
+    """--set memory_type: the trials of `hmem sweep sweeps/memory_type.yaml` (each type at its own rate), one arm per
+    type with its seeds in seed order (paired with the other types' runs of the same seed), every pair of types."""
+    by: dict[str, list[tuple[int, str]]] = {}
+    for d in (root / "sweeps" / "memory_type").glob("fetched-*"):
+        if not (d / "final.json").is_file() or not any((d / "eval").glob("*/results.json")):
+            continue
+        c = json.loads((d / "final.json").read_text())["config"]
+        scaling = (c["memory"].get("lora") or {}).get("scaling", "alpha/r") if c["memory"]["type"] == "lora" else ""
+        label = f"{c['memory']['type'].upper()}{' ' + scaling if scaling else ''} lr {c['optim']['memory_lr']:g}"
+        by.setdefault(label, []).append((int(c["train"]["seed"]), f"sweeps/memory_type/{d.name}"))
+    arms = [(k, [r for _, r in sorted(v)]) for k, v in sorted(by.items())]
+    pairs = [(a[0], b[0], a[1], b[1]) for i, a in enumerate(arms) for b in arms[i + 1 :]]
+    return arms, pairs  # type: ignore[return-value]
+
+
+def _seeds(root: Path, r: str | list[str]) -> list[Path]:
     """The complete, evaluated runs of one arm: <r> (seed 0), <r>_seed1, <r>_seed2, ... as `hmem quickstart --seeds`
-    names them."""
+    names them; or the list of runs r, in seed order."""
+    if isinstance(r, list):
+        return [root / x for x in r]
     out = []
     for name in [r, *(f"{r}_seed{k}" for k in range(1, 10))]:
         p = root / name
@@ -158,7 +182,9 @@ def main() -> None:
     CORPUS = a.corpus
     suffix = "" if a.corpus == "facts" else f"_{a.corpus}"  # runs/quickstart_airports, runs/protocol_airports
 
-    def at(r: str) -> str:
+    def at(r: Any) -> Any:
+        if isinstance(r, list):
+            return r
         head, _, tail = r.partition("/")
         return f"{head}{suffix}/{tail}"
 
@@ -167,6 +193,8 @@ def main() -> None:
     dev: dict[str, float] = {}
     if a.set == "memory_lr":
         arms, pairs, dev = _rate_arms(root)
+    if a.set == "memory_type":
+        arms, pairs = _type_arms(root)
     rows = []
     for label, r in arms:
         ps = _seeds(root, at(r))
