@@ -666,7 +666,6 @@ def test_cases_axis_varies_params_together(tmp_path):
 @pytest.mark.parametrize(
     "space, msg",
     [
-        ({"cases": [{"memory.type": "ffn"}], "memory.type": ["kv"]}, "also fixed or an axis of its own"),
         ({"cases": [{"optim.memory_rate": 0.1}]}, "space.cases.optim.memory_rate: unknown config key"),
         ({"cases": ["ffn"]}, "expected a list of mappings of params"),
         ({"cases": [{"level": 9}]}, "level: must be an integer in 1..4"),
@@ -698,3 +697,18 @@ def test_a_changed_grid_axis_is_one_line_not_a_failed_trial(tmp_path):
     sweeps.run_sweep(path, ["space.optim.memory_lr=[0.01,0.3]", "name=t2"])  # the way out works
     ts2, _ = trials(path, "name=t2")
     assert sorted(t.state.name for t in ts2) == ["COMPLETE", "COMPLETE"]
+
+
+def test_an_axis_on_a_case_param_selects_the_cases(tmp_path):
+    """`space.memory.type=[lora]` on a sweep with cases keeps the LoRA case (with its own rate) and crosses it with the
+    other axes; a value no case has drops the cases (the base's settings apply), as a plug-in type needs."""
+    cases = [{"memory.type": "ffn", "optim.memory_lr": 0.01}, {"memory.type": "lora", "optim.memory_lr": 0.03}]
+    path = write_sweep(tmp_path, mode="grid", fixed={"level": 1}, space={"cases": cases, "train.seed": [0]})
+    spec = sweeps.load_sweep(path, ["space.memory.type=[lora]", "space.memory.lora.target=[vo,qk]"])
+    assert spec.grid() == [
+        {"optim.memory_lr": 0.03, "train.seed": 0, "memory.type": "lora", "memory.lora.target": t} for t in ("vo", "qk")
+    ]
+    spec = sweeps.load_sweep(path, ["space.memory.type=[kv]"])
+    assert "cases" not in spec.space and spec.grid() == [{"train.seed": 0, "memory.type": "kv"}]
+    spec = sweeps.load_sweep(path, ["fixed.optim.memory_lr=0.01"])
+    assert spec.grid() == [{"memory.type": "ffn", "train.seed": 0}]

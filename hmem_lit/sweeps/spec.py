@@ -504,11 +504,13 @@ def _set_space(spec: SweepSpec, raw: dict) -> None:
     spec.fixed = dict(fixed)
     for k, dom in raw["space"].items():
         if k == CASES:
-            spec.space[k] = _cases(dom, spec, raw["space"], valid)
+            spec.space[k] = _cases(dom, spec, valid)
             continue
         _check_param(k, "space", valid)
         _check(k not in spec.fixed, f"space.{k}", "also set in fixed; a param is either searched or fixed")
         spec.space[k] = _domain(k, dom, spec.mode)
+    if CASES in spec.space:
+        _narrow_cases(spec)
     for k, v in {**spec.fixed, **{k: d for k, d in spec.space.items() if isinstance(d, list) and k != CASES}}.items():
         _check_paper_values(k, v if isinstance(v, list) and k in spec.space else [v])
     for case in spec.space.get(CASES, []):
@@ -518,9 +520,9 @@ def _set_space(spec: SweepSpec, raw: dict) -> None:
         _check(len(spec.grid()) > 0, "space", "the grid is empty")
 
 
-def _cases(dom: Any, spec: SweepSpec, space: dict, valid: set[str]) -> list[dict[str, Any]]:
+def _cases(dom: Any, spec: SweepSpec, valid: set[str]) -> list[dict[str, Any]]:
     """space.cases: a grid axis of mappings, each a set of params applied together (e.g. a memory type with its own
-    learning rate); its params are neither fixed nor another axis."""
+    learning rate)."""
     _check(spec.mode == "grid", f"space.{CASES}", "cases are a grid axis (mode: grid); optuna spaces search each param")
     _check(
         isinstance(dom, list) and len(dom) > 0 and all(isinstance(c, dict) and len(c) > 0 for c in dom),
@@ -530,8 +532,25 @@ def _cases(dom: Any, spec: SweepSpec, space: dict, valid: set[str]) -> list[dict
     for c in dom:
         for k in c:
             _check_param(k, f"space.{CASES}", valid)
-            _check(k not in spec.fixed and k not in space, f"space.{CASES}.{k}", "also fixed or an axis of its own")
     return [dict(c) for c in dom]
+
+
+def _narrow_cases(spec: SweepSpec) -> None:
+    """A param set both by the cases and by `fixed` or an axis of its own (e.g. `space.memory.type=[lora]` on the
+    command line) selects: only the cases whose value is among the axis's values stay, without that param (the
+    axis supplies it). When no case matches, the cases axis is dropped and the axis runs with the base's settings."""
+    cases = spec.space[CASES]
+    for k in sorted({k for c in cases for k in c} & (set(spec.fixed) | set(spec.space) - {CASES})):
+        allowed = spec.space.get(k, [spec.fixed.get(k)])
+        cases = [{x: v for x, v in c.items() if x != k} for c in cases if k not in c or c[k] in allowed]
+    kept: list[dict[str, Any]] = []
+    for c in cases:
+        if c and c not in kept:
+            kept.append(c)
+    if kept:
+        spec.space[CASES] = kept
+    else:
+        del spec.space[CASES]
 
 
 def _domain(k: str, dom: Any, mode: str) -> Any:
