@@ -28,6 +28,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,9 +50,8 @@ def wilson(k: float, n: int) -> tuple[float, float]:
     return mid - half, mid + half
 
 
-def counts(run: Path) -> dict[tuple[str, int], int]:
-    """(probe, bucket) -> the number of in-loop items the run scored there (the callback's own selection)."""
-    cfg = runs_mod.load_run_config(run)
+def counts(cfg: Any) -> dict[tuple[str, int], int]:
+    """(probe, bucket) -> the number of in-loop items a run scored there (the callback's own selection)."""
     out: dict[tuple[str, int], int] = {}
     for name, items in _items(cfg, cfg.train.probe_per_bucket).items():
         for it in items:
@@ -60,9 +60,10 @@ def counts(run: Path) -> dict[tuple[str, int], int]:
 
 
 def curve_rows(corpus: str, arm: str, run: Path) -> list[dict[str, object]]:
-    n = counts(run)
+    cfg = runs_mod.load_run_config(run)
+    n = counts(cfg)
     last = max(b for _, b in n)
-    man = runs_mod.read_final(run) if runs_mod.is_complete(run) else {}
+    complete = runs_mod.is_complete(run)
     commit = str(json.loads((run / "manifest.json").read_text()).get("git_sha") or "")[:8]
     rows = []
     for rec in runs_mod.read_metrics(run):
@@ -86,9 +87,9 @@ def curve_rows(corpus: str, arm: str, run: Path) -> list[dict[str, object]]:
                     "ci_lo": round(max(0.0, 100 * lo), 2),
                     "ci_hi": round(min(100.0, 100 * hi), 2),
                     "n_items": int(tot),
-                    "seed": runs_mod.load_run_config(run).train.seed,
+                    "seed": cfg.train.seed,
                     "run": f"{run.parent.name}/{run.name}",
-                    "complete": bool(man),
+                    "complete": complete,
                     "train_commit": commit,
                 }
             )
