@@ -11,6 +11,14 @@ Command:  hmem train experiments/102_qs_memory.yaml experiment=protocol name=a3 
               python experiments/311_protocol_pairs.py --corpus airports --out docs/results/protocol_airports.csv
           --set capacity: the quickstart's models at 4M tokens against 16M (experiments/313_capacity_curves.py)
               -> docs/results/capacity_<corpus>.csv
+          --set capacity also holds the ~1M-parameter anchor (anchor.preset=small, 1.12M) and its memory run at the
+              quickstart's 4M tokens: `hmem train experiments/101_qs_anchor.yaml anchor.preset=small
+              experiment=capacity name=anchor_small` (and 102_qs_memory.yaml, name=memory_small)
+          --set memory_type [--corpus airports]: the trials of `hmem sweep sweeps/memory_type.yaml` (airports:
+              data.corpus=airports data.dir=data/quickstart_airports name=memory_type_airports)
+          --set smollm2: SmolLM2-135M with post-hoc memory (experiments/314_smollm2_posthoc_cpu.yaml, run by
+              CONFIG=experiments/314_smollm2_posthoc_cpu.yaml experiments/310_smollm2_posthoc.sh): the model alone,
+              with its fetched memory, with BM25 RAG, and with both -> docs/results/smollm2_facts.csv
           --set memory_lr: every trial of `hmem sweep sweeps/memory_lr.yaml` (and its rsLoRA variant, name=
               memory_lr_rslora, the command in the sweep's header) -> docs/results/memory_lr_facts.csv
 Result:   docs/results/protocol_facts.csv (a record: paired differences with 95% CIs and verdicts) and
@@ -77,12 +85,35 @@ CAPACITY_PAIRS = [
     ("anchor 16M tokens", "anchor 4M tokens", "capacity/anchor_16m", "quickstart/anchor"),
     ("dense 2x 16M tokens", "dense 2x 4M tokens", "capacity/dense_2x_16m", "quickstart/dense_2x"),
     ("memory 16M tokens", "memory 4M tokens", "capacity/memory_16m", "quickstart/memory"),
+    ("memory 4M tokens", "anchor 1.1M 4M tokens", "quickstart/memory", "capacity/anchor_small"),
+    ("memory 1.1M 4M tokens", "anchor 1.1M 4M tokens", "capacity/memory_small", "capacity/anchor_small"),
+    ("anchor 1.1M 4M tokens", "dense 2x 4M tokens", "capacity/anchor_small", "quickstart/dense_2x"),
+]
+CAPACITY_ARMS += [
+    ("anchor 1.1M 4M tokens", "capacity/anchor_small"),  # anchor.preset=small: 4 layers, d 128 (4.7x the tiny)
+    ("memory 1.1M 4M tokens", "capacity/memory_small"),  # its quickstart memory run (A4), 147k fetched (13%)
+]
+# --set smollm2 (issue 31 item 6): one run, four evaluation modes (run@mode)
+SMOL = "smollm2_cpu/memory"
+RAG = "rag-bm25-k1-inline"
+SMOL_ARMS = [
+    ("SmolLM2 alone", f"{SMOL}@none"),
+    ("SmolLM2 + memory", f"{SMOL}@fetched"),
+    ("SmolLM2 + RAG", f"{SMOL}@none-{RAG}"),
+    ("SmolLM2 + RAG + memory", f"{SMOL}@fetched-{RAG}"),
+]
+SMOL_PAIRS = [
+    ("SmolLM2 + memory", "SmolLM2 alone", f"{SMOL}@fetched", f"{SMOL}@none"),
+    ("SmolLM2 + RAG", "SmolLM2 alone", f"{SMOL}@none-{RAG}", f"{SMOL}@none"),
+    ("SmolLM2 + memory", "SmolLM2 + RAG", f"{SMOL}@fetched", f"{SMOL}@none-{RAG}"),
+    ("SmolLM2 + RAG + memory", "SmolLM2 + RAG", f"{SMOL}@fetched-{RAG}", f"{SMOL}@none-{RAG}"),
 ]
 SETS = {
     "protocol": (ARMS, PAIRS),
     "capacity": (CAPACITY_ARMS, CAPACITY_PAIRS),
     "memory_lr": ([], []),
     "memory_type": ([], []),
+    "smollm2": (SMOL_ARMS, SMOL_PAIRS),
 }
 RATE_SWEEPS = [
     ("memory_lr", ""),
@@ -96,18 +127,19 @@ def _rate_arms(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str, 
     """--set memory_lr: every trial of the rate sweeps (one seed: CIs over items), the shared frozen anchor, and the
     pairs of each type's best rate on DEV entities (the sweep's objective) against the anchor and each other."""
     arms, dev, best = [], {}, {}
-    for anchor in sorted((root / "sweeps" / "_baselines").glob("101_qs_anchor-*")):
-        arms.append(("anchor (frozen)", f"sweeps/_baselines/{anchor.name}"))
-    trials = []
+    trials, anchors = [], set()
     for sweep, tag in RATE_SWEEPS:
         for d in (root / "sweeps" / sweep).glob("type-*"):
             if not (d / "final.json").is_file():
                 continue
             fin = json.loads((d / "final.json").read_text())
+            anchors.add(Path(fin["config"]["train"]["init_from"]).name)  # the frozen anchor the trial trained on
             kind, lr = fin["config"]["memory"]["type"] + tag, float(fin["config"]["optim"]["memory_lr"])
             score = ((fin.get("eval") or {}).get("fetched") or {}).get("dev/hmem_sk")
             if score is not None:
                 trials.append((kind, lr, f"sweeps/{sweep}/{d.name}", float(score)))
+    for anchor in sorted(anchors):  # not every anchor in _baselines: other sweeps (corpora, seeds) share it
+        arms.append(("anchor (frozen)", f"sweeps/_baselines/{anchor}"))
     for kind, lr, r, score in sorted(trials):
         label = f"{kind} lr {lr:g}"
         arms.append((label, r))
@@ -126,17 +158,17 @@ CORPUS = "facts"  # --corpus
 METRICS = ["Avg-SK", "Avg-SK rare", "paraphrase", "QA", "MC hard", "val bpb"]
 
 
-def _type_arms(root: Path) -> tuple[list[tuple[str, Any]], list[tuple[str, str, Any, Any]]]:
+def _type_arms(root: Path, sweep: str) -> tuple[list[tuple[str, Any]], list[tuple[str, str, Any, Any]]]:
     """--set memory_type: the trials of `hmem sweep sweeps/memory_type.yaml` (each type at its own rate), one arm per
     type with its seeds in seed order (paired with the other types' runs of the same seed), every pair of types."""
     by: dict[str, list[tuple[int, str]]] = {}
-    for d in (root / "sweeps" / "memory_type").glob("fetched-*"):
+    for d in (root / "sweeps" / sweep).glob("fetched-*"):
         if not (d / "final.json").is_file() or not any((d / "eval").glob("*/results.json")):
             continue
         c = json.loads((d / "final.json").read_text())["config"]
         scaling = (c["memory"].get("lora") or {}).get("scaling", "alpha/r") if c["memory"]["type"] == "lora" else ""
         label = f"{c['memory']['type'].upper()}{' ' + scaling if scaling else ''} lr {c['optim']['memory_lr']:g}"
-        by.setdefault(label, []).append((int(c["train"]["seed"]), f"sweeps/memory_type/{d.name}"))
+        by.setdefault(label, []).append((int(c["train"]["seed"]), f"sweeps/{sweep}/{d.name}"))
     arms = [(k, [r for _, r in sorted(v)]) for k, v in sorted(by.items())]
     pairs = [(a[0], b[0], a[1], b[1]) for i, a in enumerate(arms) for b in arms[i + 1 :]]
     return arms, pairs  # type: ignore[return-value]
@@ -144,24 +176,34 @@ def _type_arms(root: Path) -> tuple[list[tuple[str, Any]], list[tuple[str, str, 
 
 def _seeds(root: Path, r: str | list[str]) -> list[Path]:
     """The complete, evaluated runs of one arm: <r> (seed 0), <r>_seed1, <r>_seed2, ... as `hmem quickstart --seeds`
-    names them; or the list of runs r, in seed order."""
+    names them; or the list of runs r, in seed order. `<r>@<mode>` reads the runs in that evaluation mode."""
     if isinstance(r, list):
         return [root / x for x in r]
+    r, _, mode = r.partition("@")
     out = []
     for name in [r, *(f"{r}_seed{k}" for k in range(1, 10))]:
         p = root / name
         if (p / "final.json").is_file() and any((p / "eval").glob("*/results.json")):  # evaluated to the end
-            out.append(p)
+            if not mode or (p / "eval" / mode / "results.json").is_file():
+                out.append(p.with_name(f"{p.name}@{mode}") if mode else p)
     return out
 
 
 def _mode(run: Path) -> str:
+    """The evaluation mode an arm's run is read in: the `@mode` of its name, else fetched when it has it."""
+    if "@" in run.name:
+        return run.name.partition("@")[2]
     return "fetched" if (run / "eval" / "fetched").is_dir() else "none"
 
 
+def _dir(run: Path) -> Path:
+    """The run directory itself (without an `@mode`)."""
+    return run.with_name(run.name.partition("@")[0])
+
+
 def _provenance(run: Path) -> dict[str, str]:
-    res = json.loads((run / "eval" / _mode(run) / "results.json").read_text())
-    man = json.loads((run / "manifest.json").read_text())
+    res = json.loads((_dir(run) / "eval" / _mode(run) / "results.json").read_text())
+    man = json.loads((_dir(run) / "manifest.json").read_text())
     return {
         "train_commit": str(man.get("git_sha") or "")[:8],
         "eval_commit": str((res.get("code") or {}).get("git_sha") or "")[:8],
@@ -194,13 +236,14 @@ def main() -> None:
     if a.set == "memory_lr":
         arms, pairs, dev = _rate_arms(root)
     if a.set == "memory_type":
-        arms, pairs = _type_arms(root)
+        arms, pairs = _type_arms(root, f"memory_type{suffix}")
+    metrics = [*METRICS, "Avg-CK"] if a.set == "smollm2" else METRICS
     rows = []
     for label, r in arms:
         ps = _seeds(root, at(r))
         if not ps:
             continue
-        for metric in METRICS:
+        for metric in metrics:
             spec = next(m for m in compare.METRICS if m.name == metric)
             arm = _arm(label, ps)
             if arm is None:
@@ -219,7 +262,7 @@ def main() -> None:
         if n == 0:
             print(f"skip {la} - {lb}: no complete runs")
             continue
-        for metric in METRICS:
+        for metric in metrics:
             iv = _diff(pa[:n], pb[:n], metric)
             if iv is None:
                 continue
@@ -261,10 +304,10 @@ def _row(
 
 def _arm(label: str, paths: list[Path]) -> compare.Arm | None:
     """One arm from its seeds' runs, each read in its own memory mode (memory runs fetched, an anchor none)."""
-    items = [compare._load(p, _mode(p)) for p in paths]
+    items = [compare._load(_dir(p), _mode(p)) for p in paths]
     if any(x is None for x in items):
         return None
-    return compare.Arm(label, _mode(paths[0]), paths, list(range(len(paths))), items)  # type: ignore[arg-type]
+    return compare.Arm(label, _mode(paths[0]), [_dir(p) for p in paths], list(range(len(paths))), items)  # type: ignore[arg-type]
 
 
 def _diff(pa: list[Path], pb: list[Path], metric: str) -> stats.Interval | None:
