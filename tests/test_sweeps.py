@@ -712,3 +712,23 @@ def test_an_axis_on_a_case_param_selects_the_cases(tmp_path):
     assert "cases" not in spec.space and spec.grid() == [{"train.seed": 0, "memory.type": "kv"}]
     spec = sweeps.load_sweep(path, ["fixed.optim.memory_lr=0.01"])
     assert spec.grid() == [{"memory.type": "ffn", "train.seed": 0}]
+
+
+def test_an_axis_of_several_case_values_keeps_each_case_paired(tmp_path):
+    """`space.memory.type=[lora,kv]` on three typed cases runs LoRA at LoRA's rate and KV at KV's, never crossed (a
+    defect found running seeds 3-4 of the memory-type comparison: the axis was crossed with the stripped cases, which
+    put LoRA at KV's rate); a case without the param runs once per axis value."""
+    cases = [
+        {"memory.type": "ffn", "optim.memory_lr": 0.01},
+        {"memory.type": "lora", "optim.memory_lr": 0.03},
+        {"memory.type": "kv", "optim.memory_lr": 0.3},
+    ]
+    path = write_sweep(tmp_path, mode="grid", fixed={"level": 1}, space={"cases": cases, "train.seed": [0]})
+    spec = sweeps.load_sweep(path, ["space.memory.type=[lora,kv]", "space.train.seed=[3,4]"])
+    pairs = sorted((p["memory.type"], p["optim.memory_lr"], p["train.seed"]) for p in spec.grid())
+    assert pairs == [("kv", 0.3, 3), ("kv", 0.3, 4), ("lora", 0.03, 3), ("lora", 0.03, 4)]
+    cases = [{"memory.type": "ffn", "optim.memory_lr": 0.01}, {"optim.memory_lr": 0.1}]
+    path = write_sweep(tmp_path, mode="grid", fixed={"level": 1}, space={"cases": cases})
+    spec = sweeps.load_sweep(path, ["space.memory.type=[ffn,kv]"])
+    got = sorted((p["memory.type"], p["optim.memory_lr"]) for p in spec.grid())
+    assert got == [("ffn", 0.01), ("ffn", 0.1), ("kv", 0.1)] and "memory.type" not in spec.space

@@ -536,19 +536,29 @@ def _cases(dom: Any, spec: SweepSpec, valid: set[str]) -> list[dict[str, Any]]:
 
 
 def _narrow_cases(spec: SweepSpec) -> None:
-    """A param set both by the cases and by `fixed` or an axis of its own (e.g. `space.memory.type=[lora]` on the
-    command line) selects: only the cases whose value is among the axis's values stay, without that param (the
-    axis supplies it). When no case matches, the cases axis is dropped and the axis runs with the base's settings."""
+    """A param set both by the cases and by `fixed` or an axis of its own (e.g. `space.memory.type=[lora,kv]` on the
+    command line) selects: only the cases whose value is among the fixed or axis values stay. A fixed param leaves
+    the cases (fixed supplies it); an axis is folded into the cases (a case without the param runs once per axis
+    value), so a case's other params stay paired with its own value instead of being crossed with every value of
+    the axis. When no case matches, the cases axis is dropped and the axis runs with the base's settings."""
     cases = spec.space[CASES]
+    folded: dict[str, list[Any]] = {}
     for k in sorted({k for c in cases for k in c} & (set(spec.fixed) | set(spec.space) - {CASES})):
-        allowed = spec.space.get(k, [spec.fixed.get(k)])
-        cases = [{x: v for x, v in c.items() if x != k} for c in cases if k not in c or c[k] in allowed]
+        if k in spec.fixed:
+            cases = [{x: v for x, v in c.items() if x != k} for c in cases if k not in c or c[k] == spec.fixed[k]]
+            continue
+        allowed = spec.space[k]
+        cases = [c for c in cases if k not in c or c[k] in allowed]
+        cases = [c if k in c else {**c, k: v} for c in cases for v in ([None] if k in c else allowed)]
+        folded[k] = allowed
     kept: list[dict[str, Any]] = []
     for c in cases:
         if c and c not in kept:
             kept.append(c)
     if kept:
         spec.space[CASES] = kept
+        for k in folded:
+            del spec.space[k]  # the cases carry it now
     else:
         del spec.space[CASES]
 
