@@ -15,7 +15,9 @@ Command:  hmem train experiments/102_qs_memory.yaml experiment=protocol name=a3 
               quickstart's 4M tokens: `hmem train experiments/101_qs_anchor.yaml anchor.preset=small
               experiment=capacity name=anchor_small` (and 102_qs_memory.yaml, name=memory_small)
           --set memory_type [--corpus airports]: the trials of `hmem sweep sweeps/memory_type.yaml` (airports:
-              data.corpus=airports data.dir=data/quickstart_airports name=memory_type_airports)
+              data.corpus=airports data.dir=data/quickstart_airports name=memory_type_airports), with the seeds of
+              studies named <sweep>_seeds* (seeds 3-4 of LoRA and KV: space.memory.type=[lora,kv]
+              space.train.seed=[3,4] name=memory_type_seeds34)
           --set smollm2: SmolLM2-135M with post-hoc memory (experiments/314_smollm2_posthoc_cpu.yaml, run by
               CONFIG=experiments/314_smollm2_posthoc_cpu.yaml experiments/310_smollm2_posthoc.sh): the model alone,
               with its fetched memory, with BM25 RAG, and with both -> docs/results/smollm2_facts.csv
@@ -162,13 +164,14 @@ def _type_arms(root: Path, sweep: str) -> tuple[list[tuple[str, Any]], list[tupl
     """--set memory_type: the trials of `hmem sweep sweeps/memory_type.yaml` (each type at its own rate), one arm per
     type with its seeds in seed order (paired with the other types' runs of the same seed), every pair of types."""
     by: dict[str, list[tuple[int, str]]] = {}
-    for d in (root / "sweeps" / sweep).glob("fetched-*"):
+    dirs = [root / "sweeps" / sweep, *sorted((root / "sweeps").glob(f"{sweep}_seeds*"))]  # more seeds: own studies
+    for d in (x for s in dirs for x in s.glob("fetched-*")):
         if not (d / "final.json").is_file() or not any((d / "eval").glob("*/results.json")):
             continue
         c = json.loads((d / "final.json").read_text())["config"]
         scaling = (c["memory"].get("lora") or {}).get("scaling", "alpha/r") if c["memory"]["type"] == "lora" else ""
         label = f"{c['memory']['type'].upper()}{' ' + scaling if scaling else ''} lr {c['optim']['memory_lr']:g}"
-        by.setdefault(label, []).append((int(c["train"]["seed"]), f"sweeps/{sweep}/{d.name}"))
+        by.setdefault(label, []).append((int(c["train"]["seed"]), f"sweeps/{d.parent.name}/{d.name}"))
     arms = [(k, [r for _, r in sorted(v)]) for k, v in sorted(by.items())]
     pairs = [(a[0], b[0], a[1], b[1]) for i, a in enumerate(arms) for b in arms[i + 1 :]]
     return arms, pairs  # type: ignore[return-value]
