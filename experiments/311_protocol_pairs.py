@@ -164,6 +164,7 @@ def _type_arms(root: Path, sweep: str) -> tuple[list[tuple[str, Any]], list[tupl
     """--set memory_type: the trials of `hmem sweep sweeps/memory_type.yaml` (each type at its own rate), one arm per
     type with its seeds in seed order (paired with the other types' runs of the same seed), every pair of types."""
     by: dict[str, list[tuple[int, str]]] = {}
+    anchors: dict[int, str] = {}  # seed -> the frozen anchor that seed's trials trained on
     dirs = [root / "sweeps" / sweep, *sorted((root / "sweeps").glob(f"{sweep}_seeds*"))]  # more seeds: own studies
     for d in (x for s in dirs for x in s.glob("fetched-*")):
         if not (d / "final.json").is_file() or not any((d / "eval").glob("*/results.json")):
@@ -172,8 +173,14 @@ def _type_arms(root: Path, sweep: str) -> tuple[list[tuple[str, Any]], list[tupl
         scaling = (c["memory"].get("lora") or {}).get("scaling", "alpha/r") if c["memory"]["type"] == "lora" else ""
         label = f"{c['memory']['type'].upper()}{' ' + scaling if scaling else ''} lr {c['optim']['memory_lr']:g}"
         by.setdefault(label, []).append((int(c["train"]["seed"]), f"sweeps/{d.parent.name}/{d.name}"))
+        anchors[int(c["train"]["seed"])] = f"sweeps/_baselines/{Path(c['train']['init_from']).name}"
     arms = [(k, [r for _, r in sorted(v)]) for k, v in sorted(by.items())]
     pairs = [(a[0], b[0], a[1], b[1]) for i, a in enumerate(arms) for b in arms[i + 1 :]]
+    # the anchor alone, once every seed's anchor is evaluated (`hmem eval <anchor> --memory none`)
+    ev = [r for _, r in sorted(anchors.items())]
+    if ev and all(any((root / r / "eval").glob("*/results.json")) for r in ev):
+        pairs = [(a[0], "anchor (frozen)", a[1], ev) for a in arms] + pairs
+        arms = [("anchor (frozen)", ev), *arms]
     return arms, pairs  # type: ignore[return-value]
 
 
