@@ -18,7 +18,7 @@ CONFIG=${CONFIG:-experiments/310_smollm2_posthoc.yaml}
 RUN=${RUN:-runs/smollm2_posthoc/memory}  # <out_dir>/<experiment>/<name> of CONFIG
 THREADS=${THREADS:-2}
 $HMEM train "$CONFIG"
-T="hmem_sk_base hmem_sk hmem_ck hmem_val_bpb"
+T="hmem_sk hmem_ck hmem_val_bpb"  # hmem_sk holds hmem_sk_base (lm-eval refuses a task listed twice)
 for m in none fetched; do
     $HMEM eval $RUN --memory $m --tasks $T --limit $LIMIT --threads $THREADS
     $HMEM eval $RUN --memory $m --tasks hmem_sk_base --limit $LIMIT --threads $THREADS --rag bm25 --rag-k 1 --rag-join inline
