@@ -174,8 +174,8 @@ def test_waits_count_only_the_times_the_loop_blocked():
     wb.submit(t, gate.rows, gate)
     wb.launch()
     assert gate.started.wait(10)
-    for _ in range(1000):  # until the first phase is done (at most 10 s)
-        if bool(t[1, 0] == 1):
+    for _ in range(1000):  # until the first phase is done and marked so (at most 10 s): the worker writes the rows
+        if bool(t[1, 0] == 1) and all(u.first.is_set() for u in wb._pending):  # before it sets `first`
             break
         threading.Event().wait(0.01)
     assert bool(t[1, 0] == 1)
