@@ -253,11 +253,9 @@ def main() -> None:
         ps = _seeds(root, at(r))
         if not ps:
             continue
-        for metric in metrics:
+        arm = _arm(label, ps)  # read once, not once per metric
+        for metric in metrics if arm is not None else []:
             spec = next(m for m in compare.METRICS if m.name == metric)
-            arm = _arm(label, ps)
-            if arm is None:
-                continue
             keys = compare._keys([arm], spec)
             if not keys:
                 continue
