@@ -90,9 +90,10 @@ def test_rows_gain_seeds_and_shapes(tmp_path):
     assert "not resolved (one seed)" in airports
     page = ablations.build(root, tmp_path / "out")
     text = page.read_text()
-    assert sec.title in text and "42.0 ± 2.8" in text and "not run yet" in text  # the other sweeps
+    assert sec.title in text and "42.0 ± 2.8" in text and "no runs in this build" in text  # the other sweeps
     assert (tmp_path / "out" / "memory_type.png").stat().st_size > 1000
     assert (tmp_path / "out" / "rows.csv").read_text().count("\n") == 10
+    assert "commit" in (tmp_path / "out" / "rows.csv").read_text().splitlines()[0]
 
 
 def _agg(**cols):
@@ -139,3 +140,33 @@ def test_missing_root_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no complete, evaluated sweep runs"):
         ablations.build(tmp_path / "empty", tmp_path / "out")
+
+
+def test_checks_record_and_merge(tmp_path):
+    """The verdicts computed from runs are recorded (checks.csv) and a rebuild from the committed rows prints the
+    same lines; --merge keeps a committed (sweep, setting) the new runs do not cover and replaces one they do."""
+    first, out = tmp_path / "first", tmp_path / "out"
+    fake_run(first, "_baselines", "anchor-f", mtype="none", levels=(), sk=0.10)
+    for seed in (0, 1, 2):
+        fake_run(first, "level_fetched", f"l1-{seed}", levels=(96,), sk=0.20 + 0.01 * seed, seed=seed)
+        fake_run(first, "level_fetched", f"l2-{seed}", levels=(0, 96), sk=0.30 + 0.01 * seed, seed=seed)
+    page = ablations.build(first, out).read_text()
+    checks = (out / "checks.csv").read_text()
+    assert 'level_fetched,"facts, 2M tokens"' in checks and "deeper level helps more" in checks
+    line = next(x for x in page.splitlines() if x.startswith("- facts, 2M tokens: fetched"))
+    rebuilt = ablations.build(first, tmp_path / "again", rows_csv=out / "rows.csv").read_text()
+    assert line in rebuilt.splitlines()  # read from checks.csv, not recomputed from seeds
+    # a later machine runs airports only: facts' rows and verdict stay, airports' are added
+    second = tmp_path / "second"
+    fake_run(second, "_baselines", "anchor-a", mtype="none", levels=(), sk=0.10, corpus="airports")
+    fake_run(second, "level_fetched-airports", "l1", levels=(96,), sk=0.25, corpus="airports")
+    fake_run(second, "level_fetched-airports", "l2", levels=(0, 96), sk=0.35, corpus="airports")
+    merged = ablations.build(second, out, merge=True).read_text()
+    assert line in merged.splitlines() and "- airports, 2M tokens: fetched" in merged
+    rows = ablations.read_rows(out / "rows.csv")
+    assert len(rows) == 7 + 3 and set(rows.corpus) == {"facts", "airports"}
+    # the same airports runs again replace, never duplicate
+    ablations.build(second, out, merge=True)
+    assert len(ablations.read_rows(out / "rows.csv")) == 10
+    with pytest.raises(ConfigError, match="--merge"):
+        ablations.build(second, out, rows_csv=out / "rows.csv", merge=True)

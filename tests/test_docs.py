@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
 MODULE = re.compile(r"`(hmem_lit/[\w/]+\.py)`")
 PAGES = sorted((ROOT / "docs").rglob("*.md"))
-SOURCES = {ROOT / "docs" / "ablations" / "notes.md"}  # the hand-written part `hmem ablations` puts in its page
+SOURCES = set((ROOT / "docs" / "ablations").rglob("notes.md"))  # hand-written parts `hmem ablations` puts in pages
 
 
 def _links(page: Path) -> list[Path]:

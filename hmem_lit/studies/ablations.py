@@ -9,8 +9,13 @@ one configuration are averaged (mean, std, n); the anchor a configuration is com
 same corpus, anchor depth and token count.
 
 Output (OUT, default docs/ablations/): ablations.md (tables, shape checks, run counts, wall time), one PNG per
-sweep, and rows.csv (one row per run: what the tables are computed from). A hand-written OUT/notes.md (the
-reading of the numbers) is included at the top when it exists.
+sweep, rows.csv (one row per run: what the tables are computed from, with the commit and protocol that made it)
+and checks.csv (each verdict line as computed from the runs: paired item-level intervals need the run
+directories, so a rebuild from rows.csv reads the verdicts from here instead of recomputing them from seeds). A
+hand-written OUT/notes.md (the reading of the numbers) is included at the top when it exists.
+
+Runs do not outlive a machine, so the page accumulates: `--merge` keeps the committed rows and verdicts of every
+(sweep, setting) that the runs below ROOT do not cover, and replaces the ones they do.
 """
 
 from __future__ import annotations
@@ -67,6 +72,10 @@ def run_row(run_dir: Path, sweep: str) -> dict[str, Any] | None:
     levels = [int(r) for r in mem.get("levels") or []]
     used = [i + 1 for i, r in enumerate(levels) if r]
     rare, frequent = _rare(ev)
+    try:
+        sha = str(json.loads((run_dir / "manifest.json").read_text()).get("git_sha") or "")[:7]
+    except (OSError, ValueError, AttributeError):
+        sha = ""
     pa, pf = float(params.get("anchor", 0)), float(params.get("fetched", 0))
     mtype = mem.get("type", "none")
     layers = mem.get("layers", "all")
@@ -77,6 +86,8 @@ def run_row(run_dir: Path, sweep: str) -> dict[str, Any] | None:
         "path": str(run_dir),
         "corpus": data.get("corpus", "facts") if data.get("source", "builtin") == "builtin" else data.get("source"),
         "seed": tr.get("seed", 0),
+        "mode": tr.get("mode", "cotrain") if mtype != "none" else "anchor",
+        "commit": sha,
         "tokens": final.get("tokens"),
         "n_layer": an.get("n_layer"),
         "memory_type": mtype,
@@ -170,7 +181,11 @@ def aggregate(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     out["n"] = g.size()
     for c in ("sk", "wiki_ppl", "val_bpb"):  # per-seed values, for the intervals of the checks
         out[f"{c}_vals"] = g[c].apply(list)
-    out["paths"] = g["path"].apply(list) if "path" in df.columns else [[] for _ in range(len(out))]
+    out["paths"] = (  # run directories (rows read back from a rows.csv have none)
+        g["path"].apply(lambda s: [p for p in s if isinstance(p, str)])
+        if "path" in df.columns
+        else [[] for _ in range(len(out))]
+    )
     return out.reset_index()
 
 
@@ -441,11 +456,29 @@ def read_rows(path: str | Path) -> pd.DataFrame:
     if not p.is_file():
         raise ConfigError(f"--rows {p}: no such file (a rows.csv written by `hmem ablations`)")
     df = pd.read_csv(p, keep_default_na=False, na_values=[""])
-    for c, default in (("val_bpb", math.nan), ("metric_version", 1)):  # rows written before these columns
+    old_rows = (("val_bpb", math.nan), ("metric_version", 1), ("mode", ""), ("commit", ""))
+    for c, default in old_rows:  # rows written before these columns
         if c not in df.columns:
             df[c] = default
     df["lora_target"] = df["lora_target"].fillna("")
     return df
+
+
+def read_checks(path: Path) -> dict[tuple[str, str], list[str]]:
+    """A committed checks.csv -> {(sweep, setting): verdict lines} ({} when there is none)."""
+    if not path.is_file():
+        return {}
+    out: dict[tuple[str, str], list[str]] = {}
+    for r in pd.read_csv(path, keep_default_na=False).itertuples():
+        out.setdefault((r.sweep, r.setting), []).append(r.line)
+    return out
+
+
+def merge_rows(new: pd.DataFrame, old: pd.DataFrame) -> pd.DataFrame:
+    """new, plus the rows of `old` whose (sweep, setting) new does not cover."""
+    have = set(zip(new.sweep, new.setting))
+    keep = old[[(a, b) not in have for a, b in zip(old.sweep, old.setting)]]
+    return pd.concat([new, keep], ignore_index=True) if len(keep) else new
 
 
 def _rows_for_page(root: str | Path, rows_csv: str | Path | None) -> tuple[pd.DataFrame, str]:
@@ -462,26 +495,9 @@ def _rows_for_page(root: str | Path, rows_csv: str | Path | None) -> tuple[pd.Da
     return df, source
 
 
-_REGENERATE = [
-    "Regenerate (two chains side by side on 2 cores, one worker each; every command resumes where it "
-    "stopped; `--workers 2` runs one sweep's trials two at a time instead):",
-    "",
-    "```",
-    "S='memory_type level_fetched level_bank fetched_bank placement fetch_ratio'",
-    "for s in $S; do hmem sweep sweeps/$s.yaml; done        # facts, the sweep files' 2M tokens",
-    "for s in $S; do hmem sweep sweeps/$s.yaml name=$s-airports_4m data.corpus=airports \\",
-    "    data.dir=data/quickstart_airports train.max_tokens=4000000; done    # airports, 4M tokens",
-    "hmem ablations                  # this page, from runs/sweeps",
-    "hmem report memory_type         # the suite's standard figures and tables for one sweep",
-    "hmem sweep plan memory_type profile=gpu   # the paper-scale version: sizes and counts, no training",
-    "```",
-    "",
-]
-
-
 def _page_head(df: pd.DataFrame, source: str, out: Path) -> list[str]:
     """The page's lines before the sections: what it was built from, how to read the checks, the hand-written
-    notes (OUT/notes.md, when there), how to regenerate it, and the anchors alone."""
+    notes (OUT/notes.md, when there: the reading and the commands that regenerate the runs), the anchors alone."""
     versions = sorted({int(v) for v in df.metric_version.dropna()})
     lines = [
         "# The paper's ablations at the quickstart's scale",
@@ -503,16 +519,17 @@ def _page_head(df: pd.DataFrame, source: str, out: Path) -> list[str]:
         "needs two seeds per configuration: a step with one seed is *not resolved*, whatever its size.",
         "",
     ]
-    notes = out / "notes.md"  # hand-written reading of the numbers, kept next to the page (never generated)
+    notes = out / "notes.md"  # hand-written: the reading of the numbers and the commands that made them
     if notes.is_file():
         lines += [notes.read_text().rstrip(), ""]
-    lines += _REGENERATE
     anchors = df[df.sweep == "_baselines"]
     if len(anchors):
+        a = anchors.groupby(["setting", "n_layer"]).agg(sk=("sk", "mean"), rare=("rare", "mean"), n=("sk", "size"))
         lines += [
-            "Anchors alone (Avg-SK, rarest bucket): "
+            "Anchors alone (Avg-SK, rarest bucket; mean over seeds): "
             + ", ".join(
-                f"{r.setting}, {int(r.n_layer)} layers: {r.sk:.1f} ({r.rare:.1f})" for r in anchors.itertuples()
+                f"{s}, {int(nl)} layers: {r.sk:.1f} ({r.rare:.1f}; {int(r.n)} seed{'s' if r.n > 1 else ''})"
+                for (s, nl), r in a.iterrows()
             ),
             "",
         ]
@@ -537,43 +554,77 @@ def _page_order(agg: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return agg.assign(_r=agg.setting.map(rank)).sort_values(["_r", *keys]).drop(columns="_r").reset_index(drop=True)
 
 
-def _section_lines(sec: Section, df: pd.DataFrame, out: Path) -> list[str]:
-    """One question's part of the page (its figure written into OUT): the shape checks per setting, the table."""
+def _section_lines(
+    sec: Section,
+    df: pd.DataFrame,
+    out: Path,
+    recorded: dict[tuple[str, str], list[str]],
+    checks: list[dict[str, str]],
+) -> list[str]:
+    """One question's part of the page (its figure written into OUT): the shape checks per setting (from
+    `recorded` where it has them, else computed; every line appended to `checks`), the table."""
     rows = df[df.sweep == sec.sweep].copy()
     if rows.empty:
-        return [f"## {sec.title} ({sec.reproduces})", "", "not run yet", ""]
+        return [f"## {sec.title} ({sec.reproduces})", "", "no runs in this build (see the notes above)", ""]
     rows = _compared_rows(sec, rows)
     agg = _page_order(aggregate(rows, sec.keys), sec.keys)
     fig = _figure(sec, agg, out)
-    lines = [f"## {sec.title} ({sec.reproduces})", "", f"Paper: {sec.paper}. {len(rows)} runs, {_wall(rows)}.", ""]
+    modes = ", ".join(sorted({str(m) for m in rows["mode"].dropna()} - {"anchor"})) if "mode" in rows else ""
+    lines = [
+        f"## {sec.title} ({sec.reproduces})",
+        "",
+        f"Paper: {sec.paper}. {len(rows)} runs, {_wall(rows)}" + (f"; memory trained {modes}" if modes else "") + ".",
+        "",
+    ]
     for c in _settings(agg):
-        lines += [f"- {c}: " + "; ".join(sec.check(agg[agg.setting == c]))]
+        got = recorded.get((sec.sweep, c)) or sec.check(agg[agg.setting == c])
+        checks += [{"sweep": sec.sweep, "setting": c, "line": t} for t in got]
+        lines += [f"- {c}: " + "; ".join(got)]
+    bpb = "val_bpb" in agg and agg.val_bpb.notna().all()  # bits per byte on the validation split when measured
     lines += [
         "",
-        "| setting | config | fetched | bank | Avg-SK | gain | rare bucket | wiki ppl | seeds |",
+        "| setting | config | fetched | bank | Avg-SK | gain | rare bucket | "
+        + ("val bpb" if bpb else "wiki ppl")
+        + " | seeds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in agg.iterrows():
+        ppl = f"{r.val_bpb:.3f}" if bpb else f"{r.wiki_ppl:,.0f}"
         lines.append(
             f"| {r.setting} | {sec.label(r)} | {fmt_count(r.params_fetched)} | {fmt_count(r.params_bank)} "
-            f"| {_pm(r)} | {r.gain:+.1f} | {r.rare:.1f} | {r.wiki_ppl:,.0f} | {int(r.n)} |"
+            f"| {_pm(r)} | {r.gain:+.1f} | {r.rare:.1f} | {ppl} | {int(r.n)} |"
         )
     lines += ["", f"![{sec.sweep}]({fig})" if fig else "", ""]
     return lines
 
 
 def build(
-    root: str | Path = "runs/sweeps", out: str | Path = "docs/ablations", rows_csv: str | Path | None = None
+    root: str | Path = "runs/sweeps",
+    out: str | Path = "docs/ablations",
+    rows_csv: str | Path | None = None,
+    merge: bool = False,
 ) -> Path:
-    """Write OUT/ablations.md, OUT/<sweep>.png and OUT/rows.csv from the runs below root (or from a committed
-    rows.csv, which is then left as it is). -> the page's path."""
-    df, source = _rows_for_page(root, rows_csv)
+    """Write OUT/ablations.md, OUT/<sweep>.png, OUT/rows.csv and OUT/checks.csv from the runs below root (or from
+    a committed rows.csv and the checks.csv beside it, both then left as they are). merge: also keep OUT's
+    committed rows and verdicts of the (sweep, setting)s the runs do not cover. -> the page's path."""
     out = Path(out)
+    if merge and rows_csv is not None:
+        raise ConfigError("--merge adds runs to a committed page; with --rows there are no runs to add")
+    df, source = _rows_for_page(root, rows_csv)
+    recorded = read_checks(Path(rows_csv).parent / "checks.csv") if rows_csv is not None else {}
+    if merge and (out / "rows.csv").is_file():
+        have = set(zip(df.sweep, df.setting))
+        old = read_rows(out / "rows.csv")
+        recorded = {k: v for k, v in read_checks(out / "checks.csv").items() if k not in have}
+        df, source = merge_rows(df, old), f"--root {root} --merge"
     out.mkdir(parents=True, exist_ok=True)
-    if rows_csv is None:
-        atomic_write_text(out / "rows.csv", df.drop(columns=["path"]).to_csv(index=False))
     lines = _page_head(df, source, out)
+    checks: list[dict[str, str]] = []
     for sec in SECTIONS:
-        lines += _section_lines(sec, df, out)
+        lines += _section_lines(sec, df, out, recorded, checks)
+    if rows_csv is None:  # the records, then the page (the page is the completion marker)
+        atomic_write_text(out / "rows.csv", df.drop(columns=["path"], errors="ignore").to_csv(index=False))
+        checks_csv = pd.DataFrame(checks, columns=["sweep", "setting", "line"]).to_csv(index=False)
+        atomic_write_text(out / "checks.csv", checks_csv)
     atomic_write_text(out / "ablations.md", "\n".join(lines) + "\n")
     return out / "ablations.md"

@@ -30,7 +30,7 @@ def cmd_attribute(a: argparse.Namespace) -> int:
 def cmd_ablations(a: argparse.Namespace) -> int:
     from hmem_lit.studies.ablations import build
 
-    print(build(a.root, a.out, a.rows))
+    print(build(a.root, a.out, a.rows, merge=a.merge))
     return 0
 
 
@@ -76,3 +76,8 @@ def add_parsers(add: Add) -> None:
     ab.add_argument("--root", default="runs/sweeps", help="the sweeps' runs (default runs/sweeps)")
     ab.add_argument("--out", default="docs/ablations", help="output directory (default docs/ablations)")
     ab.add_argument("--rows", default=None, help="rebuild the page from a committed rows.csv instead of the runs")
+    ab.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep OUT's committed rows and verdicts of the sweeps and corpora the runs below --root do not cover",
+    )
