@@ -79,8 +79,8 @@ def _value(model, docs, paths) -> tuple[float, float]:
     [
         ("ffn", 3e-2, 60, ()),
         ("lora", 3e-2, 60, ("memory.lora.target=ffn",)),
-        ("lora", 3e-2, 60, ("memory.lora.target=vo",)),
-        ("kv", 3e-1, 60, ()),
+        ("lora", 3e-2, 100, ("memory.lora.target=vo",)),
+        ("kv", 3e-1, 100, ()),
         ("pkm", 3e-2, 200, ()),
     ],
     ids=["ffn", "lora-ffn", "lora-vo", "kv", "pkm"],
