@@ -113,11 +113,13 @@ def run_row(run_dir: Path, sweep: str) -> dict[str, Any] | None:
 
 
 def _metric_version(run_dir: Path) -> int:
-    res = run_dir / "eval" / "fetched" / "results.json"
-    try:
-        return int(json.loads(res.read_text()).get("metric_version", 1))
-    except (OSError, ValueError, AttributeError):
-        return 1
+    """The metric version of the run's evaluation (fetched memory; an anchor's is under eval/none)."""
+    for mode in ("fetched", "none"):
+        try:
+            return int(json.loads((run_dir / "eval" / mode / "results.json").read_text()).get("metric_version", 1))
+        except (OSError, ValueError, AttributeError):
+            continue
+    return 1
 
 
 def _setting(r: pd.Series) -> str:
