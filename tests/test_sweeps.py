@@ -578,6 +578,38 @@ def test_frozen_protocol_trains_one_anchor_per_seed_and_freezes_it(tmp_path):
     )
 
 
+def test_frozen_protocol_with_baselines_evaluates_every_seeds_anchor(tmp_path, monkeypatch):
+    """A sweep with baselines compares each memory trial with its own seed's anchor: every frozen anchor is
+    evaluated once (not only seed 0's, the baseline), and the plan says so."""
+    from hmem_lit import runs
+    from hmem_lit.sweeps import runner
+
+    evals = []
+
+    def fake_eval(spec, run_dir, threads=0):
+        evals.append(Path(run_dir).name)
+        runs.update_final(run_dir, eval={"fetched": {"hmem_sk": 0.5}})
+
+    monkeypatch.setattr(runner, "evaluate_run", fake_eval)
+    path = write_sweep(
+        tmp_path,
+        mode="grid",
+        protocol="frozen",
+        baselines=["000_debug"],
+        objective={"metric": "eval.fetched.hmem_sk", "direction": "maximize"},
+        overrides={"retriever.depth": 1, "memory.type": "ffn"},
+        fixed={"level": 1},
+        space={"fetched": [1536], "train.seed": [0, 1]},
+    )
+    assert "each evaluated" in sweeps.plan(path)
+    sweeps.run_sweep(path)
+    ts, _ = trials(path)
+    anchors = {Path(t.user_attrs["anchor"]).name for t in ts}
+    assert len(anchors) == 2 and all(evals.count(a) == 1 for a in anchors), (anchors, evals)
+    sweeps.run_sweep(path)  # complete and evaluated: nothing again
+    assert all(evals.count(a) == 1 for a in anchors), evals
+
+
 def test_cotrain_protocol_trains_as_the_base_says(tmp_path):
     path = write_sweep(
         tmp_path,

@@ -275,7 +275,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, threads
         anchor = frozen_anchor(spec, cfg)
         if anchor is not None:  # the frozen protocol: the shared anchor first (trained once), then the memory on it
             trial.set_user_attr("anchor", str(anchor.run_dir))
-            _ensure_run(spec, anchor, threads, evaluate=False)
+            # with baselines, every seed's anchor is evaluated too: the page's gains are memory - its own anchor
+            _ensure_run(spec, anchor, threads, evaluate=spec.needs_eval and bool(spec.baselines))
             cfg = protocol.freeze_on(cfg, anchor)
         trial.set_user_attr("run_dir", str(cfg.run_dir))
         for k, v in _jsonable(info).items():

@@ -54,6 +54,11 @@ def plan(target: str | Path, cli: list[str] | tuple[str, ...] = ()) -> str:
         lines.append(
             f"frozen anchors: {len(anchors)} ({', '.join(sorted(anchors))}), each trained once in "
             f"{spec.runs_dir.parent / '_baselines'} before the first trial that needs it"
+            + (
+                "; each evaluated (the trials' gains are over their own anchor)"
+                if spec.needs_eval and spec.baselines
+                else ""
+            )
         )
     return "\n".join(lines)
 
