@@ -20,6 +20,10 @@ from memory/). A `MemoryHooks` object, built per batch from the fetched memory b
   - `ffn_extra(layer, x)`: an output added to the FFN output, e.g. extra SwiGLU hidden units (FFN memories, PKM);
   - `skip_ffn(layer)`: True where a memory layer replaces the FFN (PKM replace mode).
 With `hooks=None` none of this runs: the bare anchor pays one `is None` test per hook site.
+
+Greedy decoding can keep a `KVCache`: the first call with an empty cache is the ordinary forward (same code, same
+numbers) and records each layer's rotated keys and values; later calls feed one new token per row, which attends to
+the cached keys of its own document at the next position (evaluation/adapter.py: greedy).
 """
 
 from __future__ import annotations
@@ -70,6 +74,42 @@ class MemoryHooks:
         return False
 
 
+class KVCache:
+    """Per layer (keys after RoPE, values), each (B, H, S, hd), with each key's document id (None: one document per
+    row, no padding) and each row's next position and document. `select(rows)` keeps rows (finished ones leave)."""
+
+    def __init__(self) -> None:
+        self.kv: list[tuple[Tensor, Tensor]] = []
+        self.doc: Tensor | None = None  # (B, S) document ids of the keys
+        self.next_pos = self.last_doc = torch.zeros(0, dtype=torch.long)  # (B,)
+        self.length = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def select(self, rows: Tensor) -> None:
+        self.kv = [(k[rows], v[rows]) for k, v in self.kv]
+        self.doc = None if self.doc is None else self.doc[rows]
+        self.next_pos, self.last_doc = self.next_pos[rows], self.last_doc[rows]
+
+    def step_inputs(self, T: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """For T new tokens per row, all in the row's last document: (RoPE cos/sin positions (B, T), the new doc
+        ids (B, T), the mask (B, 1, T, S + T) over cached and new keys; None when every key is the row's)."""
+        B = self.next_pos.shape[0]
+        pos = self.next_pos[:, None] + torch.arange(T, device=self.next_pos.device)
+        new_doc = self.last_doc[:, None].expand(B, T)
+        if self.doc is None:
+            return pos, new_doc, None if T == 1 else _causal_tail(B, self.length, T, pos.device)
+        keys = torch.cat([self.doc, new_doc], dim=1)
+        mask = keys[:, None, :] == self.last_doc[:, None, None]  # (B, 1, S + T): the row's document
+        return pos, new_doc, (mask[:, None] & _causal_tail(B, self.length, T, pos.device))
+
+
+def _causal_tail(B: int, S: int, T: int, device: torch.device) -> Tensor:
+    """(B, 1, T, S + T): new token t sees every cached key and the new ones up to itself."""
+    return torch.ones(T, S + T, dtype=torch.bool, device=device).tril(S).expand(B, 1, T, S + T)
+
+
 class Norm(nn.Module):
     """Weight-only RMSNorm or LayerNorm (no bias), as in OpenLM."""
 
@@ -114,7 +154,13 @@ class Attention(nn.Module):
         self.k_norm = Norm(width, cfg.norm, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | BlockMask | None, hooks: MemoryHooks | None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | BlockMask | None,
+        hooks: MemoryHooks | None,
+        cache: KVCache | None = None,
     ) -> Tensor:
         B, T, _ = x.shape
         i = self.layer
@@ -130,10 +176,17 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if isinstance(mask, BlockMask):
+        if cache is not None and len(cache):  # a decoding step: the new keys join the cached ones
+            pk, pv = cache.kv[i]
+            kr, v = torch.cat([pk, kr], dim=2), torch.cat([pv, v], dim=2)
+            cache.kv[i] = (kr, v)
+            y = F.scaled_dot_product_attention(qr, kr, v, attn_mask=mask)
+        elif isinstance(mask, BlockMask):
             y = _flex_fns(x.device)[0](qr, kr, v, block_mask=mask)  # (B, H, T, hd)
         else:
             y = F.scaled_dot_product_attention(qr, kr, v, attn_mask=mask, is_causal=mask is None)  # (B, H, T, hd)
+        if cache is not None and len(cache) == 0:  # the first (prompt) pass records its keys and values
+            cache.kv.append((kr, v))
         if hooks is not None and hooks.has_kv:
             kv = hooks.attn_kv(i)
             if kv is not None:  # memory keys/values: no causal mask, no positions
@@ -182,9 +235,15 @@ class Block(nn.Module):
         self.ffn = SwiGLU(cfg, layer)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | BlockMask | None, hooks: MemoryHooks | None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | BlockMask | None,
+        hooks: MemoryHooks | None,
+        cache: KVCache | None = None,
     ) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, hooks)
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, hooks, cache)
         return x + self.ffn(self.ffn_norm(x), hooks)
 
 
@@ -255,13 +314,28 @@ class Anchor(nn.Module):
             )
         return choice
 
-    def forward(self, idx: Tensor, doc_ids: Tensor | None = None, hooks: MemoryHooks | None = None) -> Tensor:
-        """idx: (B, T) token ids -> logits (B, T, vocab). doc_ids (B, T) enables document-causal attention."""
+    def forward(
+        self,
+        idx: Tensor,
+        doc_ids: Tensor | None = None,
+        hooks: MemoryHooks | None = None,
+        logits_to_keep: int = 0,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """idx: (B, T) token ids -> logits (B, T, vocab). doc_ids (B, T) enables document-causal attention.
+        logits_to_keep > 0: logits of the last that many positions only (B, k, vocab), as transformers' argument of
+        that name: evaluation scores a few continuation tokens, and the output head is most of a tiny model.
+        cache (sdpa attention only): empty, this forward fills it; filled, idx are the rows' next tokens (doc_ids
+        is then ignored: they continue each row's last document)."""
         B, T = idx.shape
-        if T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {T} tokens exceeds anchor.max_seq_len={self.cfg.max_seq_len}")
+        if T + (len(cache) if cache is not None else 0) > self.cfg.max_seq_len:
+            n = T + (len(cache) if cache is not None else 0)
+            raise ValueError(f"sequence of {n} tokens exceeds anchor.max_seq_len={self.cfg.max_seq_len}")
         mask: Tensor | BlockMask | None = None
-        if doc_ids is None:
+        if cache is not None and len(cache):
+            pos, new_doc, mask = cache.step_inputs(T)
+            cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
+        elif doc_ids is None:
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         else:
             if self.attention(idx.device) == "flex":
@@ -271,8 +345,18 @@ class Anchor(nn.Module):
             cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, hd/2)
         x = self.tok_emb(idx)
         for block in self.blocks:
-            x = block(x, cos, sin, mask, hooks)
-        x = self.norm(x)
+            x = block(x, cos, sin, mask, hooks, cache)
+        if cache is not None:
+            if len(cache):
+                cache.doc = None if cache.doc is None else torch.cat([cache.doc, new_doc], dim=1)
+                cache.next_pos = cache.next_pos + T
+            else:
+                cache.doc = doc_ids
+                last = torch.full((B,), T - 1, dtype=torch.long, device=idx.device)
+                cache.next_pos = (last if doc_ids is None else doc_positions(doc_ids)[:, -1]) + 1
+                cache.last_doc = torch.zeros_like(last) if doc_ids is None else doc_ids[:, -1]
+            cache.length += T
+        x = self.norm(x[:, -logits_to_keep:] if logits_to_keep > 0 else x)
         return F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
 
 

@@ -170,12 +170,22 @@ class HFAnchor(nn.Module):
     def layers(self) -> nn.ModuleList:  # the decoder layers (a property: not registered twice in state_dict)
         return self.hf.model.layers
 
-    def forward(self, idx: Tensor, doc_ids: Tensor | None = None, hooks: MemoryHooks | None = None) -> Tensor:
-        """idx: (B, T) token ids -> logits (B, T, vocab). doc_ids (B, T) enables document-causal attention."""
+    def forward(
+        self, idx: Tensor, doc_ids: Tensor | None = None, hooks: MemoryHooks | None = None, logits_to_keep: int = 0
+    ) -> Tensor:
+        """idx: (B, T) token ids -> logits (B, T, vocab). doc_ids (B, T) enables document-causal attention;
+        logits_to_keep > 0: the last that many positions only (transformers' argument)."""
         pos = None if doc_ids is None else doc_positions(doc_ids)
         handles = [] if hooks is None else self._attach(hooks)
         try:
-            out = self.hf(input_ids=idx, position_ids=pos, attention_mask=None, use_cache=False, return_dict=True)
+            out = self.hf(
+                input_ids=idx,
+                position_ids=pos,
+                attention_mask=None,
+                use_cache=False,
+                return_dict=True,
+                logits_to_keep=max(0, int(logits_to_keep)),
+            )
         finally:
             for h in handles:
                 h.remove()

@@ -52,12 +52,14 @@ class MemoryLM(nn.Module):
         paths: Tensor | None = None,
         memory_mode: str = "fetched",
         generic: Tensor | None = None,
+        logits_to_keep: int = 0,
+        cache: Any = None,
     ) -> Tensor:
-        """-> logits (B, T, vocab). memory_mode: fetched | generic | none.
+        """-> logits (B, T, vocab), or of the last `logits_to_keep` positions. memory_mode: fetched | generic | none.
 
         fetched: each sequence reads the blocks on its path (paths (B, depth)); generic (B,) bool, if given,
         switches chosen sequences to the generic block. For blocking, pass paths already substituted with
-        `hmem_lit.memory.bank.choose_unblocked`.
+        `hmem_lit.memory.bank.choose_unblocked`. cache: an `anchor.KVCache` for greedy decoding (native anchors).
         """
         hooks = None
         if self.memory is not None and memory_mode != "none":
@@ -68,7 +70,8 @@ class MemoryLM(nn.Module):
                 if bool((paths[:, 0] != self.subtree).any()):
                     raise ValueError(f"train.subtree={self.subtree}: a batch holds paths from other level-1 subtrees")
             hooks = self.memory.fetch(paths, generic=generic)
-        return self.anchor(input_ids, doc_ids=doc_ids, hooks=hooks)
+        kw = {} if cache is None else {"cache": cache}  # hf anchors take no cache (the adapter never passes one)
+        return self.anchor(input_ids, doc_ids=doc_ids, hooks=hooks, logits_to_keep=logits_to_keep, **kw)
 
     def param_counts(self) -> dict[str, int]:
         anchor = count_params(self.anchor)

@@ -177,6 +177,24 @@ def test_generation_is_greedy_and_stops_at_stop_strings(trained):
     assert short == g[:3]
 
 
+def test_cached_greedy_equals_recomputing_every_step(trained):
+    """The KV cache changes nothing: memory rows with their own paths, an empty prompt (EOT prefix), a separate
+    context document, rows that stop early, and rows that outgrow max_length (from there every step recomputes)."""
+    lm = HmemLM(trained["mem"], batch_size=8, max_length=16, max_gen_tokens=12, threads=1)
+    _strong_memory(lm)
+    prompts = [lm.tok.encode(p) for p in ["The colour of river 3 is", "The age of", "", "x" * 9, "The home"]]
+    kw = [{"until": []}, {"until": []}, {"until": []}, {"until": []}, {"until": [], "max_gen_toks": 2}]
+    paths = lm.retrieval.paths(["river 3", "age", "", "x", "home"])
+    seps = [0, 3, 0, 4, 0]
+    assert any(len(p) + 12 > 16 for p in prompts)  # some rows pass max_length: the fallback runs too
+    cached = lm.greedy(prompts, kw, paths, seps)
+    lm.kv_cache = False
+    assert lm.greedy(prompts, kw, paths, seps) == cached
+    n = cached[1]
+    assert n[4] <= 2 and any(len(p) + k + 1 > 16 for p, k in zip(prompts, n))  # the cap held; a row passed max_length
+    assert len(set(n)) > 1  # rows left the batch at different steps
+
+
 def test_route_text_rules():
     mc = [_req("loglikelihood", ("Q: what? A:", f" {c}"), "mc", 1) for c in "abcd"]
     wino = [_req("loglikelihood", (f"{who} said the trophy", " did not fit."), "wino", 2) for who in ("Ann", "Bob")]

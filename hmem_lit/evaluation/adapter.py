@@ -39,6 +39,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from hmem_lit.anchor import Anchor, KVCache
 from hmem_lit.config import ConfigError
 from hmem_lit.evaluation.routing import MODES, Retrieval, load_run_router, route_texts
 from hmem_lit.model import load_model
@@ -108,6 +109,7 @@ class HmemLM(LM):
         self.retrieval = Retrieval(router, self.mode if router is not None else "none", level)  # pkm: no routing
         self.rag, self.rag_join = self._load_rag(rag, int(rag_k), rag_join, router)
         self.model_seconds = 0.0
+        self.kv_cache = True  # greedy decoding reuses keys and values (native anchors); False: recompute each step
         self.routing_log: dict[tuple[Any, Any], dict[str, Any]] = {}  # (task, doc_id) -> route text and path
 
     def _resolve_mode(self) -> tuple[str, Any]:
@@ -204,7 +206,16 @@ class HmemLM(LM):
         return paths
 
     @torch.inference_mode()
-    def _forward(self, ids: torch.Tensor, doc_ids: torch.Tensor | None, paths: np.ndarray | None) -> torch.Tensor:
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        doc_ids: torch.Tensor | None,
+        paths: np.ndarray | None,
+        keep: int = 0,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits of the batch; keep > 0: of its last `keep` positions only (the output head is most of the cost of
+        a tiny anchor, and scoring needs only the continuation's positions)."""
         t0 = time.perf_counter()
         p = None if paths is None else torch.as_tensor(paths, dtype=torch.long, device=self._device)
         logits = self.model(
@@ -212,6 +223,8 @@ class HmemLM(LM):
             doc_ids=None if doc_ids is None else doc_ids.to(self._device),
             paths=p,
             memory_mode=self.model_mode,
+            logits_to_keep=keep,
+            cache=cache,
         )
         self.model_seconds += time.perf_counter() - t0
         return logits
@@ -256,9 +269,10 @@ class HmemLM(LM):
                 doc[r, n_pre : n_pre + n_sep] = 1  # so is a separate RAG context
             needs_doc = any(r[3] or r[4] for r in batch)
             bpaths = None if paths is None else paths[[r[0] for r in batch]]
-            logits = self._forward(ids, doc if needs_doc else None, bpaths)
+            start = min(len(inp) - n for _, inp, n, _, _ in batch)  # the first position any row scores
+            logits = self._forward(ids, doc if needs_doc else None, bpaths, keep=T - start)  # positions start..T-1
             for r, (i, inp, n, _, _) in enumerate(batch):
-                L = len(inp)
+                L = len(inp) - start
                 logp = torch.log_softmax(logits[r, L - n : L].float(), dim=-1)  # (n, V) predicts the continuation
                 tgt = torch.tensor(items[i][1], device=logp.device)
                 out[i] = (float(logp.gather(1, tgt[:, None]).sum()), bool((logp.argmax(-1) == tgt).all()))
@@ -341,7 +355,10 @@ class HmemLM(LM):
     ) -> tuple[list[str], list[int]]:
         """Greedy decoding of one batch; finished rows leave the batch -> (texts, tokens generated). Rows are
         left-padded; doc_ids put pads, an EOT prefix (empty prompt), the first `seps[i]` prompt tokens (a separate
-        RAG context) and the text in separate documents so the text starts at position 0."""
+        RAG context) and the text in separate documents so the text starts at position 0. A native anchor keeps a
+        KV cache: after the first pass each step feeds one token per row (the same numbers as feeding the whole
+        sequence again, to rounding; checked in tests/test_eval_speed.py) until a row outgrows max_length, from
+        where every step feeds the last max_length tokens again."""
         seps = list(seps) if seps is not None else [0] * len(prompts)
         until = []
         for kw in kwargs:
@@ -352,7 +369,20 @@ class HmemLM(LM):
         texts = [""] * len(prompts)
         active = [i for i in range(len(prompts)) if max_new[i] > 0]
         pad = int(self.tok.pad_id)
+        cache: KVCache | None = None
+        rows: list[int] = []  # the requests the cache's rows hold, in order
+        cacheable = self.kv_cache and isinstance(self.model.anchor, Anchor)
         while active:
+            longest = max(int(not prompts[i]) + len(prompts[i]) + len(gen[i]) for i in active)
+            bpaths = None if paths is None else paths[active]
+            if cache is not None and longest <= self.max_length:  # one new token per row on the cached ones
+                if rows != active:
+                    cache.select(torch.tensor([rows.index(i) for i in active], device=self._device))
+                    rows = list(active)
+                ids = torch.tensor([[gen[i][-1]] for i in active], dtype=torch.long)
+                nxt = self._forward(ids, None, bpaths, keep=1, cache=cache)[:, -1].argmax(-1).tolist()
+                active = self._advance(active, nxt, gen, texts, until, max_new)
+                continue
             seqs = [
                 (([self.eot_id] if not prompts[i] else []) + prompts[i] + gen[i])[-self.max_length :] for i in active
             ]
@@ -367,18 +397,31 @@ class HmemLM(LM):
                 n_sep = max(0, seps[i] - (len(prompts[i]) + len(gen[i]) - len(s)))  # separate tokens kept
                 doc[r, T - len(s) : T - len(s) + n_sep] = 3
             needs_doc = bool((doc != 2).any())
-            logits = self._forward(ids, doc if needs_doc else None, None if paths is None else paths[active])
-            nxt = logits[:, -1].argmax(-1).tolist()
-            still = []
-            for i, t in zip(active, nxt):
-                if t == self.eot_id:
-                    continue
-                gen[i].append(int(t))
-                texts[i] = self.tok.decode(gen[i])
-                cut = [texts[i].find(s) for s in until[i] if s and s in texts[i]]
-                if cut:
-                    texts[i] = texts[i][: min(cut)]
-                elif len(gen[i]) < max_new[i]:
-                    still.append(i)
-            active = still
+            cache = KVCache() if cacheable and longest <= self.max_length else None  # uncut: later steps can reuse
+            rows = list(active)
+            logits = self._forward(ids, doc if needs_doc else None, bpaths, keep=1, cache=cache)
+            active = self._advance(active, logits[:, -1].argmax(-1).tolist(), gen, texts, until, max_new)
         return texts, [len(g) for g in gen]
+
+    def _advance(
+        self,
+        active: list[int],
+        nxt: list[int],
+        gen: list[list[int]],
+        texts: list[str],
+        until: list[list[str]],
+        max_new: list[int],
+    ) -> list[int]:
+        """Append each row's next token; -> the rows still generating (no EOT, stop string or length cap yet)."""
+        still = []
+        for i, t in zip(active, nxt):
+            if t == self.eot_id:
+                continue
+            gen[i].append(int(t))
+            texts[i] = self.tok.decode(gen[i])
+            cut = [texts[i].find(s) for s in until[i] if s and s in texts[i]]
+            if cut:
+                texts[i] = texts[i][: min(cut)]
+            elif len(gen[i]) < max_new[i]:
+                still.append(i)
+        return still
