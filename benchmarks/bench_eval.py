@@ -6,7 +6,8 @@ evaluation time spent on retrieval (prompt embedding + tree routing).
 
 Without --run-dir it prepares a small built-in corpus (TF-IDF embedder, 16 x 16 tree) in a temporary directory
 and trains a small FFN-memory run on it for a few seconds: the numbers are about the evaluation machinery, not the
-model's quality. (1) The same multiple-choice requests (probe prompt + " " + choice) are scored with
+model's quality. (0) Greedy generation of the probes with the KV cache vs recomputing every step (same texts
+required), interleaved over rounds. (1) The same multiple-choice requests (probe prompt + " " + choice) are scored with
 batch_size=32 and batch_size=1, interleaved over rounds, routes cached beforehand so only the model path is timed;
 the report is the median and the ratio. (2) `evaluate()` on hmem_sk + hmem_ck + hmem_wiki_ppl in fetched mode:
 retrieval seconds / evaluation seconds, plus routing throughput split into embedding and tree descent. One torch
@@ -70,9 +71,9 @@ def mc_requests(data_dir: Path, n: int) -> list:
 
     reqs = []
     for probe in ("element_symbol", "country_region", "synthetic_employer"):
-        path = data_dir / "questions" / f"{probe}.jsonl"
+        path = data_dir / "questions" / f"{probe}.mc.jsonl"  # the multiple-choice variant (its own file)
         for j, it in enumerate(read_jsonl(path) if path.is_file() else []):
-            for c in it["choices"]:
+            for c in it.get("choices", []):
                 reqs.append(Instance("loglikelihood", it, (it["prompt"], " " + c), len(reqs), (probe, j, 1)))
     return reqs[:n]
 
@@ -98,6 +99,50 @@ def bench_loglikelihood(run_dir: Path, data_dir: Path, n: int, rounds: int) -> d
         "batched_32_req_per_s": round(len(reqs) / med[32], 1),
         "one_at_a_time_req_per_s": round(len(reqs) / med[1], 1),
         "speedup_batched": round(med[1] / med[32], 2),
+    }
+
+
+def gen_requests(data_dir: Path, n: int) -> list:
+    """The generation probes (prompt, stop at a newline) as the evaluation sends them."""
+    from lm_eval.api.instance import Instance
+
+    from hmem_lit.evaluation.tasklib import read_jsonl
+
+    reqs = []
+    for path in sorted((data_dir / "questions").glob("*.jsonl")):
+        for j, it in enumerate(read_jsonl(path)):
+            if "choices" not in it and it.get("prompt"):
+                reqs.append(
+                    Instance("generate_until", it, (it["prompt"], {"until": ["\n"]}), len(reqs), (path.stem, j, 1))
+                )
+    step = max(1, len(reqs) // n)  # spread over the probes
+    return reqs[::step][:n]
+
+
+def bench_generation(run_dir: Path, data_dir: Path, n: int, rounds: int) -> dict:
+    """Greedy generation with the KV cache (one new token per row per step) vs recomputing the whole sequence
+    every step, interleaved over rounds; the texts must be the same."""
+    from hmem_lit.evaluation.adapter import HmemLM
+
+    lm = HmemLM(run_dir, memory="fetched", threads=1)
+    reqs = gen_requests(data_dir, n)
+    lm._paths(reqs)  # warm the route cache: time the model path only
+    times: dict[bool, list[float]] = {True: [], False: []}
+    texts: dict[bool, list[str]] = {}
+    for _ in range(rounds):
+        for cached in (True, False):
+            lm.kv_cache = cached
+            t0 = time.perf_counter()
+            texts[cached] = lm.generate_until(reqs)
+            times[cached].append(time.perf_counter() - t0)
+    med = {c: statistics.median(t) for c, t in times.items()}
+    return {
+        "requests": len(reqs),
+        "rounds": rounds,
+        "cached_req_per_s": round(len(reqs) / med[True], 1),
+        "recompute_req_per_s": round(len(reqs) / med[False], 1),
+        "speedup_kv_cache": round(med[False] / med[True], 2),
+        "same_texts": texts[True] == texts[False],
     }
 
 
@@ -154,7 +199,8 @@ def cold_retrieval_share(run_dir: Path, limit: int | None) -> dict:
         "--threads",
         "1",
     ] + (["--limit", str(limit)] if limit else [])
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    subprocess.run(cmd, check=True, capture_output=True, env=env)  # here: a run's data dir is relative to it
     head = read_json(run_dir / "final.json")["eval"]["fetched"]
     return {
         "eval_s": head["eval_time_s"],
@@ -184,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.run_dir:
         embedders = ["given"]
     limit = 40 if a.quick else None
-    out: dict = {"quick": a.quick, "torch_threads": 1, "config": DATA + RUN, "retrieval": {}}
+    out: dict = {"quick": a.quick, "torch_threads": 1, "retrieval": {}}
+    out["config"] = {"run_dir": str(Path(a.run_dir).resolve())} if a.run_dir else DATA + RUN
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
         for emb in embedders:
             t0 = time.perf_counter()
@@ -200,6 +247,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"loglikelihood: {ll['batched_32_req_per_s']} req/s batched (32) vs "
                     f"{ll['one_at_a_time_req_per_s']} req/s one at a time -> {ll['speedup_batched']}x"
+                )
+            if "generation" not in out:
+                data_dir = Run.open(run_dir).data_dir
+                out["generation"] = gen = bench_generation(
+                    run_dir, data_dir, n=256 if a.quick else 1024, rounds=3 if a.quick else 5
+                )
+                print(
+                    f"generation: {gen['cached_req_per_s']} req/s with the KV cache vs "
+                    f"{gen['recompute_req_per_s']} recomputing -> {gen['speedup_kv_cache']}x, "
+                    f"same texts: {gen['same_texts']}"
                 )
             share = bench_retrieval_share(run_dir, limit)
             share["cold_process"] = cold = cold_retrieval_share(run_dir, limit)

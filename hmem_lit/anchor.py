@@ -180,6 +180,7 @@ class Attention(nn.Module):
             pk, pv = cache.kv[i]
             kr, v = torch.cat([pk, kr], dim=2), torch.cat([pv, v], dim=2)
             cache.kv[i] = (kr, v)
+            assert not isinstance(mask, BlockMask)  # a step's mask is KVCache.step_inputs' boolean one
             y = F.scaled_dot_product_attention(qr, kr, v, attn_mask=mask)
         elif isinstance(mask, BlockMask):
             y = _flex_fns(x.device)[0](qr, kr, v, block_mask=mask)  # (B, H, T, hd)
