@@ -199,6 +199,16 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     from hmem_lit import sweeps
 
     if a.target in ("status", "plan"):
+        if a.rest[:1] in (["-h"], ["--help"]):
+            what = {
+                "status": "Print a sweep's trials: state, objective value, params and run directory.",
+                "plan": "Print each point's sizes, protocol and anchors, without training.",
+            }[a.target]
+            print(
+                f"usage: hmem sweep {a.target} <sweep> [name=<study>] [key=value ...]\n\n{what}\n"
+                "<sweep>: a file in sweeps/ or a path; name=<study> reads a study run under another name."
+            )
+            return 0
         if not a.rest:
             raise ConfigError(f"sweep {a.target}: name the sweep, e.g. `hmem sweep {a.target} memory_type`")
         print((sweeps.status if a.target == "status" else sweeps.plan)(a.rest[0], a.rest[1:]))

@@ -764,3 +764,12 @@ def test_an_axis_of_several_case_values_keeps_each_case_paired(tmp_path):
     spec = sweeps.load_sweep(path, ["space.memory.type=[ffn,kv]"])
     got = sorted((p["memory.type"], p["optim.memory_lr"]) for p in spec.grid())
     assert got == [("ffn", 0.01), ("ffn", 0.1), ("kv", 0.1)] and "memory.type" not in spec.space
+
+
+@pytest.mark.parametrize("verb", ["status", "plan"])
+def test_sweep_status_and_plan_answer_help(verb, capsys):
+    from hmem_lit.cli import main
+
+    assert main(["sweep", verb, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: hmem sweep {verb} <sweep>") and "not found" not in out
