@@ -92,17 +92,30 @@ class KVCache:
         self.doc = None if self.doc is None else self.doc[rows]
         self.next_pos, self.last_doc = self.next_pos[rows], self.last_doc[rows]
 
-    def step_inputs(self, T: int) -> tuple[Tensor, Tensor, Tensor | None]:
-        """For T new tokens per row, all in the row's last document: (RoPE cos/sin positions (B, T), the new doc
-        ids (B, T), the mask (B, 1, T, S + T) over cached and new keys; None when every key is the row's)."""
+    def step_inputs(self, T: int) -> tuple[Tensor, Tensor | None]:
+        """For T new tokens per row, all in the row's last document: (RoPE positions (B, T), the mask
+        (B, 1, T, S + T) over cached and new keys; None when every key is the row's)."""
         B = self.next_pos.shape[0]
         pos = self.next_pos[:, None] + torch.arange(T, device=self.next_pos.device)
-        new_doc = self.last_doc[:, None].expand(B, T)
         if self.doc is None:
-            return pos, new_doc, None if T == 1 else _causal_tail(B, self.length, T, pos.device)
-        keys = torch.cat([self.doc, new_doc], dim=1)
+            return pos, None if T == 1 else _causal_tail(B, self.length, T, pos.device)
+        keys = torch.cat([self.doc, self.last_doc[:, None].expand(B, T)], dim=1)
         mask = keys[:, None, :] == self.last_doc[:, None, None]  # (B, 1, S + T): the row's document
-        return pos, new_doc, (mask[:, None] & _causal_tail(B, self.length, T, pos.device))
+        return pos, mask[:, None] & _causal_tail(B, self.length, T, pos.device)
+
+    def advance(self, B: int, T: int, doc_ids: Tensor | None, device: torch.device) -> None:
+        """Book T tokens fed per row (after the layers appended their keys and values). The prompt pass sets each
+        row's next position and document from its doc_ids (None: one document from position 0)."""
+        if self.length:
+            if self.doc is not None:
+                self.doc = torch.cat([self.doc, self.last_doc[:, None].expand(B, T)], dim=1)
+            self.next_pos = self.next_pos + T
+        elif doc_ids is None:
+            self.next_pos = torch.full((B,), T, dtype=torch.long, device=device)
+            self.last_doc = torch.zeros(B, dtype=torch.long, device=device)
+        else:
+            self.doc, self.next_pos, self.last_doc = doc_ids, doc_positions(doc_ids)[:, -1] + 1, doc_ids[:, -1]
+        self.length += T
 
 
 def _causal_tail(B: int, S: int, T: int, device: torch.device) -> Tensor:
@@ -326,15 +339,15 @@ class Anchor(nn.Module):
         """idx: (B, T) token ids -> logits (B, T, vocab). doc_ids (B, T) enables document-causal attention.
         logits_to_keep > 0: logits of the last that many positions only (B, k, vocab), as transformers' argument of
         that name: evaluation scores a few continuation tokens, and the output head is most of a tiny model.
-        cache (sdpa attention only): empty, this forward fills it; filled, idx are the rows' next tokens (doc_ids
-        is then ignored: they continue each row's last document)."""
+        cache: empty, this forward is the ordinary one and fills it; filled, idx are the rows' next tokens (doc_ids
+        is then ignored: they continue each row's last document; steps attend through sdpa)."""
         B, T = idx.shape
-        if T + (len(cache) if cache is not None else 0) > self.cfg.max_seq_len:
-            n = T + (len(cache) if cache is not None else 0)
+        n = T + (len(cache) if cache is not None else 0)
+        if n > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {n} tokens exceeds anchor.max_seq_len={self.cfg.max_seq_len}")
         mask: Tensor | BlockMask | None = None
         if cache is not None and len(cache):
-            pos, new_doc, mask = cache.step_inputs(T)
+            pos, mask = cache.step_inputs(T)
             cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
         elif doc_ids is None:
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]
@@ -348,15 +361,7 @@ class Anchor(nn.Module):
         for block in self.blocks:
             x = block(x, cos, sin, mask, hooks, cache)
         if cache is not None:
-            if len(cache):
-                cache.doc = None if cache.doc is None else torch.cat([cache.doc, new_doc], dim=1)
-                cache.next_pos = cache.next_pos + T
-            else:
-                cache.doc = doc_ids
-                last = torch.full((B,), T - 1, dtype=torch.long, device=idx.device)
-                cache.next_pos = (last if doc_ids is None else doc_positions(doc_ids)[:, -1]) + 1
-                cache.last_doc = torch.zeros_like(last) if doc_ids is None else doc_ids[:, -1]
-            cache.length += T
+            cache.advance(B, T, doc_ids, idx.device)
         x = self.norm(x[:, -logits_to_keep:] if logits_to_keep > 0 else x)
         return F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
 
